@@ -1,0 +1,472 @@
+//! The memory door: the only way ring code touches shared pages.
+//!
+//! Shared pages are written concurrently by a peer we do not trust, so ring
+//! code never holds a Rust reference (`&[u8]`, `&u32`) into them. Instead it
+//! goes through [`SharedMem`], a deliberately narrow trait: the length, 8- and
+//! 32-bit atomics with the orderings the protocols need, a full fence, and
+//! bulk copies in and out at an offset. Every access is bounds-checked and
+//! returns [`MemError`] instead of panicking.
+//!
+//! All multi-byte words are little-endian in shared memory (both wire
+//! protocols say so); implementations convert, so ring code sees native
+//! values.
+//!
+//! [`RawMem`] is the one implementation over a raw pointer and a length, and
+//! holds the crate's only `unsafe` code. Everything else is generic over the
+//! trait, so tests can substitute hostile or model-checked memories.
+
+#![allow(unsafe_code)]
+
+use core::fmt;
+use core::marker::PhantomData;
+use core::ptr::NonNull;
+use core::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicU8, Ordering};
+
+/// Why the memory door refused an access.
+///
+/// Ring code validates every peer-supplied offset before it reaches the
+/// door, so this error means a mapping that is smaller than the layout says
+/// or a bug, never a peer's doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemError {
+    /// `offset + len` lies beyond the end of the memory.
+    OutOfBounds {
+        /// First byte of the access.
+        offset: usize,
+        /// Length of the access in bytes.
+        len: usize,
+        /// Length of the memory.
+        size: usize,
+    },
+    /// An atomic word access at an offset that is not a multiple of its size.
+    Misaligned {
+        /// The offending offset.
+        offset: usize,
+    },
+}
+
+impl fmt::Display for MemError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            MemError::OutOfBounds { offset, len, size } => write!(
+                f,
+                "shared-memory access of {len} bytes at offset {offset} exceeds the {size}-byte region"
+            ),
+            MemError::Misaligned { offset } => {
+                write!(f, "atomic access at misaligned offset {offset}")
+            }
+        }
+    }
+}
+
+impl core::error::Error for MemError {}
+
+/// Narrow access to a region of memory shared with an untrusted peer.
+///
+/// Orderings are part of the contract: `load_*` is Acquire, `store_*` is
+/// Release, the read-modify-write operations and [`fence`](Self::fence) are
+/// SeqCst. Bulk copies carry no ordering of their own; ring code orders them
+/// with the index loads and stores around them.
+pub trait SharedMem {
+    /// Length of the region in bytes.
+    fn size(&self) -> usize;
+    /// Atomically loads the little-endian `u32` at `offset` (Acquire).
+    fn load_u32(&self, offset: usize) -> Result<u32, MemError>;
+    /// Atomically stores `value` as a little-endian `u32` at `offset` (Release).
+    fn store_u32(&self, offset: usize, value: u32) -> Result<(), MemError>;
+    /// Atomically loads the byte at `offset` (Acquire).
+    fn load_u8(&self, offset: usize) -> Result<u8, MemError>;
+    /// Atomically stores the byte at `offset` (Release).
+    fn store_u8(&self, offset: usize, value: u8) -> Result<(), MemError>;
+    /// Atomically ORs `bits` into the byte at `offset`, returning the old value (SeqCst).
+    fn fetch_or_u8(&self, offset: usize, bits: u8) -> Result<u8, MemError>;
+    /// Atomically ANDs `bits` into the byte at `offset`, returning the old value (SeqCst).
+    fn fetch_and_u8(&self, offset: usize, bits: u8) -> Result<u8, MemError>;
+    /// A full (SeqCst) fence: orders every earlier access before every later one.
+    fn fence(&self) {
+        fence(Ordering::SeqCst);
+    }
+    /// Copies `dst.len()` bytes out of the region, starting at `offset`.
+    fn read(&self, offset: usize, dst: &mut [u8]) -> Result<(), MemError>;
+    /// Copies `src` into the region, starting at `offset`.
+    fn write(&self, offset: usize, src: &[u8]) -> Result<(), MemError>;
+    /// Sets `len` bytes starting at `offset` to `byte`.
+    fn fill(&self, offset: usize, len: usize, byte: u8) -> Result<(), MemError> {
+        let chunk = [byte; 64];
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(chunk.len());
+            self.write(offset.saturating_add(done), chunk.get(..n).unwrap_or(&[]))?;
+            done += n;
+        }
+        Ok(())
+    }
+}
+
+macro_rules! forward_shared_mem {
+    () => {
+        fn size(&self) -> usize {
+            (**self).size()
+        }
+        fn load_u32(&self, offset: usize) -> Result<u32, MemError> {
+            (**self).load_u32(offset)
+        }
+        fn store_u32(&self, offset: usize, value: u32) -> Result<(), MemError> {
+            (**self).store_u32(offset, value)
+        }
+        fn load_u8(&self, offset: usize) -> Result<u8, MemError> {
+            (**self).load_u8(offset)
+        }
+        fn store_u8(&self, offset: usize, value: u8) -> Result<(), MemError> {
+            (**self).store_u8(offset, value)
+        }
+        fn fetch_or_u8(&self, offset: usize, bits: u8) -> Result<u8, MemError> {
+            (**self).fetch_or_u8(offset, bits)
+        }
+        fn fetch_and_u8(&self, offset: usize, bits: u8) -> Result<u8, MemError> {
+            (**self).fetch_and_u8(offset, bits)
+        }
+        fn fence(&self) {
+            (**self).fence()
+        }
+        fn read(&self, offset: usize, dst: &mut [u8]) -> Result<(), MemError> {
+            (**self).read(offset, dst)
+        }
+        fn write(&self, offset: usize, src: &[u8]) -> Result<(), MemError> {
+            (**self).write(offset, src)
+        }
+        fn fill(&self, offset: usize, len: usize, byte: u8) -> Result<(), MemError> {
+            (**self).fill(offset, len, byte)
+        }
+    };
+}
+
+impl<T: SharedMem + ?Sized> SharedMem for &T {
+    forward_shared_mem!();
+}
+
+#[cfg(feature = "alloc")]
+impl<T: SharedMem + ?Sized> SharedMem for alloc::sync::Arc<T> {
+    forward_shared_mem!();
+}
+
+/// Shared memory described by a raw pointer and a length.
+///
+/// This is the crate's single implementation of [`SharedMem`] over real
+/// memory: an mmap'd file, a device BAR, a grant mapping, or (safely, via
+/// [`RawMem::from_atomics`]) a slice of atomics owned by this process.
+///
+/// Bulk copies use `copy_nonoverlapping`. A hostile peer may write the same
+/// bytes while we copy; the copy then yields some mix of old and new bytes,
+/// which ring code treats as untrusted data to validate after the copy. This
+/// is the accepted practice for shared-memory rings (the kernel and DPDK do
+/// the same); Rust has no stable volatile memcpy to express it more exactly.
+#[derive(Clone, Copy)]
+pub struct RawMem<'a> {
+    base: NonNull<u8>,
+    size: usize,
+    _memory: PhantomData<&'a [AtomicU8]>,
+}
+
+// SAFETY: `RawMem` only performs atomic accesses and byte copies through its
+// pointer, never forms references, and the memory behind it is shared by
+// design; moving the view to another thread changes nothing about that.
+unsafe impl Send for RawMem<'_> {}
+// SAFETY: as for `Send`: all access through `&RawMem` is either atomic or a
+// raw byte copy, both of which tolerate concurrent access by contract.
+unsafe impl Sync for RawMem<'_> {}
+
+impl fmt::Debug for RawMem<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RawMem")
+            .field("base", &self.base)
+            .field("size", &self.size)
+            .finish()
+    }
+}
+
+impl<'a> RawMem<'a> {
+    /// Builds a view of `size` bytes starting at `base`.
+    ///
+    /// Returns `None` if `base` is null or not 8-byte aligned.
+    ///
+    /// # Safety
+    ///
+    /// For the whole lifetime `'a`, the `size` bytes at `base` must stay
+    /// mapped, readable and writable, and must not be accessed through Rust
+    /// references by anyone (other processes and raw-pointer or atomic access
+    /// are fine).
+    pub unsafe fn from_raw_parts(base: *mut u8, size: usize) -> Option<Self> {
+        let base = NonNull::new(base)?;
+        if base.as_ptr().align_offset(8) != 0 {
+            return None;
+        }
+        Some(RawMem {
+            base,
+            size,
+            _memory: PhantomData,
+        })
+    }
+
+    /// A view of memory this process owns as atomics (heap pages, statics).
+    ///
+    /// Safe because atomics permit shared mutation: the ring code's raw
+    /// copies and atomic accesses are all it will ever do with them.
+    pub fn from_atomics(words: &'a [AtomicU64]) -> Self {
+        RawMem {
+            // A slice pointer is never null and `AtomicU64` is 8-aligned.
+            base: NonNull::from(words).cast(),
+            size: core::mem::size_of_val(words),
+            _memory: PhantomData,
+        }
+    }
+
+    /// Pointer to `len` bytes at `offset`, after the bounds (and, for atomic
+    /// words, alignment) check.
+    fn at(&self, offset: usize, len: usize, align: usize) -> Result<*mut u8, MemError> {
+        let in_bounds = offset.checked_add(len).is_some_and(|end| end <= self.size);
+        if !in_bounds {
+            return Err(MemError::OutOfBounds {
+                offset,
+                len,
+                size: self.size,
+            });
+        }
+        if offset % align != 0 {
+            return Err(MemError::Misaligned { offset });
+        }
+        // `wrapping_add` is safe; the result is in bounds by the check above.
+        Ok(self.base.as_ptr().wrapping_add(offset))
+    }
+
+    fn atomic_u32(&self, offset: usize) -> Result<&AtomicU32, MemError> {
+        let ptr = self.at(offset, 4, 4)?;
+        // SAFETY: `ptr` is in bounds and 4-aligned (checked by `at`; the base
+        // is 8-aligned), the memory is valid for `'a` per the constructor's
+        // contract, and it is only ever accessed atomically or by raw copies.
+        Ok(unsafe { AtomicU32::from_ptr(ptr.cast()) })
+    }
+
+    fn atomic_u8(&self, offset: usize) -> Result<&AtomicU8, MemError> {
+        let ptr = self.at(offset, 1, 1)?;
+        // SAFETY: `ptr` is in bounds, any address is 1-aligned, and the
+        // memory is valid for `'a` per the constructor's contract.
+        Ok(unsafe { AtomicU8::from_ptr(ptr) })
+    }
+}
+
+impl SharedMem for RawMem<'_> {
+    fn size(&self) -> usize {
+        self.size
+    }
+
+    fn load_u32(&self, offset: usize) -> Result<u32, MemError> {
+        Ok(u32::from_le(
+            self.atomic_u32(offset)?.load(Ordering::Acquire),
+        ))
+    }
+
+    fn store_u32(&self, offset: usize, value: u32) -> Result<(), MemError> {
+        self.atomic_u32(offset)?
+            .store(value.to_le(), Ordering::Release);
+        Ok(())
+    }
+
+    fn load_u8(&self, offset: usize) -> Result<u8, MemError> {
+        Ok(self.atomic_u8(offset)?.load(Ordering::Acquire))
+    }
+
+    fn store_u8(&self, offset: usize, value: u8) -> Result<(), MemError> {
+        self.atomic_u8(offset)?.store(value, Ordering::Release);
+        Ok(())
+    }
+
+    fn fetch_or_u8(&self, offset: usize, bits: u8) -> Result<u8, MemError> {
+        Ok(self.atomic_u8(offset)?.fetch_or(bits, Ordering::SeqCst))
+    }
+
+    fn fetch_and_u8(&self, offset: usize, bits: u8) -> Result<u8, MemError> {
+        Ok(self.atomic_u8(offset)?.fetch_and(bits, Ordering::SeqCst))
+    }
+
+    fn read(&self, offset: usize, dst: &mut [u8]) -> Result<(), MemError> {
+        let src = self.at(offset, dst.len(), 1)?;
+        // SAFETY: `src..src+len` is in bounds of the shared region (checked by
+        // `at`) and valid for reads; `dst` is a private buffer that cannot
+        // overlap shared memory we hold no references to.
+        unsafe { core::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), dst.len()) };
+        Ok(())
+    }
+
+    fn write(&self, offset: usize, src: &[u8]) -> Result<(), MemError> {
+        let dst = self.at(offset, src.len(), 1)?;
+        // SAFETY: `dst..dst+len` is in bounds of the shared region (checked
+        // by `at`) and valid for writes; `src` is a private buffer.
+        unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len()) };
+        Ok(())
+    }
+
+    fn fill(&self, offset: usize, len: usize, byte: u8) -> Result<(), MemError> {
+        let dst = self.at(offset, len, 1)?;
+        // SAFETY: `dst..dst+len` is in bounds and valid for writes.
+        unsafe { core::ptr::write_bytes(dst, byte, len) };
+        Ok(())
+    }
+}
+
+/// A ring's data area inside a [`SharedMem`]: `size` bytes at `base`.
+///
+/// Positions passed in are already reduced modulo `size` by the protocol
+/// code; copies that run past the end continue at the start. Both vchan and
+/// VMBus move their payload bytes through this one type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WrapRegion {
+    base: usize,
+    size: usize,
+}
+
+impl WrapRegion {
+    /// A region of `size` bytes at `base`. `size` must be non-zero.
+    pub const fn new(base: usize, size: usize) -> Self {
+        WrapRegion { base, size }
+    }
+
+    /// First byte of the region within its memory.
+    pub const fn base(&self) -> usize {
+        self.base
+    }
+
+    /// Size of the region in bytes.
+    pub const fn size(&self) -> usize {
+        self.size
+    }
+
+    /// Splits an access of `len` bytes at `pos` into the part before the
+    /// end of the region and the part that wraps to its start.
+    fn split(&self, pos: usize, len: usize) -> Result<(usize, usize), MemError> {
+        if pos >= self.size || len > self.size {
+            return Err(MemError::OutOfBounds {
+                offset: self.base.wrapping_add(pos),
+                len,
+                size: self.size,
+            });
+        }
+        let first = len.min(self.size - pos);
+        Ok((first, len - first))
+    }
+
+    /// Copies `dst.len()` bytes out of the region starting at `pos`, wrapping.
+    pub fn read<M: SharedMem + ?Sized>(
+        &self,
+        mem: &M,
+        pos: usize,
+        dst: &mut [u8],
+    ) -> Result<(), MemError> {
+        let (first, _) = self.split(pos, dst.len())?;
+        let (head, tail) = dst.split_at_mut(first);
+        mem.read(self.base + pos, head)?;
+        if !tail.is_empty() {
+            mem.read(self.base, tail)?;
+        }
+        Ok(())
+    }
+
+    /// Copies `src` into the region starting at `pos`, wrapping.
+    pub fn write<M: SharedMem + ?Sized>(
+        &self,
+        mem: &M,
+        pos: usize,
+        src: &[u8],
+    ) -> Result<(), MemError> {
+        let (first, _) = self.split(pos, src.len())?;
+        let (head, tail) = src.split_at(first);
+        mem.write(self.base + pos, head)?;
+        if !tail.is_empty() {
+            mem.write(self.base, tail)?;
+        }
+        Ok(())
+    }
+
+    /// Sets `len` bytes starting at `pos` to zero, wrapping.
+    pub fn zero<M: SharedMem + ?Sized>(
+        &self,
+        mem: &M,
+        pos: usize,
+        len: usize,
+    ) -> Result<(), MemError> {
+        let (first, rest) = self.split(pos, len)?;
+        mem.fill(self.base + pos, first, 0)?;
+        if rest > 0 {
+            mem.fill(self.base, rest, 0)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    extern crate std;
+    use std::vec;
+
+    fn words(n: usize) -> std::vec::Vec<AtomicU64> {
+        (0..n).map(|_| AtomicU64::new(0)).collect()
+    }
+
+    #[test]
+    fn words_are_little_endian_in_memory() {
+        let w = words(2);
+        let m = RawMem::from_atomics(&w);
+        m.store_u32(4, 0x0403_0201).unwrap();
+        let mut b = [0u8; 4];
+        m.read(4, &mut b).unwrap();
+        assert_eq!(b, [1, 2, 3, 4]);
+        assert_eq!(m.load_u32(4).unwrap(), 0x0403_0201);
+    }
+
+    #[test]
+    fn every_access_is_bounds_checked() {
+        let w = words(2);
+        let m = RawMem::from_atomics(&w);
+        assert_eq!(m.size(), 16);
+        assert!(m.load_u32(12).is_ok());
+        assert!(matches!(m.load_u32(13), Err(MemError::Misaligned { .. })));
+        assert!(matches!(m.load_u32(16), Err(MemError::OutOfBounds { .. })));
+        assert!(m.load_u8(16).is_err());
+        assert!(m.read(8, &mut [0; 9]).is_err());
+        assert!(m.write(usize::MAX, &[0; 2]).is_err());
+        assert!(m.fill(1, 16, 0).is_err());
+        assert!(m.fetch_or_u8(15, 1).is_ok());
+        assert!(m.fetch_and_u8(16, 1).is_err());
+    }
+
+    #[test]
+    fn rmw_bytes_return_old_values() {
+        let w = words(1);
+        let m = RawMem::from_atomics(&w);
+        assert_eq!(m.fetch_or_u8(3, 0b01).unwrap(), 0);
+        assert_eq!(m.fetch_or_u8(3, 0b10).unwrap(), 0b01);
+        assert_eq!(m.fetch_and_u8(3, !0b01).unwrap(), 0b11);
+        assert_eq!(m.load_u8(3).unwrap(), 0b10);
+    }
+
+    #[test]
+    fn wrap_region_splits_at_the_end() {
+        let w = words(4);
+        let m = RawMem::from_atomics(&w);
+        let r = WrapRegion::new(8, 16);
+        r.write(&m, 12, &[1, 2, 3, 4, 5, 6, 7]).unwrap();
+        let mut all = [0u8; 32];
+        m.read(0, &mut all).unwrap();
+        assert_eq!(&all[20..24], &[1, 2, 3, 4]);
+        assert_eq!(&all[8..11], &[5, 6, 7]);
+        let mut back = vec![0u8; 7];
+        r.read(&m, 12, &mut back).unwrap();
+        assert_eq!(back, [1, 2, 3, 4, 5, 6, 7]);
+        r.zero(&m, 14, 4).unwrap();
+        r.read(&m, 12, &mut back).unwrap();
+        assert_eq!(back, [1, 2, 0, 0, 0, 0, 7]);
+        assert!(r.read(&m, 16, &mut [0]).is_err());
+        assert!(r.write(&m, 0, &[0; 17]).is_err());
+    }
+}

@@ -1,0 +1,62 @@
+//! How a host wakes the peer and waits to be woken.
+//!
+//! The ring code never signals by itself: every operation that may need to
+//! wake the peer says so in its return value, and the host decides how (an
+//! eventfd write, a Xen event channel, a doorbell register, nothing at all
+//! for a busy-polling guest). This module holds the one trait a host
+//! implements for that, and [`NoSignal`] for polling.
+//!
+//! # Waiting without losing wake-ups
+//!
+//! Both protocols use the same Dekker-style pattern. The side about to sleep
+//! *arms* a request in shared memory ("wake me when you write/read"), issues
+//! a full fence, and *re-checks* the ring. The acting side moves its index,
+//! issues a full fence, and then tests the request. Whatever the
+//! interleaving, at least one side sees the other's store: either the actor
+//! signals, or the re-check finds the new state and the waiter does not
+//! sleep. The ring operations in this crate return "would block" only after
+//! arming and re-checking, so a caller may sleep on its event source as soon
+//! as it sees that answer.
+
+/// An event channel to the peer: kick it, and wait until it kicks us.
+///
+/// Events carry no meaning and may be spurious or merged: after every
+/// wake-up the caller re-checks the ring.
+pub trait Signal {
+    /// Why signalling or waiting failed (a closed fd, a timeout, ...).
+    type Error: core::fmt::Debug;
+
+    /// Wakes the peer.
+    fn notify(&self) -> Result<(), Self::Error>;
+
+    /// Blocks until the peer has kicked us at least once since the last
+    /// call (or returns at once if it already has).
+    fn wait(&self) -> Result<(), Self::Error>;
+}
+
+impl<T: Signal + ?Sized> Signal for &T {
+    type Error = T::Error;
+    fn notify(&self) -> Result<(), Self::Error> {
+        (**self).notify()
+    }
+    fn wait(&self) -> Result<(), Self::Error> {
+        (**self).wait()
+    }
+}
+
+/// A signal for busy-polling environments: notifying does nothing, and
+/// waiting returns at once (after a spin-loop hint), so blocking wrappers
+/// turn into polling loops.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoSignal;
+
+impl Signal for NoSignal {
+    type Error = core::convert::Infallible;
+    fn notify(&self) -> Result<(), Self::Error> {
+        Ok(())
+    }
+    fn wait(&self) -> Result<(), Self::Error> {
+        core::hint::spin_loop();
+        Ok(())
+    }
+}

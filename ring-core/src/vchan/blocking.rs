@@ -1,0 +1,217 @@
+//! Blocking use of an endpoint on a host-supplied [`Signal`], and a
+//! spin-locked handle for sharing one endpoint between tasks.
+
+use super::{Endpoint, Error, Transfer};
+use crate::mem::SharedMem;
+use crate::signal::Signal;
+use core::fmt;
+
+/// Why a blocking call failed.
+#[derive(Debug)]
+pub enum BlockingError<E> {
+    /// The ring said no (closed, corrupt, too large, ...).
+    Ring(Error),
+    /// The signal failed (its own error, e.g. a timeout or a dead fd).
+    Signal(E),
+}
+
+impl<E: fmt::Debug> fmt::Display for BlockingError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BlockingError::Ring(e) => e.fmt(f),
+            BlockingError::Signal(e) => write!(f, "signal failed: {e:?}"),
+        }
+    }
+}
+
+impl<E: fmt::Debug> core::error::Error for BlockingError<E> {}
+
+impl<E: fmt::Debug> embedded_io::Error for BlockingError<E> {
+    fn kind(&self) -> embedded_io::ErrorKind {
+        match self {
+            BlockingError::Ring(e) => embedded_io::Error::kind(e),
+            BlockingError::Signal(_) => embedded_io::ErrorKind::Other,
+        }
+    }
+}
+
+impl<E> From<Error> for BlockingError<E> {
+    fn from(e: Error) -> Self {
+        BlockingError::Ring(e)
+    }
+}
+
+/// An endpoint that blocks on a [`Signal`] instead of returning
+/// [`Error::WouldBlock`], and kicks the peer whenever the protocol says so.
+///
+/// Implements the `embedded-io` traits; ring-std builds `std::io` on it.
+#[derive(Debug)]
+pub struct Blocking<M, S> {
+    endpoint: Endpoint<M>,
+    signal: S,
+}
+
+impl<M: SharedMem, S: Signal> Blocking<M, S> {
+    /// Wraps a connected endpoint and the event channel to its peer.
+    pub fn new(endpoint: Endpoint<M>, signal: S) -> Self {
+        Blocking { endpoint, signal }
+    }
+
+    /// The endpoint inside.
+    pub fn endpoint(&mut self) -> &mut Endpoint<M> {
+        &mut self.endpoint
+    }
+
+    /// The signal inside.
+    pub fn signal(&self) -> &S {
+        &self.signal
+    }
+
+    /// Takes the endpoint and signal apart again.
+    pub fn into_parts(self) -> (Endpoint<M>, S) {
+        (self.endpoint, self.signal)
+    }
+
+    /// Kicks the peer unconditionally (e.g. once after a client connects).
+    pub fn kick(&self) -> Result<(), BlockingError<S::Error>> {
+        self.signal.notify().map_err(BlockingError::Signal)
+    }
+
+    fn settle(&self, t: Transfer) -> Result<usize, BlockingError<S::Error>> {
+        if t.notify {
+            self.kick()?;
+        }
+        Ok(t.len)
+    }
+
+    /// Runs `op` until it stops saying "would block", waiting on the signal
+    /// in between.
+    fn retry(
+        &mut self,
+        mut op: impl FnMut(&mut Endpoint<M>) -> Result<Transfer, Error>,
+    ) -> Result<usize, BlockingError<S::Error>> {
+        loop {
+            match op(&mut self.endpoint) {
+                Ok(t) => return self.settle(t),
+                Err(Error::WouldBlock) => self.signal.wait().map_err(BlockingError::Signal)?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Reads at least one byte; `Ok(0)` is end of stream.
+    pub fn read(&mut self, buf: &mut [u8]) -> Result<usize, BlockingError<S::Error>> {
+        self.retry(|ep| ep.read(buf))
+    }
+
+    /// Writes at least one byte of `buf` (all of it if it fits).
+    pub fn write(&mut self, buf: &[u8]) -> Result<usize, BlockingError<S::Error>> {
+        self.retry(|ep| ep.write(buf))
+    }
+
+    /// Writes all of `buf`, in as many pieces as the ring needs.
+    pub fn write_all(&mut self, mut buf: &[u8]) -> Result<(), BlockingError<S::Error>> {
+        while !buf.is_empty() {
+            let n = self.write(buf)?;
+            buf = buf.get(n..).unwrap_or(&[]);
+        }
+        Ok(())
+    }
+
+    /// Receives exactly `buf.len()` bytes as one packet.
+    pub fn recv(&mut self, buf: &mut [u8]) -> Result<(), BlockingError<S::Error>> {
+        self.retry(|ep| ep.recv(buf)).map(drop)
+    }
+
+    /// Sends `buf` as one packet (all or nothing).
+    pub fn send(&mut self, buf: &[u8]) -> Result<(), BlockingError<S::Error>> {
+        self.retry(|ep| ep.send(buf)).map(drop)
+    }
+
+    /// Closes our end and kicks the peer.
+    pub fn close(&mut self) -> Result<(), BlockingError<S::Error>> {
+        let t = self.endpoint.close()?;
+        self.settle(t).map(drop)
+    }
+}
+
+impl<M, S: Signal> embedded_io::ErrorType for Blocking<M, S> {
+    type Error = BlockingError<S::Error>;
+}
+
+impl<M: SharedMem, S: Signal> embedded_io::Read for Blocking<M, S> {
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, Self::Error> {
+        Blocking::read(self, buf)
+    }
+}
+
+impl<M: SharedMem, S: Signal> embedded_io::Write for Blocking<M, S> {
+    fn write(&mut self, buf: &[u8]) -> Result<usize, Self::Error> {
+        Blocking::write(self, buf)
+    }
+
+    fn flush(&mut self) -> Result<(), Self::Error> {
+        // Bytes are visible to the peer as soon as `write` returns.
+        Ok(())
+    }
+}
+
+impl<M: SharedMem, S: Signal> embedded_io::ReadReady for Blocking<M, S> {
+    fn read_ready(&mut self) -> Result<bool, Self::Error> {
+        // Ready if data is waiting, or if a read would report end of stream.
+        Ok(self.endpoint.data_ready()? > 0 || !self.endpoint.is_open()?)
+    }
+}
+
+impl<M: SharedMem, S: Signal> embedded_io::WriteReady for Blocking<M, S> {
+    fn write_ready(&mut self) -> Result<bool, Self::Error> {
+        Ok(self.endpoint.buffer_space()? > 0 || !self.endpoint.is_open()?)
+    }
+}
+
+/// One endpoint shared by several tasks of a `no_std` guest behind a spin
+/// lock. Each call holds the lock for one non-blocking operation only, so a
+/// task never sleeps while holding it.
+#[derive(Debug)]
+pub struct SharedEndpoint<M> {
+    inner: spin::Mutex<Endpoint<M>>,
+}
+
+impl<M: SharedMem> SharedEndpoint<M> {
+    /// Shares `endpoint`.
+    pub fn new(endpoint: Endpoint<M>) -> Self {
+        SharedEndpoint {
+            inner: spin::Mutex::new(endpoint),
+        }
+    }
+
+    /// Runs one operation on the endpoint under the lock.
+    pub fn with<R>(&self, op: impl FnOnce(&mut Endpoint<M>) -> R) -> R {
+        op(&mut self.inner.lock())
+    }
+
+    /// Non-blocking stream read; see [`Endpoint::read`].
+    pub fn read(&self, buf: &mut [u8]) -> Result<Transfer, Error> {
+        self.with(|ep| ep.read(buf))
+    }
+
+    /// Non-blocking stream write; see [`Endpoint::write`].
+    pub fn write(&self, buf: &[u8]) -> Result<Transfer, Error> {
+        self.with(|ep| ep.write(buf))
+    }
+
+    /// Non-blocking packet receive; see [`Endpoint::recv`].
+    pub fn recv(&self, buf: &mut [u8]) -> Result<Transfer, Error> {
+        self.with(|ep| ep.recv(buf))
+    }
+
+    /// Non-blocking packet send; see [`Endpoint::send`].
+    pub fn send(&self, buf: &[u8]) -> Result<Transfer, Error> {
+        self.with(|ep| ep.send(buf))
+    }
+
+    /// Takes the endpoint back.
+    pub fn into_inner(self) -> Endpoint<M> {
+        self.inner.into_inner()
+    }
+}

@@ -1,0 +1,730 @@
+//! A connected vchan endpoint: set-up, the data path and the notify protocol.
+
+use super::layout::{
+    placement, FlatLayout, Orders, Placement, CLI_LIVE, CLI_NOTIFY, GRANTS, LEFT_CONS, LEFT_PROD,
+    PAGE_SIZE, RIGHT_CONS, RIGHT_PROD, SRV_LIVE, SRV_NOTIFY,
+};
+use super::{ControlHeader, Error, Live, NotifyBits, Role, SetupError, Transfer};
+use crate::error::Corrupt;
+use crate::mem::{SharedMem, WrapRegion};
+use zerocopy::byteorder::little_endian::{U16, U32};
+use zerocopy::{FromBytes, IntoBytes};
+
+/// Where one ring's data bytes live: a memory and a byte offset in it.
+#[derive(Clone, Copy, Debug)]
+pub struct RingPlace<M> {
+    /// The memory holding the ring (the control page's own memory for an
+    /// in-page ring).
+    pub mem: M,
+    /// Byte offset of the ring's first byte in `mem`.
+    pub offset: usize,
+}
+
+/// Server set-up choices beyond the ring sizes.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ServerOptions {
+    /// Starting value of all four indices. libxenvchan uses 0; any value
+    /// works because only differences matter, and tests use values near
+    /// `u32::MAX` to exercise the wrap.
+    pub initial_index: u32,
+}
+
+/// One direction's state: where its bytes are, our own index (a private
+/// shadow, never read back from the page) and the last peer index we saw.
+#[derive(Debug)]
+struct Ring<M> {
+    mem: M,
+    region: WrapRegion,
+    size: u32,
+    /// Offset of our index in the control page.
+    own_at: usize,
+    /// Offset of the peer's index in the control page.
+    peer_at: usize,
+    own: u32,
+    peer: u32,
+}
+
+impl<M: SharedMem> Ring<M> {
+    fn new(
+        place: RingPlace<M>,
+        order: u8,
+        own_at: usize,
+        peer_at: usize,
+        own: u32,
+        peer: u32,
+    ) -> Result<Self, Error> {
+        let size = 1usize << order;
+        let end = place.offset.checked_add(size).unwrap_or(usize::MAX);
+        if end > place.mem.size() {
+            return Err(SetupError::MemoryTooSmall {
+                needed: end,
+                available: place.mem.size(),
+            }
+            .into());
+        }
+        Ok(Ring {
+            region: WrapRegion::new(place.offset, size),
+            mem: place.mem,
+            size: 1u32 << order,
+            own_at,
+            peer_at,
+            own,
+            peer,
+        })
+    }
+
+    fn position(&self, index: u32) -> usize {
+        (index & (self.size - 1)) as usize
+    }
+}
+
+/// One end of a connected vchan.
+///
+/// Non-blocking: every data call either makes progress, or returns
+/// [`Error::WouldBlock`] after arming the wake-up request and re-checking the
+/// ring. Calls that moved an index say in [`Transfer::notify`] whether the
+/// peer asked to be kicked. Wrap it in [`Blocking`](super::Blocking) to
+/// block on a [`Signal`](crate::signal::Signal).
+#[derive(Debug)]
+pub struct Endpoint<M> {
+    ctrl: M,
+    role: Role,
+    orders: Orders,
+    rx: Ring<M>,
+    tx: Ring<M>,
+    /// Our live byte, the peer's live byte.
+    own_live: usize,
+    peer_live: usize,
+    /// The byte we OR requests into (aimed at the peer), and our own byte.
+    ask_peer: usize,
+    own_notify: usize,
+    closed: bool,
+    poisoned: Option<Corrupt>,
+}
+
+/// Offsets a role uses: (rx own, rx peer, tx own, tx peer, own live, peer
+/// live, ask-peer byte, own notify byte).
+const fn role_offsets(role: Role) -> [usize; 8] {
+    match role {
+        Role::Server => [
+            LEFT_CONS, LEFT_PROD, RIGHT_PROD, RIGHT_CONS, SRV_LIVE, CLI_LIVE, CLI_NOTIFY,
+            SRV_NOTIFY,
+        ],
+        Role::Client => [
+            RIGHT_CONS, RIGHT_PROD, LEFT_PROD, LEFT_CONS, CLI_LIVE, SRV_LIVE, SRV_NOTIFY,
+            CLI_NOTIFY,
+        ],
+    }
+}
+
+fn check_ctrl<M: SharedMem>(ctrl: &M) -> Result<(), SetupError> {
+    if ctrl.size() < PAGE_SIZE {
+        return Err(SetupError::MemoryTooSmall {
+            needed: PAGE_SIZE,
+            available: ctrl.size(),
+        });
+    }
+    Ok(())
+}
+
+fn check_in_page<M: SharedMem>(order: u8, place: &RingPlace<M>) -> Result<(), SetupError> {
+    // An in-page ring must sit at its fixed offset; we trust the caller to
+    // pass the control page's memory, but not a wrong offset.
+    match placement(order) {
+        Placement::InPage { offset } if place.offset != offset => {
+            Err(SetupError::MisplacedRing { order })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Sets up a vchan as the server, the way libxenvchan's server does: zero
+/// the control page, write indices, orders and grant refs, mark the server
+/// live (1) and the client waiting (2), and ask the client to kick us on
+/// its first write.
+///
+/// `left` and `right` say where the rings' bytes are; for in-page orders
+/// they must be the control page's memory at offset 1024 or 2048. `grants`
+/// holds the refs of the external pages (left's, then right's), written to
+/// the page for the client.
+pub fn serve<M: SharedMem>(
+    ctrl: M,
+    left: RingPlace<M>,
+    right: RingPlace<M>,
+    orders: Orders,
+    grants: &[u32],
+    options: ServerOptions,
+) -> Result<Endpoint<M>, Error> {
+    check_ctrl(&ctrl)?;
+    check_in_page(orders.left(), &left)?;
+    check_in_page(orders.right(), &right)?;
+    if grants.len() < orders.grant_count() {
+        return Err(SetupError::GrantCount {
+            needed: orders.grant_count(),
+            given: grants.len(),
+        }
+        .into());
+    }
+    let i = U32::new(options.initial_index);
+    let header = ControlHeader {
+        left: super::RingIndices { cons: i, prod: i },
+        right: super::RingIndices { cons: i, prod: i },
+        left_order: U16::new(u16::from(orders.left())),
+        right_order: U16::new(u16::from(orders.right())),
+        cli_live: Live::Waiting as u8,
+        srv_live: Live::Connected as u8,
+        cli_notify: NotifyBits::WRITE.bits(),
+        srv_notify: 0,
+    };
+    ctrl.fill(0, PAGE_SIZE, 0)?;
+    for (n, grant) in grants.iter().take(orders.grant_count()).enumerate() {
+        ctrl.write(GRANTS + 4 * n, grant.as_bytes())?;
+    }
+    // The indices and orders first, the live bytes last, so a client that
+    // sees the server live also sees a complete header.
+    ctrl.write(0, header.as_bytes().get(..CLI_LIVE).unwrap_or(&[]))?;
+    ctrl.store_u8(CLI_NOTIFY, header.cli_notify)?;
+    ctrl.store_u8(CLI_LIVE, header.cli_live)?;
+    ctrl.store_u8(SRV_LIVE, header.srv_live)?;
+    let start = options.initial_index;
+    Endpoint::new(ctrl, Role::Server, orders, left, right, [start; 4])
+}
+
+/// [`serve`] over one memory laid out as [`FlatLayout`]: control page,
+/// then left's pages, then right's. The page numbers stand in for grant
+/// refs.
+pub fn serve_flat<M: SharedMem + Clone>(
+    mem: M,
+    orders: Orders,
+    options: ServerOptions,
+) -> Result<Endpoint<M>, Error> {
+    let layout = FlatLayout::new(orders);
+    if mem.size() < layout.size {
+        return Err(SetupError::MemoryTooSmall {
+            needed: layout.size,
+            available: mem.size(),
+        }
+        .into());
+    }
+    let mut grants = [0u32; 2 * (1 << 8)];
+    for (slot, page) in grants.iter_mut().zip(layout.page_numbers()) {
+        *slot = page;
+    }
+    let left = RingPlace {
+        mem: mem.clone(),
+        offset: layout.left,
+    };
+    let right = RingPlace {
+        mem: mem.clone(),
+        offset: layout.right,
+    };
+    serve(mem, left, right, orders, &grants, options)
+}
+
+/// Connects as the client to a page a server has set up.
+///
+/// Reads the header once, validates the orders strictly (see
+/// [`Orders::new`]) and the server's liveness, then asks `place` where the
+/// two rings are (`place` gets the orders and a reader of the grant list,
+/// e.g. to map grant refs). Marks the client connected and asks the server
+/// to kick us on its first write.
+///
+/// The caller must send the server one event after this returns, as
+/// libxenvchan's client does, so a server waiting for its client wakes.
+pub fn connect<M, F>(ctrl: M, place: F) -> Result<Endpoint<M>, Error>
+where
+    M: SharedMem,
+    F: FnOnce(Orders, &dyn Fn(usize) -> Option<u32>) -> Result<(RingPlace<M>, RingPlace<M>), Error>,
+{
+    check_ctrl(&ctrl)?;
+    let mut raw = [0u8; GRANTS];
+    ctrl.read(0, &mut raw)?;
+    let header = ControlHeader::read_from_bytes(&raw).map_err(|_| SetupError::BadIndices)?;
+    let orders = Orders::from_wire(header.left_order.get(), header.right_order.get())?;
+    if header.srv_live != Live::Connected as u8 {
+        return Err(SetupError::ServerNotLive {
+            live: header.srv_live,
+        }
+        .into());
+    }
+    if header.cli_live == Live::Connected as u8 {
+        return Err(SetupError::ClientAlreadyConnected.into());
+    }
+    let grant_count = orders.grant_count();
+    let grant = |n: usize| -> Option<u32> {
+        if n >= grant_count {
+            return None;
+        }
+        ctrl.load_u32(GRANTS + 4 * n).ok()
+    };
+    let (left, right) = place(orders, &grant)?;
+    check_in_page(orders.left(), &left)?;
+    check_in_page(orders.right(), &right)?;
+    let indices = [
+        header.right.cons.get(),
+        header.right.prod.get(),
+        header.left.prod.get(),
+        header.left.cons.get(),
+    ];
+    let endpoint = Endpoint::new(ctrl, Role::Client, orders, left, right, indices)?;
+    endpoint.ctrl.store_u8(CLI_LIVE, Live::Connected as u8)?;
+    endpoint
+        .ctrl
+        .store_u8(SRV_NOTIFY, NotifyBits::WRITE.bits())?;
+    Ok(endpoint)
+}
+
+/// [`connect`] over one memory laid out as [`FlatLayout`].
+pub fn connect_flat<M: SharedMem + Clone>(mem: M) -> Result<Endpoint<M>, Error> {
+    let for_rings = mem.clone();
+    connect(mem, move |orders, _grants| {
+        let layout = FlatLayout::new(orders);
+        if for_rings.size() < layout.size {
+            return Err(SetupError::MemoryTooSmall {
+                needed: layout.size,
+                available: for_rings.size(),
+            }
+            .into());
+        }
+        Ok((
+            RingPlace {
+                mem: for_rings.clone(),
+                offset: layout.left,
+            },
+            RingPlace {
+                mem: for_rings,
+                offset: layout.right,
+            },
+        ))
+    })
+}
+
+/// Whether data can move now, after arming and re-checking.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Readiness {
+    /// The call would make progress (or report EOF/closed) now.
+    Ready,
+    /// The request is armed: sleep until the peer kicks.
+    Armed,
+}
+
+impl<M: SharedMem> Endpoint<M> {
+    /// `indices` = [rx own, rx peer, tx own, tx peer].
+    fn new(
+        ctrl: M,
+        role: Role,
+        orders: Orders,
+        left: RingPlace<M>,
+        right: RingPlace<M>,
+        indices: [u32; 4],
+    ) -> Result<Self, Error> {
+        let [rx_own_at, rx_peer_at, tx_own_at, tx_peer_at, own_live, peer_live, ask_peer, own_notify] =
+            role_offsets(role);
+        let [rx_own, rx_peer, tx_own, tx_peer] = indices;
+        let (rx_place, rx_order, tx_place, tx_order) = match role {
+            Role::Server => (left, orders.left(), right, orders.right()),
+            Role::Client => (right, orders.right(), left, orders.left()),
+        };
+        let rx = Ring::new(rx_place, rx_order, rx_own_at, rx_peer_at, rx_own, rx_peer)?;
+        let tx = Ring::new(tx_place, tx_order, tx_own_at, tx_peer_at, tx_own, tx_peer)?;
+        // rx: prod (peer) - cons (own); tx: prod (own) - cons (peer).
+        if rx_peer.wrapping_sub(rx_own) > rx.size || tx_own.wrapping_sub(tx_peer) > tx.size {
+            return Err(SetupError::BadIndices.into());
+        }
+        Ok(Endpoint {
+            ctrl,
+            role,
+            orders,
+            rx,
+            tx,
+            own_live,
+            peer_live,
+            ask_peer,
+            own_notify,
+            closed: false,
+            poisoned: None,
+        })
+    }
+
+    /// Which end this is.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The ring orders, as validated at set-up.
+    pub fn orders(&self) -> Orders {
+        self.orders
+    }
+
+    /// Size of the ring we read.
+    pub fn read_capacity(&self) -> usize {
+        self.rx.size as usize
+    }
+
+    /// Size of the ring we write.
+    pub fn write_capacity(&self) -> usize {
+        self.tx.size as usize
+    }
+
+    /// The control page's memory.
+    pub fn control(&self) -> &M {
+        &self.ctrl
+    }
+
+    /// The corruption that poisoned this endpoint, if any.
+    pub fn poisoned(&self) -> Option<Corrupt> {
+        self.poisoned
+    }
+
+    fn poison(&mut self, what: &'static str) -> Error {
+        let c = Corrupt { what };
+        self.poisoned = Some(c);
+        Error::Corrupt(c)
+    }
+
+    fn usable(&self) -> Result<(), Error> {
+        if let Some(c) = self.poisoned {
+            return Err(Error::Corrupt(c));
+        }
+        if self.closed {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+
+    /// The peer's liveness, read once. An undefined value poisons.
+    pub fn peer_live(&mut self) -> Result<Live, Error> {
+        self.usable()?;
+        let byte = self.ctrl.load_u8(self.peer_live)?;
+        match Live::from_byte(byte) {
+            Some(Live::Waiting) if self.role == Role::Client => {
+                Err(self.poison("server live byte holds 2, which only a client may"))
+            }
+            Some(live) => Ok(live),
+            None => Err(self.poison("peer live byte holds an undefined value")),
+        }
+    }
+
+    /// Reloads the producer index of the ring we read and returns the bytes
+    /// available. The peer's index may only move forward, to at most one
+    /// full ring ahead of our consumer index.
+    fn refresh_rx(&mut self) -> Result<u32, Error> {
+        let prod = self.ctrl.load_u32(self.rx.peer_at)?;
+        let moved = prod.wrapping_sub(self.rx.peer);
+        let room = self
+            .rx
+            .own
+            .wrapping_add(self.rx.size)
+            .wrapping_sub(self.rx.peer);
+        if moved > room {
+            return Err(self.poison("producer index moved backwards or more than a ring ahead"));
+        }
+        self.rx.peer = prod;
+        Ok(prod.wrapping_sub(self.rx.own))
+    }
+
+    /// Reloads the consumer index of the ring we write and returns the free
+    /// bytes. The peer's index may only move forward, up to our producer.
+    fn refresh_tx(&mut self) -> Result<u32, Error> {
+        let cons = self.ctrl.load_u32(self.tx.peer_at)?;
+        let moved = cons.wrapping_sub(self.tx.peer);
+        let room = self.tx.own.wrapping_sub(self.tx.peer);
+        if moved > room {
+            return Err(self.poison("consumer index moved backwards or past the producer"));
+        }
+        self.tx.peer = cons;
+        Ok(self.tx.size - self.tx.own.wrapping_sub(cons))
+    }
+
+    /// Bytes readable, from the cached peer index if it shows at least
+    /// `want`, else from a fresh load.
+    fn readable(&mut self, want: usize) -> Result<u32, Error> {
+        let cached = self.rx.peer.wrapping_sub(self.rx.own);
+        if cached as usize >= want {
+            return Ok(cached);
+        }
+        self.refresh_rx()
+    }
+
+    /// Bytes writable, cached first as for [`readable`](Self::readable).
+    fn writable(&mut self, want: usize) -> Result<u32, Error> {
+        let cached = self.tx.size - self.tx.own.wrapping_sub(self.tx.peer);
+        if cached as usize >= want {
+            return Ok(cached);
+        }
+        self.refresh_tx()
+    }
+
+    /// Arms `bits` in the byte aimed at the peer, then fences so the
+    /// re-check that follows cannot be ordered before the request.
+    fn arm(&self, bits: NotifyBits) -> Result<(), Error> {
+        self.ctrl.fetch_or_u8(self.ask_peer, bits.bits())?;
+        self.ctrl.fence();
+        Ok(())
+    }
+
+    /// After publishing an index: fence, then test-and-clear `bits` in our
+    /// own notify byte. True if the peer asked to be kicked.
+    fn peer_asked(&self, bits: NotifyBits) -> Result<bool, Error> {
+        self.ctrl.fence();
+        // A plain load first keeps the locked RMW off the fast path; if the
+        // bit is clear now, the peer's re-check will see our index.
+        if self.ctrl.load_u8(self.own_notify)? & bits.bits() == 0 {
+            return Ok(false);
+        }
+        let old = self.ctrl.fetch_and_u8(self.own_notify, !bits.bits())?;
+        Ok(old & bits.bits() != 0)
+    }
+
+    /// Bytes readable now, without arming anything.
+    pub fn data_ready(&mut self) -> Result<usize, Error> {
+        self.usable()?;
+        Ok(self.refresh_rx()? as usize)
+    }
+
+    /// Bytes writable now, without arming anything.
+    pub fn buffer_space(&mut self) -> Result<usize, Error> {
+        self.usable()?;
+        Ok(self.refresh_tx()? as usize)
+    }
+
+    /// Waits for at least `want` readable bytes (clamped to the ring size):
+    /// the request is armed and the ring re-checked. On
+    /// [`Readiness::Armed`] the caller may sleep until the next event.
+    pub fn arm_readable(&mut self, want: usize) -> Result<Readiness, Error> {
+        self.usable()?;
+        let want = want.clamp(1, self.rx.size as usize);
+        if self.readable(want)? as usize >= want {
+            return Ok(Readiness::Ready);
+        }
+        self.arm(NotifyBits::WRITE)?;
+        if self.refresh_rx()? as usize >= want || self.peer_live()? == Live::Closed {
+            return Ok(Readiness::Ready);
+        }
+        Ok(Readiness::Armed)
+    }
+
+    /// Waits for at least `want` writable bytes, as
+    /// [`arm_readable`](Self::arm_readable).
+    pub fn arm_writable(&mut self, want: usize) -> Result<Readiness, Error> {
+        self.usable()?;
+        let want = want.clamp(1, self.tx.size as usize);
+        if self.writable(want)? as usize >= want {
+            return Ok(Readiness::Ready);
+        }
+        self.arm(NotifyBits::READ)?;
+        if self.refresh_tx()? as usize >= want || self.peer_live()? == Live::Closed {
+            return Ok(Readiness::Ready);
+        }
+        Ok(Readiness::Armed)
+    }
+
+    /// Finds `want` readable bytes (`exact`: all of them, else at least
+    /// one), arming and re-checking before giving up. `Ok(0)` means the
+    /// peer closed and the ring is drained (or holds too little for an
+    /// exact read).
+    fn wait_data(&mut self, want: usize, exact: bool) -> Result<usize, Error> {
+        let need = if exact { want } else { 1 };
+        let avail = self.readable(want)? as usize;
+        if avail >= need {
+            return Ok(avail);
+        }
+        self.arm(NotifyBits::WRITE)?;
+        let avail = self.refresh_rx()? as usize;
+        if avail >= need {
+            return Ok(avail);
+        }
+        if self.peer_live()? != Live::Closed {
+            return Err(Error::WouldBlock);
+        }
+        // The peer closed. It may have written more just before: look once
+        // more (the live byte was loaded with Acquire after its last index).
+        let avail = self.refresh_rx()? as usize;
+        Ok(if avail >= need { avail } else { 0 })
+    }
+
+    fn finish_read(&mut self, buf: &mut [u8]) -> Result<Transfer, Error> {
+        let pos = self.rx.position(self.rx.own);
+        self.rx.region.read(&self.rx.mem, pos, buf)?;
+        // Release: our copy-out completes before the peer sees the space.
+        self.rx.own = self.rx.own.wrapping_add(buf.len() as u32);
+        self.ctrl.store_u32(self.rx.own_at, self.rx.own)?;
+        let notify = self.peer_asked(NotifyBits::READ)?;
+        Ok(Transfer {
+            len: buf.len(),
+            notify,
+        })
+    }
+
+    fn finish_write(&mut self, buf: &[u8]) -> Result<Transfer, Error> {
+        let pos = self.tx.position(self.tx.own);
+        self.tx.region.write(&self.tx.mem, pos, buf)?;
+        // Release: the bytes are in place before the peer sees the index.
+        self.tx.own = self.tx.own.wrapping_add(buf.len() as u32);
+        self.ctrl.store_u32(self.tx.own_at, self.tx.own)?;
+        let notify = self.peer_asked(NotifyBits::WRITE)?;
+        Ok(Transfer {
+            len: buf.len(),
+            notify,
+        })
+    }
+
+    /// Stream read: copies up to `buf.len()` bytes.
+    ///
+    /// Returns the bytes read; `len == 0` (with a non-empty `buf`) means end
+    /// of stream: the peer closed and everything it wrote has been read.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::WouldBlock`] when the ring is empty and the peer is open
+    /// (the wake-up request is armed); [`Error::Corrupt`] if the peer broke
+    /// the protocol; [`Error::Closed`] after our own [`close`](Self::close).
+    pub fn read(&mut self, buf: &mut [u8]) -> Result<Transfer, Error> {
+        self.usable()?;
+        if buf.is_empty() {
+            return Ok(Transfer {
+                len: 0,
+                notify: false,
+            });
+        }
+        let want = buf.len().min(self.rx.size as usize);
+        let avail = self.wait_data(want, false)?;
+        let n = avail.min(want);
+        match buf.get_mut(..n) {
+            Some(dst) if n > 0 => self.finish_read(dst),
+            _ => Ok(Transfer {
+                len: 0,
+                notify: false,
+            }),
+        }
+    }
+
+    /// Packet receive: fills all of `buf` or nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TooLarge`] if `buf` is larger than the ring (it could never
+    /// be filled); [`Error::WouldBlock`] until `buf.len()` bytes are there;
+    /// [`Error::Closed`] if the peer closed with fewer bytes left.
+    pub fn recv(&mut self, buf: &mut [u8]) -> Result<Transfer, Error> {
+        self.usable()?;
+        let capacity = self.rx.size as usize;
+        if buf.len() > capacity {
+            return Err(Error::TooLarge {
+                len: buf.len(),
+                capacity,
+            });
+        }
+        if buf.is_empty() {
+            return Ok(Transfer {
+                len: 0,
+                notify: false,
+            });
+        }
+        match self.wait_data(buf.len(), true)? {
+            0 => Err(Error::Closed),
+            _ => self.finish_read(buf),
+        }
+    }
+
+    /// Finds room for `want` bytes (`exact`: all, else at least one).
+    fn wait_space(&mut self, want: usize, exact: bool) -> Result<usize, Error> {
+        if self.peer_live()? == Live::Closed {
+            return Err(Error::Closed);
+        }
+        let need = if exact { want } else { 1 };
+        let free = self.writable(want)? as usize;
+        if free >= need {
+            return Ok(free);
+        }
+        self.arm(NotifyBits::READ)?;
+        let free = self.refresh_tx()? as usize;
+        if free >= need {
+            return Ok(free);
+        }
+        if self.peer_live()? == Live::Closed {
+            return Err(Error::Closed);
+        }
+        Err(Error::WouldBlock)
+    }
+
+    /// Stream write: copies as much of `buf` as fits now.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] if the peer has closed; [`Error::WouldBlock`] when
+    /// the ring is full (the wake-up request is armed);
+    /// [`Error::Corrupt`] if the peer broke the protocol.
+    pub fn write(&mut self, buf: &[u8]) -> Result<Transfer, Error> {
+        self.usable()?;
+        if buf.is_empty() {
+            return Ok(Transfer {
+                len: 0,
+                notify: false,
+            });
+        }
+        let want = buf.len().min(self.tx.size as usize);
+        let free = self.wait_space(want, false)?;
+        match buf.get(..free.min(want)) {
+            Some(src) => self.finish_write(src),
+            None => Ok(Transfer {
+                len: 0,
+                notify: false,
+            }),
+        }
+    }
+
+    /// Packet send: writes all of `buf` or nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TooLarge`] if `buf` is larger than the ring;
+    /// [`Error::WouldBlock`] until it fits; [`Error::Closed`] if the peer
+    /// has closed.
+    pub fn send(&mut self, buf: &[u8]) -> Result<Transfer, Error> {
+        self.usable()?;
+        let capacity = self.tx.size as usize;
+        if buf.len() > capacity {
+            return Err(Error::TooLarge {
+                len: buf.len(),
+                capacity,
+            });
+        }
+        if buf.is_empty() {
+            return Ok(Transfer {
+                len: 0,
+                notify: false,
+            });
+        }
+        self.wait_space(buf.len(), true)?;
+        self.finish_write(buf)
+    }
+
+    /// True while the peer is connected (or, for a server, not yet
+    /// connected) and we have not closed.
+    pub fn is_open(&mut self) -> Result<bool, Error> {
+        Ok(self.peer_live()? != Live::Closed)
+    }
+
+    /// Closes our end: marks us not live. The peer must be kicked
+    /// unconditionally (the returned transfer says so), so a peer blocked on
+    /// us wakes and sees the close. Later calls return [`Error::Closed`].
+    pub fn close(&mut self) -> Result<Transfer, Error> {
+        if self.closed {
+            return Ok(Transfer {
+                len: 0,
+                notify: false,
+            });
+        }
+        self.closed = true;
+        self.ctrl.store_u8(self.own_live, Live::Closed as u8)?;
+        self.ctrl.fence();
+        Ok(Transfer {
+            len: 0,
+            notify: true,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

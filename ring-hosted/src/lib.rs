@@ -1,0 +1,4 @@
+//! Linux shims for ring-core: shared memory from memfd and shm files,
+//! eventfd signalling, and the `ring` command.
+//!
+//! Thin for now: the in-process example lives in `ring demo`.

@@ -1,0 +1,1 @@
+//! std glue for ring-core.
