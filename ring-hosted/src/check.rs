@@ -1,0 +1,242 @@
+//! A deterministic byte pattern and a fast streaming checksum, to prove
+//! that bytes crossed a ring intact (used by `ring demo` and the tests).
+//!
+//! The pattern is a function of (seed, position), so a receiver can check
+//! any byte it gets without having seen the ones before; the checksum is
+//! independent of how the stream was cut into reads and writes.
+//!
+//! ```
+//! use ring_hosted::check::{Checksum, Pattern};
+//!
+//! let mut p = Pattern::new(7);
+//! let mut a = vec![0u8; 100];
+//! p.fill(&mut a);
+//! let mut whole = Checksum::new();
+//! whole.update(&a);
+//! let mut parts = Checksum::new();
+//! parts.update(&a[..33]);
+//! parts.update(&a[33..]);
+//! assert_eq!(whole.finish(), parts.finish());
+//! assert_eq!(Pattern::new(7).first_mismatch(&a), None);
+//! ```
+
+/// The pattern's word at word index `i`: splitmix64 of seed and index.
+fn word(seed: u64, i: u64) -> u64 {
+    let mut z = seed ^ i.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// An endless deterministic byte stream, read in pieces of any size.
+#[derive(Clone, Debug)]
+pub struct Pattern {
+    seed: u64,
+    pos: u64,
+}
+
+impl Pattern {
+    /// The stream for `seed`, at position 0.
+    pub fn new(seed: u64) -> Self {
+        Pattern { seed, pos: 0 }
+    }
+
+    /// Bytes produced (or checked) so far.
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+
+    /// Fills `buf` with the next `buf.len()` bytes of the stream.
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        let mut pos = self.pos;
+        let mut rest = buf;
+        // Unaligned head, byte by byte.
+        while pos % 8 != 0 {
+            let Some((b, tail)) = std::mem::take(&mut rest).split_first_mut() else {
+                break;
+            };
+            *b = word(self.seed, pos / 8).to_le_bytes()[(pos % 8) as usize];
+            rest = tail;
+            pos += 1;
+        }
+        let mut chunks = rest.chunks_exact_mut(8);
+        for c in &mut chunks {
+            c.copy_from_slice(&word(self.seed, pos / 8).to_le_bytes());
+            pos += 8;
+        }
+        let tail = chunks.into_remainder();
+        let w = word(self.seed, pos / 8).to_le_bytes();
+        for (b, v) in tail.iter_mut().zip(w) {
+            *b = v;
+            pos += 1;
+        }
+        self.pos = pos;
+    }
+
+    /// Checks that `got` is the next `got.len()` bytes of the stream and
+    /// advances; returns the stream offset of the first wrong byte.
+    pub fn first_mismatch(&mut self, got: &[u8]) -> Option<u64> {
+        let start = self.pos;
+        let mut want = [0u8; 4096];
+        for (n, piece) in got.chunks(want.len()).enumerate() {
+            let w = want.get_mut(..piece.len()).unwrap_or(&mut []);
+            self.fill(w);
+            if w != piece {
+                let at = w.iter().zip(piece).position(|(a, b)| a != b).unwrap_or(0);
+                return Some(start + (n * 4096 + at) as u64);
+            }
+        }
+        None
+    }
+}
+
+const P1: u64 = 0x9E37_79B1_85EB_CA87;
+const P2: u64 = 0xC2B2_AE3D_27D4_EB4F;
+
+/// A fast non-cryptographic checksum over a byte stream, independent of
+/// how the stream is split into `update` calls.
+#[derive(Clone, Debug)]
+pub struct Checksum {
+    lanes: [u64; 4],
+    pending: [u8; 32],
+    fill: usize,
+    total: u64,
+}
+
+impl Default for Checksum {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Checksum {
+    /// An empty checksum.
+    pub fn new() -> Self {
+        Checksum {
+            lanes: [P1, P2, !P1, !P2],
+            pending: [0; 32],
+            fill: 0,
+            total: 0,
+        }
+    }
+
+    fn block(lanes: &mut [u64; 4], b: &[u8]) {
+        for (k, lane) in lanes.iter_mut().enumerate() {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(b.get(8 * k..8 * k + 8).unwrap_or(&[0; 8]));
+            *lane = (*lane ^ u64::from_le_bytes(w))
+                .wrapping_mul(P1)
+                .rotate_left(31);
+        }
+    }
+
+    /// Adds `data` to the stream.
+    pub fn update(&mut self, mut data: &[u8]) {
+        self.total += data.len() as u64;
+        if self.fill > 0 {
+            let take = (32 - self.fill).min(data.len());
+            let (head, rest) = data.split_at(take);
+            self.pending
+                .get_mut(self.fill..self.fill + take)
+                .unwrap_or(&mut [])
+                .copy_from_slice(head);
+            self.fill += take;
+            data = rest;
+            if self.fill < 32 {
+                return;
+            }
+            let p = self.pending;
+            Self::block(&mut self.lanes, &p);
+            self.fill = 0;
+        }
+        let mut chunks = data.chunks_exact(32);
+        for c in &mut chunks {
+            Self::block(&mut self.lanes, c);
+        }
+        let tail = chunks.remainder();
+        self.pending
+            .get_mut(..tail.len())
+            .unwrap_or(&mut [])
+            .copy_from_slice(tail);
+        self.fill = tail.len();
+    }
+
+    /// Bytes added so far.
+    pub fn len(&self) -> u64 {
+        self.total
+    }
+
+    /// True if nothing was added.
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+
+    /// The checksum of everything added so far.
+    pub fn finish(&self) -> u64 {
+        let mut lanes = self.lanes;
+        if self.fill > 0 {
+            let mut last = [0u8; 32];
+            last.get_mut(..self.fill)
+                .unwrap_or(&mut [])
+                .copy_from_slice(self.pending.get(..self.fill).unwrap_or(&[]));
+            Self::block(&mut lanes, &last);
+        }
+        let mut h = self.total.wrapping_mul(P2);
+        for l in lanes {
+            h = (h ^ l).wrapping_mul(P1).rotate_left(27) ^ (h >> 29);
+        }
+        h ^ (h >> 32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pattern_is_the_same_however_it_is_cut() {
+        let mut whole = vec![0u8; 1000];
+        Pattern::new(3).fill(&mut whole);
+        let mut p = Pattern::new(3);
+        let mut pieces = Vec::new();
+        for n in [1, 7, 8, 13, 64, 907] {
+            let mut b = vec![0u8; n];
+            p.fill(&mut b);
+            pieces.extend(b);
+        }
+        assert_eq!(pieces, whole);
+        assert_ne!(whole[..8], whole[8..16]);
+    }
+
+    #[test]
+    fn mismatch_is_located() {
+        let mut b = vec![0u8; 10_000];
+        Pattern::new(1).fill(&mut b);
+        b[5000] ^= 1;
+        assert_eq!(Pattern::new(1).first_mismatch(&b), Some(5000));
+        let mut p = Pattern::new(1);
+        assert_eq!(p.first_mismatch(&b[..4000]), None);
+        assert_eq!(p.first_mismatch(&b[4000..]), Some(5000));
+    }
+
+    #[test]
+    fn checksum_splits_and_detects_changes() {
+        let mut b = vec![0u8; 4099];
+        Pattern::new(9).fill(&mut b);
+        let mut a = Checksum::new();
+        a.update(&b);
+        for cut in [0, 1, 31, 32, 33, 4098] {
+            let mut c = Checksum::new();
+            c.update(&b[..cut]);
+            c.update(&b[cut..]);
+            assert_eq!(c.finish(), a.finish(), "cut at {cut}");
+        }
+        b[17] ^= 0x80;
+        let mut d = Checksum::new();
+        d.update(&b);
+        assert_ne!(d.finish(), a.finish());
+        let mut e = Checksum::new();
+        e.update(&b[..4098]);
+        assert_ne!(e.finish(), d.finish(), "length matters");
+    }
+}
