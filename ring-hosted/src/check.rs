@@ -20,12 +20,15 @@
 //! assert_eq!(Pattern::new(7).first_mismatch(&a), None);
 //! ```
 
-/// The pattern's word at word index `i`: splitmix64 of seed and index.
+use crate::stream::VchanStream;
+use crate::Error;
+
+/// The pattern's word at word index `i`: one multiply-xorshift round of
+/// seed and index (cheap, so generating the pattern never limits a
+/// transfer; a different word for every index and seed is all we need).
 fn word(seed: u64, i: u64) -> u64 {
-    let mut z = seed ^ i.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+    let z = (seed ^ i).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z ^ (z >> 29)
 }
 
 /// An endless deterministic byte stream, read in pieces of any size.
@@ -51,7 +54,7 @@ impl Pattern {
         let mut pos = self.pos;
         let mut rest = buf;
         // Unaligned head, byte by byte.
-        while pos % 8 != 0 {
+        while !pos.is_multiple_of(8) {
             let Some((b, tail)) = std::mem::take(&mut rest).split_first_mut() else {
                 break;
             };
@@ -186,6 +189,96 @@ impl Checksum {
             h = (h ^ l).wrapping_mul(P1).rotate_left(27) ^ (h >> 29);
         }
         h ^ (h >> 32)
+    }
+}
+
+/// What [`duplex`] moved and what it saw.
+#[derive(Clone, Debug)]
+pub struct DuplexResult {
+    /// Checksum of the bytes we wrote.
+    pub sent: Checksum,
+    /// Checksum of the bytes we read.
+    pub received: Checksum,
+}
+
+/// Writes `send` bytes of `Pattern::new(seed)` into `stream` while reading
+/// `recv` bytes from it, in one thread, both directions at once. Blocks
+/// (spinning first) only when neither direction can move. `progress` is
+/// called now and then with the bytes sent and received so far.
+///
+/// # Errors
+///
+/// [`Error::Closed`] if the peer closes or dies first (also for a clean
+/// end of stream before `recv` bytes), and any stream error.
+pub fn duplex(
+    stream: &mut VchanStream,
+    seed: u64,
+    send: u64,
+    recv: u64,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<DuplexResult, Error> {
+    const CHUNK: usize = 256 << 10;
+    let mut pattern = Pattern::new(seed);
+    let (mut sent, mut received) = (Checksum::new(), Checksum::new());
+    let mut out = vec![0u8; CHUNK];
+    let mut inb = vec![0u8; CHUNK];
+    let (mut out_off, mut out_len) = (0usize, 0usize);
+    let (mut done_out, mut done_in) = (0u64, 0u64);
+    let mut turns = 0u32;
+    // Only a pass with `arm` set may leave wake-up requests armed; the
+    // other passes look first, so a busy peer is not asked for kicks.
+    let mut arm = false;
+    loop {
+        let mut moved = false;
+        let can_write = arm || stream.endpoint().buffer_space().map_or(true, |n| n > 0);
+        let can_read = arm || stream.endpoint().data_ready().map_or(true, |n| n > 0);
+        while can_write && done_out < send {
+            if out_off == out_len {
+                let n = (send - pattern.position()).min(CHUNK as u64) as usize;
+                let chunk = out.get_mut(..n).unwrap_or(&mut []);
+                pattern.fill(chunk);
+                sent.update(chunk);
+                (out_off, out_len) = (0, n);
+            }
+            match stream.try_write(out.get(out_off..out_len).unwrap_or(&[]))? {
+                Some(n) => {
+                    out_off += n;
+                    done_out += n as u64;
+                    moved = true;
+                }
+                None => break,
+            }
+        }
+        while can_read && done_in < recv {
+            let want = (recv - done_in).min(CHUNK as u64) as usize;
+            let buf = inb.get_mut(..want).unwrap_or(&mut []);
+            match stream.try_read(buf)? {
+                Some(0) => return Err(Error::Closed),
+                Some(n) => {
+                    received.update(buf.get(..n).unwrap_or(&[]));
+                    done_in += n as u64;
+                    moved = true;
+                }
+                None => break,
+            }
+        }
+        turns = turns.wrapping_add(1);
+        if turns.is_multiple_of(64) {
+            progress(done_out, done_in);
+        }
+        if done_out == send && done_in == recv {
+            progress(done_out, done_in);
+            return Ok(DuplexResult { sent, received });
+        }
+        if moved {
+            arm = false;
+        } else if arm {
+            let timeout = stream.signal().timeout();
+            stream.wait_event(None, timeout)?;
+            arm = false;
+        } else if !stream.spin_ready(done_in < recv, done_out < send) {
+            arm = true;
+        }
     }
 }
 

@@ -8,9 +8,10 @@
 //! [`EventSignal::wait`] returns [`WaitError::PeerGone`] at once instead of
 //! sleeping for ever, which a dead peer's last kick could never end.
 //!
-//! Waiting spins briefly first ([`EventSignal::set_spin`]): a peer that is
-//! running on another core usually answers within microseconds, and a short
-//! spin saves the sleep and wake-up. Counters of kicks sent and wake-ups
+//! Waiting can spin briefly first ([`EventSignal::set_spin`]): a peer that
+//! is running on another core usually answers within microseconds, and a
+//! short spin saves the sleep and wake-up (see [`DEFAULT_SPIN`] for why the
+//! default is not to). Counters of kicks sent and wake-ups
 //! taken make the notification cost visible.
 //!
 //! An `EventSignal` is for one waiting thread: two threads waiting on the
@@ -137,9 +138,14 @@ pub struct Woken {
     pub extra: bool,
 }
 
-/// The default spin before blocking: long enough to catch a peer answering
-/// from another core, short enough not to matter on a loaded machine.
-pub const DEFAULT_SPIN: Duration = Duration::from_micros(30);
+/// The default spin before blocking: none. Measured on a loaded 2-core
+/// machine, any spin lost throughput (a spinning side takes the core its
+/// peer needs) and spins shorter than a wake-up could trap a ping-pong in a
+/// state where both sides always sleep; blocking on the eventfd gave a few
+/// microseconds per round trip anyway. On machines with idle cores a spin
+/// of tens of microseconds ([`EventSignal::set_spin`], `ring demo
+/// --spin-us`) brings round trips to about a microsecond.
+pub const DEFAULT_SPIN: Duration = Duration::ZERO;
 
 /// The event channel between two processes: kick the peer's eventfd, wait
 /// on ours, and watch a hang-up fd for the peer's death. Implements
@@ -241,19 +247,29 @@ impl EventSignal {
         }
     }
 
-    /// Waits for a kick with an explicit timeout (`None`: no limit).
+    /// Waits for a kick with an explicit timeout (`None`: no limit),
+    /// spinning on the eventfd counter for the spin budget first. This is
+    /// the wait behind [`Signal::wait`], for callers that cannot spin on the
+    /// ring themselves.
     ///
     /// # Errors
     ///
     /// [`WaitError::PeerGone`], [`WaitError::TimedOut`], or an OS error.
     pub fn wait_timeout(&self, timeout: Option<Duration>) -> Result<(), WaitError> {
-        let woken = self.wait_with(None, timeout)?;
-        debug_assert!(woken.kicked);
-        Ok(())
+        let start = Instant::now();
+        while start.elapsed() < self.spin {
+            if self.took(self.wake.take().map_err(WaitError::Os)?) {
+                return Ok(());
+            }
+            std::hint::spin_loop();
+        }
+        let left = timeout.map(|t| t.saturating_sub(start.elapsed()));
+        self.wait_with(None, left).map(drop)
     }
 
-    /// Waits until the peer kicks us or `extra` becomes readable. Spins for
-    /// the spin budget first (on the eventfd counter), then blocks in poll.
+    /// Waits until the peer kicks us or `extra` becomes readable, blocking
+    /// in poll at once (callers that can re-check the ring spin on it
+    /// before they call this, which is cheaper than spinning here).
     ///
     /// # Errors
     ///
@@ -264,22 +280,13 @@ impl EventSignal {
         extra: Option<BorrowedFd<'_>>,
         timeout: Option<Duration>,
     ) -> Result<Woken, WaitError> {
-        let kicked = Woken {
-            kicked: true,
-            extra: false,
-        };
         if self.took(self.wake.take().map_err(WaitError::Os)?) {
-            return Ok(kicked);
+            return Ok(Woken {
+                kicked: true,
+                extra: false,
+            });
         }
         let start = Instant::now();
-        if extra.is_none() && !self.spin.is_zero() {
-            while start.elapsed() < self.spin {
-                if self.took(self.wake.take().map_err(WaitError::Os)?) {
-                    return Ok(kicked);
-                }
-                std::hint::spin_loop();
-            }
-        }
         let deadline = timeout.map(|t| start + t);
         loop {
             let left = match deadline {

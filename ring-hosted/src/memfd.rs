@@ -102,7 +102,10 @@ impl fmt::Display for FdProblem {
                 write!(f, "memory has {size} bytes, at least {needed} needed")
             }
             FdProblem::SizeMismatch { size, announced } => {
-                write!(f, "memory has {size} bytes but the peer announced {announced}")
+                write!(
+                    f,
+                    "memory has {size} bytes but the peer announced {announced}"
+                )
             }
             FdProblem::BadSize { size } => write!(f, "unusable memory size {size}"),
             FdProblem::NotEventfd { found } => write!(f, "expected an eventfd, got {found}"),
@@ -271,9 +274,8 @@ impl MemFd {
         // only with the lifetime of `&self`. Nobody forms references into
         // it; the file cannot shrink under us (sealed, or the caller of the
         // unsafe unsealed constructor promised), so the pages stay valid.
-        let view = unsafe { RawMem::from_raw_parts(map.as_mut_ptr(), size) }.ok_or(Error::BadFd(
-            FdProblem::BadSize { size: size as u64 },
-        ))?;
+        let view = unsafe { RawMem::from_raw_parts(map.as_mut_ptr(), size) }
+            .ok_or(Error::BadFd(FdProblem::BadSize { size: size as u64 }))?;
         Ok(MemFd {
             fd,
             view,
@@ -373,8 +375,8 @@ mod tests {
 
     #[test]
     fn unsealed_memfd_is_refused() {
-        let fd = rustix::fs::memfd_create("u", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
-            .unwrap();
+        let fd =
+            rustix::fs::memfd_create("u", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
         rustix::fs::ftruncate(&fd, 4096).unwrap();
         assert!(matches!(
             bad(MemFd::from_fd(fd, 4096)),

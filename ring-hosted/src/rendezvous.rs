@@ -455,15 +455,13 @@ impl Listener {
         };
         let inner = match UnixListener::bind(path) {
             Ok(l) => l,
-            Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
-                match UnixStream::connect(path) {
-                    Err(c) if c.kind() == io::ErrorKind::ConnectionRefused => {
-                        std::fs::remove_file(path).map_err(bind_err)?;
-                        UnixListener::bind(path).map_err(bind_err)?
-                    }
-                    _ => return Err(bind_err(e)),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => match UnixStream::connect(path) {
+                Err(c) if c.kind() == io::ErrorKind::ConnectionRefused => {
+                    std::fs::remove_file(path).map_err(bind_err)?;
+                    UnixListener::bind(path).map_err(bind_err)?
                 }
-            }
+                _ => return Err(bind_err(e)),
+            },
             Err(e) => return Err(bind_err(e)),
         };
         Ok(Listener {
@@ -542,7 +540,12 @@ fn read_full(sock: &mut UnixStream, buf: &mut [u8]) -> Result<usize, Error> {
             Ok(0) => break,
             Ok(n) => got += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 break
             }
             Err(source) => {
@@ -664,8 +667,13 @@ pub fn send_with_fds(sock: &UnixStream, bytes: &[u8], fds: &[BorrowedFd<'_>]) ->
             source: io::Error::other("too many fds for one message"),
         });
     }
-    let sent = rustix::net::sendmsg(sock, &[IoSlice::new(bytes)], &mut control, SendFlags::NOSIGNAL)
-        .map_err(Error::os("sendmsg"))?;
+    let sent = rustix::net::sendmsg(
+        sock,
+        &[IoSlice::new(bytes)],
+        &mut control,
+        SendFlags::NOSIGNAL,
+    )
+    .map_err(Error::os("sendmsg"))?;
     if sent != bytes.len() {
         return Err(Error::Os {
             op: "sendmsg",
@@ -750,10 +758,9 @@ pub fn client_handshake(mut sock: UnixStream, config: ClientConfig) -> Result<Se
             want,
         }));
     }
-    let [mem_fd, to_server, to_client]: [OwnedFd; WELCOME_FDS] =
-        fds.try_into().map_err(|fds: Vec<OwnedFd>| {
-            hs(HandshakeProblem::FdCount { got: fds.len() })
-        })?;
+    let [mem_fd, to_server, to_client]: [OwnedFd; WELCOME_FDS] = fds
+        .try_into()
+        .map_err(|fds: Vec<OwnedFd>| hs(HandshakeProblem::FdCount { got: fds.len() }))?;
     let session = match config.proto {
         Proto::Vchan => {
             let orders = vchan_orders(&welcome)?;
@@ -765,7 +772,8 @@ pub fn client_handshake(mut sock: UnixStream, config: ClientConfig) -> Result<Se
                     announced: welcome.mem_size,
                 }));
             }
-            let (to_server, to_client) = (EventFd::from_fd(to_server)?, EventFd::from_fd(to_client)?);
+            let (to_server, to_client) =
+                (EventFd::from_fd(to_server)?, EventFd::from_fd(to_client)?);
             let ep = vchan::connect_flat(Arc::new(mem))?;
             sock.set_read_timeout(None).map_err(sock_err)?;
             let mut signal = EventSignal::new(to_server, to_client).with_hangup(sock.into());

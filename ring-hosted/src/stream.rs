@@ -14,9 +14,9 @@
 //! # Spinning
 //!
 //! Before a blocking call arms its wake-up request it re-checks the ring
-//! for the signal's spin budget ([`EventSignal::set_spin`]). A peer on
-//! another core usually moves within that time, so neither side has to
-//! kick or sleep; that is what keeps kicks per MiB low.
+//! for the signal's spin budget ([`EventSignal::set_spin`], zero by
+//! default). A peer on another core usually moves within that time, and a
+//! side that has not armed its request costs the peer no kick.
 
 use crate::eventfd::{EventSignal, WaitError, Woken};
 use crate::memfd::MemFd;
@@ -26,7 +26,7 @@ use ring_core::vchan::{self, Endpoint, Role};
 use std::io;
 use std::os::fd::BorrowedFd;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Bytes of the length prefix [`VchanStream::send_msg`] puts before each
 /// message.
@@ -126,21 +126,26 @@ impl VchanStream {
         }
     }
 
-    /// Waits for a kick, the peer's death, or `extra` to become readable.
+    /// Waits for a kick, the peer's death, or `extra` to become readable,
+    /// for at most `timeout` (`None`: no limit).
     /// After the peer's death it returns at once (and the `try_` calls
     /// report `Closed` once drained).
     ///
     /// # Errors
     ///
     /// [`Error::TimedOut`] after the signal's timeout; [`Error::Os`].
-    pub fn wait_event(&mut self, extra: Option<BorrowedFd<'_>>) -> Result<Woken, Error> {
+    pub fn wait_event(
+        &mut self,
+        extra: Option<BorrowedFd<'_>>,
+        timeout: Option<Duration>,
+    ) -> Result<Woken, Error> {
         if self.peer_gone {
             return Ok(Woken {
                 kicked: true,
                 extra: false,
             });
         }
-        match self.signal.wait_with(extra, self.signal.timeout()) {
+        match self.signal.wait_with(extra, timeout) {
             Ok(w) => Ok(w),
             Err(WaitError::PeerGone) => {
                 self.peer_gone = true;
@@ -151,6 +156,19 @@ impl VchanStream {
             }
             Err(e) => Err(wait_error(e)),
         }
+    }
+
+    /// Spins for at most the spin budget until the ring has data to read
+    /// (`read`) or space to write (`write`), without arming anything.
+    /// Returns whether it found either.
+    pub fn spin_ready(&mut self, read: bool, write: bool) -> bool {
+        let mut found = false;
+        self.spin(|ep| {
+            found = (read && ep.data_ready().map_or(true, |n| n > 0))
+                || (write && ep.buffer_space().map_or(true, |n| n > 0));
+            found
+        });
+        found
     }
 
     /// Spins while `ready` says no, for at most the spin budget.
@@ -182,7 +200,8 @@ impl VchanStream {
             if let Some(v) = op(self)? {
                 return Ok(v);
             }
-            self.wait_event(None)?;
+            let timeout = self.signal.timeout();
+            self.wait_event(None, timeout)?;
         }
     }
 
