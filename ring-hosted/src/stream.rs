@@ -352,6 +352,29 @@ impl VchanStream {
     }
 }
 
+/// A connected server/client pair in this process over a fresh memfd and
+/// eventfds (no socket, so no hang-up detection): for tests, examples and
+/// in-process benchmarks. `left` and `right` are the minimum ring sizes
+/// (client→server, server→client).
+///
+/// # Errors
+///
+/// [`Error::Ring`] for sizes vchan cannot make; [`Error::Os`].
+pub fn pair(left: usize, right: usize) -> Result<(VchanStream, VchanStream), Error> {
+    let orders = vchan::Orders::for_sizes(left, right).map_err(|e| Error::Ring(e.into()))?;
+    let mem = Arc::new(MemFd::create(
+        "ring-pair",
+        vchan::FlatLayout::new(orders).size,
+    )?);
+    let server = vchan::serve_flat(mem.clone(), orders, vchan::ServerOptions::default())?;
+    let client = vchan::connect_flat(mem)?;
+    let (s_sig, c_sig) = crate::eventfd::pair()?;
+    Ok((
+        VchanStream::new(server, s_sig),
+        VchanStream::new(client, c_sig),
+    ))
+}
+
 fn wait_error(e: WaitError) -> Error {
     match e {
         WaitError::PeerGone => Error::Closed,

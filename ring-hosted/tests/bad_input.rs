@@ -63,7 +63,9 @@ fn server_refuses_wrong_version_and_protocol() {
     let (err, status) = serve_bad_client(ServerConfig::new(Proto::Vchan), |s| {
         s.write_all(&hello(VERSION + 1, 1)).unwrap();
     });
-    assert!(matches!(err, Error::Handshake(HandshakeProblem::Version { got }) if got == VERSION + 1));
+    assert!(
+        matches!(err, Error::Handshake(HandshakeProblem::Version { got }) if got == VERSION + 1)
+    );
     assert_eq!(status, Refusal::Version as u8);
     let (err, status) = serve_bad_client(ServerConfig::new(Proto::Vchan), |s| {
         s.write_all(&hello(VERSION, 77)).unwrap();
@@ -198,7 +200,9 @@ fn client_refuses_garbage_and_wrong_version_welcomes() {
     let e = connect_to_fake(|s| s.write_all(&[0x42; WELCOME_LEN]).unwrap());
     assert!(matches!(
         e,
-        Error::Handshake(HandshakeProblem::BadMagic { got: [0x42, 0x42, 0x42, 0x42] })
+        Error::Handshake(HandshakeProblem::BadMagic {
+            got: [0x42, 0x42, 0x42, 0x42]
+        })
     ));
     let e = connect_to_fake(|s| {
         let mut w = ok_welcome(GOOD_SIZE, 4096, 8192);
@@ -214,12 +218,18 @@ fn client_refuses_garbage_and_wrong_version_welcomes() {
         s.shutdown(std::net::Shutdown::Write).unwrap();
     });
     assert!(
-        matches!(e, Error::Handshake(HandshakeProblem::Truncated { got: 2, .. })),
+        matches!(
+            e,
+            Error::Handshake(HandshakeProblem::Truncated { got: 2, .. })
+        ),
         "{e:?}"
     );
     let e = connect_to_fake(|s| s.shutdown(std::net::Shutdown::Write).unwrap());
     assert!(
-        matches!(e, Error::Handshake(HandshakeProblem::Truncated { got: 0, .. })),
+        matches!(
+            e,
+            Error::Handshake(HandshakeProblem::Truncated { got: 0, .. })
+        ),
         "{e:?}"
     );
 }
@@ -229,7 +239,11 @@ fn client_refuses_wrong_fd_counts_and_sizes() {
     let e = connect_to_fake(|s| {
         let m = MemFd::create("t", GOOD_SIZE as usize).unwrap();
         let ev = EventFd::new().unwrap();
-        send(s, ok_welcome(GOOD_SIZE, 4096, 8192), &[m.as_fd(), ev.as_fd()]);
+        send(
+            s,
+            ok_welcome(GOOD_SIZE, 4096, 8192),
+            &[m.as_fd(), ev.as_fd()],
+        );
     });
     assert!(matches!(
         e,
@@ -238,10 +252,17 @@ fn client_refuses_wrong_fd_counts_and_sizes() {
     let e = connect_to_fake(|s| {
         let m = MemFd::create("t", GOOD_SIZE as usize).unwrap();
         let (a, b) = (EventFd::new().unwrap(), EventFd::new().unwrap());
-        send(s, ok_welcome(GOOD_SIZE, 3000, 8192), &[m.as_fd(), a.as_fd(), b.as_fd()]);
+        send(
+            s,
+            ok_welcome(GOOD_SIZE, 3000, 8192),
+            &[m.as_fd(), a.as_fd(), b.as_fd()],
+        );
     });
     assert!(
-        matches!(e, Error::Handshake(HandshakeProblem::BadSizes { left: 3000, .. })),
+        matches!(
+            e,
+            Error::Handshake(HandshakeProblem::BadSizes { left: 3000, .. })
+        ),
         "{e:?}"
     );
 }
@@ -251,7 +272,11 @@ fn client_refuses_undersized_or_misannounced_memory() {
     let e = connect_to_fake(|s| {
         let m = MemFd::create("small", 4096).unwrap();
         let (a, b) = (EventFd::new().unwrap(), EventFd::new().unwrap());
-        send(s, ok_welcome(GOOD_SIZE, 4096, 8192), &[m.as_fd(), a.as_fd(), b.as_fd()]);
+        send(
+            s,
+            ok_welcome(GOOD_SIZE, 4096, 8192),
+            &[m.as_fd(), a.as_fd(), b.as_fd()],
+        );
     });
     assert_eq!(
         bad_fd(e),
@@ -263,7 +288,11 @@ fn client_refuses_undersized_or_misannounced_memory() {
     let e = connect_to_fake(|s| {
         let m = MemFd::create("big", 2 * GOOD_SIZE as usize).unwrap();
         let (a, b) = (EventFd::new().unwrap(), EventFd::new().unwrap());
-        send(s, ok_welcome(GOOD_SIZE, 4096, 8192), &[m.as_fd(), a.as_fd(), b.as_fd()]);
+        send(
+            s,
+            ok_welcome(GOOD_SIZE, 4096, 8192),
+            &[m.as_fd(), a.as_fd(), b.as_fd()],
+        );
     });
     assert_eq!(
         bad_fd(e),
@@ -282,7 +311,11 @@ fn client_refuses_unsealed_memory() {
                 .unwrap();
         rustix::fs::ftruncate(&fd, GOOD_SIZE).unwrap();
         let (a, b) = (EventFd::new().unwrap(), EventFd::new().unwrap());
-        send(s, ok_welcome(GOOD_SIZE, 4096, 8192), &[fd.as_fd(), a.as_fd(), b.as_fd()]);
+        send(
+            s,
+            ok_welcome(GOOD_SIZE, 4096, 8192),
+            &[fd.as_fd(), a.as_fd(), b.as_fd()],
+        );
     });
     let p = bad_fd(e);
     assert!(matches!(p, FdProblem::MissingSeals { .. }), "{p:?}");
@@ -295,7 +328,11 @@ fn client_refuses_fds_of_the_wrong_kind() {
     let e = connect_to_fake(|s| {
         let (r, _w) = rustix::pipe::pipe().unwrap();
         let (a, b) = (EventFd::new().unwrap(), EventFd::new().unwrap());
-        send(s, ok_welcome(GOOD_SIZE, 4096, 8192), &[r.as_fd(), a.as_fd(), b.as_fd()]);
+        send(
+            s,
+            ok_welcome(GOOD_SIZE, 4096, 8192),
+            &[r.as_fd(), a.as_fd(), b.as_fd()],
+        );
     });
     assert_eq!(bad_fd(e), FdProblem::NotRegularFile { kind: "pipe" });
     // A memfd where an eventfd should be.
@@ -303,7 +340,11 @@ fn client_refuses_fds_of_the_wrong_kind() {
         let m = MemFd::create("t", GOOD_SIZE as usize).unwrap();
         let other = MemFd::create("not-an-event", 4096).unwrap();
         let a = EventFd::new().unwrap();
-        send(s, ok_welcome(GOOD_SIZE, 4096, 8192), &[m.as_fd(), a.as_fd(), other.as_fd()]);
+        send(
+            s,
+            ok_welcome(GOOD_SIZE, 4096, 8192),
+            &[m.as_fd(), a.as_fd(), other.as_fd()],
+        );
     });
     match bad_fd(e) {
         FdProblem::NotEventfd { found } => assert!(found.contains("memfd:"), "{found}"),
@@ -317,7 +358,11 @@ fn client_refuses_memory_without_a_live_server() {
     let e = connect_to_fake(|s| {
         let m = MemFd::create("t", GOOD_SIZE as usize).unwrap();
         let (a, b) = (EventFd::new().unwrap(), EventFd::new().unwrap());
-        send(s, ok_welcome(GOOD_SIZE, 4096, 8192), &[m.as_fd(), a.as_fd(), b.as_fd()]);
+        send(
+            s,
+            ok_welcome(GOOD_SIZE, 4096, 8192),
+            &[m.as_fd(), a.as_fd(), b.as_fd()],
+        );
     });
     assert!(matches!(e, Error::Ring(_)), "{e:?}");
 }

@@ -54,7 +54,9 @@ fn help_is_everywhere() {
     let o = run(&["--help"]);
     assert!(stdout(&o).contains("demo"));
     assert!(
-        !stdout(&o).lines().any(|l| l.trim_start().starts_with("peer")),
+        !stdout(&o)
+            .lines()
+            .any(|l| l.trim_start().starts_with("peer")),
         "the peer subcommand is hidden"
     );
 }
@@ -81,7 +83,14 @@ fn demo_prints_its_table_and_succeeds() {
     let out = stdout(&o);
     let mut lines = out.lines();
     let header = lines.next().unwrap();
-    for col in ["protocol", "bytes", "GB/s", "rtt p50", "rtt p99", "kicks/MiB"] {
+    for col in [
+        "protocol",
+        "bytes",
+        "GB/s",
+        "rtt p50",
+        "rtt p99",
+        "kicks/MiB",
+    ] {
         assert!(header.contains(col), "{header}");
     }
     let row = lines.next().unwrap();
@@ -144,7 +153,11 @@ fn inspect_decodes_a_live_page() {
     // The client now waits for data from the server: arms WRITE on it.
     assert!(client.read(&mut [0u8; 4]).is_err());
     let _ = &mut server;
-    let path = format!("/proc/{}/fd/{}", std::process::id(), mem.as_fd().as_raw_fd());
+    let path = format!(
+        "/proc/{}/fd/{}",
+        std::process::id(),
+        mem.as_fd().as_raw_fd()
+    );
 
     let o = run(&["inspect", &path]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
@@ -155,7 +168,10 @@ fn inspect_decodes_a_live_page() {
             .any(|l| l.starts_with("left") && l.contains("1000") && l.contains("3096")),
         "{text}"
     );
-    assert!(text.contains("client connected (1), server connected (1)"), "{text}");
+    assert!(
+        text.contains("client connected (1), server connected (1)"),
+        "{text}"
+    );
     // The server asked to be kicked on write and 1000 bytes wait: but the
     // client's write already consumed that request (it was told to kick).
     assert!(text.contains("signals owed: none"), "{text}");

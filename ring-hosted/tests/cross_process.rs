@@ -12,7 +12,12 @@ use std::process::Child;
 use std::time::Duration;
 
 /// Connects to (or accepts) a peer started with `args`.
-fn session(sock: &TempSock, peer_listens: bool, ring: usize, args: &[&str]) -> (VchanStream, Child) {
+fn session(
+    sock: &TempSock,
+    peer_listens: bool,
+    ring: usize,
+    args: &[&str],
+) -> (VchanStream, Child) {
     if peer_listens {
         let size = ring.to_string();
         let mut all = vec!["--listen", "--ring-size", &size];
