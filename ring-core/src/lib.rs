@@ -32,11 +32,18 @@
 //! ```
 
 #![no_std]
+// A hostile peer must never make the core panic: no unwrap, expect, panic
+// or unchecked indexing outside tests.
 #![cfg_attr(
     not(test),
-    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
 )]
-#![deny(clippy::indexing_slicing, unsafe_code)]
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 #[cfg(feature = "alloc")]

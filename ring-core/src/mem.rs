@@ -232,7 +232,7 @@ impl<'a> RawMem<'a> {
                 size: self.size,
             });
         }
-        if offset % align != 0 {
+        if !offset.is_multiple_of(align) {
             return Err(MemError::Misaligned { offset });
         }
         // `wrapping_add` is safe; the result is in bounds by the check above.
@@ -430,7 +430,8 @@ mod tests {
         let m = RawMem::from_atomics(&w);
         assert_eq!(m.size(), 16);
         assert!(m.load_u32(12).is_ok());
-        assert!(matches!(m.load_u32(13), Err(MemError::Misaligned { .. })));
+        assert!(matches!(m.load_u32(9), Err(MemError::Misaligned { .. })));
+        assert!(matches!(m.load_u32(13), Err(MemError::OutOfBounds { .. })));
         assert!(matches!(m.load_u32(16), Err(MemError::OutOfBounds { .. })));
         assert!(m.load_u8(16).is_err());
         assert!(m.read(8, &mut [0; 9]).is_err());

@@ -67,6 +67,11 @@ impl<M: SharedMem, S: Signal> Blocking<M, S> {
         &self.signal
     }
 
+    /// The signal inside, mutably (e.g. to set a timeout).
+    pub fn signal_mut(&mut self) -> &mut S {
+        &mut self.signal
+    }
+
     /// Takes the endpoint and signal apart again.
     pub fn into_parts(self) -> (Endpoint<M>, S) {
         (self.endpoint, self.signal)

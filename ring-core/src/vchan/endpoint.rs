@@ -54,7 +54,7 @@ impl<M: SharedMem> Ring<M> {
         peer: u32,
     ) -> Result<Self, Error> {
         let size = 1usize << order;
-        let end = place.offset.checked_add(size).unwrap_or(usize::MAX);
+        let end = place.offset.saturating_add(size);
         if end > place.mem.size() {
             return Err(SetupError::MemoryTooSmall {
                 needed: end,

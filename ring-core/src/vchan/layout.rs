@@ -321,9 +321,10 @@ mod tests {
             Err(SetupError::GrantsOverlapRing { order: 10 })
         ));
         assert!(matches!(
-            Orders::new(19, 10),
+            Orders::new(20, 10),
             Err(SetupError::GrantsOverlapRing { order: 10 })
         ));
+        assert!(Orders::new(19, 10).is_ok());
         // (10, 19): 128 refs end at 536, clear of byte 1024.
         assert!(Orders::new(10, 19).is_ok());
         assert!(Orders::new(11, 20).is_ok());

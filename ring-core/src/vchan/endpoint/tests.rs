@@ -1,1 +1,400 @@
-//! Unit tests of the endpoint over in-process memory.
+//! Unit tests of set-up, the data path and the notify protocol over
+//! in-process memory.
+
+extern crate std;
+
+use super::super::layout::*;
+use super::*;
+use crate::mem::RawMem;
+use core::sync::atomic::AtomicU64;
+use std::vec;
+use std::vec::Vec;
+
+fn words(bytes: usize) -> Vec<AtomicU64> {
+    (0..bytes / 8).map(|_| AtomicU64::new(0)).collect()
+}
+
+fn pair_at(
+    w: &[AtomicU64],
+    left: u8,
+    right: u8,
+    start: u32,
+) -> (Endpoint<RawMem<'_>>, Endpoint<RawMem<'_>>) {
+    let mem = RawMem::from_atomics(w);
+    let orders = Orders::new(left, right).unwrap();
+    let server = serve_flat(
+        mem,
+        orders,
+        ServerOptions {
+            initial_index: start,
+        },
+    )
+    .unwrap();
+    let client = connect_flat(mem).unwrap();
+    (server, client)
+}
+
+fn header(mem: RawMem<'_>) -> ControlHeader {
+    let mut raw = [0u8; 24];
+    mem.read(0, &mut raw).unwrap();
+    ControlHeader::read_from_bytes(&raw).unwrap()
+}
+
+#[test]
+fn server_writes_the_page_as_libxenvchan_does() {
+    let w = words(4096 + 8192 + 4096);
+    let mem = RawMem::from_atomics(&w);
+    mem.fill(0, mem.size(), 0xaa).unwrap();
+    let orders = Orders::new(13, 12).unwrap();
+    let _server = serve_flat(mem, orders, ServerOptions::default()).unwrap();
+    let h = header(mem);
+    assert_eq!((h.left.cons.get(), h.left.prod.get()), (0, 0));
+    assert_eq!((h.right.cons.get(), h.right.prod.get()), (0, 0));
+    assert_eq!((h.left_order.get(), h.right_order.get()), (13, 12));
+    assert_eq!((h.cli_live, h.srv_live), (2, 1));
+    assert_eq!((h.cli_notify, h.srv_notify), (NotifyBits::WRITE.bits(), 0));
+    // Grant list: left's two pages, then right's one.
+    let grants: Vec<u32> = (0..4)
+        .map(|n| mem.load_u32(GRANTS + 4 * n).unwrap())
+        .collect();
+    assert_eq!(grants, [1, 2, 3, 0]);
+    // The rest of the control page is zeroed.
+    let mut rest = vec![0u8; 4096 - 40];
+    mem.read(40, &mut rest).unwrap();
+    assert!(rest.iter().all(|&b| b == 0));
+}
+
+#[test]
+fn client_connect_marks_itself_live_and_asks_for_writes() {
+    let w = words(4096);
+    let (_server, client) = pair_at(&w, 10, 11, 0);
+    let h = header(*client.control());
+    assert_eq!((h.cli_live, h.srv_live), (1, 1));
+    assert_eq!(h.srv_notify, NotifyBits::WRITE.bits());
+    assert_eq!(client.read_capacity(), 2048);
+    assert_eq!(client.write_capacity(), 1024);
+}
+
+#[test]
+fn connect_rejects_bad_pages() {
+    let w = words(4096);
+    let mem = RawMem::from_atomics(&w);
+    // Nothing set up: orders are 0.
+    assert!(matches!(
+        connect_flat(mem),
+        Err(Error::Setup(SetupError::BadOrder { order: 0 }))
+    ));
+    let _server = serve_flat(mem, Orders::new(10, 11).unwrap(), ServerOptions::default()).unwrap();
+    mem.store_u8(SRV_LIVE, 0).unwrap();
+    assert!(matches!(
+        connect_flat(mem),
+        Err(Error::Setup(SetupError::ServerNotLive { live: 0 }))
+    ));
+    mem.store_u8(SRV_LIVE, 1).unwrap();
+    let _client = connect_flat(mem).unwrap();
+    assert!(matches!(
+        connect_flat(mem),
+        Err(Error::Setup(SetupError::ClientAlreadyConnected))
+    ));
+    // Equal in-page orders written by a hostile server.
+    mem.store_u8(CLI_LIVE, 2).unwrap();
+    mem.write(LEFT_ORDER, &11u16.to_le_bytes()).unwrap();
+    assert!(matches!(
+        connect_flat(mem),
+        Err(Error::Setup(SetupError::OrderClash { order: 11 }))
+    ));
+    // Orders that need more memory than there is.
+    mem.write(LEFT_ORDER, &20u16.to_le_bytes()).unwrap();
+    assert!(matches!(
+        connect_flat(mem),
+        Err(Error::Setup(SetupError::MemoryTooSmall { .. }))
+    ));
+    // Inconsistent indices at connect.
+    mem.write(LEFT_ORDER, &10u16.to_le_bytes()).unwrap();
+    mem.store_u32(RIGHT_PROD, 4096).unwrap();
+    assert!(matches!(
+        connect_flat(mem),
+        Err(Error::Setup(SetupError::BadIndices))
+    ));
+}
+
+#[test]
+fn too_small_memory_is_a_setup_error() {
+    let w = words(4096);
+    let mem = RawMem::from_atomics(&w);
+    assert!(matches!(
+        serve_flat(mem, Orders::new(12, 11).unwrap(), ServerOptions::default()),
+        Err(Error::Setup(SetupError::MemoryTooSmall {
+            needed: 8192,
+            available: 4096
+        }))
+    ));
+    let small = words(1024);
+    assert!(serve_flat(
+        RawMem::from_atomics(&small),
+        Orders::new(10, 11).unwrap(),
+        ServerOptions::default()
+    )
+    .is_err());
+}
+
+#[test]
+fn notify_bits_follow_the_protocol() {
+    let w = words(4096);
+    let (mut server, mut client) = pair_at(&w, 10, 11, 0);
+    let mem = *server.control();
+    // Server reads an empty ring: WouldBlock, with WRITE armed in the
+    // byte aimed at the client.
+    mem.store_u8(CLI_NOTIFY, 0).unwrap();
+    assert_eq!(server.read(&mut [0; 8]), Err(Error::WouldBlock));
+    assert_eq!(mem.load_u8(CLI_NOTIFY).unwrap(), NotifyBits::WRITE.bits());
+    // The client's write finds the request, clears it, and says kick.
+    let t = client.write(b"abc").unwrap();
+    assert_eq!(
+        t,
+        Transfer {
+            len: 3,
+            notify: true
+        }
+    );
+    assert_eq!(mem.load_u8(CLI_NOTIFY).unwrap(), 0);
+    // No request now: no kick.
+    assert!(!client.write(b"d").unwrap().notify);
+    // Server reads; the client never asked for READ, so no kick.
+    let mut buf = [0u8; 8];
+    let t = server.read(&mut buf).unwrap();
+    assert_eq!((t.len, t.notify), (4, false));
+    assert_eq!(&buf[..4], b"abcd");
+    // Client fills the 1 KiB left ring, then would block with READ armed.
+    assert_eq!(client.write(&[1; 2000]).unwrap().len, 1024);
+    assert_eq!(client.write(&[1; 1]), Err(Error::WouldBlock));
+    assert_eq!(
+        mem.load_u8(SRV_NOTIFY).unwrap() & NotifyBits::READ.bits(),
+        NotifyBits::READ.bits()
+    );
+    // The server's read frees space and owes the client a kick.
+    let t = server.read(&mut [0; 10]).unwrap();
+    assert!(t.notify);
+    assert_eq!(
+        mem.load_u8(SRV_NOTIFY).unwrap() & NotifyBits::READ.bits(),
+        0
+    );
+}
+
+#[test]
+fn arm_then_recheck_reports_ready_or_armed() {
+    let w = words(4096);
+    let (mut server, mut client) = pair_at(&w, 10, 11, 0);
+    assert_eq!(server.arm_readable(1), Ok(Readiness::Armed));
+    let _ = client.write(b"x").unwrap();
+    assert_eq!(server.arm_readable(1), Ok(Readiness::Ready));
+    assert_eq!(server.arm_readable(2), Ok(Readiness::Armed));
+    assert_eq!(client.arm_writable(1023), Ok(Readiness::Ready));
+    assert_eq!(client.arm_writable(1024), Ok(Readiness::Armed));
+    let _ = client.close().unwrap();
+    assert_eq!(server.arm_readable(2), Ok(Readiness::Ready));
+}
+
+#[test]
+fn indices_wrap_through_u32_max() {
+    for start in [0xffff_ff00u32, u32::MAX, u32::MAX - 1023, 0x7fff_ffff] {
+        let w = words(4096 + 4096);
+        let (mut server, mut client) = pair_at(&w, 12, 11, start);
+        let mut next = 0u8;
+        let mut expect = 0u8;
+        for round in 0..40 {
+            let chunk: Vec<u8> = (0..300 + round * 7)
+                .map(|_| {
+                    next = next.wrapping_add(1);
+                    next
+                })
+                .collect();
+            let mut sent = 0;
+            while sent < chunk.len() {
+                sent += client.write(&chunk[sent..]).unwrap().len;
+                let mut buf = [0u8; 777];
+                let got = server.read(&mut buf).unwrap().len;
+                for &b in &buf[..got] {
+                    expect = expect.wrapping_add(1);
+                    assert_eq!(b, expect);
+                }
+            }
+        }
+        while let Ok(t) = server.read(&mut [0; 4096]) {
+            expect = expect.wrapping_add(t.len as u8);
+        }
+        assert_eq!(expect, next);
+    }
+}
+
+#[test]
+fn ring_fills_to_exactly_its_size() {
+    let w = words(4096 + 4096);
+    let (mut server, mut client) = pair_at(&w, 12, 11, 0xffff_fff0);
+    let data: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
+    assert_eq!(client.write(&data).unwrap().len, 4096);
+    assert_eq!(client.buffer_space(), Ok(0));
+    assert_eq!(server.data_ready(), Ok(4096));
+    assert_eq!(client.write(&[0]), Err(Error::WouldBlock));
+    let mut back = vec![0u8; 5000];
+    assert_eq!(server.read(&mut back).unwrap().len, 4096);
+    assert_eq!(&back[..4096], &data[..]);
+}
+
+#[test]
+fn packets_of_exactly_ring_size_and_larger() {
+    let w = words(4096 + 4096);
+    let (mut server, mut client) = pair_at(&w, 12, 11, 0);
+    let packet = vec![9u8; 4096];
+    assert_eq!(client.send(&packet).unwrap().len, 4096);
+    assert_eq!(client.send(&[1]), Err(Error::WouldBlock));
+    assert_eq!(
+        client.send(&vec![0; 4097]),
+        Err(Error::TooLarge {
+            len: 4097,
+            capacity: 4096
+        })
+    );
+    let mut small = [0u8; 100];
+    assert_eq!(server.recv(&mut small).unwrap().len, 100);
+    assert_eq!(
+        server.recv(&mut vec![0; 4097]),
+        Err(Error::TooLarge {
+            len: 4097,
+            capacity: 4096
+        })
+    );
+    let mut rest = vec![0u8; 3996];
+    assert_eq!(server.recv(&mut rest).unwrap().len, 3996);
+    assert_eq!(server.recv(&mut [0; 1]), Err(Error::WouldBlock));
+    // Server → client packets use the 2 KiB right ring.
+    assert_eq!(server.send(&[3; 2048]).unwrap().len, 2048);
+    assert_eq!(
+        client.recv(&mut [0; 2049]),
+        Err(Error::TooLarge {
+            len: 2049,
+            capacity: 2048
+        })
+    );
+}
+
+#[test]
+fn close_then_drain_then_eof() {
+    let w = words(4096);
+    let (mut server, mut client) = pair_at(&w, 10, 11, 0);
+    let _ = client.write(&[5; 1000]).unwrap();
+    let t = client.close().unwrap();
+    assert!(t.notify, "close always kicks");
+    assert_eq!(client.write(b"x"), Err(Error::Closed));
+    assert_eq!(server.is_open(), Ok(false));
+    // A short exact read fails once the writer is gone.
+    assert_eq!(server.recv(&mut [0; 1001]), Err(Error::Closed));
+    let mut buf = [0u8; 600];
+    assert_eq!(server.read(&mut buf).unwrap().len, 600);
+    assert_eq!(server.read(&mut buf).unwrap().len, 400);
+    assert_eq!(server.read(&mut buf).unwrap().len, 0, "EOF after the drain");
+    assert_eq!(server.write(b"late"), Err(Error::Closed));
+}
+
+#[test]
+fn server_may_write_before_the_client_connects() {
+    let w = words(4096);
+    let mem = RawMem::from_atomics(&w);
+    let mut server =
+        serve_flat(mem, Orders::new(10, 11).unwrap(), ServerOptions::default()).unwrap();
+    assert_eq!(server.peer_live(), Ok(Live::Waiting));
+    assert_eq!(server.read(&mut [0; 4]), Err(Error::WouldBlock));
+    assert_eq!(server.write(b"early").unwrap().len, 5);
+    let mut client = connect_flat(mem).unwrap();
+    let mut buf = [0u8; 5];
+    assert_eq!(client.recv(&mut buf).unwrap().len, 5);
+    assert_eq!(&buf, b"early");
+}
+
+#[test]
+fn hostile_indices_poison_the_endpoint() {
+    let w = words(4096);
+    let (mut server, mut client) = pair_at(&w, 10, 11, 0);
+    let mem = *server.control();
+    // The client's producer index jumps more than a ring ahead.
+    mem.store_u32(LEFT_PROD, 1025).unwrap();
+    let err = server.read(&mut [0; 4]).unwrap_err();
+    assert!(matches!(err, Error::Corrupt(_)));
+    // Latched: even a repaired page does not revive it.
+    mem.store_u32(LEFT_PROD, 0).unwrap();
+    assert_eq!(server.read(&mut [0; 4]), Err(err));
+    assert_eq!(server.write(b"x"), Err(err));
+    assert_eq!(
+        server.poisoned(),
+        Some(Corrupt {
+            what: "producer index moved backwards or more than a ring ahead"
+        })
+    );
+    // A consumer index that moves backwards.
+    let _ = client.write(&[1; 100]).unwrap();
+    mem.store_u32(LEFT_CONS, u32::MAX).unwrap();
+    assert!(matches!(client.write(&[1; 2000]), Err(Error::Corrupt(_))));
+}
+
+#[test]
+fn undefined_live_values_poison() {
+    let w = words(4096);
+    let (mut server, mut client) = pair_at(&w, 10, 11, 0);
+    let mem = *server.control();
+    mem.store_u8(CLI_LIVE, 7).unwrap();
+    assert!(matches!(server.read(&mut [0; 4]), Err(Error::Corrupt(_))));
+    mem.store_u8(SRV_LIVE, 2).unwrap();
+    assert!(matches!(client.write(b"x"), Err(Error::Corrupt(_))));
+}
+
+#[test]
+fn every_external_order_round_trips() {
+    for order in 12..=20u8 {
+        let layout = FlatLayout::new(Orders::new(order, order).unwrap());
+        let w = words(layout.size);
+        let (mut server, mut client) = pair_at(&w, order, order, 0xffff_0000);
+        let size = 1usize << order;
+        let data: Vec<u8> = (0..size + 123).map(|i| (i * 31 % 255) as u8).collect();
+        assert_eq!(client.write(&data).unwrap().len, size);
+        let mut back = vec![0u8; size];
+        assert_eq!(server.recv(&mut back).unwrap().len, size);
+        assert!(back == data[..size]);
+        assert_eq!(server.send(&data[..size]).unwrap().len, size);
+        assert_eq!(client.recv(&mut back).unwrap().len, size);
+        assert!(back == data[..size]);
+    }
+}
+
+#[test]
+fn empty_buffers_do_nothing() {
+    let w = words(4096);
+    let (mut server, mut client) = pair_at(&w, 10, 11, 0);
+    assert_eq!(
+        server.read(&mut []),
+        Ok(Transfer {
+            len: 0,
+            notify: false
+        })
+    );
+    assert_eq!(
+        client.write(&[]),
+        Ok(Transfer {
+            len: 0,
+            notify: false
+        })
+    );
+    assert_eq!(
+        client.send(&[]),
+        Ok(Transfer {
+            len: 0,
+            notify: false
+        })
+    );
+    assert_eq!(
+        server.recv(&mut []),
+        Ok(Transfer {
+            len: 0,
+            notify: false
+        })
+    );
+}

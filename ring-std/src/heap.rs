@@ -1,0 +1,103 @@
+//! Page-aligned shared memory on the heap, for in-process pairs.
+
+use core::sync::atomic::AtomicU64;
+use ring_core::mem::{MemError, RawMem, SharedMem};
+
+const PAGE: usize = 4096;
+const WORDS_PER_PAGE: usize = PAGE / 8;
+
+/// Zeroed, 4 KiB-aligned memory that both ends of an in-process ring share
+/// (usually through an `Arc`).
+///
+/// Built from atomics, so no `unsafe` is needed: the vector is allocated
+/// one page larger than asked and the aligned window inside it is used.
+pub struct HeapMem {
+    words: Vec<AtomicU64>,
+    start: usize,
+    size: usize,
+}
+
+impl std::fmt::Debug for HeapMem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeapMem").field("size", &self.size).finish()
+    }
+}
+
+impl HeapMem {
+    /// At least `size` bytes of zeroed memory, rounded up to whole pages.
+    pub fn new(size: usize) -> Self {
+        let pages = size.div_ceil(PAGE).max(1);
+        let words: Vec<AtomicU64> = (0..(pages + 1) * WORDS_PER_PAGE)
+            .map(|_| AtomicU64::new(0))
+            .collect();
+        let start = words.as_ptr().align_offset(PAGE).min(WORDS_PER_PAGE);
+        HeapMem {
+            words,
+            start,
+            size: pages * PAGE,
+        }
+    }
+
+    /// The memory as a [`RawMem`] view.
+    pub fn view(&self) -> RawMem<'_> {
+        let words = self
+            .words
+            .get(self.start..self.start + self.size / 8)
+            .unwrap_or(&[]);
+        RawMem::from_atomics(words)
+    }
+}
+
+impl SharedMem for HeapMem {
+    fn size(&self) -> usize {
+        self.size
+    }
+    fn load_u32(&self, offset: usize) -> Result<u32, MemError> {
+        self.view().load_u32(offset)
+    }
+    fn store_u32(&self, offset: usize, value: u32) -> Result<(), MemError> {
+        self.view().store_u32(offset, value)
+    }
+    fn load_u8(&self, offset: usize) -> Result<u8, MemError> {
+        self.view().load_u8(offset)
+    }
+    fn store_u8(&self, offset: usize, value: u8) -> Result<(), MemError> {
+        self.view().store_u8(offset, value)
+    }
+    fn fetch_or_u8(&self, offset: usize, bits: u8) -> Result<u8, MemError> {
+        self.view().fetch_or_u8(offset, bits)
+    }
+    fn fetch_and_u8(&self, offset: usize, bits: u8) -> Result<u8, MemError> {
+        self.view().fetch_and_u8(offset, bits)
+    }
+    fn read(&self, offset: usize, dst: &mut [u8]) -> Result<(), MemError> {
+        self.view().read(offset, dst)
+    }
+    fn write(&self, offset: usize, src: &[u8]) -> Result<(), MemError> {
+        self.view().write(offset, src)
+    }
+    fn fill(&self, offset: usize, len: usize, byte: u8) -> Result<(), MemError> {
+        self.view().fill(offset, len, byte)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_are_aligned_zeroed_and_rounded_up() {
+        for size in [0, 1, 4096, 4097, 3 * 4096] {
+            let m = HeapMem::new(size);
+            assert!(m.size() >= size.max(1));
+            assert_eq!(m.size() % PAGE, 0);
+            let v = m.view();
+            let mut probe = vec![0xffu8; m.size()];
+            v.read(0, &mut probe).unwrap();
+            assert!(probe.iter().all(|&b| b == 0));
+            // The view starts on a page boundary.
+            let base = &m.words[m.start] as *const AtomicU64 as usize;
+            assert_eq!(base % PAGE, 0);
+        }
+    }
+}

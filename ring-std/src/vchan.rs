@@ -1,0 +1,188 @@
+//! Blocking `std::io` over a vchan endpoint, and in-process pairs.
+
+use crate::{HeapMem, InProcessSignal};
+use ring_core::mem::SharedMem;
+use ring_core::signal::Signal;
+use ring_core::vchan::{self, Blocking, BlockingError, Endpoint, Error, Orders, ServerOptions};
+use std::io;
+use std::sync::Arc;
+
+/// Converts a blocking vchan error into the `std::io` error a caller of
+/// `Read`/`Write` expects.
+pub fn io_error<E: Into<io::Error>>(e: BlockingError<E>) -> io::Error {
+    match e {
+        BlockingError::Signal(e) => e.into(),
+        BlockingError::Ring(e) => ring_io_error(e),
+    }
+}
+
+/// Converts a ring error into an `io::Error` of the matching kind.
+pub fn ring_io_error(e: Error) -> io::Error {
+    let kind = match e {
+        Error::WouldBlock => io::ErrorKind::WouldBlock,
+        Error::Closed => io::ErrorKind::BrokenPipe,
+        Error::TooLarge { .. } | Error::Setup(_) => io::ErrorKind::InvalidInput,
+        Error::Corrupt(_) => io::ErrorKind::InvalidData,
+        Error::Memory(_) => io::ErrorKind::Other,
+    };
+    io::Error::new(kind, e)
+}
+
+/// A vchan endpoint as a blocking byte stream (`Read` + `Write`), plus
+/// packet calls. Reads return `Ok(0)` at end of stream (peer closed and
+/// ring drained); writes to a closed peer fail with `BrokenPipe`; a
+/// signal's timeout surfaces as its own error (`TimedOut` for
+/// [`InProcessSignal`]).
+#[derive(Debug)]
+pub struct Stream<M, S> {
+    inner: Blocking<M, S>,
+}
+
+impl<M: SharedMem, S: Signal> Stream<M, S>
+where
+    S::Error: Into<io::Error>,
+{
+    /// Wraps a connected endpoint and its signal.
+    pub fn new(endpoint: Endpoint<M>, signal: S) -> Self {
+        Stream {
+            inner: Blocking::new(endpoint, signal),
+        }
+    }
+
+    /// The blocking wrapper inside.
+    pub fn blocking(&mut self) -> &mut Blocking<M, S> {
+        &mut self.inner
+    }
+
+    /// Sends `buf` as one packet (all or nothing), blocking for space.
+    pub fn send(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.inner.send(buf).map_err(io_error)
+    }
+
+    /// Receives exactly `buf.len()` bytes as one packet.
+    pub fn recv(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        self.inner.recv(buf).map_err(io_error)
+    }
+
+    /// Closes our end and wakes the peer.
+    pub fn close(&mut self) -> io::Result<()> {
+        self.inner.close().map_err(io_error)
+    }
+}
+
+impl<M: SharedMem, S: Signal> io::Read for Stream<M, S>
+where
+    S::Error: Into<io::Error>,
+{
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf).map_err(io_error)
+    }
+}
+
+impl<M: SharedMem, S: Signal> io::Write for Stream<M, S>
+where
+    S::Error: Into<io::Error>,
+{
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.inner.write(buf).map_err(io_error)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// One end of an in-process pair.
+pub type PairStream = Stream<Arc<HeapMem>, InProcessSignal>;
+
+impl PairStream {
+    /// Makes blocking calls fail with `TimedOut` after `timeout` without an
+    /// event from the peer (`None`: wait for ever).
+    pub fn set_timeout(&mut self, timeout: Option<std::time::Duration>) {
+        self.inner.signal_mut().set_timeout(timeout);
+    }
+}
+
+/// A connected in-process vchan: `(server, client)`, with ring orders chosen
+/// as libxenvchan's server would for `read_min` (client→server) and
+/// `write_min` (server→client).
+pub fn pair(read_min: usize, write_min: usize) -> Result<(PairStream, PairStream), Error> {
+    pair_with(
+        Orders::for_sizes(read_min, write_min)?,
+        ServerOptions::default(),
+    )
+}
+
+/// A connected in-process vchan with explicit orders and server options.
+pub fn pair_with(
+    orders: Orders,
+    options: ServerOptions,
+) -> Result<(PairStream, PairStream), Error> {
+    let mem = Arc::new(HeapMem::new(vchan::FlatLayout::new(orders).size));
+    let server = vchan::serve_flat(mem.clone(), orders, options)?;
+    let client = vchan::connect_flat(mem)?;
+    let (server_signal, client_signal) = InProcessSignal::pair();
+    let client = Stream::new(client, client_signal);
+    // The client's connect kick, as libxenvchan sends it.
+    client.inner.kick().map_err(|e| match e {
+        BlockingError::Ring(e) => e,
+        BlockingError::Signal(_) => Error::Closed,
+    })?;
+    Ok((Stream::new(server, server_signal), client))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::time::Duration;
+
+    #[test]
+    fn stream_across_threads_with_eof() {
+        let (mut server, mut client) = pair(0, 0).unwrap();
+        let data: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        let expect = data.clone();
+        let writer = std::thread::spawn(move || {
+            client.write_all(&data).unwrap();
+            client.close().unwrap();
+        });
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).unwrap();
+        writer.join().unwrap();
+        assert_eq!(got.len(), expect.len());
+        assert!(got == expect);
+        // Writing to a closed peer is a broken pipe.
+        assert_eq!(
+            server.write(b"x").unwrap_err().kind(),
+            io::ErrorKind::BrokenPipe
+        );
+    }
+
+    #[test]
+    fn read_times_out_without_data() {
+        let (mut server, _client) = pair(0, 0).unwrap();
+        server
+            .blocking()
+            .endpoint()
+            .read(&mut [0; 1])
+            .expect_err("empty ring");
+        let (ep, mut sig) = server.inner.into_parts();
+        sig.set_timeout(Some(Duration::from_millis(30)));
+        let mut server = Stream::new(ep, sig);
+        // The connect kick is pending: the first wait consumes it, the second times out.
+        let err = server.read(&mut [0; 8]).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[test]
+    fn packets_are_all_or_nothing() {
+        let (mut server, mut client) = pair(4096, 4096).unwrap();
+        client.send(&[7u8; 4096]).unwrap();
+        let mut big = vec![0u8; 4097];
+        let err = server.recv(&mut big).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        let mut buf = vec![0u8; 4096];
+        server.recv(&mut buf).unwrap();
+        assert!(buf.iter().all(|&b| b == 7));
+    }
+}
