@@ -228,6 +228,7 @@ pub fn duplex(
     // Only a pass with `arm` set may leave wake-up requests armed; the
     // other passes look first, so a busy peer is not asked for kicks.
     let mut arm = false;
+    let mut stalled: Option<Option<std::time::Instant>> = None;
     loop {
         let mut moved = false;
         let can_write = arm || stream.endpoint().buffer_space().map_or(true, |n| n > 0);
@@ -272,9 +273,11 @@ pub fn duplex(
         }
         if moved {
             arm = false;
+            stalled = None;
         } else if arm {
-            let timeout = stream.signal().timeout();
-            stream.wait_event(None, timeout)?;
+            // One deadline per stall, however often the wait wakes early.
+            let deadline = *stalled.get_or_insert_with(|| stream.deadline());
+            stream.wait_event(None, deadline)?;
             arm = false;
         } else if !stream.spin_ready(done_in < recv, done_out < send) {
             arm = true;

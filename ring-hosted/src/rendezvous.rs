@@ -775,6 +775,17 @@ pub fn client_handshake(mut sock: UnixStream, config: ClientConfig) -> Result<Se
             let (to_server, to_client) =
                 (EventFd::from_fd(to_server)?, EventFd::from_fd(to_client)?);
             let ep = vchan::connect_flat(Arc::new(mem))?;
+            if ep.orders() != orders {
+                return Err(hs(HandshakeProblem::BadSizes {
+                    left: welcome.left_size,
+                    right: welcome.right_size,
+                    why: format!(
+                        "the control page says orders {}/{}",
+                        ep.orders().left(),
+                        ep.orders().right()
+                    ),
+                }));
+            }
             sock.set_read_timeout(None).map_err(sock_err)?;
             let mut signal = EventSignal::new(to_server, to_client).with_hangup(sock.into());
             signal.set_spin(config.spin);

@@ -28,6 +28,10 @@ use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// The longest a blocking call sleeps without re-checking the ring: the
+/// bound on noticing a peer that cleared its live byte but never kicked.
+pub const LIVENESS_POLL: Duration = Duration::from_millis(50);
+
 /// Bytes of the length prefix [`VchanStream::send_msg`] puts before each
 /// message.
 pub const MSG_HEADER: usize = 4;
@@ -127,17 +131,21 @@ impl VchanStream {
     }
 
     /// Waits for a kick, the peer's death, or `extra` to become readable,
-    /// for at most `timeout` (`None`: no limit).
+    /// until `deadline` (`None`: no limit).
+    ///
+    /// It also returns, with nothing set in [`Woken`], at least every
+    /// [`LIVENESS_POLL`], so the caller re-checks the ring: a peer that
+    /// clears its live byte without kicking us is still noticed in time.
     /// After the peer's death it returns at once (and the `try_` calls
     /// report `Closed` once drained).
     ///
     /// # Errors
     ///
-    /// [`Error::TimedOut`] after the signal's timeout; [`Error::Os`].
+    /// [`Error::TimedOut`] once `deadline` has passed; [`Error::Os`].
     pub fn wait_event(
         &mut self,
         extra: Option<BorrowedFd<'_>>,
-        timeout: Option<Duration>,
+        deadline: Option<Instant>,
     ) -> Result<Woken, Error> {
         if self.peer_gone {
             return Ok(Woken {
@@ -145,7 +153,13 @@ impl VchanStream {
                 extra: false,
             });
         }
-        match self.signal.wait_with(extra, timeout) {
+        let now = Instant::now();
+        let slice = match deadline {
+            Some(d) if d <= now => return Err(Error::TimedOut),
+            Some(d) => (d - now).min(LIVENESS_POLL),
+            None => LIVENESS_POLL,
+        };
+        match self.signal.wait_with(extra, Some(slice)) {
             Ok(w) => Ok(w),
             Err(WaitError::PeerGone) => {
                 self.peer_gone = true;
@@ -154,8 +168,21 @@ impl VchanStream {
                     extra: false,
                 })
             }
+            Err(WaitError::TimedOut) if deadline.is_some_and(|d| Instant::now() >= d) => {
+                Err(Error::TimedOut)
+            }
+            Err(WaitError::TimedOut) => Ok(Woken {
+                kicked: false,
+                extra: false,
+            }),
             Err(e) => Err(wait_error(e)),
         }
+    }
+
+    /// The deadline for a blocking call starting now, from the signal's
+    /// timeout.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.signal.timeout().map(|t| Instant::now() + t)
     }
 
     /// Spins for at most the spin budget until the ring has data to read
@@ -191,6 +218,7 @@ impl VchanStream {
         want_write: usize,
         mut op: impl FnMut(&mut Self) -> Result<Option<T>, Error>,
     ) -> Result<T, Error> {
+        let deadline = self.deadline();
         loop {
             if want_read > 0 {
                 self.spin(|ep| ep.data_ready().map_or(true, |n| n >= want_read));
@@ -200,8 +228,7 @@ impl VchanStream {
             if let Some(v) = op(self)? {
                 return Ok(v);
             }
-            let timeout = self.signal.timeout();
-            self.wait_event(None, timeout)?;
+            self.wait_event(None, deadline)?;
         }
     }
 

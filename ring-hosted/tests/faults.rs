@@ -83,7 +83,7 @@ fn survive_echo(s: &mut VchanStream, seed: u64) -> u64 {
             Err(e) => panic!("read failed with {e}, not Closed"),
         }
         if !moved {
-            s.wait_event(None, Some(Duration::from_secs(5)))
+            s.wait_event(None, Some(Instant::now() + Duration::from_secs(5)))
                 .expect("wait must end by kick or hang-up");
         }
     }

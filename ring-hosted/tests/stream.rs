@@ -167,3 +167,38 @@ fn event_signal_drives_ring_cores_blocking_wrapper() {
     assert_eq!(got.len(), 50_000);
     assert!(kicks > 0);
 }
+
+#[test]
+fn live_byte_cleared_without_a_kick_still_wakes_blocked_calls() {
+    use ring_core::mem::SharedMem;
+    use ring_core::vchan::layout::CLI_LIVE;
+    use ring_hosted::stream::LIVENESS_POLL;
+    // A blocked reader.
+    let (mut server, client) = pair(4096, 4096).unwrap();
+    let mem = server.memory().clone();
+    let t = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(20));
+        // The client "dies" politely but never kicks.
+        mem.store_u8(CLI_LIVE, 0).unwrap();
+        Instant::now()
+    });
+    assert_eq!(server.read(&mut [0u8; 8]).unwrap(), 0);
+    let noticed = Instant::now();
+    let cleared = t.join().unwrap();
+    assert!(noticed.duration_since(cleared) <= LIVENESS_POLL + Duration::from_millis(50));
+    drop(client); // only now: its close would have kicked
+
+    // A blocked writer (ring full).
+    let (mut server, client) = pair(4096, 4096).unwrap();
+    server.write_all(&[1u8; 4096]).unwrap();
+    let mem = server.memory().clone();
+    let t = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(20));
+        mem.store_u8(CLI_LIVE, 0).unwrap();
+        Instant::now()
+    });
+    assert!(matches!(server.write(b"more"), Err(Error::Closed)));
+    let noticed = Instant::now();
+    assert!(noticed.duration_since(t.join().unwrap()) <= LIVENESS_POLL + Duration::from_millis(50));
+    drop(client);
+}

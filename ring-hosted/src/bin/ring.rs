@@ -611,6 +611,7 @@ fn pipe_vchan(s: &mut VchanStream, linger: Duration) -> Result<(), Error> {
     let mut outbuf = vec![0u8; 64 << 10];
     let (mut off, mut len) = (0usize, 0usize);
     let mut stdin_done = false;
+    let mut idle_since = Instant::now();
     loop {
         let mut moved = false;
         loop {
@@ -642,15 +643,12 @@ fn pipe_vchan(s: &mut VchanStream, linger: Duration) -> Result<(), Error> {
             }
         }
         if moved {
+            idle_since = Instant::now();
             continue;
         }
         let want_stdin = !stdin_done && off == len;
-        let timeout = if stdin_done && off == len {
-            Some(linger)
-        } else {
-            None
-        };
-        let woken = match s.wait_event(want_stdin.then_some(stdin_fd), timeout) {
+        let deadline = (stdin_done && off == len).then(|| idle_since + linger);
+        let woken = match s.wait_event(want_stdin.then_some(stdin_fd), deadline) {
             Ok(w) => w,
             Err(Error::TimedOut) => return s.close(),
             Err(e) => return Err(e),
