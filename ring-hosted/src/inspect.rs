@@ -214,7 +214,16 @@ pub fn decode_vchan(page: &[u8]) -> Result<VchanState, String> {
 pub fn read_header(path: &Path) -> io::Result<[u8; HEADER_LEN]> {
     let file = std::fs::File::open(path)?;
     let mut b = [0u8; HEADER_LEN];
-    file.read_exact_at(&mut b, 0)?;
+    file.read_exact_at(&mut b, 0).map_err(|e| {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            io::Error::new(
+                e.kind(),
+                format!("file is shorter than a vchan control header ({HEADER_LEN} bytes)"),
+            )
+        } else {
+            e
+        }
+    })?;
     Ok(b)
 }
 

@@ -442,8 +442,9 @@ pub struct Listener {
 }
 
 impl Listener {
-    /// Binds `path`. A stale socket file left by a dead server (nobody
-    /// accepts on it) is removed first; a live one is an error.
+    /// Binds `path`. A stale socket left by a dead server (nobody accepts
+    /// on it) is removed first; a live socket, or any other kind of file,
+    /// is an error.
     ///
     /// # Errors
     ///
@@ -455,13 +456,15 @@ impl Listener {
         };
         let inner = match UnixListener::bind(path) {
             Ok(l) => l,
-            Err(e) if e.kind() == io::ErrorKind::AddrInUse => match UnixStream::connect(path) {
-                Err(c) if c.kind() == io::ErrorKind::ConnectionRefused => {
-                    std::fs::remove_file(path).map_err(bind_err)?;
-                    UnixListener::bind(path).map_err(bind_err)?
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && is_socket(path) => {
+                match UnixStream::connect(path) {
+                    Err(c) if c.kind() == io::ErrorKind::ConnectionRefused => {
+                        std::fs::remove_file(path).map_err(bind_err)?;
+                        UnixListener::bind(path).map_err(bind_err)?
+                    }
+                    _ => return Err(bind_err(e)),
                 }
-                _ => return Err(bind_err(e)),
-            },
+            }
             Err(e) => return Err(bind_err(e)),
         };
         Ok(Listener {
@@ -529,6 +532,11 @@ impl Drop for Listener {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
     }
+}
+
+fn is_socket(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket())
 }
 
 /// Reads up to `buf.len()` bytes, stopping early only at end of file or

@@ -366,3 +366,23 @@ fn client_refuses_memory_without_a_live_server() {
     });
     assert!(matches!(e, Error::Ring(_)), "{e:?}");
 }
+
+#[test]
+fn bind_replaces_a_stale_socket_but_nothing_else() {
+    let sock = TempSock::new("stale");
+    // A stale socket: bound, then its listener gone without unlinking.
+    drop(UnixListener::bind(&sock.path).unwrap());
+    assert!(sock.path.exists());
+    let l = Listener::bind(&sock.path, ServerConfig::new(Proto::Vchan)).unwrap();
+    // A live one is refused.
+    assert!(matches!(
+        Listener::bind(&sock.path, ServerConfig::new(Proto::Vchan)),
+        Err(Error::Os { .. })
+    ));
+    drop(l);
+    assert!(!sock.path.exists(), "the listener removes its socket");
+    // A regular file is never removed.
+    std::fs::write(&sock.path, b"precious").unwrap();
+    assert!(Listener::bind(&sock.path, ServerConfig::new(Proto::Vchan)).is_err());
+    assert_eq!(std::fs::read(&sock.path).unwrap(), b"precious");
+}

@@ -33,6 +33,8 @@ fn usage_errors_exit_2() {
         &["demo", "--bytes", "12Q"],
         &["demo", "--rounds", "-1"],
         &["demo", "--proto", "carrier-pigeon"],
+        &["demo", "--ring-size", "2M"],
+        &["listen", "/tmp/x", "--ring-size", "0"],
         &["inspect"],
         &["listen"],
         &["connect", "/tmp/x", "--proto", "nope"],

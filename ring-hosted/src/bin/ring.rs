@@ -52,7 +52,7 @@ enum Cmd {
         #[arg(long, default_value_t = 20_000)]
         rounds: u32,
         /// Size of each ring (rounded up to a power of two, 1K..1M).
-        #[arg(long, default_value = "1M", value_parser = parse_size)]
+        #[arg(long, default_value = "1M", value_parser = parse_ring_size)]
         ring_size: u64,
         /// Spin before sleeping, in microseconds (0: never spin).
         #[arg(long, default_value_t = DEFAULT_SPIN.as_micros() as u64)]
@@ -70,7 +70,7 @@ enum Cmd {
         #[arg(long, value_enum, default_value = "vchan")]
         proto: CliProto,
         /// Size of each ring.
-        #[arg(long, default_value = "64K", value_parser = parse_size)]
+        #[arg(long, default_value = "64K", value_parser = parse_ring_size)]
         ring_size: u64,
         /// Accept peers of any uid (default: only our own).
         #[arg(long)]
@@ -131,7 +131,7 @@ enum Cmd {
         #[arg(long, default_value_t = DEFAULT_SPIN.as_micros() as u64)]
         spin_us: u64,
         /// Ring size when listening.
-        #[arg(long, default_value = "64K", value_parser = parse_size)]
+        #[arg(long, default_value = "64K", value_parser = parse_ring_size)]
         ring_size: u64,
     },
 }
@@ -144,6 +144,16 @@ enum PeerMode {
     Echo,
     /// Write the seed's pattern (`--bytes`, or for ever), then close.
     Source,
+}
+
+/// Parses a ring size: 1 byte to 1 MiB (vchan's largest ring).
+fn parse_ring_size(s: &str) -> Result<u64, String> {
+    let n = parse_size(s)?;
+    if (1..=1 << 20).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!("ring size {n} is outside 1..=1M"))
+    }
 }
 
 /// Parses `123`, `64K`, `1M`, `2G` (binary multiples; `KiB` etc. too).
