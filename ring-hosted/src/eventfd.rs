@@ -353,6 +353,13 @@ impl Signal for EventSignal {
     }
 }
 
+impl AsFd for EventSignal {
+    /// The eventfd this side waits on: readable when the peer has kicked.
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.wake.as_fd()
+    }
+}
+
 /// Two connected signals in one process (each one's kick is the other's
 /// wake-up), for tests and in-process pairs.
 ///

@@ -25,6 +25,9 @@
 //! assert!(mem.is_sealed());
 //! ```
 
+// The crate denies unsafe code; this module is its only room for
+// it (the RawMem view over the mapping and the unsealed-attach contract),
+// each block argued by a SAFETY comment.
 #![allow(unsafe_code)]
 
 use crate::Error;

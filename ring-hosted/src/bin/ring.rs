@@ -1,6 +1,8 @@
 //! `ring`: run, pipe through and inspect shared-memory rings between
 //! processes. See `ring --help`.
 
+#![forbid(unsafe_code)]
+
 use clap::{Parser, Subcommand, ValueEnum};
 use ring_hosted::check::{duplex, Checksum, Pattern};
 use ring_hosted::eventfd::DEFAULT_SPIN;
