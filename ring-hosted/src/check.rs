@@ -23,12 +23,19 @@
 use crate::stream::VchanStream;
 use crate::Error;
 
-/// The pattern's word at word index `i`: one multiply-xorshift round of
-/// seed and index (cheap, so generating the pattern never limits a
-/// transfer; a different word for every index and seed is all we need).
+/// Step between the pattern's consecutive words before mixing (odd, so
+/// the words of one seed do not repeat within 2^64 of them).
+const STEP: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// Spreads the bits of a pre-word; cheap shifts only, so filling
+/// vectorises and the pattern never limits a transfer.
+fn mix(z: u64) -> u64 {
+    z ^ (z >> 29) ^ (z << 17)
+}
+
+/// The pattern's word at word index `i`.
 fn word(seed: u64, i: u64) -> u64 {
-    let z = (seed ^ i).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z ^ (z >> 29)
+    mix(seed.wrapping_add(i.wrapping_mul(STEP)))
 }
 
 /// An endless deterministic byte stream, read in pieces of any size.
@@ -63,8 +70,10 @@ impl Pattern {
             pos += 1;
         }
         let mut chunks = rest.chunks_exact_mut(8);
+        let mut z = self.seed.wrapping_add((pos / 8).wrapping_mul(STEP));
         for c in &mut chunks {
-            c.copy_from_slice(&word(self.seed, pos / 8).to_le_bytes());
+            c.copy_from_slice(&mix(z).to_le_bytes());
+            z = z.wrapping_add(STEP);
             pos += 8;
         }
         let tail = chunks.into_remainder();
@@ -95,13 +104,22 @@ impl Pattern {
 
 const P1: u64 = 0x9E37_79B1_85EB_CA87;
 const P2: u64 = 0xC2B2_AE3D_27D4_EB4F;
+/// Bytes per checksum block: eight independent 64-bit lanes.
+const BLOCK: usize = 64;
 
 /// A fast non-cryptographic checksum over a byte stream, independent of
 /// how the stream is split into `update` calls.
+///
+/// Fletcher-style on 64-bit little-endian words in eight lanes: each lane
+/// keeps a running sum and a sum of sums, so a changed, dropped, added or
+/// moved word changes the result (with overwhelming likelihood for the
+/// accidental damage a transfer bug does; it is no defence against a
+/// forger). Only additions: the compiler vectorises it.
 #[derive(Clone, Debug)]
 pub struct Checksum {
-    lanes: [u64; 4],
-    pending: [u8; 32],
+    sum: [u64; 8],
+    sum2: [u64; 8],
+    pending: [u8; BLOCK],
     fill: usize,
     total: u64,
 }
@@ -116,20 +134,24 @@ impl Checksum {
     /// An empty checksum.
     pub fn new() -> Self {
         Checksum {
-            lanes: [P1, P2, !P1, !P2],
-            pending: [0; 32],
+            sum: [0; 8],
+            sum2: [0; 8],
+            pending: [0; BLOCK],
             fill: 0,
             total: 0,
         }
     }
 
-    fn block(lanes: &mut [u64; 4], b: &[u8]) {
-        for (k, lane) in lanes.iter_mut().enumerate() {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(b.get(8 * k..8 * k + 8).unwrap_or(&[0; 8]));
-            *lane = (*lane ^ u64::from_le_bytes(w))
-                .wrapping_mul(P1)
-                .rotate_left(31);
+    fn block(sum: &mut [u64; 8], sum2: &mut [u64; 8], b: &[u8; BLOCK]) {
+        let mut words = [0u64; 8];
+        for (w, bytes) in words.iter_mut().zip(b.chunks_exact(8)) {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(bytes);
+            *w = u64::from_le_bytes(a);
+        }
+        for k in 0..8 {
+            sum[k] = sum[k].wrapping_add(words[k]);
+            sum2[k] = sum2[k].wrapping_add(sum[k]);
         }
     }
 
@@ -137,7 +159,7 @@ impl Checksum {
     pub fn update(&mut self, mut data: &[u8]) {
         self.total += data.len() as u64;
         if self.fill > 0 {
-            let take = (32 - self.fill).min(data.len());
+            let take = (BLOCK - self.fill).min(data.len());
             let (head, rest) = data.split_at(take);
             self.pending
                 .get_mut(self.fill..self.fill + take)
@@ -145,18 +167,17 @@ impl Checksum {
                 .copy_from_slice(head);
             self.fill += take;
             data = rest;
-            if self.fill < 32 {
+            if self.fill < BLOCK {
                 return;
             }
             let p = self.pending;
-            Self::block(&mut self.lanes, &p);
+            Self::block(&mut self.sum, &mut self.sum2, &p);
             self.fill = 0;
         }
-        let mut chunks = data.chunks_exact(32);
-        for c in &mut chunks {
-            Self::block(&mut self.lanes, c);
+        let (blocks, tail) = data.as_chunks::<BLOCK>();
+        for c in blocks {
+            Self::block(&mut self.sum, &mut self.sum2, c);
         }
-        let tail = chunks.remainder();
         self.pending
             .get_mut(..tail.len())
             .unwrap_or(&mut [])
@@ -176,17 +197,19 @@ impl Checksum {
 
     /// The checksum of everything added so far.
     pub fn finish(&self) -> u64 {
-        let mut lanes = self.lanes;
+        let (mut sum, mut sum2) = (self.sum, self.sum2);
         if self.fill > 0 {
-            let mut last = [0u8; 32];
+            let mut last = [0u8; BLOCK];
             last.get_mut(..self.fill)
                 .unwrap_or(&mut [])
                 .copy_from_slice(self.pending.get(..self.fill).unwrap_or(&[]));
-            Self::block(&mut lanes, &last);
+            Self::block(&mut sum, &mut sum2, &last);
         }
         let mut h = self.total.wrapping_mul(P2);
-        for l in lanes {
-            h = (h ^ l).wrapping_mul(P1).rotate_left(27) ^ (h >> 29);
+        for (a, b) in sum.into_iter().zip(sum2) {
+            for v in [a, b] {
+                h = (h ^ v).wrapping_mul(P1).rotate_left(27);
+            }
         }
         h ^ (h >> 32)
     }
@@ -313,6 +336,28 @@ mod tests {
         let mut p = Pattern::new(1);
         assert_eq!(p.first_mismatch(&b[..4000]), None);
         assert_eq!(p.first_mismatch(&b[4000..]), Some(5000));
+    }
+
+    #[test]
+    fn checksum_sees_swapped_and_dropped_words() {
+        let mut b = vec![0u8; 8192];
+        Pattern::new(4).fill(&mut b);
+        let sum = |d: &[u8]| {
+            let mut c = Checksum::new();
+            c.update(d);
+            c.finish()
+        };
+        let base = sum(&b);
+        let mut swapped = b.clone();
+        swapped.swap(0, 64); // same lane, different position
+        assert_ne!(sum(&swapped), base);
+        let mut moved = b.clone();
+        moved[..4096].rotate_left(8); // words shifted between lanes
+        assert_ne!(sum(&moved), base);
+        let mut dropped = b[..4096].to_vec();
+        dropped.extend_from_slice(&b[4160..]);
+        dropped.extend_from_slice(&[0u8; 64]); // same length, a block lost
+        assert_ne!(sum(&dropped), base);
     }
 
     #[test]
