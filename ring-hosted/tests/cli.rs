@@ -147,7 +147,8 @@ fn listen_and_connect_pipe_both_ways() {
 #[test]
 fn inspect_decodes_a_live_page() {
     let orders = Orders::new(12, 13).unwrap();
-    let mem = Arc::new(MemFd::create("inspect", vchan::FlatLayout::new(orders).size).unwrap());
+    let mem =
+        Arc::new(MemFd::create("ring-inspect-test", vchan::FlatLayout::new(orders).size).unwrap());
     let mut server = vchan::serve_flat(mem.clone(), orders, ServerOptions::default()).unwrap();
     let mut client = vchan::connect_flat(mem.clone()).unwrap();
     let t = client.write(&[7u8; 1000]).unwrap();
@@ -185,4 +186,22 @@ fn inspect_decodes_a_live_page() {
     assert!(json.contains("\"used\":1000"), "{json}");
     assert!(json.contains("\"server_notify\":\"write\""), "{json}");
     assert!(json.trim_end().ends_with('}'));
+
+    // The same page found by process id (its memfd is named ring-...).
+    let o = run(&[
+        "inspect",
+        "--pid",
+        &std::process::id().to_string(),
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stdout(&o).lines().any(|l| l.contains("\"used\":1000")),
+        "{}",
+        stdout(&o)
+    );
+    let o = run(&["inspect", "--pid", "1"]);
+    assert_eq!(o.status.code(), Some(1));
+    let o = run(&["inspect", "--pid", "1", "some-file"]);
+    assert_eq!(o.status.code(), Some(2));
 }

@@ -100,7 +100,12 @@ enum Cmd {
     /// bits, and who owes whom a signal.
     Inspect {
         /// The file holding the control page at offset 0.
-        file: PathBuf,
+        #[arg(required_unless_present = "pid")]
+        file: Option<PathBuf>,
+        /// Instead of a file: inspect every ring memfd this process holds
+        /// (the `ring-*` memfds in /proc/PID/fd).
+        #[arg(long, conflicts_with = "file")]
+        pid: Option<u32>,
         /// Ring protocol of the file.
         #[arg(long, value_enum, default_value = "vchan")]
         proto: CliProto,
@@ -199,7 +204,16 @@ fn main() -> ExitCode {
             proto,
             linger_ms,
         } => connect(&socket, proto.into(), linger_ms),
-        Cmd::Inspect { file, proto, json } => inspect_file(&file, proto.into(), json),
+        Cmd::Inspect {
+            file,
+            pid,
+            proto,
+            json,
+        } => match (file, pid) {
+            (Some(file), _) => inspect_file(&file, proto.into(), json),
+            (None, Some(pid)) => inspect_pid(pid, proto.into(), json),
+            (None, None) => Err("nothing to inspect".into()),
+        },
         Cmd::Peer {
             socket,
             mode,
@@ -682,6 +696,33 @@ fn pipe_vchan(s: &mut VchanStream, linger: Duration) -> Result<(), Error> {
 }
 
 // ---------------------------------------------------------------- inspect
+
+/// Inspects the ring memfds of process `pid`: the fds whose link names a
+/// memfd this crate made (`/memfd:ring-...`).
+fn inspect_pid(pid: u32, proto: Proto, json: bool) -> Outcome {
+    let dir = PathBuf::from(format!("/proc/{pid}/fd"));
+    let entries =
+        std::fs::read_dir(&dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
+    let mut found: Vec<(u32, PathBuf)> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            std::fs::read_link(e.path())
+                .is_ok_and(|l| l.to_string_lossy().starts_with("/memfd:ring-"))
+        })
+        .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path())))
+        .collect();
+    found.sort();
+    if found.is_empty() {
+        return Err(format!("process {pid} holds no ring memory"));
+    }
+    for (fd, path) in found {
+        if !json {
+            println!("== {} (fd {fd})", path.display());
+        }
+        inspect_file(&path, proto, json)?;
+    }
+    Ok(())
+}
 
 fn inspect_file(file: &Path, proto: Proto, json: bool) -> Outcome {
     match proto {
