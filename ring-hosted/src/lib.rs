@@ -13,6 +13,8 @@
 //!   message API, which turns a dead peer into [`Error::Closed`] after the
 //!   bytes already in the ring have been read;
 //! - [`inspect`]: decodes a vchan control page (for `ring inspect`);
+//! - [`window`]: part of a shared memory as a memory of its own, so
+//!   several rings can share one memfd;
 //! - [`check`]: the test pattern and checksum `ring demo` and the tests use.
 //!
 //! # Example: a vchan between two threads through the rendezvous
@@ -51,6 +53,7 @@ pub mod inspect;
 pub mod memfd;
 pub mod rendezvous;
 pub mod stream;
+pub mod window;
 
 use std::fmt;
 use std::io;
