@@ -20,7 +20,7 @@
 //! assert_eq!(Pattern::new(7).first_mismatch(&a), None);
 //! ```
 
-use crate::stream::VchanStream;
+use crate::stream::PollStream;
 use crate::Error;
 
 /// Step between the pattern's consecutive words before mixing (odd, so
@@ -234,7 +234,7 @@ pub struct DuplexResult {
 /// [`Error::Closed`] if the peer closes or dies first (also for a clean
 /// end of stream before `recv` bytes), and any stream error.
 pub fn duplex(
-    stream: &mut VchanStream,
+    stream: &mut impl PollStream,
     seed: u64,
     send: u64,
     recv: u64,
@@ -254,8 +254,8 @@ pub fn duplex(
     let mut stalled: Option<Option<std::time::Instant>> = None;
     loop {
         let mut moved = false;
-        let can_write = arm || stream.endpoint().buffer_space().map_or(true, |n| n > 0);
-        let can_read = arm || stream.endpoint().data_ready().map_or(true, |n| n > 0);
+        let (has_data, has_room) = if arm { (true, true) } else { stream.ready() };
+        let (can_read, can_write) = (arm || has_data, arm || has_room);
         while can_write && done_out < send {
             if out_off == out_len {
                 let n = (send - pattern.position()).min(CHUNK as u64) as usize;

@@ -36,6 +36,79 @@ pub const LIVENESS_POLL: Duration = Duration::from_millis(50);
 /// message.
 pub const MSG_HEADER: usize = 4;
 
+/// The non-blocking face of a ring stream between two processes, which
+/// poll loops ([`check::duplex`](crate::check::duplex), `ring listen`) drive
+/// the same way whatever the protocol.
+pub trait PollStream {
+    /// Reads what is there: `Some(n)` bytes (`n == 0`: clean end of
+    /// stream), `None` nothing yet (wake-up armed).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] once the peer is gone and the ring drained, or a
+    /// protocol error.
+    fn try_read(&mut self, buf: &mut [u8]) -> Result<Option<usize>, Error>;
+
+    /// Writes what fits: `Some(n)` bytes, `None` the ring is full (wake-up
+    /// armed).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] if the peer closed or died, or a protocol error.
+    fn try_write(&mut self, buf: &[u8]) -> Result<Option<usize>, Error>;
+
+    /// A cheap look that arms nothing: (something to read, room to write).
+    fn ready(&mut self) -> (bool, bool);
+
+    /// Spins for the spin budget until [`ready`](Self::ready) shows what
+    /// is wanted; returns whether it did.
+    fn spin_ready(&mut self, read: bool, write: bool) -> bool;
+
+    /// Waits for a kick, the peer's death, or `extra`, until `deadline`;
+    /// may return early with nothing set (re-check and call again).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TimedOut`] after `deadline`; [`Error::Os`].
+    fn wait_event(
+        &mut self,
+        extra: Option<BorrowedFd<'_>>,
+        deadline: Option<Instant>,
+    ) -> Result<Woken, Error>;
+
+    /// The deadline for a blocking call starting now.
+    fn deadline(&self) -> Option<Instant>;
+
+    /// The event channel (counters).
+    fn signal(&self) -> &EventSignal;
+
+    /// Ends our side of the stream (the peer reads what is left, then end
+    /// of stream).
+    ///
+    /// # Errors
+    ///
+    /// As the protocol's close.
+    fn close(&mut self) -> Result<(), Error>;
+}
+
+/// Spins for at most `budget` until `ready` says yes; returns its last
+/// answer.
+pub(crate) fn spin_for(budget: Duration, mut ready: impl FnMut() -> bool) -> bool {
+    if budget.is_zero() {
+        return false;
+    }
+    let start = Instant::now();
+    loop {
+        if ready() {
+            return true;
+        }
+        if start.elapsed() >= budget {
+            return false;
+        }
+        std::hint::spin_loop();
+    }
+}
+
 /// A connected vchan endpoint over a memfd with its event channel.
 ///
 /// Blocking calls ([`read`](Self::read), [`write`](Self::write),
@@ -201,13 +274,8 @@ impl VchanStream {
     /// Spins while `ready` says no, for at most the spin budget.
     fn spin(&mut self, mut ready: impl FnMut(&mut Endpoint<Arc<MemFd>>) -> bool) {
         let budget = self.signal.spin();
-        if budget.is_zero() {
-            return;
-        }
-        let start = Instant::now();
-        while !ready(&mut self.ep) && start.elapsed() < budget {
-            std::hint::spin_loop();
-        }
+        let ep = &mut self.ep;
+        spin_for(budget, || ready(ep));
     }
 
     /// Runs a non-blocking operation until it makes progress, spinning and
@@ -410,6 +478,40 @@ fn wait_error(e: WaitError) -> Error {
             op: "eventfd",
             source,
         },
+    }
+}
+
+impl PollStream for VchanStream {
+    fn try_read(&mut self, buf: &mut [u8]) -> Result<Option<usize>, Error> {
+        VchanStream::try_read(self, buf)
+    }
+    fn try_write(&mut self, buf: &[u8]) -> Result<Option<usize>, Error> {
+        VchanStream::try_write(self, buf)
+    }
+    fn ready(&mut self) -> (bool, bool) {
+        (
+            self.ep.data_ready().map_or(true, |n| n > 0),
+            self.ep.buffer_space().map_or(true, |n| n > 0),
+        )
+    }
+    fn spin_ready(&mut self, read: bool, write: bool) -> bool {
+        VchanStream::spin_ready(self, read, write)
+    }
+    fn wait_event(
+        &mut self,
+        extra: Option<BorrowedFd<'_>>,
+        deadline: Option<Instant>,
+    ) -> Result<Woken, Error> {
+        VchanStream::wait_event(self, extra, deadline)
+    }
+    fn deadline(&self) -> Option<Instant> {
+        VchanStream::deadline(self)
+    }
+    fn signal(&self) -> &EventSignal {
+        VchanStream::signal(self)
+    }
+    fn close(&mut self) -> Result<(), Error> {
+        VchanStream::close(self)
     }
 }
 

@@ -10,7 +10,7 @@ use ring_hosted::inspect;
 use ring_hosted::rendezvous::{
     self, ClientConfig, Listener, PeerPolicy, Proto, ServerConfig, Session,
 };
-use ring_hosted::stream::VchanStream;
+use ring_hosted::stream::{PollStream, VchanStream};
 use ring_hosted::Error;
 use std::io::{IsTerminal, Write};
 use std::os::fd::AsFd;
@@ -616,7 +616,7 @@ fn connect(socket: &Path, proto: Proto, linger_ms: u64) -> Outcome {
 
 fn pipe_session(session: Session, linger: Duration) -> Outcome {
     match session {
-        Session::Vchan(mut s) => pipe_vchan(&mut s, linger).map_err(|e| e.to_string()),
+        Session::Vchan(mut s) => pipe_stream(&mut s, linger).map_err(|e| e.to_string()),
         // Unreachable while vchan is the only protocol; vmbus will land here.
         #[allow(unreachable_patterns)]
         other => Err(format!("no pipe for protocol {}", other.proto().name())),
@@ -625,7 +625,7 @@ fn pipe_session(session: Session, linger: Duration) -> Outcome {
 
 /// Copies stdin into the ring and the ring to stdout until the peer closes,
 /// or stdin ends and the peer has been quiet for `linger`.
-fn pipe_vchan(s: &mut VchanStream, linger: Duration) -> Result<(), Error> {
+fn pipe_stream(s: &mut impl PollStream, linger: Duration) -> Result<(), Error> {
     let stdin = std::io::stdin();
     let stdin_fd = stdin.as_fd();
     let mut stdout = std::io::stdout().lock();
