@@ -487,7 +487,7 @@ impl Pattern {
         let mut at = pos;
         let mut rest = buf;
         // Up to the next word boundary byte by byte, then whole words.
-        while at % 8 != 0 {
+        while !at.is_multiple_of(8) {
             let Some((b, tail)) = rest.split_first_mut() else {
                 return;
             };
