@@ -808,3 +808,185 @@ fn duplex_transfers_across_two_processes() {
     child_run(Server::Ours, "rust", 16, 13, 0, 8 << 20);
     child_run(Server::Theirs, "c", 20, 20, 0xffff_ff00, 8 << 20);
 }
+
+/// Order pairs with one in-page and one external ring, over the same
+/// exchange as above (libxenvchan's server picks such pairs for mixed
+/// sizes; (10, 19) puts 128 grant refs in front of the 1 KiB ring).
+#[test]
+fn exchange_mixed_in_page_and_external_orders() {
+    for (lo, ro) in [(11, 12), (12, 11), (10, 19), (20, 11)] {
+        for server in [Server::Ours, Server::Theirs] {
+            let shm = shm_for(lo, ro);
+            let wires = Wires::new().unwrap();
+            exchange(&shm, &wires, server, lo, ro, 0xffff_fc00);
+        }
+    }
+}
+
+/// A server may write before any client has connected (C's `is_open`
+/// says 2, which counts as open); the client finds the bytes on connect.
+#[test]
+fn server_writes_before_the_client_connects() {
+    let greeting = Pattern::new(77).bytes(0, 700);
+    let mut buf = vec![0u8; 1024];
+    for (lo, ro) in [(10, 11), (12, 13)] {
+        // Theirs writes first, ours connects.
+        let shm = shm_for(lo, ro);
+        let wires = Wires::new().unwrap();
+        let mut c = c_server(&shm, &wires, lo, ro, 0xffff_ffff);
+        assert_eq!(c.is_open(), 2);
+        assert_eq!(c.write(&greeting), 700);
+        let mut ours = our_client(&shm).unwrap();
+        assert_eq!(ours.data_ready().unwrap(), 700);
+        let t = ours.read(&mut buf).unwrap();
+        assert_eq!(&buf[..t.len], &greeting[..]);
+        assert_eq!(c.is_open(), 1);
+        check_clean(&ours);
+        drop(c);
+
+        // Ours writes first, theirs connects.
+        let shm = shm_for(lo, ro);
+        let wires = Wires::new().unwrap();
+        let mut ours = our_server(&shm, lo, ro, 0xffff_ffff);
+        assert!(ours.is_open().unwrap());
+        let t = ours.write(&greeting).unwrap();
+        assert_eq!(t.len, 700);
+        assert!(!t.notify, "no client has asked for a kick yet");
+        let mut c = c_client(&shm, &wires).unwrap();
+        assert_eq!(c.read(&mut buf), 700);
+        assert_eq!(&buf[..700], &greeting[..]);
+        check_clean(&ours);
+    }
+}
+
+/// A server sleeps until its client connects: the C server in
+/// `libxenvchan_wait` while `is_open` is 2, ours in a blocking read.
+#[test]
+fn server_sleeps_until_the_client_connects() {
+    // Theirs waits, ours connects and kicks.
+    let shm = shm_for(10, 11);
+    let wires = Wires::new().unwrap();
+    let mut c = c_server(&shm, &wires, 10, 11, 0);
+    std::thread::scope(|s| {
+        let waiter = s.spawn(move || {
+            let mut waits = 0;
+            while c.is_open() == 2 {
+                assert_eq!(c.wait(), 0, "C server got no event");
+                waits += 1;
+            }
+            (c.is_open(), waits)
+        });
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let _ours = our_client(&shm).unwrap();
+        wires.rust_signal().unwrap().notify().unwrap();
+        let (open, waits) = waiter.join().unwrap();
+        assert_eq!(open, 1);
+        assert!(waits >= 1);
+    });
+
+    // Ours waits in a blocking read, theirs connects and writes.
+    let shm = shm_for(10, 11);
+    let wires = Wires::new().unwrap();
+    let ours = our_server(&shm, 10, 11, 0);
+    let sig = wires.rust_signal().unwrap();
+    std::thread::scope(|s| {
+        let reader = s.spawn(move || {
+            let mut b = Blocking::new(ours, sig);
+            let mut buf = [0u8; 16];
+            let n = b.read(&mut buf).unwrap();
+            (buf[..n].to_vec(), b)
+        });
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let mut c = c_client(&shm, &wires).unwrap();
+        assert_eq!(c.write(b"hello"), 5);
+        let (got, mut b) = reader.join().unwrap();
+        assert_eq!(got, b"hello");
+        check_clean(b.endpoint());
+    });
+}
+
+/// Closing wakes a peer that sleeps on a full ring: C's blocking write
+/// returns −1 (after sending part), and so does our blocking write.
+#[test]
+fn close_wakes_a_writer_blocked_on_a_full_ring() {
+    for server in [Server::Ours, Server::Theirs] {
+        // C blocks writing more than the ring holds; we close.
+        let shm = shm_for(12, 12);
+        let wires = Wires::new().unwrap();
+        let (mut ours, mut c) = connect_pair(&shm, &wires, server, 12, 12, 0);
+        let sig = wires.rust_signal().unwrap();
+        c.set_blocking(true);
+        std::thread::scope(|s| {
+            let writer = s.spawn(move || c.write(&[7u8; 10_000]));
+            // Wait until the ring is full and C has asked to be woken.
+            let t0 = Instant::now();
+            while ours.data_ready().unwrap() < 4096 {
+                assert!(t0.elapsed().as_secs() < 10);
+                std::thread::yield_now();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            let t = ours.close().unwrap();
+            kick_if(&sig, t);
+            assert_eq!(writer.join().unwrap(), -1, "{server:?}: C blocking write");
+        });
+
+        // We block writing more than the ring holds; C closes.
+        let shm = shm_for(12, 12);
+        let wires = Wires::new().unwrap();
+        let (ours, c) = connect_pair(&shm, &wires, server, 12, 12, 0);
+        let sig = wires.rust_signal().unwrap();
+        std::thread::scope(|s| {
+            let writer = s.spawn(move || {
+                let mut b = Blocking::new(ours, sig);
+                let r = b.write_all(&[9u8; 10_000]);
+                (r, b)
+            });
+            let mut c = c;
+            let t0 = Instant::now();
+            while c.data_ready() < 4096 {
+                assert!(t0.elapsed().as_secs() < 10);
+                std::thread::yield_now();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            c.close();
+            let (r, mut b) = writer.join().unwrap();
+            assert!(
+                matches!(r, Err(ring_core::vchan::BlockingError::Ring(Error::Closed))),
+                "{server:?}: our blocking write after C closed: {r:?}"
+            );
+            check_clean(b.endpoint());
+        });
+    }
+}
+
+/// Where the two deliberately differ: a peer that breaks the index rules.
+/// libxenvchan clamps a producer index more than a ring ahead to "no data"
+/// and stalls silently; ours reports corruption.
+#[test]
+fn hostile_producer_index_c_stalls_ours_reports_corrupt() {
+    for server in [Server::Ours, Server::Theirs] {
+        let shm = shm_for(10, 11);
+        let wires = Wires::new().unwrap();
+        let (mut ours, mut c) = connect_pair(&shm, &wires, server, 10, 11, 0);
+        let mem = shm.mem();
+        // The ring each side reads: ours is right for a client, left for a
+        // server; corrupt the producer of both rings.
+        for prod in [LEFT_PROD, RIGHT_PROD] {
+            let cons = mem.load_u32(prod - 4).unwrap();
+            mem.store_u32(prod, cons.wrapping_add(1 << 31)).unwrap();
+        }
+        assert_eq!(c.data_ready(), 0, "C clamps to zero");
+        let mut buf = [0u8; 64];
+        assert_eq!(c.read(&mut buf), 0, "C non-blocking read sees nothing");
+        assert!(matches!(ours.read(&mut buf), Err(Error::Corrupt(_))));
+        assert!(ours.poisoned().is_some());
+        // A live byte outside 0..=2: C's is_open passes the raw byte on.
+        let c_peer_live = if server == Server::Ours {
+            SRV_LIVE
+        } else {
+            CLI_LIVE
+        };
+        mem.store_u8(c_peer_live, 7).unwrap();
+        assert_eq!(c.is_open(), 7);
+    }
+}
