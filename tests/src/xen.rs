@@ -110,9 +110,9 @@ impl CPeer {
         wake: BorrowedFd<'_>,
         kick: BorrowedFd<'_>,
     ) -> Option<CPeer> {
+        let (m, w, k) = (memfd.as_raw_fd(), wake.as_raw_fd(), kick.as_raw_fd());
         // SAFETY: as for `server`.
-        let ctrl =
-            unsafe { ffi::xp_client_open(memfd.as_raw_fd(), wake.as_raw_fd(), kick.as_raw_fd()) };
+        let ctrl = unsafe { ffi::xp_client_open(m, w, k) };
         NonNull::new(ctrl).map(|ctrl| CPeer { ctrl })
     }
 
