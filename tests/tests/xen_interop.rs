@@ -135,6 +135,11 @@ fn kick_if(signal: &FdSignal, t: vchan::Transfer) -> usize {
     t.len
 }
 
+fn kick_if_notify(signal: &FdSignal, t: vchan::Transfer) -> bool {
+    kick_if(signal, t);
+    t.notify
+}
+
 fn check_clean(ours: &Ep<'_>) {
     assert_eq!(ours.poisoned(), None, "our endpoint saw corruption");
 }
@@ -989,4 +994,78 @@ fn hostile_producer_index_c_stalls_ours_reports_corrupt() {
         mem.store_u8(c_peer_live, 7).unwrap();
         assert_eq!(c.is_open(), 7);
     }
+}
+
+/// A deliberate API difference: libxenvchan's `data_ready` and
+/// `buffer_space` arm a wake-up request as a side effect; ours only report,
+/// and arming is the separate `arm_readable`/`arm_writable`.
+#[test]
+fn c_queries_arm_notifications_ours_do_not() {
+    let shm = shm_for(10, 11);
+    let wires = Wires::new().unwrap();
+    let (mut ours, mut c) = connect_pair(&shm, &wires, Server::Ours, 10, 11, 0);
+    let mem = shm.mem();
+    let sig = wires.rust_signal().unwrap();
+    // Connect left one WRITE request in each byte; one message each way
+    // uses them up.
+    assert_eq!(mem.load_u8(CLI_NOTIFY).unwrap(), 1);
+    assert_eq!(mem.load_u8(SRV_NOTIFY).unwrap(), 1);
+    let t = ours.write(b"a").unwrap();
+    assert!(t.notify);
+    kick_if(&sig, t);
+    assert_eq!(c.write(b"b"), 1);
+    let mut buf = [0u8; 4];
+    // A read for more than is there: C arms WRITE anyway (it returns the
+    // one byte but asks to hear about more); ours arms only when it finds
+    // nothing at all.
+    assert_eq!(c.read(&mut buf), 1);
+    assert_eq!(
+        mem.load_u8(SRV_NOTIFY).unwrap(),
+        1,
+        "C armed on a short read"
+    );
+    assert_eq!(kick_if(&sig, ours.read(&mut buf).unwrap()), 1);
+    assert_eq!(mem.load_u8(CLI_NOTIFY).unwrap(), 0, "ours did not");
+    // Our next write uses up C's request.
+    assert!(kick_if_notify(&sig, ours.write(b"d").unwrap()));
+    assert_eq!(c.read(&mut buf[..1]), 1);
+    assert_eq!(mem.load_u8(SRV_NOTIFY).unwrap(), 0);
+
+    assert_eq!(ours.data_ready().unwrap(), 0);
+    assert_eq!(ours.buffer_space().unwrap(), 2048);
+    assert_eq!(
+        mem.load_u8(CLI_NOTIFY).unwrap(),
+        0,
+        "ours: no request armed"
+    );
+    assert_eq!(c.data_ready(), 0);
+    assert_eq!(c.buffer_space(), 1024);
+    assert_eq!(
+        mem.load_u8(SRV_NOTIFY).unwrap(),
+        3,
+        "C: WRITE and READ armed"
+    );
+    // `Readiness` is not re-exported by ring_core::vchan, so compare its
+    // Debug form.
+    let r = ours.arm_readable(1).unwrap();
+    assert_eq!(format!("{r:?}"), "Armed");
+    assert_eq!(mem.load_u8(CLI_NOTIFY).unwrap(), 1, "ours: WRITE armed");
+    let t = ours.write(&[5u8; 2000]).unwrap();
+    assert!(
+        kick_if_notify(&sig, t),
+        "C's data_ready asked for this kick"
+    );
+    let r = ours.arm_writable(4096).unwrap();
+    assert_eq!(format!("{r:?}"), "Armed", "want clamped to the ring size");
+    assert_eq!(mem.load_u8(CLI_NOTIFY).unwrap(), 3, "ours: READ armed too");
+    let _ = take_events(wires.rust_wake.as_fd()).unwrap();
+    let mut big = [0u8; 2000];
+    assert_eq!(c.read(&mut big), 2000);
+    assert_eq!(
+        take_events(wires.rust_wake.as_fd()).unwrap(),
+        1,
+        "READ kick"
+    );
+    assert_eq!(c.write(b"c"), 1);
+    assert_eq!(take_events(wires.rust_wake.as_fd()).unwrap(), 1);
 }
