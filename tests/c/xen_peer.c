@@ -357,6 +357,13 @@ void xp_set_blocking(struct libxenvchan *ctrl, int on)
 	ctrl->blocking = on ? 1 : 0;
 }
 
+/* Server only: keep reporting "open" after the client leaves, so a new
+ * client may connect to the same page (libxenvchan's server_persist). */
+void xp_set_server_persist(struct libxenvchan *ctrl, int on)
+{
+	ctrl->server_persist = on ? 1 : 0;
+}
+
 int xp_is_blocking(struct libxenvchan *ctrl)
 {
 	return ctrl->blocking != 0;

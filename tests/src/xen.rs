@@ -26,6 +26,7 @@ mod ffi {
         pub fn xp_client_open(memfd: c_int, wake_fd: c_int, kick_fd: c_int) -> *mut c_void;
         pub fn xp_set_blocking(ctrl: *mut c_void, on: c_int);
         pub fn xp_is_blocking(ctrl: *mut c_void) -> c_int;
+        pub fn xp_set_server_persist(ctrl: *mut c_void, on: c_int);
         pub fn xp_set_wait_timeout_ms(ms: c_int);
         pub fn xp_kick(ctrl: *mut c_void) -> c_int;
         pub fn xp_read(ctrl: *mut c_void, buf: *mut c_void, n: usize) -> c_int;
@@ -125,6 +126,14 @@ impl CPeer {
         let ctrl = self.ptr();
         // SAFETY: `ctrl` is a live handle from the harness.
         unsafe { ffi::xp_set_blocking(ctrl, c_int::from(on)) };
+    }
+
+    /// Sets the `server_persist` bitfield (server only): `is_open` stays 1
+    /// after the client leaves, and a new client may connect.
+    pub fn set_server_persist(&mut self, on: bool) {
+        let ctrl = self.ptr();
+        // SAFETY: `ctrl` is a live handle from the harness.
+        unsafe { ffi::xp_set_server_persist(ctrl, c_int::from(on)) };
     }
 
     /// Reads the `blocking` bitfield back.

@@ -1069,3 +1069,57 @@ fn c_queries_arm_notifications_ours_do_not() {
     assert_eq!(c.write(b"c"), 1);
     assert_eq!(take_events(wires.rust_wake.as_fd()).unwrap(), 1);
 }
+
+/// Reconnect on the same page: libxenvchan's persisting server takes a
+/// second client of ours after the first closed, and our server takes a
+/// second libxenvchan client. Indices carry on; nothing is reset.
+#[test]
+fn a_second_client_connects_after_the_first_closed() {
+    let mut buf = [0u8; 64];
+    for (lo, ro) in [(10, 11), (13, 12)] {
+        // Theirs serves (persisting), ours connects twice.
+        let shm = shm_for(lo, ro);
+        let wires = Wires::new().unwrap();
+        let mut c = c_server(&shm, &wires, lo, ro, 0xffff_fffe);
+        c.set_server_persist(true);
+        let sig = wires.rust_signal().unwrap();
+        for round in 0..3u8 {
+            let mut ours = our_client(&shm).expect("reconnect");
+            sig.notify().unwrap();
+            let msg = [round; 10];
+            assert_eq!(kick_if(&sig, ours.write(&msg).unwrap()), 10);
+            assert_eq!(c.read(&mut buf), 10);
+            assert_eq!(&buf[..10], &msg);
+            assert_eq!(c.write(&[round + 100; 7]), 7);
+            let t = ours.read(&mut buf).unwrap();
+            assert_eq!(&buf[..kick_if(&sig, t)], &[round + 100; 7]);
+            kick_if(&sig, ours.close().unwrap());
+            assert_eq!(c.is_open(), 1, "persisting server stays open");
+            check_clean(&ours);
+        }
+        assert_eq!(
+            shm.mem().load_u32(LEFT_PROD).unwrap(),
+            0xffff_fffe_u32.wrapping_add(30)
+        );
+
+        // Ours serves, theirs connects twice.
+        let shm = shm_for(lo, ro);
+        let wires = Wires::new().unwrap();
+        let mut ours = our_server(&shm, lo, ro, 0xffff_fffe);
+        let sig = wires.rust_signal().unwrap();
+        for round in 0..3u8 {
+            let mut c = c_client(&shm, &wires).expect("C client reconnects");
+            assert!(ours.is_open().unwrap());
+            assert_eq!(c.write(&[round; 10]), 10);
+            let t = ours.read(&mut buf).unwrap();
+            assert_eq!(&buf[..kick_if(&sig, t)], &[round; 10]);
+            assert_eq!(kick_if(&sig, ours.write(&[round + 50; 5]).unwrap()), 5);
+            assert_eq!(c.read(&mut buf), 5);
+            assert_eq!(&buf[..5], &[round + 50; 5]);
+            c.close();
+            assert!(!ours.is_open().unwrap());
+            assert_eq!(ours.read(&mut buf).unwrap().len, 0, "EOF between clients");
+        }
+        check_clean(&ours);
+    }
+}
