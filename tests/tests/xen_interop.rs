@@ -1123,3 +1123,26 @@ fn a_second_client_connects_after_the_first_closed() {
         check_clean(&ours);
     }
 }
+
+/// Where the clients differ at connect: libxenvchan's client checks only
+/// the orders, so it connects to a page whose server is gone and to one
+/// that already has a client; ours refuses both.
+#[test]
+fn connect_checks_liveness_where_c_does_not() {
+    for (cli_live, srv_live, ours_err) in [
+        (2u8, 0u8, SetupError::ServerNotLive { live: 0 }),
+        (1, 1, SetupError::ClientAlreadyConnected),
+    ] {
+        let shm = shm_for(10, 11);
+        let wires = Wires::new().unwrap();
+        let c_srv = c_server(&shm, &wires, 10, 11, 0);
+        let mem = shm.mem();
+        mem.store_u8(CLI_LIVE, cli_live).unwrap();
+        mem.store_u8(SRV_LIVE, srv_live).unwrap();
+        let err = our_client(&shm).err();
+        assert_eq!(err, Some(Error::Setup(ours_err)));
+        let mut c = c_client(&shm, &wires).expect("C client connects anyway");
+        assert_eq!(c.is_open(), i32::from(srv_live));
+        drop((c, c_srv));
+    }
+}
