@@ -303,20 +303,28 @@ impl EventSignal {
                 tv_sec: d.as_secs() as _,
                 tv_nsec: d.subsec_nanos() as _,
             });
-            let mut fds = Vec::with_capacity(3);
-            fds.push(PollFd::from_borrowed_fd(self.wake.as_fd(), PollFlags::IN));
-            let hang_at = self.hangup.as_ref().map(|h| {
-                fds.push(PollFd::from_borrowed_fd(
-                    h.as_fd(),
-                    PollFlags::IN | PollFlags::RDHUP,
-                ));
-                fds.len() - 1
-            });
-            let extra_at = extra.map(|e| {
-                fds.push(PollFd::from_borrowed_fd(e, PollFlags::IN));
-                fds.len() - 1
-            });
-            match rustix::event::poll(&mut fds, ts.as_ref()) {
+            // The eventfd, then the hang-up fd and the extra fd if present;
+            // a fixed array, so waiting never allocates.
+            let mut fds = [
+                PollFd::from_borrowed_fd(self.wake.as_fd(), PollFlags::IN),
+                PollFd::from_borrowed_fd(self.wake.as_fd(), PollFlags::empty()),
+                PollFd::from_borrowed_fd(self.wake.as_fd(), PollFlags::empty()),
+            ];
+            let mut used = 1;
+            let mut hang_at = None;
+            if let (Some(h), Some(slot)) = (self.hangup.as_ref(), fds.get_mut(used)) {
+                *slot = PollFd::from_borrowed_fd(h.as_fd(), PollFlags::IN | PollFlags::RDHUP);
+                hang_at = Some(used);
+                used += 1;
+            }
+            let mut extra_at = None;
+            if let (Some(e), Some(slot)) = (extra, fds.get_mut(used)) {
+                *slot = PollFd::from_borrowed_fd(e, PollFlags::IN);
+                extra_at = Some(used);
+                used += 1;
+            }
+            let fds = fds.get_mut(..used).unwrap_or_default();
+            match rustix::event::poll(fds, ts.as_ref()) {
                 Ok(_) => {}
                 Err(rustix::io::Errno::INTR) => continue,
                 Err(e) => return Err(WaitError::Os(e.into())),

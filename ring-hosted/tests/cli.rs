@@ -205,3 +205,46 @@ fn inspect_decodes_a_live_page() {
     let o = run(&["inspect", "--pid", "1", "some-file"]);
     assert_eq!(o.status.code(), Some(2));
 }
+
+#[test]
+fn a_reader_that_stops_early_ends_the_pipe_quietly() {
+    use std::io::Read;
+    let sock = TempSock::new("epipe");
+    let mut listen = ring()
+        .arg("listen")
+        .arg(&sock.path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_path(&sock.path);
+    let mut connect = ring()
+        .arg("connect")
+        .arg(&sock.path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut li = listen.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || {
+        // Far more than the pipes and ring hold; fails once listen exits.
+        let chunk = vec![b'x'; 1 << 16];
+        for _ in 0..1024 {
+            if li.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+    });
+    let mut out = connect.stdout.take().unwrap();
+    let mut first = [0u8; 10];
+    out.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"xxxxxxxxxx");
+    drop(out);
+    let co = connect.wait_with_output().unwrap();
+    let lo = listen.wait_with_output().unwrap();
+    feeder.join().unwrap();
+    assert_eq!(co.status.code(), Some(0), "{}", stderr(&co));
+    assert_eq!(lo.status.code(), Some(0), "{}", stderr(&lo));
+}

@@ -606,6 +606,8 @@ fn listen(socket: &Path, proto: Proto, ring_size: u64, any_uid: bool, linger_ms:
     }
     let listener = Listener::bind(socket, config).map_err(|e| e.to_string())?;
     let session = listener.accept().map_err(|e| e.to_string())?;
+    // One peer only: unlink the socket so later clients fail at once.
+    drop(listener);
     pipe_session(session, Duration::from_millis(linger_ms))
 }
 
@@ -629,9 +631,15 @@ fn pipe_stream(s: &mut impl PollStream, linger: Duration) -> Result<(), Error> {
     let stdin = std::io::stdin();
     let stdin_fd = stdin.as_fd();
     let mut stdout = std::io::stdout().lock();
-    let out_err = |source| Error::Os {
-        op: "write stdout",
-        source,
+    // Writes to stdout; false once its reader has gone (like `| head`),
+    // which ends the pipe quietly.
+    let mut emit = |data: &[u8]| match stdout.write_all(data).and_then(|()| stdout.flush()) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(source) => Err(Error::Os {
+            op: "write stdout",
+            source,
+        }),
     };
     let mut inbuf = vec![0u8; 64 << 10];
     let mut outbuf = vec![0u8; 64 << 10];
@@ -642,21 +650,17 @@ fn pipe_stream(s: &mut impl PollStream, linger: Duration) -> Result<(), Error> {
         let mut moved = false;
         loop {
             match s.try_read(&mut outbuf) {
-                Ok(Some(0)) | Err(Error::Closed) => {
-                    stdout.flush().map_err(out_err)?;
-                    return Ok(());
-                }
+                Ok(Some(0)) | Err(Error::Closed) => return Ok(()),
                 Ok(Some(n)) => {
-                    stdout
-                        .write_all(outbuf.get(..n).unwrap_or(&[]))
-                        .map_err(out_err)?;
+                    if !emit(outbuf.get(..n).unwrap_or(&[]))? {
+                        return s.close();
+                    }
                     moved = true;
                 }
                 Ok(None) => break,
                 Err(e) => return Err(e),
             }
         }
-        stdout.flush().map_err(out_err)?;
         while off < len {
             match s.try_write(inbuf.get(off..len).unwrap_or(&[])) {
                 Ok(Some(n)) => {
