@@ -428,6 +428,36 @@ mod tests {
     }
 
     #[test]
+    fn unsealed_shm_files_attach_only_through_the_unsafe_door() {
+        let dir = if Path::new("/dev/shm").is_dir() {
+            std::path::PathBuf::from("/dev/shm")
+        } else {
+            std::env::temp_dir()
+        };
+        let path = dir.join(format!("ring-memfd-unsealed-{}", std::process::id()));
+        std::fs::write(&path, [0u8; 8192]).unwrap();
+        let safe = MemFd::open_path(&path, 4096);
+        // SAFETY: this test owns the file and nobody truncates it while
+        // the mapping lives.
+        let unsealed = unsafe { MemFd::open_path_unsealed(&path, 4096) };
+        // SAFETY: as above.
+        let too_small = unsafe { MemFd::open_path_unsealed(&path, 8193) };
+        std::fs::remove_file(&path).unwrap();
+        assert!(safe.is_err(), "an unsealed file must not attach safely");
+        let m = unsealed.unwrap();
+        assert!(!m.is_sealed());
+        m.store_u32(4096, 42).unwrap();
+        assert_eq!(m.load_u32(4096).unwrap(), 42);
+        assert!(matches!(
+            bad(too_small),
+            FdProblem::TooSmall {
+                size: 8192,
+                needed: 8193
+            }
+        ));
+    }
+
+    #[test]
     fn zero_size_is_refused() {
         assert!(matches!(
             bad(MemFd::create("z", 0)),
