@@ -29,7 +29,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The longest a blocking call sleeps without re-checking the ring: the
-/// bound on noticing a peer that cleared its live byte but never kicked.
+/// bound on noticing a peer that cleared its live byte but never kicked,
+/// and on how long a lost or withheld kick can stall us.
 pub const LIVENESS_POLL: Duration = Duration::from_millis(50);
 
 /// Bytes of the length prefix [`VchanStream::send_msg`] puts before each
@@ -444,6 +445,17 @@ impl VchanStream {
     /// Whether the peer has been seen to hang up.
     pub fn peer_gone(&self) -> bool {
         self.peer_gone
+    }
+
+    /// Kicks the peer whether or not it asked: unsticks a peer that sleeps
+    /// although the ring says it has work (`ring inspect` shows a signal
+    /// owed to it).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Os`] if the eventfd write fails.
+    pub fn kick(&self) -> Result<(), Error> {
+        self.signal.notify().map_err(wait_error)
     }
 }
 

@@ -202,3 +202,33 @@ fn live_byte_cleared_without_a_kick_still_wakes_blocked_calls() {
     assert!(noticed.duration_since(t.join().unwrap()) <= LIVENESS_POLL + Duration::from_millis(50));
     drop(client);
 }
+
+#[test]
+fn a_withheld_kick_costs_a_waiter_at_most_the_liveness_poll() {
+    use ring_core::mem::SharedMem;
+    use ring_core::vchan::layout::LEFT_PROD;
+    use ring_hosted::stream::LIVENESS_POLL;
+    let (mut server, client) = pair(4096, 4096).unwrap();
+    let mem = server.memory().clone();
+    let left = ring_core::vchan::FlatLayout::new(Orders::for_sizes(4096, 4096).unwrap()).left;
+    let t = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(20));
+        // A peer that publishes 3 bytes but "forgets" to kick.
+        mem.write(left, b"abc").unwrap();
+        mem.store_u32(LEFT_PROD, 3).unwrap();
+        Instant::now()
+    });
+    let mut buf = [0u8; 8];
+    assert_eq!(server.read(&mut buf).unwrap(), 3);
+    assert_eq!(&buf[..3], b"abc");
+    let published = t.join().unwrap();
+    assert!(published.elapsed() <= LIVENESS_POLL + Duration::from_millis(50));
+    // The unconditional kick reaches the other side.
+    server.kick().unwrap();
+    assert_eq!(client.signal().wakeups(), 0);
+    client
+        .signal()
+        .wait_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    assert_eq!(client.signal().wakeups(), 1);
+}
