@@ -1,0 +1,1 @@
+//! Unit tests of the VMBus rings over in-process memory.
