@@ -101,6 +101,10 @@ impl<M: SharedMem, S: Signal> Blocking<M, S> {
     /// Sends one packet (committing anything written before it), waiting
     /// for space as long as needed, and signals the reader if it is owed.
     ///
+    /// While blocked here we do not read: if the peer is likewise blocked
+    /// sending to us, both wait for ever. Protocols bound what is in flight
+    /// (as VMBus devices do) so that replies always fit.
+    ///
     /// # Errors
     ///
     /// [`Error::TooLarge`], [`Error::InvalidPacket`], [`Error::Corrupt`], or
