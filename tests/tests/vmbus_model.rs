@@ -225,7 +225,7 @@ fn run(data_size: usize, start: u32, ops: Vec<Op>) {
         .collect();
     let mem = RawMem::from_atomics(&words);
     initialize_ring(&mem, layout).unwrap();
-    let start = start % data_size as u32 & !7;
+    let start = (start % data_size as u32) & !7;
     mem.store_u32(WRITE_INDEX, start).unwrap();
     mem.store_u32(READ_INDEX, start).unwrap();
     let mut tx = OutgoingRing::new(mem, layout).unwrap();
@@ -339,7 +339,7 @@ fn run(data_size: usize, start: u32, ops: Vec<Op>) {
         }
         // Nobody sleeps while the other side owes them a signal.
         assert!(
-            !(m.reader_sleeps && !m.published.is_empty()),
+            !m.reader_sleeps || m.published.is_empty(),
             "reader asleep with data published and no signal"
         );
         if let Some(need) = m.writer_sleeps {
