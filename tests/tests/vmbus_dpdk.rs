@@ -257,6 +257,11 @@ fn dpdk_writes_in_band_we_read_every_size() {
         let mut pad = vec![0xFFu8; p.payload_len() - len];
         p.read_payload(len, &mut pad).unwrap();
         assert!(pad.iter().all(|&b| b == 0));
+        // Its trailer holds the packet's start offset in the upper half.
+        let at = (p.offset() as usize + 16 + p.payload_len()) % 8192;
+        let mut trailer = [0u8; 8];
+        ring.mem().read(4096 + at, &mut trailer).unwrap();
+        assert_eq!(u64::from_le_bytes(trailer), u64::from(p.offset()) << 32);
         let t = rx.commit().unwrap();
         assert!(!t.notify, "DPDK never arms pending_send_size");
     }

@@ -206,7 +206,10 @@ impl<M: SharedMem> IncomingRing<M> {
     ///
     /// - [`Error::Empty`] when there is no packet. Unless interrupts are
     ///   off ([`set_interrupts`](Self::set_interrupts)), the mask has been
-    ///   cleared and the ring re-checked first, so the caller may sleep;
+    ///   cleared and the ring re-checked first, so the caller may sleep —
+    ///   after committing what it read: the writer only signals when the
+    ///   *published* read index shows the ring empty, so a reader that
+    ///   sleeps on uncommitted reads is never woken;
     /// - [`Error::Corrupt`] when a check fails (poisons the ring).
     pub fn read_packet(&mut self) -> Result<IncomingPacket<'_, M>, Error> {
         self.usable()?;

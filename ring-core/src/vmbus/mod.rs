@@ -191,7 +191,7 @@ impl fmt::Display for SetupError {
 pub enum Error {
     /// No packet to read. Unless interrupts were turned off with
     /// [`IncomingRing::set_interrupts`], the mask is cleared and the ring
-    /// was re-checked.
+    /// was re-checked; commit any reads before sleeping on it.
     Empty,
     /// The packet does not fit now. `pending_send_size` is armed and the
     /// ring re-checked.
