@@ -316,6 +316,26 @@ pub fn initialize_ring<M: SharedMem + ?Sized>(mem: &M, layout: RingLayout) -> Re
     Ok(())
 }
 
+/// Reads a ring's control header for inspection (a CLI `inspect`, a debug
+/// dump), one atomic load per defined field. The values are whatever the
+/// two sides last stored; nothing is validated.
+///
+/// # Errors
+///
+/// [`Error::Memory`] if `mem` is smaller than the header.
+pub fn inspect<M: SharedMem + ?Sized>(mem: &M) -> Result<ControlHeader, Error> {
+    use zerocopy::byteorder::little_endian::U32;
+    let word = |at| mem.load_u32(at).map(U32::new);
+    Ok(ControlHeader {
+        write_index: word(layout::WRITE_INDEX)?,
+        read_index: word(layout::READ_INDEX)?,
+        interrupt_mask: word(layout::INTERRUPT_MASK)?,
+        pending_send_size: word(layout::PENDING_SEND_SIZE)?,
+        reserved: [U32::ZERO; 12],
+        feature_bits: word(layout::FEATURE_BITS)?,
+    })
+}
+
 fn check_memory<M: SharedMem + ?Sized>(mem: &M, layout: RingLayout) -> Result<(), SetupError> {
     if mem.size() < layout.total_size() {
         return Err(SetupError::MemoryTooSmall {

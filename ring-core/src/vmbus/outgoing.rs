@@ -211,13 +211,13 @@ impl<M: SharedMem> OutgoingRing<M> {
     /// - [`Error::Corrupt`] if the reader's index is invalid (poisons).
     pub fn write(&mut self, packet: &OutgoingPacket<'_>) -> Result<(), Error> {
         self.usable()?;
-        let len = packet.wire_len()?;
+        let (header_len, len) = packet.lengths()?;
         let max = self.max_packet_len();
         if len > max {
             return Err(Error::TooLarge { len, max });
         }
-        // len ≤ size − 16, so none of these overflow.
-        let header_len = packet.header_len()? as u32;
+        // header_len ≤ len ≤ size − 16, so none of these overflow.
+        let header_len = header_len as u32;
         let len = len as u32;
         let total = len + TRAILER_SIZE as u32;
         self.reserve(total)?;

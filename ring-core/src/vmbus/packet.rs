@@ -209,6 +209,11 @@ impl<'a> OutgoingPacket<'a> {
     /// As [`header_len`](Self::header_len); [`Error::TooLarge`] above
     /// [`MAX_PACKET_LEN`].
     pub fn wire_len(&self) -> Result<usize, Error> {
+        self.lengths().map(|(_, len)| len)
+    }
+
+    /// `(header_len, wire_len)`, computed once.
+    pub(super) fn lengths(&self) -> Result<(usize, usize), Error> {
         let header = self.header_len()?;
         let len = self
             .payload_len()
@@ -221,7 +226,7 @@ impl<'a> OutgoingPacket<'a> {
                 max: MAX_PACKET_LEN,
             });
         }
-        Ok(len)
+        Ok((header, len))
     }
 }
 

@@ -106,6 +106,25 @@ fn in_band_round_trip_with_padding_and_trailer() {
 }
 
 #[test]
+fn inspect_decodes_the_control_page() {
+    let l = layout(4096);
+    let w = words(l);
+    let mem = RawMem::from_atomics(&w);
+    let (mut tx, mut rx) = pair(mem, l, 64);
+    rx.mask_interrupts().unwrap();
+    let _ = tx.send(&OutgoingPacket::in_band(1, &[])).unwrap();
+    let h = inspect(&mem).unwrap();
+    assert_eq!(h.write_index.get(), 64 + 24);
+    assert_eq!(h.read_index.get(), 64);
+    assert_eq!(h.interrupt_mask.get(), 1);
+    assert_eq!(h.pending_send_size.get(), 0);
+    assert_eq!(h.feature_bits.get(), 1);
+    assert!(!tx.reader_needs_signal().unwrap(), "masked");
+    mem.store_u32(INTERRUPT_MASK, 0).unwrap();
+    assert!(tx.reader_needs_signal().unwrap(), "unread data, unmasked");
+}
+
+#[test]
 fn trailer_holds_the_start_offset() {
     let l = layout(4096);
     let w = words(l);
