@@ -227,11 +227,13 @@ fn corruption_from_a_concurrent_thread() {
         .collect();
     let mem = RawMem::from_atomics(&words);
     let stop = AtomicBool::new(false);
+    let scribbles = AtomicU64::new(0);
     let tally = std::thread::scope(|s| {
         s.spawn(|| {
             let mut rng = Rng(99);
             while !stop.load(Ordering::Relaxed) {
                 scribble(&mem, layout, &mut rng);
+                scribbles.fetch_add(1, Ordering::Relaxed);
                 if rng.below(16) == 0 {
                     std::thread::yield_now();
                 }
@@ -240,7 +242,13 @@ fn corruption_from_a_concurrent_thread() {
         let mut rng = Rng(7);
         let mut tally = Tally::default();
         let (mut tx, mut rx) = fresh(mem, layout);
-        for _ in 0..20_000 {
+        // Run until the attacker has really been at work alongside us (a
+        // fast release build could otherwise finish before it starts), with
+        // a cap so the test always ends.
+        for ops in 0..2_000_000u64 {
+            if ops >= 20_000 && scribbles.load(Ordering::Relaxed) >= 20_000 && tally.corrupt > 10 {
+                break;
+            }
             match rng.below(4) {
                 0 => {
                     let r = random_send(&mut tx, &mut rng);

@@ -50,8 +50,7 @@ impl<M: SharedMem> OutgoingRing<M> {
     /// # Errors
     ///
     /// [`SetupError::MemoryTooSmall`] if `mem` cannot hold the layout;
-    /// [`SetupError::BadIndex`] if an index is misaligned or out of range,
-    /// or the indices say the ring is fuller than it may ever be.
+    /// [`SetupError::BadIndex`] if an index is misaligned or out of range.
     pub fn new(mem: M, layout: RingLayout) -> Result<Self, Error> {
         check_memory(&mem, layout)?;
         let size = layout.data_size();
