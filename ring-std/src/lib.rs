@@ -15,6 +15,7 @@
 #![warn(missing_docs)]
 
 pub mod heap;
+pub mod hostile;
 pub mod signal;
 pub mod vchan;
 pub mod vmbus;

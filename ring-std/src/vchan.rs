@@ -95,6 +95,14 @@ where
 /// One end of an in-process pair.
 pub type PairStream = Stream<Arc<HeapMem>, InProcessSignal>;
 
+impl PairStream {
+    /// Makes blocking calls fail with `TimedOut` after `timeout` without an
+    /// event from the peer (`None`: wait for ever).
+    pub fn set_timeout(&mut self, timeout: Option<std::time::Duration>) {
+        self.inner.signal_mut().set_timeout(timeout);
+    }
+}
+
 /// A connected in-process vchan: `(server, client)`, with ring orders chosen
 /// as libxenvchan's server would for `read_min` (client→server) and
 /// `write_min` (server→client).

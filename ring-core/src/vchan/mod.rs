@@ -43,7 +43,9 @@ mod endpoint;
 pub mod layout;
 
 pub use blocking::{Blocking, BlockingError, SharedEndpoint};
-pub use endpoint::{connect, connect_flat, serve, serve_flat, Endpoint, RingPlace, ServerOptions};
+pub use endpoint::{
+    connect, connect_flat, serve, serve_flat, Endpoint, Readiness, RingPlace, ServerOptions,
+};
 pub use layout::{ControlHeader, FlatLayout, Orders, Placement, RingIndices};
 
 use crate::error::Corrupt;
