@@ -6,7 +6,6 @@
 
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use proptest::prelude::*;
-use proptest::test_runner::FileFailurePersistence;
 use ring_core::mem::{RawMem, SharedMem};
 use ring_core::vmbus::layout::{
     FEATURE_BITS, INTERRUPT_MASK, PENDING_SEND_SIZE, READ_INDEX, WRITE_INDEX,
@@ -81,7 +80,7 @@ fn scribble(mem: &RawMem<'_>, layout: RingLayout, rng: &mut Rng) {
     }
 }
 
-fn random_send(tx: &mut OutgoingRing<RawMem<'_>>, rng: &mut Rng) -> Result<(), Error> {
+fn random_send<M: SharedMem>(tx: &mut OutgoingRing<M>, rng: &mut Rng) -> Result<(), Error> {
     let payload: Vec<u8> = (0..rng.below(700)).map(|i| i as u8).collect();
     let pfns = [1u64, 2, 3];
     let gpa = [GpaRange {
@@ -191,18 +190,8 @@ fn attack_between_operations(seed: u64, steps: usize) -> Tally {
     tally
 }
 
-fn config() -> ProptestConfig {
-    ProptestConfig {
-        cases: 64,
-        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
-            "../proptest-regressions/vmbus_hostile.txt",
-        ))),
-        ..ProptestConfig::default()
-    }
-}
-
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(ring_tests::proptest_config("vmbus_hostile", 64))]
 
     #[test]
     fn corruption_between_operations(seed in any::<u64>()) {
@@ -266,4 +255,107 @@ fn corruption_from_a_concurrent_thread() {
         tally
     });
     assert!(tally.corrupt > 0 && tally.ok > 0, "{tally:?}");
+}
+
+/// Builds a ring holding a few honest packets of every kind (some wrapping),
+/// for a scripted attacker to rewrite while we read it.
+fn honest_ring(words: &[AtomicU64], layout: RingLayout, start: u32) {
+    let mem = RawMem::from_atomics(words);
+    initialize_ring(&mem, layout).unwrap();
+    mem.store_u32(WRITE_INDEX, start).unwrap();
+    mem.store_u32(READ_INDEX, start).unwrap();
+    let mut tx = OutgoingRing::new(mem, layout).unwrap();
+    let mut rng = Rng(u64::from(start));
+    for _ in 0..6 {
+        let _ = random_send(&mut tx, &mut rng);
+    }
+    let _ = tx.commit().unwrap();
+}
+
+fn scribbles() -> impl Strategy<Value = Vec<ring_std::hostile::Scribble>> {
+    let value = prop_oneof![
+        any::<u32>(),
+        (0u32..1024).prop_map(|v| v * 8),
+        0u32..64,
+        Just(u32::MAX),
+    ];
+    prop::collection::vec(
+        (0u32..12, any::<u32>(), value).prop_map(|(after, offset, value)| {
+            ring_std::hostile::Scribble {
+                after,
+                offset,
+                value,
+            }
+        }),
+        1..24,
+    )
+}
+
+proptest! {
+    #![proptest_config(ring_tests::proptest_config("vmbus_toctou", 128))]
+
+    /// A peer that rewrites the control words or the packet bytes between
+    /// any two of the reader's memory accesses.
+    #[test]
+    fn reader_survives_a_scripted_peer(
+        start in (0u32..1024).prop_map(|s| s * 8),
+        control in any::<bool>(),
+        steps in scribbles(),
+    ) {
+        let layout = RingLayout::new(4096, 8192).unwrap();
+        let words: Vec<AtomicU64> =
+            (0..layout.total_size() / 8).map(|_| AtomicU64::new(0)).collect();
+        honest_ring(&words, layout, start);
+        let (at, len) = if control { (0, 0x44) } else { (4096, 8192) };
+        let mem = ring_std::hostile::HostileMem::new(RawMem::from_atomics(&words), at, len, steps);
+        // Set-up may meet a scribbled index: a refusal, not a failure.
+        let Ok(mut rx) = IncomingRing::new(&mem, layout) else {
+            return Ok(());
+        };
+        let mut tally = Tally::default();
+        for _ in 0..10 {
+            let r = rx.read_packet();
+            let Ok(p) = r else {
+                tally.note("read_packet", &r.map(drop));
+                continue;
+            };
+            let mut buf = vec![0u8; p.payload_len()];
+            tally.note("read_payload", &p.read_payload(0, &mut buf));
+            for range in p.gpa_ranges() {
+                match range {
+                    Ok(range) => range.pfns().for_each(|pfn| tally.note("pfn", &pfn)),
+                    Err(e) => tally.note("gpa range", &Err::<(), _>(e)),
+                }
+            }
+            p.transfer_ranges().for_each(|r| tally.note("transfer range", &r));
+            tally.note("commit read", &rx.commit());
+        }
+    }
+
+    /// A peer that rewrites the control words between any two of the
+    /// writer's memory accesses.
+    #[test]
+    fn writer_survives_a_scripted_peer(
+        start in (0u32..1024).prop_map(|s| s * 8),
+        steps in scribbles(),
+    ) {
+        let layout = RingLayout::new(4096, 8192).unwrap();
+        let words: Vec<AtomicU64> =
+            (0..layout.total_size() / 8).map(|_| AtomicU64::new(0)).collect();
+        honest_ring(&words, layout, start);
+        let mem = ring_std::hostile::HostileMem::new(RawMem::from_atomics(&words), 0, 0x44, steps);
+        let Ok(mut tx) = OutgoingRing::new(&mem, layout) else {
+            return Ok(());
+        };
+        let mut rng = Rng(u64::from(start) + 1);
+        let mut tally = Tally::default();
+        for _ in 0..10 {
+            let payload = vec![1u8; rng.below(3000) as usize];
+            let r = tx.write(&OutgoingPacket::in_band(1, &[&payload]));
+            tally.note("write", &r);
+            tally.note("commit write", &tx.commit());
+            let r = tx.wait_for_space(rng.below(4000) as usize);
+            tally.note("wait for space", &r);
+        }
+    }
 }

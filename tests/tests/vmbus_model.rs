@@ -4,7 +4,6 @@
 
 use core::sync::atomic::AtomicU64;
 use proptest::prelude::*;
-use proptest::test_runner::FileFailurePersistence;
 use ring_core::mem::{RawMem, SharedMem};
 use ring_core::vmbus::layout::{PENDING_SEND_SIZE, READ_INDEX, WRITE_INDEX};
 use ring_core::vmbus::{
@@ -352,18 +351,8 @@ fn run(data_size: usize, start: u32, ops: Vec<Op>) {
     }
 }
 
-fn config() -> ProptestConfig {
-    ProptestConfig {
-        cases: 256,
-        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
-            "../proptest-regressions/vmbus_model.txt",
-        ))),
-        ..ProptestConfig::default()
-    }
-}
-
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(ring_tests::proptest_config("vmbus_model", 256))]
 
     #[test]
     fn rings_follow_the_model(
