@@ -604,3 +604,95 @@ fn both_directions_concurrently() {
         });
     });
 }
+
+/// Writes a raw packet image at the write index and publishes it, as a
+/// hostile writer would.
+fn inject(ring: &Ring, bytes: &[u8]) {
+    let mem = ring.mem();
+    let size = ring.layout.data_size() as usize;
+    let at = mem.load_u32(WRITE_INDEX).unwrap() as usize;
+    let region = ring_core::mem::WrapRegion::new(4096, size);
+    region.write(&mem, at, bytes).unwrap();
+    mem.store_u32(WRITE_INDEX, ((at + bytes.len()) % size) as u32)
+        .unwrap();
+}
+
+fn raw_packet(ty: u16, off8: u16, len8: u16, flags: u16, published: usize) -> Vec<u8> {
+    let mut v = Vec::new();
+    for x in [ty, off8, len8, flags] {
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.extend_from_slice(&99u64.to_le_bytes());
+    v.resize(published, 0);
+    v
+}
+
+/// Where DPDK's reader is lax and ours refuses (spec §3): the same crafted
+/// ring image is offered to both.
+#[test]
+fn findings_dpdk_accepts_what_we_reject() {
+    let cases: [(&str, Vec<u8>, Result<(), i32>); 4] = [
+        // Unknown type: DPDK hands it over.
+        ("type", raw_packet(0x42, 2, 2, 0, 24), Ok(())),
+        // Undefined flag bit: DPDK hands it over.
+        ("flags", raw_packet(6, 2, 2, 0x80, 24), Ok(())),
+        // GPA direct with only a 16-byte header: DPDK hands it over.
+        ("24-byte header", raw_packet(9, 2, 2, 1, 24), Ok(())),
+        // A length beyond what was published: DPDK says "try again" for
+        // ever (the channel stalls); we call it corruption.
+        (
+            "longer than the published",
+            raw_packet(6, 2, 64, 0, 24),
+            Err(EAGAIN),
+        ),
+    ];
+    for (what, image, dpdk_says) in cases {
+        let ring = Ring::new(8192, 8192 - 8);
+        inject(&ring, &image);
+        let mut dpdk = ring.dpdk();
+        assert_eq!(dpdk.recv_raw().map(drop), dpdk_says, "DPDK on {what}");
+        let ring = Ring::new(8192, 8192 - 8);
+        inject(&ring, &image);
+        let mut rx = IncomingRing::new(ring.mem(), ring.layout).unwrap();
+        match rx.read_packet().map(drop) {
+            Err(Error::Corrupt(c)) => assert!(c.what.contains(what), "{what}: {}", c.what),
+            other => panic!("{what}: we returned {other:?}"),
+        }
+    }
+}
+
+/// DPDK's writer applies the never-full rule exactly as we do: both refuse
+/// a packet that would leave fewer than 8 bytes free, and take one that
+/// leaves exactly 8.
+#[test]
+fn findings_never_full_rule_matches() {
+    for fill in [0usize, 8, 1000, 4000] {
+        let ring = Ring::new(8192, 0);
+        let mut dpdk = ring.dpdk();
+        let ours_ring = Ring::new(8192, 0);
+        let mut ours = OutgoingRing::new(ours_ring.mem(), ours_ring.layout).unwrap();
+        if fill > 0 {
+            dpdk.send(6, 0, 0, &vec![0; fill]).unwrap();
+            let _ = ours
+                .send(&OutgoingPacket::in_band(0, &[&vec![0; fill]]))
+                .unwrap();
+        }
+        let used = 16 + fill.next_multiple_of(8) + 8;
+        let used = if fill > 0 { used } else { 0 };
+        // Largest payload that fits: free − 8 − 16 (descriptor) − 8 (trailer).
+        let largest = 8192 - used - 8 - 16 - 8;
+        assert_eq!(dpdk.send(6, 0, 1, &vec![0; largest + 8]), Err(EAGAIN));
+        assert!(matches!(
+            ours.write(&OutgoingPacket::in_band(1, &[&vec![0; largest + 8]])),
+            Err(Error::Full { .. } | Error::TooLarge { .. })
+        ));
+        assert!(dpdk.send(6, 0, 1, &vec![0; largest]).is_ok());
+        assert!(ours
+            .write(&OutgoingPacket::in_band(1, &[&vec![0; largest]]))
+            .is_ok());
+        let _ = ours.commit().unwrap();
+        let ring_w = ring.mem().load_u32(WRITE_INDEX).unwrap();
+        let ours_w = ours_ring.mem().load_u32(WRITE_INDEX).unwrap();
+        assert_eq!(ring_w, ours_w);
+    }
+}
