@@ -150,7 +150,10 @@ fn run_vmbus(base: i32) -> Result<(), i32> {
         ok(same(&back[..n], i, false), base + 10)?;
         let _ = rx.commit().map_err(|_| base + 11)?;
     }
-    ok(rx.read_packet().err() == Some(vmbus::Error::Empty), base + 12)
+    ok(
+        rx.read_packet().err() == Some(vmbus::Error::Empty),
+        base + 12,
+    )
 }
 
 fn main(sabotage: bool) -> i32 {
