@@ -1,9 +1,9 @@
 //! The writer's side of a ring.
 
 use super::layout::{
-    FeatureBits, GpaDirectHeader, PacketDescriptor, RingLayout, Trailer, TransferPageHeader,
-    TransferPageRange, FEATURE_BITS, INTERRUPT_MASK, PACKET_ALIGN, PENDING_SEND_SIZE, READ_INDEX,
-    TRAILER_SIZE, WRITE_INDEX,
+    FeatureBits, GpaDirectHeader, PacketDescriptor, PacketFlags, RingLayout, Trailer,
+    TransferPageHeader, TransferPageRange, FEATURE_BITS, INTERRUPT_MASK, PACKET_ALIGN,
+    PENDING_SEND_SIZE, READ_INDEX, TRAILER_SIZE, WRITE_INDEX,
 };
 use super::packet::{OutgoingKind, OutgoingPacket};
 use super::{advance, check_memory, distance, index_ok, Error, SetupError, Transfer};
@@ -227,7 +227,8 @@ impl<M: SharedMem> OutgoingRing<M> {
             packet_type: U16::new(packet.packet_type().wire()),
             data_offset8: U16::new((header_len / 8) as u16),
             length8: U16::new((len / 8) as u16),
-            flags: U16::new(packet.flags.bits()),
+            // Only defined flags go on the wire (readers reject the rest).
+            flags: U16::new((packet.flags & PacketFlags::all()).bits()),
             transaction_id: U64::new(packet.transaction_id),
         };
         self.put(&mut pos, descriptor.as_bytes())?;

@@ -914,3 +914,16 @@ fn pipe_rejects_bad_headers() {
         Err(Error::Corrupt(_))
     ));
 }
+
+#[test]
+fn undefined_flags_never_reach_the_wire() {
+    let l = layout(4096);
+    let w = words(l);
+    let mem = RawMem::from_atomics(&w);
+    let (mut tx, mut rx) = pair(mem, l, 0);
+    let mut packet = OutgoingPacket::in_band(1, &[]);
+    packet.flags = PacketFlags::from_bits_retain(0xFFFF);
+    let _ = tx.send(&packet).unwrap();
+    let p = rx.read_packet().unwrap();
+    assert_eq!(p.flags(), PacketFlags::COMPLETION_REQUESTED);
+}
