@@ -22,6 +22,38 @@ use zerocopy::FromBytes;
 ///
 /// The write index is loaded from shared memory only when the cached copy
 /// says the ring is empty.
+///
+/// # Example: drain a batch, commit once
+///
+/// ```
+/// # use core::sync::atomic::AtomicU64;
+/// # use ring_core::mem::RawMem;
+/// # use ring_core::vmbus::{initialize_ring, OutgoingPacket, OutgoingRing, RingLayout};
+/// use ring_core::vmbus::{Error, IncomingRing};
+/// # let layout = RingLayout::new(4096, 8192).unwrap();
+/// # let words: Vec<AtomicU64> = (0..layout.total_size() / 8).map(|_| AtomicU64::new(0)).collect();
+/// # let mem = RawMem::from_atomics(&words);
+/// # initialize_ring(&mem, layout).unwrap();
+/// # let mut tx = OutgoingRing::new(mem, layout).unwrap();
+/// # for id in 0..3 { let _ = tx.send(&OutgoingPacket::in_band(id, &[b"x"])).unwrap(); }
+/// let mut rx = IncomingRing::new(mem, layout).unwrap();
+/// // Woken by the writer: ask not to be signalled while we drain.
+/// rx.mask_interrupts().unwrap();
+/// let mut ids = Vec::new();
+/// loop {
+///     match rx.read_packet() {
+///         Ok(packet) => ids.push(packet.transaction_id()),
+///         // The mask is clear again and the ring re-checked.
+///         Err(Error::Empty) => break,
+///         Err(e) => panic!("peer broke the protocol: {e}"),
+///     }
+/// }
+/// assert_eq!(ids, [0, 1, 2]);
+/// // Publish the read index once; signal the writer if it was waiting.
+/// let done = rx.commit().unwrap();
+/// assert!(!done.notify);
+/// // ...only now may we sleep until the next signal.
+/// ```
 #[derive(Debug)]
 pub struct IncomingRing<M> {
     mem: M,

@@ -18,6 +18,34 @@
 //!
 //! The setup/teardown GPA-direct pipe packets (types 3 and 4) are not
 //! supported; a peer sending them poisons the pipe's ring.
+//!
+//! # Example
+//!
+//! ```
+//! use core::sync::atomic::AtomicU64;
+//! use ring_core::mem::RawMem;
+//! use ring_core::vmbus::pipe::{PipeReader, PipeWriter};
+//! use ring_core::vmbus::{initialize_ring, IncomingRing, OutgoingRing, RingLayout};
+//!
+//! let layout = RingLayout::new(4096, 16384).unwrap();
+//! let words: Vec<AtomicU64> = (0..layout.total_size() / 8).map(|_| AtomicU64::new(0)).collect();
+//! let mem = RawMem::from_atomics(&words);
+//! initialize_ring(&mem, layout).unwrap();
+//! let mut writer = PipeWriter::new(OutgoingRing::new(mem, layout).unwrap());
+//! let mut reader = PipeReader::new(IncomingRing::new(mem, layout).unwrap());
+//!
+//! let sent = writer.write_bytes(b"hello, world").unwrap();
+//! assert_eq!(sent.len, 12);
+//! let _ = writer.write_eof().unwrap();
+//!
+//! let mut buf = [0u8; 5];
+//! assert_eq!(reader.read_bytes(&mut buf).unwrap().len, 5); // part of a packet
+//! assert_eq!(&buf, b"hello");
+//! let mut rest = [0u8; 64];
+//! let got = reader.read_bytes(&mut rest).unwrap().len;
+//! assert_eq!(&rest[..got], b", world");
+//! assert_eq!(reader.read_bytes(&mut rest).unwrap().len, 0); // end of stream
+//! ```
 
 use super::layout::{PacketType, DESCRIPTOR_SIZE, TRAILER_SIZE};
 use super::{Error, IncomingRing, OutgoingPacket, OutgoingRing, ReadMark, Transfer};
