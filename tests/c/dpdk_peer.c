@@ -29,10 +29,19 @@ int vmbus_txbr_write(struct vmbus_br *tbr, const struct iovec iov[], int iovlen,
 int vmbus_rxbr_peek(const struct vmbus_br *rbr, void *data, size_t dlen);
 int vmbus_rxbr_read(struct vmbus_br *rbr, void *data, size_t dlen, size_t hlen);
 
-/* The two things the object needs from the rest of DPDK. */
+/* The two things the object needs from the rest of DPDK. The page size is
+ * 4096 unless a test asks for a 64 KiB-page guest's layout; it is per
+ * thread, because DPDK asks on every call and tests run in parallel. */
+static __thread size_t page_size = 4096;
+
 size_t rte_mem_page_size(void)
 {
-	return 4096;
+	return page_size;
+}
+
+void dpdk_set_page_size(size_t size)
+{
+	page_size = size;
 }
 
 void __rte_panic(const char *funcname, const char *format, ...)

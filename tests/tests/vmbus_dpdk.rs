@@ -46,6 +46,7 @@ struct Desc {
 }
 
 unsafe extern "C" {
+    fn dpdk_set_page_size(size: usize);
     fn dpdk_ring_open(ring: *mut c_void, total_len: u32) -> *mut VmbusBr;
     fn dpdk_ring_close(br: *mut VmbusBr);
     fn dpdk_ring_data_size(br: *const VmbusBr) -> u32;
@@ -81,7 +82,13 @@ struct Ring {
 
 impl Ring {
     fn new(data_size: usize, start: u32) -> Ring {
-        let layout = RingLayout::new(4096, data_size).unwrap();
+        Ring::with_offset(4096, data_size, start)
+    }
+
+    /// A ring whose data starts at `data_offset` (a 64 KiB-page guest's
+    /// layout when that is 65536).
+    fn with_offset(data_offset: usize, data_size: usize, start: u32) -> Ring {
+        let layout = RingLayout::new(data_offset, data_size).unwrap();
         let words = (0..layout.total_size() / 8)
             .map(|_| AtomicU64::new(0))
             .collect();
@@ -611,7 +618,7 @@ fn inject(ring: &Ring, bytes: &[u8]) {
     let mem = ring.mem();
     let size = ring.layout.data_size() as usize;
     let at = mem.load_u32(WRITE_INDEX).unwrap() as usize;
-    let region = ring_core::mem::WrapRegion::new(4096, size);
+    let region = ring_core::mem::WrapRegion::new(ring.layout.data_offset(), size);
     region.write(&mem, at, bytes).unwrap();
     mem.store_u32(WRITE_INDEX, ((at + bytes.len()) % size) as u32)
         .unwrap();
@@ -695,4 +702,43 @@ fn findings_never_full_rule_matches() {
         let ours_w = ours_ring.mem().load_u32(WRITE_INDEX).unwrap();
         assert_eq!(ring_w, ours_w);
     }
+}
+
+/// A 64 KiB-page guest's layout: the data area starts at the system page
+/// size (65536), not 4096. DPDK takes it from `rte_mem_page_size` (Debian's
+/// 22.11 build carries the 2025 fix), we from `RingLayout`.
+#[test]
+fn data_offset_of_a_64k_page_guest() {
+    // SAFETY: sets a thread-local in the harness; DPDK calls below run on
+    // this thread.
+    unsafe { dpdk_set_page_size(65536) };
+    let to_us = Ring::with_offset(65536, 8192, 8192 - 8);
+    let to_dpdk = Ring::with_offset(65536, 8192, 8192 - 16);
+    let mut dpdk_tx = to_us.dpdk();
+    let mut dpdk_rx = to_dpdk.dpdk();
+    assert_eq!(dpdk_tx.data_size(), 8192);
+    let mut rx = IncomingRing::new(to_us.mem(), to_us.layout).unwrap();
+    let mut tx = OutgoingRing::new(to_dpdk.mem(), to_dpdk.layout).unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    for (n, len) in (0..3000).step_by(37).enumerate() {
+        let xid = n as u64;
+        let data = pattern(xid, len);
+        dpdk_tx.send(6, 0, xid, &data).unwrap();
+        let p = rx.read_packet().unwrap();
+        assert_eq!(
+            (p.transaction_id(), read_payload(&p, len)),
+            (xid, data.clone())
+        );
+        let _ = rx.commit().unwrap();
+        let _ = tx.send(&OutgoingPacket::in_band(xid, &[&data])).unwrap();
+        let (d, got) = dpdk_rx.recv(&mut buf).unwrap();
+        assert_eq!((d.xid, got), (xid, len.next_multiple_of(8)));
+        assert_eq!(&buf[..len], &data[..]);
+    }
+    // Nothing landed in the first 64 KiB beyond the control header.
+    let mut page = vec![0u8; 65536 - 0x44];
+    to_us.mem().read(0x44, &mut page).unwrap();
+    assert!(page.iter().all(|&b| b == 0));
+    // SAFETY: as above.
+    unsafe { dpdk_set_page_size(4096) };
 }
