@@ -129,9 +129,10 @@ impl<M: SharedMem, S: Signal> Blocking<M, S> {
     /// Waits for the next packet, hands it to `f`, then commits the read
     /// and signals the writer if it is owed.
     ///
-    /// While draining after a wake-up the interrupt mask is set, so the
-    /// writer does not signal for every packet; the ring clears it and
-    /// re-checks before reporting empty.
+    /// The interrupt mask is left clear, so a caller that next sleeps on
+    /// the event source by other means is still woken. To drain many
+    /// packets with the writer's signals suppressed, use
+    /// [`drain_with`](Self::drain_with).
     ///
     /// # Errors
     ///
@@ -148,13 +149,52 @@ impl<M: SharedMem, S: Signal> Blocking<M, S> {
                     settle(&self.signal, t)?;
                     return Ok(r);
                 }
-                Err(Error::Empty) => {
-                    self.wait()?;
-                    self.incoming.mask_interrupts()?;
-                }
+                Err(Error::Empty) => self.wait()?,
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+
+    /// Waits for at least one packet, then hands `f` every packet there is
+    /// (at most `max`, so a peer that never stops writing cannot keep us
+    /// here), commits once and signals the writer if it is owed. Returns the
+    /// number of packets.
+    ///
+    /// While draining, the interrupt mask is set so the writer does not
+    /// signal for each packet; it is clear again (and the ring re-checked)
+    /// when this returns.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Corrupt`], or the signal's error.
+    pub fn drain_with(
+        &mut self,
+        max: usize,
+        mut f: impl FnMut(&IncomingPacket<'_, M>),
+    ) -> Result<usize, BlockingError<S::Error>> {
+        let mut count = 0;
+        while count < max.max(1) {
+            match self.incoming.read_packet() {
+                Ok(packet) => {
+                    f(&packet);
+                    count += 1;
+                    if count == 1 {
+                        self.incoming.mask_interrupts()?;
+                    }
+                }
+                // Empty has cleared the mask and re-checked.
+                Err(Error::Empty) if count > 0 => break,
+                Err(Error::Empty) => self.wait()?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if count == max.max(1) {
+            // Stopped early: never leave the mask set behind us.
+            let _more = self.incoming.unmask_and_recheck()?;
+        }
+        let t = self.incoming.commit()?;
+        settle(&self.signal, t)?;
+        Ok(count)
     }
 
     /// Waits for the next packet and copies its payload into `buf`;
@@ -188,10 +228,7 @@ impl<M: SharedMem, S: Signal> Blocking<M, S> {
                     settle(&self.signal, t)?;
                     return Ok((info, len));
                 }
-                Err(Error::Empty) => {
-                    self.wait()?;
-                    self.incoming.mask_interrupts()?;
-                }
+                Err(Error::Empty) => self.wait()?,
                 Err(e) => return Err(e.into()),
             }
         }
@@ -242,10 +279,7 @@ impl<M: SharedMem, S: Signal> BlockingPipe<M, S> {
         loop {
             match self.reader.read_bytes(buf) {
                 Ok(t) => return settle(&self.signal, t),
-                Err(Error::Empty) => {
-                    self.signal.wait().map_err(BlockingError::Signal)?;
-                    self.reader.ring().mask_interrupts()?;
-                }
+                Err(Error::Empty) => self.signal.wait().map_err(BlockingError::Signal)?,
                 Err(e) => return Err(e.into()),
             }
         }

@@ -927,3 +927,51 @@ fn undefined_flags_never_reach_the_wire() {
     let p = rx.read_packet().unwrap();
     assert_eq!(p.flags(), PacketFlags::COMPLETION_REQUESTED);
 }
+
+#[test]
+fn blocking_drain_masks_while_draining_and_never_leaves_the_mask_set() {
+    let l = layout(8192);
+    let (wa, wb) = (words(l), words(l));
+    let (ma, mb) = (RawMem::from_atomics(&wa), RawMem::from_atomics(&wb));
+    let (tx_a, rx_b) = pair(ma, l, 0);
+    let (tx_b, rx_a) = pair(mb, l, 0);
+    let mut a = Blocking::new(rx_a, tx_a, crate::signal::NoSignal);
+    let mut b = Blocking::new(rx_b, tx_b, crate::signal::NoSignal);
+    for id in 0..5 {
+        a.send(&OutgoingPacket::in_band(id, &[b"abc"])).unwrap();
+    }
+    let mut ids = Vec::new();
+    let n = b.drain_with(3, |p| ids.push(p.transaction_id())).unwrap();
+    assert_eq!((n, ids.as_slice()), (3, &[0, 1, 2][..]));
+    assert_eq!(
+        ma.load_u32(INTERRUPT_MASK).unwrap(),
+        0,
+        "stopped early: unmasked"
+    );
+    let n = b.drain_with(10, |p| ids.push(p.transaction_id())).unwrap();
+    assert_eq!((n, ids.as_slice()), (2, &[0, 1, 2, 3, 4][..]));
+    assert_eq!(ma.load_u32(INTERRUPT_MASK).unwrap(), 0, "ran dry: unmasked");
+    // One packet back the other way, copied out.
+    b.send(&OutgoingPacket::completion(4, &[b"done"])).unwrap();
+    let mut buf = [0u8; 8];
+    let (info, len) = a.recv(&mut buf).unwrap();
+    assert_eq!(
+        (info.packet_type, info.transaction_id, len),
+        (PacketType::Completion, 4, 8)
+    );
+    assert_eq!(&buf[..4], b"done");
+    let mut small = [0u8; 4];
+    b.send(&OutgoingPacket::in_band(5, &[b"too long"])).unwrap();
+    assert!(matches!(
+        a.recv(&mut small),
+        Err(BlockingError::Ring(Error::OutOfRange {
+            needed: 8,
+            available: 4
+        }))
+    ));
+    assert_eq!(
+        a.recv_with(|p| p.transaction_id()).unwrap(),
+        5,
+        "left unread"
+    );
+}
