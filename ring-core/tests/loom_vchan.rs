@@ -266,11 +266,25 @@ fn setup() -> (Mem, vchan::Endpoint<Mem>, vchan::Endpoint<Mem>) {
     (mem, server, client)
 }
 
-fn model(f: impl Fn() + Sync + Send + 'static) {
+/// Runs `f` under loom and prints how many interleavings it explored.
+fn model(name: &str, f: impl Fn() + Sync + Send + 'static) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let runs = std::sync::Arc::new(AtomicU64::new(0));
+    let counter = runs.clone();
     let mut builder = loom::model::Builder::new();
-    builder.preemption_bound = Some(3);
+    // LOOM_MAX_PREEMPTIONS overrides the bound for longer runs.
+    if std::env::var_os("LOOM_MAX_PREEMPTIONS").is_none() {
+        builder.preemption_bound = Some(4);
+    }
     builder.max_branches = 100_000;
-    builder.check(f);
+    builder.check(move || {
+        counter.fetch_add(1, Ordering::Relaxed);
+        f();
+    });
+    println!(
+        "loom {name}: {} interleavings explored",
+        runs.load(Ordering::Relaxed)
+    );
 }
 
 fn read_to_end<M: SharedMem, S: Signal>(s: &mut Blocking<M, S>) -> Vec<u8>
@@ -292,7 +306,7 @@ where
 /// second write or close comes to rescue a lost wake-up.
 #[test]
 fn blocked_reader_is_woken_by_one_write() {
-    model(|| {
+    model("vchan blocked_reader_is_woken_by_one_write", || {
         let (_mem, server, client) = setup();
         let (server_signal, client_signal) = LoomSignal::pair();
         let writer = thread::spawn(move || {
@@ -311,7 +325,7 @@ fn blocked_reader_is_woken_by_one_write() {
 /// A writer that blocks on a full ring is woken by a single read.
 #[test]
 fn blocked_writer_is_woken_by_one_read() {
-    model(|| {
+    model("vchan blocked_writer_is_woken_by_one_read", || {
         let (_mem, server, mut client) = setup();
         // Fill the 1 KiB left ring before the threads start.
         assert_eq!(client.write(&[7u8; 1024]).unwrap().len, 1024);
@@ -335,7 +349,7 @@ fn blocked_writer_is_woken_by_one_read() {
 /// stream (data written before the close is never lost).
 #[test]
 fn close_after_data_is_seen_after_the_data() {
-    model(|| {
+    model("vchan close_after_data_is_seen_after_the_data", || {
         let (_mem, server, client) = setup();
         let (server_signal, client_signal) = LoomSignal::pair();
         let writer = thread::spawn(move || {
@@ -354,7 +368,7 @@ fn close_after_data_is_seen_after_the_data() {
 /// published by one `send`, and the bytes are visible once the index is.
 #[test]
 fn packet_publication_is_atomic() {
-    model(|| {
+    model("vchan packet_publication_is_atomic", || {
         let (_mem, server, client) = setup();
         let (server_signal, client_signal) = LoomSignal::pair();
         let writer = thread::spawn(move || {

@@ -235,11 +235,24 @@ fn setup() -> (Blocking<Mem, LoomSignal>, Blocking<Mem, LoomSignal>) {
     (a, b)
 }
 
-fn model(f: impl Fn() + Sync + Send + 'static) {
+fn model(name: &str, f: impl Fn() + Sync + Send + 'static) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let runs = std::sync::Arc::new(AtomicU64::new(0));
+    let counter = runs.clone();
     let mut builder = loom::model::Builder::new();
-    builder.preemption_bound = Some(2);
+    // LOOM_MAX_PREEMPTIONS overrides the bound for longer runs.
+    if std::env::var_os("LOOM_MAX_PREEMPTIONS").is_none() {
+        builder.preemption_bound = Some(3);
+    }
     builder.max_branches = 100_000;
-    builder.check(f);
+    builder.check(move || {
+        counter.fetch_add(1, Ordering::Relaxed);
+        f();
+    });
+    println!(
+        "loom {name}: {} interleavings explored",
+        runs.load(Ordering::Relaxed)
+    );
 }
 
 fn send_all(a: &mut Blocking<Mem, LoomSignal>, count: u64) {
@@ -272,7 +285,7 @@ fn receive_all(b: &mut Blocking<Mem, LoomSignal>, count: u64) {
 /// ring after unmasking.
 #[test]
 fn blocked_reader_is_woken_for_data() {
-    model(|| {
+    model("blocked_reader_is_woken_for_data", || {
         let (mut a, mut b) = setup();
         let writer = thread::spawn(move || send_all(&mut a, 2));
         receive_all(&mut b, 2);
@@ -286,7 +299,7 @@ fn blocked_reader_is_woken_for_data() {
 /// writer re-checks the ring after arming it.
 #[test]
 fn blocked_writer_is_woken_for_space() {
-    model(|| {
+    model("blocked_writer_is_woken_for_space", || {
         let (mut a, mut b) = setup();
         let writer = thread::spawn(move || send_all(&mut a, 4));
         receive_all(&mut b, 4);
@@ -300,7 +313,7 @@ fn blocked_writer_is_woken_for_space() {
 /// sees the mask) never signals.
 #[test]
 fn reader_masked_by_the_kernel_is_still_woken() {
-    model(|| {
+    model("reader_masked_by_the_kernel_is_still_woken", || {
         let (mut a, mut b) = setup();
         b.incoming().mask_interrupts().unwrap();
         let writer = thread::spawn(move || send_all(&mut a, 1));
