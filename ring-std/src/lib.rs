@@ -18,6 +18,7 @@ pub mod heap;
 pub mod hostile;
 pub mod signal;
 pub mod vchan;
+pub mod vmbus;
 
 pub use heap::HeapMem;
 pub use signal::{InProcessSignal, ThreadEvent};

@@ -1,4 +1,5 @@
-//! A freestanding Linux x86-64 program that uses ring-core's vchan with no
+//! A freestanding Linux x86-64 program that uses ring-core's vchan (and
+//! its VMBus ring) with no
 //! libc and no std: `_start` is ours, memory is a static buffer, and the
 //! result leaves through a raw `exit_group` system call.
 //!
@@ -13,11 +14,15 @@
 use core::sync::atomic::AtomicU64;
 use ring_core::mem::RawMem;
 use ring_core::vchan::{self, Error, Orders, ServerOptions};
+use ring_core::vmbus::{self, IncomingRing, OutgoingPacket, OutgoingRing, RingLayout};
 
 /// One page: both rings inside the control page, orders (10, 11).
 static IN_PAGE: [AtomicU64; 512] = [const { AtomicU64::new(0) }; 512];
 /// Three pages: control page plus one external page per ring, (12, 12).
 static EXTERNAL: [AtomicU64; 3 * 512] = [const { AtomicU64::new(0) }; 3 * 512];
+
+/// One VMBus ring: control page plus 8 KiB of data.
+static VMBUS: [AtomicU64; 3 * 512] = [const { AtomicU64::new(0) }; 3 * 512];
 
 const BUF: usize = 4096;
 
@@ -119,6 +124,38 @@ fn run(
     Ok(())
 }
 
+/// Sends packets of many sizes through a VMBus ring (wrapping it many
+/// times) and reads each back; `Err(code)` names the failed step.
+fn run_vmbus(base: i32) -> Result<(), i32> {
+    let layout = RingLayout::new(4096, 8192).map_err(|_| base + 1)?;
+    let mem = RawMem::from_atomics(&VMBUS);
+    vmbus::initialize_ring(&mem, layout).map_err(|_| base + 2)?;
+    let mut tx = OutgoingRing::new(mem, layout).map_err(|_| base + 3)?;
+    let mut rx = IncomingRing::new(mem, layout).map_err(|_| base + 4)?;
+    let mut out = [0u8; 1000];
+    let mut back = [0u8; 1000];
+    for i in 0..100u32 {
+        let n = 1 + (i as usize * 37) % 1000;
+        fill(&mut out[..n], i);
+        let t = tx
+            .send(&OutgoingPacket::in_band(u64::from(i), &[&out[..n]]))
+            .map_err(|_| base + 5)?;
+        ok(t.notify, base + 6)?;
+        let p = rx.read_packet().map_err(|_| base + 7)?;
+        ok(
+            p.transaction_id() == u64::from(i) && p.payload_len() == n.next_multiple_of(8),
+            base + 8,
+        )?;
+        p.read_payload(0, &mut back[..n]).map_err(|_| base + 9)?;
+        ok(same(&back[..n], i, false), base + 10)?;
+        let _ = rx.commit().map_err(|_| base + 11)?;
+    }
+    ok(
+        rx.read_packet().err() == Some(vmbus::Error::Empty),
+        base + 12,
+    )
+}
+
 fn main(sabotage: bool) -> i32 {
     let steps = [
         (&IN_PAGE[..], Orders::new(10, 11), 0u32, 0),
@@ -131,6 +168,9 @@ fn main(sabotage: bool) -> i32 {
         if let Err(code) = run(words, orders, start, sabotage, base) {
             return code;
         }
+    }
+    if let Err(code) = run_vmbus(100) {
+        return code;
     }
     0
 }
