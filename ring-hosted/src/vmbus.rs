@@ -180,6 +180,15 @@ impl VmbusPipe {
         self.peer_gone
     }
 
+    /// Kicks the peer whether or not it is owed a signal (to unstick it).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Os`] if the eventfd write fails.
+    pub fn kick(&self) -> Result<(), Error> {
+        self.signal.notify().map_err(wait_error)
+    }
+
     /// Bytes of packets waiting in the ring we read (no arming).
     ///
     /// # Errors
@@ -206,13 +215,12 @@ impl VmbusPipe {
             if let Some(v) = op(self)? {
                 return Ok(v);
             }
+            // The interrupt mask stays clear between calls (the rule of
+            // ring-core's vmbus Blocking): a caller that sleeps next, by any
+            // means, is still woken. `read_bytes` drains every packet there
+            // is in one commit, which is where batching pays.
             if !PollStream::spin_ready(self, true, true) {
-                let woken = PollStream::wait_event(self, None, deadline)?;
-                if woken.kicked {
-                    // Drain without a signal per packet; the ring unmasks
-                    // and re-checks before it reports empty.
-                    self.reader.ring().mask_interrupts()?;
-                }
+                PollStream::wait_event(self, None, deadline)?;
             }
         }
     }
