@@ -8,7 +8,7 @@ use ring_hosted::rendezvous::{self, Listener, Proto, ServerConfig};
 use ring_hosted::stream::PollStream;
 use ring_hosted::vmbus::VmbusPipe;
 use ring_hosted::Error;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::thread;
 use std::time::Duration;
 
