@@ -20,7 +20,7 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 /// Shared-memory rings between two processes: memfd + eventfds, wire
-/// compatible with Xen vchan.
+/// compatible with Xen vchan and Hyper-V VMBus.
 #[derive(Parser, Debug)]
 #[command(name = "ring", version, propagate_version = true)]
 struct Cli {
@@ -48,8 +48,9 @@ impl From<CliProto> for Proto {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Run a transfer between this process and a peer process it starts,
-    /// verify checksums both ways and print throughput and latency.
+    /// For each protocol, run a transfer between this process and a peer
+    /// process it starts, verify checksums both ways, and print throughput
+    /// and latency.
     Demo {
         /// Bytes to send each way (suffixes K, M, G: powers of 1024).
         #[arg(long, default_value = "1G", value_parser = parse_size)]
@@ -57,7 +58,8 @@ enum Cmd {
         /// 64-byte ping-pong round trips to time.
         #[arg(long, default_value_t = 20_000)]
         rounds: u32,
-        /// Size of each ring (rounded up to a power of two, 1K..1M).
+        /// Size of each ring, 1..1M (rounded up: vchan to a power of two of
+        /// at least 1K, vmbus to whole 4 KiB pages).
         #[arg(long, default_value = "1M", value_parser = parse_ring_size)]
         ring_size: u64,
         /// Spin before sleeping, in microseconds (0: never spin).
@@ -99,9 +101,10 @@ enum Cmd {
         #[arg(long, default_value_t = 500)]
         linger_ms: u64,
     },
-    /// Decode the control state of a ring in a shm or memfd-backed file
-    /// (e.g. /proc/PID/fd/N): indices, used/free, orders, live and notify
-    /// bits, and who owes whom a signal.
+    /// Decode the control state of the rings in a shm or memfd-backed file
+    /// (e.g. /proc/PID/fd/N): indices, used/free, who owes whom a signal,
+    /// and orders, live and notify bytes (vchan) or interrupt masks and
+    /// pending send sizes (vmbus).
     Inspect {
         /// The file holding the ring(s) at offset 0.
         #[arg(required_unless_present = "pid")]
