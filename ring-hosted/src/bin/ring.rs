@@ -392,7 +392,18 @@ fn demo_one(
         .stdin(Stdio::null())
         .spawn()
         .map_err(|e| format!("cannot start the peer process: {e}"))?;
-    let session = listener.accept_timeout(Duration::from_secs(20));
+    // Wait for the peer, but not for one that has already died.
+    let start = Instant::now();
+    let session = loop {
+        match listener.accept_timeout(Duration::from_millis(100)) {
+            Err(Error::TimedOut) if start.elapsed() < Duration::from_secs(20) => {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(format!("peer exited ({status}) before connecting"));
+                }
+            }
+            other => break other,
+        }
+    };
     drop(listener);
     let session = match session {
         Ok(s) => s,
