@@ -2,3 +2,8 @@
 //! eventfd signalling, and the `ring` command.
 //!
 //! Thin for now: the in-process example lives in `ring demo`.
+
+pub mod devmem;
+pub mod uio;
+pub mod vfio;
+pub mod xen;
