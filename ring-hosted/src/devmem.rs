@@ -20,6 +20,7 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Why a device operation failed. Every variant that touches the file
 /// system names the path (or device) involved, so a failure on a real
@@ -66,6 +67,15 @@ pub enum DevError {
     },
     /// The ring refused to set up or move bytes.
     Ring(ring_core::vchan::Error),
+    /// xenstored answered a request with an error.
+    Xenstore {
+        /// The request (`READ`, `WRITE`, ...).
+        op: &'static str,
+        /// The key or argument it concerned.
+        path: String,
+        /// xenstored's error name (`ENOENT`, `EAGAIN`, `EACCES`, ...).
+        errno: String,
+    },
 }
 
 impl DevError {
@@ -106,6 +116,9 @@ impl fmt::Display for DevError {
             DevError::Closed => f.write_str("device channel closed"),
             DevError::TimedOut { path } => write!(f, "{}: timed out waiting", path.display()),
             DevError::Ring(e) => e.fmt(f),
+            DevError::Xenstore { op, path, errno } => {
+                write!(f, "xenstore {op} {path}: {errno}")
+            }
         }
     }
 }
@@ -125,6 +138,15 @@ impl From<ring_core::vchan::Error> for DevError {
         match e {
             ring_core::vchan::Error::Closed => DevError::Closed,
             other => DevError::Ring(other),
+        }
+    }
+}
+
+impl From<ring_core::vchan::BlockingError<DevError>> for DevError {
+    fn from(e: ring_core::vchan::BlockingError<DevError>) -> Self {
+        match e {
+            ring_core::vchan::BlockingError::Ring(e) => e.into(),
+            ring_core::vchan::BlockingError::Signal(e) => e,
         }
     }
 }
@@ -295,6 +317,30 @@ pub trait Sys: Send + Sync {
     /// `write(fd, buf)`.
     fn write(&self, fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
         Ok(rustix::io::write(fd, buf)?)
+    }
+
+    /// Waits up to `timeout` (`None`: for ever) for `fd` to be readable;
+    /// returns whether it is.
+    fn poll_readable(&self, fd: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Result<bool> {
+        poll_readable(fd, timeout)
+    }
+}
+
+/// `poll(fd, POLLIN, timeout)`, retried on `EINTR`. Returns whether `fd`
+/// is readable (or hung up).
+pub fn poll_readable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Result<bool> {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+    let ts = timeout.map(|t| Timespec {
+        tv_sec: t.as_secs().try_into().unwrap_or(i64::MAX),
+        tv_nsec: t.subsec_nanos().into(),
+    });
+    loop {
+        match poll(&mut fds, ts.as_ref()) {
+            Ok(n) => return Ok(n > 0),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 

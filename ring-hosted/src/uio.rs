@@ -520,19 +520,7 @@ impl UioIrq {
     ///
     /// I/O errors naming the device.
     pub fn poll(&self, timeout: Option<Duration>) -> Result<bool, DevError> {
-        use rustix::event::{poll, PollFd, PollFlags, Timespec};
-        let mut fds = [PollFd::new(&self.fd, PollFlags::IN)];
-        let ts = timeout.map(|t| Timespec {
-            tv_sec: t.as_secs().try_into().unwrap_or(i64::MAX),
-            tv_nsec: t.subsec_nanos().into(),
-        });
-        loop {
-            match poll(&mut fds, ts.as_ref()) {
-                Ok(n) => return Ok(n > 0),
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(e) => return Err(self.map_err("poll", e.into())),
-            }
-        }
+        crate::devmem::poll_readable(self.fd.as_fd(), timeout).map_err(|e| self.map_err("poll", e))
     }
 
     /// Reads the 4-byte interrupt count (blocking until an interrupt
