@@ -11,7 +11,7 @@
 //!   any byte stream);
 //! - [`vchan`]: a vchan server and client over the four.
 //!
-//! Every ioctl goes through the [`Sys`](crate::devmem::Sys) seam, and every
+//! Every ioctl goes through the [`Sys`] seam, and every
 //! device is opened either from its standard path or from a file handed in,
 //! so [`fake`] can stand in for a Xen host in tests. Nothing here has run
 //! against a real hypervisor on the machines this was written on; see
