@@ -276,6 +276,12 @@ pub struct VmbusRingLayout {
 /// system page of `page` bytes: each ring is half the map, its data one page
 /// in.
 ///
+/// ```
+/// // A 2 MiB-per-direction channel on a 4 KiB-page kernel.
+/// let l = ring_hosted::uio::vmbus_ring_layout(2 * (4096 + (2 << 20)), 4096).unwrap();
+/// assert_eq!((l.rx.offset, l.rx.data_offset, l.rx.data_size()), (4096 + (2 << 20), 4096, 2 << 20));
+/// ```
+///
 /// # Errors
 ///
 /// A message if the map cannot hold two page-aligned rings with a data

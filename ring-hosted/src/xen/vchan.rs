@@ -15,6 +15,32 @@
 //! map the control page with an unmap notification on `cli_live`; validate
 //! the orders and map the ring pages ([`ring_core::vchan::connect`]); mark
 //! the client live; send one event.
+//!
+//! # Example (against the fakes; on Xen, open the real devices instead)
+//!
+//! ```
+//! use ring_hosted::xen::fake::FakeXen;
+//! use ring_hosted::xen::vchan::{self, ServerConfig};
+//! use ring_hosted::xen::xenstore::XenStore;
+//!
+//! let xen = FakeXen::new(); // a FAKE host: memfd pages, modelled ports
+//! let xenstored = xen.xenstore(0);
+//! let mut server_xs = XenStore::new(xenstored.connect());
+//! let config = ServerConfig { peer: 7, path: "data/vchan/7/1".into(), read_min: 0, write_min: 0 };
+//! let mut server = vchan::serve(&xen.gntalloc(0), xen.evtchn(0), &mut server_xs, &config)?;
+//!
+//! let mut client_xs = XenStore::new(xenstored.connect_as(7));
+//! let path = "/local/domain/0/data/vchan/7/1";
+//! let mut client = vchan::connect(&xen.gntdev(7), xen.evtchn(7), &mut client_xs, 0, path)?;
+//! client.write_all(b"hi")?;
+//! let mut buf = [0u8; 2];
+//! server.recv(&mut buf)?;
+//! assert_eq!(&buf, b"hi");
+//! # Ok::<(), ring_hosted::devmem::DevError>(())
+//! ```
+//!
+//! On a Xen guest the same calls take `XenDevice::open(GNTALLOC_PATH)`,
+//! `XenDevice::open(EVTCHN_PATH)` and `XenStore::open()`.
 
 use super::evtchn::EventChannel;
 use super::xenstore::{Access, Perm, XenStore};
