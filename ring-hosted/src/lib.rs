@@ -4,6 +4,7 @@
 //! Thin for now: the in-process example lives in `ring demo`.
 
 pub mod devmem;
+pub mod replay;
 pub mod uio;
 pub mod vfio;
 pub mod xen;

@@ -1,4 +1,4 @@
-//! VFIO against a FAKE: `ring_hosted::vfio::replay` answers each ioctl
+//! VFIO against a FAKE: `ring_hosted::replay` answers each ioctl
 //! with a recorded reply (the structs a vfio-pci kernel fills in for an
 //! ivshmem device), and a memfd stands in for the device fd, its regions at
 //! vfio-pci's offsets (index << 40). No VFIO device or IOMMU is involved.
@@ -7,8 +7,8 @@ use ring_core::mem::SharedMem;
 use ring_core::signal::Signal;
 use ring_core::vchan::{self, Orders, ServerOptions};
 use ring_hosted::devmem::{DevError, Sys};
+use ring_hosted::replay::{Replay, Reply, Step};
 use ring_hosted::vfio::ivshmem::{Ivshmem, REG_DOORBELL, REG_IV_POSITION};
-use ring_hosted::vfio::replay::{Replay, Reply, Step};
 use ring_hosted::vfio::*;
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};

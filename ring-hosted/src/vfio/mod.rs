@@ -10,8 +10,8 @@
 //! the fd and flags saying whether it may be read, written or mmap'd;
 //! interrupts are routed to eventfds with `VFIO_DEVICE_SET_IRQS`.
 //!
-//! Every ioctl goes through the [`Sys`] seam: [`replay`] feeds recorded
-//! kernel replies so the logic runs on a machine without the device. Nothing
+//! Every ioctl goes through the [`Sys`] seam: [`crate::replay`] feeds
+//! recorded kernel replies so the logic runs on a machine without the device. Nothing
 //! here has been run against real VFIO hardware on the machines this was
 //! written on; see `docs/devices.md`.
 
@@ -20,7 +20,6 @@
 #![allow(unsafe_code)]
 
 pub mod ivshmem;
-pub mod replay;
 
 use crate::devmem::{ioc, DevError, Kernel, MappedRegion, Sys, IOC_NONE};
 use ring_core::mem::SharedMem;

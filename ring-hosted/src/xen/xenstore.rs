@@ -584,4 +584,79 @@ mod tests {
         );
         xs.unwatch("/w", "tok").unwrap();
     }
+
+    /// Answers one request on `peer` with `header` and `payload`.
+    fn reply_once(peer: &mut std::os::unix::net::UnixStream, header: Header, payload: &[u8]) {
+        let mut raw = [0u8; 16];
+        peer.read_exact(&mut raw).unwrap();
+        let req = Header::read_from_bytes(&raw).unwrap();
+        let mut body = vec![0u8; req.len as usize];
+        peer.read_exact(&mut body).unwrap();
+        let h = Header {
+            req_id: if header.req_id == u32::MAX {
+                req.req_id
+            } else {
+                header.req_id
+            },
+            ..header
+        };
+        peer.write_all(h.as_bytes()).unwrap();
+        peer.write_all(payload).unwrap();
+    }
+
+    #[test]
+    fn malformed_replies_are_errors_not_panics() {
+        use std::os::unix::net::UnixStream;
+        let cases: [(Header, &[u8], &str); 3] = [
+            (
+                Header {
+                    ty: ty::READ,
+                    req_id: u32::MAX,
+                    tx_id: 0,
+                    len: 5000,
+                },
+                b"",
+                "exceeds",
+            ),
+            (
+                Header {
+                    ty: ty::READ,
+                    req_id: 99,
+                    tx_id: 0,
+                    len: 0,
+                },
+                b"",
+                "request 99",
+            ),
+            (
+                Header {
+                    ty: ty::WRITE,
+                    req_id: u32::MAX,
+                    tx_id: 0,
+                    len: 3,
+                },
+                b"OK\0",
+                "reply type",
+            ),
+        ];
+        for (header, payload, expect) in cases {
+            let (ours, mut peer) = UnixStream::pair().unwrap();
+            let mut xs = XenStore::new(ours);
+            let t = std::thread::spawn(move || reply_once(&mut peer, header, payload));
+            let e = xs.read(0, "/k").unwrap_err();
+            assert!(e.to_string().contains(expect), "{e}");
+            t.join().unwrap();
+        }
+        // A peer that hangs up mid-reply is an I/O error naming xenbus.
+        let (ours, peer) = UnixStream::pair().unwrap();
+        drop(peer);
+        let e = XenStore::new(ours).read(0, "/k").unwrap_err();
+        assert!(e.to_string().contains(XENBUS_PATH), "{e}");
+        // Oversized requests never leave.
+        let (ours, _peer) = UnixStream::pair().unwrap();
+        let e = XenStore::new(ours)
+            .write(0, "/k", &"x".repeat(PAYLOAD_MAX))
+            .unwrap_err();
+        assert!(e.to_string().contains("exceeds"), "{e}");
+    }
 }

@@ -1,5 +1,5 @@
 //! FAKE: a [`Sys`] that replays recorded ioctl replies, for running the
-//! VFIO code on a machine without VFIO devices.
+//! VFIO and Xen code on a machine without those devices.
 //!
 //! A test scripts the exact sequence of requests it expects, each with the
 //! reply the kernel would give: bytes copied back into the argument (e.g. a
