@@ -240,3 +240,30 @@ fn event_channel_wait_times_out_naming_the_device() {
     let e = server.wait_for_client().unwrap_err();
     assert!(e.to_string().contains("/dev/xen/evtchn"), "{e}");
 }
+
+#[test]
+fn a_client_can_wait_for_the_server_to_publish() {
+    let mut s = setup();
+    let mut client_xs = XenStore::new(s.store.connect_as(CLIENT));
+    let xen = s.xen.clone();
+    let waiter = thread::spawn(move || {
+        vchan::wait_published(&mut client_xs, PATH).unwrap();
+        let mut c = vchan::connect(
+            &xen.gntdev(CLIENT),
+            xen.evtchn(CLIENT),
+            &mut client_xs,
+            SERVER,
+            PATH,
+        )
+        .unwrap();
+        c.write_all(b"late").unwrap();
+        c
+    });
+    thread::sleep(Duration::from_millis(50));
+    assert!(!waiter.is_finished(), "the client waited for the keys");
+    let mut server = serve(&mut s, 0, 0);
+    let mut buf = [0u8; 4];
+    server.recv(&mut buf).unwrap();
+    assert_eq!(&buf, b"late");
+    drop(waiter.join().unwrap());
+}

@@ -169,6 +169,34 @@ pub fn serve<S: Read + Write>(
     })
 }
 
+/// Blocks until a server has published both keys under `path` (a
+/// xenstore watch on `path`, re-reading the keys after every event; the
+/// watch is set before the first read, so a publish in between is not
+/// missed). libxenvchan's client does not wait; callers such as
+/// vchan-socket-proxy and Qubes watch like this themselves.
+///
+/// # Errors
+///
+/// xenstore errors, e.g. `EACCES` if the keys exist but are not readable
+/// by us.
+pub fn wait_published<S: Read + Write>(
+    store: &mut XenStore<S>,
+    path: &str,
+) -> Result<(), DevError> {
+    const TOKEN: &str = "ring-hosted-vchan-wait";
+    store.watch(path, TOKEN)?;
+    let result = (|| loop {
+        if store.read(0, &join(path, RING_REF))?.is_some()
+            && store.read(0, &join(path, EVENT_CHANNEL))?.is_some()
+        {
+            return Ok(());
+        }
+        store.next_watch_event()?;
+    })();
+    let unwatched = store.unwatch(path, TOKEN);
+    result.and(unwatched)
+}
+
 fn read_key<S: Read + Write>(store: &mut XenStore<S>, key: &str) -> Result<u32, DevError> {
     let value = store.read(0, key)?.ok_or_else(|| DevError::Xenstore {
         op: "READ",
