@@ -230,3 +230,47 @@ fn subchannel_ring_files_split_in_half() {
         .to_string()
         .contains("channels/15/ring"));
 }
+
+#[test]
+fn a_fake_host_writes_the_rx_ring_and_interrupts_the_guest() {
+    let page = page_size();
+    let ring = 4 * page;
+    let dir = tempfile::tempdir().unwrap();
+    let roots = fake_tree(dir.path(), ring);
+    let (ours, mut kernel) = UnixStream::pair().unwrap();
+    let info = uio::find_by_vmbus_instance(&roots, INSTANCE).unwrap();
+    let dev = UioDevice::open(&roots, info)
+        .unwrap()
+        .with_irq(UioIrq::new(ours.into(), roots.dev.join("uio0")));
+    let rings = dev.vmbus_rings().unwrap();
+    let data_at = rings.layout.rx.data_offset;
+
+    // The "host": writes a message at the start of the RX data area and
+    // the RX write index in its control page, then raises the interrupt.
+    let host_file = fs::OpenOptions::new()
+        .write(true)
+        .open(roots.dev.join("uio0"))
+        .unwrap();
+    let rx_base = rings.layout.rx.offset as u64;
+    let host = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(20));
+        host_file
+            .write_all_at(b"from the host", rx_base + data_at as u64)
+            .unwrap();
+        host_file
+            .write_all_at(&13u32.to_le_bytes(), rx_base)
+            .unwrap();
+        kernel.write_all(&1u32.to_ne_bytes()).unwrap();
+        // The guest unmasks after consuming the interrupt.
+        let mut word = [0u8; 4];
+        kernel.read_exact(&mut word).unwrap();
+        i32::from_ne_bytes(word)
+    });
+    // The guest: wait, then look.
+    dev.irq().wait().unwrap();
+    assert_eq!(rings.rx.load_u32(0).unwrap(), 13);
+    let mut got = [0u8; 13];
+    rings.rx.read(data_at, &mut got).unwrap();
+    assert_eq!(&got, b"from the host");
+    assert_eq!(host.join().unwrap(), 1, "the guest wrote 1 to unmask");
+}
