@@ -65,7 +65,7 @@ impl Ivshmem {
             ));
         }
         let shmem = match device.open_region(&device.region(SHMEM_BAR)?)? {
-            Bar::Mapped(m) => m,
+            Bar::Mapped(m, _) => m,
             Bar::Io(_) => {
                 return Err(DevError::invalid(
                     device.path(),

@@ -530,14 +530,15 @@ impl Device {
                     format!("region {} has size {}", region.index, region.size),
                 )
             })?;
+        let path = self.h.path.join(format!("region{}", region.index));
         if region.mappable() {
-            if let Ok(mem) = MappedRegion::map(&self.h.file, &self.h.path, region.offset, size) {
-                return Ok(Bar::Mapped(mem));
+            if let Ok(mem) = MappedRegion::map(&self.h.file, &path, region.offset, size) {
+                return Ok(Bar::Mapped(mem, path));
             }
         }
         Ok(Bar::Io(IoRegion {
             file: Arc::clone(&self.h.file),
-            path: self.h.path.clone(),
+            path,
             offset: region.offset,
             size,
         }))
@@ -686,8 +687,9 @@ pub struct IoRegion {
 /// An opened device region.
 #[derive(Clone, Debug)]
 pub enum Bar {
-    /// Mapped: shared memory (rings) and MMIO registers.
-    Mapped(MappedRegion),
+    /// Mapped: shared memory (rings) and MMIO registers; the path names
+    /// the region in errors.
+    Mapped(MappedRegion, PathBuf),
     /// Not mappable: register access through the fd.
     Io(IoRegion),
 }
@@ -696,7 +698,7 @@ impl Bar {
     /// Size of the region.
     pub fn size(&self) -> usize {
         match self {
-            Bar::Mapped(m) => m.size(),
+            Bar::Mapped(m, _) => m.size(),
             Bar::Io(io) => io.size,
         }
     }
@@ -704,7 +706,7 @@ impl Bar {
     /// The mapping, if the region is mapped (rings need one).
     pub fn memory(&self) -> Option<&MappedRegion> {
         match self {
-            Bar::Mapped(m) => Some(m),
+            Bar::Mapped(m, _) => Some(m),
             Bar::Io(_) => None,
         }
     }
@@ -721,7 +723,7 @@ impl Bar {
 
     fn path(&self) -> &Path {
         match self {
-            Bar::Mapped(_) => Path::new("mapped BAR"),
+            Bar::Mapped(_, path) => path,
             Bar::Io(io) => &io.path,
         }
     }
@@ -736,7 +738,7 @@ impl Bar {
     pub fn read_u32(&self, offset: usize) -> Result<u32, DevError> {
         self.check(self.path(), offset)?;
         match self {
-            Bar::Mapped(m) => {
+            Bar::Mapped(m, _) => {
                 let ptr = register(m, offset)?;
                 // SAFETY: `ptr` is 4-aligned and inside the live mapping
                 // `m` (bounds and alignment checked above; mappings are
@@ -764,7 +766,7 @@ impl Bar {
     pub fn write_u32(&self, offset: usize, value: u32) -> Result<(), DevError> {
         self.check(self.path(), offset)?;
         match self {
-            Bar::Mapped(m) => {
+            Bar::Mapped(m, _) => {
                 let ptr = register(m, offset)?;
                 // SAFETY: as in `read_u32`: an aligned, in-bounds pointer
                 // into a live mapping, accessed once, volatile, without a
