@@ -267,3 +267,34 @@ fn a_client_can_wait_for_the_server_to_publish() {
     assert_eq!(&buf, b"late");
     drop(waiter.join().unwrap());
 }
+
+#[test]
+fn a_dead_client_is_seen_by_the_server_and_grants_stay_private() {
+    let mut s = setup();
+    let mut server = serve(&mut s, 0, 0);
+    let ring_ref: u32 = s
+        .store
+        .value(&format!("{PATH}/ring-ref"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    // Domain 9 was not granted the page: the (fake) hypervisor refuses.
+    let e =
+        ring_hosted::xen::gntdev::map(&s.xen.gntdev(9), SERVER, &[ring_ref], Default::default())
+            .unwrap_err();
+    assert!(
+        e.to_string().contains("/dev/xen/gntdev") && e.to_string().contains("map grant refs"),
+        "{e}"
+    );
+
+    let mut client = connect(&s).unwrap();
+    server.wait_for_client().unwrap();
+    client.write_all(b"bye").unwrap();
+    // The client process dies: its unmap notify clears cli_live and kicks.
+    s.xen.kill(CLIENT);
+    assert_eq!(server.endpoint().control().load_u8(CLI_LIVE).unwrap(), 0);
+    let mut buf = [0u8; 8];
+    let n = server.read(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"bye");
+    assert_eq!(server.read(&mut buf).unwrap(), 0);
+}
