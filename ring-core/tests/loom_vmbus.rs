@@ -242,7 +242,7 @@ fn model(name: &str, f: impl Fn() + Sync + Send + 'static) {
     let mut builder = loom::model::Builder::new();
     // LOOM_MAX_PREEMPTIONS overrides the bound for longer runs.
     if std::env::var_os("LOOM_MAX_PREEMPTIONS").is_none() {
-        builder.preemption_bound = Some(3);
+        builder.preemption_bound = Some(4);
     }
     builder.max_branches = 100_000;
     builder.check(move || {
