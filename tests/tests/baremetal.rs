@@ -386,7 +386,6 @@ fn ring_core_vchan_in_a_qemu_guest() {
 
     let mut qemu = Watched::spawn(&mut qemu_command(&kernel, &shm)).expect("starting QEMU");
     let run = drive(&mut ep, &mut qemu, &data, Instant::now() + RUN_DEADLINE);
-    drop(ep);
 
     let mib = STREAM_LEN as f64 / f64::from(1 << 20);
     eprintln!(
