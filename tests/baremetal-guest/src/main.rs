@@ -94,14 +94,18 @@ pub extern "C" fn rust_main(start_info: u32) -> ! {
     }
 }
 
-/// Retries a non-blocking vchan call until it stops saying `WouldBlock`.
+/// Retries a non-blocking vchan call until it stops saying `WouldBlock`,
+/// counting the retries in `spins`.
 ///
 /// Polling only: the guest has no interrupts, so the notify flags in each
 /// `Transfer` are ignored (the host polls too).
-fn poll<T>(mut op: impl FnMut() -> Result<T, Error>) -> Result<T, Error> {
+fn poll<T>(spins: &mut u64, mut op: impl FnMut() -> Result<T, Error>) -> Result<T, Error> {
     loop {
         match op() {
-            Err(Error::WouldBlock) => spin_loop(),
+            Err(Error::WouldBlock) => {
+                *spins += 1;
+                spin_loop();
+            }
             other => return other,
         }
     }
@@ -119,8 +123,10 @@ fn fnv1a(mut hash: u64, bytes: &[u8]) -> u64 {
 /// The guest's side of the exchange; returns the bytes echoed and their hash.
 fn echo(mem: RawMem<'_>) -> Result<(u64, u64), Error> {
     let mut ep: Endpoint<RawMem<'_>> = vchan::connect_flat(mem)?;
+    // Retries on an empty ring (reads) and on a full ring (writes).
+    let (mut empty, mut full) = (0u64, 0u64);
     let mut header = [0u8; 16];
-    let _ = poll(|| ep.recv(&mut header))?;
+    let _ = poll(&mut empty, || ep.recv(&mut header))?;
     let (magic, len) = split_words(&header);
     if magic != HEADER_MAGIC {
         let _ = writeln!(Serial, "guest: bad header magic {magic:#x}");
@@ -141,7 +147,7 @@ fn echo(mem: RawMem<'_>) -> Result<(u64, u64), Error> {
             .len()
             .min(usize::try_from(len - done).unwrap_or(usize::MAX));
         let chunk = &mut buf[..want];
-        let got = poll(|| ep.read(chunk))?.len;
+        let got = poll(&mut empty, || ep.read(chunk))?.len;
         if got == 0 {
             return Err(Error::Closed);
         }
@@ -152,17 +158,21 @@ fn echo(mem: RawMem<'_>) -> Result<(u64, u64), Error> {
         }
         let mut sent = 0;
         while sent < got {
-            sent += poll(|| ep.write(&buf[sent..got]))?.len;
+            sent += poll(&mut full, || ep.write(&buf[sent..got]))?.len;
         }
         done += got as u64;
     }
 
+    let _ = writeln!(
+        Serial,
+        "guest: polls that found the ring empty {empty}, full {full}"
+    );
     let mut trailer = [0u8; 16];
     trailer[..8].copy_from_slice(&done.to_le_bytes());
     trailer[8..].copy_from_slice(&hash.to_le_bytes());
-    let _ = poll(|| ep.send(&trailer))?;
+    let _ = poll(&mut full, || ep.send(&trailer))?;
     // Wait for the host to close its end: it has read everything by then.
-    if poll(|| ep.read(&mut [0u8; 1]))?.len != 0 {
+    if poll(&mut empty, || ep.read(&mut [0u8; 1]))?.len != 0 {
         let _ = writeln!(Serial, "guest: unexpected byte after the stream");
         exit(EXIT_FAIL);
     }
