@@ -271,7 +271,7 @@ fn drive(
     let start = Instant::now();
     let mut connected = None;
     let (mut sent, mut got) = (0usize, 0usize);
-    let mut buf = vec![0u8; 1 << RIGHT_ORDER];
+    let mut buf = vec![0u8; 1 << LEFT_ORDER];
     let expect: Vec<u8> = data.iter().map(|b| b ^ TRANSFORM).collect();
     while got < data.len() {
         let mut progress = false;
@@ -325,11 +325,19 @@ fn drive(
     loop {
         match ep.recv(&mut trailer) {
             Ok(_) => break,
-            Err(Error::WouldBlock) if Instant::now() < deadline => {
-                thread::sleep(Duration::from_micros(50))
-            }
-            Err(e) => fail(qemu, format!("receiving the trailer: {e:?}")),
+            Err(Error::WouldBlock) => {}
+            Err(e) => fail(qemu, format!("receiving the trailer: {e}")),
         }
+        if let Some(status) = qemu.try_wait() {
+            fail(
+                qemu,
+                format!("QEMU exited with {status} before the trailer"),
+            );
+        }
+        if Instant::now() >= deadline {
+            fail(qemu, format!("no trailer within {RUN_DEADLINE:?}"));
+        }
+        thread::sleep(Duration::from_micros(50));
     }
     let count = u64::from_le_bytes(trailer[..8].try_into().unwrap());
     let sum = u64::from_le_bytes(trailer[8..].try_into().unwrap());
