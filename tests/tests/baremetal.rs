@@ -36,6 +36,9 @@ const SHM_SIZE: usize = 1 << 20;
 /// Start the indices just below `u32::MAX` so they wrap early in the run.
 const INITIAL_INDEX: u32 = u32::MAX - 3 * 4096;
 
+/// How long the host sleeps when neither ring moved.
+const IDLE_SLEEP: Duration = Duration::from_micros(50);
+
 /// Bound on the guest's build (cold, on a shared machine).
 const BUILD_DEADLINE: Duration = Duration::from_secs(300);
 /// Bound on boot + transfer + exit; a broken guest fails within this.
@@ -314,10 +317,10 @@ fn drive(
                 format!("timed out after {RUN_DEADLINE:?} (sent {sent}, echoed {got})"),
             );
         }
-        // Both sides poll. Sleeping or yielding here stalls the guest on a
-        // full ring (measured: several times slower on a loaded machine), so
-        // spin; the run is short and bounded by the deadline.
-        std::hint::spin_loop();
+        // Both sides poll. Sleeping when idle leaves the CPU to QEMU's vCPU
+        // thread; on a busy two-core machine that was faster and far steadier
+        // than spinning (see docs/baremetal.md).
+        thread::sleep(IDLE_SLEEP);
     }
     let transfer_end = start.elapsed();
 
@@ -337,7 +340,7 @@ fn drive(
         if Instant::now() >= deadline {
             fail(qemu, format!("no trailer within {RUN_DEADLINE:?}"));
         }
-        thread::sleep(Duration::from_micros(50));
+        thread::sleep(IDLE_SLEEP);
     }
     let count = u64::from_le_bytes(trailer[..8].try_into().unwrap());
     let sum = u64::from_le_bytes(trailer[8..].try_into().unwrap());
