@@ -15,8 +15,10 @@
 #![warn(missing_docs)]
 
 pub mod heap;
+pub mod hostile;
 pub mod signal;
 pub mod vchan;
+pub mod vmbus;
 
 pub use heap::HeapMem;
 pub use signal::{InProcessSignal, ThreadEvent};

@@ -1,5 +1,7 @@
 //! Shared helpers for the cross-crate tests in `tests/tests/`.
 
+pub mod xen;
+
 use proptest::test_runner::{Config, FileFailurePersistence};
 
 /// A proptest configuration that keeps shrunk failures in the workspace's

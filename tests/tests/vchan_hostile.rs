@@ -6,6 +6,8 @@
 use proptest::prelude::*;
 use ring_core::mem::{RawMem, SharedMem};
 use ring_core::vchan::{self, Endpoint, Error, Orders, ServerOptions};
+use ring_std::hostile::{HostileMem, Scribble};
+use ring_std::HeapMem;
 use ring_tests::proptest_config;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -63,8 +65,8 @@ fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
-fn exercise(
-    ep: &mut Endpoint<RawMem<'_>>,
+fn exercise<M: SharedMem>(
+    ep: &mut Endpoint<M>,
     step: &Step,
     mem: RawMem<'_>,
 ) -> Result<(), TestCaseError> {
@@ -144,6 +146,43 @@ proptest! {
             for s in &steps {
                 exercise(&mut ep, s, mem)?;
             }
+        }
+    }
+}
+
+fn scribble() -> impl Strategy<Value = Scribble> {
+    (0u32..12, 0u32..24, any::<u32>(), any::<bool>()).prop_map(|(after, offset, value, small)| {
+        Scribble {
+            after,
+            offset,
+            // Small values make plausible-but-wrong indices; any value the rest.
+            value: if small { value % 5000 } else { value },
+        }
+    })
+}
+
+proptest! {
+    #![proptest_config(proptest_config("vchan_hostile_interleaved", 512))]
+
+    /// The peer scribbles on the header *between the individual memory
+    /// accesses* of our calls (deterministically, so failures replay): the
+    /// time-of-check/time-of-use window of every operation.
+    #[test]
+    fn corruption_inside_operations(
+        left in 10u8..=12, right in 10u8..=12, as_server in any::<bool>(),
+        script in proptest::collection::vec(scribble(), 0..40),
+        steps in proptest::collection::vec(step(), 1..60),
+    ) {
+        let Ok(orders) = Orders::new(left, right) else { return Ok(()) };
+        let layout = vchan::FlatLayout::new(orders);
+        let heap = HeapMem::new(layout.size);
+        let hostile = HostileMem::new(&heap, 0, 24, script);
+        let server = vchan::serve_flat(&hostile, orders, ServerOptions::default());
+        let client = vchan::connect_flat(&hostile);
+        let (Ok(server), Ok(client)) = (server, client) else { return Ok(()) };
+        let mut ep = if as_server { server } else { client };
+        for s in &steps {
+            exercise(&mut ep, s, heap.view())?;
         }
     }
 }

@@ -240,14 +240,16 @@ where
     let mut raw = [0u8; GRANTS];
     ctrl.read(0, &mut raw)?;
     let header = ControlHeader::read_from_bytes(&raw).map_err(|_| SetupError::BadIndices)?;
+    // The orders are set-up constants: the copy is their one read. The live
+    // bytes and indices are loaded atomically (Acquire), live byte first, so
+    // bytes a server wrote before we connected are visible once its
+    // producer index is.
     let orders = Orders::from_wire(header.left_order.get(), header.right_order.get())?;
-    if header.srv_live != Live::Connected as u8 {
-        return Err(SetupError::ServerNotLive {
-            live: header.srv_live,
-        }
-        .into());
+    let srv_live = ctrl.load_u8(SRV_LIVE)?;
+    if srv_live != Live::Connected as u8 {
+        return Err(SetupError::ServerNotLive { live: srv_live }.into());
     }
-    if header.cli_live == Live::Connected as u8 {
+    if ctrl.load_u8(CLI_LIVE)? == Live::Connected as u8 {
         return Err(SetupError::ClientAlreadyConnected.into());
     }
     let grant_count = orders.grant_count();
@@ -261,10 +263,10 @@ where
     check_in_page(orders.left(), &left)?;
     check_in_page(orders.right(), &right)?;
     let indices = [
-        header.right.cons.get(),
-        header.right.prod.get(),
-        header.left.prod.get(),
-        header.left.cons.get(),
+        ctrl.load_u32(RIGHT_CONS)?,
+        ctrl.load_u32(RIGHT_PROD)?,
+        ctrl.load_u32(LEFT_PROD)?,
+        ctrl.load_u32(LEFT_CONS)?,
     ];
     let endpoint = Endpoint::new(ctrl, Role::Client, orders, left, right, indices)?;
     endpoint.ctrl.store_u8(CLI_LIVE, Live::Connected as u8)?;
@@ -703,6 +705,9 @@ impl<M: SharedMem> Endpoint<M> {
     /// True while the peer is connected (or, for a server, not yet
     /// connected) and we have not closed.
     pub fn is_open(&mut self) -> Result<bool, Error> {
+        if self.closed {
+            return Ok(false);
+        }
         Ok(self.peer_live()? != Live::Closed)
     }
 
