@@ -10,6 +10,7 @@
 
 use ring_core::mem::RawMem;
 use ring_core::vchan::{self, Endpoint, Error, FlatLayout, Live, Orders, ServerOptions};
+use ring_core::vmbus;
 use ring_tests::stream_byte;
 use std::fs::{self, OpenOptions};
 use std::io::Read;
@@ -38,6 +39,17 @@ const INITIAL_INDEX: u32 = u32::MAX - 3 * 4096;
 
 /// How long the host sleeps when neither ring moved.
 const IDLE_SLEEP: Duration = Duration::from_micros(50);
+
+/// The VMBus rings: host→guest and guest→host, past the vchan's pages.
+const VMBUS_H2G_AT: usize = 0x8_0000;
+const VMBUS_G2H_AT: usize = 0xc_0000;
+/// Each ring's data area: the requests wrap it dozens of times.
+const VMBUS_DATA_SIZE: usize = 64 * 1024;
+/// Requests, of every data length from 0 to `VMBUS_MAX_DATA`.
+const VMBUS_REQUESTS: usize = 4097;
+const VMBUS_MAX_DATA: usize = 4096;
+/// `len` of the host's final packet.
+const VMBUS_END: u32 = u32::MAX;
 
 /// Bound on the guest's build (cold, on a shared machine).
 const BUILD_DEADLINE: Duration = Duration::from_secs(300);
@@ -254,28 +266,40 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
-/// How long each phase took, for the report.
-struct Timings {
-    connect: Duration,
-    transfer: Duration,
-    exit: Duration,
-}
-
 /// Stops QEMU and fails with what it printed.
 fn fail(qemu: &mut Watched, what: String) -> ! {
     let _ = qemu.wait_until(Instant::now());
     panic!("{what}\n{}", qemu.output())
 }
 
-/// Pumps the stream through the guest, checking every echoed byte.
-fn drive(
+/// Between polls that moved nothing: fail if QEMU is gone or time is up,
+/// else sleep. Sleeping leaves the CPU to QEMU's vCPU thread; on a busy
+/// two-core machine that was faster and far steadier than spinning (see
+/// docs/baremetal.md).
+fn idle(qemu: &mut Watched, deadline: Instant, what: &dyn Fn() -> String) {
+    if let Some(status) = qemu.try_wait() {
+        fail(qemu, format!("QEMU exited with {status}: {}", what()));
+    }
+    if Instant::now() >= deadline {
+        fail(
+            qemu,
+            format!("timed out after {RUN_DEADLINE:?}: {}", what()),
+        );
+    }
+    thread::sleep(IDLE_SLEEP);
+}
+
+/// Pumps the vchan stream through the guest, checking every echoed byte
+/// and the guest's trailer, then closes. Returns (boot to connect,
+/// transfer) times from `start`.
+fn drive_vchan(
     ep: &mut Endpoint<RawMem<'_>>,
     qemu: &mut Watched,
     data: &[u8],
     expect: &[u8],
+    start: Instant,
     deadline: Instant,
-) -> Timings {
-    let start = Instant::now();
+) -> (Duration, Duration) {
     let mut connected = None;
     let (mut sent, mut got) = (0usize, 0usize);
     let mut buf = vec![0u8; 1 << LEFT_ORDER];
@@ -291,7 +315,7 @@ fn drive(
                     progress |= t.len > 0;
                 }
                 Err(Error::WouldBlock) => {}
-                Err(e) => fail(qemu, format!("host write at {sent}: {e}")),
+                Err(e) => fail(qemu, format!("vchan write at {sent}: {e}")),
             }
         }
         let want = buf.len().min(data.len() - got);
@@ -306,24 +330,13 @@ fn drive(
                 progress = true;
             }
             Err(Error::WouldBlock) => {}
-            Err(e) => fail(qemu, format!("host read at {got}: {e}")),
+            Err(e) => fail(qemu, format!("vchan read at {got}: {e}")),
         }
-        if progress {
-            continue;
+        if !progress {
+            idle(qemu, deadline, &|| {
+                format!("vchan sent {sent}, echoed {got}")
+            });
         }
-        if let Some(status) = qemu.try_wait() {
-            fail(qemu, format!("QEMU exited with {status} after {got} bytes"));
-        }
-        if Instant::now() >= deadline {
-            fail(
-                qemu,
-                format!("timed out after {RUN_DEADLINE:?} (sent {sent}, echoed {got})"),
-            );
-        }
-        // Both sides poll. Sleeping when idle leaves the CPU to QEMU's vCPU
-        // thread; on a busy two-core machine that was faster and far steadier
-        // than spinning (see docs/baremetal.md).
-        thread::sleep(IDLE_SLEEP);
     }
     let transfer_end = start.elapsed();
 
@@ -331,25 +344,221 @@ fn drive(
     loop {
         match ep.recv(&mut trailer) {
             Ok(_) => break,
-            Err(Error::WouldBlock) => {}
+            Err(Error::WouldBlock) => idle(qemu, deadline, &|| "vchan trailer".into()),
             Err(e) => fail(qemu, format!("receiving the trailer: {e}")),
         }
-        if let Some(status) = qemu.try_wait() {
-            fail(
-                qemu,
-                format!("QEMU exited with {status} before the trailer"),
-            );
-        }
-        if Instant::now() >= deadline {
-            fail(qemu, format!("no trailer within {RUN_DEADLINE:?}"));
-        }
-        thread::sleep(IDLE_SLEEP);
     }
     let count = u64::from_le_bytes(trailer[..8].try_into().unwrap());
     let sum = u64::from_le_bytes(trailer[8..].try_into().unwrap());
     assert_eq!(count, data.len() as u64, "guest's byte count");
     assert_eq!(sum, fnv1a(data), "guest's FNV-1a of the stream");
     let _ = ep.close().expect("closing the host end");
+    let connect = connected.unwrap_or(transfer_end);
+    (connect, transfer_end.saturating_sub(connect))
+}
+
+/// The VMBus requests: payload `len: u32, seq: u32, data`.
+struct Requests {
+    data: Vec<u8>,
+    /// `data` XOR `TRANSFORM`: what the replies carry.
+    expect: Vec<u8>,
+    /// Each request's (offset, length) in `data`.
+    spans: Vec<(usize, usize)>,
+}
+
+impl Requests {
+    fn new() -> Requests {
+        let mut spans = Vec::with_capacity(VMBUS_REQUESTS);
+        let mut at = 0;
+        for i in 0..VMBUS_REQUESTS {
+            // Every length from 0 to the maximum, in a scrambled order.
+            let len = (i * 7919) % (VMBUS_MAX_DATA + 1);
+            spans.push((at, len));
+            at += len;
+        }
+        let data: Vec<u8> = (0..at as u64).map(|i| stream_byte(0x7b05, i)).collect();
+        let expect = data.iter().map(|b| b ^ TRANSFORM).collect();
+        Requests {
+            data,
+            expect,
+            spans,
+        }
+    }
+
+    /// Request `i`'s header, data, and expected reply data.
+    fn payload(&self, i: usize) -> ([u8; 8], &[u8], &[u8]) {
+        let (at, len) = self.spans[i];
+        let mut head = [0u8; 8];
+        head[..4].copy_from_slice(&(len as u32).to_le_bytes());
+        head[4..].copy_from_slice(&(i as u32).to_le_bytes());
+        (head, &self.data[at..at + len], &self.expect[at..at + len])
+    }
+}
+
+/// Sends every request, checks each completion and reply in order, then
+/// the guest's summary. Returns the phase's duration.
+fn drive_vmbus(
+    tx: &mut vmbus::OutgoingRing<RawMem<'_>>,
+    rx: &mut vmbus::IncomingRing<RawMem<'_>>,
+    qemu: &mut Watched,
+    requests: &Requests,
+    deadline: Instant,
+) -> Duration {
+    let start = Instant::now();
+    let count = requests.spans.len();
+    // Requests written; replies checked (two packets each); summary seen.
+    let (mut sent, mut answered, mut end_sent) = (0usize, 0usize, false);
+    let mut completion_seen = false;
+    let mut summary = None;
+    let mut buf = vec![0u8; 8 + VMBUS_MAX_DATA];
+    while summary.is_none() {
+        let mut progress = false;
+        while sent < count {
+            let (head, data, _) = requests.payload(sent);
+            let id = sent as u64 + 1;
+            let pieces: [&[u8]; 2] = [&head, data];
+            let packet = vmbus::OutgoingPacket::in_band(id, &pieces).with_completion_requested();
+            match tx.write(&packet) {
+                Ok(()) => sent += 1,
+                Err(vmbus::Error::Full { .. }) => break,
+                Err(e) => fail(qemu, format!("vmbus write of request {sent}: {e}")),
+            }
+        }
+        if sent == count && !end_sent {
+            let mut end = [0u8; 8];
+            end[..4].copy_from_slice(&VMBUS_END.to_le_bytes());
+            end[4..].copy_from_slice(&(count as u32).to_le_bytes());
+            match tx.write(&vmbus::OutgoingPacket::in_band(0, &[&end])) {
+                Ok(()) => end_sent = true,
+                Err(vmbus::Error::Full { .. }) => {}
+                Err(e) => fail(qemu, format!("vmbus write of the end packet: {e}")),
+            }
+        }
+        match tx.commit() {
+            Ok(t) => progress |= t.len > 0,
+            Err(e) => fail(qemu, format!("vmbus commit: {e}")),
+        }
+        loop {
+            let packet = match rx.read_packet() {
+                Ok(p) => p,
+                Err(vmbus::Error::Empty) => break,
+                Err(e) => fail(qemu, format!("vmbus read after {answered} answers: {e}")),
+            };
+            progress = true;
+            let id = packet.transaction_id();
+            let kind = packet.packet_type();
+            if answered == count {
+                assert_eq!((kind, id), (vmbus::PacketType::InBand, 0), "summary packet");
+                let mut tail = [0u8; 24];
+                packet.read_payload(0, &mut tail).expect("summary payload");
+                summary = Some(tail);
+                break;
+            }
+            let (head, _, expect) = requests.payload(answered);
+            assert_eq!(
+                id,
+                answered as u64 + 1,
+                "transaction id of answer {answered}"
+            );
+            if !completion_seen {
+                assert_eq!(kind, vmbus::PacketType::Completion, "answer {answered}");
+                let mut status = [0u8; 8];
+                packet
+                    .read_payload(0, &mut status)
+                    .expect("completion payload");
+                assert_eq!(status[..4], [0; 4], "completion status of {answered}");
+                assert_eq!(status[4..], head[..4], "completion length of {answered}");
+                completion_seen = true;
+            } else {
+                assert_eq!(kind, vmbus::PacketType::InBand, "reply {answered}");
+                assert!(
+                    !packet.completion_requested(),
+                    "reply {answered} asks for completion"
+                );
+                let reply = &mut buf[..8 + expect.len()];
+                packet.read_payload(0, reply).expect("reply payload");
+                assert_eq!(reply[..8], head, "reply header of {answered}");
+                assert!(
+                    reply[8..] == *expect,
+                    "reply data of request {answered} is wrong"
+                );
+                completion_seen = false;
+                answered += 1;
+            }
+        }
+        if let Err(e) = rx.commit() {
+            fail(qemu, format!("vmbus read commit: {e}"));
+        }
+        if !progress {
+            idle(qemu, deadline, &|| {
+                format!("vmbus sent {sent}, answered {answered}")
+            });
+        }
+    }
+    let tail = summary.unwrap_or_default();
+    let word = |at: usize| u64::from_le_bytes(tail[at..at + 8].try_into().unwrap());
+    assert_eq!(word(0), count as u64, "guest's request count");
+    assert_eq!(word(8), requests.data.len() as u64, "guest's byte count");
+    assert_eq!(
+        word(16),
+        fnv1a(&requests.data),
+        "guest's FNV-1a of the requests"
+    );
+    start.elapsed()
+}
+
+/// A `RawMem` for `len` bytes at `offset` in the mapping.
+fn window(shm: &ShmFile, offset: usize, len: usize) -> RawMem<'_> {
+    assert!(offset + len <= shm.len);
+    // SAFETY: in bounds (checked above) of a mapping that lives as long as
+    // the borrow of `shm`, touched only through `RawMem`; `offset` is a
+    // multiple of 8, so the pointer stays 8-aligned.
+    unsafe { RawMem::from_raw_parts(shm.base.cast::<u8>().wrapping_add(offset), len) }
+        .expect("8-aligned window")
+}
+
+#[test]
+fn ring_core_vchan_and_vmbus_in_a_qemu_guest() {
+    require_qemu();
+    let t = Instant::now();
+    let kernel = build_guest();
+    let build = t.elapsed();
+
+    let shm = ShmFile::create(SHM_SIZE);
+    let orders = Orders::new(LEFT_ORDER, RIGHT_ORDER).expect("valid orders");
+    assert!(FlatLayout::new(orders).size <= VMBUS_H2G_AT);
+    let options = ServerOptions {
+        initial_index: INITIAL_INDEX,
+    };
+    let mut ep = vchan::serve_flat(shm.mem(), orders, options).expect("laying out the vchan");
+
+    let layout = vmbus::RingLayout::new(4096, VMBUS_DATA_SIZE).expect("ring layout");
+    let h2g = window(&shm, VMBUS_H2G_AT, layout.total_size());
+    let g2h = window(&shm, VMBUS_G2H_AT, layout.total_size());
+    vmbus::initialize_ring(&h2g, layout).expect("host-to-guest ring");
+    vmbus::initialize_ring(&g2h, layout).expect("guest-to-host ring");
+    let mut tx = vmbus::OutgoingRing::new(h2g, layout).expect("writer of host-to-guest");
+    let mut rx = vmbus::IncomingRing::new(g2h, layout).expect("reader of guest-to-host");
+    // A polling reader: never touch the interrupt mask.
+    rx.set_interrupts(false);
+
+    let data: Vec<u8> = (0..STREAM_LEN as u64)
+        .map(|i| stream_byte(0xb0a7, i))
+        .collect();
+    let requests = Requests::new();
+    let mut header = [0u8; 16];
+    header[..8].copy_from_slice(HEADER_MAGIC);
+    header[8..].copy_from_slice(&(data.len() as u64).to_le_bytes());
+    // Queued before the guest exists; the guest connects to a ready server.
+    let _ = ep.send(&header).expect("queueing the header");
+
+    let expect: Vec<u8> = data.iter().map(|b| b ^ TRANSFORM).collect();
+
+    let start = Instant::now();
+    let deadline = start + RUN_DEADLINE;
+    let mut qemu = Watched::spawn(&mut qemu_command(&kernel, &shm)).expect("starting QEMU");
+    let (connect, vchan_time) = drive_vchan(&mut ep, &mut qemu, &data, &expect, start, deadline);
+    let vmbus_time = drive_vmbus(&mut tx, &mut rx, &mut qemu, &requests, deadline);
 
     let status = qemu.wait_until(deadline);
     let exit = start.elapsed();
@@ -361,57 +570,17 @@ fn drive(
     }
     assert!(serial.contains("guest: done"), "guest output:\n{serial}");
     eprintln!("{serial}");
-    let connect = connected.unwrap_or(transfer_end);
-    Timings {
-        connect,
-        transfer: transfer_end.saturating_sub(connect),
-        exit,
-    }
-}
 
-#[test]
-fn ring_core_vchan_in_a_qemu_guest() {
-    require_qemu();
-    let t = Instant::now();
-    let kernel = build_guest();
-    let build = t.elapsed();
-
-    let shm = ShmFile::create(SHM_SIZE);
-    let mem = shm.mem();
-    let orders = Orders::new(LEFT_ORDER, RIGHT_ORDER).expect("valid orders");
-    assert!(FlatLayout::new(orders).size <= SHM_SIZE);
-    let options = ServerOptions {
-        initial_index: INITIAL_INDEX,
-    };
-    let mut ep = vchan::serve_flat(mem, orders, options).expect("laying out the vchan");
-
-    let data: Vec<u8> = (0..STREAM_LEN as u64)
-        .map(|i| stream_byte(0xb0a7, i))
-        .collect();
-    let mut header = [0u8; 16];
-    header[..8].copy_from_slice(HEADER_MAGIC);
-    header[8..].copy_from_slice(&(data.len() as u64).to_le_bytes());
-    // Queued before the guest exists; the guest connects to a ready server.
-    let _ = ep.send(&header).expect("queueing the header");
-
-    let expect: Vec<u8> = data.iter().map(|b| b ^ TRANSFORM).collect();
-
-    let mut qemu = Watched::spawn(&mut qemu_command(&kernel, &shm)).expect("starting QEMU");
-    let run = drive(
-        &mut ep,
-        &mut qemu,
-        &data,
-        &expect,
-        Instant::now() + RUN_DEADLINE,
-    );
-
-    let mib = STREAM_LEN as f64 / f64::from(1 << 20);
+    let mib = |bytes: usize| bytes as f64 / f64::from(1 << 20);
     eprintln!(
-        "baremetal: build {build:.2?}; boot to connect {:.2?}; {mib} MiB each way in {:.2?} \
-         ({:.1} MiB/s); spawn to exit {:.2?}",
-        run.connect,
-        run.transfer,
-        mib / run.transfer.as_secs_f64(),
-        run.exit
+        "baremetal: build {build:.2?}; boot to connect {connect:.2?}; vchan {} MiB each way in \
+         {vchan_time:.2?} ({:.1} MiB/s); vmbus {} requests, {:.1} MiB each way in \
+         {vmbus_time:.2?} ({:.0} requests/s, {:.1} MiB/s); spawn to exit {exit:.2?}",
+        mib(data.len()),
+        mib(data.len()) / vchan_time.as_secs_f64(),
+        requests.spans.len(),
+        mib(requests.data.len()),
+        requests.spans.len() as f64 / vmbus_time.as_secs_f64(),
+        mib(requests.data.len()) / vmbus_time.as_secs_f64(),
     );
 }

@@ -1,14 +1,19 @@
-//! A freestanding x86_64 guest for QEMU that runs `ring-core`'s vchan,
-//! unchanged, over an `ivshmem-plain` BAR shared with a host process.
+//! A freestanding x86_64 guest for QEMU that runs `ring-core`'s vchan and
+//! VMBus rings, unchanged, over an `ivshmem-plain` BAR shared with a host
+//! process.
 //!
 //! QEMU boots it through the PVH ELF note (`src/boot.s`), the guest finds
 //! the ivshmem device on PCI bus 0, wraps BAR2 in [`RawMem`] and connects to
-//! the vchan the host laid out there as the server. Then, polling only:
+//! the vchan the host laid out at its start as the server. Then, polling
+//! only:
 //!
 //! 1. receive a 16-byte header packet: [`HEADER_MAGIC`], stream length;
 //! 2. read the stream, send every byte back XOR [`TRANSFORM`];
 //! 3. send a 16-byte trailer packet: bytes received, FNV-1a 64 of them;
-//! 4. close the vchan and exit through `isa-debug-exit` (QEMU status 33).
+//! 4. wait for the host to close the vchan, and close it too;
+//! 5. answer VMBus requests on two packet rings further up the BAR (see
+//!    [`vmbus_echo`]);
+//! 6. exit through `isa-debug-exit` (QEMU status 33).
 //!
 //! Any failure prints a line and exits with status 35; a panic does too.
 
@@ -17,12 +22,13 @@
 
 mod libc;
 mod pci;
+mod vmbus_echo;
 mod x86;
 
 use core::fmt::Write;
 use core::hint::spin_loop;
 use ring_core::mem::RawMem;
-use ring_core::vchan::{self, Endpoint, Error};
+use ring_core::vchan::{self, Endpoint, Error, FlatLayout};
 use x86::{exit, Serial, EXIT_FAIL, EXIT_PASS};
 
 core::arch::global_asm!(include_str!("boot.s"), options(att_syntax));
@@ -31,6 +37,8 @@ core::arch::global_asm!(include_str!("boot.s"), options(att_syntax));
 const HEADER_MAGIC: u64 = u64::from_le_bytes(*b"RINGECHO");
 /// Every echoed byte is XORed with this.
 const TRANSFORM: u8 = 0x5a;
+/// FNV-1a 64's starting value.
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 /// The PVH `hvm_start_info` magic.
 const PVH_MAGIC: u32 = 0x336e_c578;
 const IVSHMEM_VENDOR: u16 = 0x1af4;
@@ -83,15 +91,47 @@ pub extern "C" fn rust_main(start_info: u32) -> ! {
     };
     match echo(mem) {
         Ok((len, sum)) => {
-            let _ = writeln!(out, "guest: echoed {len} bytes, fnv {sum:#018x}");
-            let _ = writeln!(out, "guest: done");
-            exit(EXIT_PASS);
+            let _ = writeln!(out, "guest: vchan echoed {len} bytes, fnv {sum:#018x}");
         }
         Err(e) => {
             let _ = writeln!(out, "guest: vchan error: {e}");
             exit(EXIT_FAIL);
         }
     }
+    let ring_size = match vmbus_echo::layout() {
+        Ok(layout) => layout.total_size(),
+        Err(e) => {
+            let _ = writeln!(out, "guest: vmbus layout: {e}");
+            exit(EXIT_FAIL);
+        }
+    };
+    if bar.size < (vmbus_echo::G2H_AT + ring_size) as u64 {
+        fail("BAR2 too small for the vmbus rings");
+    }
+    let base = bar.base as usize as *mut u8;
+    // SAFETY: as for `mem`: the ring lies inside BAR2 (checked above) and is
+    // only touched through `RawMem`; the host→guest ring's bytes.
+    let h2g = unsafe { RawMem::from_raw_parts(base.wrapping_add(vmbus_echo::H2G_AT), ring_size) };
+    // SAFETY: as above, for the guest→host ring.
+    let g2h = unsafe { RawMem::from_raw_parts(base.wrapping_add(vmbus_echo::G2H_AT), ring_size) };
+    let (Some(h2g), Some(g2h)) = (h2g, g2h) else {
+        fail("vmbus rings are not 8-byte aligned");
+    };
+    match vmbus_echo::serve(h2g, g2h) {
+        Ok(s) => {
+            let _ = writeln!(
+                out,
+                "guest: vmbus answered {} requests, {} bytes, fnv {:#018x}; polls that found the ring empty {}, full {}",
+                s.requests, s.bytes, s.hash, s.empty, s.full
+            );
+        }
+        Err(e) => {
+            let _ = writeln!(out, "guest: vmbus error: {e}");
+            exit(EXIT_FAIL);
+        }
+    }
+    let _ = writeln!(out, "guest: done");
+    exit(EXIT_PASS);
 }
 
 /// Retries a non-blocking vchan call until it stops saying `WouldBlock`,
@@ -132,6 +172,9 @@ fn echo(mem: RawMem<'_>) -> Result<(u64, u64), Error> {
         let _ = writeln!(Serial, "guest: bad header magic {magic:#x}");
         exit(EXIT_FAIL);
     }
+    if FlatLayout::new(ep.orders()).size > vmbus_echo::H2G_AT {
+        fail("vchan rings would overlap the vmbus rings");
+    }
     let _ = writeln!(
         Serial,
         "guest: connected (orders {} / {}), echoing {len} bytes",
@@ -140,7 +183,7 @@ fn echo(mem: RawMem<'_>) -> Result<(u64, u64), Error> {
     );
 
     let mut buf = [0u8; 16 * 1024];
-    let mut hash = 0xcbf2_9ce4_8422_2325;
+    let mut hash = FNV_OFFSET;
     let mut done = 0u64;
     while done < len {
         let want = buf
