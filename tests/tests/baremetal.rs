@@ -1,9 +1,15 @@
 //! `ring-core`, unchanged, inside a freestanding x86_64 guest under QEMU.
 //!
 //! Builds `tests/baremetal-guest` (no_std, no alloc, PVH boot), lays out a
-//! vchan as the server in a `/dev/shm` file, boots the guest under TCG with
-//! that file as an `ivshmem-plain` BAR, and streams bytes through it: the
-//! guest echoes each byte XOR 0x5a and ends with a count and a checksum.
+//! vchan (as the server) and two VMBus rings in a `/dev/shm` file, and boots
+//! the guest under TCG with that file as an `ivshmem-plain` BAR. Then:
+//!
+//! - vchan: a byte stream that the guest echoes XOR 0x5a, ending with a count
+//!   and a checksum;
+//! - VMBus: in-band requests with completion requested, each answered by a
+//!   completion echoing the transaction id and an in-band reply carrying the
+//!   payload XOR 0x5a, ending with a summary.
+//!
 //! Both sides poll; nothing signals. See `docs/baremetal.md`.
 //!
 //! Needs `qemu-system-x86_64` (Debian package `qemu-system-x86`).
@@ -43,7 +49,7 @@ const IDLE_SLEEP: Duration = Duration::from_micros(50);
 /// The VMBus rings: host→guest and guest→host, past the vchan's pages.
 const VMBUS_H2G_AT: usize = 0x8_0000;
 const VMBUS_G2H_AT: usize = 0xc_0000;
-/// Each ring's data area: the requests wrap it dozens of times.
+/// Each ring's data area: the requests wrap it more than 130 times.
 const VMBUS_DATA_SIZE: usize = 64 * 1024;
 /// Requests, of every data length from 0 to `VMBUS_MAX_DATA`.
 const VMBUS_REQUESTS: usize = 4097;
