@@ -82,8 +82,8 @@ pub extern "C" fn rust_main(start_info: u32) -> ! {
         }
     );
     // SAFETY: BAR2 is the ivshmem RAM, identity-mapped (below 4 GiB, see
-    // `pci`), mapped for the guest's whole life, and only touched through
-    // this `RawMem` (atomics and raw copies) here and by the host.
+    // `pci`), mapped for the guest's whole life, and only ever touched
+    // through `RawMem` views (atomics and raw copies), here and by the host.
     let Some(mem) =
         (unsafe { RawMem::from_raw_parts(bar.base as usize as *mut u8, bar.size as usize) })
     else {
