@@ -20,7 +20,8 @@
 #![no_std]
 #![no_main]
 
-mod libc;
+// memcpy & co. for a binary without libc.
+extern crate freestanding;
 mod pci;
 mod vmbus_echo;
 mod x86;

@@ -1,3 +1,4 @@
+#![no_std]
 //! The C memory functions that LLVM calls and that the prebuilt
 //! `compiler_builtins` for the linux-gnu target does not provide (a hosted
 //! program gets them from libc). Written with string instructions so LLVM
