@@ -2,7 +2,7 @@
 //! and without allocation, wire-compatible with two protocols:
 //!
 //! - [`vchan`]: Xen libxenvchan's pair of byte-stream rings;
-//! - `vmbus`: the Hyper-V VMBus packet ring.
+//! - [`vmbus`]: the Hyper-V VMBus packet ring (and pipes on top of it).
 //!
 //! The crate touches shared pages only through the [`mem::SharedMem`]
 //! trait, never calls into the host to signal (operations report when the
@@ -53,5 +53,6 @@ pub mod error;
 pub mod mem;
 pub mod signal;
 pub mod vchan;
+pub mod vmbus;
 
 pub use error::Corrupt;

@@ -4,36 +4,9 @@
 use super::{Endpoint, Error, Transfer};
 use crate::mem::SharedMem;
 use crate::signal::Signal;
-use core::fmt;
 
-/// Why a blocking call failed.
-#[derive(Debug)]
-pub enum BlockingError<E> {
-    /// The ring said no (closed, corrupt, too large, ...).
-    Ring(Error),
-    /// The signal failed (its own error, e.g. a timeout or a dead fd).
-    Signal(E),
-}
-
-impl<E: fmt::Debug> fmt::Display for BlockingError<E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            BlockingError::Ring(e) => e.fmt(f),
-            BlockingError::Signal(e) => write!(f, "signal failed: {e:?}"),
-        }
-    }
-}
-
-impl<E: fmt::Debug> core::error::Error for BlockingError<E> {}
-
-impl<E: fmt::Debug> embedded_io::Error for BlockingError<E> {
-    fn kind(&self) -> embedded_io::ErrorKind {
-        match self {
-            BlockingError::Ring(e) => embedded_io::Error::kind(e),
-            BlockingError::Signal(_) => embedded_io::ErrorKind::Other,
-        }
-    }
-}
+/// Why a blocking call on a vchan ring failed.
+pub type BlockingError<E> = crate::signal::BlockingError<Error, E>;
 
 impl<E> From<Error> for BlockingError<E> {
     fn from(e: Error) -> Self {
@@ -218,5 +191,86 @@ impl<M: SharedMem> SharedEndpoint<M> {
     /// Takes the endpoint back.
     pub fn into_inner(self) -> Endpoint<M> {
         self.inner.into_inner()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+
+    use super::*;
+    use crate::mem::RawMem;
+    use crate::signal::NoSignal;
+    use crate::vchan::{connect_flat, serve_flat, Orders, ServerOptions};
+    use core::sync::atomic::AtomicU64;
+    use embedded_io::{Read, ReadReady, Write, WriteReady};
+    use std::vec::Vec;
+
+    #[test]
+    fn embedded_io_over_a_polling_signal() {
+        let words: Vec<AtomicU64> = (0..512).map(|_| AtomicU64::new(0)).collect();
+        let mem = RawMem::from_atomics(&words);
+        let orders = Orders::new(10, 11).unwrap();
+        let server = serve_flat(mem, orders, ServerOptions::default()).unwrap();
+        let client = connect_flat(mem).unwrap();
+        let mut server = Blocking::new(server, NoSignal);
+        let mut client = Blocking::new(client, NoSignal);
+        assert!(!server.read_ready().unwrap());
+        assert!(client.write_ready().unwrap());
+        Write::write_all(&mut client, b"over embedded-io").unwrap();
+        assert!(server.read_ready().unwrap());
+        let mut buf = [0u8; 16];
+        Read::read_exact(&mut server, &mut buf).unwrap();
+        assert_eq!(&buf, b"over embedded-io");
+        client.close().unwrap();
+        // End of stream is readable (it reports EOF at once).
+        assert!(server.read_ready().unwrap());
+        assert_eq!(Read::read(&mut server, &mut buf).unwrap(), 0);
+        let err = Write::write(&mut server, b"x").unwrap_err();
+        assert_eq!(
+            embedded_io::Error::kind(&err),
+            embedded_io::ErrorKind::BrokenPipe
+        );
+    }
+
+    #[test]
+    fn shared_endpoint_serialises_tasks() {
+        let words: Vec<AtomicU64> = (0..512).map(|_| AtomicU64::new(0)).collect();
+        let mem = RawMem::from_atomics(&words);
+        let orders = Orders::new(10, 11).unwrap();
+        let server =
+            SharedEndpoint::new(serve_flat(mem, orders, ServerOptions::default()).unwrap());
+        let client = SharedEndpoint::new(connect_flat(mem).unwrap());
+        std::thread::scope(|s| {
+            for task in 0..4u8 {
+                let client = &client;
+                s.spawn(move || {
+                    let mut sent = 0;
+                    while sent < 100 {
+                        match client.send(&[task; 4]) {
+                            Ok(_) => sent += 1,
+                            Err(Error::WouldBlock) => std::thread::yield_now(),
+                            Err(e) => panic!("{e:?}"),
+                        }
+                    }
+                });
+            }
+            let mut counts = [0u32; 4];
+            let mut got = 0;
+            while got < 400 {
+                let mut packet = [0u8; 4];
+                match server.recv(&mut packet) {
+                    Ok(_) => {
+                        // Packets from different tasks never interleave.
+                        assert!(packet.iter().all(|&b| b == packet[0]));
+                        counts[usize::from(packet[0])] += 1;
+                        got += 1;
+                    }
+                    Err(Error::WouldBlock) => std::thread::yield_now(),
+                    Err(e) => panic!("{e:?}"),
+                }
+            }
+            assert_eq!(counts, [100; 4]);
+        });
     }
 }

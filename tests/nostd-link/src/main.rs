@@ -1,4 +1,5 @@
-//! A freestanding Linux x86-64 program that uses ring-core's vchan with no
+//! A freestanding Linux x86-64 program that uses ring-core's vchan (and
+//! its VMBus ring) with no
 //! libc and no std: `_start` is ours, memory is a static buffer, and the
 //! result leaves through a raw `exit_group` system call.
 //!
@@ -13,11 +14,15 @@
 use core::sync::atomic::AtomicU64;
 use ring_core::mem::RawMem;
 use ring_core::vchan::{self, Error, Orders, ServerOptions};
+use ring_core::vmbus::{self, IncomingRing, OutgoingPacket, OutgoingRing, RingLayout};
 
 /// One page: both rings inside the control page, orders (10, 11).
 static IN_PAGE: [AtomicU64; 512] = [const { AtomicU64::new(0) }; 512];
 /// Three pages: control page plus one external page per ring, (12, 12).
 static EXTERNAL: [AtomicU64; 3 * 512] = [const { AtomicU64::new(0) }; 3 * 512];
+
+/// One VMBus ring: control page plus 8 KiB of data.
+static VMBUS: [AtomicU64; 3 * 512] = [const { AtomicU64::new(0) }; 3 * 512];
 
 const BUF: usize = 4096;
 
@@ -119,6 +124,38 @@ fn run(
     Ok(())
 }
 
+/// Sends packets of many sizes through a VMBus ring (wrapping it many
+/// times) and reads each back; `Err(code)` names the failed step.
+fn run_vmbus(base: i32) -> Result<(), i32> {
+    let layout = RingLayout::new(4096, 8192).map_err(|_| base + 1)?;
+    let mem = RawMem::from_atomics(&VMBUS);
+    vmbus::initialize_ring(&mem, layout).map_err(|_| base + 2)?;
+    let mut tx = OutgoingRing::new(mem, layout).map_err(|_| base + 3)?;
+    let mut rx = IncomingRing::new(mem, layout).map_err(|_| base + 4)?;
+    let mut out = [0u8; 1000];
+    let mut back = [0u8; 1000];
+    for i in 0..100u32 {
+        let n = 1 + (i as usize * 37) % 1000;
+        fill(&mut out[..n], i);
+        let t = tx
+            .send(&OutgoingPacket::in_band(u64::from(i), &[&out[..n]]))
+            .map_err(|_| base + 5)?;
+        ok(t.notify, base + 6)?;
+        let p = rx.read_packet().map_err(|_| base + 7)?;
+        ok(
+            p.transaction_id() == u64::from(i) && p.payload_len() == n.next_multiple_of(8),
+            base + 8,
+        )?;
+        p.read_payload(0, &mut back[..n]).map_err(|_| base + 9)?;
+        ok(same(&back[..n], i, false), base + 10)?;
+        let _ = rx.commit().map_err(|_| base + 11)?;
+    }
+    ok(
+        rx.read_packet().err() == Some(vmbus::Error::Empty),
+        base + 12,
+    )
+}
+
 fn main(sabotage: bool) -> i32 {
     let steps = [
         (&IN_PAGE[..], Orders::new(10, 11), 0u32, 0),
@@ -131,6 +168,9 @@ fn main(sabotage: bool) -> i32 {
         if let Err(code) = run(words, orders, start, sabotage, base) {
             return code;
         }
+    }
+    if let Err(code) = run_vmbus(100) {
+        return code;
     }
     0
 }
@@ -177,106 +217,8 @@ unsafe extern "C" fn entry(sp: *const usize) -> ! {
 
 // ---- what the missing C runtime would provide -----------------------------
 //
-// The compiler emits calls to these four for copies, fills and slice
-// comparisons; with `-nostdlib` nothing else defines them. The copies use
-// `rep movsb`/`rep stosb` so that no loop here can be turned back into a
-// call to itself.
-
-/// # Safety
-///
-/// `dst` and `src` must be valid for `n` bytes and not overlap.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn memcpy(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
-    // SAFETY: the caller guarantees both ranges are valid for `n` bytes;
-    // `rep movsb` copies exactly `n` bytes forwards.
-    unsafe {
-        core::arch::asm!(
-            "rep movsb",
-            inout("rcx") n => _,
-            inout("rdi") dst => _,
-            inout("rsi") src => _,
-            options(nostack, preserves_flags)
-        )
-    };
-    dst
-}
-
-/// # Safety
-///
-/// `dst` and `src` must be valid for `n` bytes; they may overlap.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn memmove(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
-    if (dst as usize) <= (src as usize) || (dst as usize) >= (src as usize).wrapping_add(n) {
-        // SAFETY: a forward copy is correct when `dst` starts before `src`
-        // or past its end; the caller guarantees validity.
-        return unsafe { memcpy(dst, src, n) };
-    }
-    if n == 0 {
-        return dst;
-    }
-    // SAFETY: `dst` overlaps the tail of `src`: copy backwards, from the
-    // last byte (direction flag set, then cleared as the ABI requires).
-    unsafe {
-        core::arch::asm!(
-            "std",
-            "rep movsb",
-            "cld",
-            inout("rcx") n => _,
-            inout("rdi") dst.add(n - 1) => _,
-            inout("rsi") src.add(n - 1) => _,
-            options(nostack)
-        )
-    };
-    dst
-}
-
-/// # Safety
-///
-/// `dst` must be valid for `n` bytes of writes.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn memset(dst: *mut u8, byte: i32, n: usize) -> *mut u8 {
-    // SAFETY: the caller guarantees `dst` is valid for `n` bytes.
-    unsafe {
-        core::arch::asm!(
-            "rep stosb",
-            inout("rcx") n => _,
-            inout("rdi") dst => _,
-            in("al") byte as u8,
-            options(nostack, preserves_flags)
-        )
-    };
-    dst
-}
-
-/// # Safety
-///
-/// `a` and `b` must be valid for `n` bytes of reads.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
-    for i in 0..n {
-        // SAFETY: `i < n` and the caller guarantees `n` readable bytes;
-        // volatile keeps the loop a loop.
-        let (x, y) = unsafe { (a.add(i).read_volatile(), b.add(i).read_volatile()) };
-        if x != y {
-            return i32::from(x) - i32::from(y);
-        }
-    }
-    0
-}
-
-/// # Safety
-///
-/// As for [`memcmp`].
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn bcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
-    // SAFETY: same contract.
-    unsafe { memcmp(a, b, n) }
-}
-
-/// Referenced from the unwind tables of the precompiled `core`; with
-/// `panic = "abort"` nothing ever unwinds, so it is never called.
-#[unsafe(no_mangle)]
-pub extern "C" fn rust_eh_personality() {}
+// memcpy & co. and the unwind stub, for a binary without libc.
+extern crate freestanding;
 
 #[panic_handler]
 fn panic(_: &core::panic::PanicInfo<'_>) -> ! {

@@ -1,0 +1,381 @@
+//! The writer's side of a ring.
+
+use super::layout::{
+    FeatureBits, GpaDirectHeader, PacketDescriptor, PacketFlags, RingLayout, Trailer,
+    TransferPageHeader, TransferPageRange, FEATURE_BITS, INTERRUPT_MASK, PACKET_ALIGN,
+    PENDING_SEND_SIZE, READ_INDEX, TRAILER_SIZE, WRITE_INDEX,
+};
+use super::packet::{OutgoingKind, OutgoingPacket};
+use super::{advance, check_memory, distance, index_ok, Error, SetupError, Transfer};
+use crate::error::Corrupt;
+use crate::mem::{SharedMem, WrapRegion};
+use zerocopy::byteorder::little_endian::{U16, U32, U64};
+use zerocopy::IntoBytes;
+
+/// The writer of one ring.
+///
+/// Packets are written against a private write offset with
+/// [`write`](Self::write) and become visible to the reader together at
+/// [`commit`](Self::commit), which says whether the reader must be
+/// signalled. [`send`](Self::send) is write + commit for one packet.
+///
+/// The read index is loaded from shared memory only when the cached copy
+/// says the packet would not fit.
+#[derive(Debug)]
+pub struct OutgoingRing<M> {
+    mem: M,
+    layout: RingLayout,
+    data: WrapRegion,
+    size: u32,
+    /// The write index as last published.
+    committed: u32,
+    /// Where the next packet goes (after the uncommitted batch).
+    next: u32,
+    /// The read index as last loaded and validated.
+    cached_read: u32,
+    /// We have stored a non-zero `pending_send_size`.
+    pending_armed: bool,
+    poisoned: Option<Corrupt>,
+}
+
+impl<M: SharedMem> OutgoingRing<M> {
+    /// Becomes the writer of the ring at the start of `mem`.
+    ///
+    /// Takes both indices from the control page (so it can attach to a
+    /// live ring, e.g. a uio mapping), clears `pending_send_size` and sets
+    /// [`FeatureBits::PENDING_SEND_SIZE`] — both fields belong to the
+    /// writer. Call [`initialize_ring`](super::initialize_ring) first on a
+    /// fresh ring.
+    ///
+    /// # Errors
+    ///
+    /// [`SetupError::MemoryTooSmall`] if `mem` cannot hold the layout;
+    /// [`SetupError::BadIndex`] if an index is misaligned or out of range.
+    pub fn new(mem: M, layout: RingLayout) -> Result<Self, Error> {
+        check_memory(&mem, layout)?;
+        let size = layout.data_size();
+        let write = mem.load_u32(WRITE_INDEX)?;
+        let read = mem.load_u32(READ_INDEX)?;
+        for index in [write, read] {
+            if !index_ok(index, size) {
+                return Err(SetupError::BadIndex { index }.into());
+            }
+        }
+        mem.store_u32(PENDING_SEND_SIZE, 0)?;
+        let features = mem.load_u32(FEATURE_BITS)?;
+        mem.store_u32(
+            FEATURE_BITS,
+            features | FeatureBits::PENDING_SEND_SIZE.bits(),
+        )?;
+        Ok(OutgoingRing {
+            data: WrapRegion::new(layout.data_offset(), size as usize),
+            mem,
+            layout,
+            size,
+            committed: write,
+            next: write,
+            cached_read: read,
+            pending_armed: false,
+            poisoned: None,
+        })
+    }
+
+    /// The ring's layout.
+    pub fn layout(&self) -> RingLayout {
+        self.layout
+    }
+
+    /// The ring's memory.
+    pub fn memory(&self) -> &M {
+        &self.mem
+    }
+
+    /// The corruption that poisoned this ring, if any.
+    pub fn poisoned(&self) -> Option<Corrupt> {
+        self.poisoned
+    }
+
+    /// Bytes written but not yet committed.
+    pub fn uncommitted(&self) -> usize {
+        distance(self.committed, self.next, self.size) as usize
+    }
+
+    /// The largest packet (without trailer) this ring can ever take.
+    pub fn max_packet_len(&self) -> usize {
+        self.layout.max_packet_len()
+    }
+
+    fn usable(&self) -> Result<(), Error> {
+        match self.poisoned {
+            Some(c) => Err(Error::Corrupt(c)),
+            None => Ok(()),
+        }
+    }
+
+    fn poison(&mut self, what: &'static str) -> Error {
+        let c = Corrupt { what };
+        self.poisoned = Some(c);
+        Error::Corrupt(c)
+    }
+
+    /// Loads and validates the reader's index: 8-aligned, in range, and
+    /// only ever moving forward from where we last saw it, up to the
+    /// published write index.
+    fn refresh_read(&mut self) -> Result<(), Error> {
+        let read = self.mem.load_u32(READ_INDEX)?;
+        if !index_ok(read, self.size) {
+            return Err(self.poison("read index misaligned or out of range"));
+        }
+        let moved = distance(self.cached_read, read, self.size);
+        let room = distance(self.cached_read, self.committed, self.size);
+        if moved > room {
+            return Err(self.poison("read index moved backwards or past the write index"));
+        }
+        self.cached_read = read;
+        Ok(())
+    }
+
+    /// Bytes free by the cached read index (never 0: the ring is never
+    /// full).
+    fn free(&self) -> u32 {
+        self.size - distance(self.cached_read, self.next, self.size)
+    }
+
+    /// Bytes a packet (with trailer) may occupy now, reloading the read
+    /// index. The ring keeps 8 bytes unused, so this is free − 8.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Corrupt`] if the reader's index is invalid.
+    pub fn available(&mut self) -> Result<usize, Error> {
+        self.usable()?;
+        self.refresh_read()?;
+        Ok(self.free().saturating_sub(PACKET_ALIGN as u32) as usize)
+    }
+
+    /// Makes room for `total` bytes (trailer included): from the cache,
+    /// then a fresh read index, then by arming `pending_send_size` and
+    /// looking once more.
+    fn make_room(&mut self, total: u32) -> Result<(), Error> {
+        // Never-full rule, as Linux, DPDK and FreeBSD write it: free > total.
+        if self.free() <= total {
+            self.refresh_read()?;
+        }
+        if self.free() <= total {
+            // The reader computes free space from the published write
+            // index, which does not count our uncommitted batch: ask for
+            // that much more.
+            let want = total.saturating_add(distance(self.committed, self.next, self.size));
+            self.mem.store_u32(PENDING_SEND_SIZE, want)?;
+            self.pending_armed = true;
+            self.mem.fence();
+            self.refresh_read()?;
+            if self.free() <= total {
+                return Err(Error::Full {
+                    needed: total as usize,
+                    available: self.free().saturating_sub(PACKET_ALIGN as u32) as usize,
+                });
+            }
+        }
+        if self.pending_armed {
+            // Clear before writing, so the reader does not signal for space
+            // we no longer wait for.
+            self.mem.store_u32(PENDING_SEND_SIZE, 0)?;
+            self.pending_armed = false;
+        }
+        Ok(())
+    }
+
+    /// Copies `bytes` at `*pos` and moves `*pos` past them.
+    fn put(&self, pos: &mut u32, bytes: &[u8]) -> Result<(), Error> {
+        if !bytes.is_empty() {
+            self.data.write(&self.mem, *pos as usize, bytes)?;
+            *pos = advance(*pos, bytes.len() as u32, self.size);
+        }
+        Ok(())
+    }
+
+    /// Writes one packet after the uncommitted batch. The reader sees it at
+    /// the next [`commit`](Self::commit).
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::TooLarge`] if the packet exceeds 524 280 bytes or could
+    ///   never fit this ring;
+    /// - [`Error::InvalidPacket`] for malformed GPA ranges;
+    /// - [`Error::Full`] if it does not fit now. `pending_send_size` is then
+    ///   armed (counting the uncommitted batch, which the reader cannot see
+    ///   yet) and the ring re-checked, so after committing the batch the
+    ///   caller may wait for the reader's signal;
+    /// - [`Error::Corrupt`] if the reader's index is invalid (poisons).
+    pub fn write(&mut self, packet: &OutgoingPacket<'_>) -> Result<(), Error> {
+        self.usable()?;
+        let (header_len, len) = packet.lengths()?;
+        let max = self.max_packet_len();
+        if len > max {
+            return Err(Error::TooLarge { len, max });
+        }
+        // header_len ≤ len ≤ size − 16, so none of these overflow.
+        let header_len = header_len as u32;
+        let len = len as u32;
+        let total = len + TRAILER_SIZE as u32;
+        self.make_room(total)?;
+
+        let start = self.next;
+        let mut pos = start;
+        let descriptor = PacketDescriptor {
+            packet_type: U16::new(packet.packet_type().wire()),
+            data_offset8: U16::new((header_len / 8) as u16),
+            length8: U16::new((len / 8) as u16),
+            // Only defined flags go on the wire (readers reject the rest).
+            flags: U16::new((packet.flags & PacketFlags::all()).bits()),
+            transaction_id: U64::new(packet.transaction_id),
+        };
+        self.put(&mut pos, descriptor.as_bytes())?;
+        match packet.kind {
+            OutgoingKind::InBand | OutgoingKind::Completion => {}
+            OutgoingKind::TransferPages { set_id, ranges } => {
+                let head = TransferPageHeader {
+                    transfer_page_set_id: U16::new(set_id),
+                    sender_owns_set: 0,
+                    reserved: 0,
+                    range_count: U32::new(ranges.len() as u32),
+                };
+                self.put(&mut pos, head.as_bytes())?;
+                for r in ranges {
+                    let range = TransferPageRange {
+                        byte_count: U32::new(r.byte_count),
+                        byte_offset: U32::new(r.byte_offset),
+                    };
+                    self.put(&mut pos, range.as_bytes())?;
+                }
+            }
+            OutgoingKind::GpaDirect { ranges } => {
+                let head = GpaDirectHeader {
+                    reserved: U32::ZERO,
+                    range_count: U32::new(ranges.len() as u32),
+                };
+                self.put(&mut pos, head.as_bytes())?;
+                for r in ranges {
+                    let range = super::layout::GpaRangeHeader {
+                        byte_count: U32::new(r.byte_count),
+                        byte_offset: U32::new(r.byte_offset),
+                    };
+                    self.put(&mut pos, range.as_bytes())?;
+                    for pfn in r.pfns {
+                        self.put(&mut pos, &pfn.to_le_bytes())?;
+                    }
+                }
+            }
+        }
+        for piece in packet.payload {
+            self.put(&mut pos, piece)?;
+        }
+        let padding = packet.payload_len().wrapping_neg() % PACKET_ALIGN;
+        if padding > 0 {
+            self.data.zero(&self.mem, pos as usize, padding)?;
+            pos = advance(pos, padding as u32, self.size);
+        }
+        self.put(&mut pos, Trailer::for_start(start).as_bytes())?;
+        self.next = advance(start, total, self.size);
+        Ok(())
+    }
+
+    /// Publishes every packet written since the last commit, with one store
+    /// of the write index.
+    ///
+    /// `notify` is set when the reader must be signalled: its mask was clear
+    /// and, after a full fence, its read index still equalled the write
+    /// index from before this batch (the ring went from empty to
+    /// non-empty).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Corrupt`] if the reader's index is invalid (poisons; the
+    /// batch is published all the same).
+    pub fn commit(&mut self) -> Result<Transfer, Error> {
+        self.usable()?;
+        if self.next == self.committed {
+            return Ok(Transfer::default());
+        }
+        let before = self.committed;
+        let len = distance(before, self.next, self.size) as usize;
+        // Release: the packet bytes are in place before the index moves.
+        self.mem.store_u32(WRITE_INDEX, self.next)?;
+        self.committed = self.next;
+        // Full fence: the index store is ordered before the loads below
+        // (the Dekker pair with the reader's unmask-then-recheck).
+        self.mem.fence();
+        if self.mem.load_u32(INTERRUPT_MASK)? != 0 {
+            return Ok(Transfer { len, notify: false });
+        }
+        self.refresh_read()?;
+        Ok(Transfer {
+            len,
+            notify: self.cached_read == before,
+        })
+    }
+
+    /// Drops every packet written since the last commit.
+    pub fn revert(&mut self) {
+        self.next = self.committed;
+    }
+
+    /// Writes one packet and commits (with anything written before it).
+    ///
+    /// # Errors
+    ///
+    /// As [`write`](Self::write) and [`commit`](Self::commit).
+    pub fn send(&mut self, packet: &OutgoingPacket<'_>) -> Result<Transfer, Error> {
+        self.write(packet)?;
+        self.commit()
+    }
+
+    /// Checks that a packet of `len` bytes (descriptor to padded payload,
+    /// as [`OutgoingPacket::wire_len`] reports) fits after the uncommitted
+    /// batch, so a caller can reserve room before preparing the packet.
+    /// Nothing is written; a following [`write`](Self::write) of that size
+    /// succeeds unless the ring is poisoned meanwhile.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TooLarge`] if it could never fit; [`Error::Full`] after
+    /// arming `pending_send_size` and re-checking; [`Error::Corrupt`].
+    pub fn reserve(&mut self, len: usize) -> Result<(), Error> {
+        self.usable()?;
+        let max = self.max_packet_len();
+        if len > max {
+            return Err(Error::TooLarge { len, max });
+        }
+        let total = len.next_multiple_of(PACKET_ALIGN) as u32 + TRAILER_SIZE as u32;
+        self.make_room(total)
+    }
+
+    /// [`reserve`](Self::reserve) as a question: `true` if the packet fits
+    /// now (any pending request withdrawn), `false` if `pending_send_size`
+    /// is armed and the caller may wait for the reader's signal.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TooLarge`] if it could never fit; [`Error::Corrupt`].
+    pub fn wait_for_space(&mut self, len: usize) -> Result<bool, Error> {
+        match self.reserve(len) {
+            Ok(()) => Ok(true),
+            Err(Error::Full { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether, by the control page alone, the reader is owed a signal:
+    /// unread data and the mask clear. For inspection and for unsticking a
+    /// channel after a lost event; the data path uses [`commit`](Self::commit).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Memory`] only.
+    pub fn reader_needs_signal(&self) -> Result<bool, Error> {
+        let mask = self.mem.load_u32(INTERRUPT_MASK)?;
+        let read = self.mem.load_u32(READ_INDEX)?;
+        Ok(mask == 0 && read != self.committed)
+    }
+}

@@ -1,0 +1,405 @@
+//! Pipes: byte streams and message streams over in-band packets, framed as
+//! hv_sock and OpenVMM's pipe channels frame them.
+//!
+//! Every in-band packet of a pipe starts with an 8-byte [`PipeHeader`]:
+//! the pipe packet type (1 = data) and the exact data size, which the ring
+//! itself does not carry (it only knows lengths padded to 8). A data packet
+//! of size 0 is end of stream. One packet carries at most 16 KiB of data
+//! ([`MAX_PIPE_PAYLOAD`]).
+//!
+//! - **Byte mode** ([`PipeWriter::write_bytes`], [`PipeReader::read_bytes`]):
+//!   the writer splits the stream into packets; the reader may consume a
+//!   packet partly. We remember partial consumption privately (as Linux
+//!   hv_sock does) and release a packet only when it is fully read; unlike
+//!   OpenVMM we never rewrite the header in the ring, so type 2 ("partial")
+//!   never appears in a ring we read and is rejected if the peer sends it.
+//! - **Message mode** ([`PipeWriter::write_message`],
+//!   [`PipeReader::read_message`]): one message per packet.
+//!
+//! The setup/teardown GPA-direct pipe packets (types 3 and 4) are not
+//! supported; a peer sending them poisons the pipe's ring.
+//!
+//! # Example
+//!
+//! ```
+//! use core::sync::atomic::AtomicU64;
+//! use ring_core::mem::RawMem;
+//! use ring_core::vmbus::pipe::{PipeReader, PipeWriter};
+//! use ring_core::vmbus::{initialize_ring, IncomingRing, OutgoingRing, RingLayout};
+//!
+//! let layout = RingLayout::new(4096, 16384).unwrap();
+//! let words: Vec<AtomicU64> = (0..layout.total_size() / 8).map(|_| AtomicU64::new(0)).collect();
+//! let mem = RawMem::from_atomics(&words);
+//! initialize_ring(&mem, layout).unwrap();
+//! let mut writer = PipeWriter::new(OutgoingRing::new(mem, layout).unwrap());
+//! let mut reader = PipeReader::new(IncomingRing::new(mem, layout).unwrap());
+//!
+//! let sent = writer.write_bytes(b"hello, world").unwrap();
+//! assert_eq!(sent.len, 12);
+//! let _ = writer.write_eof().unwrap();
+//!
+//! let mut buf = [0u8; 5];
+//! assert_eq!(reader.read_bytes(&mut buf).unwrap().len, 5); // part of a packet
+//! assert_eq!(&buf, b"hello");
+//! let mut rest = [0u8; 64];
+//! let got = reader.read_bytes(&mut rest).unwrap().len;
+//! assert_eq!(&rest[..got], b", world");
+//! assert_eq!(reader.read_bytes(&mut rest).unwrap().len, 0); // end of stream
+//! ```
+
+use super::layout::{PacketType, DESCRIPTOR_SIZE, TRAILER_SIZE};
+use super::{Error, IncomingRing, OutgoingPacket, OutgoingRing, ReadMark, Transfer};
+use crate::mem::SharedMem;
+use zerocopy::byteorder::little_endian::U32;
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+/// Largest data size of one pipe packet (the host's design limit).
+pub const MAX_PIPE_PAYLOAD: usize = 16 * 1024;
+
+/// Size of [`PipeHeader`].
+pub const PIPE_HEADER_SIZE: usize = 8;
+
+/// Default data per byte-mode packet: a packet with its descriptor, pipe
+/// header and trailer then takes exactly 4 KiB of ring.
+pub const DEFAULT_CHUNK: usize = 4096 - DESCRIPTOR_SIZE - PIPE_HEADER_SIZE - TRAILER_SIZE;
+
+/// The header at the start of every pipe packet's payload.
+#[repr(C)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
+pub struct PipeHeader {
+    /// [`PipePacketType`] value.
+    pub packet_type: U32,
+    /// Exact data bytes after the header (for type 2 the low 16 bits are
+    /// the size and the high 16 the bytes already consumed).
+    pub data_size: U32,
+}
+
+const _: () = assert!(core::mem::size_of::<PipeHeader>() == PIPE_HEADER_SIZE);
+
+/// Pipe packet types.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum PipePacketType {
+    /// Data (size 0: end of stream).
+    Data = 1,
+    /// Partly consumed data, written by a reader into its own ring.
+    Partial = 2,
+    /// Set up GPA-direct transfers.
+    SetupGpaDirect = 3,
+    /// Tear down GPA-direct transfers.
+    TeardownGpaDirect = 4,
+}
+
+/// How a pipe channel frames its stream (the first `u32` of the offer's
+/// user-defined area says which).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum PipeMode {
+    /// A byte stream (offer value 0).
+    Byte = 0,
+    /// One message per packet (offer value 4).
+    Message = 4,
+}
+
+/// The writing half of a pipe.
+#[derive(Debug)]
+pub struct PipeWriter<M> {
+    ring: OutgoingRing<M>,
+    chunk: usize,
+}
+
+impl<M: SharedMem> PipeWriter<M> {
+    /// A pipe writing into `ring`, with [`DEFAULT_CHUNK`] bytes per
+    /// byte-mode packet (less if the ring is small).
+    pub fn new(ring: OutgoingRing<M>) -> Self {
+        let mut w = PipeWriter { ring, chunk: 0 };
+        w.set_chunk(DEFAULT_CHUNK);
+        w
+    }
+
+    /// Sets the data bytes per byte-mode packet, clamped to 1..=16 KiB and
+    /// to what the ring can hold.
+    pub fn set_chunk(&mut self, chunk: usize) {
+        let ring_max = self
+            .ring
+            .max_packet_len()
+            .saturating_sub(DESCRIPTOR_SIZE + PIPE_HEADER_SIZE)
+            & !7;
+        self.chunk = chunk.min(MAX_PIPE_PAYLOAD).min(ring_max).max(1);
+    }
+
+    /// The ring underneath.
+    pub fn ring(&mut self) -> &mut OutgoingRing<M> {
+        &mut self.ring
+    }
+
+    /// Takes the ring back.
+    pub fn into_inner(self) -> OutgoingRing<M> {
+        self.ring
+    }
+
+    fn write_data(&mut self, data: &[u8]) -> Result<(), Error> {
+        let header = PipeHeader {
+            packet_type: U32::new(PipePacketType::Data as u32),
+            data_size: U32::new(data.len() as u32),
+        };
+        let pieces: [&[u8]; 2] = [header.as_bytes(), data];
+        self.ring.write(&OutgoingPacket::in_band(0, &pieces))
+    }
+
+    /// Sends `message` as one packet.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TooLarge`] above 16 KiB or the ring's limit; [`Error::Full`]
+    /// (armed) if it does not fit now; [`Error::Corrupt`].
+    pub fn write_message(&mut self, message: &[u8]) -> Result<Transfer, Error> {
+        if message.len() > MAX_PIPE_PAYLOAD {
+            return Err(Error::TooLarge {
+                len: message.len(),
+                max: MAX_PIPE_PAYLOAD,
+            });
+        }
+        self.write_data(message)?;
+        self.ring.commit()
+    }
+
+    /// Writes as much of `buf` as fits now, in packets of at most the chunk
+    /// size, and commits once. `len` in the result is data bytes written.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Full`] (armed) if not even one byte fits; [`Error::Corrupt`].
+    pub fn write_bytes(&mut self, buf: &[u8]) -> Result<Transfer, Error> {
+        let mut done = 0;
+        for piece in buf.chunks(self.chunk) {
+            match self.write_data(piece) {
+                Ok(()) => done += piece.len(),
+                Err(Error::Full { .. }) if done > 0 => break,
+                Err(Error::Full { .. }) => {
+                    // A short piece may still fit in what is left.
+                    let room = self
+                        .ring
+                        .available()?
+                        .saturating_sub(DESCRIPTOR_SIZE + PIPE_HEADER_SIZE + TRAILER_SIZE)
+                        & !7;
+                    let Some(part) = piece.get(..room.min(piece.len())) else {
+                        break;
+                    };
+                    if part.is_empty() {
+                        return Err(Error::Full {
+                            needed: DESCRIPTOR_SIZE + PIPE_HEADER_SIZE + 8 + TRAILER_SIZE,
+                            available: room,
+                        });
+                    }
+                    self.write_data(part)?;
+                    done += part.len();
+                    break;
+                }
+                Err(e) => {
+                    self.ring.revert();
+                    return Err(e);
+                }
+            }
+        }
+        let t = self.ring.commit()?;
+        Ok(Transfer {
+            len: done,
+            notify: t.notify,
+        })
+    }
+
+    /// Sends end of stream (a data packet of size 0).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Full`] (armed); [`Error::Corrupt`].
+    pub fn write_eof(&mut self) -> Result<Transfer, Error> {
+        self.write_data(&[])?;
+        self.ring.commit()
+    }
+}
+
+/// The reading half of a pipe.
+#[derive(Debug)]
+pub struct PipeReader<M> {
+    ring: IncomingRing<M>,
+    /// Data bytes of the front packet already handed out.
+    consumed: usize,
+    eof: bool,
+}
+
+/// What the front packet of a pipe held, after copying from it.
+enum Step {
+    /// End of stream (not copied from).
+    Eof,
+    /// Data of `size` bytes, of which `copied` were copied (`None`: the
+    /// caller's buffer was too small for a whole message).
+    Data { size: usize, copied: Option<usize> },
+}
+
+impl<M: SharedMem> PipeReader<M> {
+    /// A pipe reading from `ring`.
+    pub fn new(ring: IncomingRing<M>) -> Self {
+        PipeReader {
+            ring,
+            consumed: 0,
+            eof: false,
+        }
+    }
+
+    /// The ring underneath.
+    pub fn ring(&mut self) -> &mut IncomingRing<M> {
+        &mut self.ring
+    }
+
+    /// Takes the ring back.
+    pub fn into_inner(self) -> IncomingRing<M> {
+        self.ring
+    }
+
+    /// Whether end of stream has been read.
+    pub fn is_eof(&self) -> bool {
+        self.eof
+    }
+
+    /// Reads the front packet, checks its pipe header, and copies data
+    /// from it into `buf`: from the private partial-read offset, as much as
+    /// fits (`whole`: all of it or nothing). The ring is left after the
+    /// packet; the returned mark is where it started.
+    fn take(&mut self, buf: &mut [u8], whole: bool) -> Result<(Step, ReadMark), Error> {
+        let mark = self.ring.mark();
+        let consumed = self.consumed;
+        let packet = self.ring.read_packet()?;
+        let payload = packet.payload_len();
+        let mut raw = [0u8; PIPE_HEADER_SIZE];
+        let verdict = if packet.packet_type() != PacketType::InBand || payload < PIPE_HEADER_SIZE {
+            Err("pipe packet is not in-band or lacks its header")
+        } else {
+            packet.read_payload(0, &mut raw)?;
+            let header = PipeHeader::read_from_bytes(&raw).unwrap_or_default();
+            let size = header.data_size.get() as usize;
+            if header.packet_type.get() != PipePacketType::Data as u32 {
+                Err("pipe packet type other than data")
+            } else if size > payload - PIPE_HEADER_SIZE || size > MAX_PIPE_PAYLOAD {
+                Err("pipe data size exceeds its packet")
+            } else if size < consumed || (size == consumed && size > 0) {
+                Err("pipe packet shrank while partly read")
+            } else {
+                Ok(size)
+            }
+        };
+        let step = match verdict {
+            Ok(0) => Ok(Step::Eof),
+            Ok(size) => {
+                let left = size - consumed;
+                let n = left.min(buf.len());
+                let copied = match buf.get_mut(..n) {
+                    Some(dst) if !whole || n == left => {
+                        packet.read_payload(PIPE_HEADER_SIZE + consumed, dst)?;
+                        Some(n)
+                    }
+                    _ => None,
+                };
+                Ok(Step::Data { size, copied })
+            }
+            Err(what) => Err(what),
+        };
+        // `packet` (a borrow of the ring) is not used past this point.
+        match step {
+            Ok(step) => Ok((step, mark)),
+            Err(what) => Err(self.ring.poison(what)),
+        }
+    }
+
+    /// Byte mode: reads up to `buf.len()` bytes across as many packets as
+    /// are there, commits once. `len == 0` (with a non-empty `buf`) is end
+    /// of stream.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Empty`] (wake-up armed) when no data is there;
+    /// [`Error::Corrupt`] for a malformed pipe packet (poisons).
+    pub fn read_bytes(&mut self, buf: &mut [u8]) -> Result<Transfer, Error> {
+        if buf.is_empty() || self.eof {
+            return Ok(Transfer::default());
+        }
+        let mut done = 0;
+        while let Some(rest) = buf.get_mut(done..).filter(|r| !r.is_empty()) {
+            let (step, mark) = match self.take(rest, false) {
+                Ok(s) => s,
+                Err(Error::Empty) if done > 0 => break,
+                Err(e) => {
+                    self.ring.revert();
+                    return Err(e);
+                }
+            };
+            match step {
+                Step::Eof if done == 0 => {
+                    self.eof = true;
+                    break;
+                }
+                Step::Eof => {
+                    // Deliver the data first; end of stream next call.
+                    self.ring.rewind(mark);
+                    break;
+                }
+                Step::Data { size, copied } => {
+                    let n = copied.unwrap_or(0);
+                    done += n;
+                    if self.consumed + n < size {
+                        // Partly read: keep the packet, remember how far.
+                        self.consumed += n;
+                        self.ring.rewind(mark);
+                        break;
+                    }
+                    self.consumed = 0;
+                }
+            }
+        }
+        let t = self.ring.commit()?;
+        Ok(Transfer {
+            len: done,
+            notify: t.notify,
+        })
+    }
+
+    /// Message mode: reads one whole message into `buf`. `len` is its size;
+    /// a size-0 message is returned as such (byte-mode peers use it for end
+    /// of stream).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::OutOfRange`] if `buf` is too small (nothing is consumed);
+    /// [`Error::Empty`] (armed); [`Error::Corrupt`] (poisons).
+    pub fn read_message(&mut self, buf: &mut [u8]) -> Result<Transfer, Error> {
+        self.consumed = 0;
+        let (step, _) = match self.take(buf, true) {
+            Ok(s) => s,
+            Err(e) => {
+                self.ring.revert();
+                return Err(e);
+            }
+        };
+        let len = match step {
+            Step::Eof => 0,
+            Step::Data {
+                copied: Some(n), ..
+            } => n,
+            Step::Data { size, copied: None } => {
+                self.ring.revert();
+                return Err(Error::OutOfRange {
+                    needed: size,
+                    available: buf.len(),
+                });
+            }
+        };
+        let t = self.ring.commit()?;
+        Ok(Transfer {
+            len,
+            notify: t.notify,
+        })
+    }
+}

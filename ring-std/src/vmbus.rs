@@ -1,0 +1,230 @@
+//! In-process VMBus channels: one heap ring each way, connected by an
+//! in-process signal, for tests, examples and benchmarks; and blocking
+//! `std::io` over a VMBus byte pipe.
+//!
+//! ```
+//! use ring_core::vmbus::OutgoingPacket;
+//! let (mut a, mut b) = ring_std::vmbus::channel(16384).unwrap();
+//! a.send(&OutgoingPacket::in_band(1, &[b"ping"])).unwrap();
+//! let mut buf = [0u8; 64];
+//! let (info, len) = b.recv(&mut buf).unwrap();
+//! assert_eq!((info.transaction_id, &buf[..4], len), (1, &b"ping"[..], 8));
+//! ```
+
+use crate::io::io_error;
+use crate::{HeapMem, InProcessSignal};
+use ring_core::mem::SharedMem;
+use ring_core::signal::Signal;
+use ring_core::vmbus::pipe::{PipeReader, PipeWriter};
+use ring_core::vmbus::{
+    initialize_ring, Blocking, BlockingPipe, Error, IncomingRing, OutgoingRing, RingLayout,
+};
+use std::io;
+use std::sync::Arc;
+
+/// Memory of one in-process ring.
+pub type RingMem = Arc<HeapMem>;
+
+/// One end of an in-process channel.
+pub type PairChannel = Blocking<RingMem, InProcessSignal>;
+
+/// One end of an in-process byte pipe.
+pub type PairPipe = PipeStream<RingMem, InProcessSignal>;
+
+/// A fresh ring of `data_size` bytes on the heap (control page, then data).
+///
+/// # Errors
+///
+/// [`Error::Setup`] unless `data_size` is a non-zero multiple of 4096.
+pub fn heap_ring(data_size: usize) -> Result<(RingMem, RingLayout), Error> {
+    let layout = RingLayout::new(4096, data_size)?;
+    let mem = Arc::new(HeapMem::new(layout.total_size()));
+    initialize_ring(&mem, layout)?;
+    Ok((mem, layout))
+}
+
+/// Both ends' rings: `(a's incoming, a's outgoing)` and `(b's ...)`, each
+/// direction with `data_size` bytes of data.
+///
+/// # Errors
+///
+/// As [`heap_ring`].
+#[allow(clippy::type_complexity)] // Two pairs of rings, named in the doc.
+pub fn ring_pairs(
+    data_size: usize,
+) -> Result<
+    (
+        (IncomingRing<RingMem>, OutgoingRing<RingMem>),
+        (IncomingRing<RingMem>, OutgoingRing<RingMem>),
+    ),
+    Error,
+> {
+    let (a_to_b, layout) = heap_ring(data_size)?;
+    let (b_to_a, _) = heap_ring(data_size)?;
+    let a = (
+        IncomingRing::new(b_to_a.clone(), layout)?,
+        OutgoingRing::new(a_to_b.clone(), layout)?,
+    );
+    let b = (
+        IncomingRing::new(a_to_b, layout)?,
+        OutgoingRing::new(b_to_a, layout)?,
+    );
+    Ok((a, b))
+}
+
+/// A connected in-process channel with `data_size` bytes of ring each way.
+///
+/// # Errors
+///
+/// As [`heap_ring`].
+pub fn channel(data_size: usize) -> Result<(PairChannel, PairChannel), Error> {
+    let ((a_in, a_out), (b_in, b_out)) = ring_pairs(data_size)?;
+    let (sa, sb) = InProcessSignal::pair();
+    Ok((
+        Blocking::new(a_in, a_out, sa),
+        Blocking::new(b_in, b_out, sb),
+    ))
+}
+
+/// A VMBus byte pipe as a blocking `std::io` stream. Reads return `Ok(0)`
+/// at end of stream (the peer called [`close`](Self::close)); a signal's
+/// timeout surfaces as its own error (`TimedOut` for [`InProcessSignal`]).
+#[derive(Debug)]
+pub struct PipeStream<M, S> {
+    inner: BlockingPipe<M, S>,
+}
+
+impl<M: SharedMem, S: Signal> PipeStream<M, S>
+where
+    S::Error: Into<io::Error>,
+{
+    /// Wraps a pipe's two rings and the channel's signal.
+    pub fn new(incoming: IncomingRing<M>, outgoing: OutgoingRing<M>, signal: S) -> Self {
+        PipeStream {
+            inner: BlockingPipe::new(PipeReader::new(incoming), PipeWriter::new(outgoing), signal),
+        }
+    }
+
+    /// The blocking pipe inside.
+    pub fn blocking(&mut self) -> &mut BlockingPipe<M, S> {
+        &mut self.inner
+    }
+
+    /// Sends end of stream.
+    ///
+    /// # Errors
+    ///
+    /// As for writes.
+    pub fn close(&mut self) -> io::Result<()> {
+        self.inner.close().map_err(io_error)
+    }
+}
+
+impl<M: SharedMem, S: Signal> io::Read for PipeStream<M, S>
+where
+    S::Error: Into<io::Error>,
+{
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf).map_err(io_error)
+    }
+}
+
+impl<M: SharedMem, S: Signal> io::Write for PipeStream<M, S>
+where
+    S::Error: Into<io::Error>,
+{
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.inner.write(buf).map_err(io_error)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A connected in-process byte pipe with `data_size` bytes of ring each way.
+///
+/// # Errors
+///
+/// As [`heap_ring`].
+pub fn pipe_pair(data_size: usize) -> Result<(PairPipe, PairPipe), Error> {
+    let ((a_in, a_out), (b_in, b_out)) = ring_pairs(data_size)?;
+    let (sa, sb) = InProcessSignal::pair();
+    Ok((
+        PipeStream::new(a_in, a_out, sa),
+        PipeStream::new(b_in, b_out, sb),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ring_core::vmbus::{OutgoingPacket, PacketType};
+    use std::io::{Read, Write};
+    use std::time::Duration;
+
+    #[test]
+    fn packets_across_threads_both_ways() {
+        let (mut a, mut b) = channel(8192).unwrap();
+        const N: u64 = 5_000;
+        let echo = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 8192];
+            for _ in 0..N {
+                let (info, len) = b.recv(&mut buf).unwrap();
+                let reply = [&buf[..len]];
+                b.send(&OutgoingPacket::completion(info.transaction_id, &reply))
+                    .unwrap();
+            }
+        });
+        let sender = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 8192];
+            let mut sent = 0u64;
+            let mut got = 0u64;
+            // Two requests in flight: enough to fill the rings now and then,
+            // few enough that all their completions fit, so the echo side
+            // can never block on a full ring while we block on ours.
+            while got < N {
+                while sent < N && sent - got < 2 {
+                    let body = vec![sent as u8; (sent as usize * 37) % 3000];
+                    a.send(&OutgoingPacket::in_band(sent, &[&body])).unwrap();
+                    sent += 1;
+                }
+                let (info, len) = a.recv(&mut buf).unwrap();
+                assert_eq!(info.packet_type, PacketType::Completion);
+                assert_eq!(info.transaction_id, got);
+                assert_eq!(len, ((got as usize * 37) % 3000).next_multiple_of(8));
+                assert!(buf[..(got as usize * 37) % 3000]
+                    .iter()
+                    .all(|&x| x == got as u8));
+                got += 1;
+            }
+        });
+        sender.join().unwrap();
+        echo.join().unwrap();
+    }
+
+    #[test]
+    fn byte_pipe_stream_with_eof() {
+        let (mut a, mut b) = pipe_pair(16384).unwrap();
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 13 + i / 977) as u8).collect();
+        let expect = data.clone();
+        let writer = std::thread::spawn(move || {
+            a.write_all(&data).unwrap();
+            a.close().unwrap();
+        });
+        let mut got = Vec::new();
+        b.read_to_end(&mut got).unwrap();
+        writer.join().unwrap();
+        assert!(got == expect);
+    }
+
+    #[test]
+    fn blocking_read_times_out() {
+        let ((a_in, a_out), _b) = ring_pairs(4096).unwrap();
+        let (mut sa, _sb) = InProcessSignal::pair();
+        sa.set_timeout(Some(Duration::from_millis(20)));
+        let mut a = PipeStream::new(a_in, a_out, sa);
+        let err = a.read(&mut [0; 8]).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+}
