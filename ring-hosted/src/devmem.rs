@@ -67,6 +67,8 @@ pub enum DevError {
     },
     /// The ring refused to set up or move bytes.
     Ring(ring_core::vchan::Error),
+    /// A VMBus ring refused to set up or move packets.
+    Vmbus(ring_core::vmbus::Error),
     /// xenstored answered a request with an error.
     Xenstore {
         /// The request (`READ`, `WRITE`, ...).
@@ -116,6 +118,7 @@ impl fmt::Display for DevError {
             DevError::Closed => f.write_str("device channel closed"),
             DevError::TimedOut { path } => write!(f, "{}: timed out waiting", path.display()),
             DevError::Ring(e) => e.fmt(f),
+            DevError::Vmbus(e) => e.fmt(f),
             DevError::Xenstore { op, path, errno } => {
                 write!(f, "xenstore {op} {path}: {errno}")
             }
@@ -128,6 +131,7 @@ impl std::error::Error for DevError {
         match self {
             DevError::Io { source, .. } => Some(source),
             DevError::Ring(e) => Some(e),
+            DevError::Vmbus(e) => Some(e),
             _ => None,
         }
     }
@@ -147,6 +151,21 @@ impl From<ring_core::vchan::BlockingError<DevError>> for DevError {
         match e {
             ring_core::vchan::BlockingError::Ring(e) => e.into(),
             ring_core::vchan::BlockingError::Signal(e) => e,
+        }
+    }
+}
+
+impl From<ring_core::vmbus::Error> for DevError {
+    fn from(e: ring_core::vmbus::Error) -> Self {
+        DevError::Vmbus(e)
+    }
+}
+
+impl From<ring_core::vmbus::BlockingError<DevError>> for DevError {
+    fn from(e: ring_core::vmbus::BlockingError<DevError>) -> Self {
+        match e {
+            ring_core::vmbus::BlockingError::Ring(e) => e.into(),
+            ring_core::vmbus::BlockingError::Signal(e) => e,
         }
     }
 }

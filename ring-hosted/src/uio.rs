@@ -31,6 +31,7 @@
 
 use crate::devmem::{page_size, DevError, MappedRegion};
 use ring_core::signal::Signal;
+use ring_core::vmbus;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::{AsFd, OwnedFd};
@@ -408,6 +409,46 @@ impl UioDevice {
         })?;
         let region = self.map(map.index)?;
         VmbusRings::split(region, layout)
+    }
+}
+
+/// A VMBus channel on uio_hv_generic: we read the RX (host→guest) ring,
+/// write the TX (guest→host) ring, and the device's interrupt fd is the
+/// channel's event.
+pub type UioChannel = vmbus::Blocking<MappedRegion, UioIrq>;
+
+/// Opens a VMBus channel on mapped rings and an interrupt fd: the ring
+/// layouts come from the spans (data offset = the system page), and one
+/// write of 1 unmasks the inbound ring so the host signals us.
+///
+/// The kernel initialised the rings when it opened the channel; nothing is
+/// written to them here.
+///
+/// # Errors
+///
+/// [`DevError::Vmbus`] if a span is not a valid ring (the ring code checks
+/// the sizes again), [`DevError::Closed`] if the channel was rescinded.
+pub fn vmbus_channel(rings: VmbusRings, irq: UioIrq) -> Result<UioChannel, DevError> {
+    let tx = vmbus::RingLayout::for_total(rings.layout.tx.data_offset, rings.layout.tx.size)
+        .map_err(vmbus::Error::Setup)?;
+    let rx = vmbus::RingLayout::for_total(rings.layout.rx.data_offset, rings.layout.rx.size)
+        .map_err(vmbus::Error::Setup)?;
+    let outgoing = vmbus::OutgoingRing::new(rings.tx, tx)?;
+    let incoming = vmbus::IncomingRing::new(rings.rx, rx)?;
+    irq.control(1)?;
+    Ok(vmbus::Blocking::new(incoming, outgoing, irq))
+}
+
+impl UioDevice {
+    /// Maps the primary channel's rings and opens it as a VMBus channel
+    /// with the device's interrupt fd (see [`vmbus_channel`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`UioDevice::vmbus_rings`] and [`vmbus_channel`].
+    pub fn open_vmbus_channel(self) -> Result<UioChannel, DevError> {
+        let rings = self.vmbus_rings()?;
+        vmbus_channel(rings, self.irq)
     }
 }
 

@@ -274,3 +274,79 @@ fn a_fake_host_writes_the_rx_ring_and_interrupts_the_guest() {
     assert_eq!(&got, b"from the host");
     assert_eq!(host.join().unwrap(), 1, "the guest wrote 1 to unmask");
 }
+
+#[test]
+fn a_vmbus_channel_runs_over_the_uio_rings_with_a_fake_host() {
+    use ring_core::vmbus::{self, IncomingRing, OutgoingPacket, OutgoingRing, RingLayout};
+    let page = page_size();
+    let ring = 5 * page; // 16 KiB of data each way on 4 KiB pages
+    let dir = tempfile::tempdir().unwrap();
+    let roots = fake_tree(dir.path(), ring);
+    let info = uio::find_by_vmbus_instance(&roots, INSTANCE).unwrap();
+
+    // The fake host: its own mapping of the same file, rings crossed (it
+    // reads TX, writes RX), initialised as the kernel does at open.
+    let host_dev = UioDevice::open(&roots, info.clone()).unwrap();
+    let host_rings = host_dev.vmbus_rings().unwrap();
+    let layout = RingLayout::for_total(page, ring).unwrap();
+    vmbus::initialize_ring(&host_rings.tx, layout).unwrap();
+    vmbus::initialize_ring(&host_rings.rx, layout).unwrap();
+    let mut host_in = IncomingRing::new(host_rings.tx.clone(), layout).unwrap();
+    let mut host_out = OutgoingRing::new(host_rings.rx.clone(), layout).unwrap();
+
+    let (ours, mut kernel) = UnixStream::pair().unwrap();
+    let dev = UioDevice::open(&roots, info)
+        .unwrap()
+        .with_irq(UioIrq::new(ours.into(), roots.dev.join("uio0")));
+    let mut channel = dev.open_vmbus_channel().unwrap();
+    let mut word = [0u8; 4];
+    kernel.read_exact(&mut word).unwrap();
+    assert_eq!(
+        i32::from_ne_bytes(word),
+        1,
+        "opening unmasks the inbound ring"
+    );
+    assert_eq!(
+        channel.incoming().layout().data_size() as usize,
+        ring - page
+    );
+
+    // Guest → host: the send reaches the host's reader and signals it.
+    channel
+        .send(&OutgoingPacket::in_band(42, &[b"guest says hi"]))
+        .unwrap();
+    kernel.read_exact(&mut word).unwrap();
+    assert_eq!(i32::from_ne_bytes(word), 1, "the guest signalled the host");
+    let mut buf = [0u8; 13];
+    {
+        let packet = host_in.read_packet().unwrap();
+        assert_eq!(packet.transaction_id(), 42);
+        packet.read_payload(0, &mut buf).unwrap();
+    }
+    assert_eq!(&buf, b"guest says hi");
+    let _ = host_in.commit().unwrap();
+
+    // Host → guest: the guest blocks until the "kernel" interrupts it.
+    let host = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(20));
+        let sent = host_out
+            .send(&OutgoingPacket::in_band(7, &[b"host reply"]))
+            .unwrap();
+        // The guest's mask is clear and the ring was empty: a signal is owed.
+        assert!(sent.notify);
+        kernel.write_all(&1u32.to_ne_bytes()).unwrap();
+        let mut words = Vec::new();
+        let mut w = [0u8; 4];
+        while kernel.read_exact(&mut w).is_ok() {
+            words.push(i32::from_ne_bytes(w));
+        }
+        words
+    });
+    let mut got = [0u8; 16];
+    let (info, len) = channel.recv(&mut got).unwrap();
+    assert_eq!(info.transaction_id, 7);
+    assert_eq!(&got[..10], b"host reply");
+    assert_eq!(len, 16);
+    drop(channel);
+    assert!(host.join().unwrap().iter().all(|&w| w == 1));
+}
