@@ -14,6 +14,10 @@
 //! (kernels differ: 2 MiB default, per-class values, page-aligned to the
 //! system page), and the data begins one *system* page into each half.
 //!
+//! [`UioDevice::open_vmbus_channel`] puts the two together: a
+//! `ring_core::vmbus` channel over the mapped rings with the interrupt fd
+//! as its event.
+//!
 //! # The interrupt protocol and the mask gotcha
 //!
 //! Writing the value 1 sets the inbound ring's `interrupt_mask` to 0
