@@ -225,6 +225,18 @@ fn subchannel_ring_files_split_in_half() {
     let rings = uio::subchannel_rings(&roots, INSTANCE, 14).unwrap();
     assert_eq!(rings.layout.rx.offset, 4 * page_size());
     assert_eq!(rings.rx.size(), 4 * page_size());
+    // A sub-channel opens as a VMBus channel the same way (the kernel
+    // zeroed its rings; the fake file is zeros too).
+    let (ours, mut kernel) = UnixStream::pair().unwrap();
+    let irq = UioIrq::new(ours.into(), roots.dev.join("uio0"));
+    let mut channel = uio::vmbus_channel(rings, irq).unwrap();
+    assert_eq!(
+        channel.outgoing().layout().data_size() as usize,
+        3 * page_size()
+    );
+    let mut word = [0u8; 4];
+    kernel.read_exact(&mut word).unwrap();
+    assert_eq!(i32::from_ne_bytes(word), 1);
     assert!(uio::subchannel_rings(&roots, INSTANCE, 15)
         .unwrap_err()
         .to_string()
