@@ -18,7 +18,10 @@
 //!   inspect`);
 //! - [`window`]: part of a shared memory as a memory of its own, so
 //!   several rings can share one memfd;
-//! - [`check`]: the test pattern and checksum `ring demo` and the tests use.
+//! - [`check`]: the test pattern and checksum `ring demo` and the tests use;
+//! - [`devmem`], [`uio`], [`vfio`], [`xen`], [`replay`]: device and Xen
+//!   backends (UIO VMBus rings, VFIO regions, grant pages and event
+//!   channels) and the seam their tests replay recorded replies through.
 //!
 //! # Example: a vchan between two threads through the rendezvous
 //!
@@ -51,13 +54,18 @@
 #![warn(missing_docs)]
 
 pub mod check;
+pub mod devmem;
 pub mod eventfd;
 pub mod inspect;
 pub mod memfd;
 pub mod rendezvous;
+pub mod replay;
 pub mod stream;
+pub mod uio;
+pub mod vfio;
 pub mod vmbus;
 pub mod window;
+pub mod xen;
 
 use std::fmt;
 use std::io;
