@@ -827,11 +827,20 @@ fn inspect_pid(pid: u32, json: bool) -> Outcome {
     if found.is_empty() {
         return Err(format!("process {pid} holds no ring memory"));
     }
+    let mut shown = 0;
     for (fd, path, proto) in found {
         if !json {
             println!("== {} (fd {fd}, {})", path.display(), proto.name());
         }
-        inspect_file(&path, proto, None, json)?;
+        match inspect_file(&path, proto, None, json) {
+            Ok(()) => shown += 1,
+            // The fd was closed between listing and reading: skip it.
+            Err(_) if std::fs::symlink_metadata(&path).is_err() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if shown == 0 {
+        return Err(format!("process {pid} holds no ring memory"));
     }
     Ok(())
 }
