@@ -10,8 +10,8 @@
 //!
 //! Waiting can spin briefly first ([`EventSignal::set_spin`]): a peer that
 //! is running on another core usually answers within microseconds, and a
-//! short spin saves the sleep and wake-up (see [`DEFAULT_SPIN`] for why the
-//! default is not to). Counters of kicks sent and wake-ups
+//! short spin saves the sleep and wake-up (see [`DEFAULT_SPIN`] for the
+//! measurements behind the default). Counters of kicks sent and wake-ups
 //! taken make the notification cost visible.
 //!
 //! An `EventSignal` is for one waiting thread: two threads waiting on the
@@ -138,14 +138,17 @@ pub struct Woken {
     pub extra: bool,
 }
 
-/// The default spin before blocking: none. Measured on a loaded 2-core
-/// machine, any spin lost throughput (a spinning side takes the core its
-/// peer needs) and spins shorter than a wake-up could trap a ping-pong in a
-/// state where both sides always sleep; blocking on the eventfd gave a few
-/// microseconds per round trip anyway. On machines with idle cores a spin
-/// of tens of microseconds ([`EventSignal::set_spin`], `ring demo
-/// --spin-us`) brings round trips to about a microsecond.
-pub const DEFAULT_SPIN: Duration = Duration::ZERO;
+/// The default spin before blocking: 20 µs.
+///
+/// Measured with `ring demo` on a 2-core VM: on an idle machine, blocking
+/// at once cost about 80 µs per 64-byte round trip (waking an idle vCPU is
+/// slow) where a 20 µs spin gave 0.3–1 µs and slightly more throughput;
+/// with two CPU hogs running, the spin still gave about 1 µs (against 4–7
+/// µs) at some throughput cost. Under heavy build load an earlier version
+/// saw spins of this order trap a ping-pong where both sides always sleep
+/// (65 µs); set it to zero ([`EventSignal::set_spin`], `ring demo
+/// --spin-us 0`) on a machine that is always saturated.
+pub const DEFAULT_SPIN: Duration = Duration::from_micros(20);
 
 /// The event channel between two processes: kick the peer's eventfd, wait
 /// on ours, and watch a hang-up fd for the peer's death. Implements

@@ -14,7 +14,7 @@
 //! # Spinning
 //!
 //! Before a blocking call arms its wake-up request it re-checks the ring
-//! for the signal's spin budget ([`EventSignal::set_spin`], zero by
+//! for the signal's spin budget ([`EventSignal::set_spin`], 20 µs by
 //! default). A peer on another core usually moves within that time, and a
 //! side that has not armed its request costs the peer no kick.
 

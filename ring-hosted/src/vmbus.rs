@@ -205,23 +205,32 @@ impl VmbusPipe {
         Ok(())
     }
 
-    /// Blocks (spin, then sleep) until `op` makes progress.
+    /// Blocks (spin, then sleep) until `op` makes progress. `reading`
+    /// says which readiness to spin on: data to read, or room to write.
     fn block<T>(
         &mut self,
+        reading: bool,
         mut op: impl FnMut(&mut Self) -> Result<Option<T>, Error>,
     ) -> Result<T, Error> {
         let deadline = self.deadline();
+        let mut spun = false;
         loop {
             if let Some(v) = op(self)? {
                 return Ok(v);
             }
+            // One spin per sleep: readiness is only a hint (room for a
+            // small packet is not room for this message), so a spin that
+            // found it is followed by one more try, then a real wait.
+            if !spun && PollStream::spin_ready(self, reading, !reading) {
+                spun = true;
+                continue;
+            }
+            spun = false;
             // The interrupt mask stays clear between calls (the rule of
             // ring-core's vmbus Blocking): a caller that sleeps next, by any
             // means, is still woken. `read_bytes` drains every packet there
             // is in one commit, which is where batching pays.
-            if !PollStream::spin_ready(self, true, true) {
-                PollStream::wait_event(self, None, deadline)?;
-            }
+            PollStream::wait_event(self, None, deadline)?;
         }
     }
 
@@ -235,7 +244,7 @@ impl VmbusPipe {
         if buf.is_empty() {
             return Ok(0);
         }
-        self.block(|s| PollStream::try_read(s, buf))
+        self.block(true, |s| PollStream::try_read(s, buf))
     }
 
     /// Writes at least one byte of `buf`, blocking.
@@ -247,7 +256,7 @@ impl VmbusPipe {
         if buf.is_empty() {
             return Ok(0);
         }
-        self.block(|s| PollStream::try_write(s, buf))
+        self.block(false, |s| PollStream::try_write(s, buf))
     }
 
     /// Writes all of `buf`.
@@ -269,7 +278,7 @@ impl VmbusPipe {
     ///
     /// [`Error::Vmbus`] with `TooLarge`; [`Error::Closed`].
     pub fn send_msg(&mut self, msg: &[u8]) -> Result<(), Error> {
-        self.block(|s| {
+        self.block(false, |s| {
             if s.peer_gone || s.closed {
                 return Err(Error::Closed);
             }
@@ -288,7 +297,7 @@ impl VmbusPipe {
     /// [`Error::Vmbus`] with `OutOfRange` if `buf` is too small (nothing is
     /// consumed); [`Error::Closed`] if the peer died.
     pub fn recv_msg(&mut self, buf: &mut [u8]) -> Result<usize, Error> {
-        self.block(|s| match s.reader.read_message(buf) {
+        self.block(true, |s| match s.reader.read_message(buf) {
             Ok(t) => {
                 s.kick_if(t)?;
                 Ok(Some(t.len))

@@ -82,3 +82,20 @@ fn timeouts_end_blocking_reads_and_dropping_sends_end_of_stream() {
     drop(client);
     assert_eq!(server.read(&mut [0u8; 4]).unwrap(), 0);
 }
+
+#[test]
+fn a_message_that_does_not_fit_yet_waits_and_times_out() {
+    // 8 KiB of data area: a 6000-byte message fits once, not twice, and
+    // the room left (over 64 bytes) must not make the sender spin for ever.
+    let (_server, mut client, _sock) = pair(8192);
+    client.send_msg(&[1u8; 6000]).unwrap();
+    client
+        .signal_mut()
+        .set_timeout(Some(Duration::from_millis(50)));
+    let start = std::time::Instant::now();
+    assert!(matches!(
+        client.send_msg(&[2u8; 6000]),
+        Err(Error::TimedOut)
+    ));
+    assert!(start.elapsed() < Duration::from_secs(2));
+}
