@@ -1,4 +1,149 @@
-//! Linux shims for ring-core: shared memory from memfd and shm files,
-//! eventfd signalling, and the `ring` command.
+//! Linux shims for ring-core: rings between two processes over one sealed
+//! memfd, eventfd signals, a Unix-socket rendezvous, and the `ring` command.
 //!
-//! Thin for now: the in-process example lives in `ring demo`.
+//! - [`memfd`]: shared pages from a memfd or shm file, sealed against
+//!   resizing so a peer cannot make us fault;
+//! - [`eventfd`]: kick and wait, with a short spin, a timeout, counters, and
+//!   a hang-up fd that reports the peer's death;
+//! - [`rendezvous`]: a server creates memory and eventfds for a protocol
+//!   and ring sizes and passes them to a client over a Unix socket
+//!   (`SCM_RIGHTS`) after a small versioned handshake, checking the peer's
+//!   uid;
+//! - [`stream`]: a blocking vchan stream with `std::io::Read`/`Write` and a
+//!   message API, which turns a dead peer into [`Error::Closed`] after the
+//!   bytes already in the ring have been read;
+//! - [`inspect`]: decodes a vchan control page (for `ring inspect`);
+//! - [`window`]: part of a shared memory as a memory of its own, so
+//!   several rings can share one memfd;
+//! - [`check`]: the test pattern and checksum `ring demo` and the tests use.
+//!
+//! # Example: a vchan between two threads through the rendezvous
+//!
+//! ```
+//! use ring_hosted::rendezvous::{self, Listener, Proto, ServerConfig};
+//! use std::io::{Read, Write};
+//!
+//! let dir = std::env::temp_dir().join(format!("ring-doc-{}", std::process::id()));
+//! std::fs::create_dir_all(&dir).unwrap();
+//! let path = dir.join("sock");
+//! let listener = Listener::bind(&path, ServerConfig::new(Proto::Vchan)).unwrap();
+//! let client = std::thread::spawn({
+//!     let path = path.clone();
+//!     move || {
+//!         let mut c = rendezvous::connect(&path, Proto::Vchan).unwrap().into_vchan().unwrap();
+//!         c.write_all(b"ping").unwrap();
+//!         c.close().unwrap();
+//!     }
+//! });
+//! let mut server = listener.accept().unwrap().into_vchan().unwrap();
+//! let mut got = Vec::new();
+//! server.read_to_end(&mut got).unwrap();
+//! assert_eq!(got, b"ping");
+//! client.join().unwrap();
+//! # drop(listener);
+//! # std::fs::remove_dir_all(&dir).unwrap();
+//! ```
+
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod check;
+pub mod eventfd;
+pub mod inspect;
+pub mod memfd;
+pub mod rendezvous;
+pub mod stream;
+pub mod window;
+
+use std::fmt;
+use std::io;
+
+pub use memfd::FdProblem;
+pub use rendezvous::HandshakeProblem;
+
+/// Everything that can go wrong in this crate, each with a one-line reason.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// A system call failed.
+    Os {
+        /// What we were doing.
+        op: &'static str,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// A file descriptor (or file) offered by the peer is unusable.
+    BadFd(FdProblem),
+    /// The rendezvous handshake failed.
+    Handshake(HandshakeProblem),
+    /// The peer runs as a user we do not accept.
+    ForeignPeer {
+        /// The peer's uid (from `SO_PEERCRED`).
+        uid: u32,
+        /// The uid we accept.
+        expected: u32,
+    },
+    /// The ring refused (set-up error, corruption, a packet too large).
+    Ring(ring_core::vchan::Error),
+    /// The peer closed or died; no more data will come.
+    Closed,
+    /// A wait passed its timeout.
+    TimedOut,
+}
+
+impl Error {
+    /// A closure turning a rustix error into [`Error::Os`] for `op`.
+    pub(crate) fn os(op: &'static str) -> impl Fn(rustix::io::Errno) -> Error {
+        move |e| Error::Os {
+            op,
+            source: e.into(),
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Os { op, source } => write!(f, "{op}: {source}"),
+            Error::BadFd(p) => p.fmt(f),
+            Error::Handshake(p) => write!(f, "handshake failed: {p}"),
+            Error::ForeignPeer { uid, expected } => {
+                write!(f, "peer runs as uid {uid}, only uid {expected} is accepted")
+            }
+            Error::Ring(e) => e.fmt(f),
+            Error::Closed => f.write_str("peer closed the ring"),
+            Error::TimedOut => f.write_str("timed out waiting for the peer"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Os { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+impl From<ring_core::vchan::Error> for Error {
+    fn from(e: ring_core::vchan::Error) -> Self {
+        match e {
+            ring_core::vchan::Error::Closed => Error::Closed,
+            other => Error::Ring(other),
+        }
+    }
+}
+
+impl From<Error> for io::Error {
+    fn from(e: Error) -> io::Error {
+        let kind = match &e {
+            Error::Os { source, .. } => source.kind(),
+            Error::Closed => io::ErrorKind::BrokenPipe,
+            Error::TimedOut => io::ErrorKind::TimedOut,
+            Error::BadFd(_) | Error::ForeignPeer { .. } => io::ErrorKind::PermissionDenied,
+            Error::Handshake(_) | Error::Ring(_) => io::ErrorKind::InvalidData,
+        };
+        io::Error::new(kind, e)
+    }
+}

@@ -1,0 +1,431 @@
+//! Decoding the control state of a vchan page, for `ring inspect`.
+//!
+//! Works on a copy of the page's first bytes (read with `pread`, never
+//! mapped), so inspecting a live ring cannot disturb it or fault on it.
+//! Everything is reported as found, including values a hostile or broken
+//! peer wrote; the decoder only says which ones make no sense.
+//!
+//! ```
+//! use ring_hosted::inspect::decode_vchan;
+//!
+//! let mut page = [0u8; 24];
+//! page[4..8].copy_from_slice(&100u32.to_le_bytes()); // left prod
+//! page[16] = 12; // left order
+//! page[18] = 11; // right order
+//! page[20] = 1; // client live
+//! page[21] = 1; // server live
+//! page[22] = 1; // server asked the client: kick me on write
+//! let s = decode_vchan(&page).unwrap();
+//! assert_eq!(s.left.used, 100);
+//! assert_eq!(s.owed.len(), 1);
+//! assert_eq!(s.owed[0].from, "client");
+//! ```
+
+use ring_core::vchan::layout::{
+    CLI_LIVE, CLI_NOTIFY, LEFT_CONS, LEFT_ORDER, LEFT_PROD, RIGHT_CONS, RIGHT_ORDER, RIGHT_PROD,
+    SRV_LIVE, SRV_NOTIFY,
+};
+use ring_core::vchan::{Live, NotifyBits, Orders};
+use std::fmt::{self, Write as _};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+/// Bytes of the control header that `inspect` decodes.
+pub const HEADER_LEN: usize = 24;
+
+/// One ring's state as found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RingState {
+    /// "left" or "right".
+    pub name: &'static str,
+    /// Which side writes it.
+    pub writer: &'static str,
+    /// Which side reads it.
+    pub reader: &'static str,
+    /// The order field.
+    pub order: u16,
+    /// The ring size, if the order is in 10..=20.
+    pub size: Option<u32>,
+    /// Producer index.
+    pub prod: u32,
+    /// Consumer index.
+    pub cons: u32,
+    /// `prod - cons`, wrapping.
+    pub used: u32,
+    /// `size - used`, if the size is known and `used <= size`.
+    pub free: Option<u32>,
+}
+
+impl RingState {
+    fn consistent(&self) -> bool {
+        self.size.is_some_and(|s| self.used <= s)
+    }
+}
+
+/// A signal one side owes the other: the other asked to be woken on a
+/// condition that already holds. Fleetingly normal; if it persists, the
+/// ring is stuck and one kick unsticks it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owed {
+    /// Who should kick ("client" or "server").
+    pub from: &'static str,
+    /// Who is waiting.
+    pub to: &'static str,
+    /// Why, in words.
+    pub why: String,
+}
+
+/// The decoded control state of a vchan page.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VchanState {
+    /// Client→server ring.
+    pub left: RingState,
+    /// Server→client ring.
+    pub right: RingState,
+    /// Client live byte.
+    pub cli_live: u8,
+    /// Server live byte.
+    pub srv_live: u8,
+    /// Requests aimed at the client (set by the server).
+    pub cli_notify: u8,
+    /// Requests aimed at the server (set by the client).
+    pub srv_notify: u8,
+    /// Why the order pair is invalid, if it is.
+    pub orders_problem: Option<String>,
+    /// Signals owed.
+    pub owed: Vec<Owed>,
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    let mut w = [0u8; 4];
+    w.copy_from_slice(b.get(at..at + 4).unwrap_or(&[0; 4]));
+    u32::from_le_bytes(w)
+}
+
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    let mut w = [0u8; 2];
+    w.copy_from_slice(b.get(at..at + 2).unwrap_or(&[0; 2]));
+    u16::from_le_bytes(w)
+}
+
+fn ring(
+    b: &[u8],
+    name: &'static str,
+    writer: &'static str,
+    reader: &'static str,
+    at: [usize; 3],
+) -> RingState {
+    let [prod_at, cons_at, order_at] = at;
+    let (prod, cons, order) = (u32_at(b, prod_at), u32_at(b, cons_at), u16_at(b, order_at));
+    let size = (10..=20).contains(&order).then(|| 1u32 << order);
+    let used = prod.wrapping_sub(cons);
+    RingState {
+        name,
+        writer,
+        reader,
+        order,
+        size,
+        prod,
+        cons,
+        used,
+        free: size.and_then(|s| s.checked_sub(used)),
+    }
+}
+
+/// Decodes the first [`HEADER_LEN`] bytes of a vchan control page.
+///
+/// # Errors
+///
+/// Only if `page` is shorter than the header.
+pub fn decode_vchan(page: &[u8]) -> Result<VchanState, String> {
+    if page.len() < HEADER_LEN {
+        return Err(format!(
+            "{} bytes is too short for a vchan control header ({HEADER_LEN})",
+            page.len()
+        ));
+    }
+    let byte = |at: usize| page.get(at).copied().unwrap_or(0);
+    let left = ring(
+        page,
+        "left",
+        "client",
+        "server",
+        [LEFT_PROD, LEFT_CONS, LEFT_ORDER],
+    );
+    let right = ring(
+        page,
+        "right",
+        "server",
+        "client",
+        [RIGHT_PROD, RIGHT_CONS, RIGHT_ORDER],
+    );
+    let orders_problem = Orders::from_wire(left.order, right.order)
+        .err()
+        .map(|e| e.to_string());
+    let (cli_notify, srv_notify) = (byte(CLI_NOTIFY), byte(SRV_NOTIFY));
+    let mut owed = Vec::new();
+    // (request byte, who set it, who must kick)
+    for (bits, waiter, kicker, data_ring, space_ring) in [
+        (cli_notify, "server", "client", &left, &right),
+        (srv_notify, "client", "server", &right, &left),
+    ] {
+        let bits = NotifyBits::from_bits_retain(bits);
+        if bits.contains(NotifyBits::WRITE) && data_ring.used > 0 {
+            owed.push(Owed {
+                from: kicker,
+                to: waiter,
+                why: format!(
+                    "{waiter} waits for data and the {} ring holds {} bytes",
+                    data_ring.name, data_ring.used
+                ),
+            });
+        }
+        if bits.contains(NotifyBits::READ) && space_ring.free.is_some_and(|f| f > 0) {
+            owed.push(Owed {
+                from: kicker,
+                to: waiter,
+                why: format!(
+                    "{waiter} waits for space and the {} ring has {} bytes free",
+                    space_ring.name,
+                    space_ring.free.unwrap_or(0)
+                ),
+            });
+        }
+    }
+    Ok(VchanState {
+        left,
+        right,
+        cli_live: byte(CLI_LIVE),
+        srv_live: byte(SRV_LIVE),
+        cli_notify,
+        srv_notify,
+        orders_problem,
+        owed,
+    })
+}
+
+/// Reads the first [`HEADER_LEN`] bytes of a file (a shm file, or a
+/// memfd via `/proc/PID/fd/N`) without mapping it.
+///
+/// # Errors
+///
+/// The open or read error; `UnexpectedEof` for a shorter file.
+pub fn read_header(path: &Path) -> io::Result<[u8; HEADER_LEN]> {
+    let file = std::fs::File::open(path)?;
+    let mut b = [0u8; HEADER_LEN];
+    file.read_exact_at(&mut b, 0).map_err(|e| {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            io::Error::new(
+                e.kind(),
+                format!("file is shorter than a vchan control header ({HEADER_LEN} bytes)"),
+            )
+        } else {
+            e
+        }
+    })?;
+    Ok(b)
+}
+
+fn live_name(b: u8) -> &'static str {
+    match Live::from_byte(b) {
+        Some(Live::Closed) => "closed",
+        Some(Live::Connected) => "connected",
+        Some(Live::Waiting) => "waiting",
+        None => "INVALID",
+    }
+}
+
+fn bits_name(b: u8) -> String {
+    let mut v = Vec::new();
+    if b & NotifyBits::WRITE.bits() != 0 {
+        v.push("write");
+    }
+    if b & NotifyBits::READ.bits() != 0 {
+        v.push("read");
+    }
+    if b & !NotifyBits::all().bits() != 0 {
+        v.push("UNKNOWN-BITS");
+    }
+    if v.is_empty() {
+        "-".into()
+    } else {
+        v.join("+")
+    }
+}
+
+fn json_str(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn opt(v: Option<u32>) -> String {
+    v.map_or_else(|| "null".into(), |v| v.to_string())
+}
+
+impl RingState {
+    fn json(&self) -> String {
+        format!(
+            "{{\"writer\":{},\"reader\":{},\"order\":{},\"size\":{},\"prod\":{},\"cons\":{},\"used\":{},\"free\":{},\"consistent\":{}}}",
+            json_str(self.writer),
+            json_str(self.reader),
+            self.order,
+            opt(self.size),
+            self.prod,
+            self.cons,
+            self.used,
+            opt(self.free),
+            self.consistent()
+        )
+    }
+}
+
+impl VchanState {
+    /// The state as one JSON object.
+    pub fn to_json(&self) -> String {
+        let owed: Vec<String> = self
+            .owed
+            .iter()
+            .map(|o| {
+                format!(
+                    "{{\"from\":{},\"to\":{},\"why\":{}}}",
+                    json_str(o.from),
+                    json_str(o.to),
+                    json_str(&o.why)
+                )
+            })
+            .collect();
+        format!(
+            "{{\"proto\":\"vchan\",\"left\":{},\"right\":{},\"client_live\":{},\"server_live\":{},\"client_notify\":{},\"server_notify\":{},\"orders_problem\":{},\"owed\":[{}]}}",
+            self.left.json(),
+            self.right.json(),
+            json_str(live_name(self.cli_live)),
+            json_str(live_name(self.srv_live)),
+            json_str(&bits_name(self.cli_notify)),
+            json_str(&bits_name(self.srv_notify)),
+            self.orders_problem
+                .as_deref()
+                .map_or_else(|| "null".into(), json_str),
+            owed.join(",")
+        )
+    }
+}
+
+impl fmt::Display for VchanState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{:<6} {:<16} {:>5} {:>8} {:>10} {:>10} {:>8} {:>8}",
+            "ring", "direction", "order", "size", "prod", "cons", "used", "free"
+        )?;
+        for r in [&self.left, &self.right] {
+            let size = r.size.map_or_else(|| "?".into(), |s| s.to_string());
+            let free = r.free.map_or_else(|| "?".into(), |s| s.to_string());
+            writeln!(
+                f,
+                "{:<6} {:<16} {:>5} {:>8} {:>10} {:>10} {:>8} {:>8}{}",
+                r.name,
+                format!("{}->{}", r.writer, r.reader),
+                r.order,
+                size,
+                r.prod,
+                r.cons,
+                r.used,
+                free,
+                if r.consistent() { "" } else { "  INCONSISTENT" }
+            )?;
+        }
+        writeln!(
+            f,
+            "live: client {} ({}), server {} ({})",
+            live_name(self.cli_live),
+            self.cli_live,
+            live_name(self.srv_live),
+            self.srv_live
+        )?;
+        writeln!(
+            f,
+            "notify: server asks client to kick on {}; client asks server to kick on {}",
+            bits_name(self.cli_notify),
+            bits_name(self.srv_notify)
+        )?;
+        if let Some(p) = &self.orders_problem {
+            writeln!(f, "orders: INVALID ({p})")?;
+        }
+        if self.owed.is_empty() {
+            writeln!(f, "signals owed: none")?;
+        }
+        for o in &self.owed {
+            writeln!(f, "signal owed: {} -> {}: {}", o.from, o.to, o.why)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(f: impl FnOnce(&mut [u8; 24])) -> VchanState {
+        let mut p = [0u8; 24];
+        p[16] = 12;
+        p[18] = 13;
+        f(&mut p);
+        decode_vchan(&p).unwrap()
+    }
+
+    #[test]
+    fn quiet_page_owes_nothing() {
+        let s = page(|p| {
+            p[20] = 2;
+            p[21] = 1;
+        });
+        assert_eq!(s.left.size, Some(4096));
+        assert_eq!(s.right.free, Some(8192));
+        assert!(s.owed.is_empty());
+        assert!(s.orders_problem.is_none());
+        let text = s.to_string();
+        assert!(text.contains("client waiting (2)"), "{text}");
+        assert!(s.to_json().contains("\"client_live\":\"waiting\""));
+    }
+
+    #[test]
+    fn requests_that_already_hold_are_owed_signals() {
+        // Client asks server: kick me on read (space), and left has space.
+        let s = page(|p| p[23] = 2);
+        assert_eq!(s.owed.len(), 1);
+        assert_eq!((s.owed[0].from, s.owed[0].to), ("server", "client"));
+        // Client waits for data on right, which holds 5 bytes.
+        let s = page(|p| {
+            p[12] = 5;
+            p[23] = 1;
+        });
+        assert_eq!(s.owed.len(), 1);
+        assert!(s.owed[0].why.contains("right ring holds 5"));
+    }
+
+    #[test]
+    fn nonsense_is_reported_not_trusted() {
+        let s = page(|p| {
+            p[4..8].copy_from_slice(&100_000u32.to_le_bytes());
+            p[16] = 30;
+            p[20] = 9;
+        });
+        assert_eq!(s.left.size, None);
+        assert!(s.orders_problem.is_some());
+        assert!(s.to_string().contains("INCONSISTENT"));
+        assert!(s.to_string().contains("INVALID"));
+        assert!(decode_vchan(&[0; 10]).is_err());
+    }
+}

@@ -1,0 +1,935 @@
+//! Meeting a peer process: a Unix socket over which the server hands the
+//! client a sealed memfd and two eventfds (`SCM_RIGHTS`, as vhost-user
+//! does) after a small versioned handshake.
+//!
+//! # Wire format (all integers little-endian)
+//!
+//! The client sends a 16-byte *hello*:
+//!
+//! | bytes | field |
+//! |---|---|
+//! | 0..4 | magic `RNGr` |
+//! | 4..6 | version (1) |
+//! | 6 | protocol (1 = vchan) |
+//! | 7..16 | zero |
+//!
+//! The server answers with a 32-byte *welcome*, carrying three fds when the
+//! status is 0 (memory, the eventfd that wakes the server, the eventfd that
+//! wakes the client):
+//!
+//! | bytes | field |
+//! |---|---|
+//! | 0..4 | magic `RNGr` |
+//! | 4..6 | version |
+//! | 6 | protocol |
+//! | 7 | status: 0 ok, else a [`Refusal`] code |
+//! | 8..16 | memory size in bytes |
+//! | 16..20 | size of the client→server ring ("left" in vchan) |
+//! | 20..24 | size of the server→client ring ("right") |
+//! | 24..32 | zero |
+//!
+//! The client checks everything it receives (magic, version, protocol,
+//! sizes, fd count, that the memory is a sealed memfd of the announced size
+//! and that both events are eventfds) before it maps anything. The server
+//! checks the client's uid with `SO_PEERCRED` before it reads a byte.
+//!
+//! After the handshake the socket stays open and silent: it is the hang-up
+//! fd of both sides' [`EventSignal`], so either process dying wakes the
+//! other (see [`stream`](crate::stream)).
+//!
+//! # Adding a protocol
+//!
+//! A protocol is a [`Proto`] code, a layout size and an initialisation of
+//! the memory by the server (done here before the fds are sent), and a
+//! [`Session`] variant carrying its endpoint.
+
+use crate::eventfd::{EventFd, EventSignal, DEFAULT_SPIN};
+use crate::memfd::MemFd;
+use crate::stream::VchanStream;
+use crate::Error;
+use ring_core::vchan::{self, FlatLayout, Orders, ServerOptions};
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags,
+};
+use std::fmt;
+use std::io::{self, IoSlice, IoSliceMut, Read, Write};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// First four bytes of every handshake message.
+pub const MAGIC: [u8; 4] = *b"RNGr";
+/// The handshake version this code speaks.
+pub const VERSION: u16 = 1;
+/// Length of the client's hello.
+pub const HELLO_LEN: usize = 16;
+/// Length of the server's welcome.
+pub const WELCOME_LEN: usize = 32;
+/// Number of fds a welcome carries.
+pub const WELCOME_FDS: usize = 3;
+
+/// A ring protocol the rendezvous can set up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Proto {
+    /// Xen vchan: one control page and two byte rings.
+    Vchan,
+}
+
+impl Proto {
+    /// The protocol's code on the wire.
+    pub const fn code(self) -> u8 {
+        match self {
+            Proto::Vchan => 1,
+        }
+    }
+
+    /// The protocol with wire code `code`, if known.
+    pub const fn from_code(code: u8) -> Option<Self> {
+        match code {
+            1 => Some(Proto::Vchan),
+            _ => None,
+        }
+    }
+
+    /// Short lower-case name, as the CLI spells it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Proto::Vchan => "vchan",
+        }
+    }
+}
+
+/// Why a server turned a client away (the welcome's status byte).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The hello was not a hello (bad magic or too short).
+    BadHello = 1,
+    /// The hello's version is not ours.
+    Version = 2,
+    /// The server does not serve that protocol.
+    Proto = 3,
+    /// The client's uid is not accepted.
+    NotPermitted = 4,
+    /// The server failed to set up the memory.
+    ServerError = 5,
+}
+
+impl Refusal {
+    fn from_code(code: u8) -> Option<Self> {
+        Some(match code {
+            1 => Refusal::BadHello,
+            2 => Refusal::Version,
+            3 => Refusal::Proto,
+            4 => Refusal::NotPermitted,
+            5 => Refusal::ServerError,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Refusal::BadHello => "server did not understand our hello",
+            Refusal::Version => "server speaks another handshake version",
+            Refusal::Proto => "server does not serve this protocol",
+            Refusal::NotPermitted => "server does not accept our uid",
+            Refusal::ServerError => "server failed to set up the ring",
+        })
+    }
+}
+
+/// What was wrong with a handshake message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HandshakeProblem {
+    /// The message ended early (the peer closed or stopped sending).
+    Truncated {
+        /// Bytes received.
+        got: usize,
+        /// Bytes expected.
+        want: usize,
+    },
+    /// The message does not start with [`MAGIC`].
+    BadMagic {
+        /// The first four bytes.
+        got: [u8; 4],
+    },
+    /// A version other than [`VERSION`].
+    Version {
+        /// The peer's version.
+        got: u16,
+    },
+    /// An unknown protocol code, or not the one asked for.
+    Proto {
+        /// The peer's code.
+        got: u8,
+        /// The code expected.
+        want: u8,
+    },
+    /// The server refused us.
+    Refused {
+        /// The status byte.
+        code: u8,
+        /// Its meaning, if known.
+        reason: Option<Refusal>,
+    },
+    /// A welcome with the wrong number of fds.
+    FdCount {
+        /// Fds received.
+        got: usize,
+    },
+    /// The kernel dropped fds (our buffer was too small for what was sent).
+    FdsTruncated,
+    /// Ring sizes that are not valid vchan rings.
+    BadSizes {
+        /// Client→server ring size.
+        left: u32,
+        /// Server→client ring size.
+        right: u32,
+        /// Why.
+        why: String,
+    },
+}
+
+impl fmt::Display for HandshakeProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HandshakeProblem::Truncated { got, want } => {
+                write!(f, "peer sent {got} of {want} handshake bytes")
+            }
+            HandshakeProblem::BadMagic { got } => {
+                write!(f, "not a ring handshake (starts with {got:02x?})")
+            }
+            HandshakeProblem::Version { got } => {
+                write!(f, "peer speaks handshake version {got}, we speak {VERSION}")
+            }
+            HandshakeProblem::Proto { got, want } => {
+                write!(f, "peer offers protocol code {got}, expected {want}")
+            }
+            HandshakeProblem::Refused { code, reason } => match reason {
+                Some(r) => write!(f, "refused: {r}"),
+                None => write!(f, "refused with unknown status {code}"),
+            },
+            HandshakeProblem::FdCount { got } => {
+                write!(f, "welcome carried {got} fds, expected {WELCOME_FDS}")
+            }
+            HandshakeProblem::FdsTruncated => f.write_str("the kernel truncated the passed fds"),
+            HandshakeProblem::BadSizes { left, right, why } => {
+                write!(f, "bad ring sizes {left}/{right}: {why}")
+            }
+        }
+    }
+}
+
+fn hs(p: HandshakeProblem) -> Error {
+    Error::Handshake(p)
+}
+
+/// The client's hello.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hello {
+    /// Handshake version.
+    pub version: u16,
+    /// Requested protocol code.
+    pub proto: u8,
+}
+
+impl Hello {
+    /// Encodes the hello.
+    pub fn encode(&self) -> [u8; HELLO_LEN] {
+        let mut b = [0u8; HELLO_LEN];
+        b[..4].copy_from_slice(&MAGIC);
+        b[4..6].copy_from_slice(&self.version.to_le_bytes());
+        b[6] = self.proto;
+        b
+    }
+
+    /// Decodes a hello (magic checked; version and protocol left to the
+    /// caller, so it can refuse them precisely).
+    ///
+    /// # Errors
+    ///
+    /// [`HandshakeProblem::BadMagic`].
+    pub fn decode(b: &[u8; HELLO_LEN]) -> Result<Self, HandshakeProblem> {
+        let magic = [b[0], b[1], b[2], b[3]];
+        if magic != MAGIC {
+            return Err(HandshakeProblem::BadMagic { got: magic });
+        }
+        Ok(Hello {
+            version: u16::from_le_bytes([b[4], b[5]]),
+            proto: b[6],
+        })
+    }
+}
+
+/// The server's welcome (or refusal).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Welcome {
+    /// Handshake version.
+    pub version: u16,
+    /// Protocol code.
+    pub proto: u8,
+    /// 0, or a [`Refusal`] code.
+    pub status: u8,
+    /// Size of the memory passed.
+    pub mem_size: u64,
+    /// Client→server ring size.
+    pub left_size: u32,
+    /// Server→client ring size.
+    pub right_size: u32,
+}
+
+impl Welcome {
+    /// A refusal for `proto`.
+    pub fn refusal(proto: u8, why: Refusal) -> Self {
+        Welcome {
+            version: VERSION,
+            proto,
+            status: why as u8,
+            mem_size: 0,
+            left_size: 0,
+            right_size: 0,
+        }
+    }
+
+    /// Encodes the welcome.
+    pub fn encode(&self) -> [u8; WELCOME_LEN] {
+        let mut b = [0u8; WELCOME_LEN];
+        b[..4].copy_from_slice(&MAGIC);
+        b[4..6].copy_from_slice(&self.version.to_le_bytes());
+        b[6] = self.proto;
+        b[7] = self.status;
+        b[8..16].copy_from_slice(&self.mem_size.to_le_bytes());
+        b[16..20].copy_from_slice(&self.left_size.to_le_bytes());
+        b[20..24].copy_from_slice(&self.right_size.to_le_bytes());
+        b
+    }
+
+    /// Decodes a welcome and checks magic, version and status.
+    ///
+    /// # Errors
+    ///
+    /// [`HandshakeProblem::BadMagic`], `Version` or `Refused`.
+    pub fn decode(b: &[u8; WELCOME_LEN]) -> Result<Self, HandshakeProblem> {
+        let word = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        let magic = [b[0], b[1], b[2], b[3]];
+        if magic != MAGIC {
+            return Err(HandshakeProblem::BadMagic { got: magic });
+        }
+        let w = Welcome {
+            version: u16::from_le_bytes([b[4], b[5]]),
+            proto: b[6],
+            status: b[7],
+            mem_size: u64::from(word(8)) | (u64::from(word(12)) << 32),
+            left_size: word(16),
+            right_size: word(20),
+        };
+        if w.version != VERSION {
+            return Err(HandshakeProblem::Version { got: w.version });
+        }
+        if w.status != 0 {
+            return Err(HandshakeProblem::Refused {
+                code: w.status,
+                reason: Refusal::from_code(w.status),
+            });
+        }
+        Ok(w)
+    }
+}
+
+/// Which peers a server accepts, by the uid `SO_PEERCRED` reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerPolicy {
+    /// Only our own effective uid (the default).
+    SameUid,
+    /// Only this uid.
+    Uid(u32),
+    /// Anyone who can open the socket.
+    AnyUid,
+}
+
+impl PeerPolicy {
+    /// Whether a peer with `uid` is accepted; `Err(expected)` if not.
+    pub fn check(self, uid: u32) -> Result<(), u32> {
+        let expected = match self {
+            PeerPolicy::AnyUid => return Ok(()),
+            PeerPolicy::SameUid => rustix::process::geteuid().as_raw(),
+            PeerPolicy::Uid(u) => u,
+        };
+        if uid == expected {
+            Ok(())
+        } else {
+            Err(expected)
+        }
+    }
+}
+
+/// What a server sets up for each client.
+#[derive(Clone, Copy, Debug)]
+pub struct ServerConfig {
+    /// The protocol served.
+    pub proto: Proto,
+    /// Minimum size of the ring the server reads (client→server).
+    pub read_size: usize,
+    /// Minimum size of the ring the server writes (server→client).
+    pub write_size: usize,
+    /// Which uids may connect.
+    pub peer: PeerPolicy,
+    /// Spin budget of the server's signal.
+    pub spin: Duration,
+    /// How long a client may take to say hello.
+    pub handshake_timeout: Duration,
+}
+
+impl ServerConfig {
+    /// Defaults: 64 KiB rings both ways, same uid only, the default spin,
+    /// a 5 s handshake timeout.
+    pub fn new(proto: Proto) -> Self {
+        ServerConfig {
+            proto,
+            read_size: 64 << 10,
+            write_size: 64 << 10,
+            peer: PeerPolicy::SameUid,
+            spin: DEFAULT_SPIN,
+            handshake_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// Sets both ring sizes (rounded up to the protocol's sizes).
+    pub fn ring_sizes(mut self, read: usize, write: usize) -> Self {
+        self.read_size = read;
+        self.write_size = write;
+        self
+    }
+}
+
+/// A connected ring of some protocol.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Session {
+    /// A vchan byte stream.
+    Vchan(VchanStream),
+}
+
+impl Session {
+    /// The protocol of this session.
+    pub fn proto(&self) -> Proto {
+        match self {
+            Session::Vchan(_) => Proto::Vchan,
+        }
+    }
+
+    /// The vchan stream, if this is a vchan session.
+    pub fn into_vchan(self) -> Option<VchanStream> {
+        match self {
+            Session::Vchan(s) => Some(s),
+        }
+    }
+}
+
+/// A server socket that sets up a ring for every client it accepts.
+#[derive(Debug)]
+pub struct Listener {
+    inner: UnixListener,
+    path: PathBuf,
+    config: ServerConfig,
+}
+
+impl Listener {
+    /// Binds `path`. A stale socket left by a dead server (nobody accepts
+    /// on it) is removed first; a live socket, or any other kind of file,
+    /// is an error.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Os`] if the path cannot be bound.
+    pub fn bind(path: &Path, config: ServerConfig) -> Result<Self, Error> {
+        let bind_err = |source| Error::Os {
+            op: "bind rendezvous socket",
+            source,
+        };
+        let inner = match UnixListener::bind(path) {
+            Ok(l) => l,
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && is_socket(path) => {
+                match UnixStream::connect(path) {
+                    Err(c) if c.kind() == io::ErrorKind::ConnectionRefused => {
+                        std::fs::remove_file(path).map_err(bind_err)?;
+                        UnixListener::bind(path).map_err(bind_err)?
+                    }
+                    _ => return Err(bind_err(e)),
+                }
+            }
+            Err(e) => return Err(bind_err(e)),
+        };
+        Ok(Listener {
+            inner,
+            path: path.to_owned(),
+            config,
+        })
+    }
+
+    /// The socket path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
+    /// Waits for a client and sets up its ring.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ForeignPeer`], [`Error::Handshake`] for a bad hello (the
+    /// client is sent a refusal first), [`Error::Os`].
+    pub fn accept(&self) -> Result<Session, Error> {
+        let (sock, _) = self.inner.accept().map_err(|source| Error::Os {
+            op: "accept",
+            source,
+        })?;
+        serve_client(sock, &self.config)
+    }
+
+    /// As [`accept`](Self::accept), giving up after `timeout` with
+    /// [`Error::TimedOut`].
+    ///
+    /// # Errors
+    ///
+    /// As `accept`, and [`Error::TimedOut`].
+    pub fn accept_timeout(&self, timeout: Duration) -> Result<Session, Error> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::TimedOut);
+            }
+            let ts = rustix::event::Timespec {
+                tv_sec: left.as_secs() as _,
+                tv_nsec: left.subsec_nanos() as _,
+            };
+            let mut fds = [rustix::event::PollFd::new(
+                &self.inner,
+                rustix::event::PollFlags::IN,
+            )];
+            match rustix::event::poll(&mut fds, Some(&ts)) {
+                Ok(0) | Err(rustix::io::Errno::INTR) => continue,
+                Ok(_) => return self.accept(),
+                Err(e) => return Err(Error::os("poll rendezvous socket")(e)),
+            }
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn is_socket(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket())
+}
+
+/// Reads up to `buf.len()` bytes, stopping early only at end of file or
+/// the socket's timeout; returns how many arrived.
+fn read_full(sock: &mut UnixStream, buf: &mut [u8]) -> Result<usize, Error> {
+    let mut got = 0;
+    while got < buf.len() {
+        match sock.read(buf.get_mut(got..).unwrap_or(&mut [])) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                break
+            }
+            Err(source) => {
+                return Err(Error::Os {
+                    op: "read handshake",
+                    source,
+                })
+            }
+        }
+    }
+    Ok(got)
+}
+
+fn refuse(sock: &mut UnixStream, proto: u8, why: Refusal) {
+    // Best effort: the client may already be gone.
+    let _ = sock.write_all(&Welcome::refusal(proto, why).encode());
+}
+
+/// Runs the server side of the handshake on an accepted socket.
+///
+/// # Errors
+///
+/// As [`Listener::accept`].
+pub fn serve_client(mut sock: UnixStream, config: &ServerConfig) -> Result<Session, Error> {
+    let want = config.proto.code();
+    let cred = rustix::net::sockopt::socket_peercred(&sock).map_err(Error::os("SO_PEERCRED"))?;
+    let uid = cred.uid.as_raw();
+    if let Err(expected) = config.peer.check(uid) {
+        refuse(&mut sock, want, Refusal::NotPermitted);
+        return Err(Error::ForeignPeer { uid, expected });
+    }
+    sock.set_read_timeout(Some(config.handshake_timeout))
+        .map_err(|source| Error::Os {
+            op: "socket timeout",
+            source,
+        })?;
+    let mut raw = [0u8; HELLO_LEN];
+    let got = read_full(&mut sock, &mut raw)?;
+    if got < HELLO_LEN {
+        refuse(&mut sock, want, Refusal::BadHello);
+        return Err(hs(HandshakeProblem::Truncated {
+            got,
+            want: HELLO_LEN,
+        }));
+    }
+    let hello = match Hello::decode(&raw) {
+        Ok(h) => h,
+        Err(p) => {
+            refuse(&mut sock, want, Refusal::BadHello);
+            return Err(hs(p));
+        }
+    };
+    if hello.version != VERSION {
+        refuse(&mut sock, want, Refusal::Version);
+        return Err(hs(HandshakeProblem::Version { got: hello.version }));
+    }
+    if hello.proto != want {
+        refuse(&mut sock, want, Refusal::Proto);
+        return Err(hs(HandshakeProblem::Proto {
+            got: hello.proto,
+            want,
+        }));
+    }
+    let made = match config.proto {
+        Proto::Vchan => setup_vchan(config),
+    };
+    let (mem, ep, welcome) = match made {
+        Ok(m) => m,
+        Err(e) => {
+            refuse(&mut sock, want, Refusal::ServerError);
+            return Err(e);
+        }
+    };
+    let (to_server, to_client) = (EventFd::new()?, EventFd::new()?);
+    send_with_fds(
+        &sock,
+        &welcome.encode(),
+        &[mem.as_fd(), to_server.as_fd(), to_client.as_fd()],
+    )?;
+    sock.set_read_timeout(None).map_err(|source| Error::Os {
+        op: "socket timeout",
+        source,
+    })?;
+    let mut signal = EventSignal::new(to_client, to_server).with_hangup(sock.into());
+    signal.set_spin(config.spin);
+    Ok(Session::Vchan(VchanStream::new(ep, signal)))
+}
+
+type VchanSetup = (Arc<MemFd>, vchan::Endpoint<Arc<MemFd>>, Welcome);
+
+fn setup_vchan(config: &ServerConfig) -> Result<VchanSetup, Error> {
+    let orders = Orders::for_sizes(config.read_size, config.write_size)
+        .map_err(|e| Error::Ring(e.into()))?;
+    let layout = FlatLayout::new(orders);
+    let mem = Arc::new(MemFd::create("ring-vchan", layout.size)?);
+    let ep = vchan::serve_flat(mem.clone(), orders, ServerOptions::default())?;
+    let welcome = Welcome {
+        version: VERSION,
+        proto: Proto::Vchan.code(),
+        status: 0,
+        mem_size: layout.size as u64,
+        left_size: 1u32 << orders.left(),
+        right_size: 1u32 << orders.right(),
+    };
+    Ok((mem, ep, welcome))
+}
+
+/// Sends `bytes` with `fds` attached in one `sendmsg` (`SCM_RIGHTS`).
+///
+/// # Errors
+///
+/// [`Error::Os`] if the send fails or is short.
+pub fn send_with_fds(sock: &UnixStream, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), Error> {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(8))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(Error::Os {
+            op: "sendmsg",
+            source: io::Error::other("too many fds for one message"),
+        });
+    }
+    let sent = rustix::net::sendmsg(
+        sock,
+        &[IoSlice::new(bytes)],
+        &mut control,
+        SendFlags::NOSIGNAL,
+    )
+    .map_err(Error::os("sendmsg"))?;
+    if sent != bytes.len() {
+        return Err(Error::Os {
+            op: "sendmsg",
+            source: io::Error::new(io::ErrorKind::WriteZero, "short handshake send"),
+        });
+    }
+    Ok(())
+}
+
+/// Client settings beyond the protocol.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientConfig {
+    /// The protocol wanted.
+    pub proto: Proto,
+    /// Spin budget of the client's signal.
+    pub spin: Duration,
+    /// How long the server may take to answer.
+    pub handshake_timeout: Duration,
+}
+
+impl ClientConfig {
+    /// Defaults: the default spin, a 5 s handshake timeout.
+    pub fn new(proto: Proto) -> Self {
+        ClientConfig {
+            proto,
+            spin: DEFAULT_SPIN,
+            handshake_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Connects to the server at `path` and sets up the ring it offers.
+///
+/// # Errors
+///
+/// See [`connect_with`].
+pub fn connect(path: &Path, proto: Proto) -> Result<Session, Error> {
+    connect_with(path, ClientConfig::new(proto))
+}
+
+/// Connects with explicit settings.
+///
+/// # Errors
+///
+/// [`Error::Os`] if the socket cannot be reached, [`Error::Handshake`] for
+/// a bad or refusing welcome, [`Error::BadFd`] for fds that are not a
+/// sealed memfd of the announced size and two eventfds, [`Error::Ring`] if
+/// the control page does not hold a live server.
+pub fn connect_with(path: &Path, config: ClientConfig) -> Result<Session, Error> {
+    let sock = UnixStream::connect(path).map_err(|source| Error::Os {
+        op: "connect to rendezvous socket",
+        source,
+    })?;
+    client_handshake(sock, config)
+}
+
+/// Runs the client side of the handshake on a connected socket.
+///
+/// # Errors
+///
+/// As [`connect_with`].
+pub fn client_handshake(mut sock: UnixStream, config: ClientConfig) -> Result<Session, Error> {
+    let sock_err = |source| Error::Os {
+        op: "handshake socket",
+        source,
+    };
+    sock.set_read_timeout(Some(config.handshake_timeout))
+        .map_err(sock_err)?;
+    let want = config.proto.code();
+    let hello = Hello {
+        version: VERSION,
+        proto: want,
+    };
+    // A server that refuses our uid may answer and close before reading
+    // the hello, so a failed write is not yet an error: the answer tells.
+    let _ = sock.write_all(&hello.encode());
+    let (raw, fds) = recv_welcome(&mut sock)?;
+    let welcome = Welcome::decode(&raw).map_err(hs)?;
+    if welcome.proto != want {
+        return Err(hs(HandshakeProblem::Proto {
+            got: welcome.proto,
+            want,
+        }));
+    }
+    let [mem_fd, to_server, to_client]: [OwnedFd; WELCOME_FDS] = fds
+        .try_into()
+        .map_err(|fds: Vec<OwnedFd>| hs(HandshakeProblem::FdCount { got: fds.len() }))?;
+    let session = match config.proto {
+        Proto::Vchan => {
+            let orders = vchan_orders(&welcome)?;
+            let layout = FlatLayout::new(orders);
+            let mem = MemFd::from_fd(mem_fd, layout.size)?;
+            if mem.len() as u64 != welcome.mem_size {
+                return Err(Error::BadFd(crate::FdProblem::SizeMismatch {
+                    size: mem.len() as u64,
+                    announced: welcome.mem_size,
+                }));
+            }
+            let (to_server, to_client) =
+                (EventFd::from_fd(to_server)?, EventFd::from_fd(to_client)?);
+            let ep = vchan::connect_flat(Arc::new(mem))?;
+            if ep.orders() != orders {
+                return Err(hs(HandshakeProblem::BadSizes {
+                    left: welcome.left_size,
+                    right: welcome.right_size,
+                    why: format!(
+                        "the control page says orders {}/{}",
+                        ep.orders().left(),
+                        ep.orders().right()
+                    ),
+                }));
+            }
+            sock.set_read_timeout(None).map_err(sock_err)?;
+            let mut signal = EventSignal::new(to_server, to_client).with_hangup(sock.into());
+            signal.set_spin(config.spin);
+            let stream = VchanStream::new(ep, signal);
+            // As libxenvchan's client: one event, so a server waiting for
+            // its client wakes.
+            ring_core::signal::Signal::notify(stream.signal()).map_err(|e| Error::Os {
+                op: "kick server",
+                source: io::Error::other(e),
+            })?;
+            Session::Vchan(stream)
+        }
+    };
+    Ok(session)
+}
+
+/// The orders a welcome announces, validated.
+fn vchan_orders(w: &Welcome) -> Result<Orders, Error> {
+    let bad = |why: String| {
+        hs(HandshakeProblem::BadSizes {
+            left: w.left_size,
+            right: w.right_size,
+            why,
+        })
+    };
+    let order = |size: u32| {
+        if size.is_power_of_two() {
+            u8::try_from(size.trailing_zeros()).map_err(|e| bad(e.to_string()))
+        } else {
+            Err(bad(format!("{size} is not a power of two")))
+        }
+    };
+    Orders::new(order(w.left_size)?, order(w.right_size)?).map_err(|e| bad(e.to_string()))
+}
+
+fn recv_welcome(sock: &mut UnixStream) -> Result<([u8; WELCOME_LEN], Vec<OwnedFd>), Error> {
+    let mut raw = [0u8; WELCOME_LEN];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(8))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let msg = loop {
+        let mut iov = [IoSliceMut::new(&mut raw)];
+        match rustix::net::recvmsg(&*sock, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC) {
+            Ok(m) => break m,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(rustix::io::Errno::AGAIN) => {
+                return Err(hs(HandshakeProblem::Truncated {
+                    got: 0,
+                    want: WELCOME_LEN,
+                }))
+            }
+            Err(e) => return Err(Error::os("recvmsg")(e)),
+        }
+    };
+    let mut fds = Vec::new();
+    for m in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(rights) = m {
+            fds.extend(rights);
+        }
+    }
+    if msg.flags.contains(ReturnFlags::CTRUNC) {
+        return Err(hs(HandshakeProblem::FdsTruncated));
+    }
+    let mut got = msg.bytes;
+    if got > 0 && got < WELCOME_LEN {
+        got += read_full(sock, raw.get_mut(got..).unwrap_or(&mut []))?;
+    }
+    if got < WELCOME_LEN {
+        return Err(hs(HandshakeProblem::Truncated {
+            got,
+            want: WELCOME_LEN,
+        }));
+    }
+    Ok((raw, fds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip() {
+        let h = Hello {
+            version: VERSION,
+            proto: 1,
+        };
+        assert_eq!(Hello::decode(&h.encode()), Ok(h));
+        let w = Welcome {
+            version: VERSION,
+            proto: 1,
+            status: 0,
+            mem_size: 0x1_0000_2000,
+            left_size: 4096,
+            right_size: 1 << 20,
+        };
+        assert_eq!(Welcome::decode(&w.encode()), Ok(w));
+        let r = Welcome::refusal(1, Refusal::NotPermitted).encode();
+        assert_eq!(
+            Welcome::decode(&r),
+            Err(HandshakeProblem::Refused {
+                code: 4,
+                reason: Some(Refusal::NotPermitted)
+            })
+        );
+        let mut v = w.encode();
+        v[4] = 9;
+        assert_eq!(
+            Welcome::decode(&v),
+            Err(HandshakeProblem::Version { got: 9 })
+        );
+        assert!(matches!(
+            Hello::decode(&[0xff; HELLO_LEN]),
+            Err(HandshakeProblem::BadMagic { .. })
+        ));
+    }
+
+    #[test]
+    fn policy_checks_uids() {
+        let me = rustix::process::geteuid().as_raw();
+        assert!(PeerPolicy::SameUid.check(me).is_ok());
+        assert_eq!(PeerPolicy::SameUid.check(me + 1), Err(me));
+        assert_eq!(PeerPolicy::Uid(7).check(8), Err(7));
+        assert!(PeerPolicy::Uid(7).check(7).is_ok());
+        assert!(PeerPolicy::AnyUid.check(12345).is_ok());
+    }
+
+    #[test]
+    fn sizes_must_be_valid_orders() {
+        let mut w = Welcome::refusal(1, Refusal::BadHello);
+        w.status = 0;
+        (w.left_size, w.right_size) = (3000, 4096);
+        assert!(vchan_orders(&w).is_err());
+        (w.left_size, w.right_size) = (1024, 1024);
+        assert!(vchan_orders(&w).is_err(), "two 1 KiB rings share a slot");
+        (w.left_size, w.right_size) = (1 << 21, 4096);
+        assert!(vchan_orders(&w).is_err());
+        (w.left_size, w.right_size) = (4096, 1 << 20);
+        assert!(vchan_orders(&w).is_ok());
+    }
+}

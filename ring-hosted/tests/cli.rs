@@ -1,0 +1,250 @@
+//! The `ring` command: usage errors exit 2, runtime errors exit 1 with a
+//! one-line reason, `demo` prints its table, `listen`/`connect` pipe both
+//! ways, `inspect` decodes a live control page.
+
+mod common;
+
+use common::{ring, wait_for_path, TempSock};
+use ring_core::vchan::{self, Orders, ServerOptions};
+use ring_hosted::memfd::MemFd;
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd};
+use std::process::{Output, Stdio};
+use std::sync::Arc;
+
+fn run(args: &[&str]) -> Output {
+    ring().args(args).stdin(Stdio::null()).output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    for args in [
+        &[][..],
+        &["frobnicate"],
+        &["demo", "--bytes", "lots"],
+        &["demo", "--bytes", "12Q"],
+        &["demo", "--rounds", "-1"],
+        &["demo", "--proto", "carrier-pigeon"],
+        &["demo", "--ring-size", "2M"],
+        &["listen", "/tmp/x", "--ring-size", "0"],
+        &["inspect"],
+        &["listen"],
+        &["connect", "/tmp/x", "--proto", "nope"],
+        &["inspect", "f", "--jsonn"],
+    ] {
+        let o = run(args);
+        assert_eq!(o.status.code(), Some(2), "ring {args:?}: {}", stderr(&o));
+        assert!(!stderr(&o).is_empty(), "ring {args:?} must say why");
+    }
+}
+
+#[test]
+fn help_is_everywhere() {
+    for sub in ["demo", "listen", "connect", "inspect"] {
+        let o = run(&[sub, "--help"]);
+        assert_eq!(o.status.code(), Some(0), "{sub}");
+        assert!(stdout(&o).contains("Usage: ring"), "{sub}: {}", stdout(&o));
+    }
+    let o = run(&["--help"]);
+    assert!(stdout(&o).contains("demo"));
+    assert!(
+        !stdout(&o)
+            .lines()
+            .any(|l| l.trim_start().starts_with("peer")),
+        "the peer subcommand is hidden"
+    );
+}
+
+#[test]
+fn runtime_errors_exit_1_with_one_line() {
+    for args in [
+        &["connect", "/nonexistent/ring.sock"][..],
+        &["inspect", "/nonexistent/file"],
+        &["listen", "/nonexistent/dir/ring.sock"],
+    ] {
+        let o = run(args);
+        assert_eq!(o.status.code(), Some(1), "ring {args:?}");
+        let e = stderr(&o);
+        assert!(e.starts_with("ring: "), "{e}");
+        assert_eq!(e.lines().count(), 1, "{e}");
+    }
+}
+
+#[test]
+fn demo_prints_its_table_and_succeeds() {
+    let o = run(&["demo", "--bytes", "8M", "--rounds", "300"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    let mut lines = out.lines();
+    let header = lines.next().unwrap();
+    for col in [
+        "protocol",
+        "bytes",
+        "GB/s",
+        "rtt p50",
+        "rtt p99",
+        "kicks/MiB",
+    ] {
+        assert!(header.contains(col), "{header}");
+    }
+    let row = lines.next().unwrap();
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cells[0], "vchan");
+    assert_eq!(cells[1], (8u64 << 20).to_string());
+    let gbps: f64 = cells[2].parse().unwrap();
+    assert!(gbps > 0.0);
+    assert!(row.ends_with("ok both ways"), "{row}");
+    // Not a terminal: no progress output.
+    assert!(stderr(&o).is_empty(), "{}", stderr(&o));
+}
+
+#[test]
+fn listen_and_connect_pipe_both_ways() {
+    let sock = TempSock::new("pipe");
+    let a: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let b: Vec<u8> = b"hello from the connecting side\n".repeat(1000);
+    let mut listen = ring()
+        .arg("listen")
+        .arg(&sock.path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_path(&sock.path);
+    let mut connect = ring()
+        .arg("connect")
+        .arg(&sock.path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut li = listen.stdin.take().unwrap();
+    let mut ci = connect.stdin.take().unwrap();
+    let (a2, b2) = (a.clone(), b.clone());
+    let t1 = std::thread::spawn(move || li.write_all(&a2).unwrap());
+    let t2 = std::thread::spawn(move || ci.write_all(&b2).unwrap());
+    // Drain both outputs at once, or a full stdout pipe stalls a side.
+    let lt = std::thread::spawn(move || listen.wait_with_output().unwrap());
+    let co = connect.wait_with_output().unwrap();
+    let lo = lt.join().unwrap();
+    t1.join().unwrap();
+    t2.join().unwrap();
+    assert_eq!(lo.status.code(), Some(0), "{}", stderr(&lo));
+    assert_eq!(co.status.code(), Some(0), "{}", stderr(&co));
+    assert_eq!(co.stdout.len(), a.len());
+    assert!(co.stdout == a, "listen -> connect bytes differ");
+    assert!(lo.stdout == b, "connect -> listen bytes differ");
+}
+
+#[test]
+fn inspect_decodes_a_live_page() {
+    let orders = Orders::new(12, 13).unwrap();
+    let mem =
+        Arc::new(MemFd::create("ring-inspect-test", vchan::FlatLayout::new(orders).size).unwrap());
+    let mut server = vchan::serve_flat(mem.clone(), orders, ServerOptions::default()).unwrap();
+    let mut client = vchan::connect_flat(mem.clone()).unwrap();
+    let t = client.write(&[7u8; 1000]).unwrap();
+    assert!(t.notify);
+    // The client now waits for data from the server: arms WRITE on it.
+    assert!(client.read(&mut [0u8; 4]).is_err());
+    let _ = &mut server;
+    let path = format!(
+        "/proc/{}/fd/{}",
+        std::process::id(),
+        mem.as_fd().as_raw_fd()
+    );
+
+    let o = run(&["inspect", &path]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(text.contains("client->server"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("left") && l.contains("1000") && l.contains("3096")),
+        "{text}"
+    );
+    assert!(
+        text.contains("client connected (1), server connected (1)"),
+        "{text}"
+    );
+    // The server asked to be kicked on write and 1000 bytes wait: but the
+    // client's write already consumed that request (it was told to kick).
+    assert!(text.contains("signals owed: none"), "{text}");
+
+    let o = run(&["inspect", "--json", &path]);
+    assert_eq!(o.status.code(), Some(0));
+    let json = stdout(&o);
+    assert!(json.starts_with("{\"proto\":\"vchan\""), "{json}");
+    assert!(json.contains("\"used\":1000"), "{json}");
+    assert!(json.contains("\"server_notify\":\"write\""), "{json}");
+    assert!(json.trim_end().ends_with('}'));
+
+    // The same page found by process id (its memfd is named ring-...).
+    let o = run(&[
+        "inspect",
+        "--pid",
+        &std::process::id().to_string(),
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stdout(&o).lines().any(|l| l.contains("\"used\":1000")),
+        "{}",
+        stdout(&o)
+    );
+    let o = run(&["inspect", "--pid", "1"]);
+    assert_eq!(o.status.code(), Some(1));
+    let o = run(&["inspect", "--pid", "1", "some-file"]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn a_reader_that_stops_early_ends_the_pipe_quietly() {
+    use std::io::Read;
+    let sock = TempSock::new("epipe");
+    let mut listen = ring()
+        .arg("listen")
+        .arg(&sock.path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_path(&sock.path);
+    let mut connect = ring()
+        .arg("connect")
+        .arg(&sock.path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut li = listen.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || {
+        // Far more than the pipes and ring hold; fails once listen exits.
+        let chunk = vec![b'x'; 1 << 16];
+        for _ in 0..1024 {
+            if li.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+    });
+    let mut out = connect.stdout.take().unwrap();
+    let mut first = [0u8; 10];
+    out.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"xxxxxxxxxx");
+    drop(out);
+    let co = connect.wait_with_output().unwrap();
+    let lo = listen.wait_with_output().unwrap();
+    feeder.join().unwrap();
+    assert_eq!(co.status.code(), Some(0), "{}", stderr(&co));
+    assert_eq!(lo.status.code(), Some(0), "{}", stderr(&lo));
+}

@@ -1,0 +1,234 @@
+//! The blocking stream and message API, in one process over a real memfd
+//! and eventfds.
+
+use ring_core::vchan::{self, Blocking, Orders, ServerOptions};
+use ring_hosted::check::Pattern;
+use ring_hosted::eventfd;
+use ring_hosted::memfd::MemFd;
+use ring_hosted::stream::{pair, MSG_HEADER};
+use ring_hosted::Error;
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+#[test]
+fn io_read_write_across_threads_with_wrapping_small_rings() {
+    let (mut server, mut client) = pair(1024, 2048).unwrap();
+    let n = 300_001usize;
+    let t = thread::spawn(move || {
+        let mut data = vec![0u8; n];
+        Pattern::new(5).fill(&mut data);
+        for piece in data.chunks(777) {
+            client.write_all(piece).unwrap();
+        }
+        client.flush().unwrap();
+        client.close().unwrap();
+    });
+    let mut got = Vec::new();
+    server.read_to_end(&mut got).unwrap();
+    t.join().unwrap();
+    assert_eq!(got.len(), n);
+    assert_eq!(Pattern::new(5).first_mismatch(&got), None);
+    assert!(
+        server.signal().wakeups() > 0,
+        "a 1 KiB ring must have blocked"
+    );
+}
+
+#[test]
+fn messages_keep_their_boundaries() {
+    let (mut server, mut client) = pair(8192, 8192).unwrap();
+    let msgs: Vec<Vec<u8>> = (0..200).map(|i| vec![i as u8; (i * 37) % 3000]).collect();
+    let sent = msgs.clone();
+    let t = thread::spawn(move || {
+        for m in &sent {
+            client.send_msg(m).unwrap();
+        }
+        client
+    });
+    let mut buf = vec![0u8; 4096];
+    for m in &msgs {
+        let n = server.recv_msg(&mut buf).unwrap();
+        assert_eq!(&buf[..n], &m[..]);
+    }
+    let mut client = t.join().unwrap();
+    // Too large for the ring: refused whole, nothing sent.
+    let big = vec![0u8; client.max_msg() + 1];
+    assert!(matches!(
+        client.send_msg(&big),
+        Err(Error::Ring(vchan::Error::TooLarge { .. }))
+    ));
+    assert_eq!(server.endpoint().data_ready().unwrap(), 0);
+    // A message larger than the receiver's buffer breaks the message
+    // stream for good, with a clear error.
+    client.send_msg(&[1u8; 100]).unwrap();
+    let mut small = [0u8; 10];
+    assert!(matches!(
+        server.recv_msg(&mut small),
+        Err(Error::Ring(vchan::Error::TooLarge { len: 100, .. }))
+    ));
+    assert!(matches!(server.recv_msg(&mut buf), Err(Error::Ring(_))));
+    assert_eq!(MSG_HEADER, 4);
+}
+
+#[test]
+fn clean_close_delivers_the_rest_then_end_of_stream() {
+    let (mut server, mut client) = pair(4096, 4096).unwrap();
+    client.write_all(&[9u8; 1000]).unwrap();
+    client.close().unwrap();
+    let mut buf = [0u8; 4096];
+    assert_eq!(server.read(&mut buf).unwrap(), 1000);
+    assert_eq!(server.read(&mut buf).unwrap(), 0);
+    assert!(matches!(server.write(b"late"), Err(Error::Closed)));
+    assert!(matches!(
+        server.recv_packet(&mut buf[..1]),
+        Err(Error::Closed)
+    ));
+}
+
+#[test]
+fn a_close_wakes_a_blocked_reader() {
+    let (mut server, mut client) = pair(4096, 4096).unwrap();
+    let t = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(30));
+        drop(client.close());
+        client
+    });
+    let start = Instant::now();
+    assert_eq!(server.read(&mut [0u8; 8]).unwrap(), 0);
+    assert!(start.elapsed() < Duration::from_secs(2));
+    drop(t.join().unwrap());
+}
+
+#[test]
+fn timeouts_end_blocking_calls() {
+    let (mut server, _client) = pair(4096, 4096).unwrap();
+    server
+        .signal_mut()
+        .set_timeout(Some(Duration::from_millis(30)));
+    let start = Instant::now();
+    assert!(matches!(server.read(&mut [0u8; 8]), Err(Error::TimedOut)));
+    assert!(start.elapsed() >= Duration::from_millis(25));
+    let e: std::io::Error = Error::TimedOut.into();
+    assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+}
+
+#[test]
+fn spinning_round_trips_still_work() {
+    let (mut server, mut client) = pair(4096, 4096).unwrap();
+    server.signal_mut().set_spin(Duration::from_micros(50));
+    client.signal_mut().set_spin(Duration::from_micros(50));
+    let t = thread::spawn(move || {
+        let mut b = [0u8; 64];
+        for _ in 0..2000 {
+            client.recv_packet(&mut b).unwrap();
+            client.send_packet(&b).unwrap();
+        }
+    });
+    let mut b = [0u8; 64];
+    for i in 0..2000u32 {
+        b[..4].copy_from_slice(&i.to_le_bytes());
+        server.send_packet(&b).unwrap();
+        server.recv_packet(&mut b).unwrap();
+        assert_eq!(u32::from_le_bytes(b[..4].try_into().unwrap()), i);
+    }
+    t.join().unwrap();
+}
+
+#[test]
+fn event_signal_drives_ring_cores_blocking_wrapper() {
+    // The eventfd signal through the core's generic `Signal` trait.
+    let orders = Orders::new(10, 11).unwrap();
+    let mem = Arc::new(MemFd::create("blocking", 4096).unwrap());
+    let server = vchan::serve_flat(mem.clone(), orders, ServerOptions::default()).unwrap();
+    let client = vchan::connect_flat(mem).unwrap();
+    let (s_sig, c_sig) = eventfd::pair().unwrap();
+    let mut server = Blocking::new(server, s_sig);
+    let mut client = Blocking::new(client, c_sig);
+    let t = thread::spawn(move || {
+        let mut data = vec![0u8; 50_000];
+        Pattern::new(3).fill(&mut data);
+        client.write_all(&data).unwrap();
+        client.close().unwrap();
+        client.signal().kicks()
+    });
+    let mut got = Vec::new();
+    let mut buf = [0u8; 700];
+    loop {
+        let n = server.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    let kicks = t.join().unwrap();
+    assert_eq!(Pattern::new(3).first_mismatch(&got), None);
+    assert_eq!(got.len(), 50_000);
+    assert!(kicks > 0);
+}
+
+#[test]
+fn live_byte_cleared_without_a_kick_still_wakes_blocked_calls() {
+    use ring_core::mem::SharedMem;
+    use ring_core::vchan::layout::CLI_LIVE;
+    use ring_hosted::stream::LIVENESS_POLL;
+    // A blocked reader.
+    let (mut server, client) = pair(4096, 4096).unwrap();
+    let mem = server.memory().clone();
+    let t = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(20));
+        // The client "dies" politely but never kicks.
+        mem.store_u8(CLI_LIVE, 0).unwrap();
+        Instant::now()
+    });
+    assert_eq!(server.read(&mut [0u8; 8]).unwrap(), 0);
+    let noticed = Instant::now();
+    let cleared = t.join().unwrap();
+    assert!(noticed.duration_since(cleared) <= LIVENESS_POLL + Duration::from_millis(50));
+    drop(client); // only now: its close would have kicked
+
+    // A blocked writer (ring full).
+    let (mut server, client) = pair(4096, 4096).unwrap();
+    server.write_all(&[1u8; 4096]).unwrap();
+    let mem = server.memory().clone();
+    let t = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(20));
+        mem.store_u8(CLI_LIVE, 0).unwrap();
+        Instant::now()
+    });
+    assert!(matches!(server.write(b"more"), Err(Error::Closed)));
+    let noticed = Instant::now();
+    assert!(noticed.duration_since(t.join().unwrap()) <= LIVENESS_POLL + Duration::from_millis(50));
+    drop(client);
+}
+
+#[test]
+fn a_withheld_kick_costs_a_waiter_at_most_the_liveness_poll() {
+    use ring_core::mem::SharedMem;
+    use ring_core::vchan::layout::LEFT_PROD;
+    use ring_hosted::stream::LIVENESS_POLL;
+    let (mut server, client) = pair(4096, 4096).unwrap();
+    let mem = server.memory().clone();
+    let left = ring_core::vchan::FlatLayout::new(Orders::for_sizes(4096, 4096).unwrap()).left;
+    let t = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(20));
+        // A peer that publishes 3 bytes but "forgets" to kick.
+        mem.write(left, b"abc").unwrap();
+        mem.store_u32(LEFT_PROD, 3).unwrap();
+        Instant::now()
+    });
+    let mut buf = [0u8; 8];
+    assert_eq!(server.read(&mut buf).unwrap(), 3);
+    assert_eq!(&buf[..3], b"abc");
+    let published = t.join().unwrap();
+    assert!(published.elapsed() <= LIVENESS_POLL + Duration::from_millis(50));
+    // The unconditional kick reaches the other side.
+    server.kick().unwrap();
+    assert_eq!(client.signal().wakeups(), 0);
+    client
+        .signal()
+        .wait_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    assert_eq!(client.signal().wakeups(), 1);
+}
