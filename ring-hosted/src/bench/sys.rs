@@ -127,6 +127,16 @@ pub fn rw_syscalls() -> Option<u64> {
     Some(field("syscr:")? + field("syscw:")?)
 }
 
+/// Read/write syscalls that one [`rw_syscalls`] call itself adds to the
+/// count (measured by two back-to-back readings).
+pub fn meter_cost() -> u64 {
+    static COST: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *COST.get_or_init(|| match (rw_syscalls(), rw_syscalls()) {
+        (Some(a), Some(b)) => b.saturating_sub(a),
+        _ => 0,
+    })
+}
+
 static ALLOC_COUNTER: std::sync::OnceLock<fn() -> u64> = std::sync::OnceLock::new();
 
 /// Lets a benchmark binary that installs a counting global allocator say
@@ -135,8 +145,9 @@ pub fn set_allocation_counter(count: fn() -> u64) {
     let _ = ALLOC_COUNTER.set(count);
 }
 
-/// Allocations made in this process so far, or `None` if no counter was
-/// set with [`set_allocation_counter`].
+/// Allocations counted so far (per thread, if the binary counts per
+/// thread), or `None` if no counter was set with
+/// [`set_allocation_counter`].
 pub fn allocations() -> Option<u64> {
     ALLOC_COUNTER.get().map(|f| f())
 }

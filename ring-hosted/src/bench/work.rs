@@ -361,11 +361,16 @@ fn err(e: impl std::fmt::Display) -> String {
 }
 
 /// A side's waiting and kicking, with counts.
+///
+/// In [`Mode::Event`] a side first spins on a readiness check that arms
+/// nothing ([`spin_until`](Self::spin_until)), and only then runs the ring
+/// operation that arms a wake-up request, sleeping if that still blocks.
+/// So the peer is asked for a kick only by a side about to sleep, not by
+/// one that is merely polling.
 struct Waiter<'a> {
     mode: Mode,
     sleep_on: &'a OwnedFd,
     kick_to: &'a OwnedFd,
-    spun: u32,
     stats: SideStats,
 }
 
@@ -375,24 +380,36 @@ impl<'a> Waiter<'a> {
             mode,
             sleep_on,
             kick_to,
-            spun: 0,
             stats: SideStats::default(),
         }
     }
 
-    /// The ring would block (and has armed its request): spin or sleep.
+    /// Event mode: spins (up to the budget) until `ready` says so. Returns
+    /// the last answer (true in poll mode, which does not check).
+    fn spin_until(
+        &mut self,
+        mut ready: impl FnMut() -> Result<bool, String>,
+    ) -> Result<bool, String> {
+        let Mode::Event { spin } = self.mode else {
+            return Ok(true);
+        };
+        for _ in 0..spin {
+            if ready()? {
+                return Ok(true);
+            }
+            std::hint::spin_loop();
+        }
+        ready()
+    }
+
+    /// The ring operation would block (its request is armed and the ring
+    /// re-checked): spin once (poll mode) or sleep until kicked.
     fn blocked(&mut self) -> Result<(), String> {
         match self.mode {
             Mode::Poll => std::hint::spin_loop(),
-            Mode::Event { spin } => {
-                if self.spun < spin {
-                    self.spun += 1;
-                    std::hint::spin_loop();
-                } else {
-                    self.spun = 0;
-                    self.stats.sleeps += 1;
-                    sys::wait(self.sleep_on).map_err(err)?;
-                }
+            Mode::Event { .. } => {
+                self.stats.sleeps += 1;
+                sys::wait(self.sleep_on).map_err(err)?;
             }
         }
         Ok(())
@@ -400,7 +417,6 @@ impl<'a> Waiter<'a> {
 
     /// The ring moved; kick the peer if it asked (and anybody sleeps).
     fn moved(&mut self, notify: bool) -> Result<(), String> {
-        self.spun = 0;
         if notify && self.mode != Mode::Poll {
             self.stats.kicks += 1;
             sys::kick(self.kick_to).map_err(err)?;
@@ -416,20 +432,25 @@ struct Meter {
 }
 
 impl Meter {
+    /// Reads the syscall count first (reading /proc allocates), then the
+    /// allocation count, so neither reading is counted by the other.
     fn start() -> Meter {
+        let syscalls = sys::rw_syscalls();
         Meter {
-            syscalls: sys::rw_syscalls(),
+            syscalls,
             allocs: sys::allocations(),
         }
     }
 
+    /// The counts since [`start`](Self::start), less what reading them
+    /// costs (measured once per thread).
     fn stop(self, mut stats: SideStats) -> SideStats {
-        // Reading /proc costs one open/read/close; only the read counts.
+        let allocs = sys::allocations();
         stats.syscalls = match (self.syscalls, sys::rw_syscalls()) {
-            (Some(a), Some(b)) => Some(b.saturating_sub(a).saturating_sub(1)),
+            (Some(a), Some(b)) => Some(b.saturating_sub(a).saturating_sub(sys::meter_cost())),
             _ => None,
         };
-        stats.allocs = match (self.allocs, sys::allocations()) {
+        stats.allocs = match (self.allocs, allocs) {
             (Some(a), Some(b)) => Some(b.saturating_sub(a)),
             _ => None,
         };
@@ -519,11 +540,21 @@ pub fn drive(job: &Job, wire: &Wire, link: &mut dyn Link) -> Result<Sample, Stri
         Kind::VchanStream => {
             let ep = vchan_ep.as_mut().ok_or("no endpoint")?;
             let mut left = bytes;
+            // Free bytes as last seen, less what we wrote since: when it
+            // runs out, spin on the (non-arming) space check first.
+            let mut room = 0usize;
             while left > 0 {
                 let n = left.min(chunk as u64) as usize;
+                if room < n {
+                    w.spin_until(|| {
+                        room = ep.buffer_space().map_err(err)?;
+                        Ok(room >= n)
+                    })?;
+                }
                 match ep.write(buf.get(..n).unwrap_or_default()) {
                     Ok(t) => {
                         left -= t.len as u64;
+                        room = room.saturating_sub(t.len);
                         w.moved(t.notify)?;
                     }
                     Err(vchan::Error::WouldBlock) => w.blocked()?,
@@ -536,10 +567,21 @@ pub fn drive(job: &Job, wire: &Wire, link: &mut dyn Link) -> Result<Sample, Stri
             let payload: [&[u8]; 1] = [&buf];
             let mut pending = 0u32;
             let mut i = 0u64;
+            // Ring bytes one packet takes (descriptor, padded payload,
+            // trailer), and the room last seen less what we wrote since.
+            let need = 16 + chunk.next_multiple_of(8) + 8;
+            let mut room = 0usize;
             while i < job.ops {
+                if room < need {
+                    w.spin_until(|| {
+                        room = out.available().map_err(err)?;
+                        Ok(room >= need)
+                    })?;
+                }
                 match out.write(&OutgoingPacket::in_band(i, &payload)) {
                     Ok(()) => {
                         i += 1;
+                        room = room.saturating_sub(need);
                         pending += 1;
                         if pending >= job.batch || i == job.ops {
                             let t = out.commit().map_err(err)?;
@@ -780,12 +822,21 @@ pub fn serve(
         Kind::VchanStream => {
             let ep = vchan_ep.as_mut().ok_or("no endpoint")?;
             let mut left = bytes;
+            // Bytes readable as last seen, less what we read since.
+            let mut ready = 0usize;
             while left > 0 {
                 let n = left.min(chunk as u64) as usize;
+                if ready == 0 {
+                    w.spin_until(|| {
+                        ready = ep.data_ready().map_err(err)?;
+                        Ok(ready > 0)
+                    })?;
+                }
                 match ep.read(buf.get_mut(..n).unwrap_or_default()) {
                     Ok(t) if t.len == 0 => return Err("vchan closed early".into()),
                     Ok(t) => {
                         left -= t.len as u64;
+                        ready = ready.saturating_sub(t.len);
                         w.moved(t.notify)?;
                     }
                     Err(vchan::Error::WouldBlock) => w.blocked()?,
@@ -795,6 +846,13 @@ pub fn serve(
         }
         Kind::VmbusStream => {
             let (inc, _) = vmbus_pair.as_mut().ok_or("no rings")?;
+            // The VMBus reader's pattern: mask interrupts while draining,
+            // unmask (and re-check) only before sleeping.
+            let event = job.mode != Mode::Poll;
+            inc.set_interrupts(false);
+            if event {
+                inc.mask_interrupts().map_err(err)?;
+            }
             let mut got = 0u64;
             let mut pending = 0u32;
             while got < job.ops {
@@ -814,11 +872,18 @@ pub fn serve(
                         // may be waiting for that space).
                         let t = inc.commit().map_err(err)?;
                         pending = 0;
-                        if t.len > 0 {
-                            w.moved(t.notify)?;
-                        } else {
+                        w.moved(t.notify)?;
+                        if !event {
+                            w.blocked()?;
+                            continue;
+                        }
+                        if w.spin_until(|| Ok(inc.available().map_err(err)? > 0))? {
+                            continue;
+                        }
+                        if !inc.unmask_and_recheck().map_err(err)? {
                             w.blocked()?;
                         }
+                        inc.mask_interrupts().map_err(err)?;
                     }
                     Err(e) => return Err(e.to_string()),
                 }
