@@ -295,8 +295,7 @@ impl Bench {
         }
         let mut per_op: Vec<Vec<f64>> = vec![Vec::new(); n];
         let mut rtts: Vec<Vec<u64>> = vec![Vec::new(); n];
-        let mut totals: Vec<(u64, u64, u64, Option<u64>, Option<u64>)> =
-            vec![(0, 0, 0, Some(0), Some(0)); n];
+        let mut totals: Vec<Totals> = vec![(0, 0, 0, Some(0), Some(0)); n];
         for round in 0..self.cfg.rounds.max(1) {
             for k in 0..n {
                 let i = (k + round) % n;
@@ -373,6 +372,9 @@ impl Bench {
         self.results.last().unwrap_or_else(|| unreachable!())
     }
 }
+
+/// Ops, bytes, kicks, syscalls and allocations summed over samples.
+type Totals = (u64, u64, u64, Option<u64>, Option<u64>);
 
 fn median(v: &mut [f64]) -> f64 {
     if v.is_empty() {
@@ -608,4 +610,127 @@ pub fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
     let t0 = Instant::now();
     let r = f();
     (r, t0.elapsed())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One tiny row of each kind, a few milliseconds each: the harness
+    /// runs, every contender produces a number, and the output has its
+    /// shape (tables, ratios, PASS/MISS lines).
+    #[test]
+    fn smoke_every_kind_between_threads() {
+        let cfg = Config {
+            rounds: 2,
+            sample: Duration::from_millis(2),
+            peer_command: None,
+        };
+        let mut bench = Bench::new(cfg).unwrap();
+        let t = Place::Thread;
+        let mut stream = Group::new("stream", Metric::Throughput);
+        let rtrb = stream.add(Contender::job(
+            "rtrb",
+            Job::new(Kind::RtrbStream, 64, 4096),
+            t,
+        ));
+        let v = stream.add(Contender::job(
+            "vchan",
+            Job::new(Kind::VchanStream, 64, 12),
+            t,
+        ));
+        stream.add(Contender::job(
+            "vchan ev",
+            Job::new(Kind::VchanStream, 1024, 10).event(100),
+            t,
+        ));
+        let m = stream.add(Contender::job(
+            "vmbus",
+            Job::new(Kind::VmbusStream, 64, 8192).batched(4),
+            t,
+        ));
+        stream.add(Contender::job(
+            "vmbus ev",
+            Job::new(Kind::VmbusStream, 256, 8192).event(100),
+            t,
+        ));
+        stream.add(Contender::job("memcpy", Job::new(Kind::Memcpy, 64, 0), t));
+        stream.add(Contender::job("pipe", Job::new(Kind::PipeStream, 64, 0), t));
+        stream.add(Contender::job("sock", Job::new(Kind::SockStream, 64, 0), t));
+        stream.checks.push(Check::Ratio {
+            a: v,
+            b: rtrb,
+            bound: 1.0,
+        });
+        stream.checks.push(Check::KicksPer64K { a: m, max: 1.0 });
+        stream.checks.push(Check::QuietDataPath { a: v });
+        let mut ping = Group::new("ping", Metric::Latency);
+        let line = ping.add(Contender::job("line", Job::new(Kind::LinePing, 64, 0), t));
+        let vp = ping.add(Contender::job(
+            "vchan",
+            Job::new(Kind::VchanPing, 64, 12),
+            t,
+        ));
+        ping.add(Contender::job(
+            "vchan ev",
+            Job::new(Kind::VchanPing, 64, 12).event(0),
+            t,
+        ));
+        ping.add(Contender::job(
+            "vmbus",
+            Job::new(Kind::VmbusPing, 64, 8192),
+            t,
+        ));
+        ping.add(Contender::job(
+            "vmbus ev",
+            Job::new(Kind::VmbusPing, 64, 8192).event(0),
+            t,
+        ));
+        ping.add(Contender::job(
+            "eventfd",
+            Job::new(Kind::EventfdPing, 8, 0),
+            t,
+        ));
+        ping.add(Contender::job("pipe", Job::new(Kind::PipePing, 64, 0), t));
+        ping.add(Contender::job("sock", Job::new(Kind::SockPing, 64, 0), t));
+        ping.checks.push(Check::Ratio {
+            a: vp,
+            b: line,
+            bound: 2.0,
+        });
+        for g in [stream, ping] {
+            let r = bench.run(g);
+            for o in &r.outcomes {
+                assert!(o.error.is_none(), "{}: {:?}", o.name, o.error);
+                assert!(o.ns.is_finite() && o.ns > 0.0, "{}: {}", o.name, o.ns);
+            }
+        }
+        let text = render(&bench.results, false);
+        let md = render(&bench.results, true);
+        assert!(text.contains("== stream") && text.contains("== ping"));
+        assert!(md.contains("| contender |") && md.contains("### ping"));
+        let v = verdicts(&bench.results);
+        assert_eq!(v.len(), 4);
+        assert!(text.matches("PASS").count() + text.matches("MISS").count() == 4);
+    }
+
+    #[test]
+    fn the_default_suite_is_well_formed() {
+        let gs = suite::groups(suite::Selection {
+            sweeps: true,
+            process: true,
+        });
+        assert!(gs.len() > 10);
+        for g in &gs {
+            for c in &g.checks {
+                let ok = |i: usize| i < g.contenders.len();
+                match *c {
+                    Check::Ratio { a, b, .. } => assert!(ok(a) && ok(b), "{}", g.title),
+                    Check::KicksPer64K { a, .. } | Check::QuietDataPath { a } => {
+                        assert!(ok(a), "{}", g.title)
+                    }
+                }
+            }
+        }
+    }
 }

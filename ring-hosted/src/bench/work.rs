@@ -485,8 +485,11 @@ pub fn drive(job: &Job, wire: &Wire, link: &mut dyn Link) -> Result<Sample, Stri
     let mut vmbus_pair = None;
     match job.kind {
         Kind::VchanStream | Kind::VchanPing => {
+            // The server writes the right ring. Two in-page rings of one
+            // order would share a slot, so below order 12 the (idle) left
+            // ring gets order 12.
             let order = job.ring as u8;
-            let orders = Orders::new(order, order).map_err(err)?;
+            let orders = Orders::new(order.max(12), order).map_err(err)?;
             vchan_ep = Some(
                 vchan::serve_flat(mem.clone(), orders, ServerOptions::default()).map_err(err)?,
             );
