@@ -27,6 +27,9 @@ pub struct BenchArgs {
     /// Skip the cross-process rows.
     #[arg(long)]
     pub no_process: bool,
+    /// Only groups whose title contains this text (repeatable).
+    #[arg(long, value_name = "TEXT")]
+    pub only: Vec<String>,
     /// Run as the peer process of a benchmark (internal).
     #[arg(long, hide = true, value_name = "SOCKET")]
     pub bench_peer: Option<PathBuf>,
@@ -67,6 +70,11 @@ pub fn groups(sel: Selection) -> Vec<Group<'static>> {
     g.add(Contender::job(
         "VMBus in-band, batch 16",
         job(VmbusStream, 64, 65536).batched(16),
+        t,
+    ));
+    g.add(Contender::job(
+        "vchan stream, polling by re-trying read/write",
+        job(VchanStream, 64, 16).retry(),
         t,
     ));
     g.add(Contender::job(
@@ -186,6 +194,11 @@ pub fn groups(sel: Selection) -> Vec<Group<'static>> {
         ));
         let v = g.add(Contender::job("vchan", job(VchanPing, 64, 12), place));
         let m = g.add(Contender::job("VMBus", job(VmbusPing, 64, 65536), place));
+        g.add(Contender::job(
+            "vchan, polling by re-trying recv",
+            job(VchanPing, 64, 12).retry(),
+            place,
+        ));
         g.checks.push(Check::Ratio {
             a: v,
             b: line,
@@ -346,7 +359,9 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
     let mut bench = Bench::new(cfg)?;
     println!("# ring bench: Rust contenders and OS baselines (the C rings run in `cargo bench -p ring-tests --bench rings`)");
     println!("# machine: {}", super::machine_line());
-    for g in groups(sel) {
+    let wanted =
+        |title: &str| args.only.is_empty() || args.only.iter().any(|o| title.contains(o.as_str()));
+    for g in groups(sel).into_iter().filter(|g| wanted(&g.title)) {
         let r = bench.run(g);
         print!("{}", render(std::slice::from_ref(r), args.markdown));
     }

@@ -31,8 +31,13 @@ pub const MEM_SIZE: usize = LINE_AT + 4096;
 /// How a ring side waits when the ring is empty or full.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
-    /// Spin on the ring for ever; `notify` results are ignored.
+    /// Spin on a readiness check that arms nothing (`data_ready`,
+    /// `buffer_space`, `available`) for ever; `notify` results are ignored.
     Poll,
+    /// Spin by re-trying the ring operation itself, which arms a wake-up
+    /// request on every miss (what a naive polling loop over the
+    /// non-blocking API does); `notify` results are ignored.
+    Retry,
     /// Re-try `spin` times, then sleep in `read` on the eventfd; kick the
     /// peer whenever the ring says it asked.
     Event {
@@ -137,6 +142,12 @@ impl Job {
         self
     }
 
+    /// The same job polling by re-trying the arming operation.
+    pub fn retry(mut self) -> Job {
+        self.mode = Mode::Retry;
+        self
+    }
+
     /// The same job committing every `batch` packets.
     pub fn batched(mut self, batch: u32) -> Job {
         self.batch = batch.max(1);
@@ -150,6 +161,7 @@ impl Job {
         let (mode, spin) = match self.mode {
             Mode::Poll => (0u32, 0u32),
             Mode::Event { spin } => (1, spin),
+            Mode::Retry => (2, 0),
         };
         let words = [kind, self.chunk, self.ring, self.batch, mode, spin];
         for (slot, w) in b.chunks_exact_mut(4).zip(words) {
@@ -177,7 +189,8 @@ impl Job {
             batch: w(3),
             mode: match w(4) {
                 0 => Mode::Poll,
-                _ => Mode::Event { spin: w(5) },
+                1 => Mode::Event { spin: w(5) },
+                _ => Mode::Retry,
             },
             ops: u64::from_le_bytes(ops),
         })
@@ -406,7 +419,7 @@ impl<'a> Waiter<'a> {
     /// re-checked): spin once (poll mode) or sleep until kicked.
     fn blocked(&mut self) -> Result<(), String> {
         match self.mode {
-            Mode::Poll => std::hint::spin_loop(),
+            Mode::Poll | Mode::Retry => std::hint::spin_loop(),
             Mode::Event { .. } => {
                 self.stats.sleeps += 1;
                 sys::wait(self.sleep_on).map_err(err)?;
@@ -417,7 +430,7 @@ impl<'a> Waiter<'a> {
 
     /// The ring moved; kick the peer if it asked (and anybody sleeps).
     fn moved(&mut self, notify: bool) -> Result<(), String> {
-        if notify && self.mode != Mode::Poll {
+        if notify && matches!(self.mode, Mode::Event { .. }) {
             self.stats.kicks += 1;
             sys::kick(self.kick_to).map_err(err)?;
         }
@@ -500,7 +513,7 @@ pub fn drive(job: &Job, wire: &Wire, link: &mut dyn Link) -> Result<Sample, Stri
             vmbus::initialize_ring(&ba, layout).map_err(err)?;
             let out = OutgoingRing::new(ab, layout).map_err(err)?;
             let mut inc = IncomingRing::new(ba, layout).map_err(err)?;
-            inc.set_interrupts(job.mode != Mode::Poll);
+            inc.set_interrupts(matches!(job.mode, Mode::Event { .. } | Mode::Retry));
             vmbus_pair = Some((inc, out));
         }
         Kind::LinePing => {
@@ -649,6 +662,7 @@ pub fn drive(job: &Job, wire: &Wire, link: &mut dyn Link) -> Result<Sample, Stri
                         Err(e) => return Err(e.to_string()),
                     }
                 }
+                w.spin_until(|| Ok(ep.data_ready().map_err(err)? >= chunk))?;
                 loop {
                     match ep.recv(&mut back) {
                         Ok(t) => break w.moved(t.notify)?,
@@ -697,6 +711,7 @@ fn vmbus_recv<M: SharedMem>(
     buf: &mut [u8],
     w: &mut Waiter<'_>,
 ) -> Result<(), String> {
+    w.spin_until(|| Ok(inc.available().map_err(err)? > 0))?;
     loop {
         match inc.read_packet() {
             Ok(p) => {
@@ -765,14 +780,14 @@ pub fn serve(
             vchan_ep = Some(vchan::connect_flat(mem.clone()).map_err(err)?);
             // A client kicks the server once after connecting (the
             // protocol's rule); harmless when nobody sleeps yet.
-            if job.mode != Mode::Poll {
+            if matches!(job.mode, Mode::Event { .. }) {
                 sys::kick(&wire.ev[0]).map_err(err)?;
             }
         }
         Kind::VmbusStream | Kind::VmbusPing => {
             let (ab, ba, layout) = vmbus_rings(mem, job.ring)?;
             let mut inc = IncomingRing::new(ab, layout).map_err(err)?;
-            inc.set_interrupts(job.mode != Mode::Poll);
+            inc.set_interrupts(matches!(job.mode, Mode::Event { .. } | Mode::Retry));
             let out = OutgoingRing::new(ba, layout).map_err(err)?;
             vmbus_pair = Some((inc, out));
         }
@@ -851,8 +866,8 @@ pub fn serve(
             let (inc, _) = vmbus_pair.as_mut().ok_or("no rings")?;
             // The VMBus reader's pattern: mask interrupts while draining,
             // unmask (and re-check) only before sleeping.
-            let event = job.mode != Mode::Poll;
-            inc.set_interrupts(false);
+            let event = matches!(job.mode, Mode::Event { .. });
+            inc.set_interrupts(job.mode == Mode::Retry);
             if event {
                 inc.mask_interrupts().map_err(err)?;
             }
@@ -877,7 +892,9 @@ pub fn serve(
                         pending = 0;
                         w.moved(t.notify)?;
                         if !event {
-                            w.blocked()?;
+                            if !w.spin_until(|| Ok(inc.available().map_err(err)? > 0))? {
+                                w.blocked()?;
+                            }
                             continue;
                         }
                         if w.spin_until(|| Ok(inc.available().map_err(err)? > 0))? {
@@ -923,6 +940,7 @@ pub fn serve(
         Kind::VchanPing => {
             let ep = vchan_ep.as_mut().ok_or("no endpoint")?;
             for _ in 0..job.ops {
+                w.spin_until(|| Ok(ep.data_ready().map_err(err)? >= chunk))?;
                 loop {
                     match ep.recv(&mut buf) {
                         Ok(t) => break w.moved(t.notify)?,
