@@ -16,10 +16,10 @@ pub struct BenchArgs {
     #[arg(long)]
     pub markdown: bool,
     /// Interleaved rounds per group.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 9)]
     pub rounds: usize,
     /// Length of one sample, in milliseconds.
-    #[arg(long, default_value_t = 25)]
+    #[arg(long, default_value_t = 50)]
     pub sample_ms: u64,
     /// Only the headline groups (the targets), not the sweeps.
     #[arg(long)]
@@ -164,8 +164,8 @@ pub fn groups(sel: Selection) -> Vec<Group<'static>> {
         t,
     ));
     let m4 = g.add(Contender::job(
-        "VMBus 4 KiB batch 16, eventfd",
-        job(VmbusStream, 4096, 65536).batched(16).event(STREAM_SPIN),
+        "VMBus 4 KiB batch 4, eventfd",
+        job(VmbusStream, 4096, 65536).batched(4).event(STREAM_SPIN),
         t,
     ));
     let m64 = g.add(Contender::job(
