@@ -11,7 +11,8 @@
 //! Both sides busy-poll and kick the peer's eventfd whenever their
 //! protocol says the peer asked (libxenvchan does that inside its write
 //! and read; ours does it on `Transfer::notify`). Pass `--markdown` for
-//! tables, `--quick` for a short run.
+//! tables, `--quick` for a short run, `--only TEXT` to run only the groups
+//! whose title contains TEXT.
 
 use ring_core::vchan::{self, FlatLayout, Orders, ServerOptions};
 use ring_core::vmbus::{self, IncomingRing, OutgoingPacket, OutgoingRing};
@@ -389,7 +390,14 @@ fn main() -> std::process::ExitCode {
         sweeps: false,
         process: true,
     }));
-    for g in groups {
+    // `--only TEXT` (repeatable): only groups whose title contains TEXT.
+    let only: Vec<&str> = args
+        .windows(2)
+        .filter(|w| w[0] == "--only")
+        .map(|w| w[1].as_str())
+        .collect();
+    let wanted = |t: &str| only.is_empty() || only.iter().any(|o| t.contains(o));
+    for g in groups.into_iter().filter(|g| wanted(&g.title)) {
         let r = harness.run(g);
         print!("{}", render(std::slice::from_ref(r), markdown));
     }
