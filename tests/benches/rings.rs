@@ -20,7 +20,7 @@ use ring_hosted::bench::{
     self, render, suite, sys, work::Sample, Bench, Check, Config, Contender, Group, Metric,
 };
 use ring_tests::dpdk::{Ring, EAGAIN};
-use ring_tests::xen::{kick_fd, CPeer, Shm, Wires};
+use ring_tests::xen::{kick_fd, take_events, CPeer, Shm, Wires};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::os::fd::AsFd;
@@ -100,6 +100,14 @@ fn stream_sample(ops: u64, chunk: usize, elapsed: Duration) -> Sample {
     }
 }
 
+/// Kicks both sides sent during a sample: each kick adds one to an
+/// eventfd counter nobody reads while we poll, so the counters are exact.
+fn kicks(wires: &Wires) -> Result<u64, String> {
+    let a = take_events(wires.rust_wake.as_fd()).map_err(|e| e.to_string())?;
+    let b = take_events(wires.c_wake.as_fd()).map_err(|e| e.to_string())?;
+    Ok(a + b)
+}
+
 /// libxenvchan writer and reader over `shm` (order `order` each way).
 fn xen_stream(shm: &Shm, order: u8, chunk: usize, ops: u64) -> Result<Sample, String> {
     let wires = Wires::new().map_err(|e| e.to_string())?;
@@ -151,7 +159,9 @@ fn xen_stream(shm: &Shm, order: u8, chunk: usize, ops: u64) -> Result<Sample, St
             Ok(())
         },
     )?;
-    Ok(stream_sample(ops, chunk, elapsed))
+    let mut s = stream_sample(ops, chunk, elapsed);
+    s.a.kicks = kicks(&wires)?;
+    Ok(s)
 }
 
 /// ring-core's vchan over the same memory, polling the same way and
@@ -208,7 +218,9 @@ fn our_vchan_stream(shm: &Shm, order: u8, chunk: usize, ops: u64) -> Result<Samp
             Ok(())
         },
     )?;
-    Ok(stream_sample(ops, chunk, elapsed))
+    let mut s = stream_sample(ops, chunk, elapsed);
+    s.a.kicks = kicks(&wires)?;
+    Ok(s)
 }
 
 /// DPDK's sender and receiver on one ring, one packet per send.
