@@ -16,8 +16,9 @@
 
 use ring_core::vchan::{self, FlatLayout, Orders, ServerOptions};
 use ring_core::vmbus::{self, IncomingRing, OutgoingPacket, OutgoingRing};
+use ring_hosted::bench::work::{Job, Kind, Link, Sample, SideStats, Wire};
 use ring_hosted::bench::{
-    self, render, suite, sys, work::Sample, Bench, Check, Config, Contender, Group, Metric,
+    self, render, suite, sys, Bench, Check, Config, Contender, Group, Metric, Place,
 };
 use ring_tests::dpdk::{Ring, EAGAIN};
 use ring_tests::xen::{kick_fd, take_events, CPeer, Shm, Wires};
@@ -223,6 +224,86 @@ fn our_vchan_stream(shm: &Shm, order: u8, chunk: usize, ops: u64) -> Result<Samp
     Ok(s)
 }
 
+/// Custom job id of the cross-process libxenvchan stream.
+const XEN_STREAM: u32 = 1;
+
+/// libxenvchan's server (writer) here and its client (reader) in the peer
+/// process, on the harness's shared memfd (flat layout at offset 0).
+fn xen_stream_process(
+    wire: &Wire,
+    link: Option<&mut dyn Link>,
+    order: u8,
+    chunk: usize,
+    ops: u64,
+) -> Result<Sample, String> {
+    let link = link.ok_or("no peer process")?;
+    let e = |e: std::io::Error| e.to_string();
+    take_events(wire.ev[0].as_fd()).map_err(e)?;
+    take_events(wire.ev[1].as_fd()).map_err(e)?;
+    let mut server = CPeer::server(
+        wire.mem.as_fd(),
+        order,
+        order,
+        0,
+        wire.ev[0].as_fd(),
+        wire.ev[1].as_fd(),
+    )
+    .ok_or("libxenvchan server set-up failed")?;
+    let job = Job {
+        ops,
+        ..Job::new(Kind::Custom, chunk as u32, XEN_STREAM)
+    };
+    let buf = vec![0x5au8; chunk];
+    let total = ops as usize * chunk;
+    link.start(&job)?;
+    let t0 = Instant::now();
+    let mut sent = 0;
+    while sent < total {
+        let n = (total - sent).min(chunk);
+        match server.write(buf.get(..n).unwrap_or_default()) {
+            r if r > 0 => sent += r as usize,
+            0 => std::hint::spin_loop(),
+            r => return Err(format!("libxenvchan_write: {r}")),
+        }
+    }
+    let b = link.finish()?;
+    let elapsed = t0.elapsed();
+    drop(server);
+    let mut s = stream_sample(ops, chunk, elapsed);
+    s.b = b;
+    s.a.kicks =
+        take_events(wire.ev[0].as_fd()).map_err(e)? + take_events(wire.ev[1].as_fd()).map_err(e)?;
+    Ok(s)
+}
+
+/// The peer process's half of [`xen_stream_process`]: a libxenvchan client
+/// reading everything.
+fn xen_client_side(
+    job: &Job,
+    wire: &Wire,
+    ready: &mut dyn FnMut() -> Result<(), String>,
+) -> Result<SideStats, String> {
+    if job.ring != XEN_STREAM {
+        return Err(format!("unknown custom job {}", job.ring));
+    }
+    let mut client = CPeer::client(wire.mem.as_fd(), wire.ev[1].as_fd(), wire.ev[0].as_fd())
+        .ok_or("libxenvchan client set-up failed")?;
+    let chunk = job.chunk.max(1) as usize;
+    let total = job.ops as usize * chunk;
+    let mut buf = vec![0u8; chunk];
+    ready()?;
+    let mut got = 0;
+    while got < total {
+        let n = (total - got).min(chunk);
+        match client.read(buf.get_mut(..n).unwrap_or_default()) {
+            r if r > 0 => got += r as usize,
+            0 => std::hint::spin_loop(),
+            r => return Err(format!("libxenvchan_read: {r}")),
+        }
+    }
+    Ok(SideStats::default())
+}
+
 /// DPDK's sender and receiver on one ring, one packet per send.
 fn dpdk_stream(ring: &Ring, payload: usize, ops: u64) -> Result<Sample, String> {
     vmbus::initialize_ring(&ring.mem(), ring.layout).map_err(|e| e.to_string())?;
@@ -321,11 +402,11 @@ fn c_groups<'a>(xen_mem: &'a Shm, dpdk_ring: &'a Ring, quick: bool) -> Vec<Group
         );
         let c = g.add(Contender::custom(
             "libxenvchan (C)",
-            Box::new(move |_, ops| xen_stream(xen_mem, order, chunk, ops)),
+            Box::new(move |_, _, ops| xen_stream(xen_mem, order, chunk, ops)),
         ));
         let r = g.add(Contender::custom(
             "ring-core vchan",
-            Box::new(move |_, ops| our_vchan_stream(xen_mem, order, chunk, ops)),
+            Box::new(move |_, _, ops| our_vchan_stream(xen_mem, order, chunk, ops)),
         ));
         g.checks.push(Check::Ratio {
             a: r,
@@ -334,6 +415,30 @@ fn c_groups<'a>(xen_mem: &'a Shm, dpdk_ring: &'a Ring, quick: bool) -> Vec<Group
         });
         gs.push(g);
     }
+    let mut g = Group::new(
+        "4096-byte chunks, libxenvchan vs ours, same memfd, cross-process, 256 KiB rings",
+        Metric::Throughput,
+    );
+    let c = g.add(Contender::custom(
+        "libxenvchan (C), re-trying, kicks when asked",
+        Box::new(|wire, link, ops| xen_stream_process(wire, link, 18, 4096, ops)),
+    ));
+    let r = g.add(Contender::job(
+        "ring-core vchan, re-trying, kicks when asked",
+        Job::new(Kind::VchanStream, 4096, 18).retry_kick(),
+        Place::Process,
+    ));
+    g.add(Contender::job(
+        "ring-core vchan, eventfd (spin, then sleep)",
+        Job::new(Kind::VchanStream, 4096, 18).event(suite::STREAM_SPIN),
+        Place::Process,
+    ));
+    g.checks.push(Check::Ratio {
+        a: r,
+        b: c,
+        bound: 1.2,
+    });
+    gs.push(g);
     let payloads: &[usize] = if quick { &[4096] } else { &[64, 4096] };
     for &payload in payloads {
         let mut g = Group::new(
@@ -342,11 +447,11 @@ fn c_groups<'a>(xen_mem: &'a Shm, dpdk_ring: &'a Ring, quick: bool) -> Vec<Group
         );
         let c = g.add(Contender::custom(
             "DPDK vmbus_br (C)",
-            Box::new(move |_, ops| dpdk_stream(dpdk_ring, payload, ops)),
+            Box::new(move |_, _, ops| dpdk_stream(dpdk_ring, payload, ops)),
         ));
         let r = g.add(Contender::custom(
             "ring-core VMBus",
-            Box::new(move |_, ops| our_vmbus_stream(dpdk_ring, payload, ops)),
+            Box::new(move |_, _, ops| our_vmbus_stream(dpdk_ring, payload, ops)),
         ));
         g.checks.push(Check::Ratio {
             a: r,
@@ -364,7 +469,8 @@ fn main() -> std::process::ExitCode {
         let Some(socket) = args.get(i + 1) else {
             return std::process::ExitCode::FAILURE;
         };
-        return match bench::link::peer_main(std::path::Path::new(socket)) {
+        let path = std::path::Path::new(socket);
+        return match bench::link::peer_main_with(path, &mut xen_client_side) {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("rings bench peer: {e}");

@@ -151,6 +151,11 @@ fn recv_fds(sock: &UnixStream) -> Result<Vec<std::os::fd::OwnedFd>, String> {
     Ok(fds)
 }
 
+/// Side B of a [`Kind::Custom`](super::work::Kind::Custom) job: given the
+/// job, the wire and the "ready" callback, run and report.
+pub type PeerHook<'a> = dyn FnMut(&Job, &Wire, &mut dyn FnMut() -> Result<(), String>) -> Result<SideStats, String>
+    + 'a;
+
 /// The child's main loop: connect to `socket`, take the wire, then run side
 /// B of each job the parent sends until it hangs up.
 ///
@@ -158,6 +163,18 @@ fn recv_fds(sock: &UnixStream) -> Result<Vec<std::os::fd::OwnedFd>, String> {
 ///
 /// Set-up failures; job failures are reported to the parent.
 pub fn peer_main(socket: &Path) -> Result<(), String> {
+    peer_main_with(socket, &mut |_, _, _| {
+        Err("no custom jobs in this program".into())
+    })
+}
+
+/// [`peer_main`] with a hook for the binary's own [`Kind::Custom`]
+/// (super::work::Kind::Custom) jobs.
+///
+/// # Errors
+///
+/// As [`peer_main`].
+pub fn peer_main_with(socket: &Path, custom: &mut PeerHook<'_>) -> Result<(), String> {
     sys::pin_to(CORES.1);
     let mut sock = UnixStream::connect(socket).map_err(|e| e.to_string())?;
     let wire = Wire::from_fds(recv_fds(&sock)?)?;
@@ -168,9 +185,12 @@ pub fn peer_main(socket: &Path) -> Result<(), String> {
         }
         let job = Job::decode(&raw).ok_or("bad job")?;
         let mut tx = sock.try_clone().map_err(|e| e.to_string())?;
-        let r = work::serve(&job, &wire, &mut || {
-            tx.write_all(b"R").map_err(|e| e.to_string())
-        });
+        let mut ready = || tx.write_all(b"R").map_err(|e| e.to_string());
+        let r = if job.kind == work::Kind::Custom {
+            custom(&job, &wire, &mut ready)
+        } else {
+            work::serve(&job, &wire, &mut ready)
+        };
         match r {
             Ok(stats) => {
                 let mut b = [b'D'; 33];

@@ -40,8 +40,10 @@ pub enum Place {
 }
 
 /// A measurement function of its own (the C contenders use this): run
-/// `ops` operations and report.
-pub type CustomRun<'a> = Box<dyn FnMut(&Wire, u64) -> Result<Sample, String> + 'a>;
+/// `ops` operations and report. It gets the shared resources and, if a
+/// peer process runs, the link to it (for [`work::Kind::Custom`] jobs).
+pub type CustomRun<'a> =
+    Box<dyn FnMut(&Wire, Option<&mut dyn work::Link>, u64) -> Result<Sample, String> + 'a>;
 
 enum How<'a> {
     Job(Job, Place),
@@ -247,7 +249,10 @@ impl Bench {
 
     fn sample(&mut self, c: &mut Contender<'_>, ops: u64) -> Result<Sample, String> {
         match &mut c.how {
-            How::Custom(run) => run(&self.wire, ops),
+            How::Custom(run) => {
+                let link = self.process.as_mut().map(|l| l as &mut dyn work::Link);
+                run(&self.wire, link, ops)
+            }
             How::Job(job, place) => {
                 let job = Job { ops, ..*job };
                 match place {

@@ -38,6 +38,9 @@ pub enum Mode {
     /// request on every miss (what a naive polling loop over the
     /// non-blocking API does); `notify` results are ignored.
     Retry,
+    /// As [`Retry`](Self::Retry), but kick the peer whenever the ring says
+    /// it asked, as libxenvchan's non-blocking read and write do.
+    RetryKick,
     /// Re-try `spin` times, then sleep in `read` on the eventfd; kick the
     /// peer whenever the ring says it asked.
     Event {
@@ -74,10 +77,14 @@ pub enum Kind {
     VchanPing,
     /// Messages as in-band packets through two VMBus rings.
     VmbusPing,
+    /// A workload the benchmark binary defines (its peer half runs in the
+    /// hook given to [`peer_main_with`](super::link::peer_main_with));
+    /// `ring` tells which.
+    Custom,
 }
 
 impl Kind {
-    const ALL: [Kind; 12] = [
+    const ALL: [Kind; 13] = [
         Kind::Memcpy,
         Kind::PipeStream,
         Kind::SockStream,
@@ -90,6 +97,7 @@ impl Kind {
         Kind::SockPing,
         Kind::VchanPing,
         Kind::VmbusPing,
+        Kind::Custom,
     ];
 
     /// Round trips (latency) rather than streaming (throughput).
@@ -148,6 +156,12 @@ impl Job {
         self
     }
 
+    /// The same job polling by re-trying, and kicking when asked.
+    pub fn retry_kick(mut self) -> Job {
+        self.mode = Mode::RetryKick;
+        self
+    }
+
     /// The same job committing every `batch` packets.
     pub fn batched(mut self, batch: u32) -> Job {
         self.batch = batch.max(1);
@@ -162,6 +176,7 @@ impl Job {
             Mode::Poll => (0u32, 0u32),
             Mode::Event { spin } => (1, spin),
             Mode::Retry => (2, 0),
+            Mode::RetryKick => (3, 0),
         };
         let words = [kind, self.chunk, self.ring, self.batch, mode, spin];
         for (slot, w) in b.chunks_exact_mut(4).zip(words) {
@@ -190,7 +205,8 @@ impl Job {
             mode: match w(4) {
                 0 => Mode::Poll,
                 1 => Mode::Event { spin: w(5) },
-                _ => Mode::Retry,
+                2 => Mode::Retry,
+                _ => Mode::RetryKick,
             },
             ops: u64::from_le_bytes(ops),
         })
@@ -419,7 +435,7 @@ impl<'a> Waiter<'a> {
     /// re-checked): spin once (poll mode) or sleep until kicked.
     fn blocked(&mut self) -> Result<(), String> {
         match self.mode {
-            Mode::Poll | Mode::Retry => std::hint::spin_loop(),
+            Mode::Poll | Mode::Retry | Mode::RetryKick => std::hint::spin_loop(),
             Mode::Event { .. } => {
                 self.stats.sleeps += 1;
                 sys::wait(self.sleep_on).map_err(err)?;
@@ -430,7 +446,7 @@ impl<'a> Waiter<'a> {
 
     /// The ring moved; kick the peer if it asked (and anybody sleeps).
     fn moved(&mut self, notify: bool) -> Result<(), String> {
-        if notify && matches!(self.mode, Mode::Event { .. }) {
+        if notify && matches!(self.mode, Mode::Event { .. } | Mode::RetryKick) {
             self.stats.kicks += 1;
             sys::kick(self.kick_to).map_err(err)?;
         }
@@ -513,7 +529,7 @@ pub fn drive(job: &Job, wire: &Wire, link: &mut dyn Link) -> Result<Sample, Stri
             vmbus::initialize_ring(&ba, layout).map_err(err)?;
             let out = OutgoingRing::new(ab, layout).map_err(err)?;
             let mut inc = IncomingRing::new(ba, layout).map_err(err)?;
-            inc.set_interrupts(matches!(job.mode, Mode::Event { .. } | Mode::Retry));
+            inc.set_interrupts(!matches!(job.mode, Mode::Poll));
             vmbus_pair = Some((inc, out));
         }
         Kind::LinePing => {
@@ -538,6 +554,9 @@ pub fn drive(job: &Job, wire: &Wire, link: &mut dyn Link) -> Result<Sample, Stri
     }
     if job.kind == Kind::RtrbStream {
         return rtrb_stream(job, link, sample, &buf);
+    }
+    if job.kind == Kind::Custom {
+        return Err("custom jobs are driven by the binary that defines them".into());
     }
     link.start(job)?;
     let meter = Meter::start();
@@ -683,7 +702,7 @@ pub fn drive(job: &Job, wire: &Wire, link: &mut dyn Link) -> Result<Sample, Stri
                 sample.rtt.push(s.elapsed().as_nanos() as u64);
             }
         }
-        Kind::Memcpy | Kind::RtrbStream => {}
+        Kind::Memcpy | Kind::RtrbStream | Kind::Custom => {}
     }
     let a = meter.stop(w.stats);
     sample.b = link.finish()?;
@@ -787,7 +806,7 @@ pub fn serve(
         Kind::VmbusStream | Kind::VmbusPing => {
             let (ab, ba, layout) = vmbus_rings(mem, job.ring)?;
             let mut inc = IncomingRing::new(ab, layout).map_err(err)?;
-            inc.set_interrupts(matches!(job.mode, Mode::Event { .. } | Mode::Retry));
+            inc.set_interrupts(!matches!(job.mode, Mode::Poll));
             let out = OutgoingRing::new(ba, layout).map_err(err)?;
             vmbus_pair = Some((inc, out));
         }
@@ -800,6 +819,7 @@ pub fn serve(
     let meter = Meter::start();
     match job.kind {
         Kind::Memcpy => {}
+        Kind::Custom => return Err("custom jobs need the binary's peer hook".into()),
         Kind::PipeStream | Kind::SockStream => {
             let fd = if job.kind == Kind::PipeStream {
                 &wire.pipe[0][0]
@@ -867,7 +887,7 @@ pub fn serve(
             // The VMBus reader's pattern: mask interrupts while draining,
             // unmask (and re-check) only before sleeping.
             let event = matches!(job.mode, Mode::Event { .. });
-            inc.set_interrupts(job.mode == Mode::Retry);
+            inc.set_interrupts(matches!(job.mode, Mode::Retry | Mode::RetryKick));
             if event {
                 inc.mask_interrupts().map_err(err)?;
             }
