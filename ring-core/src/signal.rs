@@ -60,3 +60,34 @@ impl Signal for NoSignal {
         Ok(())
     }
 }
+
+/// Why a blocking call failed: the ring said no (`R`, the protocol's own
+/// error), or the host's [`Signal`] failed (`S`, e.g. a timeout or a dead
+/// fd). Both protocols' blocking wrappers use it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BlockingError<R, S> {
+    /// The ring said no (closed, corrupt, too large, ...).
+    Ring(R),
+    /// The signal failed.
+    Signal(S),
+}
+
+impl<R: core::fmt::Display, S: core::fmt::Debug> core::fmt::Display for BlockingError<R, S> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            BlockingError::Ring(e) => e.fmt(f),
+            BlockingError::Signal(e) => write!(f, "signal failed: {e:?}"),
+        }
+    }
+}
+
+impl<R: core::error::Error, S: core::fmt::Debug> core::error::Error for BlockingError<R, S> {}
+
+impl<R: embedded_io::Error, S: core::fmt::Debug> embedded_io::Error for BlockingError<R, S> {
+    fn kind(&self) -> embedded_io::ErrorKind {
+        match self {
+            BlockingError::Ring(e) => e.kind(),
+            BlockingError::Signal(_) => embedded_io::ErrorKind::Other,
+        }
+    }
+}

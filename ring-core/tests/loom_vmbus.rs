@@ -13,12 +13,10 @@
 //! which loom reports as a deadlock.
 #![cfg(loom)]
 
-use loom::cell::UnsafeCell;
-use loom::sync::atomic::{fence, AtomicU32, Ordering};
-use loom::sync::{Arc, Condvar, Mutex};
+mod loom_support;
+
 use loom::thread;
-use ring_core::mem::{MemError, SharedMem};
-use ring_core::signal::Signal;
+use loom_support::{model, LoomSignal, Mem, Shape};
 use ring_core::vmbus::{Blocking, IncomingRing, OutgoingPacket, OutgoingRing, RingLayout};
 
 const CONTROL: usize = 4096;
@@ -29,198 +27,20 @@ const CHUNK: usize = 1024;
 /// Payload of a packet that fills exactly one chunk: 16 + 1000 + 8.
 const PAYLOAD: usize = CHUNK - 16 - 8;
 
-struct LoomMem {
-    words: Vec<AtomicU32>,
-    chunks: Vec<UnsafeCell<[u8; CHUNK]>>,
-}
-
-impl LoomMem {
-    fn new() -> Self {
-        LoomMem {
-            words: (0..HEADER / 4).map(|_| AtomicU32::new(0)).collect(),
-            chunks: (0..DATA / CHUNK)
-                .map(|_| UnsafeCell::new([0; CHUNK]))
-                .collect(),
-        }
-    }
-
-    fn word(&self, offset: usize) -> Result<Option<&AtomicU32>, MemError> {
-        if offset % 4 != 0 {
-            return Err(MemError::Misaligned { offset });
-        }
-        if offset >= CONTROL {
-            return Err(MemError::OutOfBounds {
-                offset,
-                len: 4,
-                size: CONTROL,
-            });
-        }
-        // The reserved rest of the control page is not modelled.
-        Ok(self.words.get(offset / 4))
-    }
-
-    /// Visits the data chunks under `[offset, offset + len)`.
-    fn chunks(
-        &self,
-        offset: usize,
-        len: usize,
-        mut f: impl FnMut(&UnsafeCell<[u8; CHUNK]>, usize, usize, usize),
-    ) -> Result<(), MemError> {
-        let end = offset + len;
-        if offset < CONTROL || end > CONTROL + DATA {
-            // Only the data area is copied in bulk in these models (set-up
-            // that zeroes the control page is not used).
-            return Err(MemError::OutOfBounds {
-                offset,
-                len,
-                size: CONTROL + DATA,
-            });
-        }
-        let mut at = offset - CONTROL;
-        let end = end - CONTROL;
-        while at < end {
-            let chunk = at / CHUNK;
-            let n = ((chunk + 1) * CHUNK).min(end) - at;
-            f(&self.chunks[chunk], at % CHUNK, at + CONTROL - offset, n);
-            at += n;
-        }
-        Ok(())
-    }
-}
-
-impl SharedMem for LoomMem {
-    fn size(&self) -> usize {
-        CONTROL + DATA
-    }
-    fn load_u32(&self, offset: usize) -> Result<u32, MemError> {
-        Ok(self.word(offset)?.map_or(0, |w| w.load(Ordering::Acquire)))
-    }
-    fn store_u32(&self, offset: usize, value: u32) -> Result<(), MemError> {
-        if let Some(w) = self.word(offset)? {
-            w.store(value, Ordering::Release);
-        }
-        Ok(())
-    }
-    fn load_u8(&self, offset: usize) -> Result<u8, MemError> {
-        Err(MemError::Misaligned { offset })
-    }
-    fn store_u8(&self, offset: usize, _: u8) -> Result<(), MemError> {
-        Err(MemError::Misaligned { offset })
-    }
-    fn fetch_or_u8(&self, offset: usize, _: u8) -> Result<u8, MemError> {
-        Err(MemError::Misaligned { offset })
-    }
-    fn fetch_and_u8(&self, offset: usize, _: u8) -> Result<u8, MemError> {
-        Err(MemError::Misaligned { offset })
-    }
-    fn fence(&self) {
-        fence(Ordering::SeqCst);
-    }
-    fn read(&self, offset: usize, dst: &mut [u8]) -> Result<(), MemError> {
-        self.chunks(offset, dst.len(), |cell, from, to, n| {
-            cell.with(|p| {
-                // SAFETY: loom checks that no write to this cell races with us.
-                let bytes = unsafe { &*p };
-                dst[to..to + n].copy_from_slice(&bytes[from..from + n]);
-            })
-        })
-    }
-    fn write(&self, offset: usize, src: &[u8]) -> Result<(), MemError> {
-        self.chunks(offset, src.len(), |cell, to, from, n| {
-            cell.with_mut(|p| {
-                // SAFETY: loom checks that no other access races with us.
-                let bytes = unsafe { &mut *p };
-                bytes[to..to + n].copy_from_slice(&src[from..from + n]);
-            })
-        })
-    }
-}
-
-#[derive(Clone)]
-struct Mem(Arc<LoomMem>);
-
-impl SharedMem for Mem {
-    fn size(&self) -> usize {
-        self.0.size()
-    }
-    fn load_u32(&self, offset: usize) -> Result<u32, MemError> {
-        self.0.load_u32(offset)
-    }
-    fn store_u32(&self, offset: usize, value: u32) -> Result<(), MemError> {
-        self.0.store_u32(offset, value)
-    }
-    fn load_u8(&self, offset: usize) -> Result<u8, MemError> {
-        self.0.load_u8(offset)
-    }
-    fn store_u8(&self, offset: usize, value: u8) -> Result<(), MemError> {
-        self.0.store_u8(offset, value)
-    }
-    fn fetch_or_u8(&self, offset: usize, bits: u8) -> Result<u8, MemError> {
-        self.0.fetch_or_u8(offset, bits)
-    }
-    fn fetch_and_u8(&self, offset: usize, bits: u8) -> Result<u8, MemError> {
-        self.0.fetch_and_u8(offset, bits)
-    }
-    fn fence(&self) {
-        self.0.fence()
-    }
-    fn read(&self, offset: usize, dst: &mut [u8]) -> Result<(), MemError> {
-        self.0.read(offset, dst)
-    }
-    fn write(&self, offset: usize, src: &[u8]) -> Result<(), MemError> {
-        self.0.write(offset, src)
-    }
-}
-
-#[derive(Default)]
-struct Event {
-    pending: Mutex<bool>,
-    ready: Condvar,
-}
-
-/// The channel's one event, as a pair of loom events.
-struct LoomSignal {
-    own: Arc<Event>,
-    peer: Arc<Event>,
-}
-
-impl LoomSignal {
-    fn pair() -> (Self, Self) {
-        let a = Arc::new(Event::default());
-        let b = Arc::new(Event::default());
-        (
-            LoomSignal {
-                own: a.clone(),
-                peer: b.clone(),
-            },
-            LoomSignal { own: b, peer: a },
-        )
-    }
-}
-
-impl Signal for LoomSignal {
-    type Error = ();
-    fn notify(&self) -> Result<(), ()> {
-        *self.peer.pending.lock().unwrap() = true;
-        self.peer.ready.notify_one();
-        Ok(())
-    }
-    fn wait(&self) -> Result<(), ()> {
-        let mut pending = self.own.pending.lock().unwrap();
-        while !*pending {
-            pending = self.own.ready.wait(pending).unwrap();
-        }
-        *pending = false;
-        Ok(())
-    }
-}
-
 /// A channel whose `a → b` ring is the one under test; the `b → a` ring
 /// stays idle.
 fn setup() -> (Blocking<Mem, LoomSignal>, Blocking<Mem, LoomSignal>) {
     let layout = RingLayout::new(CONTROL, DATA).unwrap();
-    let a_to_b = Mem(Arc::new(LoomMem::new()));
-    let b_to_a = Mem(Arc::new(LoomMem::new()));
+    // The defined header words are atomics, the reserved rest of the
+    // control page is not modelled, and each packet fills one data cell.
+    let shape = Shape {
+        atomic: HEADER,
+        data: CONTROL,
+        data_len: DATA,
+        chunk: CHUNK,
+    };
+    let a_to_b = Mem::new(shape);
+    let b_to_a = Mem::new(shape);
     let (sa, sb) = LoomSignal::pair();
     let a = Blocking::new(
         IncomingRing::new(b_to_a.clone(), layout).unwrap(),
@@ -233,26 +53,6 @@ fn setup() -> (Blocking<Mem, LoomSignal>, Blocking<Mem, LoomSignal>) {
         sb,
     );
     (a, b)
-}
-
-fn model(name: &str, f: impl Fn() + Sync + Send + 'static) {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    let runs = std::sync::Arc::new(AtomicU64::new(0));
-    let counter = runs.clone();
-    let mut builder = loom::model::Builder::new();
-    // LOOM_MAX_PREEMPTIONS overrides the bound for longer runs.
-    if std::env::var_os("LOOM_MAX_PREEMPTIONS").is_none() {
-        builder.preemption_bound = Some(3);
-    }
-    builder.max_branches = 100_000;
-    builder.check(move || {
-        counter.fetch_add(1, Ordering::Relaxed);
-        f();
-    });
-    println!(
-        "loom {name}: {} interleavings explored",
-        runs.load(Ordering::Relaxed)
-    );
 }
 
 fn send_all(a: &mut Blocking<Mem, LoomSignal>, count: u64) {

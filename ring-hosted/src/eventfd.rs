@@ -183,6 +183,11 @@ impl EventSignal {
         self
     }
 
+    /// Sets (or replaces) the hang-up fd; see [`with_hangup`](Self::with_hangup).
+    pub fn set_hangup(&mut self, fd: OwnedFd) {
+        self.hangup = Some(fd);
+    }
+
     /// Sets how long a wait spins (re-checking without sleeping) before it
     /// blocks in the kernel. Zero disables spinning.
     pub fn set_spin(&mut self, spin: Duration) {
@@ -218,6 +223,11 @@ impl EventSignal {
     /// The eventfd we wait on (for an outside poll loop).
     pub fn wake_fd(&self) -> BorrowedFd<'_> {
         self.wake.as_fd()
+    }
+
+    /// The eventfd we write to kick the peer (to pass it to the peer).
+    pub fn kick_fd(&self) -> BorrowedFd<'_> {
+        self.kick.as_fd()
     }
 
     /// The hang-up fd, if any.

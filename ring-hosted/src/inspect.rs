@@ -1,4 +1,5 @@
-//! Decoding the control state of a vchan page, for `ring inspect`.
+//! Decoding the control state of a vchan page or a VMBus channel, for
+//! `ring inspect`.
 //!
 //! Works on a copy of the page's first bytes (read with `pread`, never
 //! mapped), so inspecting a live ring cannot disturb it or fault on it.
@@ -373,6 +374,210 @@ impl fmt::Display for VchanState {
     }
 }
 
+/// One VMBus ring's control state as found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmbusRingState {
+    /// "to-server" or "to-client".
+    pub name: &'static str,
+    /// Which side writes it.
+    pub writer: &'static str,
+    /// Which side reads it.
+    pub reader: &'static str,
+    /// Size of the data area.
+    pub data_size: u32,
+    /// Writer's index.
+    pub write_index: u32,
+    /// Reader's index.
+    pub read_index: u32,
+    /// Reader's interrupt mask.
+    pub interrupt_mask: u32,
+    /// Writer's pending send size.
+    pub pending_send_size: u32,
+    /// Writer's feature bits.
+    pub feature_bits: u32,
+    /// Unread bytes, if both indices are valid (8-aligned, in range).
+    pub used: Option<u32>,
+}
+
+/// The decoded control state of a VMBus channel (two rings).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmbusState {
+    /// The client→server ring.
+    pub to_server: VmbusRingState,
+    /// The server→client ring.
+    pub to_client: VmbusRingState,
+    /// Signals owed.
+    pub owed: Vec<Owed>,
+}
+
+/// Bytes of a VMBus control header that `inspect` decodes.
+pub const VMBUS_HEADER_LEN: usize = 0x44;
+
+fn vmbus_ring(
+    b: &[u8],
+    name: &'static str,
+    writer: &'static str,
+    reader: &'static str,
+    data_size: u32,
+) -> VmbusRingState {
+    use ring_core::vmbus::layout::{
+        FEATURE_BITS, INTERRUPT_MASK, PENDING_SEND_SIZE, READ_INDEX, WRITE_INDEX,
+    };
+    let (w, r) = (u32_at(b, WRITE_INDEX), u32_at(b, READ_INDEX));
+    let valid = |i: u32| i.is_multiple_of(8) && i < data_size;
+    let used = (valid(w) && valid(r)).then(|| if w >= r { w - r } else { data_size - r + w });
+    VmbusRingState {
+        name,
+        writer,
+        reader,
+        data_size,
+        write_index: w,
+        read_index: r,
+        interrupt_mask: u32_at(b, INTERRUPT_MASK),
+        pending_send_size: u32_at(b, PENDING_SEND_SIZE),
+        feature_bits: u32_at(b, FEATURE_BITS),
+        used,
+    }
+}
+
+/// Decodes a VMBus channel from the two rings' control headers (the first
+/// [`VMBUS_HEADER_LEN`] bytes of each control page) and their data sizes.
+///
+/// # Errors
+///
+/// If a header is too short.
+pub fn decode_vmbus(
+    to_server: &[u8],
+    to_server_size: u32,
+    to_client: &[u8],
+    to_client_size: u32,
+) -> Result<VmbusState, String> {
+    if to_server.len() < VMBUS_HEADER_LEN || to_client.len() < VMBUS_HEADER_LEN {
+        return Err(format!(
+            "a VMBus control header needs {VMBUS_HEADER_LEN} bytes"
+        ));
+    }
+    let a = vmbus_ring(to_server, "to-server", "client", "server", to_server_size);
+    let b = vmbus_ring(to_client, "to-client", "server", "client", to_client_size);
+    let mut owed = Vec::new();
+    for r in [&a, &b] {
+        if let Some(used) = r.used {
+            if used > 0 && r.interrupt_mask == 0 {
+                owed.push(Owed {
+                    from: r.writer,
+                    to: r.reader,
+                    why: format!(
+                        "{} has {used} unread bytes in the {} ring and is not masked",
+                        r.reader, r.name
+                    ),
+                });
+            }
+            let free = r.data_size - used;
+            let honoured = r.feature_bits & 1 != 0;
+            if honoured && r.pending_send_size != 0 && free > r.pending_send_size {
+                owed.push(Owed {
+                    from: r.reader,
+                    to: r.writer,
+                    why: format!(
+                        "{} waits for {} free bytes in the {} ring, which has {free}",
+                        r.writer, r.pending_send_size, r.name
+                    ),
+                });
+            }
+        }
+    }
+    Ok(VmbusState {
+        to_server: a,
+        to_client: b,
+        owed,
+    })
+}
+
+/// Reads `N` bytes at `offset` of a file without mapping it.
+///
+/// # Errors
+///
+/// The open or read error; `UnexpectedEof` for a shorter file.
+pub fn read_at<const N: usize>(path: &Path, offset: u64) -> io::Result<[u8; N]> {
+    let file = std::fs::File::open(path)?;
+    let mut b = [0u8; N];
+    file.read_exact_at(&mut b, offset)?;
+    Ok(b)
+}
+
+impl VmbusRingState {
+    fn json(&self) -> String {
+        format!(
+            "{{\"writer\":{},\"reader\":{},\"data_size\":{},\"write_index\":{},\"read_index\":{},\"interrupt_mask\":{},\"pending_send_size\":{},\"feature_bits\":{},\"used\":{}}}",
+            json_str(self.writer),
+            json_str(self.reader),
+            self.data_size,
+            self.write_index,
+            self.read_index,
+            self.interrupt_mask,
+            self.pending_send_size,
+            self.feature_bits,
+            opt(self.used)
+        )
+    }
+}
+
+impl VmbusState {
+    /// The state as one JSON object.
+    pub fn to_json(&self) -> String {
+        let owed: Vec<String> = self
+            .owed
+            .iter()
+            .map(|o| {
+                format!(
+                    "{{\"from\":{},\"to\":{},\"why\":{}}}",
+                    json_str(o.from),
+                    json_str(o.to),
+                    json_str(&o.why)
+                )
+            })
+            .collect();
+        format!(
+            "{{\"proto\":\"vmbus\",\"to_server\":{},\"to_client\":{},\"owed\":[{}]}}",
+            self.to_server.json(),
+            self.to_client.json(),
+            owed.join(",")
+        )
+    }
+}
+
+impl fmt::Display for VmbusState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{:<10} {:<16} {:>8} {:>8} {:>8} {:>8} {:>5} {:>8} {:>5}",
+            "ring", "direction", "size", "write", "read", "used", "mask", "pending", "feat"
+        )?;
+        for r in [&self.to_server, &self.to_client] {
+            writeln!(
+                f,
+                "{:<10} {:<16} {:>8} {:>8} {:>8} {:>8} {:>5} {:>8} {:>5}",
+                r.name,
+                format!("{}->{}", r.writer, r.reader),
+                r.data_size,
+                r.write_index,
+                r.read_index,
+                r.used.map_or_else(|| "INVALID".into(), |u| u.to_string()),
+                r.interrupt_mask,
+                r.pending_send_size,
+                r.feature_bits
+            )?;
+        }
+        if self.owed.is_empty() {
+            writeln!(f, "signals owed: none")?;
+        }
+        for o in &self.owed {
+            writeln!(f, "signal owed: {} -> {}: {}", o.from, o.to, o.why)?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -413,6 +618,36 @@ mod tests {
         });
         assert_eq!(s.owed.len(), 1);
         assert!(s.owed[0].why.contains("right ring holds 5"));
+    }
+
+    #[test]
+    fn vmbus_rings_and_owed_signals() {
+        let mut a = [0u8; VMBUS_HEADER_LEN];
+        a[0..4].copy_from_slice(&64u32.to_le_bytes()); // write
+        let mut b = [0u8; VMBUS_HEADER_LEN];
+        b[0..4].copy_from_slice(&8u32.to_le_bytes()); // write
+        b[4..8].copy_from_slice(&16u32.to_le_bytes()); // read: wrapped
+        b[8..12].copy_from_slice(&1u32.to_le_bytes()); // masked
+        b[12..16].copy_from_slice(&100u32.to_le_bytes()); // pending
+        b[0x40] = 1; // honours pending_send_size
+        let s = decode_vmbus(&a, 4096, &b, 4096).unwrap();
+        assert_eq!(s.to_server.used, Some(64));
+        assert_eq!(s.to_client.used, Some(4096 - 8));
+        assert_eq!(s.owed.len(), 1, "{:?}", s.owed);
+        assert_eq!((s.owed[0].from, s.owed[0].to), ("client", "server"));
+        // A writer waiting for space that is there.
+        b[0..4].copy_from_slice(&16u32.to_le_bytes());
+        let s = decode_vmbus(&a, 4096, &b, 4096).unwrap();
+        assert!(s.owed.iter().any(|o| o.from == "client"
+            && o.to == "server"
+            && o.why.contains("waits for 100 free bytes")));
+        // Nonsense indices are reported, not used.
+        a[0..4].copy_from_slice(&5u32.to_le_bytes());
+        let s = decode_vmbus(&a, 4096, &b, 4096).unwrap();
+        assert_eq!(s.to_server.used, None);
+        assert!(s.to_string().contains("INVALID"));
+        assert!(s.to_json().starts_with("{\"proto\":\"vmbus\""));
+        assert!(decode_vmbus(&a[..10], 4096, &b, 4096).is_err());
     }
 
     #[test]

@@ -12,10 +12,16 @@
 //! - [`stream`]: a blocking vchan stream with `std::io::Read`/`Write` and a
 //!   message API, which turns a dead peer into [`Error::Closed`] after the
 //!   bytes already in the ring have been read;
-//! - [`inspect`]: decodes a vchan control page (for `ring inspect`);
+//! - [`vmbus`]: a VMBus byte/message pipe over the same memfd, eventfds
+//!   and rendezvous;
+//! - [`inspect`]: decodes vchan and VMBus control pages (for `ring
+//!   inspect`);
 //! - [`window`]: part of a shared memory as a memory of its own, so
 //!   several rings can share one memfd;
-//! - [`check`]: the test pattern and checksum `ring demo` and the tests use.
+//! - [`check`]: the test pattern and checksum `ring demo` and the tests use;
+//! - [`devmem`], [`uio`], [`vfio`], [`xen`], [`replay`]: device and Xen
+//!   backends (UIO VMBus rings, VFIO regions, grant pages and event
+//!   channels) and the seam their tests replay recorded replies through.
 //!
 //! # Example: a vchan between two threads through the rendezvous
 //!
@@ -49,12 +55,18 @@
 
 pub mod bench;
 pub mod check;
+pub mod devmem;
 pub mod eventfd;
 pub mod inspect;
 pub mod memfd;
 pub mod rendezvous;
+pub mod replay;
 pub mod stream;
+pub mod uio;
+pub mod vfio;
+pub mod vmbus;
 pub mod window;
+pub mod xen;
 
 use std::fmt;
 use std::io;
@@ -86,6 +98,8 @@ pub enum Error {
     },
     /// The ring refused (set-up error, corruption, a packet too large).
     Ring(ring_core::vchan::Error),
+    /// A VMBus ring refused (set-up error, corruption, a packet too large).
+    Vmbus(ring_core::vmbus::Error),
     /// The peer closed or died; no more data will come.
     Closed,
     /// A wait passed its timeout.
@@ -112,6 +126,7 @@ impl fmt::Display for Error {
                 write!(f, "peer runs as uid {uid}, only uid {expected} is accepted")
             }
             Error::Ring(e) => e.fmt(f),
+            Error::Vmbus(e) => write!(f, "vmbus: {e}"),
             Error::Closed => f.write_str("peer closed the ring"),
             Error::TimedOut => f.write_str("timed out waiting for the peer"),
         }
@@ -136,6 +151,18 @@ impl From<ring_core::vchan::Error> for Error {
     }
 }
 
+impl From<ring_core::vmbus::Error> for Error {
+    fn from(e: ring_core::vmbus::Error) -> Self {
+        Error::Vmbus(e)
+    }
+}
+
+impl From<ring_core::vmbus::SetupError> for Error {
+    fn from(e: ring_core::vmbus::SetupError) -> Self {
+        Error::Vmbus(e.into())
+    }
+}
+
 impl From<Error> for io::Error {
     fn from(e: Error) -> io::Error {
         let kind = match &e {
@@ -143,7 +170,7 @@ impl From<Error> for io::Error {
             Error::Closed => io::ErrorKind::BrokenPipe,
             Error::TimedOut => io::ErrorKind::TimedOut,
             Error::BadFd(_) | Error::ForeignPeer { .. } => io::ErrorKind::PermissionDenied,
-            Error::Handshake(_) | Error::Ring(_) => io::ErrorKind::InvalidData,
+            Error::Handshake(_) | Error::Ring(_) | Error::Vmbus(_) => io::ErrorKind::InvalidData,
         };
         io::Error::new(kind, e)
     }

@@ -25,7 +25,7 @@
 //! assert!(mem.is_sealed());
 //! ```
 
-// The crate denies unsafe code; this module is its only room for
+// The crate denies unsafe code; this module is one of its few rooms for
 // it (the RawMem view over the mapping and the unsealed-attach contract),
 // each block argued by a SAFETY comment.
 #![allow(unsafe_code)]

@@ -10,7 +10,7 @@
 //! |---|---|
 //! | 0..4 | magic `RNGr` |
 //! | 4..6 | version (1) |
-//! | 6 | protocol (1 = vchan) |
+//! | 6 | protocol (1 = vchan, 2 = vmbus) |
 //! | 7..16 | zero |
 //!
 //! The server answers with a 32-byte *welcome*, carrying three fds when the
@@ -24,7 +24,7 @@
 //! | 6 | protocol |
 //! | 7 | status: 0 ok, else a [`Refusal`] code |
 //! | 8..16 | memory size in bytes |
-//! | 16..20 | size of the client→server ring ("left" in vchan) |
+//! | 16..20 | size of the client→server ring ("left" in vchan; the data area in vmbus) |
 //! | 20..24 | size of the server→client ring ("right") |
 //! | 24..32 | zero |
 //!
@@ -45,7 +45,8 @@
 
 use crate::eventfd::{EventFd, EventSignal, DEFAULT_SPIN};
 use crate::memfd::MemFd;
-use crate::stream::VchanStream;
+use crate::stream::{PollStream, VchanStream};
+use crate::vmbus::{ChannelLayout, VmbusPipe};
 use crate::Error;
 use ring_core::vchan::{self, FlatLayout, Orders, ServerOptions};
 use rustix::net::{
@@ -78,6 +79,8 @@ pub const WELCOME_FDS: usize = 3;
 pub enum Proto {
     /// Xen vchan: one control page and two byte rings.
     Vchan,
+    /// Hyper-V VMBus: two packet rings, used as a pipe.
+    Vmbus,
 }
 
 impl Proto {
@@ -85,6 +88,7 @@ impl Proto {
     pub const fn code(self) -> u8 {
         match self {
             Proto::Vchan => 1,
+            Proto::Vmbus => 2,
         }
     }
 
@@ -92,6 +96,7 @@ impl Proto {
     pub const fn from_code(code: u8) -> Option<Self> {
         match code {
             1 => Some(Proto::Vchan),
+            2 => Some(Proto::Vmbus),
             _ => None,
         }
     }
@@ -100,6 +105,7 @@ impl Proto {
     pub const fn name(self) -> &'static str {
         match self {
             Proto::Vchan => "vchan",
+            Proto::Vmbus => "vmbus",
         }
     }
 }
@@ -415,6 +421,8 @@ impl ServerConfig {
 pub enum Session {
     /// A vchan byte stream.
     Vchan(VchanStream),
+    /// A VMBus pipe.
+    Vmbus(VmbusPipe),
 }
 
 impl Session {
@@ -422,6 +430,7 @@ impl Session {
     pub fn proto(&self) -> Proto {
         match self {
             Session::Vchan(_) => Proto::Vchan,
+            Session::Vmbus(_) => Proto::Vmbus,
         }
     }
 
@@ -429,6 +438,39 @@ impl Session {
     pub fn into_vchan(self) -> Option<VchanStream> {
         match self {
             Session::Vchan(s) => Some(s),
+            Session::Vmbus(_) => None,
+        }
+    }
+
+    /// The VMBus pipe, if this is a VMBus session.
+    pub fn into_vmbus(self) -> Option<VmbusPipe> {
+        match self {
+            Session::Vmbus(p) => Some(p),
+            Session::Vchan(_) => None,
+        }
+    }
+
+    /// The shared memory.
+    pub fn memory(&self) -> &Arc<MemFd> {
+        match self {
+            Session::Vchan(s) => s.memory(),
+            Session::Vmbus(p) => p.memory(),
+        }
+    }
+
+    /// The event channel.
+    pub fn signal(&self) -> &EventSignal {
+        match self {
+            Session::Vchan(s) => s.signal(),
+            Session::Vmbus(p) => PollStream::signal(p),
+        }
+    }
+
+    /// The event channel, to change spin, timeout or hang-up fd.
+    pub fn signal_mut(&mut self) -> &mut EventSignal {
+        match self {
+            Session::Vchan(s) => s.signal_mut(),
+            Session::Vmbus(p) => p.signal_mut(),
         }
     }
 }
@@ -617,39 +659,40 @@ pub fn serve_client(mut sock: UnixStream, config: &ServerConfig) -> Result<Sessi
             want,
         }));
     }
+    let (to_server, to_client) = (EventFd::new()?, EventFd::new()?);
+    let mut signal = EventSignal::new(to_client, to_server);
+    signal.set_spin(config.spin);
     let made = match config.proto {
-        Proto::Vchan => setup_vchan(config),
+        Proto::Vchan => setup_vchan(config, signal),
+        Proto::Vmbus => setup_vmbus(config, signal),
     };
-    let (mem, ep, welcome) = match made {
+    let (mut session, welcome) = match made {
         Ok(m) => m,
         Err(e) => {
             refuse(&mut sock, want, Refusal::ServerError);
             return Err(e);
         }
     };
-    let (to_server, to_client) = (EventFd::new()?, EventFd::new()?);
+    let signal = session.signal();
     send_with_fds(
         &sock,
         &welcome.encode(),
-        &[mem.as_fd(), to_server.as_fd(), to_client.as_fd()],
+        &[session.memory().as_fd(), signal.wake_fd(), signal.kick_fd()],
     )?;
     sock.set_read_timeout(None).map_err(|source| Error::Os {
         op: "socket timeout",
         source,
     })?;
-    let mut signal = EventSignal::new(to_client, to_server).with_hangup(sock.into());
-    signal.set_spin(config.spin);
-    Ok(Session::Vchan(VchanStream::new(ep, signal)))
+    session.signal_mut().set_hangup(sock.into());
+    Ok(session)
 }
 
-type VchanSetup = (Arc<MemFd>, vchan::Endpoint<Arc<MemFd>>, Welcome);
-
-fn setup_vchan(config: &ServerConfig) -> Result<VchanSetup, Error> {
+fn setup_vchan(config: &ServerConfig, signal: EventSignal) -> Result<(Session, Welcome), Error> {
     let orders = Orders::for_sizes(config.read_size, config.write_size)
         .map_err(|e| Error::Ring(e.into()))?;
     let layout = FlatLayout::new(orders);
     let mem = Arc::new(MemFd::create("ring-vchan", layout.size)?);
-    let ep = vchan::serve_flat(mem.clone(), orders, ServerOptions::default())?;
+    let ep = vchan::serve_flat(mem, orders, ServerOptions::default())?;
     let welcome = Welcome {
         version: VERSION,
         proto: Proto::Vchan.code(),
@@ -658,7 +701,22 @@ fn setup_vchan(config: &ServerConfig) -> Result<VchanSetup, Error> {
         left_size: 1u32 << orders.left(),
         right_size: 1u32 << orders.right(),
     };
-    Ok((mem, ep, welcome))
+    Ok((Session::Vchan(VchanStream::new(ep, signal)), welcome))
+}
+
+fn setup_vmbus(config: &ServerConfig, signal: EventSignal) -> Result<(Session, Welcome), Error> {
+    let layout = ChannelLayout::rounded(config.read_size, config.write_size)?;
+    let mem = Arc::new(MemFd::create("ring-vmbus", layout.total_size())?);
+    let pipe = VmbusPipe::serve(mem, layout, signal)?;
+    let welcome = Welcome {
+        version: VERSION,
+        proto: Proto::Vmbus.code(),
+        status: 0,
+        mem_size: layout.total_size() as u64,
+        left_size: layout.to_server.data_size(),
+        right_size: layout.to_client.data_size(),
+    };
+    Ok((Session::Vmbus(pipe), welcome))
 }
 
 /// Sends `bytes` with `fds` attached in one `sendmsg` (`SCM_RIGHTS`).
@@ -805,6 +863,30 @@ pub fn client_handshake(mut sock: UnixStream, config: ClientConfig) -> Result<Se
                 source: io::Error::other(e),
             })?;
             Session::Vchan(stream)
+        }
+        Proto::Vmbus => {
+            let layout =
+                ChannelLayout::new(welcome.left_size as usize, welcome.right_size as usize)
+                    .map_err(|e| {
+                        hs(HandshakeProblem::BadSizes {
+                            left: welcome.left_size,
+                            right: welcome.right_size,
+                            why: e.to_string(),
+                        })
+                    })?;
+            let mem = MemFd::from_fd(mem_fd, layout.total_size())?;
+            if mem.len() as u64 != welcome.mem_size {
+                return Err(Error::BadFd(crate::FdProblem::SizeMismatch {
+                    size: mem.len() as u64,
+                    announced: welcome.mem_size,
+                }));
+            }
+            let (to_server, to_client) =
+                (EventFd::from_fd(to_server)?, EventFd::from_fd(to_client)?);
+            sock.set_read_timeout(None).map_err(sock_err)?;
+            let mut signal = EventSignal::new(to_server, to_client).with_hangup(sock.into());
+            signal.set_spin(config.spin);
+            Session::Vmbus(VmbusPipe::connect(Arc::new(mem), layout, signal)?)
         }
     };
     Ok(session)

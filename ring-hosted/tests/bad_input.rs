@@ -153,6 +153,14 @@ fn server_refuses_a_real_other_user_when_we_can_be_one() {
 
 /// Runs our client against a fake server that answers with `answer`.
 fn connect_to_fake(answer: impl FnOnce(&mut UnixStream) + Send + 'static) -> Error {
+    connect_to_fake_as(Proto::Vchan, answer)
+}
+
+/// As [`connect_to_fake`], asking for `proto`.
+fn connect_to_fake_as(
+    proto: Proto,
+    answer: impl FnOnce(&mut UnixStream) + Send + 'static,
+) -> Error {
     let sock = TempSock::new("fakeserver");
     let l = UnixListener::bind(&sock.path).unwrap();
     let t = thread::spawn(move || {
@@ -163,7 +171,7 @@ fn connect_to_fake(answer: impl FnOnce(&mut UnixStream) + Send + 'static) -> Err
         // Keep the socket open until the client has judged the answer.
         let _ = s.read(&mut [0u8; 1]);
     });
-    let err = rendezvous::connect(&sock.path, Proto::Vchan)
+    let err = rendezvous::connect(&sock.path, proto)
         .map(drop)
         .expect_err("client must refuse");
     t.join().unwrap();
@@ -385,4 +393,66 @@ fn bind_replaces_a_stale_socket_but_nothing_else() {
     std::fs::write(&sock.path, b"precious").unwrap();
     assert!(Listener::bind(&sock.path, ServerConfig::new(Proto::Vchan)).is_err());
     assert_eq!(std::fs::read(&sock.path).unwrap(), b"precious");
+}
+
+#[test]
+fn vmbus_client_checks_sizes_memory_and_protocol() {
+    let vmbus_welcome = |left, right, mem| Welcome {
+        proto: Proto::Vmbus.code(),
+        ..ok_welcome(mem, left, right)
+    };
+    // Data areas must be whole pages.
+    let e = connect_to_fake_as(Proto::Vmbus, move |s| {
+        let m = MemFd::create("t", 32768).unwrap();
+        let (a, b) = (EventFd::new().unwrap(), EventFd::new().unwrap());
+        send(
+            s,
+            vmbus_welcome(5000, 8192, 32768),
+            &[m.as_fd(), a.as_fd(), b.as_fd()],
+        );
+    });
+    assert!(
+        matches!(
+            e,
+            Error::Handshake(HandshakeProblem::BadSizes { left: 5000, .. })
+        ),
+        "{e:?}"
+    );
+    // Two rings of 8 KiB data need 2 * (4 KiB + 8 KiB).
+    let e = connect_to_fake_as(Proto::Vmbus, move |s| {
+        let m = MemFd::create("t", 16384).unwrap();
+        let (a, b) = (EventFd::new().unwrap(), EventFd::new().unwrap());
+        send(
+            s,
+            vmbus_welcome(8192, 8192, 16384),
+            &[m.as_fd(), a.as_fd(), b.as_fd()],
+        );
+    });
+    assert_eq!(
+        bad_fd(e),
+        FdProblem::TooSmall {
+            size: 16384,
+            needed: 24576
+        }
+    );
+    // A vchan welcome to a vmbus client.
+    let e = connect_to_fake_as(Proto::Vmbus, |s| {
+        s.write_all(&ok_welcome(GOOD_SIZE, 4096, 8192).encode())
+            .unwrap();
+    });
+    assert!(matches!(
+        e,
+        Error::Handshake(HandshakeProblem::Proto { got: 1, want: 2 })
+    ));
+    // And a vmbus server refuses a vchan client.
+    let mut config = ServerConfig::new(Proto::Vmbus);
+    config.read_size = 4096;
+    let (err, status) = serve_bad_client(config, |s| {
+        s.write_all(&hello(VERSION, Proto::Vchan.code())).unwrap();
+    });
+    assert!(matches!(
+        err,
+        Error::Handshake(HandshakeProblem::Proto { got: 1, want: 2 })
+    ));
+    assert_eq!(status, Refusal::Proto as u8);
 }

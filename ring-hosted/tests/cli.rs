@@ -95,25 +95,43 @@ fn demo_prints_its_table_and_succeeds() {
     ] {
         assert!(header.contains(col), "{header}");
     }
-    let row = lines.next().unwrap();
-    let cells: Vec<&str> = row.split_whitespace().collect();
-    assert_eq!(cells[0], "vchan");
-    assert_eq!(cells[1], (8u64 << 20).to_string());
-    let gbps: f64 = cells[2].parse().unwrap();
-    assert!(gbps > 0.0);
-    assert!(row.ends_with("ok both ways"), "{row}");
+    for proto in ["vchan", "vmbus"] {
+        let row = lines.next().unwrap();
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(cells[0], proto);
+        assert_eq!(cells[1], (8u64 << 20).to_string());
+        let gbps: f64 = cells[2].parse().unwrap();
+        assert!(gbps > 0.0);
+        assert!(row.ends_with("ok both ways"), "{row}");
+    }
+    assert!(lines.next().is_none());
     // Not a terminal: no progress output.
     assert!(stderr(&o).is_empty(), "{}", stderr(&o));
+
+    // One protocol on request.
+    let o = run(&[
+        "demo", "--bytes", "1M", "--rounds", "10", "--proto", "vmbus",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o).lines().count(), 2);
+    assert!(stdout(&o).lines().nth(1).unwrap().starts_with("vmbus"));
 }
 
 #[test]
 fn listen_and_connect_pipe_both_ways() {
+    for proto in ["vchan", "vmbus"] {
+        pipe_both_ways(proto);
+    }
+}
+
+fn pipe_both_ways(proto: &str) {
     let sock = TempSock::new("pipe");
     let a: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
     let b: Vec<u8> = b"hello from the connecting side\n".repeat(1000);
     let mut listen = ring()
         .arg("listen")
         .arg(&sock.path)
+        .args(["--proto", proto])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -122,6 +140,7 @@ fn listen_and_connect_pipe_both_ways() {
     let mut connect = ring()
         .arg("connect")
         .arg(&sock.path)
+        .args(["--proto", proto])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -204,6 +223,42 @@ fn inspect_decodes_a_live_page() {
     assert_eq!(o.status.code(), Some(1));
     let o = run(&["inspect", "--pid", "1", "some-file"]);
     assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn inspect_decodes_a_live_vmbus_channel() {
+    use ring_hosted::rendezvous::{self, Listener, Proto, ServerConfig};
+    let sock = TempSock::new("inspect-vmbus");
+    let l = Listener::bind(
+        &sock.path,
+        ServerConfig::new(Proto::Vmbus).ring_sizes(8192, 8192),
+    )
+    .unwrap();
+    let path = sock.path.clone();
+    let t = std::thread::spawn(move || rendezvous::connect(&path, Proto::Vmbus).unwrap());
+    let server = l.accept().unwrap().into_vmbus().unwrap();
+    let mut client = t.join().unwrap().into_vmbus().unwrap();
+    client.write_all(&[5u8; 100]).unwrap();
+    let fd = server.memory().as_fd().as_raw_fd();
+    let file = format!("/proc/{}/fd/{fd}", std::process::id());
+
+    let o = run(&["inspect", "--proto", "vmbus", &file]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let text = stdout(&o);
+    // 100 bytes of data: 16 descriptor + 8 pipe header + 104 padded + 8 trailer.
+    assert!(
+        text.lines().any(|l| l.starts_with("to-server")
+            && l.contains("client->server")
+            && l.contains("136")),
+        "{text}"
+    );
+    let o = run(&["inspect", "--proto", "vmbus", "--json", &file]);
+    assert!(stdout(&o).contains("\"data_size\":8192"), "{}", stdout(&o));
+    // A size that does not split into two rings.
+    let o = run(&["inspect", "--proto", "vmbus", "--data-size", "5000", &file]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("--data-size"), "{}", stderr(&o));
+    drop((server, client));
 }
 
 #[test]

@@ -6,8 +6,8 @@ mod common;
 
 use common::{spawn_peer, wait_for_path, Lcg, TempSock};
 use ring_hosted::check::Pattern;
-use ring_hosted::rendezvous::{self, Listener, Proto, ServerConfig};
-use ring_hosted::stream::VchanStream;
+use ring_hosted::rendezvous::{self, Listener, Proto, ServerConfig, Session};
+use ring_hosted::stream::PollStream;
 use ring_hosted::Error;
 use rustix::process::{kill_process, Pid, Signal};
 use std::process::Child;
@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 
 const ITERATIONS: u64 = 60;
 
-fn connect_retry(path: &std::path::Path) -> VchanStream {
+fn connect_retry(path: &std::path::Path, proto: Proto) -> Session {
     for _ in 0..2000 {
-        if let Ok(s) = rendezvous::connect(path, Proto::Vchan) {
-            return s.into_vchan().unwrap();
+        if let Ok(s) = rendezvous::connect(path, proto) {
+            return s;
         }
         std::thread::sleep(Duration::from_millis(1));
     }
@@ -41,7 +41,7 @@ fn kill_later(child: &Child, delay: Duration) -> mpsc::Receiver<Instant> {
 
 /// Echo peer: we stream the pattern out and check every echoed byte
 /// against it until the ring reports the peer gone. Returns bytes echoed.
-fn survive_echo(s: &mut VchanStream, seed: u64) -> u64 {
+fn survive_echo(s: &mut impl PollStream, seed: u64) -> u64 {
     let mut out = Pattern::new(seed);
     let mut check = Pattern::new(seed);
     let mut obuf = vec![0u8; 8192];
@@ -90,17 +90,28 @@ fn survive_echo(s: &mut VchanStream, seed: u64) -> u64 {
 }
 
 /// Source peer: we read until Closed, checking every byte.
-fn survive_source(s: &mut VchanStream, seed: u64) -> u64 {
+fn survive_source(s: &mut impl PollStream, seed: u64) -> u64 {
     let mut check = Pattern::new(seed);
     let mut buf = vec![0u8; 4096];
     loop {
-        match s.read(&mut buf) {
-            Ok(0) => panic!("a killed peer cannot close cleanly"),
-            Ok(n) => assert_eq!(check.first_mismatch(&buf[..n]), None, "byte corrupted"),
+        match s.try_read(&mut buf) {
+            Ok(Some(0)) => panic!("a killed peer cannot close cleanly"),
+            Ok(Some(n)) => assert_eq!(check.first_mismatch(&buf[..n]), None, "byte corrupted"),
+            Ok(None) => {
+                s.wait_event(None, Some(Instant::now() + Duration::from_secs(5)))
+                    .expect("wait must end by kick or hang-up");
+            }
             Err(Error::Closed) => return check.position(),
             Err(e) => panic!("read failed with {e}, not Closed"),
         }
     }
+}
+
+/// After `Closed`: nothing left unread, and it stays closed both ways.
+fn assert_drained_and_closed(s: &mut impl PollStream, unread: usize, i: u64) {
+    assert_eq!(unread, 0, "iteration {i}: bytes left in the ring");
+    assert!(matches!(s.try_read(&mut [0u8; 4]), Err(Error::Closed)));
+    assert!(matches!(s.try_write(b"x"), Err(Error::Closed)));
 }
 
 #[test]
@@ -112,43 +123,65 @@ fn sigkilled_peer_yields_closed_in_bounded_time_with_intact_data() {
         let sock = TempSock::new("fault");
         let peer_listens = i % 2 == 1;
         let source = i % 3 == 0;
+        let proto = if (i / 2) % 2 == 0 {
+            Proto::Vchan
+        } else {
+            Proto::Vmbus
+        };
         let seed = 1000 + i;
         let seed_s = seed.to_string();
         let mut args = vec!["--mode", if source { "source" } else { "echo" }];
         args.extend_from_slice(&["--seed", &seed_s, "--ring-size", "16K"]);
-        let (mut s, mut child) = if peer_listens {
+        args.extend_from_slice(&["--proto", proto.name()]);
+        let (mut session, mut child) = if peer_listens {
             args.push("--listen");
             let child = spawn_peer(&sock.path, &args);
             wait_for_path(&sock.path);
-            (connect_retry(&sock.path), child)
+            (connect_retry(&sock.path, proto), child)
         } else {
             let l = Listener::bind(
                 &sock.path,
-                ServerConfig::new(Proto::Vchan).ring_sizes(16 << 10, 16 << 10),
+                ServerConfig::new(proto).ring_sizes(16 << 10, 16 << 10),
             )
             .unwrap();
             let child = spawn_peer(&sock.path, &args);
-            let s = l.accept_timeout(Duration::from_secs(20)).unwrap();
-            (s.into_vchan().unwrap(), child)
+            (l.accept_timeout(Duration::from_secs(20)).unwrap(), child)
         };
         // The survivor never waits longer than this for anything.
-        s.signal_mut().set_timeout(Some(Duration::from_secs(5)));
+        session
+            .signal_mut()
+            .set_timeout(Some(Duration::from_secs(5)));
         let delay = Duration::from_micros(rng.below(20_000));
         let killed = kill_later(&child, delay);
-        let moved = if source {
-            survive_source(&mut s, seed)
-        } else {
-            survive_echo(&mut s, seed)
+        let (moved, noticed) = match &mut session {
+            Session::Vchan(s) => {
+                let moved = if source {
+                    survive_source(s, seed)
+                } else {
+                    survive_echo(s, seed)
+                };
+                let noticed = Instant::now();
+                let unread = s.endpoint().data_ready().unwrap();
+                assert!(s.peer_gone());
+                assert_drained_and_closed(s, unread, i);
+                (moved, noticed)
+            }
+            Session::Vmbus(s) => {
+                let moved = if source {
+                    survive_source(s, seed)
+                } else {
+                    survive_echo(s, seed)
+                };
+                let noticed = Instant::now();
+                let unread = s.unread().unwrap();
+                assert!(s.peer_gone());
+                assert_drained_and_closed(s, unread, i);
+                (moved, noticed)
+            }
+            _ => unreachable!("only vchan and vmbus are set up here"),
         };
-        let noticed = Instant::now();
         let killed_at = killed.recv().unwrap();
         latencies.push(noticed.saturating_duration_since(killed_at));
-        // Everything the peer had put in the ring was read before Closed.
-        assert_eq!(s.endpoint().data_ready().unwrap(), 0, "iteration {i}");
-        assert!(s.peer_gone());
-        // Closed stays closed, both ways.
-        assert!(matches!(s.read(&mut [0u8; 4]), Err(Error::Closed)));
-        assert!(matches!(s.write(b"x"), Err(Error::Closed)));
         moved_total += moved;
         let status = child.wait().unwrap();
         assert!(!status.success(), "peer was meant to be killed");

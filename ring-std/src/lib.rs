@@ -16,6 +16,7 @@
 
 pub mod heap;
 pub mod hostile;
+pub mod io;
 pub mod signal;
 pub mod vchan;
 pub mod vmbus;

@@ -1,32 +1,12 @@
 //! Blocking `std::io` over a vchan endpoint, and in-process pairs.
 
+use crate::io::io_error;
 use crate::{HeapMem, InProcessSignal};
 use ring_core::mem::SharedMem;
 use ring_core::signal::Signal;
 use ring_core::vchan::{self, Blocking, BlockingError, Endpoint, Error, Orders, ServerOptions};
 use std::io;
 use std::sync::Arc;
-
-/// Converts a blocking vchan error into the `std::io` error a caller of
-/// `Read`/`Write` expects.
-pub fn io_error<E: Into<io::Error>>(e: BlockingError<E>) -> io::Error {
-    match e {
-        BlockingError::Signal(e) => e.into(),
-        BlockingError::Ring(e) => ring_io_error(e),
-    }
-}
-
-/// Converts a ring error into an `io::Error` of the matching kind.
-pub fn ring_io_error(e: Error) -> io::Error {
-    let kind = match e {
-        Error::WouldBlock => io::ErrorKind::WouldBlock,
-        Error::Closed => io::ErrorKind::BrokenPipe,
-        Error::TooLarge { .. } | Error::Setup(_) => io::ErrorKind::InvalidInput,
-        Error::Corrupt(_) => io::ErrorKind::InvalidData,
-        Error::Memory(_) => io::ErrorKind::Other,
-    };
-    io::Error::new(kind, e)
-}
 
 /// A vchan endpoint as a blocking byte stream (`Read` + `Write`), plus
 /// packet calls. Reads return `Ok(0)` at end of stream (peer closed and

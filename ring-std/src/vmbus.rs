@@ -11,39 +11,16 @@
 //! assert_eq!((info.transaction_id, &buf[..4], len), (1, &b"ping"[..], 8));
 //! ```
 
+use crate::io::io_error;
 use crate::{HeapMem, InProcessSignal};
 use ring_core::mem::SharedMem;
 use ring_core::signal::Signal;
 use ring_core::vmbus::pipe::{PipeReader, PipeWriter};
 use ring_core::vmbus::{
-    initialize_ring, Blocking, BlockingError, BlockingPipe, Error, IncomingRing, OutgoingRing,
-    RingLayout,
+    initialize_ring, Blocking, BlockingPipe, Error, IncomingRing, OutgoingRing, RingLayout,
 };
 use std::io;
 use std::sync::Arc;
-
-/// Converts a blocking VMBus error into the `std::io` error a caller of
-/// `Read`/`Write` expects.
-pub fn io_error<E: Into<io::Error>>(e: BlockingError<E>) -> io::Error {
-    match e {
-        BlockingError::Signal(e) => e.into(),
-        BlockingError::Ring(e) => ring_io_error(e),
-    }
-}
-
-/// Converts a ring error into an `io::Error` of the matching kind.
-pub fn ring_io_error(e: Error) -> io::Error {
-    let kind = match e {
-        Error::Empty | Error::Full { .. } => io::ErrorKind::WouldBlock,
-        Error::TooLarge { .. } | Error::InvalidPacket { .. } | Error::Setup(_) => {
-            io::ErrorKind::InvalidInput
-        }
-        Error::OutOfRange { .. } => io::ErrorKind::InvalidInput,
-        Error::Corrupt(_) => io::ErrorKind::InvalidData,
-        Error::Memory(_) => io::ErrorKind::Other,
-    };
-    io::Error::new(kind, e)
-}
 
 /// Memory of one in-process ring.
 pub type RingMem = Arc<HeapMem>;

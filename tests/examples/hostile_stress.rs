@@ -12,6 +12,7 @@
 
 use ring_core::mem::{RawMem, SharedMem};
 use ring_core::vchan::{self, Endpoint, Error, Orders, ServerOptions};
+use ring_core::vmbus::{self, IncomingRing, OutgoingPacket, OutgoingRing, RingLayout};
 use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
@@ -110,6 +111,78 @@ fn vchan_stress(mutations: u64, seed: u64) -> Result<Outcomes, String> {
     Ok(out)
 }
 
+fn vmbus_stress(mutations: u64, seed: u64) -> Result<Outcomes, String> {
+    use vmbus::layout::READ_INDEX;
+    let layout = RingLayout::new(4096, 8192).map_err(|e| e.to_string())?;
+    let words: Vec<AtomicU64> = (0..layout.total_size() / 8)
+        .map(|_| AtomicU64::new(0))
+        .collect();
+    let mem = RawMem::from_atomics(&words);
+    let fresh = || -> Result<(OutgoingRing<RawMem<'_>>, IncomingRing<RawMem<'_>>), String> {
+        vmbus::initialize_ring(&mem, layout).map_err(|e| e.to_string())?;
+        let tx = OutgoingRing::new(mem, layout).map_err(|e| e.to_string())?;
+        let rx = IncomingRing::new(mem, layout).map_err(|e| e.to_string())?;
+        Ok((tx, rx))
+    };
+    let (mut tx, mut rx) = fresh()?;
+    let mut rng = Rng(seed | 1);
+    let mut out = Outcomes {
+        fresh_pairs: 1,
+        ..Outcomes::default()
+    };
+    let payload = vec![0u8; 9000];
+    let mut buf = vec![0u8; 8192];
+    for _ in 0..mutations {
+        let r = rng.next();
+        // The peer's move: a control word (indices, mask, pending send
+        // size, feature bits) or a word of the packet the reader is at.
+        let offset = match r % 6 {
+            0 => 0x00,
+            1 => 0x04,
+            2 => 0x08,
+            3 => 0x0C,
+            4 => 0x40,
+            _ => {
+                let read = mem.load_u32(READ_INDEX).unwrap_or(0) as usize;
+                let word = (r >> 3) as usize % 4;
+                layout.data_offset() + ((read & !7) + 4 * word) % 8192
+            }
+        };
+        let old = mem.load_u32(offset).unwrap_or(0);
+        let value = match (r >> 8) % 4 {
+            0 => (r >> 32) as u32,
+            1 => old.wrapping_add(8 * ((r >> 40) as u32 % 16)),
+            2 => old.wrapping_sub(8 * ((r >> 40) as u32 % 16)),
+            _ => old ^ (1 << ((r >> 40) % 32)),
+        };
+        mem.store_u32(offset, value).map_err(|e| e.to_string())?;
+        let n = (r >> 20) as usize % payload.len();
+        let result = match (r >> 33) % 4 {
+            0 => tx
+                .write(&OutgoingPacket::in_band(r, &[&payload[..n]]))
+                .map(|()| 0),
+            1 => tx.commit().map(|t| t.len),
+            2 => rx.read_packet().and_then(|p| {
+                let len = p.payload_len();
+                p.read_payload(0, &mut buf[..len]).map(|()| len)
+            }),
+            _ => rx.commit().map(|t| t.len),
+        };
+        match result {
+            Ok(_) => out.ok += 1,
+            Err(vmbus::Error::Empty | vmbus::Error::Full { .. }) => out.would_block += 1,
+            Err(vmbus::Error::TooLarge { len, max }) if len > max => out.too_large += 1,
+            Err(vmbus::Error::Corrupt(_)) => out.corrupt += 1,
+            Err(e) => return Err(format!("outcome outside the contract: {e:?}")),
+        }
+        if tx.poisoned().is_some() || rx.poisoned().is_some() {
+            (tx, rx) = fresh()?;
+            out.fresh_pairs += 1;
+        }
+    }
+    Ok(out)
+}
+
 fn main() {
     let mutations: u64 = match std::env::args().nth(1).map(|a| a.parse()) {
         None => 10_000_000,
@@ -119,12 +192,12 @@ fn main() {
             std::process::exit(2);
         }
     };
+    println!("| protocol | mutations | Ok | WouldBlock | Closed | TooLarge | Corrupt | fresh pairs | seconds |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     let started = Instant::now();
     match vchan_stress(mutations, 0x5eed_1234_abcd_0001) {
         Ok(o) => {
             let secs = started.elapsed().as_secs_f64();
-            println!("| protocol | mutations | Ok | WouldBlock | Closed | TooLarge | Corrupt | fresh pairs | seconds |");
-            println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
             println!(
                 "| vchan | {mutations} | {} | {} | {} | {} | {} | {} | {secs:.1} |",
                 o.ok, o.would_block, o.closed, o.too_large, o.corrupt, o.fresh_pairs
@@ -132,6 +205,21 @@ fn main() {
         }
         Err(e) => {
             eprintln!("hostile_stress: vchan: {e}");
+            std::process::exit(1);
+        }
+    }
+    // VMBus: "WouldBlock" counts Empty and Full; it has no Closed.
+    let started = Instant::now();
+    match vmbus_stress(mutations, 0x5eed_1234_abcd_0002) {
+        Ok(o) => {
+            let secs = started.elapsed().as_secs_f64();
+            println!(
+                "| vmbus | {mutations} | {} | {} | – | {} | {} | {} | {secs:.1} |",
+                o.ok, o.would_block, o.too_large, o.corrupt, o.fresh_pairs
+            );
+        }
+        Err(e) => {
+            eprintln!("hostile_stress: vmbus: {e}");
             std::process::exit(1);
         }
     }

@@ -10,36 +10,9 @@ use super::pipe::{PipeReader, PipeWriter};
 use super::{Error, IncomingPacket, IncomingRing, OutgoingPacket, OutgoingRing, Transfer};
 use crate::mem::SharedMem;
 use crate::signal::Signal;
-use core::fmt;
 
-/// Why a blocking call failed.
-#[derive(Debug)]
-pub enum BlockingError<E> {
-    /// The ring said no (corrupt, too large, ...).
-    Ring(Error),
-    /// The signal failed (its own error, e.g. a timeout or a dead fd).
-    Signal(E),
-}
-
-impl<E: fmt::Debug> fmt::Display for BlockingError<E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            BlockingError::Ring(e) => e.fmt(f),
-            BlockingError::Signal(e) => write!(f, "signal failed: {e:?}"),
-        }
-    }
-}
-
-impl<E: fmt::Debug> core::error::Error for BlockingError<E> {}
-
-impl<E: fmt::Debug> embedded_io::Error for BlockingError<E> {
-    fn kind(&self) -> embedded_io::ErrorKind {
-        match self {
-            BlockingError::Ring(e) => embedded_io::Error::kind(e),
-            BlockingError::Signal(_) => embedded_io::ErrorKind::Other,
-        }
-    }
-}
+/// Why a blocking call on a VMBus ring failed.
+pub type BlockingError<E> = crate::signal::BlockingError<Error, E>;
 
 impl<E> From<Error> for BlockingError<E> {
     fn from(e: Error) -> Self {

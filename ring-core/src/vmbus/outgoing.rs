@@ -156,7 +156,7 @@ impl<M: SharedMem> OutgoingRing<M> {
     /// Makes room for `total` bytes (trailer included): from the cache,
     /// then a fresh read index, then by arming `pending_send_size` and
     /// looking once more.
-    fn reserve(&mut self, total: u32) -> Result<(), Error> {
+    fn make_room(&mut self, total: u32) -> Result<(), Error> {
         // Never-full rule, as Linux, DPDK and FreeBSD write it: free > total.
         if self.free() <= total {
             self.refresh_read()?;
@@ -219,7 +219,7 @@ impl<M: SharedMem> OutgoingRing<M> {
         let header_len = header_len as u32;
         let len = len as u32;
         let total = len + TRAILER_SIZE as u32;
-        self.reserve(total)?;
+        self.make_room(total)?;
 
         let start = self.next;
         let mut pos = start;
@@ -331,21 +331,35 @@ impl<M: SharedMem> OutgoingRing<M> {
         self.commit()
     }
 
-    /// Arms `pending_send_size` for a packet of `len` bytes (without
-    /// trailer) and re-checks: `true` if it fits now (and the request was
-    /// withdrawn), `false` if the caller may wait for the reader's signal.
+    /// Checks that a packet of `len` bytes (descriptor to padded payload,
+    /// as [`OutgoingPacket::wire_len`] reports) fits after the uncommitted
+    /// batch, so a caller can reserve room before preparing the packet.
+    /// Nothing is written; a following [`write`](Self::write) of that size
+    /// succeeds unless the ring is poisoned meanwhile.
     ///
     /// # Errors
     ///
-    /// [`Error::TooLarge`] if it could never fit; [`Error::Corrupt`].
-    pub fn wait_for_space(&mut self, len: usize) -> Result<bool, Error> {
+    /// [`Error::TooLarge`] if it could never fit; [`Error::Full`] after
+    /// arming `pending_send_size` and re-checking; [`Error::Corrupt`].
+    pub fn reserve(&mut self, len: usize) -> Result<(), Error> {
         self.usable()?;
         let max = self.max_packet_len();
         if len > max {
             return Err(Error::TooLarge { len, max });
         }
         let total = len.next_multiple_of(PACKET_ALIGN) as u32 + TRAILER_SIZE as u32;
-        match self.reserve(total) {
+        self.make_room(total)
+    }
+
+    /// [`reserve`](Self::reserve) as a question: `true` if the packet fits
+    /// now (any pending request withdrawn), `false` if `pending_send_size`
+    /// is armed and the caller may wait for the reader's signal.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TooLarge`] if it could never fit; [`Error::Corrupt`].
+    pub fn wait_for_space(&mut self, len: usize) -> Result<bool, Error> {
+        match self.reserve(len) {
             Ok(()) => Ok(true),
             Err(Error::Full { .. }) => Ok(false),
             Err(e) => Err(e),

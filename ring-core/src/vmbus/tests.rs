@@ -975,3 +975,36 @@ fn blocking_drain_masks_while_draining_and_never_leaves_the_mask_set() {
         "left unread"
     );
 }
+
+#[test]
+fn reserve_then_write() {
+    let l = layout(4096);
+    let w = words(l);
+    let mem = RawMem::from_atomics(&w);
+    let (mut tx, mut rx) = pair(mem, l, 0);
+    let packet = OutgoingPacket::in_band(1, &[&[0; 2040]]);
+    let len = packet.wire_len().unwrap();
+    assert_eq!(len, 2056);
+    tx.reserve(len).unwrap();
+    let _ = tx.send(&packet).unwrap();
+    // 2032 bytes free: a 2064-byte packet (with trailer) does not fit.
+    assert_eq!(
+        tx.reserve(len),
+        Err(Error::Full {
+            needed: 2064,
+            available: 2024
+        })
+    );
+    assert_eq!(mem.load_u32(PENDING_SEND_SIZE).unwrap(), 2064);
+    let _ = rx.read_packet().unwrap();
+    assert!(rx.commit().unwrap().notify);
+    tx.reserve(len).unwrap();
+    assert_eq!(mem.load_u32(PENDING_SEND_SIZE).unwrap(), 0);
+    assert!(matches!(
+        tx.reserve(4081),
+        Err(Error::TooLarge {
+            len: 4081,
+            max: 4080
+        })
+    ));
+}

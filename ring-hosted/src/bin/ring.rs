@@ -11,6 +11,7 @@ use ring_hosted::rendezvous::{
     self, ClientConfig, Listener, PeerPolicy, Proto, ServerConfig, Session,
 };
 use ring_hosted::stream::{PollStream, VchanStream};
+use ring_hosted::vmbus::VmbusPipe;
 use ring_hosted::Error;
 use std::io::{IsTerminal, Write};
 use std::os::fd::AsFd;
@@ -19,7 +20,7 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 /// Shared-memory rings between two processes: memfd + eventfds, wire
-/// compatible with Xen vchan.
+/// compatible with Xen vchan and Hyper-V VMBus.
 #[derive(Parser, Debug)]
 #[command(name = "ring", version, propagate_version = true)]
 struct Cli {
@@ -32,20 +33,24 @@ struct Cli {
 enum CliProto {
     /// Xen vchan byte stream (two rings, one control page).
     Vchan,
+    /// Hyper-V VMBus rings, used as a pipe (in-band packets).
+    Vmbus,
 }
 
 impl From<CliProto> for Proto {
     fn from(p: CliProto) -> Proto {
         match p {
             CliProto::Vchan => Proto::Vchan,
+            CliProto::Vmbus => Proto::Vmbus,
         }
     }
 }
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Run a transfer between this process and a peer process it starts,
-    /// verify checksums both ways and print throughput and latency.
+    /// For each protocol, run a transfer between this process and a peer
+    /// process it starts, verify checksums both ways, and print throughput
+    /// and latency.
     Demo {
         /// Bytes to send each way (suffixes K, M, G: powers of 1024).
         #[arg(long, default_value = "1G", value_parser = parse_size)]
@@ -53,7 +58,8 @@ enum Cmd {
         /// 64-byte ping-pong round trips to time.
         #[arg(long, default_value_t = 20_000)]
         rounds: u32,
-        /// Size of each ring (rounded up to a power of two, 1K..1M).
+        /// Size of each ring, 1..1M (rounded up: vchan to a power of two of
+        /// at least 1K, vmbus to whole 4 KiB pages).
         #[arg(long, default_value = "1M", value_parser = parse_ring_size)]
         ring_size: u64,
         /// Spin before sleeping, in microseconds (0: never spin).
@@ -95,20 +101,26 @@ enum Cmd {
         #[arg(long, default_value_t = 500)]
         linger_ms: u64,
     },
-    /// Decode the control state of a ring in a shm or memfd-backed file
-    /// (e.g. /proc/PID/fd/N): indices, used/free, orders, live and notify
-    /// bits, and who owes whom a signal.
+    /// Decode the control state of the rings in a shm or memfd-backed file
+    /// (e.g. /proc/PID/fd/N): indices, used/free, who owes whom a signal,
+    /// and orders, live and notify bytes (vchan) or interrupt masks and
+    /// pending send sizes (vmbus).
     Inspect {
-        /// The file holding the control page at offset 0.
+        /// The file holding the ring(s) at offset 0.
         #[arg(required_unless_present = "pid")]
         file: Option<PathBuf>,
         /// Instead of a file: inspect every ring memfd this process holds
-        /// (the `ring-*` memfds in /proc/PID/fd).
+        /// (the `ring-*` memfds in /proc/PID/fd; the protocol is read from
+        /// the memfd's name).
         #[arg(long, conflicts_with = "file")]
         pid: Option<u32>,
         /// Ring protocol of the file.
         #[arg(long, value_enum, default_value = "vchan")]
         proto: CliProto,
+        /// vmbus: data bytes of the first (client->server) ring; the second
+        /// ring takes the rest. Default: two rings of equal size.
+        #[arg(long, value_parser = parse_size)]
+        data_size: Option<u64>,
         /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
@@ -125,6 +137,9 @@ enum Cmd {
         /// What to do once connected.
         #[arg(long, value_enum)]
         mode: PeerMode,
+        /// Ring protocol.
+        #[arg(long, value_enum, default_value = "vchan")]
+        proto: CliProto,
         /// Bind and serve instead of connecting.
         #[arg(long)]
         listen: bool,
@@ -211,16 +226,18 @@ fn main() -> ExitCode {
             file,
             pid,
             proto,
+            data_size,
             json,
         } => match (file, pid) {
-            (Some(file), _) => inspect_file(&file, proto.into(), json),
-            (None, Some(pid)) => inspect_pid(pid, proto.into(), json),
+            (Some(file), _) => inspect_file(&file, proto.into(), data_size, json),
+            (None, Some(pid)) => inspect_pid(pid, json),
             (None, None) => Err("nothing to inspect".into()),
         },
         Cmd::Bench(args) => ring_hosted::bench::suite::run(args),
         Cmd::Peer {
             socket,
             mode,
+            proto,
             listen,
             bytes,
             rounds,
@@ -229,6 +246,7 @@ fn main() -> ExitCode {
             ring_size,
         } => peer(
             &socket,
+            proto.into(),
             mode,
             listen,
             bytes,
@@ -269,7 +287,7 @@ struct Row {
 
 fn demo(bytes: u64, rounds: u32, ring_size: u64, spin_us: u64, protos: &[CliProto]) -> Outcome {
     let protos = if protos.is_empty() {
-        vec![CliProto::Vchan]
+        vec![CliProto::Vchan, CliProto::Vmbus]
     } else {
         protos.to_vec()
     };
@@ -371,14 +389,25 @@ fn demo_one(
         .arg("peer")
         .arg("--socket")
         .arg(&path)
-        .args(["--mode", "demo"])
+        .args(["--mode", "demo", "--proto", proto.name()])
         .args(["--bytes", &bytes.to_string()])
         .args(["--rounds", &rounds.to_string()])
         .args(["--spin-us", &spin_us.to_string()])
         .stdin(Stdio::null())
         .spawn()
         .map_err(|e| format!("cannot start the peer process: {e}"))?;
-    let session = listener.accept_timeout(Duration::from_secs(20));
+    // Wait for the peer, but not for one that has already died.
+    let start = Instant::now();
+    let session = loop {
+        match listener.accept_timeout(Duration::from_millis(100)) {
+            Err(Error::TimedOut) if start.elapsed() < Duration::from_secs(20) => {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(format!("peer exited ({status}) before connecting"));
+                }
+            }
+            other => break other,
+        }
+    };
     drop(listener);
     let session = match session {
         Ok(s) => s,
@@ -389,9 +418,8 @@ fn demo_one(
         }
     };
     let result = match session {
-        Session::Vchan(mut s) => demo_vchan_server(&mut s, bytes, rounds),
-        // Unreachable while vchan is the only protocol; vmbus will land here.
-        #[allow(unreachable_patterns)]
+        Session::Vchan(mut s) => demo_server(&mut s, bytes, rounds),
+        Session::Vmbus(mut s) => demo_server(&mut s, bytes, rounds),
         other => Err(format!("no demo for protocol {}", other.proto().name())),
     };
     let status = child
@@ -427,8 +455,73 @@ fn progress_printer(label: &'static str, total: u64) -> impl FnMut(u64, u64) {
     }
 }
 
-fn demo_vchan_server(s: &mut VchanStream, bytes: u64, rounds: u32) -> Result<Row, String> {
-    let e = |e: Error| format!("vchan demo: {e}");
+/// What the demo and the peer need from a ring besides [`PollStream`]:
+/// blocking bytes, messages and 64-byte pings, per protocol.
+trait Link: PollStream {
+    /// The protocol's name for the table.
+    const NAME: &'static str;
+    fn read_some(&mut self, buf: &mut [u8]) -> Result<usize, Error>;
+    fn write_every(&mut self, buf: &[u8]) -> Result<(), Error>;
+    fn msg_send(&mut self, msg: &[u8]) -> Result<(), Error>;
+    fn msg_recv(&mut self, buf: &mut [u8]) -> Result<usize, Error>;
+    fn ping_send(&mut self, ping: &[u8; 64]) -> Result<(), Error>;
+    fn ping_recv(&mut self, ping: &mut [u8; 64]) -> Result<(), Error>;
+}
+
+impl Link for VchanStream {
+    const NAME: &'static str = "vchan";
+    fn read_some(&mut self, buf: &mut [u8]) -> Result<usize, Error> {
+        self.read(buf)
+    }
+    fn write_every(&mut self, buf: &[u8]) -> Result<(), Error> {
+        self.write_all(buf)
+    }
+    fn msg_send(&mut self, msg: &[u8]) -> Result<(), Error> {
+        self.send_msg(msg)
+    }
+    fn msg_recv(&mut self, buf: &mut [u8]) -> Result<usize, Error> {
+        self.recv_msg(buf)
+    }
+    // vchan packets: exactly 64 bytes, all or nothing.
+    fn ping_send(&mut self, ping: &[u8; 64]) -> Result<(), Error> {
+        self.send_packet(ping)
+    }
+    fn ping_recv(&mut self, ping: &mut [u8; 64]) -> Result<(), Error> {
+        self.recv_packet(ping)
+    }
+}
+
+impl Link for VmbusPipe {
+    const NAME: &'static str = "vmbus";
+    fn read_some(&mut self, buf: &mut [u8]) -> Result<usize, Error> {
+        self.read(buf)
+    }
+    fn write_every(&mut self, buf: &[u8]) -> Result<(), Error> {
+        self.write_all(buf)
+    }
+    fn msg_send(&mut self, msg: &[u8]) -> Result<(), Error> {
+        self.send_msg(msg)
+    }
+    fn msg_recv(&mut self, buf: &mut [u8]) -> Result<usize, Error> {
+        self.recv_msg(buf)
+    }
+    // VMBus: one in-band pipe packet per ping.
+    fn ping_send(&mut self, ping: &[u8; 64]) -> Result<(), Error> {
+        self.send_msg(ping)
+    }
+    fn ping_recv(&mut self, ping: &mut [u8; 64]) -> Result<(), Error> {
+        match self.recv_msg(ping)? {
+            64 => Ok(()),
+            n => Err(Error::Os {
+                op: "ping",
+                source: std::io::Error::other(format!("ping of {n} bytes, expected 64")),
+            }),
+        }
+    }
+}
+
+fn demo_server<L: Link>(s: &mut L, bytes: u64, rounds: u32) -> Result<Row, String> {
+    let e = |e: Error| format!("{} demo: {e}", L::NAME);
     let kicks0 = s.signal().kicks();
     let start = Instant::now();
     let got = duplex(
@@ -436,15 +529,15 @@ fn demo_vchan_server(s: &mut VchanStream, bytes: u64, rounds: u32) -> Result<Row
         SERVER_SEED,
         bytes,
         bytes,
-        progress_printer("vchan", bytes),
+        progress_printer(L::NAME, bytes),
     )
     .map_err(e)?;
     let elapsed = start.elapsed();
     let our_kicks = s.signal().kicks() - kicks0;
-    s.send_msg(&summary(&got.sent, &got.received, our_kicks))
+    s.msg_send(&summary(&got.sent, &got.received, our_kicks))
         .map_err(e)?;
     let mut buf = [0u8; 40];
-    let n = s.recv_msg(&mut buf).map_err(e)?;
+    let n = s.msg_recv(&mut buf).map_err(e)?;
     let theirs = unsummary(buf.get(..n).unwrap_or(&[]));
     let (inbound, outbound) = compare(&got.sent, &got.received, theirs);
     // Ping-pong: we send 64 bytes, the peer echoes them.
@@ -456,8 +549,8 @@ fn demo_vchan_server(s: &mut VchanStream, bytes: u64, rounds: u32) -> Result<Row
     for _ in 0..rounds {
         pat.fill(&mut msg);
         let t = Instant::now();
-        s.send_packet(&msg).map_err(e)?;
-        s.recv_packet(&mut back).map_err(e)?;
+        s.ping_send(&msg).map_err(e)?;
+        s.ping_recv(&mut back).map_err(e)?;
         rtts.push(t.elapsed());
         echo_ok &= back == msg;
     }
@@ -481,7 +574,7 @@ fn demo_vchan_server(s: &mut VchanStream, bytes: u64, rounds: u32) -> Result<Row
         ),
     };
     Ok(Row {
-        proto: "vchan",
+        proto: L::NAME,
         bytes,
         gbps: bytes as f64 / elapsed.as_secs_f64() / 1e9,
         p50: pct(50),
@@ -496,15 +589,15 @@ fn demo_vchan_server(s: &mut VchanStream, bytes: u64, rounds: u32) -> Result<Row
     })
 }
 
-fn demo_vchan_client(s: &mut VchanStream, bytes: u64, rounds: u32) -> Outcome {
+fn demo_client<L: Link>(s: &mut L, bytes: u64, rounds: u32) -> Outcome {
     let e = |e: Error| format!("demo peer: {e}");
     let kicks0 = s.signal().kicks();
     let got = duplex(s, CLIENT_SEED, bytes, bytes, |_, _| {}).map_err(e)?;
     let our_kicks = s.signal().kicks() - kicks0;
-    s.send_msg(&summary(&got.sent, &got.received, our_kicks))
+    s.msg_send(&summary(&got.sent, &got.received, our_kicks))
         .map_err(e)?;
     let mut buf = [0u8; 40];
-    let n = s.recv_msg(&mut buf).map_err(e)?;
+    let n = s.msg_recv(&mut buf).map_err(e)?;
     let (inbound, outbound) = compare(
         &got.sent,
         &got.received,
@@ -512,12 +605,12 @@ fn demo_vchan_client(s: &mut VchanStream, bytes: u64, rounds: u32) -> Outcome {
     );
     let mut msg = [0u8; 64];
     for _ in 0..rounds {
-        s.recv_packet(&mut msg).map_err(e)?;
-        s.send_packet(&msg).map_err(e)?;
+        s.ping_recv(&mut msg).map_err(e)?;
+        s.ping_send(&msg).map_err(e)?;
     }
     // Wait for the server to close.
     let mut tail = [0u8; 1];
-    match s.read(&mut tail) {
+    match s.read_some(&mut tail) {
         Ok(0) | Err(Error::Closed) => {}
         Ok(_) => return Err("demo peer: unexpected bytes after the ping-pong".into()),
         Err(x) => return Err(e(x)),
@@ -535,9 +628,10 @@ fn demo_vchan_client(s: &mut VchanStream, bytes: u64, rounds: u32) -> Outcome {
 
 // ---------------------------------------------------------------- peer
 
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments)] // One per command-line option.
 fn peer(
     socket: &Path,
+    proto: Proto,
     mode: PeerMode,
     listen: bool,
     bytes: u64,
@@ -547,29 +641,37 @@ fn peer(
     ring_size: u64,
 ) -> Outcome {
     let session = if listen {
-        let mut config = ServerConfig::new(Proto::Vchan)
-            .ring_sizes(ring_bytes(ring_size)?, ring_bytes(ring_size)?);
+        let mut config =
+            ServerConfig::new(proto).ring_sizes(ring_bytes(ring_size)?, ring_bytes(ring_size)?);
         config.spin = spin;
         let l = Listener::bind(socket, config).map_err(|e| e.to_string())?;
         l.accept()
     } else {
-        let mut config = ClientConfig::new(Proto::Vchan);
+        let mut config = ClientConfig::new(proto);
         config.spin = spin;
         rendezvous::connect_with(socket, config)
     }
     .map_err(|e| e.to_string())?;
-    let Some(mut s) = session.into_vchan() else {
-        return Err("peer: not a vchan session".into());
-    };
+    match session {
+        Session::Vchan(mut s) => peer_run(&mut s, mode, bytes, rounds, seed),
+        Session::Vmbus(mut s) => peer_run(&mut s, mode, bytes, rounds, seed),
+        other => Err(format!(
+            "peer: protocol {} unsupported",
+            other.proto().name()
+        )),
+    }
+}
+
+fn peer_run<L: Link>(s: &mut L, mode: PeerMode, bytes: u64, rounds: u32, seed: u64) -> Outcome {
     let e = |e: Error| format!("peer: {e}");
     match mode {
-        PeerMode::Demo => demo_vchan_client(&mut s, bytes, rounds),
+        PeerMode::Demo => demo_client(s, bytes, rounds),
         PeerMode::Echo => {
             let mut buf = vec![0u8; 64 << 10];
             loop {
-                match s.read(&mut buf) {
+                match s.read_some(&mut buf) {
                     Ok(0) | Err(Error::Closed) => return Ok(()),
-                    Ok(n) => match s.write_all(buf.get(..n).unwrap_or(&[])) {
+                    Ok(n) => match s.write_every(buf.get(..n).unwrap_or(&[])) {
                         Ok(()) => {}
                         Err(Error::Closed) => return Ok(()),
                         Err(x) => return Err(e(x)),
@@ -589,7 +691,7 @@ fn peer(
                 };
                 let chunk = buf.get_mut(..n).unwrap_or(&mut []);
                 p.fill(chunk);
-                match s.write_all(chunk) {
+                match s.write_every(chunk) {
                     Ok(()) => {}
                     Err(Error::Closed) => return Ok(()),
                     Err(x) => return Err(e(x)),
@@ -623,8 +725,7 @@ fn connect(socket: &Path, proto: Proto, linger_ms: u64) -> Outcome {
 fn pipe_session(session: Session, linger: Duration) -> Outcome {
     match session {
         Session::Vchan(mut s) => pipe_stream(&mut s, linger).map_err(|e| e.to_string()),
-        // Unreachable while vchan is the only protocol; vmbus will land here.
-        #[allow(unreachable_patterns)]
+        Session::Vmbus(mut s) => pipe_stream(&mut s, linger).map_err(|e| e.to_string()),
         other => Err(format!("no pipe for protocol {}", other.proto().name())),
     }
 }
@@ -706,47 +807,88 @@ fn pipe_stream(s: &mut impl PollStream, linger: Duration) -> Result<(), Error> {
 // ---------------------------------------------------------------- inspect
 
 /// Inspects the ring memfds of process `pid`: the fds whose link names a
-/// memfd this crate made (`/memfd:ring-...`).
-fn inspect_pid(pid: u32, proto: Proto, json: bool) -> Outcome {
+/// memfd this crate made (`/memfd:ring-vchan`, `/memfd:ring-vmbus`).
+fn inspect_pid(pid: u32, json: bool) -> Outcome {
     let dir = PathBuf::from(format!("/proc/{pid}/fd"));
     let entries =
         std::fs::read_dir(&dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
-    let mut found: Vec<(u32, PathBuf)> = entries
+    let mut found: Vec<(u32, PathBuf, Proto)> = entries
         .filter_map(|e| e.ok())
-        .filter(|e| {
-            std::fs::read_link(e.path())
-                .is_ok_and(|l| l.to_string_lossy().starts_with("/memfd:ring-"))
+        .filter_map(|e| {
+            let link = std::fs::read_link(e.path()).ok()?;
+            let link = link.to_string_lossy();
+            let proto = if link.starts_with("/memfd:ring-vmbus") {
+                Proto::Vmbus
+            } else if link.starts_with("/memfd:ring-") {
+                Proto::Vchan
+            } else {
+                return None;
+            };
+            Some((e.file_name().to_str()?.parse().ok()?, e.path(), proto))
         })
-        .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path())))
         .collect();
-    found.sort();
+    found.sort_by_key(|f| f.0);
     if found.is_empty() {
         return Err(format!("process {pid} holds no ring memory"));
     }
-    for (fd, path) in found {
+    let mut shown = 0;
+    for (fd, path, proto) in found {
         if !json {
-            println!("== {} (fd {fd})", path.display());
+            println!("== {} (fd {fd}, {})", path.display(), proto.name());
         }
-        inspect_file(&path, proto, json)?;
+        match inspect_file(&path, proto, None, json) {
+            Ok(()) => shown += 1,
+            // The fd was closed between listing and reading: skip it.
+            Err(_) if std::fs::symlink_metadata(&path).is_err() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if shown == 0 {
+        return Err(format!("process {pid} holds no ring memory"));
     }
     Ok(())
 }
 
-fn inspect_file(file: &Path, proto: Proto, json: bool) -> Outcome {
+fn show(text: String, json: String, as_json: bool) {
+    if as_json {
+        println!("{json}");
+    } else {
+        print!("{text}");
+    }
+}
+
+fn inspect_file(file: &Path, proto: Proto, data_size: Option<u64>, json: bool) -> Outcome {
+    let cannot = |e: std::io::Error| format!("cannot read {}: {e}", file.display());
     match proto {
         Proto::Vchan => {
-            let header = inspect::read_header(file)
-                .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            let header = inspect::read_header(file).map_err(cannot)?;
             let state = inspect::decode_vchan(&header)?;
-            if json {
-                println!("{}", state.to_json());
-            } else {
-                print!("{state}");
-            }
+            show(state.to_string(), state.to_json(), json);
             Ok(())
         }
-        // Unreachable while vchan is the only protocol; vmbus will land here.
-        #[allow(unreachable_patterns)]
+        Proto::Vmbus => {
+            const PAGE: u64 = 4096;
+            let len = std::fs::metadata(file).map_err(cannot)?.len();
+            let first = match data_size {
+                Some(d) => d,
+                None => (len / 2).saturating_sub(PAGE),
+            };
+            let second = len.saturating_sub(2 * PAGE + first);
+            let fits = |d: u64| d > 0 && d.is_multiple_of(PAGE) && d <= u64::from(u32::MAX);
+            if !fits(first) || !fits(second) {
+                return Err(format!(
+                    "{} ({len} bytes) is not two VMBus rings of {first} and {second} data bytes \
+                     (give --data-size)",
+                    file.display()
+                ));
+            }
+            let a = inspect::read_at::<{ inspect::VMBUS_HEADER_LEN }>(file, 0).map_err(cannot)?;
+            let b = inspect::read_at::<{ inspect::VMBUS_HEADER_LEN }>(file, PAGE + first)
+                .map_err(cannot)?;
+            let state = inspect::decode_vmbus(&a, first as u32, &b, second as u32)?;
+            show(state.to_string(), state.to_json(), json);
+            Ok(())
+        }
         other => Err(format!("cannot inspect protocol {}", other.name())),
     }
 }

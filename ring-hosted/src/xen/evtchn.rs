@@ -1,0 +1,232 @@
+//! Xen event channels through `/dev/xen/evtchn`, as a [`Signal`].
+//!
+//! The device hands out local ports by ioctl (bind an unbound port for a
+//! peer domain to connect to, or bind to a peer's port), sends events by
+//! ioctl (`NOTIFY`), delivers them as 4-byte port numbers to `read`, and
+//! masks a port when it fires until its number is written back (unmask).
+
+use super::{DomId, XenDevice};
+use crate::devmem::{ioc, DevError, IOC_NONE};
+use ring_core::signal::Signal;
+use std::mem::size_of;
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::time::Duration;
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+/// The device's standard path.
+pub const EVTCHN_PATH: &str = "/dev/xen/evtchn";
+
+/// `struct ioctl_evtchn_bind_interdomain`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, IntoBytes, FromBytes, Immutable, KnownLayout)]
+pub struct BindInterdomain {
+    /// The peer domain.
+    pub remote_domain: u32,
+    /// The peer's (unbound) port.
+    pub remote_port: u32,
+}
+
+/// `struct ioctl_evtchn_bind_unbound_port`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, IntoBytes, FromBytes, Immutable, KnownLayout)]
+pub struct BindUnboundPort {
+    /// The domain allowed to bind to the new port.
+    pub remote_domain: u32,
+}
+
+/// `struct ioctl_evtchn_notify` and `struct ioctl_evtchn_unbind`: one port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, IntoBytes, FromBytes, Immutable, KnownLayout)]
+pub struct PortArg {
+    /// A local port.
+    pub port: u32,
+}
+
+/// `IOCTL_EVTCHN_BIND_INTERDOMAIN`.
+pub const IOCTL_EVTCHN_BIND_INTERDOMAIN: u32 = ioc(IOC_NONE, b'E', 1, size_of::<BindInterdomain>());
+/// `IOCTL_EVTCHN_BIND_UNBOUND_PORT`.
+pub const IOCTL_EVTCHN_BIND_UNBOUND_PORT: u32 =
+    ioc(IOC_NONE, b'E', 2, size_of::<BindUnboundPort>());
+/// `IOCTL_EVTCHN_UNBIND`.
+pub const IOCTL_EVTCHN_UNBIND: u32 = ioc(IOC_NONE, b'E', 3, size_of::<PortArg>());
+/// `IOCTL_EVTCHN_NOTIFY`.
+pub const IOCTL_EVTCHN_NOTIFY: u32 = ioc(IOC_NONE, b'E', 4, size_of::<PortArg>());
+
+/// One bound event-channel port.
+///
+/// As a [`Signal`]: `notify` sends an event to the peer; `wait` blocks
+/// until an event arrives on our port (or the timeout passes), consumes it
+/// and unmasks the port. Dropping it unbinds the port.
+#[derive(Debug)]
+pub struct EventChannel {
+    dev: XenDevice,
+    port: u32,
+    timeout: Option<Duration>,
+}
+
+impl EventChannel {
+    /// Allocates a port that domain `remote` may bind to (the vchan server
+    /// side), and unmasks it.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors naming the device.
+    pub fn bind_unbound(dev: XenDevice, remote: DomId) -> Result<Self, DevError> {
+        let mut arg = BindUnboundPort {
+            remote_domain: remote.into(),
+        };
+        let port = dev.ioctl(
+            "bind unbound port",
+            IOCTL_EVTCHN_BIND_UNBOUND_PORT,
+            arg.as_mut_bytes(),
+        )?;
+        Self::bound(dev, port)
+    }
+
+    /// Binds to port `remote_port` of domain `remote` (the vchan client
+    /// side), and unmasks the local port.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors naming the device (e.g. the port is not offered to us).
+    pub fn bind_interdomain(
+        dev: XenDevice,
+        remote: DomId,
+        remote_port: u32,
+    ) -> Result<Self, DevError> {
+        let mut arg = BindInterdomain {
+            remote_domain: remote.into(),
+            remote_port,
+        };
+        let port = dev.ioctl(
+            "bind interdomain",
+            IOCTL_EVTCHN_BIND_INTERDOMAIN,
+            arg.as_mut_bytes(),
+        )?;
+        Self::bound(dev, port)
+    }
+
+    fn bound(dev: XenDevice, port: i32) -> Result<Self, DevError> {
+        let port = u32::try_from(port)
+            .map_err(|_| DevError::invalid(dev.path(), format!("bad port {port}")))?;
+        let ch = EventChannel {
+            dev,
+            port,
+            timeout: None,
+        };
+        ch.unmask()?;
+        Ok(ch)
+    }
+
+    /// Our local port.
+    pub fn port(&self) -> u32 {
+        self.port
+    }
+
+    /// The device path (for errors).
+    pub fn path(&self) -> &Path {
+        self.dev.path()
+    }
+
+    /// Sets how long [`Signal::wait`] blocks (`None`: for ever).
+    pub fn set_timeout(&mut self, timeout: Option<Duration>) {
+        self.timeout = timeout;
+    }
+
+    /// Sends an event to the peer.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors naming the device.
+    pub fn send(&self) -> Result<(), DevError> {
+        let mut arg = PortArg { port: self.port };
+        self.dev
+            .ioctl("notify", IOCTL_EVTCHN_NOTIFY, arg.as_mut_bytes())
+            .map(drop)
+    }
+
+    /// Unmasks our port (writes its number to the device).
+    ///
+    /// # Errors
+    ///
+    /// I/O errors naming the device.
+    pub fn unmask(&self) -> Result<(), DevError> {
+        let n = self
+            .dev
+            .sys()
+            .write(self.dev.file().as_fd(), &self.port.to_ne_bytes())
+            .map_err(DevError::io("unmask", self.dev.path()))?;
+        if n != 4 {
+            return Err(DevError::invalid(self.dev.path(), "short unmask write"));
+        }
+        Ok(())
+    }
+
+    /// Blocks until an event is pending and returns its port (masked until
+    /// [`unmask`](Self::unmask)).
+    ///
+    /// # Errors
+    ///
+    /// I/O errors naming the device; [`DevError::Closed`] at end of file.
+    pub fn pending(&self) -> Result<u32, DevError> {
+        let mut buf = [0u8; 4];
+        let n = self
+            .dev
+            .sys()
+            .read(self.dev.file().as_fd(), &mut buf)
+            .map_err(DevError::io("read pending port", self.dev.path()))?;
+        match n {
+            0 => Err(DevError::Closed),
+            4 => Ok(u32::from_ne_bytes(buf)),
+            n => Err(DevError::invalid(
+                self.dev.path(),
+                format!("short read ({n} bytes)"),
+            )),
+        }
+    }
+}
+
+impl Signal for EventChannel {
+    type Error = DevError;
+
+    fn notify(&self) -> Result<(), DevError> {
+        self.send()
+    }
+
+    fn wait(&self) -> Result<(), DevError> {
+        if let Some(t) = self.timeout {
+            let ready = self
+                .dev
+                .sys()
+                .poll_readable(self.dev.file().as_fd(), Some(t))
+                .map_err(DevError::io("poll", self.dev.path()))?;
+            if !ready {
+                return Err(DevError::TimedOut {
+                    path: self.dev.path().to_path_buf(),
+                });
+            }
+        }
+        let port = self.pending()?;
+        if port != self.port {
+            // Another port on a shared fd: not ours, but unmask it so it is
+            // not lost; the caller re-checks its ring either way.
+            let _ = self
+                .dev
+                .sys()
+                .write(self.dev.file().as_fd(), &port.to_ne_bytes());
+            return Ok(());
+        }
+        self.unmask()
+    }
+}
+
+impl Drop for EventChannel {
+    fn drop(&mut self) {
+        let mut arg = PortArg { port: self.port };
+        // Nothing useful to do if unbinding fails at drop.
+        let _ = self
+            .dev
+            .ioctl("unbind", IOCTL_EVTCHN_UNBIND, arg.as_mut_bytes());
+    }
+}

@@ -1,0 +1,134 @@
+//! Xen backends: grant pages, event channels, xenstore, and a vchan built
+//! on them that follows libxenvchan's set-up order.
+//!
+//! - [`gntalloc`]: share our pages with a domain (`/dev/xen/gntalloc`),
+//!   with an unmap notification that clears a byte and sends an event if
+//!   we die;
+//! - [`gntdev`]: map a peer's grant refs (`/dev/xen/gntdev`);
+//! - [`evtchn`]: event channels (`/dev/xen/evtchn`) as a
+//!   [`Signal`](ring_core::signal::Signal);
+//! - [`xenstore`]: the xenstore wire protocol over `/dev/xen/xenbus` (or
+//!   any byte stream);
+//! - [`vchan`]: a vchan server and client over the four.
+//!
+//! Every ioctl goes through the [`Sys`] seam, and every
+//! device is opened either from its standard path or from a file handed in,
+//! so [`fake`] can stand in for a Xen host in tests. Nothing here has run
+//! against a real hypervisor on the machines this was written on; see
+//! `docs/devices.md`.
+
+pub mod evtchn;
+pub mod fake;
+pub mod gntalloc;
+pub mod gntdev;
+pub mod vchan;
+pub mod xenstore;
+
+use crate::devmem::{DevError, Kernel, Sys};
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A Xen domain id.
+pub type DomId = u16;
+
+/// Size of a grant page (Xen's page, whatever the guest's page size).
+pub const GRANT_PAGE: usize = 4096;
+
+/// What the kernel does to a shared or mapped page when it is unmapped
+/// (including when the process dies): clear one byte, send one event.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnmapNotify {
+    /// Byte offset within the mapping to clear (the vchan live byte).
+    pub clear_byte: Option<usize>,
+    /// Local event-channel port to notify.
+    pub send_event: Option<u32>,
+}
+
+/// `UNMAP_NOTIFY_CLEAR_BYTE` in `<xen/gntalloc.h>` and `<xen/gntdev.h>`.
+pub const UNMAP_NOTIFY_CLEAR_BYTE: u32 = 0x1;
+/// `UNMAP_NOTIFY_SEND_EVENT` in `<xen/gntalloc.h>` and `<xen/gntdev.h>`.
+pub const UNMAP_NOTIFY_SEND_EVENT: u32 = 0x2;
+
+impl UnmapNotify {
+    /// The `action` bits for the ioctl.
+    pub fn action(&self) -> u32 {
+        let mut a = 0;
+        if self.clear_byte.is_some() {
+            a |= UNMAP_NOTIFY_CLEAR_BYTE;
+        }
+        if self.send_event.is_some() {
+            a |= UNMAP_NOTIFY_SEND_EVENT;
+        }
+        a
+    }
+}
+
+/// An open Xen device file and the seam its ioctls go through.
+#[derive(Clone)]
+pub struct XenDevice {
+    file: Arc<File>,
+    path: PathBuf,
+    sys: Arc<dyn Sys>,
+}
+
+impl std::fmt::Debug for XenDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XenDevice")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl XenDevice {
+    /// Opens the device at `path` read-write, with real system calls.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors naming `path` (no Xen, or no permission).
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, DevError> {
+        let path = path.as_ref();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(DevError::io("open", path))?;
+        Ok(Self::from_parts(file, path.to_path_buf(), Arc::new(Kernel)))
+    }
+
+    /// A device from an already open file and a [`Sys`] (tests pass a
+    /// memfd and a fake).
+    pub fn from_parts(file: File, path: PathBuf, sys: Arc<dyn Sys>) -> Self {
+        XenDevice {
+            file: Arc::new(file),
+            path,
+            sys,
+        }
+    }
+
+    /// The device's path (for errors).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn file(&self) -> &File {
+        &self.file
+    }
+
+    pub(crate) fn sys(&self) -> &dyn Sys {
+        &*self.sys
+    }
+
+    /// Issues ioctl `request` with `arg`'s bytes, naming `op` in errors.
+    pub(crate) fn ioctl(
+        &self,
+        op: &'static str,
+        request: u32,
+        arg: &mut [u8],
+    ) -> Result<i32, DevError> {
+        use std::os::fd::AsFd;
+        self.sys
+            .ioctl(self.file.as_fd(), request, arg)
+            .map_err(DevError::io(op, &self.path))
+    }
+}

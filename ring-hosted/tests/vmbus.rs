@@ -1,0 +1,84 @@
+//! The VMBus pipe in one process, through the real rendezvous.
+
+mod common;
+
+use common::TempSock;
+use ring_core::vmbus;
+use ring_hosted::rendezvous::{self, Listener, Proto, ServerConfig};
+use ring_hosted::stream::PollStream;
+use ring_hosted::vmbus::VmbusPipe;
+use ring_hosted::Error;
+use std::io::Read;
+use std::thread;
+use std::time::Duration;
+
+fn pair(ring: usize) -> (VmbusPipe, VmbusPipe, TempSock) {
+    let sock = TempSock::new("vmbus-pair");
+    let l = Listener::bind(
+        &sock.path,
+        ServerConfig::new(Proto::Vmbus).ring_sizes(ring, ring),
+    )
+    .unwrap();
+    let path = sock.path.clone();
+    let t = thread::spawn(move || rendezvous::connect(&path, Proto::Vmbus).unwrap());
+    let server = l.accept().unwrap().into_vmbus().unwrap();
+    let client = t.join().unwrap().into_vmbus().unwrap();
+    (server, client, sock)
+}
+
+#[test]
+fn messages_keep_boundaries_and_a_small_buffer_consumes_nothing() {
+    let (mut server, mut client, _sock) = pair(64 << 10);
+    for n in [0usize, 1, 7, 8, 4000, 16 << 10] {
+        client.send_msg(&vec![n as u8; n]).unwrap();
+    }
+    let mut buf = vec![0u8; 16 << 10];
+    for n in [0usize, 1, 7, 8] {
+        assert_eq!(server.recv_msg(&mut buf).unwrap(), n);
+        assert!(buf[..n].iter().all(|&b| b == n as u8));
+    }
+    let mut small = [0u8; 100];
+    assert!(matches!(
+        server.recv_msg(&mut small),
+        Err(Error::Vmbus(vmbus::Error::OutOfRange { needed: 4000, .. }))
+    ));
+    assert_eq!(server.recv_msg(&mut buf).unwrap(), 4000, "still there");
+    assert_eq!(server.recv_msg(&mut buf).unwrap(), 16 << 10);
+    assert!(matches!(
+        client.send_msg(&vec![0u8; (16 << 10) + 1]),
+        Err(Error::Vmbus(vmbus::Error::TooLarge { .. }))
+    ));
+}
+
+#[test]
+fn bytes_flow_through_small_rings_and_end_cleanly() {
+    let (mut server, mut client, _sock) = pair(4096);
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 256) as u8).collect();
+    let sent = data.clone();
+    let t = thread::spawn(move || {
+        client.write_all(&sent).unwrap();
+        PollStream::close(&mut client).unwrap();
+        client
+    });
+    let mut got = Vec::new();
+    server.read_to_end(&mut got).unwrap();
+    assert!(got == data);
+    let client = t.join().unwrap();
+    assert!(PollStream::signal(&client).kicks() > 0);
+    // End of stream stays end of stream.
+    assert_eq!(server.read(&mut [0u8; 4]).unwrap(), 0);
+}
+
+#[test]
+fn timeouts_end_blocking_reads_and_dropping_sends_end_of_stream() {
+    let (mut server, client, _sock) = pair(8192);
+    server
+        .signal_mut()
+        .set_timeout(Some(Duration::from_millis(30)));
+    assert!(matches!(server.read(&mut [0u8; 4]), Err(Error::TimedOut)));
+    server.signal_mut().set_timeout(None);
+    // Dropping a pipe sends end of stream (a peer's death is the SIGKILL
+    // suite's business).
+    drop(client);
+    assert_eq!(server.read(&mut [0u8; 4]).unwrap(), 0);
+}

@@ -1,0 +1,245 @@
+//! A freestanding x86_64 guest for QEMU that runs `ring-core`'s vchan and
+//! VMBus rings, unchanged, over an `ivshmem-plain` BAR shared with a host
+//! process.
+//!
+//! QEMU boots it through the PVH ELF note (`src/boot.s`), the guest finds
+//! the ivshmem device on PCI bus 0, wraps BAR2 in [`RawMem`] and connects to
+//! the vchan the host laid out at its start as the server. Then, polling
+//! only:
+//!
+//! 1. receive a 16-byte header packet: [`HEADER_MAGIC`], stream length;
+//! 2. read the stream, send every byte back XOR [`TRANSFORM`];
+//! 3. send a 16-byte trailer packet: bytes received, FNV-1a 64 of them;
+//! 4. wait for the host to close the vchan, and close it too;
+//! 5. answer VMBus requests on two packet rings further up the BAR (see
+//!    [`vmbus_echo`]);
+//! 6. exit through `isa-debug-exit` (QEMU status 33).
+//!
+//! Any failure prints a line and exits with status 35; a panic does too.
+
+#![no_std]
+#![no_main]
+
+// memcpy & co. for a binary without libc.
+extern crate freestanding;
+mod pci;
+mod vmbus_echo;
+mod x86;
+
+use core::fmt::Write;
+use core::hint::spin_loop;
+use ring_core::mem::RawMem;
+use ring_core::vchan::{self, Endpoint, Error, FlatLayout};
+use x86::{exit, Serial, EXIT_FAIL, EXIT_PASS};
+
+core::arch::global_asm!(include_str!("boot.s"), options(att_syntax));
+
+/// First word of the host's header packet ("RINGECHO", little-endian).
+const HEADER_MAGIC: u64 = u64::from_le_bytes(*b"RINGECHO");
+/// Every echoed byte is XORed with this.
+const TRANSFORM: u8 = 0x5a;
+/// FNV-1a 64's starting value.
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+/// The PVH `hvm_start_info` magic.
+const PVH_MAGIC: u32 = 0x336e_c578;
+const IVSHMEM_VENDOR: u16 = 0x1af4;
+const IVSHMEM_DEVICE: u16 = 0x1110;
+
+/// Called by `boot.s` in long mode with the PVH start-info address.
+#[no_mangle]
+pub extern "C" fn rust_main(start_info: u32) -> ! {
+    let mut out = Serial;
+    // SAFETY: the PVH loader passes the address of its start-info block, in
+    // low memory that our identity map covers; one aligned 4-byte read.
+    let magic = unsafe { (start_info as usize as *const u32).read_volatile() };
+    let _ = writeln!(
+        out,
+        "guest: booted, start info {start_info:#x}, magic {magic:#x}"
+    );
+    if magic != PVH_MAGIC {
+        fail("not started through PVH");
+    }
+    let Some(dev) = pci::find(IVSHMEM_VENDOR, IVSHMEM_DEVICE) else {
+        fail("no ivshmem-plain device on PCI bus 0");
+    };
+    let bar = match dev.bar2() {
+        Ok(bar) => bar,
+        Err(e) => {
+            let _ = writeln!(out, "guest: {e}");
+            exit(EXIT_FAIL);
+        }
+    };
+    let _ = writeln!(
+        out,
+        "guest: ivshmem at 00:{:02x}.{} BAR2 {:#x} size {:#x}{}",
+        dev.device,
+        dev.function,
+        bar.base,
+        bar.size,
+        if bar.assigned_here {
+            " (assigned here)"
+        } else {
+            ""
+        }
+    );
+    // SAFETY: BAR2 is the ivshmem RAM, identity-mapped (below 4 GiB, see
+    // `pci`), mapped for the guest's whole life, and only ever touched
+    // through `RawMem` views (atomics and raw copies), here and by the host.
+    let Some(mem) =
+        (unsafe { RawMem::from_raw_parts(bar.base as usize as *mut u8, bar.size as usize) })
+    else {
+        fail("BAR2 is not 8-byte aligned");
+    };
+    match echo(mem) {
+        Ok((len, sum)) => {
+            let _ = writeln!(out, "guest: vchan echoed {len} bytes, fnv {sum:#018x}");
+        }
+        Err(e) => {
+            let _ = writeln!(out, "guest: vchan error: {e}");
+            exit(EXIT_FAIL);
+        }
+    }
+    let ring_size = match vmbus_echo::layout() {
+        Ok(layout) => layout.total_size(),
+        Err(e) => {
+            let _ = writeln!(out, "guest: vmbus layout: {e}");
+            exit(EXIT_FAIL);
+        }
+    };
+    if bar.size < (vmbus_echo::G2H_AT + ring_size) as u64 {
+        fail("BAR2 too small for the vmbus rings");
+    }
+    let base = bar.base as usize as *mut u8;
+    // SAFETY: as for `mem`: the ring lies inside BAR2 (checked above) and is
+    // only touched through `RawMem`; the host→guest ring's bytes.
+    let h2g = unsafe { RawMem::from_raw_parts(base.wrapping_add(vmbus_echo::H2G_AT), ring_size) };
+    // SAFETY: as above, for the guest→host ring.
+    let g2h = unsafe { RawMem::from_raw_parts(base.wrapping_add(vmbus_echo::G2H_AT), ring_size) };
+    let (Some(h2g), Some(g2h)) = (h2g, g2h) else {
+        fail("vmbus rings are not 8-byte aligned");
+    };
+    match vmbus_echo::serve(h2g, g2h) {
+        Ok(s) => {
+            let _ = writeln!(
+                out,
+                "guest: vmbus answered {} requests, {} bytes, fnv {:#018x}; polls that found the ring empty {}, full {}",
+                s.requests, s.bytes, s.hash, s.empty, s.full
+            );
+        }
+        Err(e) => {
+            let _ = writeln!(out, "guest: vmbus error: {e}");
+            exit(EXIT_FAIL);
+        }
+    }
+    let _ = writeln!(out, "guest: done");
+    exit(EXIT_PASS);
+}
+
+/// Retries a non-blocking vchan call until it stops saying `WouldBlock`,
+/// counting the retries in `spins`.
+///
+/// Polling only: the guest has no interrupts, so the notify flags in each
+/// `Transfer` are ignored (the host polls too).
+fn poll<T>(spins: &mut u64, mut op: impl FnMut() -> Result<T, Error>) -> Result<T, Error> {
+    loop {
+        match op() {
+            Err(Error::WouldBlock) => {
+                *spins += 1;
+                spin_loop();
+            }
+            other => return other,
+        }
+    }
+}
+
+/// FNV-1a 64 over `bytes`, continuing from `hash`.
+fn fnv1a(mut hash: u64, bytes: &[u8]) -> u64 {
+    for &b in bytes {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+/// The guest's side of the exchange; returns the bytes echoed and their hash.
+fn echo(mem: RawMem<'_>) -> Result<(u64, u64), Error> {
+    let mut ep: Endpoint<RawMem<'_>> = vchan::connect_flat(mem)?;
+    // Retries on an empty ring (reads) and on a full ring (writes).
+    let (mut empty, mut full) = (0u64, 0u64);
+    let mut header = [0u8; 16];
+    let _ = poll(&mut empty, || ep.recv(&mut header))?;
+    let (magic, len) = split_words(&header);
+    if magic != HEADER_MAGIC {
+        let _ = writeln!(Serial, "guest: bad header magic {magic:#x}");
+        exit(EXIT_FAIL);
+    }
+    if FlatLayout::new(ep.orders()).size > vmbus_echo::H2G_AT {
+        fail("vchan rings would overlap the vmbus rings");
+    }
+    let _ = writeln!(
+        Serial,
+        "guest: connected (orders {} / {}), echoing {len} bytes",
+        ep.orders().left(),
+        ep.orders().right()
+    );
+
+    let mut buf = [0u8; 16 * 1024];
+    let mut hash = FNV_OFFSET;
+    let mut done = 0u64;
+    while done < len {
+        let want = buf
+            .len()
+            .min(usize::try_from(len - done).unwrap_or(usize::MAX));
+        let chunk = &mut buf[..want];
+        let got = poll(&mut empty, || ep.read(chunk))?.len;
+        if got == 0 {
+            return Err(Error::Closed);
+        }
+        let chunk = &mut buf[..got];
+        hash = fnv1a(hash, chunk);
+        for b in chunk.iter_mut() {
+            *b ^= TRANSFORM;
+        }
+        let mut sent = 0;
+        while sent < got {
+            sent += poll(&mut full, || ep.write(&buf[sent..got]))?.len;
+        }
+        done += got as u64;
+    }
+
+    let _ = writeln!(
+        Serial,
+        "guest: polls that found the ring empty {empty}, full {full}"
+    );
+    let mut trailer = [0u8; 16];
+    trailer[..8].copy_from_slice(&done.to_le_bytes());
+    trailer[8..].copy_from_slice(&hash.to_le_bytes());
+    let _ = poll(&mut full, || ep.send(&trailer))?;
+    // Wait for the host to close its end: it has read everything by then.
+    if poll(&mut empty, || ep.read(&mut [0u8; 1]))?.len != 0 {
+        let _ = writeln!(Serial, "guest: unexpected byte after the stream");
+        exit(EXIT_FAIL);
+    }
+    let _ = ep.close()?;
+    Ok((done, hash))
+}
+
+/// The two little-endian `u64`s of a 16-byte packet.
+fn split_words(packet: &[u8; 16]) -> (u64, u64) {
+    let mut a = [0u8; 8];
+    let mut b = [0u8; 8];
+    a.copy_from_slice(&packet[..8]);
+    b.copy_from_slice(&packet[8..]);
+    (u64::from_le_bytes(a), u64::from_le_bytes(b))
+}
+
+fn fail(what: &str) -> ! {
+    let _ = writeln!(Serial, "guest: {what}");
+    exit(EXIT_FAIL);
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    let _ = writeln!(Serial, "guest: panic: {info}");
+    exit(EXIT_FAIL);
+}
