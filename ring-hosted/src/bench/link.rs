@@ -168,8 +168,8 @@ pub fn peer_main(socket: &Path) -> Result<(), String> {
     })
 }
 
-/// [`peer_main`] with a hook for the binary's own [`Kind::Custom`]
-/// (super::work::Kind::Custom) jobs.
+/// [`peer_main`] with a hook for the binary's own
+/// [`Kind::Custom`](super::work::Kind::Custom) jobs.
 ///
 /// # Errors
 ///
