@@ -29,6 +29,8 @@ use work::{Job, Kind, Sample, Wire};
 
 /// Hands an rtrb consumer from side A to side B (threads only).
 pub(crate) static RTRB_SLOT: Mutex<Option<rtrb::Consumer<u8>>> = Mutex::new(None);
+/// Hands side B the producer of the return ring of an rtrb ping-pong.
+pub(crate) static RTRB_BACK: Mutex<Option<rtrb::Producer<u8>>> = Mutex::new(None);
 
 /// Where side B runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -607,7 +609,7 @@ pub fn once(wire: &Wire, job: Job) -> Result<Sample, String> {
 
 /// The kinds that only make sense between threads.
 pub fn thread_only(kind: Kind) -> bool {
-    matches!(kind, Kind::Memcpy | Kind::RtrbStream)
+    matches!(kind, Kind::Memcpy | Kind::RtrbStream | Kind::RtrbPing)
 }
 
 /// Measures how long `f` takes, for custom contenders.
@@ -698,6 +700,11 @@ mod tests {
         ));
         ping.add(Contender::job("pipe", Job::new(Kind::PipePing, 64, 0), t));
         ping.add(Contender::job("sock", Job::new(Kind::SockPing, 64, 0), t));
+        ping.add(Contender::job(
+            "rtrb",
+            Job::new(Kind::RtrbPing, 64, 4096),
+            t,
+        ));
         ping.checks.push(Check::Ratio {
             a: vp,
             b: line,

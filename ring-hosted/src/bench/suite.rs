@@ -199,6 +199,18 @@ pub fn groups(sel: Selection) -> Vec<Group<'static>> {
             job(VchanPing, 64, 12).retry(),
             place,
         ));
+        g.add(Contender::job(
+            "VMBus, echo replies before committing its read",
+            job(VmbusPing, 64, 65536).batched(2),
+            place,
+        ));
+        if place == t {
+            g.add(Contender::job(
+                "rtrb (indices on their own lines)",
+                job(RtrbPing, 64, 65536),
+                t,
+            ));
+        }
         g.checks.push(Check::Ratio {
             a: v,
             b: line,

@@ -77,6 +77,9 @@ pub enum Kind {
     VchanPing,
     /// Messages as in-band packets through two VMBus rings.
     VmbusPing,
+    /// Messages through two rtrb rings (threads only): what a ring with
+    /// its indices on their own cache lines costs per round trip.
+    RtrbPing,
     /// A workload the benchmark binary defines (its peer half runs in the
     /// hook given to [`peer_main_with`](super::link::peer_main_with));
     /// `ring` tells which.
@@ -84,7 +87,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    const ALL: [Kind; 13] = [
+    const ALL: [Kind; 14] = [
         Kind::Memcpy,
         Kind::PipeStream,
         Kind::SockStream,
@@ -98,6 +101,7 @@ impl Kind {
         Kind::VchanPing,
         Kind::VmbusPing,
         Kind::Custom,
+        Kind::RtrbPing,
     ];
 
     /// Round trips (latency) rather than streaming (throughput).
@@ -110,6 +114,7 @@ impl Kind {
                 | Kind::SockPing
                 | Kind::VchanPing
                 | Kind::VmbusPing
+                | Kind::RtrbPing
         )
     }
 }
@@ -558,6 +563,9 @@ pub fn drive(job: &Job, wire: &Wire, link: &mut dyn Link) -> Result<Sample, Stri
     if job.kind == Kind::Custom {
         return Err("custom jobs are driven by the binary that defines them".into());
     }
+    if job.kind == Kind::RtrbPing {
+        return rtrb_ping(job, link, sample, &buf);
+    }
     link.start(job)?;
     let meter = Meter::start();
     let t0 = Instant::now();
@@ -698,11 +706,11 @@ pub fn drive(job: &Job, wire: &Wire, link: &mut dyn Link) -> Result<Sample, Stri
             for i in 0..job.ops {
                 let s = Instant::now();
                 vmbus_send(out, &OutgoingPacket::in_band(i, &payload), &mut w)?;
-                vmbus_recv(inc, &mut back, &mut w)?;
+                vmbus_recv(inc, &mut back, &mut w, true)?;
                 sample.rtt.push(s.elapsed().as_nanos() as u64);
             }
         }
-        Kind::Memcpy | Kind::RtrbStream | Kind::Custom => {}
+        Kind::Memcpy | Kind::RtrbStream | Kind::Custom | Kind::RtrbPing => {}
     }
     let a = meter.stop(w.stats);
     sample.b = link.finish()?;
@@ -729,12 +737,16 @@ fn vmbus_recv<M: SharedMem>(
     inc: &mut IncomingRing<M>,
     buf: &mut [u8],
     w: &mut Waiter<'_>,
+    commit: bool,
 ) -> Result<(), String> {
     w.spin_until(|| Ok(inc.available().map_err(err)? > 0))?;
     loop {
         match inc.read_packet() {
             Ok(p) => {
                 p.read_payload(0, buf).map_err(err)?;
+                if !commit {
+                    return Ok(());
+                }
                 let t = inc.commit().map_err(err)?;
                 return w.moved(t.notify);
             }
@@ -775,6 +787,56 @@ fn rtrb_stream(
     Ok(sample)
 }
 
+fn rtrb_ping(
+    job: &Job,
+    link: &mut dyn Link,
+    mut sample: Sample,
+    buf: &[u8],
+) -> Result<Sample, String> {
+    let cap = (job.ring as usize).max(buf.len());
+    let (mut tx, rx_b) = rtrb::RingBuffer::<u8>::new(cap);
+    let (tx_b, mut rx) = rtrb::RingBuffer::<u8>::new(cap);
+    super::RTRB_SLOT.lock().map_err(err)?.replace(rx_b);
+    super::RTRB_BACK.lock().map_err(err)?.replace(tx_b);
+    let mut back = vec![0u8; buf.len()];
+    link.start(job)?;
+    let meter = Meter::start();
+    let t0 = Instant::now();
+    for _ in 0..job.ops {
+        let s = Instant::now();
+        rtrb_send(&mut tx, buf)?;
+        rtrb_recv(&mut rx, &mut back)?;
+        sample.rtt.push(s.elapsed().as_nanos() as u64);
+    }
+    let a = meter.stop(SideStats::default());
+    sample.b = link.finish()?;
+    sample.elapsed = t0.elapsed();
+    sample.a = a;
+    Ok(sample)
+}
+
+fn rtrb_send(tx: &mut rtrb::Producer<u8>, buf: &[u8]) -> Result<(), String> {
+    while tx.slots() < buf.len() {
+        std::hint::spin_loop();
+    }
+    let chunk = tx.write_chunk_uninit(buf.len()).map_err(err)?;
+    chunk.fill_from_iter(buf.iter().copied());
+    Ok(())
+}
+
+fn rtrb_recv(rx: &mut rtrb::Consumer<u8>, buf: &mut [u8]) -> Result<(), String> {
+    while rx.slots() < buf.len() {
+        std::hint::spin_loop();
+    }
+    let c = rx.read_chunk(buf.len()).map_err(err)?;
+    let (x, y) = c.as_slices();
+    let (bx, by) = buf.split_at_mut(x.len());
+    bx.copy_from_slice(x);
+    by.copy_from_slice(y);
+    c.commit_all();
+    Ok(())
+}
+
 /// Side B: attaches, says `ready`, and runs its half of `job`.
 ///
 /// # Errors
@@ -794,6 +856,7 @@ pub fn serve(
     let mut vchan_ep = None;
     let mut vmbus_pair = None;
     let mut rtrb_rx = None;
+    let mut rtrb_tx = None;
     match job.kind {
         Kind::VchanStream | Kind::VchanPing => {
             vchan_ep = Some(vchan::connect_flat(mem.clone()).map_err(err)?);
@@ -813,6 +876,10 @@ pub fn serve(
         Kind::RtrbStream => {
             rtrb_rx = super::RTRB_SLOT.lock().map_err(err)?.take();
         }
+        Kind::RtrbPing => {
+            rtrb_rx = super::RTRB_SLOT.lock().map_err(err)?.take();
+            rtrb_tx = super::RTRB_BACK.lock().map_err(err)?.take();
+        }
         _ => {}
     }
     ready()?;
@@ -820,6 +887,14 @@ pub fn serve(
     match job.kind {
         Kind::Memcpy => {}
         Kind::Custom => return Err("custom jobs need the binary's peer hook".into()),
+        Kind::RtrbPing => {
+            let rx = rtrb_rx.as_mut().ok_or("no rtrb consumer")?;
+            let tx = rtrb_tx.as_mut().ok_or("no rtrb producer")?;
+            for _ in 0..job.ops {
+                rtrb_recv(rx, &mut buf)?;
+                rtrb_send(tx, &buf)?;
+            }
+        }
         Kind::PipeStream | Kind::SockStream => {
             let fd = if job.kind == Kind::PipeStream {
                 &wire.pipe[0][0]
@@ -979,10 +1054,17 @@ pub fn serve(
         }
         Kind::VmbusPing => {
             let (inc, out) = vmbus_pair.as_mut().ok_or("no rings")?;
+            // batch > 1: reply first, then publish the read (takes the
+            // read-index store and its fence off the round trip).
+            let deferred = job.batch > 1;
             for i in 0..job.ops {
-                vmbus_recv(inc, &mut buf, &mut w)?;
+                vmbus_recv(inc, &mut buf, &mut w, !deferred)?;
                 let payload: [&[u8]; 1] = [&buf];
                 vmbus_send(out, &OutgoingPacket::in_band(i, &payload), &mut w)?;
+                if deferred {
+                    let t = inc.commit().map_err(err)?;
+                    w.moved(t.notify)?;
+                }
             }
         }
     }
