@@ -535,6 +535,11 @@ pub fn drive(job: &Job, wire: &Wire, link: &mut dyn Link) -> Result<Sample, Stri
             let out = OutgoingRing::new(ab, layout).map_err(err)?;
             let mut inc = IncomingRing::new(ba, layout).map_err(err)?;
             inc.set_interrupts(!matches!(job.mode, Mode::Poll));
+            if job.mode == Mode::Poll {
+                // A reader that never sleeps wants no signals: with the
+                // mask set, the writer's commit skips its signal check.
+                inc.mask_interrupts().map_err(err)?;
+            }
             vmbus_pair = Some((inc, out));
         }
         Kind::LinePing => {
@@ -870,6 +875,11 @@ pub fn serve(
             let (ab, ba, layout) = vmbus_rings(mem, job.ring)?;
             let mut inc = IncomingRing::new(ab, layout).map_err(err)?;
             inc.set_interrupts(!matches!(job.mode, Mode::Poll));
+            if job.mode == Mode::Poll {
+                // A reader that never sleeps wants no signals: with the
+                // mask set, the writer's commit skips its signal check.
+                inc.mask_interrupts().map_err(err)?;
+            }
             let out = OutgoingRing::new(ba, layout).map_err(err)?;
             vmbus_pair = Some((inc, out));
         }
@@ -963,7 +973,7 @@ pub fn serve(
             // unmask (and re-check) only before sleeping.
             let event = matches!(job.mode, Mode::Event { .. });
             inc.set_interrupts(matches!(job.mode, Mode::Retry | Mode::RetryKick));
-            if event {
+            if event || job.mode == Mode::Poll {
                 inc.mask_interrupts().map_err(err)?;
             }
             let mut got = 0u64;
