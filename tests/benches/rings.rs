@@ -276,6 +276,99 @@ fn xen_stream_process(
     Ok(s)
 }
 
+/// Custom job id of the cross-process DPDK stream.
+const DPDK_STREAM: u32 = 2;
+
+/// Data bytes of the cross-process VMBus ring (the harness's A→B ring).
+const DPDK_DATA: usize = 1 << 18;
+
+/// Maps the harness memfd and opens a DPDK handle on its A→B VMBus ring.
+fn dpdk_on_wire(wire: &Wire) -> Result<(Shm, ring_tests::dpdk::Dpdk<'static>), String> {
+    let fd = wire
+        .mem
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| e.to_string())?;
+    let shm = Shm::from_fd(fd).map_err(|e| e.to_string())?;
+    let total = 4096 + DPDK_DATA;
+    if shm.len() < bench::work::VMBUS_AT + total {
+        return Err("shared memory too small for the VMBus ring".into());
+    }
+    // SAFETY: VMBUS_AT + total is within the mapping (checked above).
+    let ring = unsafe { shm.as_ptr().add(bench::work::VMBUS_AT) };
+    // SAFETY: the ring lies within `shm`'s mapping, which the caller keeps
+    // (it is returned alongside, and dropped after the handle).
+    let dpdk = unsafe { ring_tests::dpdk::Dpdk::from_raw(ring, total as u32) };
+    Ok((shm, dpdk))
+}
+
+/// DPDK's sender here and its receiver in the peer process, on the
+/// harness's shared memfd (the ring our VMBus process rows use).
+fn dpdk_stream_process(
+    wire: &Wire,
+    link: Option<&mut dyn Link>,
+    payload: usize,
+    ops: u64,
+) -> Result<Sample, String> {
+    let link = link.ok_or("no peer process")?;
+    let layout = vmbus::RingLayout::new(4096, DPDK_DATA).map_err(|e| e.to_string())?;
+    let window =
+        ring_hosted::window::Window::new(&*wire.mem, bench::work::VMBUS_AT, layout.total_size())
+            .ok_or("VMBus ring outside memory")?;
+    vmbus::initialize_ring(&window, layout).map_err(|e| e.to_string())?;
+    let (shm, mut tx) = dpdk_on_wire(wire)?;
+    let job = Job {
+        ops,
+        ..Job::new(Kind::Custom, payload as u32, DPDK_STREAM)
+    };
+    let buf = vec![0x5au8; payload];
+    link.start(&job)?;
+    let t0 = Instant::now();
+    let mut i = 0;
+    while i < ops {
+        match tx.send(6, 0, i, &buf) {
+            Ok(_) => i += 1,
+            Err(EAGAIN) => std::hint::spin_loop(),
+            Err(e) => return Err(format!("DPDK send: {e}")),
+        }
+    }
+    let b = link.finish()?;
+    let elapsed = t0.elapsed();
+    drop(tx);
+    drop(shm);
+    let mut s = stream_sample(ops, payload, elapsed);
+    s.b = b;
+    Ok(s)
+}
+
+/// The peer process's half of the custom jobs.
+fn peer_side(
+    job: &Job,
+    wire: &Wire,
+    ready: &mut dyn FnMut() -> Result<(), String>,
+) -> Result<SideStats, String> {
+    match job.ring {
+        XEN_STREAM => xen_client_side(job, wire, ready),
+        DPDK_STREAM => {
+            let (shm, mut rx) = dpdk_on_wire(wire)?;
+            let mut buf = vec![0u8; (job.chunk as usize).next_multiple_of(8) + 64];
+            ready()?;
+            let mut got = 0;
+            while got < job.ops {
+                match rx.recv(&mut buf) {
+                    Ok(_) => got += 1,
+                    Err(EAGAIN) => std::hint::spin_loop(),
+                    Err(e) => return Err(format!("DPDK recv: {e}")),
+                }
+            }
+            drop(rx);
+            drop(shm);
+            Ok(SideStats::default())
+        }
+        other => Err(format!("unknown custom job {other}")),
+    }
+}
+
 /// The peer process's half of [`xen_stream_process`]: a libxenvchan client
 /// reading everything.
 fn xen_client_side(
@@ -283,9 +376,6 @@ fn xen_client_side(
     wire: &Wire,
     ready: &mut dyn FnMut() -> Result<(), String>,
 ) -> Result<SideStats, String> {
-    if job.ring != XEN_STREAM {
-        return Err(format!("unknown custom job {}", job.ring));
-    }
     let mut client = CPeer::client(wire.mem.as_fd(), wire.ev[1].as_fd(), wire.ev[0].as_fd())
         .ok_or("libxenvchan client set-up failed")?;
     let chunk = job.chunk.max(1) as usize;
@@ -439,6 +529,25 @@ fn c_groups<'a>(xen_mem: &'a Shm, dpdk_ring: &'a Ring, quick: bool) -> Vec<Group
         bound: 1.2,
     });
     gs.push(g);
+    let mut g = Group::new(
+        "4096-byte in-band packets, DPDK vs ours, same memfd, cross-process, 256 KiB ring",
+        Metric::Throughput,
+    );
+    let c = g.add(Contender::custom(
+        "DPDK vmbus_br (C), busy-polled",
+        Box::new(|wire, link, ops| dpdk_stream_process(wire, link, 4096, ops)),
+    ));
+    let r = g.add(Contender::job(
+        "ring-core VMBus, unbatched, busy-polled",
+        Job::new(Kind::VmbusStream, 4096, DPDK_DATA as u32),
+        Place::Process,
+    ));
+    g.checks.push(Check::Ratio {
+        a: r,
+        b: c,
+        bound: 1.2,
+    });
+    gs.push(g);
     let payloads: &[usize] = if quick { &[4096] } else { &[64, 4096] };
     for &payload in payloads {
         let mut g = Group::new(
@@ -470,7 +579,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         };
         let path = std::path::Path::new(socket);
-        return match bench::link::peer_main_with(path, &mut xen_client_side) {
+        return match bench::link::peer_main_with(path, &mut peer_side) {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("rings bench peer: {e}");

@@ -133,6 +133,27 @@ pub struct Dpdk<'a> {
 // peer would make, so using it from another thread is the intended use.
 unsafe impl Send for Dpdk<'_> {}
 
+impl<'a> Dpdk<'a> {
+    /// A DPDK handle over a ring at `ring` (`total` bytes: control page and
+    /// data), e.g. in a shared mapping another process also uses. The
+    /// harness reads the ring's current write index at set-up.
+    ///
+    /// # Safety
+    ///
+    /// `ring..ring + total` must stay mapped, readable and writable for as
+    /// long as the handle is used, and hold no Rust references.
+    pub unsafe fn from_raw(ring: *mut u8, total: u32) -> Dpdk<'a> {
+        // SAFETY: the caller keeps `total` bytes at `ring` mapped while the
+        // handle lives; DPDK only stores the pointer.
+        let br = unsafe { dpdk_ring_open(ring.cast(), total) };
+        assert!(!br.is_null(), "DPDK ring set-up failed");
+        Dpdk {
+            br,
+            _ring: core::marker::PhantomData,
+        }
+    }
+}
+
 impl Drop for Dpdk<'_> {
     fn drop(&mut self) {
         // SAFETY: `br` came from `dpdk_ring_open` and is freed once.
