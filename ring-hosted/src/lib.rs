@@ -53,6 +53,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod check;
 pub mod devmem;
 pub mod eventfd;

@@ -1,5 +1,6 @@
 //! Shared helpers for the cross-crate tests in `tests/tests/`.
 
+pub mod dpdk;
 pub mod xen;
 
 use proptest::test_runner::{Config, FileFailurePersistence};

@@ -425,6 +425,12 @@ impl Shm {
         self.fd.as_fd()
     }
 
+    /// The mapping's first byte, for C code that takes a pointer (valid
+    /// while `self` lives).
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.base.as_ptr()
+    }
+
     /// Length in bytes.
     pub fn len(&self) -> usize {
         self.len

@@ -301,6 +301,16 @@ pub fn connect_flat<M: SharedMem + Clone>(mem: M) -> Result<Endpoint<M>, Error> 
     })
 }
 
+/// A packet call's length check: a packet larger than the ring could never
+/// move, so it is an error at once rather than a "would block" for ever.
+fn fits_ring(len: usize, size: u32) -> Result<(), Error> {
+    let capacity = size as usize;
+    if len > capacity {
+        return Err(Error::TooLarge { len, capacity });
+    }
+    Ok(())
+}
+
 /// Whether data can move now, after arming and re-checking.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Readiness {
@@ -584,20 +594,14 @@ impl<M: SharedMem> Endpoint<M> {
     pub fn read(&mut self, buf: &mut [u8]) -> Result<Transfer, Error> {
         self.usable()?;
         if buf.is_empty() {
-            return Ok(Transfer {
-                len: 0,
-                notify: false,
-            });
+            return Ok(Transfer::NOTHING);
         }
         let want = buf.len().min(self.rx.size as usize);
         let avail = self.wait_data(want, false)?;
         let n = avail.min(want);
         match buf.get_mut(..n) {
             Some(dst) if n > 0 => self.finish_read(dst),
-            _ => Ok(Transfer {
-                len: 0,
-                notify: false,
-            }),
+            _ => Ok(Transfer::NOTHING),
         }
     }
 
@@ -610,18 +614,9 @@ impl<M: SharedMem> Endpoint<M> {
     /// [`Error::Closed`] if the peer closed with fewer bytes left.
     pub fn recv(&mut self, buf: &mut [u8]) -> Result<Transfer, Error> {
         self.usable()?;
-        let capacity = self.rx.size as usize;
-        if buf.len() > capacity {
-            return Err(Error::TooLarge {
-                len: buf.len(),
-                capacity,
-            });
-        }
+        fits_ring(buf.len(), self.rx.size)?;
         if buf.is_empty() {
-            return Ok(Transfer {
-                len: 0,
-                notify: false,
-            });
+            return Ok(Transfer::NOTHING);
         }
         match self.wait_data(buf.len(), true)? {
             0 => Err(Error::Closed),
@@ -660,19 +655,13 @@ impl<M: SharedMem> Endpoint<M> {
     pub fn write(&mut self, buf: &[u8]) -> Result<Transfer, Error> {
         self.usable()?;
         if buf.is_empty() {
-            return Ok(Transfer {
-                len: 0,
-                notify: false,
-            });
+            return Ok(Transfer::NOTHING);
         }
         let want = buf.len().min(self.tx.size as usize);
         let free = self.wait_space(want, false)?;
         match buf.get(..free.min(want)) {
             Some(src) => self.finish_write(src),
-            None => Ok(Transfer {
-                len: 0,
-                notify: false,
-            }),
+            None => Ok(Transfer::NOTHING),
         }
     }
 
@@ -685,18 +674,9 @@ impl<M: SharedMem> Endpoint<M> {
     /// has closed.
     pub fn send(&mut self, buf: &[u8]) -> Result<Transfer, Error> {
         self.usable()?;
-        let capacity = self.tx.size as usize;
-        if buf.len() > capacity {
-            return Err(Error::TooLarge {
-                len: buf.len(),
-                capacity,
-            });
-        }
+        fits_ring(buf.len(), self.tx.size)?;
         if buf.is_empty() {
-            return Ok(Transfer {
-                len: 0,
-                notify: false,
-            });
+            return Ok(Transfer::NOTHING);
         }
         self.wait_space(buf.len(), true)?;
         self.finish_write(buf)
@@ -716,10 +696,7 @@ impl<M: SharedMem> Endpoint<M> {
     /// us wakes and sees the close. Later calls return [`Error::Closed`].
     pub fn close(&mut self) -> Result<Transfer, Error> {
         if self.closed {
-            return Ok(Transfer {
-                len: 0,
-                notify: false,
-            });
+            return Ok(Transfer::NOTHING);
         }
         self.closed = true;
         self.ctrl.store_u8(self.own_live, Live::Closed as u8)?;

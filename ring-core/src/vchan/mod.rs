@@ -271,3 +271,11 @@ pub struct Transfer {
     /// The peer asked to be woken: send it an event.
     pub notify: bool,
 }
+
+impl Transfer {
+    /// Nothing moved and nobody to wake (an empty buffer, or end of stream).
+    pub const NOTHING: Transfer = Transfer {
+        len: 0,
+        notify: false,
+    };
+}

@@ -125,6 +125,9 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Benchmark the rings against pipe, Unix socket, eventfd and rtrb
+    /// (ratios measured interleaved; the C rings are in `cargo bench`).
+    Bench(ring_hosted::bench::suite::BenchArgs),
     /// The peer side of `ring demo` and of the tests.
     #[command(hide = true)]
     Peer {
@@ -230,6 +233,7 @@ fn main() -> ExitCode {
             (None, Some(pid)) => inspect_pid(pid, json),
             (None, None) => Err("nothing to inspect".into()),
         },
+        Cmd::Bench(args) => ring_hosted::bench::suite::run(args),
         Cmd::Peer {
             socket,
             mode,
