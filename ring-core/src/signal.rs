@@ -32,6 +32,17 @@ pub trait Signal {
     /// Blocks until the peer has kicked us at least once since the last
     /// call (or returns at once if it already has).
     fn wait(&self) -> Result<(), Self::Error>;
+
+    /// Whether `error` from [`wait`](Self::wait) means the peer is gone
+    /// (it died or hung up) rather than that waiting itself failed.
+    ///
+    /// The blocking wrappers then look at the ring once more before
+    /// reporting the error, so bytes the peer published just before it
+    /// died are still delivered. The default says no.
+    fn is_peer_gone(error: &Self::Error) -> bool {
+        let _ = error;
+        false
+    }
 }
 
 impl<T: Signal + ?Sized> Signal for &T {
@@ -41,6 +52,9 @@ impl<T: Signal + ?Sized> Signal for &T {
     }
     fn wait(&self) -> Result<(), Self::Error> {
         (**self).wait()
+    }
+    fn is_peer_gone(error: &Self::Error) -> bool {
+        T::is_peer_gone(error)
     }
 }
 
@@ -89,5 +103,23 @@ impl<R: embedded_io::Error, S: core::fmt::Debug> embedded_io::Error for Blocking
             BlockingError::Ring(e) => e.kind(),
             BlockingError::Signal(_) => embedded_io::ErrorKind::Other,
         }
+    }
+}
+
+/// Waits on `signal` for a blocking wrapper. When the wait fails because
+/// the peer is gone, it succeeds once (setting `last_pass`), so the caller
+/// makes one last non-blocking pass over the ring before the error is
+/// reported on its next wait.
+pub(crate) fn wait_or_last_pass<S: Signal, R>(
+    signal: &S,
+    last_pass: &mut bool,
+) -> Result<(), BlockingError<R, S::Error>> {
+    match signal.wait() {
+        Ok(()) => Ok(()),
+        Err(e) if S::is_peer_gone(&e) && !*last_pass => {
+            *last_pass = true;
+            Ok(())
+        }
+        Err(e) => Err(BlockingError::Signal(e)),
     }
 }

@@ -3,7 +3,7 @@
 
 use super::{Endpoint, Error, Transfer};
 use crate::mem::SharedMem;
-use crate::signal::Signal;
+use crate::signal::{wait_or_last_pass, Signal};
 
 /// Why a blocking call on a vchan ring failed.
 pub type BlockingError<E> = crate::signal::BlockingError<Error, E>;
@@ -22,12 +22,18 @@ impl<E> From<Error> for BlockingError<E> {
 pub struct Blocking<M, S> {
     endpoint: Endpoint<M>,
     signal: S,
+    /// The signal reported the peer gone; the ring gets one last look.
+    last_pass: bool,
 }
 
 impl<M: SharedMem, S: Signal> Blocking<M, S> {
     /// Wraps a connected endpoint and the event channel to its peer.
     pub fn new(endpoint: Endpoint<M>, signal: S) -> Self {
-        Blocking { endpoint, signal }
+        Blocking {
+            endpoint,
+            signal,
+            last_pass: false,
+        }
     }
 
     /// The endpoint inside.
@@ -71,7 +77,7 @@ impl<M: SharedMem, S: Signal> Blocking<M, S> {
         loop {
             match op(&mut self.endpoint) {
                 Ok(t) => return self.settle(t),
-                Err(Error::WouldBlock) => self.signal.wait().map_err(BlockingError::Signal)?,
+                Err(Error::WouldBlock) => wait_or_last_pass(&self.signal, &mut self.last_pass)?,
                 Err(e) => return Err(e.into()),
             }
         }
@@ -272,5 +278,52 @@ mod tests {
             }
             assert_eq!(counts, [100; 4]);
         });
+    }
+
+    /// A peer that publishes bytes and dies while we are about to sleep:
+    /// the wait reports it gone, and the bytes are still delivered before
+    /// the error.
+    #[test]
+    fn bytes_published_before_the_peer_died_are_delivered() {
+        use core::cell::RefCell;
+
+        struct DyingPeer<'a> {
+            peer: RefCell<Endpoint<RawMem<'a>>>,
+        }
+        impl Signal for DyingPeer<'_> {
+            type Error = &'static str;
+            fn notify(&self) -> Result<(), &'static str> {
+                Ok(())
+            }
+            fn wait(&self) -> Result<(), &'static str> {
+                // The peer's last act: publish three bytes, then vanish
+                // without closing and without a kick.
+                let _ = self.peer.borrow_mut().write(b"end");
+                Err("peer gone")
+            }
+            fn is_peer_gone(error: &&'static str) -> bool {
+                *error == "peer gone"
+            }
+        }
+
+        let words: Vec<AtomicU64> = (0..512).map(|_| AtomicU64::new(0)).collect();
+        let mem = RawMem::from_atomics(&words);
+        let orders = Orders::new(10, 11).unwrap();
+        let server = serve_flat(mem, orders, ServerOptions::default()).unwrap();
+        let client = connect_flat(mem).unwrap();
+        let mut server = Blocking::new(
+            server,
+            DyingPeer {
+                peer: RefCell::new(client),
+            },
+        );
+        let mut buf = [0u8; 8];
+        assert_eq!(server.read(&mut buf).unwrap(), 3);
+        assert_eq!(&buf[..3], b"end");
+        // Now the error surfaces.
+        assert!(matches!(
+            server.read(&mut buf),
+            Err(BlockingError::Signal("peer gone"))
+        ));
     }
 }

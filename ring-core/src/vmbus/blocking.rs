@@ -9,7 +9,7 @@
 use super::pipe::{PipeReader, PipeWriter};
 use super::{Error, IncomingPacket, IncomingRing, OutgoingPacket, OutgoingRing, Transfer};
 use crate::mem::SharedMem;
-use crate::signal::Signal;
+use crate::signal::{wait_or_last_pass, Signal};
 
 /// Why a blocking call on a VMBus ring failed.
 pub type BlockingError<E> = crate::signal::BlockingError<Error, E>;
@@ -35,6 +35,8 @@ pub struct Blocking<M, S> {
     incoming: IncomingRing<M>,
     outgoing: OutgoingRing<M>,
     signal: S,
+    /// The signal reported the peer gone; the ring gets one last look.
+    last_pass: bool,
 }
 
 impl<M: SharedMem, S: Signal> Blocking<M, S> {
@@ -44,6 +46,7 @@ impl<M: SharedMem, S: Signal> Blocking<M, S> {
             incoming,
             outgoing,
             signal,
+            last_pass: false,
         }
     }
 
@@ -67,8 +70,8 @@ impl<M: SharedMem, S: Signal> Blocking<M, S> {
         (self.incoming, self.outgoing, self.signal)
     }
 
-    fn wait(&self) -> Result<(), BlockingError<S::Error>> {
-        self.signal.wait().map_err(BlockingError::Signal)
+    fn wait(&mut self) -> Result<(), BlockingError<S::Error>> {
+        wait_or_last_pass(&self.signal, &mut self.last_pass)
     }
 
     /// Sends one packet (committing anything written before it), waiting
@@ -216,6 +219,8 @@ pub struct BlockingPipe<M, S> {
     reader: PipeReader<M>,
     writer: PipeWriter<M>,
     signal: S,
+    /// The signal reported the peer gone; the ring gets one last look.
+    last_pass: bool,
 }
 
 impl<M: SharedMem, S: Signal> BlockingPipe<M, S> {
@@ -225,6 +230,7 @@ impl<M: SharedMem, S: Signal> BlockingPipe<M, S> {
             reader,
             writer,
             signal,
+            last_pass: false,
         }
     }
 
@@ -252,7 +258,7 @@ impl<M: SharedMem, S: Signal> BlockingPipe<M, S> {
         loop {
             match self.reader.read_bytes(buf) {
                 Ok(t) => return settle(&self.signal, t),
-                Err(Error::Empty) => self.signal.wait().map_err(BlockingError::Signal)?,
+                Err(Error::Empty) => wait_or_last_pass(&self.signal, &mut self.last_pass)?,
                 Err(e) => return Err(e.into()),
             }
         }
@@ -270,7 +276,7 @@ impl<M: SharedMem, S: Signal> BlockingPipe<M, S> {
         loop {
             match self.writer.write_bytes(buf) {
                 Ok(t) => return settle(&self.signal, t),
-                Err(Error::Full { .. }) => self.signal.wait().map_err(BlockingError::Signal)?,
+                Err(Error::Full { .. }) => wait_or_last_pass(&self.signal, &mut self.last_pass)?,
                 Err(e) => return Err(e.into()),
             }
         }
@@ -285,7 +291,7 @@ impl<M: SharedMem, S: Signal> BlockingPipe<M, S> {
         loop {
             match self.writer.write_eof() {
                 Ok(t) => return settle(&self.signal, t).map(drop),
-                Err(Error::Full { .. }) => self.signal.wait().map_err(BlockingError::Signal)?,
+                Err(Error::Full { .. }) => wait_or_last_pass(&self.signal, &mut self.last_pass)?,
                 Err(e) => return Err(e.into()),
             }
         }
