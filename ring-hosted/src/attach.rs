@@ -20,7 +20,7 @@ use ring_core::signal::Signal;
 use ring_core::vchan::{self, Endpoint, FlatLayout, Orders, Placement, RingPlace, Role};
 use ring_core::vmbus::RingLayout;
 use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -57,8 +57,10 @@ fn bad(reason: impl Into<String>) -> Error {
 
 /// Takes ownership of inherited fd `n`, after checking that it is open.
 ///
-/// The caller must not take the same number twice.
-fn take_fd(n: i32, what: &str) -> Result<OwnedFd, Error> {
+/// # Safety
+///
+/// Nothing else in the process may own fd `n` (or take it again).
+unsafe fn take_fd(n: i32, what: &str) -> Result<OwnedFd, Error> {
     if n < 0 {
         return Err(bad(format!("{what}: fd {n} is negative")));
     }
@@ -70,45 +72,44 @@ fn take_fd(n: i32, what: &str) -> Result<OwnedFd, Error> {
     if std::fs::symlink_metadata(format!("/proc/self/fd/{n}")).is_err() {
         return Err(bad(format!("{what}: fd {n} is not open")));
     }
-    // SAFETY: fd `n` is open (checked above via /proc), above the standard
-    // streams, and nothing else in this process owns it: it was inherited,
-    // and `open_memory`/`open_signal` take each number once.
+    // SAFETY: fd `n` is open (checked above via /proc) and above the
+    // standard streams; our caller promised that nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(n) })
 }
 
 /// Opens the memory read-write and maps all of it.
 ///
-/// The file is mapped even if it is not sealed: the foreign program made
-/// it and is trusted not to shrink it (if it does, we die of `SIGBUS`).
+/// The file is mapped even if it is not sealed.
 ///
 /// # Errors
 ///
 /// [`Error::Attach`] for an fd that is not open or not open read-write,
 /// [`Error::BadFd`] for a non-regular or empty file, [`Error::Os`].
-pub fn open_memory(source: &MemSource) -> Result<Arc<MemFd>, Error> {
+///
+/// # Safety
+///
+/// Nobody may shrink the file while the mapping lives (access to
+/// truncated pages raises `SIGBUS`). For [`MemSource::Fd`], the fd is
+/// taken over: nothing else in the process may own it, and it must not be
+/// passed here or to [`open_signal`] again.
+pub unsafe fn open_memory(source: &MemSource) -> Result<Arc<MemFd>, Error> {
     let mem = match source {
-        MemSource::Path(path) => open_path(path)?,
+        // SAFETY: our caller promised that nobody shrinks the file.
+        MemSource::Path(path) => unsafe { MemFd::open_path_unsealed(path, 1) }?,
         MemSource::Fd(n) => {
-            let fd = take_fd(*n, "--fd")?;
+            // SAFETY: our caller promised that nothing else owns fd `n`.
+            let fd = unsafe { take_fd(*n, "--fd") }?;
             let flags = rustix::fs::fcntl_getfl(&fd).map_err(Error::os("fcntl(F_GETFL)"))?;
             if flags & rustix::fs::OFlags::RWMODE != rustix::fs::OFlags::RDWR {
                 return Err(bad(format!(
                     "--fd: fd {n} is not open read-write (a ring needs both)"
                 )));
             }
-            // SAFETY: the foreign peer made this memory for us to share and
-            // is trusted not to shrink it; that trust is what `ring attach`
-            // documents.
+            // SAFETY: our caller promised that nobody shrinks the file.
             unsafe { MemFd::from_fd_unsealed(fd, 1) }?
         }
     };
     Ok(Arc::new(mem))
-}
-
-fn open_path(path: &Path) -> Result<MemFd, Error> {
-    // SAFETY: as for an inherited fd: the peer that made the file is
-    // trusted not to shrink it while we run.
-    unsafe { MemFd::open_path_unsealed(path, 1) }
 }
 
 /// Builds the event channel: eventfds inherited by number, or for
@@ -119,18 +120,27 @@ fn open_path(path: &Path) -> Result<MemFd, Error> {
 ///
 /// [`Error::Attach`] for fds that are not open, [`Error::BadFd`] for fds
 /// that are not eventfds, [`Error::Os`].
-pub fn open_signal(wakeup: Wakeup) -> Result<EventSignal, Error> {
+///
+/// # Safety
+///
+/// For [`Wakeup::Fds`], the fds are taken over: nothing else in the
+/// process may own them, and they must not be passed here or to
+/// [`open_memory`] again.
+pub unsafe fn open_signal(wakeup: Wakeup) -> Result<EventSignal, Error> {
     match wakeup {
-        Wakeup::Poll => Ok(EventSignal::new(EventFd::new()?, EventFd::new()?)),
+        Wakeup::Poll => poll_signal(),
         Wakeup::Fds { notify, wait } => {
-            let kick_fd = take_fd(notify, "--notify-fd")?;
+            // SAFETY: our caller promised that nothing else owns the fd.
+            let kick_fd = unsafe { take_fd(notify, "--notify-fd") }?;
             let wake_fd = if wait == notify {
                 kick_fd.try_clone().map_err(|source| Error::Os {
                     op: "dup eventfd",
                     source,
                 })?
             } else {
-                take_fd(wait, "--wait-fd")?
+                // SAFETY: our caller promised that nothing else owns the fd,
+                // and it differs from `notify`, taken above.
+                unsafe { take_fd(wait, "--wait-fd") }?
             };
             let kick =
                 EventFd::from_fd(kick_fd).map_err(|e| bad(format!("--notify-fd {notify}: {e}")))?;
@@ -139,6 +149,16 @@ pub fn open_signal(wakeup: Wakeup) -> Result<EventSignal, Error> {
             Ok(EventSignal::new(kick, wake))
         }
     }
+}
+
+/// The event channel for [`Wakeup::Poll`]: two private eventfds nobody
+/// else sees (kicks go nowhere).
+///
+/// # Errors
+///
+/// [`Error::Os`] if eventfds cannot be made.
+pub fn poll_signal() -> Result<EventSignal, Error> {
+    Ok(EventSignal::new(EventFd::new()?, EventFd::new()?))
 }
 
 /// The vchan layout a foreign peer chose.

@@ -2,7 +2,7 @@
 //! them to the command by path or fd number, and data flows both ways.
 
 use ring_core::vchan::{self, Orders, Role, ServerOptions};
-use ring_hosted::attach::{self, MemSource, VchanLayout, Wakeup};
+use ring_hosted::attach::{self, MemSource, VchanLayout};
 use ring_hosted::eventfd::{EventFd, EventSignal};
 use ring_hosted::memfd::MemFd;
 use ring_hosted::stream::{PollStream, VchanStream};
@@ -208,10 +208,12 @@ fn vchan_server_in_a_shm_file_with_explicit_offsets_and_polling() {
     let expect_up = up.clone();
     let down2 = down.clone();
     let out = run_child(child, up, move || {
-        let mem = attach::open_memory(&MemSource::Path(path)).unwrap();
+        // SAFETY: the file lives in our temporary directory and nobody
+        // shrinks it.
+        let mem = unsafe { attach::open_memory(&MemSource::Path(path)) }.unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut client = loop {
-            let signal = attach::open_signal(Wakeup::Poll).unwrap();
+            let signal = attach::poll_signal().unwrap();
             match attach::vchan(mem.clone(), layout, signal, true) {
                 Ok(c) => break c,
                 Err(_) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),

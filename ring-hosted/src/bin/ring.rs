@@ -1,7 +1,7 @@
 //! `ring`: run, pipe through and inspect shared-memory rings between
 //! processes. See `ring --help`.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use ring_hosted::attach::{self, MemSource, VchanLayout, VmbusRing, Wakeup};
@@ -128,7 +128,8 @@ enum Cmd {
     },
     /// Join rings a foreign program set up itself (memory, layout and
     /// eventfds given explicitly) and pipe stdin/stdout through them, both
-    /// directions.
+    /// directions. The memory need not be sealed: its maker must not
+    /// shrink it (that would kill us with SIGBUS).
     Attach(Box<AttachArgs>),
     /// Benchmark the rings against pipe, Unix socket, eventfd and rtrb
     /// (ratios measured interleaved; the C rings are in `cargo bench`).
@@ -895,6 +896,7 @@ fn offset(v: u64, flag: &str) -> Result<usize, String> {
     usize::try_from(v).map_err(|_| format!("{flag} {v} is too large"))
 }
 
+#[allow(unsafe_code)]
 fn attach_cmd(a: AttachArgs) -> Outcome {
     let given = |flags: &[(&str, bool)]| -> Vec<String> {
         flags
@@ -960,8 +962,13 @@ fn attach_cmd(a: AttachArgs) -> Outcome {
     };
     let linger = Duration::from_millis(a.linger_ms);
     let poll = wakeup == Wakeup::Poll;
-    let mem = attach::open_memory(&source).map_err(|e| e.to_string())?;
-    let signal = attach::open_signal(wakeup).map_err(|e| e.to_string())?;
+    // SAFETY: the fd numbers were inherited, nothing in this program owns
+    // them, each is taken once (the memory fd differs from the eventfds,
+    // checked above); the user vouches that the peer does not shrink the
+    // memory (see `ring attach --help` and docs/hosted.md).
+    let mem = unsafe { attach::open_memory(&source) }.map_err(|e| e.to_string())?;
+    // SAFETY: as above; `open_signal` takes a shared notify/wait number once.
+    let signal = unsafe { attach::open_signal(wakeup) }.map_err(|e| e.to_string())?;
     let e = |e: Error| e.to_string();
     if let Some([to, ts, ro, rs]) = vmbus_rings {
         let data_offset = offset(a.data_offset.unwrap_or(4096), "--data-offset")?;
