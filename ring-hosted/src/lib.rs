@@ -63,6 +63,8 @@ pub mod memfd;
 pub mod rendezvous;
 pub mod replay;
 pub mod stream;
+#[cfg(feature = "tokio")]
+pub mod tokio_io;
 pub mod uio;
 pub mod vfio;
 pub mod vmbus;
