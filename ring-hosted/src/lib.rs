@@ -53,6 +53,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod attach;
 pub mod bench;
 pub mod check;
 pub mod devmem;
@@ -62,6 +63,8 @@ pub mod memfd;
 pub mod rendezvous;
 pub mod replay;
 pub mod stream;
+#[cfg(feature = "tokio")]
+pub mod tokio_io;
 pub mod uio;
 pub mod vfio;
 pub mod vmbus;
@@ -104,6 +107,9 @@ pub enum Error {
     Closed,
     /// A wait passed its timeout.
     TimedOut,
+    /// A layout or fd given to [`attach`] is unusable (the reason says
+    /// which and why).
+    Attach(String),
 }
 
 impl Error {
@@ -129,6 +135,7 @@ impl fmt::Display for Error {
             Error::Vmbus(e) => write!(f, "vmbus: {e}"),
             Error::Closed => f.write_str("peer closed the ring"),
             Error::TimedOut => f.write_str("timed out waiting for the peer"),
+            Error::Attach(reason) => f.write_str(reason),
         }
     }
 }
@@ -170,6 +177,7 @@ impl From<Error> for io::Error {
             Error::Closed => io::ErrorKind::BrokenPipe,
             Error::TimedOut => io::ErrorKind::TimedOut,
             Error::BadFd(_) | Error::ForeignPeer { .. } => io::ErrorKind::PermissionDenied,
+            Error::Attach(_) => io::ErrorKind::InvalidInput,
             Error::Handshake(_) | Error::Ring(_) | Error::Vmbus(_) => io::ErrorKind::InvalidData,
         };
         io::Error::new(kind, e)

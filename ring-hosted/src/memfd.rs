@@ -219,6 +219,26 @@ impl MemFd {
         Self::map(fd, size, sealed)
     }
 
+    /// Attaches to an unsealed memory fd we own (e.g. one inherited from
+    /// the program that made it). Kind and size are still checked.
+    ///
+    /// # Errors
+    ///
+    /// As [`from_fd`](Self::from_fd), except that missing seals are
+    /// accepted.
+    ///
+    /// # Safety
+    ///
+    /// As [`open_path_unsealed`](Self::open_path_unsealed): nobody may
+    /// shrink the file while the mapping lives.
+    pub unsafe fn from_fd_unsealed(fd: OwnedFd, min_size: usize) -> Result<Self, Error> {
+        let size = Self::check_fd(fd.as_fd(), min_size, false)?;
+        let sealed = rustix::fs::fcntl_get_seals(&fd)
+            .map(|s| s.contains(REQUIRED_SEALS))
+            .unwrap_or(false);
+        Self::map(fd, size, sealed)
+    }
+
     fn open_rw(path: &Path) -> Result<OwnedFd, Error> {
         let file = OpenOptions::new()
             .read(true)

@@ -147,6 +147,24 @@ impl VmbusPipe {
         Ok(Self::from_rings(rx, tx, signal, mem))
     }
 
+    /// An end over two rings somebody else initialised and placed: `rx`
+    /// is the ring we read, `tx` the one we write, both windows of `mem`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Vmbus`] if a window does not fit its layout or a ring's
+    /// indices are invalid.
+    pub fn attach(
+        mem: Arc<MemFd>,
+        rx: (RingMem, RingLayout),
+        tx: (RingMem, RingLayout),
+        signal: EventSignal,
+    ) -> Result<Self, Error> {
+        let rx = IncomingRing::new(rx.0, rx.1)?;
+        let tx = OutgoingRing::new(tx.0, tx.1)?;
+        Ok(Self::from_rings(rx, tx, signal, mem))
+    }
+
     fn from_rings(
         rx: IncomingRing<RingMem>,
         tx: OutgoingRing<RingMem>,

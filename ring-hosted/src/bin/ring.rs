@@ -1,9 +1,10 @@
 //! `ring`: run, pipe through and inspect shared-memory rings between
 //! processes. See `ring --help`.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use ring_hosted::attach::{self, MemSource, VchanLayout, VmbusRing, Wakeup};
 use ring_hosted::check::{duplex, Checksum, Pattern};
 use ring_hosted::eventfd::DEFAULT_SPIN;
 use ring_hosted::inspect;
@@ -125,6 +126,11 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Join rings a foreign program set up itself (memory, layout and
+    /// eventfds given explicitly) and pipe stdin/stdout through them, both
+    /// directions. The memory need not be sealed: its maker must not
+    /// shrink it (that would kill us with SIGBUS).
+    Attach(Box<AttachArgs>),
     /// Benchmark the rings against pipe, Unix socket, eventfd and rtrb
     /// (ratios measured interleaved; the C rings are in `cargo bench`).
     Bench(ring_hosted::bench::suite::BenchArgs),
@@ -159,6 +165,78 @@ enum Cmd {
         #[arg(long, default_value = "64K", value_parser = parse_ring_size)]
         ring_size: u64,
     },
+}
+
+/// Which end of a vchan `ring attach` is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum CliRole {
+    /// Write the control page and wait for the client.
+    Server,
+    /// Join a control page a server wrote.
+    Client,
+}
+
+/// Arguments of `ring attach`.
+#[derive(clap::Args, Debug)]
+#[command(group(clap::ArgGroup::new("memory").required(true).args(["file", "fd"])))]
+struct AttachArgs {
+    /// The shared memory: a shm or memfd-backed file, opened read-write.
+    #[arg(long)]
+    file: Option<PathBuf>,
+    /// The shared memory: an inherited fd number, open read-write.
+    #[arg(long, value_parser = clap::value_parser!(i32).range(0..))]
+    fd: Option<i32>,
+    /// Ring protocol.
+    #[arg(long, value_enum)]
+    proto: CliProto,
+    /// vchan: which end we are.
+    #[arg(long, value_enum)]
+    role: Option<CliRole>,
+    /// vchan: byte offset of the 4 KiB control page.
+    #[arg(long, value_parser = parse_size)]
+    ctrl_offset: Option<u64>,
+    /// vchan: byte offset of the left (client->server) ring's data
+    /// (default: the flat layout after the control page).
+    #[arg(long, value_parser = parse_size)]
+    left_offset: Option<u64>,
+    /// vchan: byte offset of the right (server->client) ring's data
+    /// (default: the flat layout).
+    #[arg(long, value_parser = parse_size)]
+    right_offset: Option<u64>,
+    /// vchan server: minimum size of the ring we read (left) [default: 64K].
+    #[arg(long, value_parser = parse_size)]
+    read_min: Option<u64>,
+    /// vchan server: minimum size of the ring we write (right) [default: 64K].
+    #[arg(long, value_parser = parse_size)]
+    write_min: Option<u64>,
+    /// vmbus: byte offset of the ring we write.
+    #[arg(long, value_parser = parse_size)]
+    tx_offset: Option<u64>,
+    /// vmbus: bytes of the ring we write (control page + data).
+    #[arg(long, value_parser = parse_size)]
+    tx_size: Option<u64>,
+    /// vmbus: byte offset of the ring we read.
+    #[arg(long, value_parser = parse_size)]
+    rx_offset: Option<u64>,
+    /// vmbus: bytes of the ring we read (control page + data).
+    #[arg(long, value_parser = parse_size)]
+    rx_size: Option<u64>,
+    /// vmbus: offset of the data inside each ring [default: 4096].
+    #[arg(long, value_parser = parse_size)]
+    data_offset: Option<u64>,
+    /// Eventfd we write to kick the peer.
+    #[arg(long, requires = "wait_fd", value_parser = clap::value_parser!(i32).range(0..))]
+    notify_fd: Option<i32>,
+    /// Eventfd we read to be woken by the peer (may equal --notify-fd).
+    #[arg(long, requires = "notify_fd", value_parser = clap::value_parser!(i32).range(0..))]
+    wait_fd: Option<i32>,
+    /// No eventfds: poll the ring (sleeping 200 us between looks).
+    #[arg(long, conflicts_with_all = ["notify_fd", "wait_fd"])]
+    poll: bool,
+    /// After stdin ends, keep copying the peer's bytes until it has been
+    /// quiet this long, then close (milliseconds).
+    #[arg(long, default_value_t = 500)]
+    linger_ms: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -233,6 +311,7 @@ fn main() -> ExitCode {
             (None, Some(pid)) => inspect_pid(pid, json),
             (None, None) => Err("nothing to inspect".into()),
         },
+        Cmd::Attach(args) => attach_cmd(*args),
         Cmd::Bench(args) => ring_hosted::bench::suite::run(args),
         Cmd::Peer {
             socket,
@@ -802,6 +881,139 @@ fn pipe_stream(s: &mut impl PollStream, linger: Duration) -> Result<(), Error> {
             }
         }
     }
+}
+
+// ---------------------------------------------------------------- attach
+
+/// Exits with status 2 and a one-line reason, like clap's own errors.
+fn usage(reason: String) -> ! {
+    Cli::command()
+        .error(clap::error::ErrorKind::ArgumentConflict, reason)
+        .exit()
+}
+
+fn offset(v: u64, flag: &str) -> Result<usize, String> {
+    usize::try_from(v).map_err(|_| format!("{flag} {v} is too large"))
+}
+
+#[allow(unsafe_code)]
+fn attach_cmd(a: AttachArgs) -> Outcome {
+    let given = |flags: &[(&str, bool)]| -> Vec<String> {
+        flags
+            .iter()
+            .filter(|(_, set)| *set)
+            .map(|(name, _)| format!("--{name}"))
+            .collect()
+    };
+    let vchan_only = given(&[
+        ("role", a.role.is_some()),
+        ("ctrl-offset", a.ctrl_offset.is_some()),
+        ("left-offset", a.left_offset.is_some()),
+        ("right-offset", a.right_offset.is_some()),
+        ("read-min", a.read_min.is_some()),
+        ("write-min", a.write_min.is_some()),
+    ]);
+    let vmbus_only = given(&[
+        ("tx-offset", a.tx_offset.is_some()),
+        ("tx-size", a.tx_size.is_some()),
+        ("rx-offset", a.rx_offset.is_some()),
+        ("rx-size", a.rx_size.is_some()),
+        ("data-offset", a.data_offset.is_some()),
+    ]);
+    match a.proto {
+        CliProto::Vchan if !vmbus_only.is_empty() => usage(format!(
+            "{} only apply to --proto vmbus",
+            vmbus_only.join(", ")
+        )),
+        CliProto::Vmbus if !vchan_only.is_empty() => usage(format!(
+            "{} only apply to --proto vchan",
+            vchan_only.join(", ")
+        )),
+        _ => {}
+    }
+    let wakeup = match (a.notify_fd, a.wait_fd, a.poll) {
+        (Some(notify), Some(wait), false) => Wakeup::Fds { notify, wait },
+        (None, None, true) => Wakeup::Poll,
+        _ => usage("give --notify-fd and --wait-fd, or --poll".into()),
+    };
+    if let (Some(m), Wakeup::Fds { notify, wait }) = (a.fd, wakeup) {
+        if m == notify || m == wait {
+            usage(format!("--fd {m} is also an eventfd number"));
+        }
+    }
+    let source = match (&a.file, a.fd) {
+        (Some(path), _) => MemSource::Path(path.clone()),
+        (None, Some(n)) => MemSource::Fd(n),
+        (None, None) => usage("give --file or --fd".into()),
+    };
+    let role = match (a.proto, a.role) {
+        (CliProto::Vchan, None) => usage("--proto vchan needs --role server|client".into()),
+        (_, r) => r,
+    };
+    if role == Some(CliRole::Client) && (a.read_min.is_some() || a.write_min.is_some()) {
+        usage("--read-min and --write-min are for a server; a client reads the sizes from the control page".into());
+    }
+    let vmbus_rings = match (a.proto, a.tx_offset, a.tx_size, a.rx_offset, a.rx_size) {
+        (CliProto::Vmbus, Some(to), Some(ts), Some(ro), Some(rs)) => Some([to, ts, ro, rs]),
+        (CliProto::Vmbus, ..) => {
+            usage("--proto vmbus needs --tx-offset, --tx-size, --rx-offset and --rx-size".into())
+        }
+        _ => None,
+    };
+    let linger = Duration::from_millis(a.linger_ms);
+    let poll = wakeup == Wakeup::Poll;
+    // SAFETY: the fd numbers were inherited, nothing in this program owns
+    // them, each is taken once (the memory fd differs from the eventfds,
+    // checked above); the user vouches that the peer does not shrink the
+    // memory (see `ring attach --help` and docs/hosted.md).
+    let mem = unsafe { attach::open_memory(&source) }.map_err(|e| e.to_string())?;
+    // SAFETY: as above; `open_signal` takes a shared notify/wait number once.
+    let signal = unsafe { attach::open_signal(wakeup) }.map_err(|e| e.to_string())?;
+    let e = |e: Error| e.to_string();
+    if let Some([to, ts, ro, rs]) = vmbus_rings {
+        let data_offset = offset(a.data_offset.unwrap_or(4096), "--data-offset")?;
+        let tx = VmbusRing {
+            offset: offset(to, "--tx-offset")?,
+            size: offset(ts, "--tx-size")?,
+            data_offset,
+        };
+        let rx = VmbusRing {
+            offset: offset(ro, "--rx-offset")?,
+            size: offset(rs, "--rx-size")?,
+            data_offset,
+        };
+        let mut s = attach::vmbus(mem, tx, rx, signal, poll).map_err(e)?;
+        return pipe_stream(&mut s, linger).map_err(e);
+    }
+    let orders = match role {
+        Some(CliRole::Server) => {
+            let read = offset(a.read_min.unwrap_or(64 << 10), "--read-min")?;
+            let write = offset(a.write_min.unwrap_or(64 << 10), "--write-min")?;
+            Some(
+                ring_core::vchan::Orders::for_sizes(read, write)
+                    .map_err(|err| format!("ring sizes: {err}"))?,
+            )
+        }
+        _ => None,
+    };
+    let layout = VchanLayout {
+        role: match role {
+            Some(CliRole::Server) => ring_core::vchan::Role::Server,
+            _ => ring_core::vchan::Role::Client,
+        },
+        ctrl: offset(a.ctrl_offset.unwrap_or(0), "--ctrl-offset")?,
+        left: a
+            .left_offset
+            .map(|v| offset(v, "--left-offset"))
+            .transpose()?,
+        right: a
+            .right_offset
+            .map(|v| offset(v, "--right-offset"))
+            .transpose()?,
+        orders,
+    };
+    let mut s = attach::vchan(mem, layout, signal, poll).map_err(e)?;
+    pipe_stream(&mut s, linger).map_err(e)
 }
 
 // ---------------------------------------------------------------- inspect
