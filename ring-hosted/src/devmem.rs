@@ -265,11 +265,10 @@ impl MappedRegion {
     }
 
     fn raw(&self) -> RawMem<'_> {
-        // SAFETY: the window lies inside the live shared mapping held by
-        // `self.map` (checked in `map`/`sub`), which stays mapped for as
-        // long as `self` (and so the returned view's lifetime) lives, and
-        // this crate never forms Rust references into it. mmap returns
-        // page-aligned memory and `sub` keeps offsets 8-aligned.
+        // mmap returns page-aligned memory and `sub` keeps offsets 8-aligned;
+        // this crate never forms Rust references into the mapping.
+        // SAFETY: the window lies inside the live mapping held by `self.map`
+        // (checked in `map`/`sub`), which outlives the returned view.
         let view = unsafe { RawMem::from_raw_parts(self.as_ptr(), self.len) };
         // A null or misaligned base cannot happen (see above); an empty view
         // makes every access fail with OutOfBounds rather than panic.
@@ -369,11 +368,10 @@ pub struct Kernel;
 
 impl Sys for Kernel {
     fn ioctl(&self, fd: BorrowedFd<'_>, request: u32, arg: &mut [u8]) -> io::Result<i32> {
-        // SAFETY: every request issued by this crate passes a buffer of
-        // exactly the size encoded in (or documented for) the request,
-        // built from a `repr(C)` struct checked against the uapi header by
-        // the layout probe test; the kernel reads and writes only within
-        // it, and `fd` is a live descriptor for the duration of the call.
+        // Buffers are `repr(C)` structs checked against the uapi headers by
+        // the layout probe test.
+        // SAFETY: each request passes a buffer of exactly the size the request
+        // encodes, the kernel stays within it, and `fd` is live for the call.
         let rc = unsafe { libc::ioctl(fd.as_raw_fd(), request as _, arg.as_mut_ptr()) };
         if rc < 0 {
             Err(io::Error::last_os_error())

@@ -291,12 +291,11 @@ impl MemFd {
                 op: "mmap shared memory",
                 source,
             })?;
-        // SAFETY: `map` is a fresh shared mapping of `size` bytes that this
-        // struct keeps alive (and never remaps) for as long as the view is
-        // reachable: the `'static` view is private, and `raw` hands it out
-        // only with the lifetime of `&self`. Nobody forms references into
-        // it; the file cannot shrink under us (sealed, or the caller of the
-        // unsafe unsealed constructor promised), so the pages stay valid.
+        // The `'static` view is private; `raw` hands it out only with the
+        // lifetime of `&self`. Nobody forms references into the mapping.
+        // SAFETY: `map` is a fresh shared mapping of `size` bytes kept alive
+        // (never remapped) by this struct, and the file cannot shrink (sealed,
+        // or promised by the caller of the unsafe unsealed constructor).
         let view = unsafe { RawMem::from_raw_parts(map.as_mut_ptr(), size) }
             .ok_or(Error::BadFd(FdProblem::BadSize { size: size as u64 }))?;
         Ok(MemFd {

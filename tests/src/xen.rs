@@ -443,10 +443,9 @@ impl Shm {
 
     /// The memory door over the whole mapping.
     pub fn mem(&self) -> RawMem<'_> {
-        // SAFETY: the mapping stays valid, readable and writable while
-        // `self` is borrowed (it is unmapped only in `Drop`), and nothing in
-        // this process forms Rust references into it; the C side and other
-        // processes access it through their own mappings.
+        // The C side and other processes use their own mappings.
+        // SAFETY: the mapping stays valid and writable while `self` is
+        // borrowed (unmapped only in `Drop`); no Rust references into it.
         let mem = unsafe { RawMem::from_raw_parts(self.base.as_ptr(), self.len) };
         mem.expect("mmap returns page-aligned, non-null memory")
     }

@@ -962,10 +962,10 @@ fn attach_cmd(a: AttachArgs) -> Outcome {
     };
     let linger = Duration::from_millis(a.linger_ms);
     let poll = wakeup == Wakeup::Poll;
-    // SAFETY: the fd numbers were inherited, nothing in this program owns
-    // them, each is taken once (the memory fd differs from the eventfds,
-    // checked above); the user vouches that the peer does not shrink the
-    // memory (see `ring attach --help` and docs/hosted.md).
+    // The user vouches that the peer does not shrink the memory (see `ring
+    // attach --help` and docs/hosted.md).
+    // SAFETY: the inherited fd numbers are owned by nothing else in this
+    // program and each is taken once (memory fd != eventfds, checked above).
     let mem = unsafe { attach::open_memory(&source) }.map_err(|e| e.to_string())?;
     // SAFETY: as above; `open_signal` takes a shared notify/wait number once.
     let signal = unsafe { attach::open_signal(wakeup) }.map_err(|e| e.to_string())?;

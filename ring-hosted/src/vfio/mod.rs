@@ -391,10 +391,9 @@ impl Group {
                 format!("bad device fd {fd}"),
             ));
         }
-        // SAFETY: on success VFIO_GROUP_GET_DEVICE_FD returns a new file
-        // descriptor that belongs to the caller and to nothing else (the
-        // replay seam hands over a descriptor it gave up with
-        // `into_raw_fd`), so taking ownership of it here is sound.
+        // (The replay seam hands over a descriptor it gave up with `into_raw_fd`.)
+        // SAFETY: on success VFIO_GROUP_GET_DEVICE_FD returns a new fd that
+        // belongs to the caller and nothing else, so we may own it.
         let owned = unsafe { OwnedFd::from_raw_fd(fd) };
         Ok(Device {
             h: Handle {
@@ -740,10 +739,9 @@ impl Bar {
         match self {
             Bar::Mapped(m, _) => {
                 let ptr = register(m, offset)?;
-                // SAFETY: `ptr` is 4-aligned and inside the live mapping
-                // `m` (bounds and alignment checked above; mappings are
-                // page-aligned), which outlives this call; MMIO wants one
-                // volatile access and no reference is formed.
+                // MMIO wants one volatile access and no reference is formed.
+                // SAFETY: `ptr` is 4-aligned and inside the live mapping `m`
+                // (checked above; mappings are page-aligned), which outlives this call.
                 let reg = unsafe { volatile::VolatilePtr::new_read_only(ptr) };
                 Ok(u32::from_le(reg.read()))
             }

@@ -82,10 +82,11 @@ pub extern "C" fn rust_main(start_info: u32) -> ! {
             ""
         }
     );
-    // SAFETY: BAR2 is the ivshmem RAM, identity-mapped (below 4 GiB, see
-    // `pci`), mapped for the guest's whole life, and only ever touched
-    // through `RawMem` views (atomics and raw copies), here and by the host.
+    // BAR2 is only ever touched through `RawMem` views (atomics and raw
+    // copies), here and by the host.
     let Some(mem) =
+        // SAFETY: BAR2 is the ivshmem RAM, identity-mapped below 4 GiB (see
+        // `pci`) and mapped for the guest's whole life.
         (unsafe { RawMem::from_raw_parts(bar.base as usize as *mut u8, bar.size as usize) })
     else {
         fail("BAR2 is not 8-byte aligned");
