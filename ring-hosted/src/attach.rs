@@ -12,7 +12,7 @@
 
 use crate::eventfd::{EventFd, EventSignal, Woken};
 use crate::memfd::MemFd;
-use crate::stream::{PollStream, LIVENESS_POLL};
+use crate::stream::PollStream;
 use crate::vmbus::{RingMem, VmbusPipe};
 use crate::window::Window;
 use crate::Error;
@@ -313,7 +313,7 @@ pub fn vchan(
         peer_gone: false,
     };
     if layout.role == Role::Client {
-        stream.signal.notify().map_err(wait_error)?;
+        stream.signal.notify().map_err(Error::from)?;
     }
     Ok(Attached {
         inner: stream,
@@ -383,17 +383,6 @@ pub fn vmbus(
     Ok(Attached { inner: pipe, poll })
 }
 
-fn wait_error(e: crate::eventfd::WaitError) -> Error {
-    match e {
-        crate::eventfd::WaitError::PeerGone => Error::Closed,
-        crate::eventfd::WaitError::TimedOut => Error::TimedOut,
-        crate::eventfd::WaitError::Os(source) => Error::Os {
-            op: "eventfd",
-            source,
-        },
-    }
-}
-
 /// A vchan endpoint in foreign memory with its event channel.
 #[derive(Debug)]
 pub struct AttachedVchan {
@@ -410,7 +399,7 @@ impl AttachedVchan {
 
     fn kick_if(&self, t: vchan::Transfer) -> Result<usize, Error> {
         if t.notify {
-            self.signal.notify().map_err(wait_error)?;
+            self.signal.notify().map_err(Error::from)?;
         }
         Ok(t.len)
     }
@@ -454,27 +443,7 @@ impl PollStream for AttachedVchan {
         extra: Option<BorrowedFd<'_>>,
         deadline: Option<Instant>,
     ) -> Result<Woken, Error> {
-        let now = Instant::now();
-        let slice = match deadline {
-            Some(d) if d <= now => return Err(Error::TimedOut),
-            Some(d) => (d - now).min(LIVENESS_POLL),
-            None => LIVENESS_POLL,
-        };
-        match self.signal.wait_with(extra, Some(slice)) {
-            Ok(w) => Ok(w),
-            Err(crate::eventfd::WaitError::TimedOut) => Ok(Woken {
-                kicked: false,
-                extra: false,
-            }),
-            Err(crate::eventfd::WaitError::PeerGone) => {
-                self.peer_gone = true;
-                Ok(Woken {
-                    kicked: true,
-                    extra: false,
-                })
-            }
-            Err(e) => Err(wait_error(e)),
-        }
+        self.signal.wait_slice(&mut self.peer_gone, extra, deadline)
     }
 
     fn deadline(&self) -> Option<Instant> {

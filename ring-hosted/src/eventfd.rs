@@ -404,6 +404,74 @@ pub fn pair() -> Result<(EventSignal, EventSignal), Error> {
     Ok((EventSignal::new(a, b), EventSignal::new(b2, a2)))
 }
 
+/// The longest a blocking call sleeps without re-checking the ring: the
+/// bound on noticing a peer that cleared its live byte but never kicked,
+/// and on how long a lost or withheld kick can stall us.
+pub const LIVENESS_POLL: Duration = Duration::from_millis(50);
+
+impl From<WaitError> for Error {
+    fn from(e: WaitError) -> Self {
+        match e {
+            WaitError::PeerGone => Error::Closed,
+            WaitError::TimedOut => Error::TimedOut,
+            WaitError::Os(source) => Error::Os {
+                op: "eventfd",
+                source,
+            },
+        }
+    }
+}
+
+impl EventSignal {
+    /// One wait of a blocking ring call: for a kick, the peer's death, or
+    /// `extra` to become readable, until `deadline` (`None`: no limit), but
+    /// never longer than [`LIVENESS_POLL`], so the caller re-checks the ring
+    /// (a peer that clears its live byte without kicking is still noticed).
+    ///
+    /// The peer's death is reported once as a wake-up and remembered in
+    /// `peer_gone`; after it the call returns at once, and the caller's
+    /// non-blocking operations report what is left, then `Closed`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TimedOut`] once `deadline` has passed; [`Error::Os`].
+    pub fn wait_slice(
+        &self,
+        peer_gone: &mut bool,
+        extra: Option<BorrowedFd<'_>>,
+        deadline: Option<Instant>,
+    ) -> Result<Woken, Error> {
+        let woken = Woken {
+            kicked: true,
+            extra: false,
+        };
+        if *peer_gone {
+            return Ok(woken);
+        }
+        let now = Instant::now();
+        let slice = match deadline {
+            Some(d) if d <= now => return Err(Error::TimedOut),
+            Some(d) => (d - now).min(LIVENESS_POLL),
+            None => LIVENESS_POLL,
+        };
+        match self.wait_with(extra, Some(slice)) {
+            Ok(w) => Ok(w),
+            Err(WaitError::PeerGone) => {
+                *peer_gone = true;
+                Ok(woken)
+            }
+            Err(WaitError::TimedOut) if deadline.is_some_and(|d| Instant::now() >= d) => {
+                Err(Error::TimedOut)
+            }
+            Err(WaitError::TimedOut) => Ok(Woken {
+                kicked: false,
+                extra: false,
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

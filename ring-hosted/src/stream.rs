@@ -18,7 +18,7 @@
 //! default). A peer on another core usually moves within that time, and a
 //! side that has not armed its request costs the peer no kick.
 
-use crate::eventfd::{EventSignal, WaitError, Woken};
+use crate::eventfd::{EventSignal, Woken};
 use crate::memfd::MemFd;
 use crate::Error;
 use ring_core::signal::Signal;
@@ -28,10 +28,7 @@ use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// The longest a blocking call sleeps without re-checking the ring: the
-/// bound on noticing a peer that cleared its live byte but never kicked,
-/// and on how long a lost or withheld kick can stall us.
-pub const LIVENESS_POLL: Duration = Duration::from_millis(50);
+pub use crate::eventfd::LIVENESS_POLL;
 
 /// Bytes of the length prefix [`VchanStream::send_msg`] puts before each
 /// message.
@@ -166,7 +163,7 @@ impl VchanStream {
 
     fn kick_if(&self, t: vchan::Transfer) -> Result<usize, Error> {
         if t.notify {
-            self.signal.notify().map_err(wait_error)?;
+            self.signal.notify().map_err(Error::from)?;
         }
         Ok(t.len)
     }
@@ -221,36 +218,7 @@ impl VchanStream {
         extra: Option<BorrowedFd<'_>>,
         deadline: Option<Instant>,
     ) -> Result<Woken, Error> {
-        if self.peer_gone {
-            return Ok(Woken {
-                kicked: true,
-                extra: false,
-            });
-        }
-        let now = Instant::now();
-        let slice = match deadline {
-            Some(d) if d <= now => return Err(Error::TimedOut),
-            Some(d) => (d - now).min(LIVENESS_POLL),
-            None => LIVENESS_POLL,
-        };
-        match self.signal.wait_with(extra, Some(slice)) {
-            Ok(w) => Ok(w),
-            Err(WaitError::PeerGone) => {
-                self.peer_gone = true;
-                Ok(Woken {
-                    kicked: true,
-                    extra: false,
-                })
-            }
-            Err(WaitError::TimedOut) if deadline.is_some_and(|d| Instant::now() >= d) => {
-                Err(Error::TimedOut)
-            }
-            Err(WaitError::TimedOut) => Ok(Woken {
-                kicked: false,
-                extra: false,
-            }),
-            Err(e) => Err(wait_error(e)),
-        }
+        self.signal.wait_slice(&mut self.peer_gone, extra, deadline)
     }
 
     /// The deadline for a blocking call starting now, from the signal's
@@ -455,7 +423,7 @@ impl VchanStream {
     ///
     /// [`Error::Os`] if the eventfd write fails.
     pub fn kick(&self) -> Result<(), Error> {
-        self.signal.notify().map_err(wait_error)
+        self.signal.notify().map_err(Error::from)
     }
 }
 
@@ -480,17 +448,6 @@ pub fn pair(left: usize, right: usize) -> Result<(VchanStream, VchanStream), Err
         VchanStream::new(server, s_sig),
         VchanStream::new(client, c_sig),
     ))
-}
-
-fn wait_error(e: WaitError) -> Error {
-    match e {
-        WaitError::PeerGone => Error::Closed,
-        WaitError::TimedOut => Error::TimedOut,
-        WaitError::Os(source) => Error::Os {
-            op: "eventfd",
-            source,
-        },
-    }
 }
 
 impl PollStream for VchanStream {

@@ -16,9 +16,9 @@
 //! live byte: [`VmbusPipe::close`] sends end of stream, and a peer that
 //! dies is noticed through the rendezvous socket, exactly as for vchan.
 
-use crate::eventfd::{EventSignal, WaitError, Woken};
+use crate::eventfd::{EventSignal, Woken};
 use crate::memfd::MemFd;
-use crate::stream::{spin_for, PollStream, LIVENESS_POLL};
+use crate::stream::{spin_for, PollStream};
 use crate::window::Window;
 use crate::Error;
 use ring_core::signal::Signal;
@@ -204,7 +204,7 @@ impl VmbusPipe {
     ///
     /// [`Error::Os`] if the eventfd write fails.
     pub fn kick(&self) -> Result<(), Error> {
-        self.signal.notify().map_err(wait_error)
+        self.signal.notify().map_err(Error::from)
     }
 
     /// Bytes of packets waiting in the ring we read (no arming).
@@ -218,7 +218,7 @@ impl VmbusPipe {
 
     fn kick_if(&self, t: vmbus::Transfer) -> Result<(), Error> {
         if t.notify {
-            self.signal.notify().map_err(wait_error)?;
+            self.signal.notify().map_err(Error::from)?;
         }
         Ok(())
     }
@@ -327,17 +327,6 @@ impl VmbusPipe {
     }
 }
 
-fn wait_error(e: WaitError) -> Error {
-    match e {
-        WaitError::PeerGone => Error::Closed,
-        WaitError::TimedOut => Error::TimedOut,
-        WaitError::Os(source) => Error::Os {
-            op: "eventfd",
-            source,
-        },
-    }
-}
-
 impl PollStream for VmbusPipe {
     fn try_read(&mut self, buf: &mut [u8]) -> Result<Option<usize>, Error> {
         if self.reader.is_eof() {
@@ -389,36 +378,7 @@ impl PollStream for VmbusPipe {
         extra: Option<BorrowedFd<'_>>,
         deadline: Option<Instant>,
     ) -> Result<Woken, Error> {
-        if self.peer_gone {
-            return Ok(Woken {
-                kicked: true,
-                extra: false,
-            });
-        }
-        let now = Instant::now();
-        let slice = match deadline {
-            Some(d) if d <= now => return Err(Error::TimedOut),
-            Some(d) => (d - now).min(LIVENESS_POLL),
-            None => LIVENESS_POLL,
-        };
-        match self.signal.wait_with(extra, Some(slice)) {
-            Ok(w) => Ok(w),
-            Err(WaitError::PeerGone) => {
-                self.peer_gone = true;
-                Ok(Woken {
-                    kicked: true,
-                    extra: false,
-                })
-            }
-            Err(WaitError::TimedOut) if deadline.is_some_and(|d| Instant::now() >= d) => {
-                Err(Error::TimedOut)
-            }
-            Err(WaitError::TimedOut) => Ok(Woken {
-                kicked: false,
-                extra: false,
-            }),
-            Err(e) => Err(wait_error(e)),
-        }
+        self.signal.wait_slice(&mut self.peer_gone, extra, deadline)
     }
 
     fn deadline(&self) -> Option<Instant> {
