@@ -394,9 +394,7 @@ impl<'a, M: SharedMem + ?Sized> IncomingPacket<'a, M> {
             _ => 0,
         };
         TransferRanges {
-            packet: self,
-            at: EXTENDED_HEADER_SIZE as u32,
-            left: count,
+            records: Records::new(self, EXTENDED_HEADER_SIZE as u32, count),
         }
     }
 
@@ -412,9 +410,7 @@ impl<'a, M: SharedMem + ?Sized> IncomingPacket<'a, M> {
             _ => 0,
         };
         GpaRanges {
-            packet: self,
-            at: EXTENDED_HEADER_SIZE as u32,
-            left: count,
+            records: Records::new(self, EXTENDED_HEADER_SIZE as u32, count),
         }
     }
 }
@@ -422,46 +418,31 @@ impl<'a, M: SharedMem + ?Sized> IncomingPacket<'a, M> {
 /// Iterator over the ranges of a transfer-page packet.
 #[derive(Debug)]
 pub struct TransferRanges<'p, 'a, M: ?Sized> {
-    packet: &'p IncomingPacket<'a, M>,
-    at: u32,
-    left: u32,
+    records: Records<'p, 'a, M>,
 }
 
 impl<M: SharedMem + ?Sized> Iterator for TransferRanges<'_, '_, M> {
     type Item = Result<TransferRange, Error>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.left == 0 {
-            return None;
-        }
-        self.left -= 1;
-        let mut raw = [0u8; 8];
-        if let Err(e) = self
-            .packet
-            .read_at(self.at, self.packet.info.header_len, &mut raw)
-        {
-            self.left = 0;
-            return Some(Err(e));
-        }
-        self.at += 8;
-        let r = TransferPageRange::read_from_bytes(&raw).unwrap_or_default();
-        Some(Ok(TransferRange {
-            byte_count: r.byte_count.get(),
-            byte_offset: r.byte_offset.get(),
+        Some(self.records.next_raw()?.map(|(_, raw)| {
+            let r = TransferPageRange::read_from_bytes(&raw).unwrap_or_default();
+            TransferRange {
+                byte_count: r.byte_count.get(),
+                byte_offset: r.byte_offset.get(),
+            }
         }))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        (0, Some(self.left as usize))
+        self.records.size_hint()
     }
 }
 
 /// Iterator over the ranges of a GPA-direct packet.
 #[derive(Debug)]
 pub struct GpaRanges<'p, 'a, M: ?Sized> {
-    packet: &'p IncomingPacket<'a, M>,
-    at: u32,
-    left: u32,
+    records: Records<'p, 'a, M>,
 }
 
 /// One GPA-direct range of a received packet; its page frame numbers are
@@ -482,9 +463,7 @@ impl<'p, 'a, M: SharedMem + ?Sized> GpaRangeRef<'p, 'a, M> {
     /// The range's page frame numbers.
     pub fn pfns(&self) -> Pfns<'p, 'a, M> {
         Pfns {
-            packet: self.packet,
-            at: self.pfns_at,
-            left: self.pfn_count,
+            records: Records::new(self.packet, self.pfns_at, self.pfn_count),
         }
     }
 }
@@ -492,33 +471,22 @@ impl<'p, 'a, M: SharedMem + ?Sized> GpaRangeRef<'p, 'a, M> {
 /// Iterator over a GPA range's page frame numbers.
 #[derive(Debug)]
 pub struct Pfns<'p, 'a, M: ?Sized> {
-    packet: &'p IncomingPacket<'a, M>,
-    at: u32,
-    left: u32,
+    records: Records<'p, 'a, M>,
 }
 
 impl<M: SharedMem + ?Sized> Iterator for Pfns<'_, '_, M> {
     type Item = Result<u64, Error>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.left == 0 {
-            return None;
-        }
-        self.left -= 1;
-        let mut raw = [0u8; 8];
-        if let Err(e) = self
-            .packet
-            .read_at(self.at, self.packet.info.header_len, &mut raw)
-        {
-            self.left = 0;
-            return Some(Err(e));
-        }
-        self.at += 8;
-        Some(Ok(u64::from_le_bytes(raw)))
+        Some(
+            self.records
+                .next_raw()?
+                .map(|(_, raw)| u64::from_le_bytes(raw)),
+        )
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        (0, Some(self.left as usize))
+        self.records.size_hint()
     }
 }
 
@@ -526,31 +494,68 @@ impl<'p, 'a, M: SharedMem + ?Sized> Iterator for GpaRanges<'p, 'a, M> {
     type Item = Result<GpaRangeRef<'p, 'a, M>, Error>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        let packet = self.records.packet;
+        let item = self.records.next_raw()?.and_then(|(at, raw)| {
+            let h = GpaRangeHeader::read_from_bytes(&raw).unwrap_or_default();
+            let range = check_gpa_range(h, at, packet.info.header_len)?;
+            Ok(GpaRangeRef {
+                packet,
+                byte_count: h.byte_count.get(),
+                byte_offset: h.byte_offset.get(),
+                pfn_count: range.pfn_count,
+                pfns_at: at + 8,
+            })
+        });
+        match &item {
+            // The next range head follows this range's page numbers.
+            Ok(r) => self.records.at = r.pfns_at + 8 * r.pfn_count,
+            Err(_) => self.records.left = 0,
+        }
+        Some(item)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.records.size_hint()
+    }
+}
+
+/// A cursor over the 8-byte records in a packet's header (transfer-page
+/// ranges, GPA range heads, page numbers). Every read goes through the
+/// packet's bounds check against its private header length; an error ends
+/// the cursor.
+#[derive(Debug)]
+struct Records<'p, 'a, M: ?Sized> {
+    packet: &'p IncomingPacket<'a, M>,
+    at: u32,
+    left: u32,
+}
+
+impl<'p, 'a, M: SharedMem + ?Sized> Records<'p, 'a, M> {
+    fn new(packet: &'p IncomingPacket<'a, M>, at: u32, left: u32) -> Self {
+        Records { packet, at, left }
+    }
+
+    /// The next record and the offset it was read from.
+    fn next_raw(&mut self) -> Option<Result<(u32, [u8; 8]), Error>> {
         if self.left == 0 {
             return None;
         }
         self.left -= 1;
-        let header_len = self.packet.info.header_len;
         let mut raw = [0u8; 8];
-        let head = self
+        let at = self.at;
+        match self
             .packet
-            .read_at(self.at, header_len, &mut raw)
-            .map(|()| GpaRangeHeader::read_from_bytes(&raw).unwrap_or_default());
-        let item = head.and_then(|h| {
-            let range = check_gpa_range(h, self.at, header_len)?;
-            Ok(GpaRangeRef {
-                packet: self.packet,
-                byte_count: h.byte_count.get(),
-                byte_offset: h.byte_offset.get(),
-                pfn_count: range.pfn_count,
-                pfns_at: self.at + 8,
-            })
-        });
-        match &item {
-            Ok(r) => self.at = r.pfns_at + 8 * r.pfn_count,
-            Err(_) => self.left = 0,
+            .read_at(at, self.packet.info.header_len, &mut raw)
+        {
+            Ok(()) => {
+                self.at = at.saturating_add(8);
+                Some(Ok((at, raw)))
+            }
+            Err(e) => {
+                self.left = 0;
+                Some(Err(e))
+            }
         }
-        Some(item)
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
