@@ -359,6 +359,9 @@ impl SharedMem for MemFd {
     fn fence(&self) {
         self.view.fence()
     }
+    fn prefetch_write(&self, offset: usize) {
+        self.view.prefetch_write(offset)
+    }
     fn read(&self, offset: usize, dst: &mut [u8]) -> Result<(), MemError> {
         self.view.read(offset, dst)
     }

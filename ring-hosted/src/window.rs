@@ -89,6 +89,11 @@ impl<M: SharedMem> SharedMem for Window<M> {
     fn fence(&self) {
         self.mem.fence()
     }
+    fn prefetch_write(&self, offset: usize) {
+        if let Ok(at) = self.at(offset, 1) {
+            self.mem.prefetch_write(at);
+        }
+    }
     fn read(&self, offset: usize, dst: &mut [u8]) -> Result<(), MemError> {
         self.mem.read(self.at(offset, dst.len())?, dst)
     }

@@ -574,6 +574,14 @@ impl<M: SharedMem> Endpoint<M> {
         // Release: the bytes are in place before the peer sees the index.
         self.tx.own = self.tx.own.wrapping_add(buf.len() as u32);
         self.ctrl.store_u32(self.tx.own_at, self.tx.own)?;
+        // Before the fence: the lines we fill next start moving to us while
+        // it waits for the stores above.
+        let free = self.tx.size - self.tx.own.wrapping_sub(self.tx.peer);
+        self.tx.region.prefetch_for_producer(
+            &self.tx.mem,
+            self.tx.position(self.tx.own),
+            free as usize,
+        );
         let notify = self.peer_asked(NotifyBits::WRITE)?;
         Ok(Transfer {
             len: buf.len(),

@@ -303,6 +303,10 @@ impl<M: SharedMem> OutgoingRing<M> {
         // Release: the packet bytes are in place before the index moves.
         self.mem.store_u32(WRITE_INDEX, self.next)?;
         self.committed = self.next;
+        // Before the fence: the lines we fill next start moving to us while
+        // it waits for the stores above.
+        self.data
+            .prefetch_for_producer(&self.mem, self.next as usize, self.free() as usize);
         // Full fence: the index store is ordered before the loads below
         // (the Dekker pair with the reader's unmask-then-recheck).
         self.mem.fence();
