@@ -17,7 +17,7 @@ impl IoKind for ring_core::vchan::Error {
             Error::Closed => io::ErrorKind::BrokenPipe,
             Error::TooLarge { .. } | Error::Setup(_) => io::ErrorKind::InvalidInput,
             Error::Corrupt(_) => io::ErrorKind::InvalidData,
-            Error::Memory(_) => io::ErrorKind::Other,
+            Error::Held { .. } | Error::Memory(_) => io::ErrorKind::Other,
         }
     }
 }

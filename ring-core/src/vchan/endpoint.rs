@@ -98,6 +98,9 @@ pub struct Endpoint<M> {
     /// The byte we OR requests into (aimed at the peer), and our own byte.
     ask_peer: usize,
     own_notify: usize,
+    /// The consumer index of the ring we read as last published: bytes
+    /// between it and `rx.own` are held (read but not given back).
+    released: u32,
     closed: bool,
     poisoned: Option<Corrupt>,
 }
@@ -353,6 +356,7 @@ impl<M: SharedMem> Endpoint<M> {
             peer_live,
             ask_peer,
             own_notify,
+            released: rx_own,
             closed: false,
             poisoned: None,
         })
@@ -419,13 +423,13 @@ impl<M: SharedMem> Endpoint<M> {
 
     /// Reloads the producer index of the ring we read and returns the bytes
     /// available. The peer's index may only move forward, to at most one
-    /// full ring ahead of our consumer index.
+    /// full ring ahead of the consumer index it can see (held bytes are
+    /// still its to wait for).
     fn refresh_rx(&mut self) -> Result<u32, Error> {
         let prod = self.ctrl.load_u32(self.rx.peer_at)?;
         let moved = prod.wrapping_sub(self.rx.peer);
         let room = self
-            .rx
-            .own
+            .released
             .wrapping_add(self.rx.size)
             .wrapping_sub(self.rx.peer);
         if moved > room {
@@ -467,25 +471,48 @@ impl<M: SharedMem> Endpoint<M> {
         self.refresh_tx()
     }
 
+    /// Bytes read with [`read_held`](Self::read_held) or
+    /// [`recv_held`](Self::recv_held) and not yet given back to the writer.
+    pub fn held(&self) -> usize {
+        self.rx.own.wrapping_sub(self.released) as usize
+    }
+
     /// Arms `bits` in the byte aimed at the peer, then fences so the
     /// re-check that follows cannot be ordered before the request.
+    ///
+    /// Every wait goes through here, so this is where held bytes are
+    /// refused: a caller told to sleep must not owe the peer space (and
+    /// with it, perhaps, a kick it could not be told about).
     fn arm(&self, bits: NotifyBits) -> Result<(), Error> {
+        match self.held() {
+            0 => {}
+            len => return Err(Error::Held { len }),
+        }
         self.ctrl.fetch_or_u8(self.ask_peer, bits.bits())?;
         self.ctrl.fence();
         Ok(())
     }
 
-    /// After publishing an index: fence, then test-and-clear `bits` in our
-    /// own notify byte. True if the peer asked to be kicked.
+    /// After publishing one or both indices: fence, then test-and-clear
+    /// `bits` in our own notify byte. True if the peer asked to be kicked.
     fn peer_asked(&self, bits: NotifyBits) -> Result<bool, Error> {
         self.ctrl.fence();
         // A plain load first keeps the locked RMW off the fast path; if the
-        // bit is clear now, the peer's re-check will see our index.
-        if self.ctrl.load_u8(self.own_notify)? & bits.bits() == 0 {
+        // bits are clear now, the peer's re-check will see our index.
+        let asked = self.ctrl.load_u8(self.own_notify)? & bits.bits();
+        if asked == 0 {
             return Ok(false);
         }
-        let old = self.ctrl.fetch_and_u8(self.own_notify, !bits.bits())?;
+        let old = self.ctrl.fetch_and_u8(self.own_notify, !asked)?;
         Ok(old & bits.bits() != 0)
+    }
+
+    /// Publishes our consumer index, giving every held byte back. The
+    /// caller fences and checks the `READ` request afterwards.
+    fn publish_rx(&mut self) -> Result<(), Error> {
+        self.ctrl.store_u32(self.rx.own_at, self.rx.own)?;
+        self.released = self.rx.own;
+        Ok(())
     }
 
     /// Bytes readable now, without arming anything.
@@ -555,12 +582,21 @@ impl<M: SharedMem> Endpoint<M> {
         Ok(if avail >= need { avail } else { 0 })
     }
 
-    fn finish_read(&mut self, buf: &mut [u8]) -> Result<Transfer, Error> {
+    /// Copies `buf.len()` readable bytes out and counts them as read (held
+    /// until published).
+    fn copy_out(&mut self, buf: &mut [u8]) -> Result<(), Error> {
         let pos = self.rx.position(self.rx.own);
         self.rx.region.read(&self.rx.mem, pos, buf)?;
-        // Release: our copy-out completes before the peer sees the space.
         self.rx.own = self.rx.own.wrapping_add(buf.len() as u32);
-        self.ctrl.store_u32(self.rx.own_at, self.rx.own)?;
+        Ok(())
+    }
+
+    /// Copies `buf.len()` readable bytes out and gives them (and any held
+    /// before) back to the writer.
+    fn finish_read(&mut self, buf: &mut [u8]) -> Result<Transfer, Error> {
+        self.copy_out(buf)?;
+        // Release: our copy-out completes before the peer sees the space.
+        self.publish_rx()?;
         let notify = self.peer_asked(NotifyBits::READ)?;
         Ok(Transfer {
             len: buf.len(),
@@ -568,9 +604,16 @@ impl<M: SharedMem> Endpoint<M> {
         })
     }
 
+    /// Copies `buf` in and publishes it, together with any held reads:
+    /// both indices under one fence, one check of both requests.
     fn finish_write(&mut self, buf: &[u8]) -> Result<Transfer, Error> {
         let pos = self.tx.position(self.tx.own);
         self.tx.region.write(&self.tx.mem, pos, buf)?;
+        let mut asks = NotifyBits::WRITE;
+        if self.held() > 0 {
+            self.publish_rx()?;
+            asks |= NotifyBits::READ;
+        }
         // Release: the bytes are in place before the peer sees the index.
         self.tx.own = self.tx.own.wrapping_add(buf.len() as u32);
         self.ctrl.store_u32(self.tx.own_at, self.tx.own)?;
@@ -582,7 +625,7 @@ impl<M: SharedMem> Endpoint<M> {
             self.tx.position(self.tx.own),
             free as usize,
         );
-        let notify = self.peer_asked(NotifyBits::WRITE)?;
+        let notify = self.peer_asked(asks)?;
         Ok(Transfer {
             len: buf.len(),
             notify,
@@ -630,6 +673,102 @@ impl<M: SharedMem> Endpoint<M> {
             0 => Err(Error::Closed),
             _ => self.finish_read(buf),
         }
+    }
+
+    /// Counts readable bytes, looking for `want` (`exact`: all of them,
+    /// else at least one) without arming anything. Fewer than that is
+    /// `Closed` once the peer has closed.
+    fn peek_data(&mut self, want: usize, exact: bool) -> Result<usize, Error> {
+        let need = if exact { want } else { 1 };
+        let avail = self.readable(want)? as usize;
+        if avail >= need || self.peer_live()? != Live::Closed {
+            return Ok(avail);
+        }
+        // As in `wait_data`: look once more after seeing the close.
+        let avail = self.refresh_rx()? as usize;
+        if avail >= need {
+            return Ok(avail);
+        }
+        Err(Error::Closed)
+    }
+
+    /// Stream read that holds the space: copies up to `buf.len()` bytes
+    /// like [`read`](Self::read), but leaves them counted as used, so the
+    /// writer does not see the space yet. Never arms anything.
+    ///
+    /// Holding saves the fence and the shared-line write that giving space
+    /// back costs: many held reads can be given back with one
+    /// [`release`](Self::release), and a request read with
+    /// [`recv_held`](Self::recv_held) is given back by the
+    /// [`write`](Self::write) or [`send`](Self::send) of its reply, under
+    /// that call's fence. While bytes are held, a call that would have to
+    /// arm a wake-up returns [`Error::Held`]; `read`, `recv`, `write`,
+    /// `send`, `release` and `close` give them back.
+    ///
+    /// Returns the bytes read; `Ok(0)` when none are there now.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] when the peer closed and everything it wrote has
+    /// been read (or after our own close); [`Error::Corrupt`] if the peer
+    /// broke the protocol.
+    pub fn read_held(&mut self, buf: &mut [u8]) -> Result<usize, Error> {
+        self.usable()?;
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let want = buf.len().min(self.rx.size as usize);
+        let n = self.peek_data(want, false)?.min(want);
+        match buf.get_mut(..n) {
+            Some(dst) if n > 0 => {
+                self.copy_out(dst)?;
+                Ok(n)
+            }
+            _ => Ok(0),
+        }
+    }
+
+    /// Packet receive that holds the space: fills all of `buf` or nothing,
+    /// like [`recv`](Self::recv), without giving the bytes back (see
+    /// [`read_held`](Self::read_held)). Never arms anything.
+    ///
+    /// Returns `true` if `buf` was filled, `false` if fewer bytes are there
+    /// now.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TooLarge`] if `buf` is larger than the ring;
+    /// [`Error::Closed`] if the peer closed with fewer bytes left.
+    pub fn recv_held(&mut self, buf: &mut [u8]) -> Result<bool, Error> {
+        self.usable()?;
+        fits_ring(buf.len(), self.rx.size)?;
+        if buf.is_empty() {
+            return Ok(true);
+        }
+        if self.peek_data(buf.len(), true)? < buf.len() {
+            return Ok(false);
+        }
+        self.copy_out(buf)?;
+        Ok(true)
+    }
+
+    /// Gives every held byte back to the writer: publishes our consumer
+    /// index, fences, and says in [`Transfer::notify`] whether the writer
+    /// asked to be kicked. `len` is the number of bytes given back.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Corrupt`] on a poisoned endpoint, [`Error::Closed`] after
+    /// our own close (which gave them back already).
+    pub fn release(&mut self) -> Result<Transfer, Error> {
+        self.usable()?;
+        let len = self.held();
+        if len == 0 {
+            return Ok(Transfer::NOTHING);
+        }
+        self.publish_rx()?;
+        let notify = self.peer_asked(NotifyBits::READ)?;
+        Ok(Transfer { len, notify })
     }
 
     /// Finds room for `want` bytes (`exact`: all, else at least one).
@@ -707,6 +846,11 @@ impl<M: SharedMem> Endpoint<M> {
             return Ok(Transfer::NOTHING);
         }
         self.closed = true;
+        // Held bytes go back first: a writer may be waiting for them, and
+        // the kick below wakes it whatever it waits for.
+        if self.held() > 0 {
+            self.publish_rx()?;
+        }
         self.ctrl.store_u8(self.own_live, Live::Closed as u8)?;
         self.ctrl.fence();
         Ok(Transfer {

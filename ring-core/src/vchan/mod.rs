@@ -28,6 +28,20 @@
 //! the peer if it was set. See [`signal`](crate::signal) for why this loses
 //! no wake-ups.
 //!
+//! # What a wake-up check costs, and holding reads
+//!
+//! The check after each publish needs a full fence, and the fence waits
+//! until the index store has taken the control line from the peer's cache.
+//! Both rings' indices share that one line, so a reader that gives space
+//! back after every read and then writes a reply pays two such waits per
+//! exchange. [`Endpoint::read_held`] and [`Endpoint::recv_held`] read
+//! without giving the space back; the next [`write`](Endpoint::write) or
+//! [`send`](Endpoint::send) publishes both indices under its one fence (a
+//! request and its reply), or [`Endpoint::release`] publishes many held
+//! reads at once (a batching consumer). Held bytes are never left behind
+//! a wait: while any are held, a call that would arm a wake-up returns
+//! [`Error::Held`] instead, so nobody sleeps owing the peer space.
+//!
 //! # How this implementation treats the peer
 //!
 //! Everything in shared memory is hostile input. Both orders and our own
@@ -205,6 +219,14 @@ pub enum Error {
         /// The ring's size.
         capacity: usize,
     },
+    /// The call would have to arm a wake-up request, but read bytes are
+    /// still held (see [`Endpoint::read_held`]): a peer writer waiting for
+    /// that space could then sleep as long as we do. Give them back with
+    /// [`Endpoint::release`] (kicking the peer if it says so), then retry.
+    Held {
+        /// Bytes read and not yet given back.
+        len: usize,
+    },
     /// The peer broke the protocol; the endpoint is poisoned.
     Corrupt(Corrupt),
     /// Set-up failed.
@@ -239,6 +261,10 @@ impl fmt::Display for Error {
             Error::TooLarge { len, capacity } => {
                 write!(f, "packet of {len} bytes exceeds the {capacity}-byte ring")
             }
+            Error::Held { len } => write!(
+                f,
+                "{len} read bytes are still held: release them before waiting"
+            ),
             Error::Corrupt(c) => c.fmt(f),
             Error::Setup(e) => e.fmt(f),
             Error::Memory(e) => e.fmt(f),
@@ -252,7 +278,7 @@ impl embedded_io::Error for Error {
     fn kind(&self) -> embedded_io::ErrorKind {
         use embedded_io::ErrorKind;
         match self {
-            Error::WouldBlock => ErrorKind::Other,
+            Error::WouldBlock | Error::Held { .. } => ErrorKind::Other,
             Error::Closed => ErrorKind::BrokenPipe,
             Error::TooLarge { .. } => ErrorKind::InvalidInput,
             Error::Corrupt(_) => ErrorKind::InvalidData,

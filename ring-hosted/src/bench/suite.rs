@@ -72,6 +72,11 @@ pub fn groups(sel: Selection) -> Vec<Group<'static>> {
         job(VmbusStream, 64, 65536).batched(16),
         t,
     ));
+    let held = g.add(Contender::job(
+        "vchan stream, reader holds up to 16 reads",
+        job(VchanStream, 64, 16).batched(16),
+        t,
+    ));
     g.add(Contender::job(
         "vchan stream, polling by re-trying read/write",
         job(VchanStream, 64, 16).retry(),
@@ -86,6 +91,11 @@ pub fn groups(sel: Selection) -> Vec<Group<'static>> {
     g.add(Contender::job("pipe", job(PipeStream, 64, 0), t));
     g.checks.push(Check::Ratio {
         a: vchan,
+        b: rtrb,
+        bound: 1.0,
+    });
+    g.checks.push(Check::Ratio {
+        a: held,
         b: rtrb,
         bound: 1.0,
     });
@@ -194,6 +204,11 @@ pub fn groups(sel: Selection) -> Vec<Group<'static>> {
         ));
         let v = g.add(Contender::job("vchan", job(VchanPing, 64, 12), place));
         let m = g.add(Contender::job("VMBus", job(VmbusPing, 64, 65536), place));
+        let vh = g.add(Contender::job(
+            "vchan, the reply gives the request back (recv_held)",
+            job(VchanPing, 64, 12).batched(2),
+            place,
+        ));
         g.add(Contender::job(
             "vchan, polling by re-trying recv",
             job(VchanPing, 64, 12).retry(),
@@ -217,11 +232,17 @@ pub fn groups(sel: Selection) -> Vec<Group<'static>> {
             bound: 2.0,
         });
         g.checks.push(Check::Ratio {
+            a: vh,
+            b: line,
+            bound: 2.0,
+        });
+        g.checks.push(Check::Ratio {
             a: m,
             b: line,
             bound: 2.0,
         });
         g.checks.push(Check::QuietDataPath { a: v });
+        g.checks.push(Check::QuietDataPath { a: vh });
         gs.push(g);
 
         let mut g = Group::new(

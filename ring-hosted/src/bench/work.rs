@@ -394,6 +394,9 @@ fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
 
+/// How long a polling side waits for its peer before giving up.
+const POLL_STALL: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A side's waiting and kicking, with counts.
 ///
 /// In [`Mode::Event`] a side first spins on a readiness check that arms
@@ -418,22 +421,47 @@ impl<'a> Waiter<'a> {
         }
     }
 
-    /// Event mode: spins (up to the budget) until `ready` says so. Returns
-    /// the last answer (true in poll mode, which does not check).
+    /// Spins on `ready`, a check that arms nothing: until it says so (poll
+    /// mode), or up to the spin budget (event mode). Re-trying modes do not
+    /// check: they go straight to the ring operation. Returns the last
+    /// answer (true when not checked).
+    ///
+    /// # Errors
+    ///
+    /// `ready`'s errors; in poll mode, a peer that shows no progress for
+    /// [`POLL_STALL`] (so a dead peer ends the run instead of hanging it).
     fn spin_until(
         &mut self,
         mut ready: impl FnMut() -> Result<bool, String>,
     ) -> Result<bool, String> {
-        let Mode::Event { spin } = self.mode else {
-            return Ok(true);
-        };
-        for _ in 0..spin {
-            if ready()? {
-                return Ok(true);
+        match self.mode {
+            Mode::Retry | Mode::RetryKick => Ok(true),
+            Mode::Event { spin } => {
+                for _ in 0..spin {
+                    if ready()? {
+                        return Ok(true);
+                    }
+                    std::hint::spin_loop();
+                }
+                ready()
             }
-            std::hint::spin_loop();
+            Mode::Poll => {
+                let mut since: Option<Instant> = None;
+                for round in 0u64.. {
+                    if ready()? {
+                        return Ok(true);
+                    }
+                    std::hint::spin_loop();
+                    if round % 65_536 == 65_535 {
+                        let start = *since.get_or_insert_with(Instant::now);
+                        if start.elapsed() > POLL_STALL {
+                            return Err("peer made no progress while polled".into());
+                        }
+                    }
+                }
+                Ok(false)
+            }
         }
-        ready()
     }
 
     /// The ring operation would block (its request is armed and the ring
@@ -685,25 +713,16 @@ pub fn drive(job: &Job, wire: &Wire, link: &mut dyn Link) -> Result<Sample, Stri
         }
         Kind::VchanPing => {
             let ep = vchan_ep.as_mut().ok_or("no endpoint")?;
+            let hold = job.batch > 1;
             for _ in 0..job.ops {
                 let s = Instant::now();
-                loop {
-                    match ep.send(&buf) {
-                        Ok(t) => break w.moved(t.notify)?,
-                        Err(vchan::Error::WouldBlock) => w.blocked()?,
-                        Err(e) => return Err(e.to_string()),
-                    }
-                }
+                vchan_send(ep, &buf, &mut w)?;
                 w.spin_until(|| Ok(ep.data_ready().map_err(err)? >= chunk))?;
-                loop {
-                    match ep.recv(&mut back) {
-                        Ok(t) => break w.moved(t.notify)?,
-                        Err(vchan::Error::WouldBlock) => w.blocked()?,
-                        Err(e) => return Err(e.to_string()),
-                    }
-                }
+                vchan_recv(ep, &mut back, hold, &mut w)?;
                 sample.rtt.push(s.elapsed().as_nanos() as u64);
             }
+            let t = ep.release().map_err(err)?;
+            w.moved(t.notify)?;
         }
         Kind::VmbusPing => {
             let (inc, out) = vmbus_pair.as_mut().ok_or("no rings")?;
@@ -722,6 +741,89 @@ pub fn drive(job: &Job, wire: &Wire, link: &mut dyn Link) -> Result<Sample, Stri
     sample.elapsed = t0.elapsed();
     sample.a = a;
     Ok(sample)
+}
+
+/// Sends one message; a send that finds the ring full while reads are
+/// held gives them back first.
+fn vchan_send<M: SharedMem>(
+    ep: &mut vchan::Endpoint<M>,
+    buf: &[u8],
+    w: &mut Waiter<'_>,
+) -> Result<(), String> {
+    loop {
+        match ep.send(buf) {
+            Ok(t) => return w.moved(t.notify),
+            Err(vchan::Error::WouldBlock) => w.blocked()?,
+            Err(vchan::Error::Held { .. }) => {
+                let t = ep.release().map_err(err)?;
+                w.moved(t.notify)?;
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// Receives one message, holding its space when `hold` (the next send
+/// gives it back).
+fn vchan_recv<M: SharedMem>(
+    ep: &mut vchan::Endpoint<M>,
+    buf: &mut [u8],
+    hold: bool,
+    w: &mut Waiter<'_>,
+) -> Result<(), String> {
+    loop {
+        if hold {
+            if ep.recv_held(buf).map_err(err)? {
+                return Ok(());
+            }
+            // Not all there: give the space back, then wait as usual.
+            let t = ep.release().map_err(err)?;
+            w.moved(t.notify)?;
+        }
+        match ep.recv(buf) {
+            Ok(t) => return w.moved(t.notify),
+            Err(vchan::Error::WouldBlock) => w.blocked()?,
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// Reads `bytes` in reads of up to `chunk`, holding the space and giving
+/// it back once `batch` chunks are held or the ring runs dry (before any
+/// wait, as the endpoint requires).
+fn vchan_read_held<M: SharedMem>(
+    ep: &mut vchan::Endpoint<M>,
+    bytes: u64,
+    chunk: usize,
+    batch: u32,
+    buf: &mut [u8],
+    w: &mut Waiter<'_>,
+) -> Result<(), String> {
+    let keep = chunk.saturating_mul(batch as usize);
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(chunk as u64) as usize;
+        let got = ep
+            .read_held(buf.get_mut(..n).unwrap_or_default())
+            .map_err(err)?;
+        if got > 0 {
+            left -= got as u64;
+            if ep.held() >= keep {
+                let t = ep.release().map_err(err)?;
+                w.moved(t.notify)?;
+            }
+            continue;
+        }
+        let t = ep.release().map_err(err)?;
+        w.moved(t.notify)?;
+        if !w.spin_until(|| Ok(ep.data_ready().map_err(err)? > 0))?
+            && ep.arm_readable(1).map_err(err)? == vchan::Readiness::Armed
+        {
+            w.blocked()?;
+        }
+    }
+    let t = ep.release().map_err(err)?;
+    w.moved(t.notify)
 }
 
 fn vmbus_send<M: SharedMem>(
@@ -942,6 +1044,10 @@ pub fn serve(
                 left -= n;
             }
         }
+        Kind::VchanStream if job.batch > 1 => {
+            let ep = vchan_ep.as_mut().ok_or("no endpoint")?;
+            vchan_read_held(ep, bytes, chunk, job.batch, &mut buf, &mut w)?;
+        }
         Kind::VchanStream => {
             let ep = vchan_ep.as_mut().ok_or("no endpoint")?;
             let mut left = bytes;
@@ -1044,23 +1150,16 @@ pub fn serve(
         }
         Kind::VchanPing => {
             let ep = vchan_ep.as_mut().ok_or("no endpoint")?;
+            // batch > 1: hold the request and let the reply give it back,
+            // under the reply's fence.
+            let hold = job.batch > 1;
             for _ in 0..job.ops {
                 w.spin_until(|| Ok(ep.data_ready().map_err(err)? >= chunk))?;
-                loop {
-                    match ep.recv(&mut buf) {
-                        Ok(t) => break w.moved(t.notify)?,
-                        Err(vchan::Error::WouldBlock) => w.blocked()?,
-                        Err(e) => return Err(e.to_string()),
-                    }
-                }
-                loop {
-                    match ep.send(&buf) {
-                        Ok(t) => break w.moved(t.notify)?,
-                        Err(vchan::Error::WouldBlock) => w.blocked()?,
-                        Err(e) => return Err(e.to_string()),
-                    }
-                }
+                vchan_recv(ep, &mut buf, hold, &mut w)?;
+                vchan_send(ep, &buf, &mut w)?;
             }
+            let t = ep.release().map_err(err)?;
+            w.moved(t.notify)?;
         }
         Kind::VmbusPing => {
             let (inc, out) = vmbus_pair.as_mut().ok_or("no rings")?;

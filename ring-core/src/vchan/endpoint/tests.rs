@@ -398,3 +398,136 @@ fn empty_buffers_do_nothing() {
         })
     );
 }
+
+#[test]
+fn held_reads_keep_the_space_until_released() {
+    let w = words(4096);
+    let (mut server, mut client) = pair_at(&w, 10, 11, 0);
+    let mem = *server.control();
+    // The client fills the 1 KiB left ring and would block, READ armed.
+    assert_eq!(client.write(&[7; 1024]).unwrap().len, 1024);
+    assert_eq!(client.write(&[7; 1]), Err(Error::WouldBlock));
+    let mut buf = [0u8; 100];
+    assert_eq!(server.read_held(&mut buf), Ok(100));
+    assert_eq!(buf, [7; 100]);
+    assert_eq!(server.held(), 100);
+    // Nothing published: the writer still sees a full ring.
+    assert_eq!(mem.load_u32(LEFT_CONS).unwrap(), 0);
+    assert_eq!(client.buffer_space(), Ok(0));
+    // More held reads add up; the release gives all back and owes the
+    // waiting writer its kick.
+    assert_eq!(server.read_held(&mut buf[..50]), Ok(50));
+    assert_eq!(
+        server.release(),
+        Ok(Transfer {
+            len: 150,
+            notify: true
+        })
+    );
+    assert_eq!(mem.load_u32(LEFT_CONS).unwrap(), 150);
+    assert_eq!(server.held(), 0);
+    assert_eq!(client.buffer_space(), Ok(150));
+    assert_eq!(server.release(), Ok(Transfer::NOTHING));
+}
+
+#[test]
+fn held_bytes_refuse_every_wait() {
+    let w = words(4096);
+    let (mut server, mut client) = pair_at(&w, 10, 11, 0);
+    let mem = *server.control();
+    let _ = client.write(b"request").unwrap();
+    assert_eq!(server.write(&[1; 2048]).unwrap().len, 2048);
+    assert_eq!(server.recv_held(&mut [0; 7]), Ok(true));
+    let before = (
+        mem.load_u8(CLI_NOTIFY).unwrap(),
+        mem.load_u8(SRV_NOTIFY).unwrap(),
+    );
+    let held = Err(Error::Held { len: 7 });
+    // The ring is empty now: every call that would arm refuses instead.
+    assert_eq!(server.read(&mut [0; 4]), held.map(|()| Transfer::NOTHING));
+    assert_eq!(server.recv(&mut [0; 4]), held.map(|()| Transfer::NOTHING));
+    assert_eq!(server.arm_readable(1), held.map(|()| Readiness::Ready));
+    assert_eq!(server.write(b"x"), held.map(|()| Transfer::NOTHING));
+    assert_eq!(server.arm_writable(1), held.map(|()| Readiness::Ready));
+    // Nothing was armed on the way.
+    assert_eq!(
+        (
+            mem.load_u8(CLI_NOTIFY).unwrap(),
+            mem.load_u8(SRV_NOTIFY).unwrap()
+        ),
+        before
+    );
+    // Non-arming calls still answer; held calls find nothing.
+    assert_eq!(server.data_ready(), Ok(0));
+    assert_eq!(server.read_held(&mut [0; 4]), Ok(0));
+    assert_eq!(server.recv_held(&mut [0; 4]), Ok(false));
+    // A read that completes gives the held bytes back with its own.
+    let _ = client.write(b"more").unwrap();
+    let t = server.read(&mut [0; 4]).unwrap();
+    assert_eq!(t.len, 4);
+    assert_eq!(server.held(), 0);
+    assert_eq!(mem.load_u32(LEFT_CONS).unwrap(), 11);
+    assert_eq!(server.read(&mut [0; 4]), Err(Error::WouldBlock));
+}
+
+#[test]
+fn a_reply_gives_the_request_back_under_one_fence() {
+    let w = words(4096);
+    let (mut server, mut client) = pair_at(&w, 10, 11, 0);
+    let mem = *server.control();
+    // The client fills its ring (READ armed) and waits for the reply
+    // (WRITE armed).
+    let _ = client.write(&[3; 1024]).unwrap();
+    assert_eq!(client.write(b"x"), Err(Error::WouldBlock));
+    assert_eq!(client.read(&mut [0; 8]), Err(Error::WouldBlock));
+    let mut request = [0u8; 64];
+    assert_eq!(server.recv_held(&mut request), Ok(true));
+    // One send publishes both indices and owes one kick for both asks.
+    let t = server.send(b"reply").unwrap();
+    assert_eq!((t.len, t.notify), (5, true));
+    assert_eq!(server.held(), 0);
+    assert_eq!(mem.load_u32(LEFT_CONS).unwrap(), 64);
+    assert_eq!(mem.load_u32(RIGHT_PROD).unwrap(), 5);
+    assert_eq!(mem.load_u8(SRV_NOTIFY).unwrap(), 0, "both asks cleared");
+    assert_eq!(client.buffer_space(), Ok(64));
+    let mut reply = [0u8; 5];
+    assert_eq!(client.recv(&mut reply).unwrap().len, 5);
+    assert_eq!(&reply, b"reply");
+    // Only the write was asked for this time: still one kick.
+    assert_eq!(server.recv_held(&mut request), Ok(true));
+    assert_eq!(server.arm_readable(1024), Err(Error::Held { len: 64 }));
+    assert_eq!(client.read(&mut [0; 8]), Err(Error::WouldBlock));
+    let t = server.send(b"again").unwrap();
+    assert!(t.notify);
+    assert_eq!(mem.load_u32(LEFT_CONS).unwrap(), 128);
+}
+
+#[test]
+fn held_reads_end_at_eof_and_close_gives_them_back() {
+    let w = words(4096);
+    let (mut server, mut client) = pair_at(&w, 10, 11, 0);
+    let mem = *server.control();
+    let _ = client.write(&[9; 10]).unwrap();
+    let _ = client.close().unwrap();
+    assert_eq!(server.recv_held(&mut [0; 11]), Err(Error::Closed));
+    assert_eq!(server.read_held(&mut [0; 6]), Ok(6));
+    assert_eq!(server.recv_held(&mut [0; 4]), Ok(true));
+    assert_eq!(server.read_held(&mut [0; 4]), Err(Error::Closed));
+    assert_eq!(mem.load_u32(LEFT_CONS).unwrap(), 0);
+    assert!(server.close().unwrap().notify);
+    assert_eq!(mem.load_u32(LEFT_CONS).unwrap(), 10, "close released");
+    assert_eq!(server.release(), Err(Error::Closed));
+}
+
+#[test]
+fn a_writer_may_not_overrun_held_bytes() {
+    let w = words(4096);
+    let (mut server, mut client) = pair_at(&w, 10, 11, 0);
+    let mem = *server.control();
+    let _ = client.write(&[1; 1024]).unwrap();
+    assert_eq!(server.read_held(&mut [0; 100]), Ok(100));
+    // A full ring past what the writer can see as released: corrupt, even
+    // though it is within a ring of what we have read.
+    mem.store_u32(LEFT_PROD, 1100).unwrap();
+    assert!(matches!(server.data_ready(), Err(Error::Corrupt(_))));
+}
