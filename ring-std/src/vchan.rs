@@ -67,6 +67,10 @@ where
         self.inner.write(buf).map_err(io_error)
     }
 
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.inner.write_vectored(bufs).map_err(io_error)
+    }
+
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
@@ -136,6 +140,32 @@ mod tests {
             server.write(b"x").unwrap_err().kind(),
             io::ErrorKind::BrokenPipe
         );
+    }
+
+    #[test]
+    fn vectored_writes_arrive_in_order() {
+        let (mut server, mut client) = pair(0, 0).unwrap();
+        let writer = std::thread::spawn(move || {
+            for i in 0..10_000u32 {
+                let head = i.to_le_bytes();
+                let body = [(i % 251) as u8; 60];
+                let mut bufs = [io::IoSlice::new(&head), io::IoSlice::new(&body)];
+                let mut bufs = &mut bufs[..];
+                while !bufs.is_empty() {
+                    let n = client.write_vectored(bufs).unwrap();
+                    io::IoSlice::advance_slices(&mut bufs, n);
+                }
+            }
+            client.close().unwrap();
+        });
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).unwrap();
+        writer.join().unwrap();
+        assert_eq!(got.len(), 10_000 * 64);
+        for (i, msg) in got.chunks(64).enumerate() {
+            assert_eq!(msg[..4], (i as u32).to_le_bytes());
+            assert!(msg[4..].iter().all(|&b| b == (i % 251) as u8));
+        }
     }
 
     #[test]

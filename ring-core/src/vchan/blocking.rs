@@ -93,6 +93,24 @@ impl<M: SharedMem, S: Signal> Blocking<M, S> {
         self.retry(|ep| ep.write(buf))
     }
 
+    /// Writes at least one byte of `bufs`, gathered in order under one
+    /// publish (all of them if they fit); see [`Endpoint::write_vectored`].
+    pub fn write_vectored<B: core::ops::Deref<Target = [u8]>>(
+        &mut self,
+        bufs: &[B],
+    ) -> Result<usize, BlockingError<S::Error>> {
+        self.retry(|ep| ep.write_vectored(bufs))
+    }
+
+    /// Sends `bufs` as one packet (all or nothing); see
+    /// [`Endpoint::send_vectored`].
+    pub fn send_vectored<B: core::ops::Deref<Target = [u8]>>(
+        &mut self,
+        bufs: &[B],
+    ) -> Result<(), BlockingError<S::Error>> {
+        self.retry(|ep| ep.send_vectored(bufs)).map(drop)
+    }
+
     /// Writes all of `buf`, in as many pieces as the ring needs.
     pub fn write_all(&mut self, mut buf: &[u8]) -> Result<(), BlockingError<S::Error>> {
         while !buf.is_empty() {

@@ -72,8 +72,13 @@ pub fn groups(sel: Selection) -> Vec<Group<'static>> {
         job(VmbusStream, 64, 65536).batched(16),
         t,
     ));
+    g.add(Contender::job(
+        "rtrb, 16 chunks per commit",
+        job(RtrbStream, 64, 65536).batched(16),
+        t,
+    ));
     let held = g.add(Contender::job(
-        "vchan stream, reader holds up to 16 reads",
+        "vchan stream, 16 per publish (write_vectored, read_held)",
         job(VchanStream, 64, 16).batched(16),
         t,
     ));

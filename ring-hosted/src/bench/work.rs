@@ -128,7 +128,9 @@ pub struct Job {
     pub chunk: u32,
     /// vchan order, VMBus data bytes, or rtrb capacity.
     pub ring: u32,
-    /// Packets per commit (VMBus).
+    /// Packets per commit (VMBus); for vchan streams, chunks gathered per
+    /// write and reads held per release; for vchan round trips, > 1 holds
+    /// each request until its reply gives it back.
     pub batch: u32,
     /// How ring sides wait.
     pub mode: Mode,
@@ -619,6 +621,8 @@ pub fn drive(job: &Job, wire: &Wire, link: &mut dyn Link) -> Result<Sample, Stri
             // Free bytes as last seen, less what we wrote since: when it
             // runs out, spin on the (non-arming) space check first.
             let mut room = 0usize;
+            // batch > 1: gather that many chunks per write (one publish).
+            let parts = vec![&buf[..]; job.batch as usize];
             while left > 0 {
                 let n = left.min(chunk as u64) as usize;
                 if room < n {
@@ -627,7 +631,13 @@ pub fn drive(job: &Job, wire: &Wire, link: &mut dyn Link) -> Result<Sample, Stri
                         Ok(room >= n)
                     })?;
                 }
-                match ep.write(buf.get(..n).unwrap_or_default()) {
+                let sent = if parts.len() > 1 {
+                    let k = (left.div_ceil(chunk as u64) as usize).min(parts.len());
+                    ep.write_vectored(parts.get(..k).unwrap_or_default())
+                } else {
+                    ep.write(buf.get(..n).unwrap_or_default())
+                };
+                match sent {
                     Ok(t) => {
                         left -= t.len as u64;
                         room = room.saturating_sub(t.len);
@@ -878,14 +888,20 @@ fn rtrb_stream(
     let t0 = Instant::now();
     let total = sample.bytes as usize;
     let mut sent = 0usize;
+    // batch > 1: up to that many chunks per commit.
+    let most = buf.len().saturating_mul(job.batch as usize);
     while sent < total {
-        let want = (total - sent).min(buf.len()).min(tx.slots());
+        let want = (total - sent).min(most).min(tx.slots());
         if want == 0 {
             std::hint::spin_loop();
             continue;
         }
         let chunk = tx.write_chunk_uninit(want).map_err(err)?;
-        sent += chunk.fill_from_iter(buf.iter().copied());
+        sent += if want <= buf.len() {
+            chunk.fill_from_iter(buf.iter().copied())
+        } else {
+            chunk.fill_from_iter(buf.iter().copied().cycle())
+        };
     }
     let a = meter.stop(SideStats::default());
     sample.b = link.finish()?;
@@ -1022,6 +1038,29 @@ pub fn serve(
                     return Err("stream ended early".into());
                 }
                 left -= got as u64;
+            }
+        }
+        Kind::RtrbStream if job.batch > 1 => {
+            // Up to `batch` chunks per commit, copied out chunk by chunk
+            // (the same work as `batch` reads).
+            let rx = rtrb_rx.as_mut().ok_or("no rtrb consumer")?;
+            let mut left = bytes as usize;
+            let most = chunk.saturating_mul(job.batch as usize);
+            while left > 0 {
+                let n = left.min(most).min(rx.slots());
+                if n == 0 {
+                    std::hint::spin_loop();
+                    continue;
+                }
+                let c = rx.read_chunk(n).map_err(err)?;
+                let (x, y) = c.as_slices();
+                for piece in x.chunks(chunk).chain(y.chunks(chunk)) {
+                    if let Some(dst) = buf.get_mut(..piece.len()) {
+                        dst.copy_from_slice(piece);
+                    }
+                }
+                c.commit_all();
+                left -= n;
             }
         }
         Kind::RtrbStream => {

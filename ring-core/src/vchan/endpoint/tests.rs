@@ -531,3 +531,55 @@ fn a_writer_may_not_overrun_held_bytes() {
     mem.store_u32(LEFT_PROD, 1100).unwrap();
     assert!(matches!(server.data_ready(), Err(Error::Corrupt(_))));
 }
+
+#[test]
+fn vectored_writes_gather_in_order_under_one_publish() {
+    let w = words(4096);
+    // Start near the wrap so the gathered bytes cross the ring's end.
+    let (mut server, mut client) = pair_at(&w, 10, 11, 1000);
+    let mem = *server.control();
+    let _ = client.write(&[0; 1000]).unwrap();
+    assert_eq!(server.read(&mut [0; 1000]).unwrap().len, 1000);
+    let parts: [&[u8]; 4] = [b"head", b"", b"-middle-", b"tail"];
+    let t = client.write_vectored(&parts).unwrap();
+    assert_eq!(t.len, 16);
+    assert_eq!(mem.load_u32(LEFT_PROD).unwrap(), 2016, "one index store");
+    let mut got = [0u8; 16];
+    assert_eq!(server.recv(&mut got).unwrap().len, 16);
+    assert_eq!(&got, b"head-middle-tail");
+    // A stream write takes what fits, stopping inside a buffer.
+    let big = [5u8; 1000];
+    let t = client.write_vectored(&[&big[..], &big[..]]).unwrap();
+    assert_eq!(t.len, 1024);
+    assert_eq!(client.write_vectored(&[&b"x"[..]]), Err(Error::WouldBlock));
+}
+
+#[test]
+fn vectored_sends_are_all_or_nothing() {
+    let w = words(4096);
+    let (mut server, mut client) = pair_at(&w, 10, 11, 0);
+    let header = [1u8; 24];
+    let payload = [2u8; 1000];
+    // 1024 bytes exactly: one packet.
+    let t = client.send_vectored(&[&header[..], &payload[..]]).unwrap();
+    assert_eq!(t.len, 1024);
+    assert_eq!(
+        client.send_vectored(&[&header[..], b"y"]),
+        Err(Error::WouldBlock)
+    );
+    let mut got = [0u8; 1024];
+    assert_eq!(server.recv(&mut got).unwrap().len, 1024);
+    assert_eq!(got[..24], header);
+    assert_eq!(got[24..], payload);
+    // Larger than the ring in total: never, not "later".
+    assert_eq!(
+        client.send_vectored(&[&payload[..], &payload[..25]]),
+        Err(Error::TooLarge {
+            len: 1025,
+            capacity: 1024
+        })
+    );
+    let none: [&[u8]; 2] = [b"", b""];
+    assert_eq!(client.send_vectored(&none), Ok(Transfer::NOTHING));
+    assert_eq!(client.write_vectored(&none), Ok(Transfer::NOTHING));
+}
