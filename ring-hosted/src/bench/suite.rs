@@ -67,6 +67,11 @@ pub fn groups(sel: Selection) -> Vec<Group<'static>> {
         job(VmbusStream, 64, 65536),
         t,
     ));
+    let vmbus_drain = g.add(Contender::job(
+        "VMBus in-band, unbatched, reader commits per drain (≤ 16)",
+        job(VmbusStream, 64, 65536).reader_batched(16),
+        t,
+    ));
     g.add(Contender::job(
         "VMBus in-band, batch 16",
         job(VmbusStream, 64, 65536).batched(16),
@@ -75,6 +80,11 @@ pub fn groups(sel: Selection) -> Vec<Group<'static>> {
     g.add(Contender::job(
         "rtrb, 16 chunks per commit",
         job(RtrbStream, 64, 65536).batched(16),
+        t,
+    ));
+    let reader_held = g.add(Contender::job(
+        "vchan stream, reader holds up to 16 reads",
+        job(VchanStream, 64, 16).reader_batched(16),
         t,
     ));
     let held = g.add(Contender::job(
@@ -100,12 +110,22 @@ pub fn groups(sel: Selection) -> Vec<Group<'static>> {
         bound: 1.0,
     });
     g.checks.push(Check::Ratio {
+        a: reader_held,
+        b: rtrb,
+        bound: 1.0,
+    });
+    g.checks.push(Check::Ratio {
         a: held,
         b: rtrb,
         bound: 1.0,
     });
     g.checks.push(Check::Ratio {
         a: vmbus,
+        b: rtrb,
+        bound: 0.8,
+    });
+    g.checks.push(Check::Ratio {
+        a: vmbus_drain,
         b: rtrb,
         bound: 0.8,
     });
@@ -220,8 +240,13 @@ pub fn groups(sel: Selection) -> Vec<Group<'static>> {
             place,
         ));
         g.add(Contender::job(
-            "VMBus, echo replies before committing its read",
+            "VMBus, reads committed after the next send (both sides)",
             job(VmbusPing, 64, 65536).batched(2),
+            place,
+        ));
+        let m16 = g.add(Contender::job(
+            "VMBus, reads committed every 16 (both sides)",
+            job(VmbusPing, 64, 65536).batched(16),
             place,
         ));
         if place == t {
@@ -243,6 +268,11 @@ pub fn groups(sel: Selection) -> Vec<Group<'static>> {
         });
         g.checks.push(Check::Ratio {
             a: m,
+            b: line,
+            bound: 2.0,
+        });
+        g.checks.push(Check::Ratio {
+            a: m16,
             b: line,
             bound: 2.0,
         });

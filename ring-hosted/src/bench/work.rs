@@ -132,6 +132,9 @@ pub struct Job {
     /// write and reads held per release; for vchan round trips, > 1 holds
     /// each request until its reply gives it back.
     pub batch: u32,
+    /// The reader's own batch (packets per read commit, reads held per
+    /// release) when it differs from `batch`; 0: the same.
+    pub read_batch: u32,
     /// How ring sides wait.
     pub mode: Mode,
     /// Chunks, packets or round trips.
@@ -146,6 +149,7 @@ impl Job {
             chunk,
             ring,
             batch: 1,
+            read_batch: 0,
             mode: Mode::Poll,
             ops: 0,
         }
@@ -175,6 +179,21 @@ impl Job {
         self
     }
 
+    /// The same job with the reader batching `batch` (the writer as
+    /// before).
+    pub fn reader_batched(mut self, batch: u32) -> Job {
+        self.read_batch = batch.max(1);
+        self
+    }
+
+    /// The reader's batch.
+    pub fn read_batch(&self) -> u32 {
+        match self.read_batch {
+            0 => self.batch,
+            n => n,
+        }
+    }
+
     /// Encodes the job for the process link.
     pub fn encode(&self) -> [u8; 32] {
         let mut b = [0u8; 32];
@@ -185,6 +204,8 @@ impl Job {
             Mode::Retry => (2, 0),
             Mode::RetryKick => (3, 0),
         };
+        // The mode takes two bits; the reader's batch rides above it.
+        let mode = mode | (self.read_batch.min(0xffff) << 16);
         let words = [kind, self.chunk, self.ring, self.batch, mode, spin];
         for (slot, w) in b.chunks_exact_mut(4).zip(words) {
             slot.copy_from_slice(&w.to_le_bytes());
@@ -209,7 +230,8 @@ impl Job {
             chunk: w(1),
             ring: w(2),
             batch: w(3),
-            mode: match w(4) {
+            read_batch: w(4) >> 16,
+            mode: match w(4) & 0xffff {
                 0 => Mode::Poll,
                 1 => Mode::Event { spin: w(5) },
                 2 => Mode::Retry,
@@ -737,12 +759,24 @@ pub fn drive(job: &Job, wire: &Wire, link: &mut dyn Link) -> Result<Sample, Stri
         Kind::VmbusPing => {
             let (inc, out) = vmbus_pair.as_mut().ok_or("no rings")?;
             let payload: [&[u8]; 1] = [&buf];
+            // batch > 1: publish reads after the next send, once `batch`
+            // - 1 are pending, as the echo does.
+            let deferred = job.batch > 1;
+            let mut pending = 0u32;
             for i in 0..job.ops {
                 let s = Instant::now();
                 vmbus_send(out, &OutgoingPacket::in_band(i, &payload), &mut w)?;
-                vmbus_recv(inc, &mut back, &mut w, true)?;
+                if deferred && pending + 1 >= job.batch {
+                    let t = inc.commit().map_err(err)?;
+                    pending = 0;
+                    w.moved(t.notify)?;
+                }
+                vmbus_recv(inc, &mut back, &mut w, !deferred)?;
+                pending += 1;
                 sample.rtt.push(s.elapsed().as_nanos() as u64);
             }
+            let t = inc.commit().map_err(err)?;
+            w.moved(t.notify)?;
         }
         Kind::Memcpy | Kind::RtrbStream | Kind::Custom | Kind::RtrbPing => {}
     }
@@ -1083,9 +1117,9 @@ pub fn serve(
                 left -= n;
             }
         }
-        Kind::VchanStream if job.batch > 1 => {
+        Kind::VchanStream if job.read_batch() > 1 => {
             let ep = vchan_ep.as_mut().ok_or("no endpoint")?;
-            vchan_read_held(ep, bytes, chunk, job.batch, &mut buf, &mut w)?;
+            vchan_read_held(ep, bytes, chunk, job.read_batch(), &mut buf, &mut w)?;
         }
         Kind::VchanStream => {
             let ep = vchan_ep.as_mut().ok_or("no endpoint")?;
@@ -1129,7 +1163,7 @@ pub fn serve(
                         p.read_payload(0, &mut buf).map_err(err)?;
                         got += 1;
                         pending += 1;
-                        if pending >= job.batch {
+                        if pending >= job.read_batch() {
                             let t = inc.commit().map_err(err)?;
                             pending = 0;
                             w.moved(t.notify)?;
@@ -1202,18 +1236,25 @@ pub fn serve(
         }
         Kind::VmbusPing => {
             let (inc, out) = vmbus_pair.as_mut().ok_or("no rings")?;
-            // batch > 1: reply first, then publish the read (takes the
-            // read-index store and its fence off the round trip).
+            // batch > 1: reply first, then publish the reads once `batch`
+            // - 1 are pending (takes the read-index store and its fence
+            // off the round trip, and the index's line out of the
+            // writer's way).
             let deferred = job.batch > 1;
+            let mut pending = 0u32;
             for i in 0..job.ops {
                 vmbus_recv(inc, &mut buf, &mut w, !deferred)?;
+                pending += 1;
                 let payload: [&[u8]; 1] = [&buf];
                 vmbus_send(out, &OutgoingPacket::in_band(i, &payload), &mut w)?;
-                if deferred {
+                if deferred && pending + 1 >= job.batch {
                     let t = inc.commit().map_err(err)?;
+                    pending = 0;
                     w.moved(t.notify)?;
                 }
             }
+            let t = inc.commit().map_err(err)?;
+            w.moved(t.notify)?;
         }
     }
     Ok(meter.stop(w.stats))
@@ -1230,6 +1271,14 @@ mod tests {
             ..Job::new(Kind::VmbusStream, 64, 65536).event(7).batched(16)
         };
         assert_eq!(Job::decode(&job.encode()), Some(job));
+        let job = Job {
+            ops: 9,
+            ..Job::new(Kind::VchanStream, 64, 16)
+                .retry_kick()
+                .reader_batched(16)
+        };
+        assert_eq!(Job::decode(&job.encode()), Some(job));
+        assert_eq!((job.batch, job.read_batch()), (1, 16));
         let s = SideStats {
             kicks: 3,
             sleeps: 4,
