@@ -436,7 +436,7 @@ fn judge(c: &Check, metric: Metric, o: &[Outcome]) -> (String, String, bool) {
             let x = o.get(a);
             let al = x.and_then(|x| x.allocs_per_op);
             let sc = x.and_then(|x| x.syscalls_per_op);
-            let fmt = |v: Option<f64>| v.map_or("not counted".to_string(), |v| format!("{v:.4}"));
+            let fmt = |v: Option<f64>| v.map_or("not counted".to_string(), |v| format!("{v:.6}"));
             (
                 format!("{}: 0 allocations and 0 syscalls per op", name_of(o, a)),
                 format!("allocs {}, syscalls {}", fmt(al), fmt(sc)),

@@ -620,6 +620,9 @@ pub fn drive(job: &Job, wire: &Wire, link: &mut dyn Link) -> Result<Sample, Stri
     if job.kind == Kind::Custom {
         return Err("custom jobs are driven by the binary that defines them".into());
     }
+    // vchan streams with batch > 1 gather that many chunks per write
+    // (allocated here, outside the timed loop).
+    let parts = vec![&buf[..]; job.batch.max(1) as usize];
     if job.kind == Kind::RtrbPing {
         return rtrb_ping(job, link, sample, &buf);
     }
@@ -643,8 +646,6 @@ pub fn drive(job: &Job, wire: &Wire, link: &mut dyn Link) -> Result<Sample, Stri
             // Free bytes as last seen, less what we wrote since: when it
             // runs out, spin on the (non-arming) space check first.
             let mut room = 0usize;
-            // batch > 1: gather that many chunks per write (one publish).
-            let parts = vec![&buf[..]; job.batch as usize];
             while left > 0 {
                 let n = left.min(chunk as u64) as usize;
                 if room < n {
