@@ -483,26 +483,32 @@ impl WrapRegion {
     }
 
     /// Prefetches, for writing, the space a producer at `pos` fills next:
-    /// the line at `pos`, and the line [`PREFETCH_AHEAD`] bytes on. `free`
-    /// is the space the consumer has released (by the producer's cached
-    /// view); a line is only prefetched when it lies well inside it, so we
-    /// never pull a line the consumer may still be reading.
+    /// the first whole cache line at or after `pos`, and the line
+    /// [`PREFETCH_AHEAD`] bytes on. `free` is the space the consumer has
+    /// released (by the producer's cached view); a line is only prefetched
+    /// when it lies well inside it, so we never pull a line the consumer
+    /// may still be reading. (The line holding `pos` itself may end with
+    /// bytes just published: packets need not fill whole lines.)
     pub fn prefetch_for_producer<M: SharedMem + ?Sized>(&self, mem: &M, pos: usize, free: usize) {
         if pos >= self.size {
             return;
         }
-        if free >= 2 * CACHE_LINE {
-            mem.prefetch_write(self.base + pos);
+        let at = self.base + pos;
+        let gap = at.next_multiple_of(CACHE_LINE) - at;
+        if free >= gap + 2 * CACHE_LINE {
+            mem.prefetch_write(self.base + self.wrap(pos + gap));
         }
         if free >= 2 * PREFETCH_AHEAD {
-            // pos < size and PREFETCH_AHEAD < free <= size: one wrap at most.
-            let ahead = pos + PREFETCH_AHEAD;
-            let ahead = if ahead >= self.size {
-                ahead - self.size
-            } else {
-                ahead
-            };
-            mem.prefetch_write(self.base + ahead);
+            mem.prefetch_write(self.base + self.wrap(pos + PREFETCH_AHEAD));
+        }
+    }
+
+    /// `pos` (less than twice the size) reduced into the region.
+    fn wrap(&self, pos: usize) -> usize {
+        if pos >= self.size {
+            pos - self.size
+        } else {
+            pos
         }
     }
 
@@ -631,6 +637,15 @@ mod tests {
         };
         // Plenty of room: the next line and the one PREFETCH_AHEAD on.
         assert_eq!(seen(64, 4096), [4096 + 64, 4096 + 64 + PREFETCH_AHEAD]);
+        // Mid-line: the line holding pos may hold unread bytes; start at
+        // the next whole line.
+        assert_eq!(seen(88, 4096), [4096 + 128, 4096 + 88 + PREFETCH_AHEAD]);
+        assert_eq!(seen(88, 40 + 2 * CACHE_LINE - 1), [] as [usize; 0]);
+        assert_eq!(seen(88, 40 + 2 * CACHE_LINE), [4096 + 128]);
+        assert_eq!(
+            seen(4090, 4096),
+            [4096, 4096 + 4090 + PREFETCH_AHEAD - 4096]
+        );
         // The line ahead wraps to the region's start.
         assert_eq!(
             seen(4032, 4096),
