@@ -307,6 +307,11 @@ impl SharedMem for MappedRegion {
     fn fill(&self, offset: usize, len: usize, byte: u8) -> Result<(), MemError> {
         self.raw().fill(offset, len, byte)
     }
+    // Grant mappings are ordinary RAM; on uncached device memory the CPU
+    // ignores the hint.
+    fn prefetch_write(&self, offset: usize) {
+        self.raw().prefetch_write(offset)
+    }
 }
 
 /// The seam between the device shims and the kernel: every ioctl, and the

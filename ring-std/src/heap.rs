@@ -79,6 +79,9 @@ impl SharedMem for HeapMem {
     fn fill(&self, offset: usize, len: usize, byte: u8) -> Result<(), MemError> {
         self.view().fill(offset, len, byte)
     }
+    fn prefetch_write(&self, offset: usize) {
+        self.view().prefetch_write(offset)
+    }
 }
 
 #[cfg(test)]
