@@ -191,10 +191,23 @@ impl VchanStream {
     ///
     /// [`Error::Closed`] if the peer closed or died.
     pub fn try_write(&mut self, buf: &[u8]) -> Result<Option<usize>, Error> {
+        self.try_write_vectored(&[buf])
+    }
+
+    /// As [`try_write`](Self::try_write), for several buffers gathered in
+    /// order under one publish.
+    ///
+    /// # Errors
+    ///
+    /// As [`try_write`](Self::try_write).
+    pub fn try_write_vectored<B: std::ops::Deref<Target = [u8]>>(
+        &mut self,
+        bufs: &[B],
+    ) -> Result<Option<usize>, Error> {
         if self.peer_gone {
             return Err(Error::Closed);
         }
-        match self.ep.write(buf) {
+        match self.ep.write_vectored(bufs) {
             Ok(t) => self.kick_if(t).map(Some),
             Err(vchan::Error::WouldBlock) => Ok(None),
             Err(e) => Err(e.into()),
@@ -292,6 +305,22 @@ impl VchanStream {
             return Ok(0);
         }
         self.block(0, 1, |s| s.try_write(buf))
+    }
+
+    /// Writes at least one byte of `bufs`, gathered in order under one
+    /// publish (all of them if they fit), blocking.
+    ///
+    /// # Errors
+    ///
+    /// As [`write`](Self::write).
+    pub fn write_vectored<B: std::ops::Deref<Target = [u8]>>(
+        &mut self,
+        bufs: &[B],
+    ) -> Result<usize, Error> {
+        if bufs.iter().all(|b| b.is_empty()) {
+            return Ok(0);
+        }
+        self.block(0, 1, |s| s.try_write_vectored(bufs))
     }
 
     /// Writes all of `buf`.
@@ -500,6 +529,10 @@ impl io::Read for VchanStream {
 impl io::Write for VchanStream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         VchanStream::write(self, buf).map_err(io::Error::from)
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        VchanStream::write_vectored(self, bufs).map_err(io::Error::from)
     }
 
     fn flush(&mut self) -> io::Result<()> {

@@ -37,6 +37,36 @@ fn io_read_write_across_threads_with_wrapping_small_rings() {
 }
 
 #[test]
+fn gathered_writes_cross_threads_in_order() {
+    let (mut server, mut client) = pair(1024, 2048).unwrap();
+    let n = 200_000usize;
+    let t = thread::spawn(move || {
+        let mut data = vec![0u8; n];
+        Pattern::new(9).fill(&mut data);
+        // Three pieces per call, one of them empty, through a 1 KiB ring.
+        for piece in data.chunks(600) {
+            let (a, b) = piece.split_at(piece.len() / 3);
+            let mut bufs = [
+                std::io::IoSlice::new(a),
+                std::io::IoSlice::new(&[]),
+                std::io::IoSlice::new(b),
+            ];
+            let mut bufs = &mut bufs[..];
+            while !bufs.is_empty() {
+                let n = client.write_vectored(bufs).unwrap();
+                std::io::IoSlice::advance_slices(&mut bufs, n);
+            }
+        }
+        client.close().unwrap();
+    });
+    let mut got = Vec::new();
+    server.read_to_end(&mut got).unwrap();
+    t.join().unwrap();
+    assert_eq!(got.len(), n);
+    assert_eq!(Pattern::new(9).first_mismatch(&got), None);
+}
+
+#[test]
 fn messages_keep_their_boundaries() {
     let (mut server, mut client) = pair(8192, 8192).unwrap();
     let msgs: Vec<Vec<u8>> = (0..200).map(|i| vec![i as u8; (i * 37) % 3000]).collect();
