@@ -133,3 +133,115 @@ fn packet_publication_is_atomic() {
         drop(writer.join().unwrap());
     });
 }
+
+/// The client's requests, filling the 1 KiB left ring before the threads
+/// start (so the client's next send must wait for space): `[1, 2]`, then
+/// filler.
+fn fill_with_requests(client: &mut vchan::Endpoint<Mem>) {
+    let mut requests = [7u8; 1024];
+    requests[..2].copy_from_slice(&[1, 2]);
+    assert_eq!(client.write(&requests).unwrap().len, 1024);
+}
+
+/// What the server finds in the left ring once the client is done: the
+/// filler after the first two requests, then the client's `[8, 9]` in the
+/// space given back.
+fn read_rest_of_requests(s: &mut Blocking<Mem, LoomSignal>) {
+    let mut rest = [0u8; 1024];
+    s.recv(&mut rest).unwrap();
+    assert!(rest[..1022].iter().all(|&b| b == 7));
+    assert_eq!(rest[1022..], [8, 9]);
+}
+
+/// A request taken with `recv_held` and answered with one `send`: the
+/// reply's publish gives the request's space back under the same fence and
+/// checks both requests. The client is blocked on its full ring (`READ`
+/// armed), and later may wait for the reply (`WRITE` armed, perhaps while
+/// `READ` is still set): that one send must wake it for both, or it
+/// sleeps for ever. (Checking only `WRITE` loses the first wake-up,
+/// checking only `READ` the second; loom finds both.)
+#[test]
+fn a_reply_gives_the_request_back_and_wakes_a_writer_waiting_for_space() {
+    model(
+        "vchan a_reply_gives_the_request_back_and_wakes_a_writer_waiting_for_space",
+        || {
+            let (_mem, server, mut client) = setup();
+            fill_with_requests(&mut client);
+            let (server_signal, client_signal) = LoomSignal::pair();
+            let writer = thread::spawn(move || {
+                let mut c = Blocking::new(client, client_signal);
+                // The ring is full: this waits for the request's space.
+                c.send(&[8, 9]).unwrap();
+                let mut reply = [0u8; 2];
+                c.recv(&mut reply).unwrap();
+                assert_eq!(reply, [5, 6]);
+                c
+            });
+            let mut s = Blocking::new(server, server_signal);
+            let mut request = [0u8; 2];
+            assert_eq!(s.endpoint().recv_held(&mut request), Ok(true));
+            assert_eq!(request, [1, 2]);
+            assert_eq!(s.endpoint().held(), 2);
+            // Kicks if the combined check found either request set.
+            s.send(&[5, 6]).unwrap();
+            assert_eq!(s.endpoint().held(), 0);
+            drop(writer.join().unwrap());
+            read_rest_of_requests(&mut s);
+        },
+    );
+}
+
+/// Reads held across two calls and given back by one `release`: a writer
+/// blocked on the full ring, needing both bytes for its packet, is woken
+/// by that release alone.
+#[test]
+fn release_wakes_a_writer_waiting_for_space() {
+    model("vchan release_wakes_a_writer_waiting_for_space", || {
+        let (_mem, server, mut client) = setup();
+        fill_with_requests(&mut client);
+        let (server_signal, client_signal) = LoomSignal::pair();
+        let writer = thread::spawn(move || {
+            let mut c = Blocking::new(client, client_signal);
+            c.send(&[8, 9]).unwrap();
+            c
+        });
+        let mut s = Blocking::new(server, server_signal);
+        let mut buf = [0u8; 1];
+        assert_eq!(s.endpoint().read_held(&mut buf), Ok(1));
+        assert_eq!(buf, [1]);
+        assert_eq!(s.endpoint().read_held(&mut buf), Ok(1));
+        assert_eq!(buf, [2]);
+        let t = s.endpoint().release().unwrap();
+        assert_eq!(t.len, 2);
+        if t.notify {
+            s.kick().unwrap();
+        }
+        drop(writer.join().unwrap());
+        read_rest_of_requests(&mut s);
+    });
+}
+
+/// A gathered write of three slices, crossing the ring's end, wakes a
+/// reader blocked on the empty ring, and that reader sees all four bytes
+/// at once and in order: one index store publishes the whole gather.
+#[test]
+fn a_gathered_write_wakes_a_reader() {
+    model("vchan a_gathered_write_wakes_a_reader", || {
+        let (_mem, mut server, mut client) = setup();
+        // Both left indices at 1022, so the gather wraps after two bytes.
+        assert_eq!(client.write(&[0; 1022]).unwrap().len, 1022);
+        assert_eq!(server.read(&mut [0; 1022]).unwrap().len, 1022);
+        let (server_signal, client_signal) = LoomSignal::pair();
+        let writer = thread::spawn(move || {
+            let mut c = Blocking::new(client, client_signal);
+            let parts: [&[u8]; 3] = [&[1], &[2, 3], &[4]];
+            assert_eq!(c.write_vectored(&parts).unwrap(), 4);
+            c
+        });
+        let mut s = Blocking::new(server, server_signal);
+        let mut buf = [0u8; 8];
+        assert_eq!(s.read(&mut buf).unwrap(), 4);
+        assert_eq!(buf[..4], [1, 2, 3, 4]);
+        drop(writer.join().unwrap());
+    });
+}
