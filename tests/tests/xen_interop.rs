@@ -1146,3 +1146,155 @@ fn connect_checks_liveness_where_c_does_not() {
         drop((c, c_srv));
     }
 }
+
+/// The consumer index we publish in the page (the `cons` of the ring we
+/// read), and our own notify byte (where the C side asks us for kicks).
+fn our_cons_and_notify(server: Server) -> (usize, usize) {
+    match server {
+        Server::Ours => (LEFT_CONS, SRV_NOTIFY),
+        Server::Theirs => (RIGHT_CONS, CLI_NOTIFY),
+    }
+}
+
+/// What a held-reader run counted.
+#[derive(Debug, Default)]
+struct HeldStats {
+    /// `release` calls that gave bytes back.
+    releases: u64,
+    /// Releases that said the C writer had asked to be kicked for space.
+    kicks: u64,
+    /// Times we slept on our eventfd.
+    waits: u64,
+}
+
+/// libxenvchan as a blocking writer streams `len` bytes, in writes far
+/// larger than the ring, so it sleeps on a full ring again and again; we
+/// read with `read_held` and `recv_held` (alternating by chunk size),
+/// give the space back once `release_every` bytes are held and always
+/// before we sleep, kick when `release` says so, and sleep on our eventfd
+/// when nothing is there. A lost wake-up on either side ends in a timeout
+/// (C's blocking write returns −1 and closes; our wait fails) instead of a
+/// hang.
+fn held_reader_run(server: Server, lo: u8, ro: u8, index: u32, len: u64, release_every: usize) {
+    let what = format!(
+        "{server:?} server, orders ({lo}, {ro}), index {index:#x}, release every {release_every}"
+    );
+    let shm = shm_for(lo, ro);
+    let wires = Wires::new().unwrap();
+    let (mut ours, mut c) = connect_pair(&shm, &wires, server, lo, ro, index);
+    let sig = wires.rust_signal().unwrap();
+    let mem = shm.mem();
+    let (cons_at, _) = our_cons_and_notify(server);
+    let rx = ours.read_capacity();
+    let pat = Pattern::new(0x4e1d ^ u64::from(index));
+    c.set_blocking(true);
+    let start = Instant::now();
+    let (got, fnv, stats) = std::thread::scope(|s| {
+        let writer = s.spawn(move || {
+            let mut sizes = Chunks::new(17, 100_000);
+            let mut pos = 0u64;
+            while pos < len {
+                let n = (sizes.next_len() as u64).min(len - pos) as usize;
+                let r = c.write(&pat.bytes(pos, n));
+                assert_eq!(r, n as i32, "C blocking write at {pos}");
+                pos += n as u64;
+            }
+            // Dropping `c` closes: we drain and then see end of stream.
+        });
+        let mut buf = vec![0u8; rx];
+        let mut sizes = Chunks::new(u64::from(index) ^ 0x5eed, rx);
+        let (mut got, mut fnv) = (0u64, Fnv::default());
+        let mut released = 0u64;
+        let mut stats = HeldStats::default();
+        loop {
+            let n = sizes.next_len();
+            let left = usize::try_from(len - got).unwrap_or(usize::MAX);
+            // A whole packet only while that many bytes are still to come,
+            // or the C side's close would (rightly) make it `Closed`.
+            let (r, want) = if n.is_multiple_of(2) && n <= left {
+                let r = ours.recv_held(&mut buf[..n]);
+                (r.map(|whole| if whole { n } else { 0 }), n)
+            } else {
+                (ours.read_held(&mut buf[..n]), 1)
+            };
+            match r {
+                Ok(0) => {
+                    // Nothing (or no whole packet) there now: arm and
+                    // sleep. While we owe the writer space, arming is
+                    // refused: give it back first (kicking the writer if it
+                    // is waiting for it), then arm again.
+                    let held = ours.held();
+                    match ours.arm_readable(want) {
+                        // It arrived meanwhile; nothing was armed.
+                        Ok(Readiness::Ready) => {}
+                        Ok(Readiness::Armed) => {
+                            assert_eq!(held, 0, "{what}: armed while holding");
+                            stats.waits += 1;
+                            sig.wait()
+                                .unwrap_or_else(|e| panic!("{what}: {e} (received {got})"));
+                        }
+                        Err(Error::Held { len }) => {
+                            assert_eq!(len, held, "{what}");
+                            let t = ours.release().unwrap();
+                            assert_eq!(t.len, held, "{what}");
+                            released += held as u64;
+                            stats.releases += 1;
+                            stats.kicks += u64::from(kick_if_notify(&sig, t));
+                        }
+                        Err(e) => panic!("{what}: arm at {got}: {e:?}"),
+                    }
+                }
+                Ok(r) => {
+                    let data = &buf[..r];
+                    assert_eq!(pat.mismatch(got, data), None, "{what}");
+                    fnv.update(data);
+                    got += r as u64;
+                    // Held bytes stay counted as used in the page.
+                    let cons = mem.load_u32(cons_at).unwrap();
+                    assert_eq!(cons, index.wrapping_add(released as u32), "{what}");
+                    assert_eq!(ours.held() as u64, got - released, "{what}");
+                    if ours.held() >= release_every {
+                        let t = ours.release().unwrap();
+                        released = got;
+                        stats.releases += 1;
+                        stats.kicks += u64::from(kick_if_notify(&sig, t));
+                    }
+                }
+                Err(Error::Closed) => break,
+                Err(e) => panic!("{what}: held read at {got}: {e:?}"),
+            }
+        }
+        writer.join().expect("C writer");
+        (got, fnv, stats)
+    });
+    assert_eq!(got, len, "{what}: end of stream before everything arrived");
+    assert_eq!(fnv, Fnv::of_pattern(pat, len), "{what}");
+    // C found the ring full and asked for a kick; our releases gave it.
+    assert!(
+        stats.kicks > 0,
+        "{what}: the C writer never waited: {stats:?}"
+    );
+    // The tail read at end of stream is given back like any other.
+    let held = ours.held();
+    assert_eq!(ours.release().unwrap().len, held);
+    assert_eq!(
+        mem.load_u32(cons_at).unwrap(),
+        index.wrapping_add(len as u32),
+        "{what}"
+    );
+    check_clean(&ours);
+    eprintln!("{what}: {len} bytes in {:?}, {stats:?}", start.elapsed());
+}
+
+/// Held reads against libxenvchan's blocking writer on small rings (where
+/// it sleeps for space after nearly every write): our releases, batched
+/// and before each sleep, must wake it every time, and every byte must
+/// arrive. Both pairings, in-page and external rings, across the u32 wrap.
+#[test]
+fn held_reads_keep_a_blocking_c_writer_moving() {
+    held_reader_run(Server::Ours, 10, 11, 0xffff_ff00, 2 << 20, 256);
+    held_reader_run(Server::Theirs, 11, 10, 0, 2 << 20, 256);
+    // Never released early: only the release before each sleep frees space.
+    held_reader_run(Server::Ours, 10, 11, 0, 1 << 20, usize::MAX);
+    held_reader_run(Server::Theirs, 12, 12, 0xffff_ff00, 2 << 20, 3000);
+}
