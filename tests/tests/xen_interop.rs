@@ -14,8 +14,8 @@ use ring_core::vchan::layout::{
     RIGHT_CONS, RIGHT_ORDER, RIGHT_PROD, SRV_LIVE, SRV_NOTIFY,
 };
 use ring_core::vchan::{
-    self, Blocking, Endpoint, Error, FlatLayout, Orders, Placement, Readiness, RingPlace,
-    ServerOptions, SetupError,
+    self, Blocking, Endpoint, Error, FlatLayout, NotifyBits, Orders, Placement, Readiness,
+    RingPlace, ServerOptions, SetupError,
 };
 use ring_tests::xen::{
     c_duplex, c_layout, rust_duplex, take_events, CPeer, Chunks, Duplex, FdSignal, Fnv, Pattern,
@@ -1297,4 +1297,171 @@ fn held_reads_keep_a_blocking_c_writer_moving() {
     // Never released early: only the release before each sleep frees space.
     held_reader_run(Server::Ours, 10, 11, 0, 1 << 20, usize::MAX);
     held_reader_run(Server::Theirs, 12, 12, 0xffff_ff00, 2 << 20, 3000);
+}
+
+/// Request/response sizes: requests large against a 1 KiB ring (two fit,
+/// the third waits for space), replies large enough that the 2 KiB reply
+/// ring can fill too.
+const REQUEST: usize = 400;
+const REPLY: usize = 600;
+/// Requests the C side keeps in flight before it reads a reply.
+const WINDOW: u64 = 4;
+
+/// The reply to request `i`: its number, the checksum of the request,
+/// then pattern bytes.
+fn reply_to(i: u64, request: &[u8], pat: Pattern) -> Vec<u8> {
+    let mut fnv = Fnv::default();
+    fnv.update(request);
+    let mut reply = pat.bytes(i * REPLY as u64, REPLY);
+    reply[..8].copy_from_slice(&i.to_le_bytes());
+    reply[8..16].copy_from_slice(&fnv.0.to_le_bytes());
+    reply
+}
+
+/// What a request/response run counted.
+#[derive(Debug, Default)]
+struct ReplyStats {
+    /// Replies that gave their request back to a C writer that was
+    /// waiting for space (its `READ` request was set before the send).
+    woke_writer: u64,
+    /// Replies refused with `Held` (the reply ring was full), after which
+    /// the request was released on its own.
+    refused: u64,
+    /// Times we slept on our eventfd.
+    waits: u64,
+}
+
+/// libxenvchan sends `count` fixed-size requests with blocking sends,
+/// keeping up to [`WINDOW`] in flight, and checks each reply with a
+/// blocking receive. We take each request with `recv_held` and answer with
+/// `send`, which gives the request's space back under the reply's fence:
+/// when the C writer is asleep waiting for that space, the send must say
+/// "notify" (its one check covers both requests), or the C side sleeps
+/// until its wait times out and the test fails.
+fn request_reply_run(server: Server, lo: u8, ro: u8, index: u32, count: u64) {
+    let what = format!("{server:?} server, orders ({lo}, {ro}), index {index:#x}");
+    let shm = shm_for(lo, ro);
+    let wires = Wires::new().unwrap();
+    let (mut ours, mut c) = connect_pair(&shm, &wires, server, lo, ro, index);
+    let sig = wires.rust_signal().unwrap();
+    let mem = shm.mem();
+    let (cons_at, own_notify) = our_cons_and_notify(server);
+    let asked_read = || mem.load_u8(own_notify).unwrap() & NotifyBits::READ.bits() != 0;
+    assert!(
+        ours.read_capacity() < 3 * REQUEST,
+        "{what}: requests must fill the ring"
+    );
+    let (req_pat, reply_pat) = (Pattern::new(0x4e9), Pattern::new(0x4e91));
+    c.set_blocking(true);
+    let start = Instant::now();
+    let stats = std::thread::scope(|s| {
+        let client = s.spawn(move || {
+            let mut reply = vec![0u8; REPLY];
+            let mut answered = 0u64;
+            let mut check = |c: &mut CPeer, answered: &mut u64| {
+                assert_eq!(c.recv(&mut reply), REPLY as i32, "C recv {answered}");
+                let request = req_pat.bytes(*answered * REQUEST as u64, REQUEST);
+                assert!(
+                    reply == reply_to(*answered, &request, reply_pat),
+                    "C got a wrong reply {answered}"
+                );
+                *answered += 1;
+            };
+            for i in 0..count {
+                let request = req_pat.bytes(i * REQUEST as u64, REQUEST);
+                assert_eq!(c.send(&request), REQUEST as i32, "C blocking send {i}");
+                if i + 1 - answered >= WINDOW {
+                    check(&mut c, &mut answered);
+                }
+            }
+            while answered < count {
+                check(&mut c, &mut answered);
+            }
+            c
+        });
+        // Let the C side fill the ring and fall asleep waiting for space,
+        // so at least the first reply must wake it.
+        let t0 = Instant::now();
+        while !asked_read() {
+            assert!(t0.elapsed().as_secs() < 10, "{what}: C never waited");
+            std::thread::yield_now();
+        }
+        let mut stats = ReplyStats::default();
+        let mut request = vec![0u8; REQUEST];
+        for i in 0..count {
+            // Nothing is held here: the last reply gave its request back.
+            loop {
+                assert_eq!(ours.held(), 0, "{what}");
+                if ours.recv_held(&mut request).unwrap() {
+                    break;
+                }
+                if ours.arm_readable(REQUEST).unwrap() == Readiness::Armed {
+                    stats.waits += 1;
+                    sig.wait()
+                        .unwrap_or_else(|e| panic!("{what}: {e} (waiting for request {i})"));
+                }
+            }
+            assert_eq!(ours.held(), REQUEST, "{what}");
+            let cons = mem.load_u32(cons_at).unwrap();
+            assert_eq!(
+                cons,
+                index.wrapping_add((i * REQUEST as u64) as u32),
+                "{what}"
+            );
+            assert_eq!(req_pat.mismatch(i * REQUEST as u64, &request), None);
+            let reply = reply_to(i, &request, reply_pat);
+            loop {
+                // Only the C side sets its request bit and only we clear
+                // it, so one seen before the send must be answered by it.
+                let owed = ours.held() > 0 && asked_read();
+                match ours.send(&reply) {
+                    Ok(t) => {
+                        assert_eq!(t.len, REPLY, "{what}");
+                        if owed {
+                            assert!(t.notify, "{what}: a waiting C writer not kicked");
+                            stats.woke_writer += 1;
+                        }
+                        kick_if(&sig, t);
+                        break;
+                    }
+                    Err(Error::Held { len }) => {
+                        // The reply ring is full and a wait would be
+                        // armed: give the request back on its own first.
+                        assert_eq!(len, REQUEST, "{what}");
+                        stats.refused += 1;
+                        kick_if(&sig, ours.release().unwrap());
+                    }
+                    Err(Error::WouldBlock) => {
+                        stats.waits += 1;
+                        sig.wait()
+                            .unwrap_or_else(|e| panic!("{what}: {e} (replying to {i})"));
+                    }
+                    Err(e) => panic!("{what}: reply {i}: {e:?}"),
+                }
+            }
+            assert_eq!(ours.held(), 0, "{what}");
+            let cons = mem.load_u32(cons_at).unwrap();
+            assert_eq!(cons, index.wrapping_add(((i + 1) * REQUEST as u64) as u32));
+        }
+        let c = client.join().expect("C requester");
+        kick_if(&sig, ours.close().unwrap());
+        drop(c);
+        stats
+    });
+    assert!(stats.woke_writer > 0, "{what}: {stats:?}");
+    check_clean(&ours);
+    eprintln!(
+        "{what}: {count} requests in {:?}, {stats:?}",
+        start.elapsed()
+    );
+}
+
+/// Request/response with libxenvchan as the requester, its requests
+/// large enough that it keeps sleeping for space: each reply gives its
+/// request back under the reply's one fence and one wake-up check, which
+/// must cover the waiting writer as well as the waiting reader.
+#[test]
+fn replies_give_held_requests_back_to_a_blocked_c_writer() {
+    request_reply_run(Server::Ours, 10, 11, 0xffff_ff00, 3000);
+    request_reply_run(Server::Theirs, 11, 10, 0, 3000);
 }
