@@ -133,6 +133,29 @@ impl AsyncWrite for AsyncVchan {
         }
     }
 
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if bufs.iter().all(|b| b.is_empty()) {
+            return Poll::Ready(Ok(0));
+        }
+        loop {
+            // One publish (and at most one kick) for all of them.
+            match this.stream.try_write_vectored(bufs) {
+                Ok(Some(n)) => return Poll::Ready(Ok(n)),
+                Ok(None) => ready!(this.poll_kicked(cx))?,
+                Err(e) => return Poll::Ready(Err(e.into())),
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         // Bytes are visible to the peer as soon as the write returns.
         Poll::Ready(Ok(()))

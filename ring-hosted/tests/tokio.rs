@@ -52,3 +52,37 @@ async fn async_side_and_blocking_side_move_data_both_ways() {
     a.shutdown().await.unwrap();
     peer.join().unwrap();
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn gathered_async_writes_arrive_in_order() {
+    let (server, client) = stream::pair(1024, 1024).unwrap();
+    let data = pattern(7, 100_000);
+    let expect = data.clone();
+    let peer = thread::spawn(move || {
+        let mut s = server;
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        got
+    });
+    let mut a = AsyncVchan::new(client).unwrap();
+    assert!(tokio::io::AsyncWrite::is_write_vectored(&a));
+    for piece in data.chunks(500) {
+        let (x, y) = piece.split_at(piece.len() / 2);
+        let mut bufs = [
+            std::io::IoSlice::new(x),
+            std::io::IoSlice::new(&[]),
+            std::io::IoSlice::new(y),
+        ];
+        let mut bufs = &mut bufs[..];
+        while !bufs.is_empty() {
+            let n = a.write_vectored(bufs).await.unwrap();
+            std::io::IoSlice::advance_slices(&mut bufs, n);
+        }
+    }
+    a.shutdown().await.unwrap();
+    let got = peer.join().unwrap();
+    assert!(
+        got == expect,
+        "gathered bytes arrived out of order or damaged"
+    );
+}
