@@ -66,12 +66,12 @@ fn send_all(a: &mut Blocking<Mem, LoomSignal>, count: u64) {
 /// clear), the rest in drains that set the mask while they run.
 fn receive_all(b: &mut Blocking<Mem, LoomSignal>, count: u64) {
     let mut got = Vec::new();
-    let mut check = |p: &ring_core::vmbus::IncomingPacket<'_, Mem>| {
+    let check = |p: &ring_core::vmbus::IncomingPacket<'_, Mem>| {
         let mut byte = [0u8];
         p.read_payload(PAYLOAD - 1, &mut byte).unwrap();
         (p.transaction_id(), byte[0])
     };
-    got.push(b.recv_with(&mut check).unwrap());
+    got.push(b.recv_with(check).unwrap());
     while (got.len() as u64) < count {
         let left = count as usize - got.len();
         b.drain_with(left, |p| got.push(check(p))).unwrap();

@@ -112,7 +112,7 @@ impl SharedMem for LoomMem {
         self.end()
     }
     fn load_u32(&self, offset: usize) -> Result<u32, MemError> {
-        if offset % 4 != 0 {
+        if !offset.is_multiple_of(4) {
             return Err(MemError::Misaligned { offset });
         }
         Ok(self
@@ -120,7 +120,7 @@ impl SharedMem for LoomMem {
             .map_or(0, |(w, _)| w.load(Ordering::Acquire)))
     }
     fn store_u32(&self, offset: usize, value: u32) -> Result<(), MemError> {
-        if offset % 4 != 0 {
+        if !offset.is_multiple_of(4) {
             return Err(MemError::Misaligned { offset });
         }
         if let Some((w, _)) = self.word(offset)? {
@@ -195,6 +195,9 @@ impl SharedMem for LoomMem {
 pub struct Mem(std::sync::Arc<LoomMem>);
 
 impl Mem {
+    // Loom runs every modelled thread on one OS thread; the handle only
+    // has to be shared between them, never sent to a real thread.
+    #[allow(clippy::arc_with_non_send_sync)]
     pub fn new(shape: Shape) -> Self {
         Mem(std::sync::Arc::new(LoomMem::new(shape)))
     }
