@@ -120,17 +120,7 @@ impl AsyncWrite for AsyncVchan {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if buf.is_empty() {
-            return Poll::Ready(Ok(0));
-        }
-        loop {
-            match this.stream.try_write(buf) {
-                Ok(Some(n)) => return Poll::Ready(Ok(n)),
-                Ok(None) => ready!(this.poll_kicked(cx))?,
-                Err(e) => return Poll::Ready(Err(e.into())),
-            }
-        }
+        self.poll_write_vectored(cx, &[io::IoSlice::new(buf)])
     }
 
     fn poll_write_vectored(
