@@ -430,8 +430,8 @@ impl<M: SharedMem> Endpoint<M> {
 
     /// Reloads the producer index of the ring we read and returns the bytes
     /// available. The peer's index may only move forward, to at most one
-    /// full ring ahead of the consumer index it can see (held bytes are
-    /// still its to wait for).
+    /// full ring ahead of the consumer index we last published: the writer
+    /// may not overwrite bytes we still hold.
     fn refresh_rx(&mut self) -> Result<u32, Error> {
         let prod = self.ctrl.load_u32(self.rx.peer_at)?;
         let moved = prod.wrapping_sub(self.rx.peer);
