@@ -367,10 +367,9 @@ mod cpu {
     #[cfg(target_arch = "x86_64")]
     pub(super) fn prefetch_write(ptr: *const u8) {
         if has_prefetchw() {
-            // SAFETY: PREFETCHW is a hint with no architectural effect: it
-            // never faults (an unmapped address is ignored), reads nothing
-            // into registers and writes no memory; the CPU has it (checked
-            // above), and it touches no stack or flags.
+            // PREFETCHW is present (checked above) and only a hint: no
+            // stack, flags, registers or memory change.
+            // SAFETY: it never faults; an unmapped address is ignored.
             unsafe {
                 core::arch::asm!(
                     "prefetchw byte ptr [{line}]",
