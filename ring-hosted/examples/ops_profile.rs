@@ -1,4 +1,5 @@
-//! One thread writes and reads back 64-byte chunks through a ring, for
+//! One thread writes and reads back 64-byte chunks through a ring (over a
+//! memfd, the memory the benchmarks and the `ring` command use), for
 //! counting instructions per operation under callgrind (deterministic,
 //! unlike timings on a shared machine):
 //!
@@ -12,7 +13,7 @@
 
 use ring_core::vchan::{self, Orders, ServerOptions};
 use ring_core::vmbus::{self, IncomingRing, OutgoingPacket, OutgoingRing, RingLayout};
-use ring_std::HeapMem;
+use ring_hosted::memfd::MemFd;
 use std::sync::Arc;
 
 fn main() {
@@ -26,7 +27,8 @@ fn main() {
     match what {
         "vchan" => {
             let orders = Orders::new(16, 16).unwrap();
-            let mem = Arc::new(HeapMem::new(vchan::FlatLayout::new(orders).size));
+            let mem =
+                Arc::new(MemFd::create("profile", vchan::FlatLayout::new(orders).size).unwrap());
             let mut s = vchan::serve_flat(mem.clone(), orders, ServerOptions::default()).unwrap();
             let mut c = vchan::connect_flat(mem).unwrap();
             for _ in 0..n {
@@ -38,7 +40,7 @@ fn main() {
         }
         "vmbus" => {
             let layout = RingLayout::new(4096, 1 << 16).unwrap();
-            let mem = Arc::new(HeapMem::new(layout.total_size()));
+            let mem = Arc::new(MemFd::create("profile", layout.total_size()).unwrap());
             vmbus::initialize_ring(&mem, layout).unwrap();
             let mut out = OutgoingRing::new(mem.clone(), layout).unwrap();
             let mut inc = IncomingRing::new(mem, layout).unwrap();
