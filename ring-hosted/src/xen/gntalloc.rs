@@ -126,37 +126,12 @@ pub fn share(
             arg.as_mut_bytes(),
         )
     };
-    let mem = match MappedRegion::map(dev.file(), dev.path(), index, count * GRANT_PAGE) {
-        Ok(mem) => mem,
-        Err(e) => {
-            let _ = dealloc(dev);
-            return Err(e);
-        }
-    };
-    if notify.action() != 0 {
-        let offset = notify.clear_byte.unwrap_or(0);
-        if offset >= count * GRANT_PAGE {
-            let _ = dealloc(dev);
-            return Err(DevError::invalid(
-                dev.path(),
-                format!("notify offset {offset} beyond the pages"),
-            ));
-        }
-        let mut arg = UnmapNotifyArg {
-            index: index + offset as u64,
-            action: notify.action(),
-            event_channel_port: notify.send_event.unwrap_or(0),
-        };
-        if let Err(e) = dev.ioctl(
-            "set unmap notify",
-            IOCTL_GNTALLOC_SET_UNMAP_NOTIFY,
-            arg.as_mut_bytes(),
-        ) {
-            let _ = dealloc(dev);
-            return Err(e);
-        }
-    }
-    // The grant lives until the mapping goes; drop our handle now.
-    dealloc(dev)?;
+    let mem = dev.map_grants(
+        index,
+        count * GRANT_PAGE,
+        notify,
+        IOCTL_GNTALLOC_SET_UNMAP_NOTIFY,
+        dealloc,
+    )?;
     Ok(SharedPages { refs, mem })
 }

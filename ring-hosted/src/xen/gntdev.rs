@@ -111,36 +111,5 @@ pub fn map(
         )
     };
     let len = refs.len() * GRANT_PAGE;
-    let mem = match MappedRegion::map(dev.file(), dev.path(), index, len) {
-        Ok(mem) => mem,
-        Err(e) => {
-            let _ = release(dev);
-            return Err(e);
-        }
-    };
-    if notify.action() != 0 {
-        let offset = notify.clear_byte.unwrap_or(0);
-        if offset >= len {
-            let _ = release(dev);
-            return Err(DevError::invalid(
-                dev.path(),
-                format!("notify offset {offset} beyond the pages"),
-            ));
-        }
-        let mut arg = UnmapNotifyArg {
-            index: index + offset as u64,
-            action: notify.action(),
-            event_channel_port: notify.send_event.unwrap_or(0),
-        };
-        if let Err(e) = dev.ioctl(
-            "set unmap notify",
-            IOCTL_GNTDEV_SET_UNMAP_NOTIFY,
-            arg.as_mut_bytes(),
-        ) {
-            let _ = release(dev);
-            return Err(e);
-        }
-    }
-    release(dev)?;
-    Ok(mem)
+    dev.map_grants(index, len, notify, IOCTL_GNTDEV_SET_UNMAP_NOTIFY, release)
 }

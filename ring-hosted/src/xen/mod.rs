@@ -24,10 +24,11 @@ pub mod gntdev;
 pub mod vchan;
 pub mod xenstore;
 
-use crate::devmem::{DevError, Kernel, Sys};
+use crate::devmem::{DevError, Kernel, MappedRegion, Sys};
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use zerocopy::IntoBytes;
 
 /// A Xen domain id.
 pub type DomId = u16;
@@ -117,6 +118,64 @@ impl XenDevice {
 
     pub(crate) fn sys(&self) -> &dyn Sys {
         &*self.sys
+    }
+
+    /// The step both grant devices end with, after their alloc or map
+    /// ioctl returned mmap `index`: maps the `len` bytes there, asks for
+    /// `notify` with ioctl `set_notify`, then drops the device's own handle
+    /// with `release` (the mapping keeps the grants alive). Any failure
+    /// releases the handle as well, so nothing leaks.
+    pub(crate) fn map_grants(
+        &self,
+        index: u64,
+        len: usize,
+        notify: UnmapNotify,
+        set_notify: u32,
+        release: impl Fn(&XenDevice) -> Result<i32, DevError>,
+    ) -> Result<MappedRegion, DevError> {
+        let mapped = MappedRegion::map(self.file(), self.path(), index, len).and_then(|mem| {
+            self.set_unmap_notify(index, len, notify, set_notify)
+                .map(|()| mem)
+        });
+        match mapped {
+            Ok(mem) => {
+                release(self)?;
+                Ok(mem)
+            }
+            Err(e) => {
+                let _ = release(self);
+                Err(e)
+            }
+        }
+    }
+
+    /// Asks the device to clear a byte and/or send an event when the `len`
+    /// bytes mapped at `index` go away (nothing if `notify` asks for
+    /// neither).
+    fn set_unmap_notify(
+        &self,
+        index: u64,
+        len: usize,
+        notify: UnmapNotify,
+        set_notify: u32,
+    ) -> Result<(), DevError> {
+        if notify.action() == 0 {
+            return Ok(());
+        }
+        let offset = notify.clear_byte.unwrap_or(0);
+        if offset >= len {
+            return Err(DevError::invalid(
+                self.path(),
+                format!("notify offset {offset} beyond the pages"),
+            ));
+        }
+        let mut arg = gntalloc::UnmapNotifyArg {
+            index: index + offset as u64,
+            action: notify.action(),
+            event_channel_port: notify.send_event.unwrap_or(0),
+        };
+        self.ioctl("set unmap notify", set_notify, arg.as_mut_bytes())
+            .map(drop)
     }
 
     /// Issues ioctl `request` with `arg`'s bytes, naming `op` in errors.
