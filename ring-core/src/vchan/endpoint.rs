@@ -5,7 +5,7 @@ use super::layout::{
     PAGE_SIZE, RIGHT_CONS, RIGHT_PROD, SRV_LIVE, SRV_NOTIFY,
 };
 use super::{ControlHeader, Error, Live, NotifyBits, Role, SetupError, Transfer};
-use crate::error::Corrupt;
+use crate::error::{Corrupt, Poison};
 use crate::mem::{SharedMem, WrapRegion};
 use core::ops::Deref;
 use zerocopy::byteorder::little_endian::{U16, U32};
@@ -103,7 +103,7 @@ pub struct Endpoint<M> {
     /// between it and `rx.own` are held (read but not given back).
     released: u32,
     closed: bool,
-    poisoned: Option<Corrupt>,
+    poison: Poison,
 }
 
 /// Offsets a role uses: (rx own, rx peer, tx own, tx peer, own live, peer
@@ -365,7 +365,7 @@ impl<M: SharedMem> Endpoint<M> {
             own_notify,
             released: rx_own,
             closed: false,
-            poisoned: None,
+            poison: Poison::default(),
         })
     }
 
@@ -396,19 +396,15 @@ impl<M: SharedMem> Endpoint<M> {
 
     /// The corruption that poisoned this endpoint, if any.
     pub fn poisoned(&self) -> Option<Corrupt> {
-        self.poisoned
+        self.poison.get()
     }
 
     fn poison(&mut self, what: &'static str) -> Error {
-        let c = Corrupt { what };
-        self.poisoned = Some(c);
-        Error::Corrupt(c)
+        self.poison.latch(what).into()
     }
 
     fn usable(&self) -> Result<(), Error> {
-        if let Some(c) = self.poisoned {
-            return Err(Error::Corrupt(c));
-        }
+        self.poison.check()?;
         if self.closed {
             return Err(Error::Closed);
         }

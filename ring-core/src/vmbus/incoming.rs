@@ -7,7 +7,7 @@ use super::layout::{
 };
 use super::packet::{check_gpa_range, IncomingPacket, PacketInfo, RangeInfo};
 use super::{advance, check_memory, distance, index_ok, Error, SetupError, Transfer};
-use crate::error::Corrupt;
+use crate::error::{Corrupt, Poison};
 use crate::mem::{SharedMem, WrapRegion};
 use core::mem::size_of;
 use zerocopy::FromBytes;
@@ -68,7 +68,7 @@ pub struct IncomingRing<M> {
     cached_write: u32,
     /// Clear the mask and re-check before reporting empty.
     interrupts: bool,
-    poisoned: Option<Corrupt>,
+    poison: Poison,
 }
 
 /// A private position in an incoming ring, to [`rewind`](IncomingRing::rewind) to.
@@ -104,7 +104,7 @@ impl<M: SharedMem> IncomingRing<M> {
             next: read,
             cached_write: write,
             interrupts: true,
-            poisoned: None,
+            poison: Poison::default(),
         })
     }
 
@@ -120,7 +120,7 @@ impl<M: SharedMem> IncomingRing<M> {
 
     /// The corruption that poisoned this ring, if any.
     pub fn poisoned(&self) -> Option<Corrupt> {
-        self.poisoned
+        self.poison.get()
     }
 
     /// Bytes read but not yet committed.
@@ -129,17 +129,12 @@ impl<M: SharedMem> IncomingRing<M> {
     }
 
     fn usable(&self) -> Result<(), Error> {
-        match self.poisoned {
-            Some(c) => Err(Error::Corrupt(c)),
-            None => Ok(()),
-        }
+        Ok(self.poison.check()?)
     }
 
     /// Latches `what` as corruption (also for protocols layered on top).
     pub(super) fn poison(&mut self, what: &'static str) -> Error {
-        let c = Corrupt { what };
-        self.poisoned = Some(c);
-        Error::Corrupt(c)
+        self.poison.latch(what).into()
     }
 
     fn corrupt(&mut self, what: &'static str) -> Result<(PacketInfo, u32), Error> {

@@ -7,7 +7,7 @@ use super::layout::{
 };
 use super::packet::{OutgoingKind, OutgoingPacket};
 use super::{advance, check_memory, distance, index_ok, Error, SetupError, Transfer};
-use crate::error::Corrupt;
+use crate::error::{Corrupt, Poison};
 use crate::mem::{SharedMem, WrapRegion};
 use zerocopy::byteorder::little_endian::{U16, U32, U64};
 use zerocopy::IntoBytes;
@@ -35,7 +35,7 @@ pub struct OutgoingRing<M> {
     cached_read: u32,
     /// We have stored a non-zero `pending_send_size`.
     pending_armed: bool,
-    poisoned: Option<Corrupt>,
+    poison: Poison,
 }
 
 impl<M: SharedMem> OutgoingRing<M> {
@@ -76,7 +76,7 @@ impl<M: SharedMem> OutgoingRing<M> {
             next: write,
             cached_read: read,
             pending_armed: false,
-            poisoned: None,
+            poison: Poison::default(),
         })
     }
 
@@ -92,7 +92,7 @@ impl<M: SharedMem> OutgoingRing<M> {
 
     /// The corruption that poisoned this ring, if any.
     pub fn poisoned(&self) -> Option<Corrupt> {
-        self.poisoned
+        self.poison.get()
     }
 
     /// Bytes written but not yet committed.
@@ -106,16 +106,11 @@ impl<M: SharedMem> OutgoingRing<M> {
     }
 
     fn usable(&self) -> Result<(), Error> {
-        match self.poisoned {
-            Some(c) => Err(Error::Corrupt(c)),
-            None => Ok(()),
-        }
+        Ok(self.poison.check()?)
     }
 
     fn poison(&mut self, what: &'static str) -> Error {
-        let c = Corrupt { what };
-        self.poisoned = Some(c);
-        Error::Corrupt(c)
+        self.poison.latch(what).into()
     }
 
     /// Loads and validates the reader's index: 8-aligned, in range, and
