@@ -22,6 +22,13 @@
 ///
 /// Events carry no meaning and may be spurious or merged: after every
 /// wake-up the caller re-checks the ring.
+///
+/// Besides the two essentials, a host may offer what the blocking
+/// wrappers of both protocols use when present: a *spin* on the ring
+/// before sleeping ([`spin`](Self::spin)), the classification of a failed
+/// wait as the peer's death ([`is_peer_gone`](Self::is_peer_gone)), and an
+/// out-of-band end of the peer's byte stream
+/// ([`peer_write_closed`](Self::peer_write_closed)).
 pub trait Signal {
     /// Why signalling or waiting failed (a closed fd, a timeout, ...).
     type Error: core::fmt::Debug;
@@ -37,11 +44,32 @@ pub trait Signal {
     /// (it died or hung up) rather than that waiting itself failed.
     ///
     /// The blocking wrappers then look at the ring once more before
-    /// reporting the error, so bytes the peer published just before it
-    /// died are still delivered. The default says no.
+    /// reporting [`BlockingError::PeerGone`], so bytes the peer published
+    /// just before it died are still delivered. The default says no.
     fn is_peer_gone(error: &Self::Error) -> bool {
         let _ = error;
         false
+    }
+
+    /// Re-checks `ready` (which only looks, arming nothing) for as long as
+    /// the host's spin budget allows, and returns its last answer. A peer
+    /// running on another core usually moves within microseconds, and a
+    /// side that has not armed its request costs the peer no kick.
+    ///
+    /// A host should stop early when it learns that the peer is gone. The
+    /// default does not spin.
+    fn spin(&self, ready: &mut dyn FnMut() -> bool) -> bool {
+        let _ = ready;
+        false
+    }
+
+    /// `Some(total)` once the peer has said, outside the ring, that it
+    /// will write no more and that it wrote `total` bytes in all (a
+    /// half-close, for protocols whose ring has none). The peer says so
+    /// only after publishing its last byte, so a reader that asks first and
+    /// then finds the ring empty has read everything. The default: never.
+    fn peer_write_closed(&self) -> Option<u64> {
+        None
     }
 }
 
@@ -55,6 +83,12 @@ impl<T: Signal + ?Sized> Signal for &T {
     }
     fn is_peer_gone(error: &Self::Error) -> bool {
         T::is_peer_gone(error)
+    }
+    fn spin(&self, ready: &mut dyn FnMut() -> bool) -> bool {
+        (**self).spin(ready)
+    }
+    fn peer_write_closed(&self) -> Option<u64> {
+        (**self).peer_write_closed()
     }
 }
 
@@ -76,14 +110,18 @@ impl Signal for NoSignal {
 }
 
 /// Why a blocking call failed: the ring said no (`R`, the protocol's own
-/// error), or the host's [`Signal`] failed (`S`, e.g. a timeout or a dead
-/// fd). Both protocols' blocking wrappers use it.
+/// error), the host's [`Signal`] failed (`S`, e.g. a timeout or a dead
+/// fd), or the peer is gone. Both protocols' blocking wrappers use it.
 #[derive(Debug, PartialEq, Eq)]
 pub enum BlockingError<R, S> {
     /// The ring said no (closed, corrupt, too large, ...).
     Ring(R),
     /// The signal failed.
     Signal(S),
+    /// The signal reported the peer gone (it died or hung up) and the ring
+    /// holds nothing more for us: what it published before it went was
+    /// delivered first. Writes fail this way at once: nobody will read.
+    PeerGone,
 }
 
 impl<R: core::fmt::Display, S: core::fmt::Debug> core::fmt::Display for BlockingError<R, S> {
@@ -91,6 +129,7 @@ impl<R: core::fmt::Display, S: core::fmt::Debug> core::fmt::Display for Blocking
         match self {
             BlockingError::Ring(e) => e.fmt(f),
             BlockingError::Signal(e) => write!(f, "signal failed: {e:?}"),
+            BlockingError::PeerGone => f.write_str("the peer is gone"),
         }
     }
 }
@@ -102,24 +141,133 @@ impl<R: embedded_io::Error, S: core::fmt::Debug> embedded_io::Error for Blocking
         match self {
             BlockingError::Ring(e) => e.kind(),
             BlockingError::Signal(_) => embedded_io::ErrorKind::Other,
+            BlockingError::PeerGone => embedded_io::ErrorKind::BrokenPipe,
         }
     }
 }
 
-/// Waits on `signal` for a blocking wrapper. When the wait fails because
-/// the peer is gone, it succeeds once (setting `last_pass`), so the caller
-/// makes one last non-blocking pass over the ring before the error is
-/// reported on its next wait.
-pub(crate) fn wait_or_last_pass<S: Signal, R>(
-    signal: &S,
-    last_pass: &mut bool,
-) -> Result<(), BlockingError<R, S::Error>> {
-    match signal.wait() {
-        Ok(()) => Ok(()),
-        Err(e) if S::is_peer_gone(&e) && !*last_pass => {
-            *last_pass = true;
-            Ok(())
+/// The one blocking layer both protocols' wrappers are built on: the
+/// signal, what it told us about the peer, and the loop that turns
+/// non-blocking ring operations into blocking ones.
+///
+/// Every ring operation it drives has already armed its wake-up request
+/// and re-checked the ring when it answers "not now", so the loop may
+/// sleep at once: spin on readiness (arming nothing), try, wait. A wait
+/// that reports the peer gone is taken as one more wake-up: the next
+/// attempt still delivers what the peer published before it went, and
+/// only an attempt that finds nothing more reports
+/// [`BlockingError::PeerGone`].
+#[derive(Debug)]
+pub(crate) struct Waiter<S> {
+    pub(crate) signal: S,
+    /// The signal reported the peer gone; attempts that find nothing more
+    /// report it.
+    gone: bool,
+}
+
+/// The result of one non-blocking attempt: `Some` done, `None` not now
+/// (wake-up armed, ring re-checked).
+pub(crate) type Attempt<T, R, E> = Result<Option<T>, BlockingError<R, E>>;
+
+impl<S: Signal> Waiter<S> {
+    pub(crate) fn new(signal: S) -> Self {
+        Waiter {
+            signal,
+            gone: false,
         }
-        Err(e) => Err(BlockingError::Signal(e)),
+    }
+
+    /// Whether the signal has reported the peer gone.
+    pub(crate) fn peer_gone(&self) -> bool {
+        self.gone
+    }
+
+    /// Kicks the peer if the protocol says it is owed; passes `len` on.
+    pub(crate) fn settle<R>(&self, notify: bool, len: usize) -> Result<usize, BlockingError<R, S::Error>> {
+        if notify {
+            self.signal.notify().map_err(BlockingError::Signal)?;
+        }
+        Ok(len)
+    }
+
+    /// Refuses to write once the peer is gone: nobody would read it.
+    pub(crate) fn writable<R>(&self) -> Result<(), BlockingError<R, S::Error>> {
+        if self.gone {
+            return Err(BlockingError::PeerGone);
+        }
+        Ok(())
+    }
+
+    /// What an attempt that found nothing means: not now, or (once the peer
+    /// is gone) never.
+    pub(crate) fn nothing<T, R>(&self) -> Attempt<T, R, S::Error> {
+        if self.gone {
+            return Err(BlockingError::PeerGone);
+        }
+        Ok(None)
+    }
+
+    /// What a read that found the ring empty means, given what
+    /// [`Signal::peer_write_closed`] said *before* the ring was looked at:
+    /// end of stream if the peer had declared its end and we have read all
+    /// it said it wrote, corruption if we have read less or more, else as
+    /// [`nothing`](Self::nothing).
+    pub(crate) fn empty<R: From<crate::Corrupt>>(
+        &self,
+        declared: Option<u64>,
+        read: u64,
+    ) -> Attempt<usize, R, S::Error> {
+        match declared {
+            Some(total) if total == read => Ok(Some(0)),
+            Some(_) => Err(BlockingError::Ring(R::from(crate::Corrupt {
+                what: "peer ended its stream with a byte count other than what it wrote",
+            }))),
+            None => self.nothing(),
+        }
+    }
+
+    /// Waits with `wait` (the plain [`Signal::wait`], or a host's own with
+    /// extra wake-up sources and a deadline). `Ok(None)`: the peer is gone
+    /// and the caller's next attempt gets the last look.
+    pub(crate) fn wait_with<W, R>(
+        &mut self,
+        wait: impl FnOnce(&S) -> Result<W, S::Error>,
+    ) -> Result<Option<W>, BlockingError<R, S::Error>> {
+        if self.gone {
+            return Ok(None);
+        }
+        match wait(&self.signal) {
+            Ok(w) => Ok(Some(w)),
+            Err(e) if S::is_peer_gone(&e) => {
+                self.gone = true;
+                Ok(None)
+            }
+            Err(e) => Err(BlockingError::Signal(e)),
+        }
+    }
+
+    /// The blocking loop: spin until `ready` (on `rings`, arming nothing),
+    /// `attempt`, and wait whenever it answers "not now".
+    pub(crate) fn block<X, T, R>(
+        &mut self,
+        rings: &mut X,
+        mut ready: impl FnMut(&mut X) -> bool,
+        mut attempt: impl FnMut(&mut X, &Self) -> Attempt<T, R, S::Error>,
+    ) -> Result<T, BlockingError<R, S::Error>> {
+        loop {
+            if !self.gone {
+                self.signal.spin(&mut || ready(rings));
+            }
+            if let Some(v) = attempt(rings, self)? {
+                return Ok(v);
+            }
+            // An attempt that found nothing after the peer went has
+            // reported it; one that still answers "not now" is a bug in
+            // the attempt, and must not make us spin.
+            if self.gone {
+                return Err(BlockingError::PeerGone);
+            }
+            self.wait_with(|s| s.wait())?;
+        }
     }
 }

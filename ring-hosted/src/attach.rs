@@ -10,19 +10,18 @@
 
 #![allow(unsafe_code)]
 
-use crate::eventfd::{EventFd, EventSignal, Woken};
+use crate::eventfd::{EventFd, EventSignal};
 use crate::memfd::MemFd;
-use crate::stream::PollStream;
+use crate::stream::VchanStream;
 use crate::vmbus::{RingMem, VmbusPipe};
 use crate::window::Window;
 use crate::Error;
-use ring_core::signal::Signal;
-use ring_core::vchan::{self, Endpoint, FlatLayout, Orders, Placement, RingPlace, Role};
+use ring_core::vchan::{self, FlatLayout, Orders, Placement, RingPlace, Role};
 use ring_core::vmbus::RingLayout;
-use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long a `--poll` wait sleeps between looks at the ring.
 pub const POLL_INTERVAL: Duration = Duration::from_micros(200);
@@ -47,7 +46,8 @@ pub enum Wakeup {
         /// The eventfd we read.
         wait: i32,
     },
-    /// No fds: wait by sleeping [`POLL_INTERVAL`] and looking again.
+    /// No fds: we never kick, and we wait by looking at the ring again
+    /// every [`POLL_INTERVAL`]. The peer must poll too: it is never woken.
     Poll,
 }
 
@@ -152,13 +152,14 @@ pub unsafe fn open_signal(wakeup: Wakeup) -> Result<EventSignal, Error> {
 }
 
 /// The event channel for [`Wakeup::Poll`]: two private eventfds nobody
-/// else sees (kicks go nowhere).
+/// else sees (kicks go nowhere), and waits that look at the ring again
+/// every [`POLL_INTERVAL`].
 ///
 /// # Errors
 ///
 /// [`Error::Os`] if eventfds cannot be made.
 pub fn poll_signal() -> Result<EventSignal, Error> {
-    Ok(EventSignal::new(EventFd::new()?, EventFd::new()?))
+    EventSignal::polling(POLL_INTERVAL)
 }
 
 /// The vchan layout a foreign peer chose.
@@ -258,8 +259,7 @@ pub fn vchan(
     mem: Arc<MemFd>,
     layout: VchanLayout,
     signal: EventSignal,
-    poll: bool,
-) -> Result<Attached<AttachedVchan>, Error> {
+) -> Result<AttachedVchan, Error> {
     if !layout.ctrl.is_multiple_of(8) {
         return Err(bad(format!(
             "--ctrl-offset {} is not a multiple of 8",
@@ -307,18 +307,11 @@ pub fn vchan(
             }
         }
     };
-    let stream = AttachedVchan {
-        ep,
-        signal,
-        peer_gone: false,
-    };
+    let stream = VchanStream::new(ep, signal);
     if layout.role == Role::Client {
-        stream.signal.notify().map_err(Error::from)?;
+        stream.kick()?;
     }
-    Ok(Attached {
-        inner: stream,
-        poll,
-    })
+    Ok(stream)
 }
 
 /// Where one VMBus ring lies: the whole ring (control page and data) as a
@@ -366,8 +359,7 @@ pub fn vmbus(
     tx: VmbusRing,
     rx: VmbusRing,
     signal: EventSignal,
-    poll: bool,
-) -> Result<Attached<VmbusPipe>, Error> {
+) -> Result<VmbusPipe, Error> {
     let t = vmbus_ring(&mem, "tx", tx)?;
     let r = vmbus_ring(&mem, "rx", rx)?;
     if tx.offset < rx.offset + rx.size && rx.offset < tx.offset + tx.size {
@@ -379,179 +371,9 @@ pub fn vmbus(
             rx.offset + rx.size
         )));
     }
-    let pipe = VmbusPipe::attach(mem, r, t, signal)?;
-    Ok(Attached { inner: pipe, poll })
+    VmbusPipe::attach(mem, r, t, signal)
 }
 
-/// A vchan endpoint in foreign memory with its event channel.
-#[derive(Debug)]
-pub struct AttachedVchan {
-    ep: Endpoint<Win>,
-    signal: EventSignal,
-    peer_gone: bool,
-}
-
-impl AttachedVchan {
-    /// The ring orders (left, right) in use.
-    pub fn orders(&self) -> Orders {
-        self.ep.orders()
-    }
-
-    fn kick_if(&self, t: vchan::Transfer) -> Result<usize, Error> {
-        if t.notify {
-            self.signal.notify().map_err(Error::from)?;
-        }
-        Ok(t.len)
-    }
-}
-
-impl PollStream for AttachedVchan {
-    fn try_read(&mut self, buf: &mut [u8]) -> Result<Option<usize>, Error> {
-        match self.ep.read(buf) {
-            Ok(t) => self.kick_if(t).map(Some),
-            Err(vchan::Error::WouldBlock) if self.peer_gone => Err(Error::Closed),
-            Err(vchan::Error::WouldBlock) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    fn try_write(&mut self, buf: &[u8]) -> Result<Option<usize>, Error> {
-        match self.ep.write(buf) {
-            Ok(t) => self.kick_if(t).map(Some),
-            Err(vchan::Error::WouldBlock) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    fn ready(&mut self) -> (bool, bool) {
-        (
-            self.ep.data_ready().map_or(true, |n| n > 0),
-            self.ep.buffer_space().map_or(true, |n| n > 0),
-        )
-    }
-
-    fn spin_ready(&mut self, read: bool, write: bool) -> bool {
-        let budget = self.signal.spin();
-        crate::stream::spin_for(budget, || {
-            let (r, w) = self.ready();
-            (read && r) || (write && w)
-        })
-    }
-
-    fn wait_event(
-        &mut self,
-        extra: Option<BorrowedFd<'_>>,
-        deadline: Option<Instant>,
-    ) -> Result<Woken, Error> {
-        self.signal.wait_slice(&mut self.peer_gone, extra, deadline)
-    }
-
-    fn deadline(&self) -> Option<Instant> {
-        self.signal.timeout().map(|t| Instant::now() + t)
-    }
-
-    fn signal(&self) -> &EventSignal {
-        &self.signal
-    }
-
-    fn close(&mut self) -> Result<(), Error> {
-        match self.ep.close() {
-            Ok(t) => self.kick_if(t).map(drop),
-            Err(e) => Err(e.into()),
-        }
-    }
-}
-
-impl Drop for AttachedVchan {
-    fn drop(&mut self) {
-        // Best effort: a peer waiting on us must learn that we are gone.
-        let _ = PollStream::close(self);
-    }
-}
-
-/// An attached stream: waits on the eventfds, or with `--poll` by sleeping
-/// [`POLL_INTERVAL`] between looks (watching the extra fd meanwhile).
-#[derive(Debug)]
-pub struct Attached<S> {
-    inner: S,
-    poll: bool,
-}
-
-impl<S> Attached<S> {
-    /// The stream inside.
-    pub fn inner(&mut self) -> &mut S {
-        &mut self.inner
-    }
-}
-
-impl<S: PollStream> PollStream for Attached<S> {
-    fn try_read(&mut self, buf: &mut [u8]) -> Result<Option<usize>, Error> {
-        self.inner.try_read(buf)
-    }
-
-    fn try_write(&mut self, buf: &[u8]) -> Result<Option<usize>, Error> {
-        self.inner.try_write(buf)
-    }
-
-    fn ready(&mut self) -> (bool, bool) {
-        self.inner.ready()
-    }
-
-    fn spin_ready(&mut self, read: bool, write: bool) -> bool {
-        self.inner.spin_ready(read, write)
-    }
-
-    fn wait_event(
-        &mut self,
-        extra: Option<BorrowedFd<'_>>,
-        deadline: Option<Instant>,
-    ) -> Result<Woken, Error> {
-        if !self.poll {
-            return self.inner.wait_event(extra, deadline);
-        }
-        let now = Instant::now();
-        let nap = match deadline {
-            Some(d) if d <= now => return Err(Error::TimedOut),
-            Some(d) => (d - now).min(POLL_INTERVAL),
-            None => POLL_INTERVAL,
-        };
-        let Some(fd) = extra else {
-            std::thread::sleep(nap);
-            return Ok(Woken {
-                kicked: false,
-                extra: false,
-            });
-        };
-        let mut fds = [rustix::event::PollFd::new(
-            &fd,
-            rustix::event::PollFlags::IN,
-        )];
-        let timeout = rustix::event::Timespec {
-            tv_sec: 0,
-            tv_nsec: i64::from(nap.subsec_nanos()),
-        };
-        match rustix::event::poll(&mut fds, Some(&timeout)) {
-            Ok(n) => Ok(Woken {
-                kicked: false,
-                extra: n > 0,
-            }),
-            Err(rustix::io::Errno::INTR) => Ok(Woken {
-                kicked: false,
-                extra: false,
-            }),
-            Err(e) => Err(Error::os("poll")(e)),
-        }
-    }
-
-    fn deadline(&self) -> Option<Instant> {
-        self.inner.deadline()
-    }
-
-    fn signal(&self) -> &EventSignal {
-        self.inner.signal()
-    }
-
-    fn close(&mut self) -> Result<(), Error> {
-        self.inner.close()
-    }
-}
+/// A vchan endpoint in foreign memory with its event channel: the same
+/// stream as between two of our processes, over a window of the memory.
+pub type AttachedVchan = VchanStream<Win>;

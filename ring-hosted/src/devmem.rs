@@ -1,15 +1,17 @@
 //! Device memory and the plumbing the device shims share: mappings of
 //! device files behind the [`SharedMem`] door, the error type that names the
 //! path that failed, and the ioctl seam that lets tests replay recorded
-//! kernel replies.
+//! kernel replies, with [`IoctlRequest`]: a request number together with
+//! how much of its argument the kernel touches, checked before every call.
 //!
 //! Every device backend (UIO, VFIO, Xen grants) ends in a
 //! [`MappedRegion`]: a window into an `mmap` of a device file (or, in tests,
 //! of a memfd or temporary file standing in for one). Ring code sees it only
 //! through [`SharedMem`], exactly like memfd memory.
 
-// This module is one of the crate's unsafe rooms: the mapping view and the
-// raw ioctl/read/write calls. Each block says why it is sound.
+// This module is one of the crate's unsafe rooms: the mapping view, the raw
+// ioctl calls and owning the descriptors they return. Each block says why it
+// is sound.
 #![allow(unsafe_code)]
 
 use memmap2::{MmapOptions, MmapRaw};
@@ -17,7 +19,7 @@ use ring_core::mem::{MemError, RawMem, SharedMem};
 use std::fmt;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -151,6 +153,7 @@ impl From<ring_core::vchan::BlockingError<DevError>> for DevError {
         match e {
             ring_core::vchan::BlockingError::Ring(e) => e.into(),
             ring_core::vchan::BlockingError::Signal(e) => e,
+            ring_core::vchan::BlockingError::PeerGone => DevError::Closed,
         }
     }
 }
@@ -166,6 +169,7 @@ impl From<ring_core::vmbus::BlockingError<DevError>> for DevError {
         match e {
             ring_core::vmbus::BlockingError::Ring(e) => e.into(),
             ring_core::vmbus::BlockingError::Signal(e) => e,
+            ring_core::vmbus::BlockingError::PeerGone => DevError::Closed,
         }
     }
 }
@@ -314,23 +318,321 @@ impl SharedMem for MappedRegion {
     }
 }
 
+/// How an ioctl's argument is laid out, as far as the kernel's reads and
+/// writes of our memory go: what [`IoctlRequest::check`] holds a buffer to
+/// before any call reaches the kernel.
+///
+/// All counts and sizes read from the buffer are native-endian `u32`s.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum IoctlArg {
+    /// An integer (or nothing): the kernel dereferences no memory of ours.
+    /// Such requests go through [`Sys::ioctl_value`] only.
+    Value,
+    /// A struct of this many bytes, read and/or written whole.
+    Fixed(usize),
+    /// A VFIO-style struct whose first field is `argsz`, the size of the
+    /// whole argument: the kernel reads and writes `min_len` bytes, and at
+    /// most `argsz` bytes in all (capability chains, trailing data). The
+    /// buffer must hold both.
+    Argsz {
+        /// Bytes the kernel accesses whatever `argsz` says (the struct).
+        min_len: usize,
+    },
+    /// A struct of `header_len` bytes ending in an array of `count`
+    /// elements of `elem_len` bytes that starts at `array_at`, where
+    /// `count` is the `u32` at `count_at` (gntalloc's and gntdev's grant
+    /// ref lists). The buffer must hold the header and the whole array.
+    Counted {
+        /// Size of the struct the kernel copies whole.
+        header_len: usize,
+        /// Offset of the `u32` element count.
+        count_at: usize,
+        /// Offset of the first element.
+        array_at: usize,
+        /// Size of one element.
+        elem_len: usize,
+    },
+    /// A NUL-terminated string the kernel reads up to its first NUL (and
+    /// does not write). The buffer must contain a NUL.
+    CStr,
+}
+
+/// An ioctl request number together with what the kernel does with its
+/// argument, so [`Sys`] can refuse a buffer too small for it before any
+/// system call.
+///
+/// Values come only from the request constants this crate defines (the
+/// `IOCTL_*` and `VFIO_*` constants of [`vfio`](crate::vfio) and
+/// [`xen`](crate::xen)) or from the `unsafe` constructors, whose callers
+/// vouch for the kernel's side of the contract.
+///
+/// Equality compares the whole description, so a request can be matched
+/// against the constants.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IoctlRequest {
+    number: u32,
+    arg: IoctlArg,
+    returns_fd: bool,
+}
+
+impl fmt::Debug for IoctlRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "IoctlRequest({:#x}, {:?}", self.number, self.arg)?;
+        if self.returns_fd {
+            f.write_str(", returns fd")?;
+        }
+        f.write_str(")")
+    }
+}
+
+impl IoctlRequest {
+    /// Describes ioctl `number`, whose argument is laid out as `arg`.
+    ///
+    /// # Safety
+    ///
+    /// On any file the request may be issued on, the kernel, given an
+    /// argument that [`check`](Self::check) (or, for [`IoctlArg::Value`],
+    /// [`check_value`](Self::check_value)) accepts, must read and write no
+    /// memory of the caller's outside the bytes `arg` describes:
+    ///
+    /// - [`IoctlArg::Value`]: none at all (the argument is an integer);
+    /// - [`IoctlArg::Fixed`]`(n)`: the first `n` bytes;
+    /// - [`IoctlArg::Argsz`]: the first `max(min_len, argsz)` bytes;
+    /// - [`IoctlArg::Counted`]: the first `max(header_len, array_at +
+    ///   count * elem_len)` bytes;
+    /// - [`IoctlArg::CStr`]: reads up to the first NUL, writes nothing.
+    ///
+    /// (A request that hands back a file descriptor belongs with
+    /// [`returning_fd`](Self::returning_fd); made here, its descriptors
+    /// would only leak.) Ioctl numbers are allocated per driver
+    /// (`Documentation/userspace-api/ioctl/ioctl-number.rst`); the contract
+    /// is about the driver that owns `number`.
+    pub const unsafe fn new(number: u32, arg: IoctlArg) -> Self {
+        IoctlRequest {
+            number,
+            arg,
+            returns_fd: false,
+        }
+    }
+
+    /// As [`new`](Self::new), for a request that on success returns a new
+    /// file descriptor (issued through [`Sys::ioctl_fd`]).
+    ///
+    /// # Safety
+    ///
+    /// As [`new`](Self::new) for the argument; and a successful call
+    /// returns a descriptor that is open and owned by the caller alone.
+    pub const unsafe fn returning_fd(number: u32, arg: IoctlArg) -> Self {
+        IoctlRequest {
+            number,
+            arg,
+            returns_fd: true,
+        }
+    }
+
+    /// The request number passed to `ioctl(2)`.
+    pub const fn number(self) -> u32 {
+        self.number
+    }
+
+    /// How the argument is laid out.
+    pub const fn arg(self) -> IoctlArg {
+        self.arg
+    }
+
+    /// Whether a successful call returns a new file descriptor.
+    pub const fn returns_fd(self) -> bool {
+        self.returns_fd
+    }
+
+    /// The argument size the number encodes (`_IOC_SIZE`); 0 for `_IO`
+    /// requests such as VFIO's, which carry `argsz` in the argument instead.
+    pub const fn encoded_size(self) -> usize {
+        ((self.number >> IOC_SIZESHIFT) & IOC_SIZEMASK) as usize
+    }
+
+    fn refused(self, why: impl fmt::Display) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("ioctl {:#x} refused: {why}", self.number),
+        )
+    }
+
+    /// The number of bytes of `arg` the kernel may touch, or why `arg`
+    /// cannot be described (a count or `argsz` field outside it, a missing
+    /// NUL).
+    fn reach(self, arg: &[u8]) -> io::Result<usize> {
+        let need = match self.arg {
+            IoctlArg::Value => {
+                return Err(
+                    self.refused("the argument is an integer, not a buffer (use Sys::ioctl_value)")
+                )
+            }
+            IoctlArg::Fixed(n) => n,
+            IoctlArg::Argsz { min_len } => {
+                let argsz = read_u32(arg, 0).ok_or_else(|| {
+                    self.refused(format_args!("{}-byte buffer cannot hold argsz", arg.len()))
+                })?;
+                let argsz = usize::try_from(argsz).unwrap_or(usize::MAX);
+                if argsz > arg.len() {
+                    return Err(self.refused(format_args!(
+                        "argsz {argsz} exceeds the {}-byte buffer",
+                        arg.len()
+                    )));
+                }
+                min_len.max(argsz)
+            }
+            IoctlArg::Counted {
+                header_len,
+                count_at,
+                array_at,
+                elem_len,
+            } => {
+                let count = read_u32(arg, count_at).ok_or_else(|| {
+                    self.refused(format_args!(
+                        "{}-byte buffer cannot hold the count at {count_at}",
+                        arg.len()
+                    ))
+                })?;
+                usize::try_from(count)
+                    .ok()
+                    .and_then(|c| c.checked_mul(elem_len))
+                    .and_then(|b| b.checked_add(array_at))
+                    .ok_or_else(|| self.refused(format_args!("count {count} overflows")))?
+                    .max(header_len)
+            }
+            IoctlArg::CStr => {
+                if !arg.contains(&0) {
+                    return Err(self.refused("the string has no NUL terminator"));
+                }
+                0
+            }
+        };
+        // The size the number encodes is a floor the driver may rely on
+        // whatever the description says.
+        Ok(need.max(self.encoded_size()))
+    }
+
+    /// Checks `arg` for [`Sys::ioctl`]: the request takes a buffer, does not
+    /// return a descriptor, and `arg` holds every byte the kernel may
+    /// access (see [`IoctlArg`]; never less than the size the number
+    /// encodes).
+    ///
+    /// # Errors
+    ///
+    /// [`io::ErrorKind::InvalidInput`] (what `EINVAL` maps to) saying what
+    /// is wrong.
+    pub fn check(self, arg: &[u8]) -> io::Result<()> {
+        if self.returns_fd {
+            return Err(self.refused("it returns a descriptor (use Sys::ioctl_fd)"));
+        }
+        self.check_buffer(arg)
+    }
+
+    /// Checks `arg` for [`Sys::ioctl_fd`]: as [`check`](Self::check), for a
+    /// request that returns a descriptor.
+    ///
+    /// # Errors
+    ///
+    /// As [`check`](Self::check).
+    pub fn check_fd(self, arg: &[u8]) -> io::Result<()> {
+        if !self.returns_fd {
+            return Err(self.refused("it does not return a descriptor"));
+        }
+        self.check_buffer(arg)
+    }
+
+    fn check_buffer(self, arg: &[u8]) -> io::Result<()> {
+        let need = self.reach(arg)?;
+        if arg.len() < need {
+            return Err(self.refused(format_args!(
+                "it needs {need} bytes, the buffer has {}",
+                arg.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks the request for [`Sys::ioctl_value`]: its argument is an
+    /// integer ([`IoctlArg::Value`]), its number encodes no argument size
+    /// (one that does takes a pointer), and it returns no descriptor.
+    ///
+    /// # Errors
+    ///
+    /// As [`check`](Self::check).
+    pub fn check_value(self) -> io::Result<()> {
+        if self.arg != IoctlArg::Value {
+            return Err(self.refused(format_args!(
+                "the argument is a buffer ({:?}), not an integer",
+                self.arg
+            )));
+        }
+        if self.encoded_size() != 0 {
+            return Err(self.refused(format_args!(
+                "the number encodes a {}-byte argument",
+                self.encoded_size()
+            )));
+        }
+        if self.returns_fd {
+            return Err(self.refused("it returns a descriptor"));
+        }
+        Ok(())
+    }
+}
+
+fn read_u32(bytes: &[u8], at: usize) -> Option<u32> {
+    let b = bytes.get(at..at.checked_add(4)?)?;
+    Some(u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+}
+
 /// The seam between the device shims and the kernel: every ioctl, and the
 /// reads and writes on event-channel style fds, go through it.
 ///
 /// [`Kernel`] makes the real system calls; tests substitute an
-/// implementation that checks each request number and replays a recorded
-/// reply, so the set-up logic runs on a machine without the devices.
+/// implementation that checks each request and replays a recorded reply,
+/// so the set-up logic runs on a machine without the devices.
 ///
 /// Argument structs travel as their bytes (`zerocopy`), so a fake sees and
-/// fills exactly what the kernel would.
+/// fills exactly what the kernel would. Each request is an
+/// [`IoctlRequest`] that says how much of the buffer the kernel may touch;
+/// [`Kernel`] refuses a buffer that does not hold it
+/// ([`IoctlRequest::check`]) before making the call, and the fakes in this
+/// crate refuse the same buffers, so tests see the errors a real machine
+/// would give.
 pub trait Sys: Send + Sync {
-    /// `ioctl(fd, request, arg)` where `arg` points at `arg_bytes`, which
+    /// `ioctl(fd, request, arg)` where `arg` points at `arg`'s bytes, which
     /// the call may update. Returns the ioctl's non-negative result.
-    fn ioctl(&self, fd: BorrowedFd<'_>, request: u32, arg: &mut [u8]) -> io::Result<i32>;
+    ///
+    /// An `arg` that [`IoctlRequest::check`] refuses is refused here too
+    /// (with its error) before anything else happens: [`Kernel`] relies on
+    /// that for soundness, and the fakes do it so tests see the same errors.
+    fn ioctl(&self, fd: BorrowedFd<'_>, request: IoctlRequest, arg: &mut [u8]) -> io::Result<i32>;
 
     /// `ioctl(fd, request, value)` for requests whose argument is an
-    /// integer rather than a pointer.
-    fn ioctl_value(&self, fd: BorrowedFd<'_>, request: u32, value: u64) -> io::Result<i32>;
+    /// integer rather than a pointer ([`IoctlRequest::check_value`]).
+    fn ioctl_value(&self, fd: BorrowedFd<'_>, request: IoctlRequest, value: u64)
+        -> io::Result<i32>;
+
+    /// `ioctl(fd, request, arg)` for a request that returns a new file
+    /// descriptor ([`IoctlRequest::check_fd`]), which the caller then owns.
+    ///
+    /// The default refuses every request (a seam without such requests).
+    fn ioctl_fd(
+        &self,
+        fd: BorrowedFd<'_>,
+        request: IoctlRequest,
+        arg: &mut [u8],
+    ) -> io::Result<OwnedFd> {
+        let _ = (fd, arg);
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!(
+                "ioctl {:#x}: this seam hands out no descriptors",
+                request.number()
+            ),
+        ))
+    }
 
     /// `read(fd, buf)`.
     fn read(&self, fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
@@ -371,13 +673,48 @@ pub fn poll_readable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Resul
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Kernel;
 
-impl Sys for Kernel {
-    fn ioctl(&self, fd: BorrowedFd<'_>, request: u32, arg: &mut [u8]) -> io::Result<i32> {
+impl Kernel {
+    /// The pointer-argument call, once [`IoctlRequest::check`] or
+    /// [`IoctlRequest::check_fd`] has accepted `arg`.
+    fn ioctl_checked(fd: BorrowedFd<'_>, request: IoctlRequest, arg: &mut [u8]) -> io::Result<i32> {
         // Buffers are `repr(C)` structs checked against the uapi headers by
         // the layout probe test.
-        // SAFETY: each request passes a buffer of exactly the size the request
-        // encodes, the kernel stays within it, and `fd` is live for the call.
-        let rc = unsafe { libc::ioctl(fd.as_raw_fd(), request as _, arg.as_mut_ptr()) };
+        // SAFETY: the caller checked `arg` against `request`, so by the
+        // contract of `IoctlRequest::new` the kernel reads and writes only
+        // within `arg`, which we borrow exclusively for the call; `fd` is
+        // live for the call.
+        let rc = unsafe { libc::ioctl(fd.as_raw_fd(), request.number() as _, arg.as_mut_ptr()) };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(rc)
+        }
+    }
+}
+
+impl Sys for Kernel {
+    fn ioctl(&self, fd: BorrowedFd<'_>, request: IoctlRequest, arg: &mut [u8]) -> io::Result<i32> {
+        request.check(arg)?;
+        Self::ioctl_checked(fd, request, arg)
+    }
+
+    fn ioctl_value(
+        &self,
+        fd: BorrowedFd<'_>,
+        request: IoctlRequest,
+        value: u64,
+    ) -> io::Result<i32> {
+        request.check_value()?;
+        // SAFETY: `check_value` passed, so the request was described as
+        // `IoctlArg::Value` and (by `IoctlRequest::new`'s contract) the
+        // kernel dereferences no memory of ours; `fd` is live for the call.
+        let rc = unsafe {
+            libc::ioctl(
+                fd.as_raw_fd(),
+                request.number() as _,
+                value as libc::c_ulong,
+            )
+        };
         if rc < 0 {
             Err(io::Error::last_os_error())
         } else {
@@ -385,15 +722,19 @@ impl Sys for Kernel {
         }
     }
 
-    fn ioctl_value(&self, fd: BorrowedFd<'_>, request: u32, value: u64) -> io::Result<i32> {
-        // SAFETY: the request takes an integer argument, so the kernel
-        // dereferences no memory of ours; `fd` is live for the call.
-        let rc = unsafe { libc::ioctl(fd.as_raw_fd(), request as _, value as libc::c_ulong) };
-        if rc < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(rc)
-        }
+    fn ioctl_fd(
+        &self,
+        fd: BorrowedFd<'_>,
+        request: IoctlRequest,
+        arg: &mut [u8],
+    ) -> io::Result<OwnedFd> {
+        request.check_fd(arg)?;
+        let raw = Self::ioctl_checked(fd, request, arg)?;
+        // SAFETY: `check_fd` passed, so the request was made with
+        // `IoctlRequest::returning_fd`, whose contract is that a successful
+        // call (a non-negative result, checked above) returns an open
+        // descriptor owned by us alone.
+        Ok(unsafe { OwnedFd::from_raw_fd(raw) })
     }
 }
 
@@ -401,8 +742,11 @@ impl Sys for Kernel {
 /// `_IOC` does: direction in bits 30..32, argument size in 16..30, type in
 /// 8..16, number in 0..8.
 pub const fn ioc(dir: u32, ty: u8, nr: u8, size: usize) -> u32 {
-    (dir << 30) | ((size as u32) << 16) | ((ty as u32) << 8) | nr as u32
+    (dir << 30) | ((size as u32) << IOC_SIZESHIFT) | ((ty as u32) << 8) | nr as u32
 }
+
+const IOC_SIZESHIFT: u32 = 16;
+const IOC_SIZEMASK: u32 = (1 << 14) - 1;
 
 /// `_IOC_NONE`: the direction bits the Xen and VFIO headers use.
 pub const IOC_NONE: u32 = 0;
@@ -411,6 +755,7 @@ pub const IOC_NONE: u32 = 0;
 mod tests {
     use super::*;
     use std::io::Write;
+    use std::os::fd::AsFd;
 
     #[test]
     fn mapped_region_is_shared_memory_over_the_file() {
@@ -439,6 +784,142 @@ mod tests {
         let file = tempfile::tempfile().unwrap();
         let e = MappedRegion::map(&file, Path::new("/dev/uio9"), 0, 0).unwrap_err();
         assert!(e.to_string().contains("/dev/uio9"), "{e}");
+    }
+
+    fn memfd() -> std::os::fd::OwnedFd {
+        rustix::fs::memfd_create("ioctl-test", rustix::fs::MemfdFlags::CLOEXEC).unwrap()
+    }
+
+    fn refused(r: io::Result<i32>) -> String {
+        let e = r.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{e}");
+        assert_eq!(e.raw_os_error(), None, "reached the kernel: {e}");
+        e.to_string()
+    }
+
+    /// What a memfd says to an ioctl that did reach the kernel.
+    fn reached_the_kernel(r: io::Result<i32>) {
+        let e = r.unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOTTY), "{e}");
+    }
+
+    #[test]
+    fn a_vfio_argsz_beyond_the_buffer_is_refused_before_the_kernel() {
+        use crate::vfio::{DeviceInfo, IrqSet, VFIO_DEVICE_GET_INFO, VFIO_DEVICE_SET_IRQS};
+        use zerocopy::IntoBytes;
+        let fd = memfd();
+        // VFIO numbers encode no size: argsz is the kernel's only bound. An
+        // argsz past the slice would have it write (capabilities) past it.
+        let mut info = DeviceInfo {
+            argsz: 4096,
+            ..DeviceInfo::default()
+        };
+        let msg = refused(Kernel.ioctl(fd.as_fd(), VFIO_DEVICE_GET_INFO, info.as_mut_bytes()));
+        assert!(
+            msg.contains("argsz 4096 exceeds the 20-byte buffer"),
+            "{msg}"
+        );
+        // SET_IRQS: the kernel reads argsz - header bytes of eventfds.
+        let mut set = IrqSet {
+            argsz: 28,
+            count: 2,
+            ..IrqSet::default()
+        };
+        refused(Kernel.ioctl(fd.as_fd(), VFIO_DEVICE_SET_IRQS, set.as_mut_bytes()));
+        // A buffer shorter than the struct the kernel copies whole, even
+        // with an argsz that fits it.
+        let mut short = [8u8, 0, 0, 0, 0, 0, 0, 0];
+        let msg = refused(Kernel.ioctl(fd.as_fd(), VFIO_DEVICE_GET_INFO, &mut short));
+        assert!(msg.contains("needs 20 bytes, the buffer has 8"), "{msg}");
+        refused(Kernel.ioctl(fd.as_fd(), VFIO_DEVICE_GET_INFO, &mut [0u8; 2]));
+        // A truthful argsz is let through (and the memfd has no ioctls).
+        info.argsz = size_of::<DeviceInfo>() as u32;
+        reached_the_kernel(Kernel.ioctl(fd.as_fd(), VFIO_DEVICE_GET_INFO, info.as_mut_bytes()));
+    }
+
+    #[test]
+    fn an_encoded_size_or_count_beyond_the_buffer_is_refused_before_the_kernel() {
+        use crate::xen::evtchn::IOCTL_EVTCHN_BIND_INTERDOMAIN;
+        use crate::xen::gntalloc::{AllocGref, IOCTL_GNTALLOC_ALLOC_GREF};
+        use crate::xen::gntdev::{MapGrantRef, IOCTL_GNTDEV_MAP_GRANT_REF};
+        use zerocopy::IntoBytes;
+        let fd = memfd();
+        // _IOC(_IOC_NONE, 'E', 1, 8), given 4 bytes.
+        assert_eq!(IOCTL_EVTCHN_BIND_INTERDOMAIN.encoded_size(), 8);
+        let msg = refused(Kernel.ioctl(fd.as_fd(), IOCTL_EVTCHN_BIND_INTERDOMAIN, &mut [0u8; 4]));
+        assert!(msg.contains("needs 8 bytes, the buffer has 4"), "{msg}");
+        reached_the_kernel(Kernel.ioctl(fd.as_fd(), IOCTL_EVTCHN_BIND_INTERDOMAIN, &mut [0u8; 8]));
+        // gntalloc writes `count` grant refs from offset 16: three need 28
+        // bytes, more than the bare struct's 24.
+        let mut alloc = AllocGref {
+            count: 3,
+            ..AllocGref::default()
+        };
+        let msg =
+            refused(Kernel.ioctl(fd.as_fd(), IOCTL_GNTALLOC_ALLOC_GREF, alloc.as_mut_bytes()));
+        assert!(msg.contains("needs 28 bytes, the buffer has 24"), "{msg}");
+        let mut buf = vec![0u8; 28];
+        buf[..24].copy_from_slice(alloc.as_bytes());
+        reached_the_kernel(Kernel.ioctl(fd.as_fd(), IOCTL_GNTALLOC_ALLOC_GREF, &mut buf));
+        // gntdev reads `count` 8-byte refs from offset 16; a huge count
+        // neither overflows nor passes.
+        let mut map = MapGrantRef {
+            count: u32::MAX,
+            ..MapGrantRef::default()
+        };
+        refused(Kernel.ioctl(fd.as_fd(), IOCTL_GNTDEV_MAP_GRANT_REF, map.as_mut_bytes()));
+    }
+
+    #[test]
+    fn integer_and_pointer_and_descriptor_requests_are_not_mixed_up() {
+        use crate::vfio::{VFIO_DEVICE_GET_INFO, VFIO_GET_API_VERSION, VFIO_GROUP_GET_DEVICE_FD};
+        let fd = memfd();
+        // An integer where the kernel expects a pointer would be a wild
+        // write: refused.
+        let e = Kernel
+            .ioctl_value(fd.as_fd(), VFIO_DEVICE_GET_INFO, 0x1000)
+            .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{e}");
+        refused(Kernel.ioctl(fd.as_fd(), VFIO_GET_API_VERSION, &mut [0u8; 8]));
+        reached_the_kernel(Kernel.ioctl_value(fd.as_fd(), VFIO_GET_API_VERSION, 0));
+        // A descriptor-returning request only through ioctl_fd, and only
+        // with its NUL-terminated name.
+        refused(Kernel.ioctl(
+            fd.as_fd(),
+            VFIO_GROUP_GET_DEVICE_FD,
+            &mut b"dev\0".to_owned(),
+        ));
+        let e = Kernel
+            .ioctl_fd(fd.as_fd(), VFIO_GROUP_GET_DEVICE_FD, &mut b"dev".to_owned())
+            .unwrap_err();
+        assert!(e.to_string().contains("NUL"), "{e}");
+        assert_eq!(e.raw_os_error(), None);
+        let e = Kernel
+            .ioctl_fd(fd.as_fd(), VFIO_DEVICE_GET_INFO, &mut [0u8; 64])
+            .unwrap_err();
+        assert_eq!(e.raw_os_error(), None, "{e}");
+        let e = Kernel
+            .ioctl_fd(
+                fd.as_fd(),
+                VFIO_GROUP_GET_DEVICE_FD,
+                &mut b"dev\0".to_owned(),
+            )
+            .unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOTTY), "{e}");
+    }
+
+    #[test]
+    fn the_encoded_size_is_a_floor_whatever_the_description() {
+        // SAFETY: never issued to the kernel (the buffers below are all
+        // refused or only checked); the description is deliberately short.
+        let req = unsafe { IoctlRequest::new(ioc(IOC_NONE, b'x', 1, 16), IoctlArg::Fixed(4)) };
+        assert_eq!(req.encoded_size(), 16);
+        assert!(req.check(&[0; 8]).is_err());
+        assert!(req.check(&[0; 16]).is_ok());
+        // An "integer" request whose number encodes a size takes a pointer.
+        // SAFETY: only checked, never issued.
+        let value = unsafe { IoctlRequest::new(ioc(IOC_NONE, b'x', 2, 8), IoctlArg::Value) };
+        assert!(value.check_value().is_err());
     }
 
     #[test]

@@ -25,6 +25,7 @@ use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// One eventfd (non-blocking, close-on-exec).
@@ -68,12 +69,19 @@ impl EventFd {
 
     /// Adds one to the counter, waking whoever polls it.
     ///
+    /// A counter so full that one more would overflow it (`EAGAIN`, which
+    /// a peer can cause by writing 0xffff_ffff_ffff_fffe into its own
+    /// eventfd) counts as delivered: the eventfd is readable already, so
+    /// its reader is signalled.
+    ///
     /// # Errors
     ///
     /// The write's OS error (only possible for a broken fd).
     pub fn kick(&self) -> io::Result<()> {
-        rustix::io::write(&self.fd, &1u64.to_ne_bytes())?;
-        Ok(())
+        match rustix::io::write(&self.fd, &1u64.to_ne_bytes()) {
+            Ok(_) | Err(rustix::io::Errno::AGAIN) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Takes the counter without blocking: the number of kicks since the
@@ -129,7 +137,7 @@ impl fmt::Display for WaitError {
 
 impl std::error::Error for WaitError {}
 
-/// What ended a [`EventSignal::wait_with`].
+/// What ended a [`EventSignal::wait_event`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Woken {
     /// The peer kicked us.
@@ -150,9 +158,99 @@ pub struct Woken {
 /// --spin-us 0`) on a machine that is always saturated.
 pub const DEFAULT_SPIN: Duration = Duration::from_micros(20);
 
+/// The longest spin [`EventSignal::set_spin`] accepts: a spin is a
+/// shortcut around a sleep, never a way to wait.
+pub const MAX_SPIN: Duration = Duration::from_secs(1);
+
+/// The default [liveness re-check](EventSignal::set_liveness): the longest
+/// a wait sleeps without returning for the caller to look at the ring
+/// again. It bounds how late we notice a peer that cleared its live byte
+/// without kicking us (a foreign vchan peer may); between two of our own
+/// processes the kick or the hang-up always comes first.
+pub const LIVENESS_POLL: Duration = Duration::from_millis(50);
+
+/// Why each wait of an [`EventSignal`] ended, counted: every wake-up has
+/// exactly one cause. A test that turns the liveness re-check off and
+/// finds `lapses == 0` knows that no wake-up was lost and rescued.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WakeCounts {
+    /// Waits ended by the peer's kick.
+    pub kicks: u64,
+    /// Waits ended by the hang-up fd (death, close, or a notice).
+    pub hangups: u64,
+    /// Waits ended by the extra fd of [`EventSignal::wait_event`].
+    pub extra: u64,
+    /// Waits ended by the liveness re-check with nothing to report.
+    pub lapses: u64,
+    /// Waits ended by the timeout.
+    pub timeouts: u64,
+}
+
+/// A message one of our processes sends the other on the hang-up socket
+/// (the rendezvous socket), 9 bytes: a tag and a little-endian `u64`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Notice {
+    /// "I will write no more; I wrote this many bytes in all": a half-close
+    /// for rings that have none of their own (vchan). Sent only after the
+    /// last byte is published.
+    WriteClosed(u64),
+    /// "I am finished: I received this many bytes and passed them all on."
+    Done(u64),
+}
+
+impl Notice {
+    const LEN: usize = 9;
+
+    fn encode(self) -> [u8; Self::LEN] {
+        let (tag, v) = match self {
+            Notice::WriteClosed(v) => (b'E', v),
+            Notice::Done(v) => (b'D', v),
+        };
+        let mut b = [0u8; Self::LEN];
+        b[0] = tag;
+        b[1..].copy_from_slice(&v.to_le_bytes());
+        b
+    }
+
+    fn decode(b: &[u8; Self::LEN]) -> Option<Notice> {
+        let mut v = [0u8; 8];
+        v.copy_from_slice(&b[1..]);
+        let v = u64::from_le_bytes(v);
+        match b[0] {
+            b'E' => Some(Notice::WriteClosed(v)),
+            b'D' => Some(Notice::Done(v)),
+            _ => None,
+        }
+    }
+}
+
+/// What the hang-up socket has told us.
+#[derive(Debug, Default)]
+struct HangupState {
+    /// Bytes of a notice read so far.
+    partial: [u8; Notice::LEN],
+    have: usize,
+    write_closed: Option<u64>,
+    done: Option<u64>,
+    /// End of file, an error, or a notice we do not understand.
+    gone: bool,
+}
+
 /// The event channel between two processes: kick the peer's eventfd, wait
 /// on ours, and watch a hang-up fd for the peer's death. Implements
-/// [`ring_core::signal::Signal`].
+/// [`ring_core::signal::Signal`], so ring-core's blocking layer does the
+/// arming, re-checking and kicking; this type only sleeps and wakes.
+///
+/// # Waiting
+///
+/// A wait ends on the peer's kick, the hang-up fd, the extra fd of
+/// [`wait_event`](Self::wait_event), the timeout, or the liveness re-check
+/// (a wake-up with nothing to report, after which the caller looks at the
+/// ring again). Each cause is counted ([`wake_counts`](Self::wake_counts)).
+///
+/// The timeout is an *idle* timeout: a wait fails with
+/// [`WaitError::TimedOut`] once the peer has not been heard from (no kick,
+/// no hang-up) for that long across consecutive waits.
 #[derive(Debug)]
 pub struct EventSignal {
     kick: EventFd,
@@ -160,8 +258,23 @@ pub struct EventSignal {
     hangup: Option<OwnedFd>,
     spin: Duration,
     timeout: Option<Duration>,
+    liveness: Option<Duration>,
     kicks: AtomicU64,
-    wakeups: AtomicU64,
+    counts: Mutex<WakeCounts>,
+    /// When the current stretch of waits without news began.
+    quiet_since: Mutex<Option<Instant>>,
+    state: Mutex<HangupState>,
+}
+
+/// The liveness re-check a new [`EventSignal`] gets: [`LIVENESS_POLL`],
+/// or the `RING_LIVENESS_MS` environment variable (`0`: off), which lets
+/// tests of whole processes make a lost wake-up hang, and so fail.
+fn default_liveness() -> Option<Duration> {
+    match std::env::var("RING_LIVENESS_MS").ok().and_then(|v| v.parse::<u64>().ok()) {
+        Some(0) => None,
+        Some(ms) => Some(Duration::from_millis(ms)),
+        None => Some(LIVENESS_POLL),
+    }
 }
 
 impl EventSignal {
@@ -173,9 +286,26 @@ impl EventSignal {
             hangup: None,
             spin: DEFAULT_SPIN,
             timeout: None,
+            liveness: default_liveness(),
             kicks: AtomicU64::new(0),
-            wakeups: AtomicU64::new(0),
+            counts: Mutex::new(WakeCounts::default()),
+            quiet_since: Mutex::new(None),
+            state: Mutex::new(HangupState::default()),
         }
+    }
+
+    /// A signal for a peer that neither kicks nor is kicked: two private
+    /// eventfds nobody else sees, and waits that look at the ring again
+    /// every `interval` (each such look counts as a lapse).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Os`] if eventfds cannot be made.
+    pub fn polling(interval: Duration) -> Result<Self, Error> {
+        let mut s = EventSignal::new(EventFd::new()?, EventFd::new()?);
+        s.liveness = Some(interval.max(Duration::from_micros(1)));
+        s.spin = Duration::ZERO;
+        Ok(s)
     }
 
     /// Watches `fd` while waiting: once it is readable or hung up (for a
@@ -191,10 +321,11 @@ impl EventSignal {
         self.hangup = Some(fd);
     }
 
-    /// Sets how long a wait spins (re-checking without sleeping) before it
-    /// blocks in the kernel. Zero disables spinning.
+    /// Sets how long a blocking call spins (re-checking the ring without
+    /// arming) before it sleeps, at most [`MAX_SPIN`]. Zero disables
+    /// spinning. A spin ends early when the peer hangs up.
     pub fn set_spin(&mut self, spin: Duration) {
-        self.spin = spin;
+        self.spin = spin.min(MAX_SPIN);
     }
 
     /// The spin budget.
@@ -202,15 +333,26 @@ impl EventSignal {
         self.spin
     }
 
-    /// Sets the longest a [`wait`](Signal::wait) blocks; `None` waits for
-    /// ever (or until the peer hangs up).
+    /// Sets the idle timeout (see the type's docs); `None`: none.
     pub fn set_timeout(&mut self, timeout: Option<Duration>) {
         self.timeout = timeout;
     }
 
-    /// The longest a wait blocks (`None`: no limit).
+    /// The idle timeout (`None`: no limit).
     pub fn timeout(&self) -> Option<Duration> {
         self.timeout
+    }
+
+    /// Sets the liveness re-check (`None`: off, so a wait ends only on a
+    /// kick, the hang-up fd, the extra fd or the timeout, and a lost
+    /// wake-up blocks until the timeout).
+    pub fn set_liveness(&mut self, every: Option<Duration>) {
+        self.liveness = every;
+    }
+
+    /// The liveness re-check in force.
+    pub fn liveness(&self) -> Option<Duration> {
+        self.liveness
     }
 
     /// Kicks sent to the peer so far.
@@ -218,9 +360,18 @@ impl EventSignal {
         self.kicks.load(Ordering::Relaxed)
     }
 
-    /// Wake-ups taken so far (waits that ended with the peer's kick).
+    /// Wake-ups taken so far that ended with the peer's kick.
     pub fn wakeups(&self) -> u64 {
-        self.wakeups.load(Ordering::Relaxed)
+        self.wake_counts().kicks
+    }
+
+    /// How every wait so far ended.
+    pub fn wake_counts(&self) -> WakeCounts {
+        *lock(&self.counts)
+    }
+
+    fn count(&self, f: impl FnOnce(&mut WakeCounts)) {
+        f(&mut lock(&self.counts));
     }
 
     /// The eventfd we wait on (for an outside poll loop).
@@ -238,84 +389,175 @@ impl EventSignal {
         self.hangup.as_ref().map(|f| f.as_fd())
     }
 
-    /// Whether the hang-up fd says the peer is gone, without blocking.
+    /// Whether the peer is known to be gone, looking at the hang-up fd
+    /// once without blocking (and reading any notices it carries).
     pub fn peer_gone(&self) -> bool {
+        self.poll_hangup(Some(Duration::ZERO));
+        lock(&self.state).gone
+    }
+
+    /// What the peer said with [`Notice::WriteClosed`], if it did.
+    pub fn peer_write_closed(&self) -> Option<u64> {
+        lock(&self.state).write_closed
+    }
+
+    /// What the peer said with [`Notice::Done`], if it did.
+    pub fn peer_done(&self) -> Option<u64> {
+        lock(&self.state).done
+    }
+
+    /// Sends `notice` to the peer over the hang-up socket.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Os`] if there is no hang-up fd or the write fails (the peer
+    /// is gone: `EPIPE`).
+    pub fn send_notice(&self, notice: Notice) -> Result<(), Error> {
         let Some(h) = &self.hangup else {
-            return false;
+            return Err(Error::Os {
+                op: "send notice",
+                source: io::Error::new(io::ErrorKind::Unsupported, "no socket to the peer"),
+            });
+        };
+        let bytes = notice.encode();
+        let sent = rustix::net::send(h, &bytes, rustix::net::SendFlags::NOSIGNAL)
+            .map_err(Error::os("send notice"))?;
+        if sent != bytes.len() {
+            return Err(Error::Os {
+                op: "send notice",
+                source: io::Error::new(io::ErrorKind::WriteZero, "short write"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Reads what the hang-up fd holds without blocking: notices, or end
+    /// of file (the peer is gone). `readable`: poll said so.
+    fn drain_hangup(&self) {
+        let Some(h) = &self.hangup else {
+            return;
+        };
+        let mut st = lock(&self.state);
+        // Bounded: a peer that floods the socket is read 64 notices at a
+        // time; poll reports the rest on the next wait.
+        for _ in 0..64 {
+            if st.gone {
+                return;
+            }
+            let have = st.have;
+            let Some(rest) = st.partial.get_mut(have..) else {
+                st.gone = true;
+                return;
+            };
+            // Never block here: the socket itself may be in blocking mode.
+            match rustix::net::recv(h, rest, rustix::net::RecvFlags::DONTWAIT).map(|(n, _)| n) {
+                Ok(0) => st.gone = true,
+                Ok(n) => {
+                    st.have += n;
+                    if st.have == Notice::LEN {
+                        st.have = 0;
+                        match Notice::decode(&st.partial) {
+                            Some(Notice::WriteClosed(v)) => st.write_closed = Some(v),
+                            Some(Notice::Done(v)) => st.done = Some(v),
+                            None => st.gone = true,
+                        }
+                    }
+                }
+                Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => return,
+                // Not a socket we can read (a pidfd, say): readable means
+                // the peer is gone.
+                Err(_) => st.gone = true,
+            }
+        }
+    }
+
+    /// Polls the hang-up fd alone for up to `timeout` and reads it if it
+    /// fired.
+    fn poll_hangup(&self, timeout: Option<Duration>) {
+        let Some(h) = &self.hangup else {
+            return;
         };
         let mut fds = [PollFd::new(h, PollFlags::IN | PollFlags::RDHUP)];
-        let zero = Timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(n) if n > 0)
+        let ts = timeout.map(timespec);
+        if matches!(rustix::event::poll(&mut fds, ts.as_ref()), Ok(n) if n > 0) {
+            self.drain_hangup();
+        }
     }
 
     fn took(&self, n: u64) -> bool {
         if n > 0 {
-            self.wakeups.fetch_add(1, Ordering::Relaxed);
+            self.count(|c| c.kicks += 1);
             true
         } else {
             false
         }
     }
 
-    /// Waits for a kick with an explicit timeout (`None`: no limit),
-    /// spinning on the eventfd counter for the spin budget first. This is
-    /// the wait behind [`Signal::wait`], for callers that cannot spin on the
-    /// ring themselves.
+    /// Waits for a kick with an explicit timeout (`None`: the signal's
+    /// own), with the liveness re-check: the wait behind [`Signal::wait`].
     ///
     /// # Errors
     ///
     /// [`WaitError::PeerGone`], [`WaitError::TimedOut`], or an OS error.
     pub fn wait_timeout(&self, timeout: Option<Duration>) -> Result<(), WaitError> {
-        let start = Instant::now();
-        while start.elapsed() < self.spin {
-            if self.took(self.wake.take().map_err(WaitError::Os)?) {
-                return Ok(());
-            }
-            std::hint::spin_loop();
-        }
-        let left = timeout.map(|t| t.saturating_sub(start.elapsed()));
-        self.wait_with(None, left).map(drop)
+        let deadline = timeout.map(|t| Instant::now() + t);
+        self.wait_event(None, deadline).map(drop)
     }
 
-    /// Waits until the peer kicks us or `extra` becomes readable, blocking
-    /// in poll at once (callers that can re-check the ring spin on it
-    /// before they call this, which is cheaper than spinning here).
+    /// One wait: for a kick, the peer's death, `extra` to become readable
+    /// or `deadline` (`None`: the idle timeout alone), but no longer than
+    /// the liveness re-check. Returns at once if a kick is pending or the
+    /// peer is known to be gone.
     ///
     /// # Errors
     ///
     /// [`WaitError::PeerGone`] once the hang-up fd fires (a pending kick is
-    /// reported first), [`WaitError::TimedOut`], or an OS error.
-    pub fn wait_with(
+    /// reported first), [`WaitError::TimedOut`] at `deadline` or after the
+    /// idle timeout, or an OS error.
+    pub fn wait_event(
         &self,
         extra: Option<BorrowedFd<'_>>,
-        timeout: Option<Duration>,
+        deadline: Option<Instant>,
     ) -> Result<Woken, WaitError> {
+        let kicked = Woken {
+            kicked: true,
+            extra: false,
+        };
         if self.took(self.wake.take().map_err(WaitError::Os)?) {
-            return Ok(Woken {
-                kicked: true,
-                extra: false,
-            });
+            self.heard();
+            return Ok(kicked);
+        }
+        if lock(&self.state).gone {
+            return Err(WaitError::PeerGone);
         }
         let start = Instant::now();
-        let deadline = timeout.map(|t| start + t);
+        let idle_end = self.timeout.map(|t| {
+            let since = *lock(&self.quiet_since).get_or_insert(start);
+            since + t
+        });
+        let end = match (deadline, idle_end) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let lapse = self.liveness.map(|l| start + l);
         loop {
-            let left = match deadline {
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        return Err(WaitError::TimedOut);
-                    }
-                    Some(d - now)
-                }
-                None => None,
+            let now = Instant::now();
+            if end.is_some_and(|e| now >= e) {
+                self.count(|c| c.timeouts += 1);
+                return Err(WaitError::TimedOut);
+            }
+            if lapse.is_some_and(|l| now >= l) {
+                self.count(|c| c.lapses += 1);
+                return Ok(Woken {
+                    kicked: false,
+                    extra: false,
+                });
+            }
+            let until = match (end, lapse) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
             };
-            let ts = left.map(|d| Timespec {
-                tv_sec: d.as_secs() as _,
-                tv_nsec: d.subsec_nanos() as _,
-            });
+            let ts = until.map(|u| timespec(u.saturating_duration_since(now)));
             // The eventfd, then the hang-up fd and the extra fd if present;
             // a fixed array, so waiting never allocates.
             let mut fds = [
@@ -347,18 +589,53 @@ impl EventSignal {
                     .is_some_and(|f| !f.revents().is_empty())
             };
             let (hung, extra_ready) = (fired(hang_at), fired(extra_at));
-            let got = self.took(self.wake.take().map_err(WaitError::Os)?);
-            if got || extra_ready {
+            if self.took(self.wake.take().map_err(WaitError::Os)?) {
+                self.heard();
                 return Ok(Woken {
-                    kicked: got,
+                    kicked: true,
                     extra: extra_ready,
                 });
             }
             if hung {
-                return Err(WaitError::PeerGone);
+                self.heard();
+                self.count(|c| c.hangups += 1);
+                self.drain_hangup();
+                if lock(&self.state).gone {
+                    return Err(WaitError::PeerGone);
+                }
+                // A notice: news the caller must look at.
+                return Ok(Woken {
+                    kicked: false,
+                    extra: extra_ready,
+                });
+            }
+            if extra_ready {
+                self.count(|c| c.extra += 1);
+                return Ok(Woken {
+                    kicked: false,
+                    extra: true,
+                });
             }
         }
     }
+
+    /// The peer was heard from: the idle timeout starts again.
+    fn heard(&self) {
+        *lock(&self.quiet_since) = None;
+    }
+}
+
+fn timespec(d: Duration) -> Timespec {
+    Timespec {
+        tv_sec: d.as_secs().try_into().unwrap_or(i64::MAX),
+        tv_nsec: d.subsec_nanos().into(),
+    }
+}
+
+/// Locks `m`, taking the data of a poisoned lock as it is (the state
+/// behind these locks is a few plain fields, consistent after any panic).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Signal for EventSignal {
@@ -370,7 +647,39 @@ impl Signal for EventSignal {
     }
 
     fn wait(&self) -> Result<(), WaitError> {
-        self.wait_timeout(self.timeout)
+        self.wait_event(None, None).map(drop)
+    }
+
+    fn is_peer_gone(error: &WaitError) -> bool {
+        matches!(error, WaitError::PeerGone)
+    }
+
+    fn spin(&self, ready: &mut dyn FnMut() -> bool) -> bool {
+        if self.spin.is_zero() {
+            return ready();
+        }
+        let start = Instant::now();
+        let mut turns = 0u32;
+        loop {
+            if ready() {
+                return true;
+            }
+            turns = turns.wrapping_add(1);
+            if turns.is_multiple_of(256) {
+                if start.elapsed() >= self.spin {
+                    return false;
+                }
+                // A peer that hung up will never make us ready.
+                if self.hangup.is_some() && self.peer_gone() {
+                    return false;
+                }
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    fn peer_write_closed(&self) -> Option<u64> {
+        EventSignal::peer_write_closed(self)
     }
 }
 
@@ -404,70 +713,15 @@ pub fn pair() -> Result<(EventSignal, EventSignal), Error> {
     Ok((EventSignal::new(a, b), EventSignal::new(b2, a2)))
 }
 
-/// The longest a blocking call sleeps without re-checking the ring: the
-/// bound on noticing a peer that cleared its live byte but never kicked,
-/// and on how long a lost or withheld kick can stall us.
-pub const LIVENESS_POLL: Duration = Duration::from_millis(50);
-
 impl From<WaitError> for Error {
     fn from(e: WaitError) -> Self {
         match e {
-            WaitError::PeerGone => Error::Closed,
+            WaitError::PeerGone => Error::PeerGone,
             WaitError::TimedOut => Error::TimedOut,
             WaitError::Os(source) => Error::Os {
                 op: "eventfd",
                 source,
             },
-        }
-    }
-}
-
-impl EventSignal {
-    /// One wait of a blocking ring call: for a kick, the peer's death, or
-    /// `extra` to become readable, until `deadline` (`None`: no limit), but
-    /// never longer than [`LIVENESS_POLL`], so the caller re-checks the ring
-    /// (a peer that clears its live byte without kicking is still noticed).
-    ///
-    /// The peer's death is reported once as a wake-up and remembered in
-    /// `peer_gone`; after it the call returns at once, and the caller's
-    /// non-blocking operations report what is left, then `Closed`.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::TimedOut`] once `deadline` has passed; [`Error::Os`].
-    pub fn wait_slice(
-        &self,
-        peer_gone: &mut bool,
-        extra: Option<BorrowedFd<'_>>,
-        deadline: Option<Instant>,
-    ) -> Result<Woken, Error> {
-        let woken = Woken {
-            kicked: true,
-            extra: false,
-        };
-        if *peer_gone {
-            return Ok(woken);
-        }
-        let now = Instant::now();
-        let slice = match deadline {
-            Some(d) if d <= now => return Err(Error::TimedOut),
-            Some(d) => (d - now).min(LIVENESS_POLL),
-            None => LIVENESS_POLL,
-        };
-        match self.wait_with(extra, Some(slice)) {
-            Ok(w) => Ok(w),
-            Err(WaitError::PeerGone) => {
-                *peer_gone = true;
-                Ok(woken)
-            }
-            Err(WaitError::TimedOut) if deadline.is_some_and(|d| Instant::now() >= d) => {
-                Err(Error::TimedOut)
-            }
-            Err(WaitError::TimedOut) => Ok(Woken {
-                kicked: false,
-                extra: false,
-            }),
-            Err(e) => Err(e.into()),
         }
     }
 }

@@ -60,6 +60,7 @@ pub mod devmem;
 pub mod eventfd;
 pub mod inspect;
 pub mod memfd;
+pub mod parent;
 pub mod rendezvous;
 pub mod replay;
 pub mod stream;
@@ -103,8 +104,13 @@ pub enum Error {
     Ring(ring_core::vchan::Error),
     /// A VMBus ring refused (set-up error, corruption, a packet too large).
     Vmbus(ring_core::vmbus::Error),
-    /// The peer closed or died; no more data will come.
+    /// The peer closed the ring: no more data will come, and it takes no
+    /// more of ours.
     Closed,
+    /// The peer died or hung up (its process exited, or it closed the
+    /// rendezvous socket) before the stream ended cleanly. What it
+    /// published before it went was delivered first.
+    PeerGone,
     /// A wait passed its timeout.
     TimedOut,
     /// A layout or fd given to [`attach`] is unusable (the reason says
@@ -134,6 +140,7 @@ impl fmt::Display for Error {
             Error::Ring(e) => e.fmt(f),
             Error::Vmbus(e) => write!(f, "vmbus: {e}"),
             Error::Closed => f.write_str("peer closed the ring"),
+            Error::PeerGone => f.write_str("peer died or hung up"),
             Error::TimedOut => f.write_str("timed out waiting for the peer"),
             Error::Attach(reason) => f.write_str(reason),
         }
@@ -160,7 +167,21 @@ impl From<ring_core::vchan::Error> for Error {
 
 impl From<ring_core::vmbus::Error> for Error {
     fn from(e: ring_core::vmbus::Error) -> Self {
-        Error::Vmbus(e)
+        match e {
+            ring_core::vmbus::Error::Closed => Error::Closed,
+            other => Error::Vmbus(other),
+        }
+    }
+}
+
+impl<R: Into<Error>> From<ring_core::signal::BlockingError<R, eventfd::WaitError>> for Error {
+    fn from(e: ring_core::signal::BlockingError<R, eventfd::WaitError>) -> Self {
+        use ring_core::signal::BlockingError;
+        match e {
+            BlockingError::Ring(e) => e.into(),
+            BlockingError::Signal(e) => e.into(),
+            BlockingError::PeerGone => Error::PeerGone,
+        }
     }
 }
 
@@ -175,6 +196,7 @@ impl From<Error> for io::Error {
         let kind = match &e {
             Error::Os { source, .. } => source.kind(),
             Error::Closed => io::ErrorKind::BrokenPipe,
+            Error::PeerGone => io::ErrorKind::ConnectionReset,
             Error::TimedOut => io::ErrorKind::TimedOut,
             Error::BadFd(_) | Error::ForeignPeer { .. } => io::ErrorKind::PermissionDenied,
             Error::Attach(_) => io::ErrorKind::InvalidInput,

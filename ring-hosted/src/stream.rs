@@ -1,6 +1,10 @@
 //! A vchan endpoint between two processes, made blocking on an
 //! [`EventSignal`], with `std::io` streams and a message API on top.
 //!
+//! The blocking is ring-core's ([`vchan::Blocking`]): this module adds the
+//! eventfd signal, the rendezvous socket's half-close and the `std::io`
+//! traits, and writes no wait loop of its own.
+//!
 //! # Peer death
 //!
 //! A peer that closes cleanly stores 0 to its live byte and kicks us; reads
@@ -9,7 +13,14 @@
 //! also watches the rendezvous socket: when the kernel closes the dead
 //! peer's end, the wait returns, the reader makes one last pass over the
 //! ring (bytes already there are still delivered, in order), and then every
-//! call returns [`Error::Closed`]. Writers return `Closed` at once.
+//! call returns [`Error::PeerGone`]. Writers return `PeerGone` at once.
+//!
+//! # Half-close
+//!
+//! vchan has no half-close of its own: its live byte ends both directions.
+//! Between two of our processes, [`VchanStream::shutdown_write`] says "no
+//! more from me, N bytes in all" over the rendezvous socket; the peer reads
+//! to that count and then sees end of stream, while its direction flows on.
 //!
 //! # Spinning
 //!
@@ -18,15 +29,15 @@
 //! default). A peer on another core usually moves within that time, and a
 //! side that has not armed its request costs the peer no kick.
 
-use crate::eventfd::{EventSignal, Woken};
+use crate::eventfd::{EventSignal, Notice, Woken};
 use crate::memfd::MemFd;
 use crate::Error;
-use ring_core::signal::Signal;
-use ring_core::vchan::{self, Endpoint, Role};
+use ring_core::mem::SharedMem;
+use ring_core::vchan::{self, Blocking, Endpoint, Role};
 use std::io;
 use std::os::fd::BorrowedFd;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 pub use crate::eventfd::LIVENESS_POLL;
 
@@ -37,13 +48,17 @@ pub const MSG_HEADER: usize = 4;
 /// The non-blocking face of a ring stream between two processes, which
 /// poll loops ([`check::duplex`](crate::check::duplex), `ring listen`) drive
 /// the same way whatever the protocol.
+///
+/// Every method is a thin door to ring-core's blocking layer
+/// ([`vchan::Blocking`], [`ring_core::vmbus::BlockingPipe`]): the arming,
+/// re-checking and kicking happen there, where loom checks them.
 pub trait PollStream {
     /// Reads what is there: `Some(n)` bytes (`n == 0`: clean end of
     /// stream), `None` nothing yet (wake-up armed).
     ///
     /// # Errors
     ///
-    /// [`Error::Closed`] once the peer is gone and the ring drained, or a
+    /// [`Error::PeerGone`] once the peer is gone and the ring drained, or a
     /// protocol error.
     fn try_read(&mut self, buf: &mut [u8]) -> Result<Option<usize>, Error>;
 
@@ -52,8 +67,28 @@ pub trait PollStream {
     ///
     /// # Errors
     ///
-    /// [`Error::Closed`] if the peer closed or died, or a protocol error.
+    /// [`Error::Closed`] if the peer closed, [`Error::PeerGone`] if it
+    /// died, or a protocol error.
     fn try_write(&mut self, buf: &[u8]) -> Result<Option<usize>, Error>;
+
+    /// Ends our direction only, after everything written so far:
+    /// `Some(true)` done, `Some(false)` this stream has no half-close (a
+    /// foreign vchan peer: only [`close`](Self::close), which ends both),
+    /// `None` no room yet for the end mark (wake-up armed).
+    ///
+    /// # Errors
+    ///
+    /// As [`try_write`](Self::try_write).
+    fn try_shutdown_write(&mut self) -> Result<Option<bool>, Error>;
+
+    /// Whether the peer has read every byte we wrote: `Some(())` yes,
+    /// `None` not yet (wake-up armed).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] if the peer closed with bytes of ours unread,
+    /// [`Error::PeerGone`].
+    fn try_delivered(&mut self) -> Result<Option<()>, Error>;
 
     /// A cheap look that arms nothing: (something to read, room to write).
     fn ready(&mut self) -> (bool, bool);
@@ -63,11 +98,14 @@ pub trait PollStream {
     fn spin_ready(&mut self, read: bool, write: bool) -> bool;
 
     /// Waits for a kick, the peer's death, or `extra`, until `deadline`;
-    /// may return early with nothing set (re-check and call again).
+    /// may return early with nothing set (re-check and call again). After
+    /// the peer's death it returns at once: the next attempts deliver what
+    /// is left, then report [`Error::PeerGone`].
     ///
     /// # Errors
     ///
-    /// [`Error::TimedOut`] after `deadline`; [`Error::Os`].
+    /// [`Error::TimedOut`] after `deadline` or the idle timeout;
+    /// [`Error::Os`].
     fn wait_event(
         &mut self,
         extra: Option<BorrowedFd<'_>>,
@@ -75,10 +113,24 @@ pub trait PollStream {
     ) -> Result<Woken, Error>;
 
     /// The deadline for a blocking call starting now.
-    fn deadline(&self) -> Option<Instant>;
+    fn deadline(&self) -> Option<Instant> {
+        self.signal().timeout().map(|t| Instant::now() + t)
+    }
 
-    /// The event channel (counters).
+    /// The event channel (counters, notices).
     fn signal(&self) -> &EventSignal;
+
+    /// Whether the peer has joined (a vchan server's client may not have
+    /// yet); idle timeouts and lingers count only from then.
+    fn peer_connected(&mut self) -> bool {
+        true
+    }
+
+    /// Bytes read from the stream so far.
+    fn bytes_read(&self) -> u64;
+
+    /// Bytes written into the stream so far.
+    fn bytes_written(&self) -> u64;
 
     /// Ends our side of the stream (the peer reads what is left, then end
     /// of stream).
@@ -89,83 +141,71 @@ pub trait PollStream {
     fn close(&mut self) -> Result<(), Error>;
 }
 
-/// Spins for at most `budget` until `ready` says yes; returns its last
-/// answer.
-pub(crate) fn spin_for(budget: Duration, mut ready: impl FnMut() -> bool) -> bool {
-    if budget.is_zero() {
-        return false;
-    }
-    let start = Instant::now();
-    loop {
-        if ready() {
-            return true;
-        }
-        if start.elapsed() >= budget {
-            return false;
-        }
-        std::hint::spin_loop();
-    }
+/// What the wait of a [`PollStream`] returns when ring-core's layer has
+/// learnt the peer is gone: a wake-up, so the caller looks once more.
+pub(crate) fn woken(w: Option<Woken>) -> Woken {
+    w.unwrap_or(Woken {
+        kicked: true,
+        extra: false,
+    })
 }
 
-/// A connected vchan endpoint over a memfd with its event channel.
+/// A connected vchan endpoint over shared memory (a memfd of ours, or a
+/// window of foreign memory) with its event channel: ring-core's
+/// [`vchan::Blocking`] on an [`EventSignal`].
 ///
 /// Blocking calls ([`read`](Self::read), [`write`](Self::write),
 /// [`send_packet`](Self::send_packet), ...) spin, then sleep on the
 /// eventfd; the `try_` calls never block and leave the wake-up request
 /// armed when they return `Ok(None)`, so an outside poll loop can wait with
-/// [`wait_event`](Self::wait_event). One thread at a time: the type is
-/// `Send`, not shared.
+/// [`PollStream::wait_event`]. One thread at a time: the type is `Send`,
+/// not shared.
 #[derive(Debug)]
-pub struct VchanStream {
-    ep: Endpoint<Arc<MemFd>>,
-    signal: EventSignal,
-    peer_gone: bool,
+pub struct VchanStream<M: SharedMem = Arc<MemFd>> {
+    inner: Blocking<M, EventSignal>,
     msg_broken: bool,
     scratch: Vec<u8>,
 }
 
-impl VchanStream {
+impl<M: SharedMem> VchanStream<M> {
     /// Wraps a connected endpoint and its signal.
-    pub fn new(ep: Endpoint<Arc<MemFd>>, signal: EventSignal) -> Self {
+    pub fn new(ep: Endpoint<M>, signal: EventSignal) -> Self {
         VchanStream {
-            ep,
-            signal,
-            peer_gone: false,
+            inner: Blocking::new(ep, signal),
             msg_broken: false,
             scratch: Vec::new(),
         }
     }
 
     /// Which end this is.
-    pub fn role(&self) -> Role {
-        self.ep.role()
+    pub fn role(&mut self) -> Role {
+        self.inner.endpoint().role()
     }
 
     /// The endpoint inside (for readiness queries and introspection).
-    pub fn endpoint(&mut self) -> &mut Endpoint<Arc<MemFd>> {
-        &mut self.ep
+    pub fn endpoint(&mut self) -> &mut Endpoint<M> {
+        self.inner.endpoint()
+    }
+
+    /// ring-core's blocking wrapper inside.
+    pub fn blocking(&mut self) -> &mut Blocking<M, EventSignal> {
+        &mut self.inner
     }
 
     /// The signal inside (counters, spin and timeout settings).
     pub fn signal(&self) -> &EventSignal {
-        &self.signal
+        self.inner.signal()
     }
 
     /// The signal inside, to change its spin or timeout.
     pub fn signal_mut(&mut self) -> &mut EventSignal {
-        &mut self.signal
+        self.inner.signal_mut()
     }
 
-    /// The shared memory (for `ring inspect`-style dumps).
-    pub fn memory(&self) -> &Arc<MemFd> {
-        self.ep.control()
-    }
-
-    fn kick_if(&self, t: vchan::Transfer) -> Result<usize, Error> {
-        if t.notify {
-            self.signal.notify().map_err(Error::from)?;
-        }
-        Ok(t.len)
+    /// The shared memory holding the control page (for `ring
+    /// inspect`-style dumps).
+    pub fn memory(&self) -> &M {
+        self.inner.control()
     }
 
     /// Non-blocking read: `Ok(Some(n))` bytes read (`n == 0` is a clean end
@@ -173,15 +213,10 @@ impl VchanStream {
     ///
     /// # Errors
     ///
-    /// [`Error::Closed`] once the peer is gone and the ring drained;
+    /// [`Error::PeerGone`] once the peer is gone and the ring drained;
     /// [`Error::Ring`] if the peer broke the protocol.
     pub fn try_read(&mut self, buf: &mut [u8]) -> Result<Option<usize>, Error> {
-        match self.ep.read(buf) {
-            Ok(t) => self.kick_if(t).map(Some),
-            Err(vchan::Error::WouldBlock) if self.peer_gone => Err(Error::Closed),
-            Err(vchan::Error::WouldBlock) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        Ok(self.inner.try_read(buf)?)
     }
 
     /// Non-blocking write: `Ok(Some(n))` bytes written, `Ok(None)` the ring
@@ -189,9 +224,9 @@ impl VchanStream {
     ///
     /// # Errors
     ///
-    /// [`Error::Closed`] if the peer closed or died.
+    /// [`Error::Closed`] if the peer closed, [`Error::PeerGone`] if it died.
     pub fn try_write(&mut self, buf: &[u8]) -> Result<Option<usize>, Error> {
-        self.try_write_vectored(&[buf])
+        Ok(self.inner.try_write(buf)?)
     }
 
     /// As [`try_write`](Self::try_write), for several buffers gathered in
@@ -204,107 +239,27 @@ impl VchanStream {
         &mut self,
         bufs: &[B],
     ) -> Result<Option<usize>, Error> {
-        if self.peer_gone {
-            return Err(Error::Closed);
-        }
-        match self.ep.write_vectored(bufs) {
-            Ok(t) => self.kick_if(t).map(Some),
-            Err(vchan::Error::WouldBlock) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Waits for a kick, the peer's death, or `extra` to become readable,
-    /// until `deadline` (`None`: no limit).
-    ///
-    /// It also returns, with nothing set in [`Woken`], at least every
-    /// [`LIVENESS_POLL`], so the caller re-checks the ring: a peer that
-    /// clears its live byte without kicking us is still noticed in time.
-    /// After the peer's death it returns at once (and the `try_` calls
-    /// report `Closed` once drained).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::TimedOut`] once `deadline` has passed; [`Error::Os`].
-    pub fn wait_event(
-        &mut self,
-        extra: Option<BorrowedFd<'_>>,
-        deadline: Option<Instant>,
-    ) -> Result<Woken, Error> {
-        self.signal.wait_slice(&mut self.peer_gone, extra, deadline)
-    }
-
-    /// The deadline for a blocking call starting now, from the signal's
-    /// timeout.
-    pub fn deadline(&self) -> Option<Instant> {
-        self.signal.timeout().map(|t| Instant::now() + t)
-    }
-
-    /// Spins for at most the spin budget until the ring has data to read
-    /// (`read`) or space to write (`write`), without arming anything.
-    /// Returns whether it found either.
-    pub fn spin_ready(&mut self, read: bool, write: bool) -> bool {
-        let mut found = false;
-        self.spin(|ep| {
-            found = (read && ep.data_ready().map_or(true, |n| n > 0))
-                || (write && ep.buffer_space().map_or(true, |n| n > 0));
-            found
-        });
-        found
-    }
-
-    /// Spins while `ready` says no, for at most the spin budget.
-    fn spin(&mut self, mut ready: impl FnMut(&mut Endpoint<Arc<MemFd>>) -> bool) {
-        let budget = self.signal.spin();
-        let ep = &mut self.ep;
-        spin_for(budget, || ready(ep));
-    }
-
-    /// Runs a non-blocking operation until it makes progress, spinning and
-    /// then waiting in between.
-    fn block<T>(
-        &mut self,
-        want_read: usize,
-        want_write: usize,
-        mut op: impl FnMut(&mut Self) -> Result<Option<T>, Error>,
-    ) -> Result<T, Error> {
-        let deadline = self.deadline();
-        loop {
-            if want_read > 0 {
-                self.spin(|ep| ep.data_ready().map_or(true, |n| n >= want_read));
-            } else if want_write > 0 {
-                self.spin(|ep| ep.buffer_space().map_or(true, |n| n >= want_write));
-            }
-            if let Some(v) = op(self)? {
-                return Ok(v);
-            }
-            self.wait_event(None, deadline)?;
-        }
+        Ok(self.inner.try_write_vectored(bufs)?)
     }
 
     /// Reads at least one byte, blocking; `Ok(0)` is a clean end of stream.
     ///
     /// # Errors
     ///
-    /// [`Error::Closed`] if the peer died (after the bytes it left in the
+    /// [`Error::PeerGone`] if the peer died (after the bytes it left in the
     /// ring were read); [`Error::TimedOut`]; [`Error::Ring`].
     pub fn read(&mut self, buf: &mut [u8]) -> Result<usize, Error> {
-        if buf.is_empty() {
-            return Ok(0);
-        }
-        self.block(1, 0, |s| s.try_read(buf))
+        Ok(self.inner.read(buf)?)
     }
 
     /// Writes at least one byte of `buf`, blocking.
     ///
     /// # Errors
     ///
-    /// [`Error::Closed`] if the peer closed or died; [`Error::TimedOut`].
+    /// [`Error::Closed`] if the peer closed; [`Error::PeerGone`];
+    /// [`Error::TimedOut`].
     pub fn write(&mut self, buf: &[u8]) -> Result<usize, Error> {
-        if buf.is_empty() {
-            return Ok(0);
-        }
-        self.block(0, 1, |s| s.try_write(buf))
+        Ok(self.inner.write(buf)?)
     }
 
     /// Writes at least one byte of `bufs`, gathered in order under one
@@ -317,10 +272,7 @@ impl VchanStream {
         &mut self,
         bufs: &[B],
     ) -> Result<usize, Error> {
-        if bufs.iter().all(|b| b.is_empty()) {
-            return Ok(0);
-        }
-        self.block(0, 1, |s| s.try_write_vectored(bufs))
+        Ok(self.inner.write_vectored(bufs)?)
     }
 
     /// Writes all of `buf`.
@@ -328,55 +280,35 @@ impl VchanStream {
     /// # Errors
     ///
     /// As [`write`](Self::write).
-    pub fn write_all(&mut self, mut buf: &[u8]) -> Result<(), Error> {
-        while !buf.is_empty() {
-            let n = VchanStream::write(self, buf)?;
-            buf = buf.get(n..).unwrap_or(&[]);
-        }
-        Ok(())
+    pub fn write_all(&mut self, buf: &[u8]) -> Result<(), Error> {
+        Ok(self.inner.write_all(buf)?)
     }
 
     /// Sends `buf` as one packet: all of it, or (after blocking) nothing.
     ///
     /// # Errors
     ///
-    /// [`Error::Ring`] with `TooLarge` if it can never fit; [`Error::Closed`].
+    /// [`Error::Ring`] with `TooLarge` if it can never fit; [`Error::Closed`];
+    /// [`Error::PeerGone`].
     pub fn send_packet(&mut self, buf: &[u8]) -> Result<(), Error> {
-        let want = buf.len();
-        self.block(0, want, |s| {
-            if s.peer_gone {
-                return Err(Error::Closed);
-            }
-            match s.ep.send(buf) {
-                Ok(t) => s.kick_if(t).map(Some),
-                Err(vchan::Error::WouldBlock) => Ok(None),
-                Err(e) => Err(e.into()),
-            }
-        })
-        .map(drop)
+        Ok(self.inner.send(buf)?)
     }
 
     /// Receives exactly `buf.len()` bytes, blocking until all are there.
     ///
     /// # Errors
     ///
-    /// [`Error::Closed`] if the peer closed or died with fewer bytes left;
-    /// [`Error::Ring`] with `TooLarge` if `buf` exceeds the ring.
+    /// [`Error::Closed`] if the stream ended with fewer bytes left;
+    /// [`Error::PeerGone`]; [`Error::Ring`] with `TooLarge` if `buf`
+    /// exceeds the ring.
     pub fn recv_packet(&mut self, buf: &mut [u8]) -> Result<(), Error> {
-        let want = buf.len();
-        self.block(want, 0, |s| match s.ep.recv(buf) {
-            Ok(t) => s.kick_if(t).map(Some),
-            Err(vchan::Error::WouldBlock) if s.peer_gone => Err(Error::Closed),
-            Err(vchan::Error::WouldBlock) => Ok(None),
-            Err(e) => Err(e.into()),
-        })
-        .map(drop)
+        Ok(self.inner.recv(buf)?)
     }
 
     /// Largest message [`send_msg`](Self::send_msg) accepts: the ring we
     /// write, less the length prefix.
-    pub fn max_msg(&self) -> usize {
-        self.ep.write_capacity() - MSG_HEADER
+    pub fn max_msg(&mut self) -> usize {
+        self.inner.endpoint().write_capacity() - MSG_HEADER
     }
 
     /// Sends one message: a 4-byte little-endian length and the bytes, as
@@ -406,7 +338,7 @@ impl VchanStream {
     /// every later message call return [`Error::Ring`]. Else as
     /// [`recv_packet`](Self::recv_packet).
     pub fn recv_msg(&mut self, buf: &mut [u8]) -> Result<usize, Error> {
-        let capacity = self.ep.read_capacity() - MSG_HEADER;
+        let capacity = self.inner.endpoint().read_capacity() - MSG_HEADER;
         if self.msg_broken {
             return Err(Error::Ring(vchan::Error::Corrupt(ring_core::Corrupt {
                 what: "message stream out of step after a bad length",
@@ -426,6 +358,35 @@ impl VchanStream {
         Ok(len)
     }
 
+    /// Ends our direction only, for a peer of ours: tells it over the
+    /// rendezvous socket how many bytes we wrote in all, and writes no
+    /// more. The peer reads to that count, then end of stream; its own
+    /// direction flows on. Returns `false` (and does nothing) when there is
+    /// no socket to the peer (a foreign peer: vchan itself has no
+    /// half-close).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Os`] if the socket write fails.
+    pub fn shutdown_write(&mut self) -> Result<bool, Error> {
+        if self.signal().hangup_fd().is_none() {
+            return Ok(false);
+        }
+        let total = self.inner.bytes_written();
+        self.signal().send_notice(Notice::WriteClosed(total))?;
+        Ok(true)
+    }
+
+    /// Blocks until the peer has read every byte we wrote.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] if it closed with bytes of ours unread;
+    /// [`Error::PeerGone`]; [`Error::TimedOut`].
+    pub fn wait_delivered(&mut self) -> Result<(), Error> {
+        Ok(self.inner.wait_delivered()?)
+    }
+
     /// Closes our end: the peer reads what is left and then end of stream,
     /// and its writes fail. Idempotent.
     ///
@@ -433,15 +394,15 @@ impl VchanStream {
     ///
     /// [`Error::Os`] if the final kick fails.
     pub fn close(&mut self) -> Result<(), Error> {
-        match self.ep.close() {
-            Ok(t) => self.kick_if(t).map(drop),
-            Err(e) => Err(e.into()),
+        match self.inner.close() {
+            Err(ring_core::signal::BlockingError::Ring(vchan::Error::Closed)) => Ok(()),
+            r => Ok(r?),
         }
     }
 
     /// Whether the peer has been seen to hang up.
     pub fn peer_gone(&self) -> bool {
-        self.peer_gone
+        self.inner.peer_gone()
     }
 
     /// Kicks the peer whether or not it asked: unsticks a peer that sleeps
@@ -452,7 +413,7 @@ impl VchanStream {
     ///
     /// [`Error::Os`] if the eventfd write fails.
     pub fn kick(&self) -> Result<(), Error> {
-        self.signal.notify().map_err(Error::from)
+        Ok(self.inner.kick()?)
     }
 }
 
@@ -479,54 +440,64 @@ pub fn pair(left: usize, right: usize) -> Result<(VchanStream, VchanStream), Err
     ))
 }
 
-impl PollStream for VchanStream {
+impl<M: SharedMem> PollStream for VchanStream<M> {
     fn try_read(&mut self, buf: &mut [u8]) -> Result<Option<usize>, Error> {
         VchanStream::try_read(self, buf)
     }
     fn try_write(&mut self, buf: &[u8]) -> Result<Option<usize>, Error> {
         VchanStream::try_write(self, buf)
     }
+    fn try_shutdown_write(&mut self) -> Result<Option<bool>, Error> {
+        self.shutdown_write().map(Some)
+    }
+    fn try_delivered(&mut self) -> Result<Option<()>, Error> {
+        Ok(self.inner.try_delivered()?)
+    }
     fn ready(&mut self) -> (bool, bool) {
-        (
-            self.ep.data_ready().map_or(true, |n| n > 0),
-            self.ep.buffer_space().map_or(true, |n| n > 0),
-        )
+        self.inner.ready()
     }
     fn spin_ready(&mut self, read: bool, write: bool) -> bool {
-        VchanStream::spin_ready(self, read, write)
+        self.inner.spin_ready(read, write)
     }
     fn wait_event(
         &mut self,
         extra: Option<BorrowedFd<'_>>,
         deadline: Option<Instant>,
     ) -> Result<Woken, Error> {
-        VchanStream::wait_event(self, extra, deadline)
-    }
-    fn deadline(&self) -> Option<Instant> {
-        VchanStream::deadline(self)
+        let w = self.inner.wait_with(|s| s.wait_event(extra, deadline))?;
+        Ok(woken(w))
     }
     fn signal(&self) -> &EventSignal {
         VchanStream::signal(self)
+    }
+    fn peer_connected(&mut self) -> bool {
+        !matches!(self.endpoint().peer_live(), Ok(vchan::Live::Waiting))
+    }
+    fn bytes_read(&self) -> u64 {
+        self.inner.bytes_read()
+    }
+    fn bytes_written(&self) -> u64 {
+        self.inner.bytes_written()
     }
     fn close(&mut self) -> Result<(), Error> {
         VchanStream::close(self)
     }
 }
 
-impl Drop for VchanStream {
+impl<M: SharedMem> Drop for VchanStream<M> {
     fn drop(&mut self) {
         // Best effort: a peer blocked on us must learn that we are gone.
         let _ = self.close();
     }
 }
 
-impl io::Read for VchanStream {
+impl<M: SharedMem> io::Read for VchanStream<M> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         VchanStream::read(self, buf).map_err(io::Error::from)
     }
 }
 
-impl io::Write for VchanStream {
+impl<M: SharedMem> io::Write for VchanStream<M> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         VchanStream::write(self, buf).map_err(io::Error::from)
     }

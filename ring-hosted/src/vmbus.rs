@@ -18,16 +18,15 @@
 
 use crate::eventfd::{EventSignal, Woken};
 use crate::memfd::MemFd;
-use crate::stream::{spin_for, PollStream};
+use crate::stream::{woken, PollStream};
 use crate::window::Window;
 use crate::Error;
-use ring_core::signal::Signal;
 use ring_core::vmbus::pipe::{PipeReader, PipeWriter, MAX_PIPE_PAYLOAD};
-use ring_core::vmbus::{self, IncomingRing, OutgoingRing, RingLayout};
+use ring_core::vmbus::{self, BlockingPipe, IncomingRing, OutgoingRing, RingLayout};
 use std::io;
 use std::os::fd::BorrowedFd;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// The memory of one VMBus ring in the shared memfd.
 pub type RingMem = Window<Arc<MemFd>>;
@@ -99,15 +98,15 @@ impl ChannelLayout {
     }
 }
 
-/// One end of a VMBus pipe between two processes.
+/// One end of a VMBus pipe between two processes: ring-core's
+/// [`BlockingPipe`] on an [`EventSignal`].
+///
+/// The pipe has a half-close of its own: [`close`](Self::close) sends end
+/// of stream our way only, and the peer's direction flows on.
 #[derive(Debug)]
 pub struct VmbusPipe {
-    reader: PipeReader<RingMem>,
-    writer: PipeWriter<RingMem>,
-    signal: EventSignal,
+    inner: BlockingPipe<RingMem, EventSignal>,
     mem: Arc<MemFd>,
-    peer_gone: bool,
-    closed: bool,
 }
 
 impl VmbusPipe {
@@ -174,12 +173,8 @@ impl VmbusPipe {
         let mut writer = PipeWriter::new(tx);
         writer.set_chunk(MAX_PIPE_PAYLOAD);
         VmbusPipe {
-            reader: PipeReader::new(rx),
-            writer,
-            signal,
+            inner: BlockingPipe::new(PipeReader::new(rx), writer, signal),
             mem,
-            peer_gone: false,
-            closed: false,
         }
     }
 
@@ -188,14 +183,19 @@ impl VmbusPipe {
         &self.mem
     }
 
+    /// ring-core's blocking pipe inside.
+    pub fn blocking(&mut self) -> &mut BlockingPipe<RingMem, EventSignal> {
+        &mut self.inner
+    }
+
     /// The signal inside, to change its spin or timeout.
     pub fn signal_mut(&mut self) -> &mut EventSignal {
-        &mut self.signal
+        self.inner.signal_mut()
     }
 
     /// Whether the peer has been seen to hang up.
     pub fn peer_gone(&self) -> bool {
-        self.peer_gone
+        self.inner.peer_gone()
     }
 
     /// Kicks the peer whether or not it is owed a signal (to unstick it).
@@ -204,7 +204,7 @@ impl VmbusPipe {
     ///
     /// [`Error::Os`] if the eventfd write fails.
     pub fn kick(&self) -> Result<(), Error> {
-        self.signal.notify().map_err(Error::from)
+        Ok(self.inner.kick()?)
     }
 
     /// Bytes of packets waiting in the ring we read (no arming).
@@ -213,68 +213,27 @@ impl VmbusPipe {
     ///
     /// [`Error::Vmbus`] if the peer's write index is invalid.
     pub fn unread(&mut self) -> Result<usize, Error> {
-        Ok(self.reader.ring().available()?)
-    }
-
-    fn kick_if(&self, t: vmbus::Transfer) -> Result<(), Error> {
-        if t.notify {
-            self.signal.notify().map_err(Error::from)?;
-        }
-        Ok(())
-    }
-
-    /// Blocks (spin, then sleep) until `op` makes progress. `reading`
-    /// says which readiness to spin on: data to read, or room to write.
-    fn block<T>(
-        &mut self,
-        reading: bool,
-        mut op: impl FnMut(&mut Self) -> Result<Option<T>, Error>,
-    ) -> Result<T, Error> {
-        let deadline = self.deadline();
-        let mut spun = false;
-        loop {
-            if let Some(v) = op(self)? {
-                return Ok(v);
-            }
-            // One spin per sleep: readiness is only a hint (room for a
-            // small packet is not room for this message), so a spin that
-            // found it is followed by one more try, then a real wait.
-            if !spun && PollStream::spin_ready(self, reading, !reading) {
-                spun = true;
-                continue;
-            }
-            spun = false;
-            // The interrupt mask stays clear between calls (the rule of
-            // ring-core's vmbus Blocking): a caller that sleeps next, by any
-            // means, is still woken. `read_bytes` drains every packet there
-            // is in one commit, which is where batching pays.
-            PollStream::wait_event(self, None, deadline)?;
-        }
+        Ok(self.inner.reader().ring().available()?)
     }
 
     /// Reads at least one byte, blocking; `Ok(0)` is end of stream.
     ///
     /// # Errors
     ///
-    /// [`Error::Closed`] if the peer died (after what it sent was read);
+    /// [`Error::PeerGone`] if the peer died (after what it sent was read);
     /// [`Error::TimedOut`]; [`Error::Vmbus`].
     pub fn read(&mut self, buf: &mut [u8]) -> Result<usize, Error> {
-        if buf.is_empty() {
-            return Ok(0);
-        }
-        self.block(true, |s| PollStream::try_read(s, buf))
+        Ok(self.inner.read(buf)?)
     }
 
     /// Writes at least one byte of `buf`, blocking.
     ///
     /// # Errors
     ///
-    /// [`Error::Closed`] if the peer died or we closed; [`Error::TimedOut`].
+    /// [`Error::Closed`] after our close; [`Error::PeerGone`];
+    /// [`Error::TimedOut`].
     pub fn write(&mut self, buf: &[u8]) -> Result<usize, Error> {
-        if buf.is_empty() {
-            return Ok(0);
-        }
-        self.block(false, |s| PollStream::try_write(s, buf))
+        Ok(self.inner.write(buf)?)
     }
 
     /// Writes all of `buf`.
@@ -282,30 +241,18 @@ impl VmbusPipe {
     /// # Errors
     ///
     /// As [`write`](Self::write).
-    pub fn write_all(&mut self, mut buf: &[u8]) -> Result<(), Error> {
-        while !buf.is_empty() {
-            let n = VmbusPipe::write(self, buf)?;
-            buf = buf.get(n..).unwrap_or(&[]);
-        }
-        Ok(())
+    pub fn write_all(&mut self, buf: &[u8]) -> Result<(), Error> {
+        Ok(self.inner.write_all(buf)?)
     }
 
     /// Sends one message as one packet (at most 16 KiB), blocking.
     ///
     /// # Errors
     ///
-    /// [`Error::Vmbus`] with `TooLarge`; [`Error::Closed`].
+    /// [`Error::Vmbus`] with `TooLarge`; [`Error::Closed`];
+    /// [`Error::PeerGone`].
     pub fn send_msg(&mut self, msg: &[u8]) -> Result<(), Error> {
-        self.block(false, |s| {
-            if s.peer_gone || s.closed {
-                return Err(Error::Closed);
-            }
-            match s.writer.write_message(msg) {
-                Ok(t) => s.kick_if(t).map(Some),
-                Err(vmbus::Error::Full { .. }) => Ok(None),
-                Err(e) => Err(e.into()),
-            }
-        })
+        Ok(self.inner.send_msg(msg)?)
     }
 
     /// Receives one message into `buf`, blocking; returns its length.
@@ -313,64 +260,54 @@ impl VmbusPipe {
     /// # Errors
     ///
     /// [`Error::Vmbus`] with `OutOfRange` if `buf` is too small (nothing is
-    /// consumed); [`Error::Closed`] if the peer died.
+    /// consumed); [`Error::PeerGone`] if the peer died.
     pub fn recv_msg(&mut self, buf: &mut [u8]) -> Result<usize, Error> {
-        self.block(true, |s| match s.reader.read_message(buf) {
-            Ok(t) => {
-                s.kick_if(t)?;
-                Ok(Some(t.len))
-            }
-            Err(vmbus::Error::Empty) if s.peer_gone => Err(Error::Closed),
-            Err(vmbus::Error::Empty) => Ok(None),
-            Err(e) => Err(e.into()),
-        })
+        Ok(self.inner.recv_msg(buf)?)
+    }
+
+    /// Blocks until the peer has consumed every packet we sent.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PeerGone`]; [`Error::TimedOut`].
+    pub fn wait_delivered(&mut self) -> Result<(), Error> {
+        Ok(self.inner.wait_delivered()?)
+    }
+
+    /// Sends end of stream (our direction only), waiting for room for it
+    /// as long as the peer lives. Idempotent.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PeerGone`]; [`Error::TimedOut`]; [`Error::Vmbus`].
+    pub fn close(&mut self) -> Result<(), Error> {
+        Ok(self.inner.close()?)
     }
 }
 
 impl PollStream for VmbusPipe {
     fn try_read(&mut self, buf: &mut [u8]) -> Result<Option<usize>, Error> {
-        if self.reader.is_eof() {
-            return Ok(Some(0));
-        }
-        match self.reader.read_bytes(buf) {
-            Ok(t) => {
-                self.kick_if(t)?;
-                Ok(Some(t.len))
-            }
-            Err(vmbus::Error::Empty) if self.peer_gone => Err(Error::Closed),
-            Err(vmbus::Error::Empty) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        Ok(self.inner.try_read(buf)?)
     }
 
     fn try_write(&mut self, buf: &[u8]) -> Result<Option<usize>, Error> {
-        if self.peer_gone || self.closed {
-            return Err(Error::Closed);
-        }
-        match self.writer.write_bytes(buf) {
-            Ok(t) => {
-                self.kick_if(t)?;
-                Ok(Some(t.len))
-            }
-            Err(vmbus::Error::Full { .. }) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        Ok(self.inner.try_write(buf)?)
+    }
+
+    fn try_shutdown_write(&mut self) -> Result<Option<bool>, Error> {
+        Ok(self.inner.try_close()?.map(|()| true))
+    }
+
+    fn try_delivered(&mut self) -> Result<Option<()>, Error> {
+        Ok(self.inner.try_delivered()?)
     }
 
     fn ready(&mut self) -> (bool, bool) {
-        (
-            self.reader.ring().available().map_or(true, |n| n > 0),
-            // Room for a packet with at least a few bytes of data.
-            self.writer.ring().available().map_or(true, |n| n > 64),
-        )
+        self.inner.ready()
     }
 
     fn spin_ready(&mut self, read: bool, write: bool) -> bool {
-        let budget = self.signal.spin();
-        spin_for(budget, || {
-            let (r, w) = self.ready();
-            (read && r) || (write && w)
-        })
+        self.inner.spin_ready(read, write)
     }
 
     fn wait_event(
@@ -378,50 +315,32 @@ impl PollStream for VmbusPipe {
         extra: Option<BorrowedFd<'_>>,
         deadline: Option<Instant>,
     ) -> Result<Woken, Error> {
-        self.signal.wait_slice(&mut self.peer_gone, extra, deadline)
-    }
-
-    fn deadline(&self) -> Option<Instant> {
-        self.signal.timeout().map(|t| Instant::now() + t)
+        let w = self.inner.wait_with(|s| s.wait_event(extra, deadline))?;
+        Ok(woken(w))
     }
 
     fn signal(&self) -> &EventSignal {
-        &self.signal
+        self.inner.signal()
     }
 
-    /// Sends end of stream, waiting (up to a second) for room for it.
+    fn bytes_read(&self) -> u64 {
+        self.inner.bytes_read()
+    }
+
+    fn bytes_written(&self) -> u64 {
+        self.inner.bytes_written()
+    }
+
     fn close(&mut self) -> Result<(), Error> {
-        if self.closed || self.peer_gone {
-            self.closed = true;
-            return Ok(());
-        }
-        let deadline = Some(Instant::now() + Duration::from_secs(1));
-        loop {
-            match self.writer.write_eof() {
-                Ok(t) => {
-                    self.closed = true;
-                    return self.kick_if(t);
-                }
-                Err(vmbus::Error::Full { .. }) => {
-                    self.wait_event(None, deadline)?;
-                    if self.peer_gone {
-                        self.closed = true;
-                        return Ok(());
-                    }
-                }
-                Err(e) => {
-                    self.closed = true;
-                    return Err(e.into());
-                }
-            }
-        }
+        VmbusPipe::close(self)
     }
 }
 
 impl Drop for VmbusPipe {
     fn drop(&mut self) {
-        // Best effort: tell a peer still reading that the stream ended.
-        let _ = PollStream::close(self);
+        // Best effort, without blocking: tell a peer still reading that
+        // the stream ended, if there is room for the mark.
+        let _ = self.inner.try_close();
     }
 }
 

@@ -71,18 +71,18 @@ fn ours() -> Vec<(&'static str, u64)> {
     }
     n![
         "VFIO_API_VERSION" = VFIO_API_VERSION,
-        "VFIO_GET_API_VERSION" = VFIO_GET_API_VERSION,
-        "VFIO_CHECK_EXTENSION" = VFIO_CHECK_EXTENSION,
-        "VFIO_SET_IOMMU" = VFIO_SET_IOMMU,
-        "VFIO_GROUP_GET_STATUS" = VFIO_GROUP_GET_STATUS,
-        "VFIO_GROUP_SET_CONTAINER" = VFIO_GROUP_SET_CONTAINER,
-        "VFIO_GROUP_UNSET_CONTAINER" = VFIO_GROUP_UNSET_CONTAINER,
-        "VFIO_GROUP_GET_DEVICE_FD" = VFIO_GROUP_GET_DEVICE_FD,
-        "VFIO_DEVICE_GET_INFO" = VFIO_DEVICE_GET_INFO,
-        "VFIO_DEVICE_GET_REGION_INFO" = VFIO_DEVICE_GET_REGION_INFO,
-        "VFIO_DEVICE_GET_IRQ_INFO" = VFIO_DEVICE_GET_IRQ_INFO,
-        "VFIO_DEVICE_SET_IRQS" = VFIO_DEVICE_SET_IRQS,
-        "VFIO_DEVICE_RESET" = VFIO_DEVICE_RESET,
+        "VFIO_GET_API_VERSION" = VFIO_GET_API_VERSION.number(),
+        "VFIO_CHECK_EXTENSION" = VFIO_CHECK_EXTENSION.number(),
+        "VFIO_SET_IOMMU" = VFIO_SET_IOMMU.number(),
+        "VFIO_GROUP_GET_STATUS" = VFIO_GROUP_GET_STATUS.number(),
+        "VFIO_GROUP_SET_CONTAINER" = VFIO_GROUP_SET_CONTAINER.number(),
+        "VFIO_GROUP_UNSET_CONTAINER" = VFIO_GROUP_UNSET_CONTAINER.number(),
+        "VFIO_GROUP_GET_DEVICE_FD" = VFIO_GROUP_GET_DEVICE_FD.number(),
+        "VFIO_DEVICE_GET_INFO" = VFIO_DEVICE_GET_INFO.number(),
+        "VFIO_DEVICE_GET_REGION_INFO" = VFIO_DEVICE_GET_REGION_INFO.number(),
+        "VFIO_DEVICE_GET_IRQ_INFO" = VFIO_DEVICE_GET_IRQ_INFO.number(),
+        "VFIO_DEVICE_SET_IRQS" = VFIO_DEVICE_SET_IRQS.number(),
+        "VFIO_DEVICE_RESET" = VFIO_DEVICE_RESET.number(),
         "VFIO_TYPE1_IOMMU" = VFIO_TYPE1_IOMMU,
         "VFIO_TYPE1v2_IOMMU" = VFIO_TYPE1V2_IOMMU,
         "VFIO_NOIOMMU_IOMMU" = VFIO_NOIOMMU_IOMMU,
@@ -124,9 +124,9 @@ fn ours() -> Vec<(&'static str, u64)> {
         "offsetof vfio_irq_set.count" = offset_of!(IrqSet, count),
         // The eventfds follow the header directly.
         "offsetof vfio_irq_set.data" = size_of::<IrqSet>(),
-        "IOCTL_GNTALLOC_ALLOC_GREF" = IOCTL_GNTALLOC_ALLOC_GREF,
-        "IOCTL_GNTALLOC_DEALLOC_GREF" = IOCTL_GNTALLOC_DEALLOC_GREF,
-        "IOCTL_GNTALLOC_SET_UNMAP_NOTIFY" = IOCTL_GNTALLOC_SET_UNMAP_NOTIFY,
+        "IOCTL_GNTALLOC_ALLOC_GREF" = IOCTL_GNTALLOC_ALLOC_GREF.number(),
+        "IOCTL_GNTALLOC_DEALLOC_GREF" = IOCTL_GNTALLOC_DEALLOC_GREF.number(),
+        "IOCTL_GNTALLOC_SET_UNMAP_NOTIFY" = IOCTL_GNTALLOC_SET_UNMAP_NOTIFY.number(),
         "GNTALLOC_FLAG_WRITABLE" = GNTALLOC_FLAG_WRITABLE,
         "UNMAP_NOTIFY_CLEAR_BYTE" = UNMAP_NOTIFY_CLEAR_BYTE,
         "UNMAP_NOTIFY_SEND_EVENT" = UNMAP_NOTIFY_SEND_EVENT,
@@ -144,9 +144,9 @@ fn ours() -> Vec<(&'static str, u64)> {
         "offsetof ioctl_gntalloc_unmap_notify.action" = offset_of!(UnmapNotifyArg, action),
         "offsetof ioctl_gntalloc_unmap_notify.event_channel_port" =
             offset_of!(UnmapNotifyArg, event_channel_port),
-        "IOCTL_GNTDEV_MAP_GRANT_REF" = IOCTL_GNTDEV_MAP_GRANT_REF,
-        "IOCTL_GNTDEV_UNMAP_GRANT_REF" = IOCTL_GNTDEV_UNMAP_GRANT_REF,
-        "IOCTL_GNTDEV_SET_UNMAP_NOTIFY" = IOCTL_GNTDEV_SET_UNMAP_NOTIFY,
+        "IOCTL_GNTDEV_MAP_GRANT_REF" = IOCTL_GNTDEV_MAP_GRANT_REF.number(),
+        "IOCTL_GNTDEV_UNMAP_GRANT_REF" = IOCTL_GNTDEV_UNMAP_GRANT_REF.number(),
+        "IOCTL_GNTDEV_SET_UNMAP_NOTIFY" = IOCTL_GNTDEV_SET_UNMAP_NOTIFY.number(),
         "sizeof ioctl_gntdev_grant_ref" = size_of::<GrantRef>(),
         "offsetof ioctl_gntdev_grant_ref.domid" = offset_of!(GrantRef, domid),
         "offsetof ioctl_gntdev_grant_ref.ref" = offset_of!(GrantRef, gref),
@@ -159,10 +159,10 @@ fn ours() -> Vec<(&'static str, u64)> {
         "offsetof ioctl_gntdev_unmap_grant_ref.count" = offset_of!(UnmapGrantRef, count),
         // gntdev's notify struct is laid out as gntalloc's; we use one type.
         "sizeof ioctl_gntdev_unmap_notify" = size_of::<UnmapNotifyArg>(),
-        "IOCTL_EVTCHN_BIND_INTERDOMAIN" = IOCTL_EVTCHN_BIND_INTERDOMAIN,
-        "IOCTL_EVTCHN_BIND_UNBOUND_PORT" = IOCTL_EVTCHN_BIND_UNBOUND_PORT,
-        "IOCTL_EVTCHN_UNBIND" = IOCTL_EVTCHN_UNBIND,
-        "IOCTL_EVTCHN_NOTIFY" = IOCTL_EVTCHN_NOTIFY,
+        "IOCTL_EVTCHN_BIND_INTERDOMAIN" = IOCTL_EVTCHN_BIND_INTERDOMAIN.number(),
+        "IOCTL_EVTCHN_BIND_UNBOUND_PORT" = IOCTL_EVTCHN_BIND_UNBOUND_PORT.number(),
+        "IOCTL_EVTCHN_UNBIND" = IOCTL_EVTCHN_UNBIND.number(),
+        "IOCTL_EVTCHN_NOTIFY" = IOCTL_EVTCHN_NOTIFY.number(),
         "sizeof ioctl_evtchn_bind_interdomain" = size_of::<BindInterdomain>(),
         "offsetof ioctl_evtchn_bind_interdomain.remote_domain" =
             offset_of!(BindInterdomain, remote_domain),
@@ -214,4 +214,85 @@ fn every_constant_and_layout_matches_the_headers() {
     }
     assert!(wrong.is_empty(), "uapi mismatches:\n{}", wrong.join("\n"));
     assert!(ours.len() > 100, "the table shrank: {}", ours.len());
+}
+
+/// The argument descriptions the ioctl seam checks buffers against agree
+/// with the numbers the probe compared above: each Xen request's struct is
+/// the size its number encodes, and VFIO's `_IO` numbers encode none (so
+/// `argsz` and the description are the only bounds).
+#[test]
+fn every_request_describes_the_struct_its_number_encodes() {
+    use ring_hosted::devmem::{IoctlArg, IoctlRequest};
+    let xen: [(IoctlRequest, usize); 10] = [
+        (IOCTL_GNTALLOC_ALLOC_GREF, size_of::<AllocGref>()),
+        (IOCTL_GNTALLOC_DEALLOC_GREF, size_of::<DeallocGref>()),
+        (IOCTL_GNTALLOC_SET_UNMAP_NOTIFY, size_of::<UnmapNotifyArg>()),
+        (IOCTL_GNTDEV_MAP_GRANT_REF, size_of::<MapGrantRef>()),
+        (IOCTL_GNTDEV_UNMAP_GRANT_REF, size_of::<UnmapGrantRef>()),
+        (IOCTL_GNTDEV_SET_UNMAP_NOTIFY, size_of::<UnmapNotifyArg>()),
+        (IOCTL_EVTCHN_BIND_INTERDOMAIN, size_of::<BindInterdomain>()),
+        (IOCTL_EVTCHN_BIND_UNBOUND_PORT, size_of::<BindUnboundPort>()),
+        (IOCTL_EVTCHN_UNBIND, size_of::<PortArg>()),
+        (IOCTL_EVTCHN_NOTIFY, size_of::<PortArg>()),
+    ];
+    for (req, len) in xen {
+        assert_eq!(req.encoded_size(), len, "{req:?}");
+        let described = match req.arg() {
+            IoctlArg::Fixed(n) => n,
+            IoctlArg::Counted { header_len, .. } => header_len,
+            other => panic!("{req:?}: unexpected {other:?}"),
+        };
+        assert_eq!(described, len, "{req:?}");
+        // One count (the struct's own first element) fits the bare struct.
+        let mut one = vec![0u8; len];
+        if let IoctlArg::Counted { count_at, .. } = req.arg() {
+            one[count_at..count_at + 4].copy_from_slice(&1u32.to_ne_bytes());
+        }
+        req.check(&one).unwrap();
+        assert!(req.check(&one[..len - 1]).is_err(), "{req:?}");
+    }
+    let vfio = [
+        (VFIO_GET_API_VERSION, IoctlArg::Value),
+        (VFIO_CHECK_EXTENSION, IoctlArg::Value),
+        (VFIO_SET_IOMMU, IoctlArg::Value),
+        (VFIO_GROUP_UNSET_CONTAINER, IoctlArg::Value),
+        (VFIO_DEVICE_RESET, IoctlArg::Value),
+        (VFIO_GROUP_SET_CONTAINER, IoctlArg::Fixed(4)),
+        (VFIO_GROUP_GET_DEVICE_FD, IoctlArg::CStr),
+        (
+            VFIO_GROUP_GET_STATUS,
+            IoctlArg::Argsz {
+                min_len: size_of::<GroupStatus>(),
+            },
+        ),
+        (
+            VFIO_DEVICE_GET_INFO,
+            IoctlArg::Argsz {
+                min_len: size_of::<DeviceInfo>(),
+            },
+        ),
+        (
+            VFIO_DEVICE_GET_REGION_INFO,
+            IoctlArg::Argsz {
+                min_len: size_of::<RegionInfo>(),
+            },
+        ),
+        (
+            VFIO_DEVICE_GET_IRQ_INFO,
+            IoctlArg::Argsz {
+                min_len: size_of::<IrqInfo>(),
+            },
+        ),
+        (
+            VFIO_DEVICE_SET_IRQS,
+            IoctlArg::Argsz {
+                min_len: size_of::<IrqSet>(),
+            },
+        ),
+    ];
+    for (req, arg) in vfio {
+        assert_eq!(req.encoded_size(), 0, "{req:?}");
+        assert_eq!(req.arg(), arg, "{req:?}");
+        assert_eq!(req.returns_fd(), req == VFIO_GROUP_GET_DEVICE_FD, "{req:?}");
+    }
 }

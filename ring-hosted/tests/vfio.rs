@@ -6,7 +6,7 @@
 use ring_core::mem::SharedMem;
 use ring_core::signal::Signal;
 use ring_core::vchan::{self, Orders, ServerOptions};
-use ring_hosted::devmem::{DevError, Sys};
+use ring_hosted::devmem::{DevError, IoctlRequest, Sys};
 use ring_hosted::replay::{Replay, Reply, Step};
 use ring_hosted::vfio::ivshmem::{Ivshmem, REG_DOORBELL, REG_IV_POSITION};
 use ring_hosted::vfio::*;
@@ -51,7 +51,7 @@ fn region(index: u32, size: u64, flags: u32) -> Reply {
     )
 }
 
-fn step(request: u32, reply: Reply) -> Step {
+fn step(request: IoctlRequest, reply: Reply) -> Step {
     Step { request, reply }
 }
 

@@ -6,7 +6,7 @@
 //! involved.
 
 use ring_core::vchan::layout::{CLI_LIVE, SRV_LIVE};
-use ring_hosted::devmem::Sys;
+use ring_hosted::devmem::{IoctlRequest, Sys};
 use ring_hosted::replay::{Replay, Reply, Step};
 use ring_hosted::xen::evtchn::*;
 use ring_hosted::xen::fake::FakeXenstore;
@@ -30,7 +30,7 @@ fn memfd(name: &str, len: u64) -> File {
     f
 }
 
-fn step(request: u32, reply: Reply) -> Step {
+fn step(request: IoctlRequest, reply: Reply) -> Step {
     Step { request, reply }
 }
 

@@ -32,6 +32,7 @@ impl IoKind for ring_core::vmbus::Error {
             | Error::Setup(_)
             | Error::OutOfRange { .. } => io::ErrorKind::InvalidInput,
             Error::Corrupt(_) => io::ErrorKind::InvalidData,
+            Error::Closed => io::ErrorKind::BrokenPipe,
             Error::Memory(_) => io::ErrorKind::Other,
         }
     }
@@ -49,5 +50,6 @@ pub fn io_error<R: IoKind, S: Into<io::Error>>(e: BlockingError<R, S>) -> io::Er
     match e {
         BlockingError::Signal(e) => e.into(),
         BlockingError::Ring(e) => ring_io_error(e),
+        BlockingError::PeerGone => io::Error::new(io::ErrorKind::BrokenPipe, "the peer is gone"),
     }
 }

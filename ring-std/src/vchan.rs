@@ -110,7 +110,7 @@ pub fn pair_with(
     // The client's connect kick, as libxenvchan sends it.
     client.inner.kick().map_err(|e| match e {
         BlockingError::Ring(e) => e,
-        BlockingError::Signal(_) => Error::Closed,
+        BlockingError::Signal(_) | BlockingError::PeerGone => Error::Closed,
     })?;
     Ok((Stream::new(server, server_signal), client))
 }

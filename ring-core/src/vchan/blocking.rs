@@ -1,9 +1,9 @@
 //! Blocking use of an endpoint on a host-supplied [`Signal`], and a
 //! spin-locked handle for sharing one endpoint between tasks.
 
-use super::{Endpoint, Error, Transfer};
+use super::{Endpoint, Error, Readiness, Transfer};
 use crate::mem::SharedMem;
-use crate::signal::{wait_or_last_pass, Signal};
+use crate::signal::{Attempt, Signal, Waiter};
 
 /// Why a blocking call on a vchan ring failed.
 pub type BlockingError<E> = crate::signal::BlockingError<Error, E>;
@@ -14,83 +14,271 @@ impl<E> From<Error> for BlockingError<E> {
     }
 }
 
+/// The endpoint and the byte counts of a [`Blocking`], apart from its
+/// waiter so the blocking loop can borrow both.
+#[derive(Debug)]
+struct Side<M> {
+    ep: Endpoint<M>,
+    read: u64,
+    written: u64,
+}
+
 /// An endpoint that blocks on a [`Signal`] instead of returning
 /// [`Error::WouldBlock`], and kicks the peer whenever the protocol says so.
+///
+/// Two ways to use it, on the same code:
+///
+/// - blocking calls ([`read`](Self::read), [`write`](Self::write),
+///   [`send`](Self::send), ...): spin on readiness for the signal's budget,
+///   try, and wait on the signal whenever the ring says "not now";
+/// - one attempt at a time ([`try_read`](Self::try_read),
+///   [`try_write`](Self::try_write), ...), each returning `Ok(None)` only
+///   after arming its wake-up request and re-checking the ring, and
+///   [`wait_with`](Self::wait_with) for a host that waits on more than the
+///   signal (a poll loop over other fds, a deadline).
+///
+/// Either way the peer's death, once the signal reports it, is taken as a
+/// last wake-up: what the peer published before it went is still
+/// delivered, then calls fail with [`BlockingError::PeerGone`].
 ///
 /// Implements the `embedded-io` traits; ring-std builds `std::io` on it.
 #[derive(Debug)]
 pub struct Blocking<M, S> {
-    endpoint: Endpoint<M>,
-    signal: S,
-    /// The signal reported the peer gone; the ring gets one last look.
-    last_pass: bool,
+    side: Side<M>,
+    waiter: Waiter<S>,
+}
+
+fn read_ready<M: SharedMem>(ep: &mut Endpoint<M>, want: usize) -> bool {
+    ep.data_ready().map_or(true, |n| n >= want) || !ep.is_open().unwrap_or(false)
+}
+
+fn write_ready<M: SharedMem>(ep: &mut Endpoint<M>, want: usize) -> bool {
+    ep.buffer_space().map_or(true, |n| n >= want) || !ep.is_open().unwrap_or(false)
+}
+
+impl<M: SharedMem> Side<M> {
+    fn wrote<S: Signal>(
+        &mut self,
+        w: &Waiter<S>,
+        r: Result<Transfer, Error>,
+    ) -> Attempt<usize, Error, S::Error> {
+        match r {
+            Ok(t) => {
+                self.written += t.len as u64;
+                w.settle(t.notify, t.len).map(Some)
+            }
+            Err(Error::WouldBlock) => w.nothing(),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// One read or receive: `op` on the endpoint, with the peer's declared
+    /// end (asked before the ring is looked at) turning an empty ring into
+    /// end of stream.
+    fn read_with<S: Signal>(
+        &mut self,
+        w: &Waiter<S>,
+        op: impl FnOnce(&mut Endpoint<M>) -> Result<Transfer, Error>,
+    ) -> Attempt<usize, Error, S::Error> {
+        let declared = w.signal.peer_write_closed();
+        match op(&mut self.ep) {
+            Ok(t) => {
+                self.read += t.len as u64;
+                w.settle(t.notify, t.len).map(Some)
+            }
+            Err(Error::WouldBlock) => w.empty(declared, self.read),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn delivered<S: Signal>(&mut self, w: &Waiter<S>) -> Attempt<(), Error, S::Error> {
+        let capacity = self.ep.write_capacity();
+        let ready = self.ep.arm_writable(capacity)?;
+        match (self.ep.unread_by_peer()?, ready) {
+            (0, _) => Ok(Some(())),
+            // Ready with bytes unread: the peer closed without them.
+            (_, Readiness::Ready) => Err(Error::Closed.into()),
+            (_, Readiness::Armed) => w.nothing(),
+        }
+    }
 }
 
 impl<M: SharedMem, S: Signal> Blocking<M, S> {
     /// Wraps a connected endpoint and the event channel to its peer.
     pub fn new(endpoint: Endpoint<M>, signal: S) -> Self {
         Blocking {
-            endpoint,
-            signal,
-            last_pass: false,
+            side: Side {
+                ep: endpoint,
+                read: 0,
+                written: 0,
+            },
+            waiter: Waiter::new(signal),
         }
     }
 
     /// The endpoint inside.
     pub fn endpoint(&mut self) -> &mut Endpoint<M> {
-        &mut self.endpoint
+        &mut self.side.ep
+    }
+
+    /// The memory of the endpoint's control page.
+    pub fn control(&self) -> &M {
+        self.side.ep.control()
     }
 
     /// The signal inside.
     pub fn signal(&self) -> &S {
-        &self.signal
+        &self.waiter.signal
     }
 
     /// The signal inside, mutably (e.g. to set a timeout).
     pub fn signal_mut(&mut self) -> &mut S {
-        &mut self.signal
+        &mut self.waiter.signal
     }
 
     /// Takes the endpoint and signal apart again.
     pub fn into_parts(self) -> (Endpoint<M>, S) {
-        (self.endpoint, self.signal)
+        (self.side.ep, self.waiter.signal)
+    }
+
+    /// Whether the signal has reported the peer gone (it died or hung up).
+    pub fn peer_gone(&self) -> bool {
+        self.waiter.peer_gone()
+    }
+
+    /// Bytes read through this wrapper so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.side.read
+    }
+
+    /// Bytes written through this wrapper so far.
+    pub fn bytes_written(&self) -> u64 {
+        self.side.written
+    }
+
+    /// A look that arms nothing: (something to read or the stream ended,
+    /// room to write or the peer closed).
+    pub fn ready(&mut self) -> (bool, bool) {
+        (read_ready(&mut self.side.ep, 1), write_ready(&mut self.side.ep, 1))
+    }
+
+    /// Spins for the signal's budget until [`ready`](Self::ready) shows
+    /// what is wanted (`read`, `write`); returns whether it did.
+    pub fn spin_ready(&mut self, read: bool, write: bool) -> bool {
+        let ep = &mut self.side.ep;
+        self.waiter.signal.spin(&mut || {
+            (read && read_ready(ep, 1)) || (write && write_ready(ep, 1))
+        })
     }
 
     /// Kicks the peer unconditionally (e.g. once after a client connects).
     pub fn kick(&self) -> Result<(), BlockingError<S::Error>> {
-        self.signal.notify().map_err(BlockingError::Signal)
+        self.waiter.settle(true, 0).map(drop)
     }
 
-    fn settle(&self, t: Transfer) -> Result<usize, BlockingError<S::Error>> {
-        if t.notify {
-            self.kick()?;
-        }
-        Ok(t.len)
+    /// One non-blocking stream read: `Some(n)` bytes (`Some(0)`: end of
+    /// stream), `None` nothing yet (wake-up armed).
+    ///
+    /// # Errors
+    ///
+    /// [`BlockingError::PeerGone`] once the peer is gone and the ring
+    /// drained; the ring's errors; the signal's, if a kick fails.
+    pub fn try_read(&mut self, buf: &mut [u8]) -> Attempt<usize, Error, S::Error> {
+        self.side.read_with(&self.waiter, |ep| ep.read(buf))
     }
 
-    /// Runs `op` until it stops saying "would block", waiting on the signal
-    /// in between.
-    fn retry(
+    /// One non-blocking stream write: `Some(n)` bytes, `None` the ring is
+    /// full (wake-up armed).
+    ///
+    /// # Errors
+    ///
+    /// [`BlockingError::PeerGone`]; [`Error::Closed`] if the peer closed.
+    pub fn try_write(&mut self, buf: &[u8]) -> Attempt<usize, Error, S::Error> {
+        self.waiter.writable()?;
+        let r = self.side.ep.write(buf);
+        self.side.wrote(&self.waiter, r)
+    }
+
+    /// As [`try_write`](Self::try_write), gathered from `bufs` in order
+    /// under one publish.
+    ///
+    /// # Errors
+    ///
+    /// As [`try_write`](Self::try_write).
+    pub fn try_write_vectored<B: core::ops::Deref<Target = [u8]>>(
         &mut self,
-        mut op: impl FnMut(&mut Endpoint<M>) -> Result<Transfer, Error>,
-    ) -> Result<usize, BlockingError<S::Error>> {
-        loop {
-            match op(&mut self.endpoint) {
-                Ok(t) => return self.settle(t),
-                Err(Error::WouldBlock) => wait_or_last_pass(&self.signal, &mut self.last_pass)?,
-                Err(e) => return Err(e.into()),
-            }
+        bufs: &[B],
+    ) -> Attempt<usize, Error, S::Error> {
+        self.waiter.writable()?;
+        let r = self.side.ep.write_vectored(bufs);
+        self.side.wrote(&self.waiter, r)
+    }
+
+    /// One non-blocking packet send (all of `buf` or nothing).
+    ///
+    /// # Errors
+    ///
+    /// As [`try_write`](Self::try_write), and [`Error::TooLarge`].
+    pub fn try_send(&mut self, buf: &[u8]) -> Attempt<(), Error, S::Error> {
+        self.waiter.writable()?;
+        let r = self.side.ep.send(buf);
+        Ok(self.side.wrote(&self.waiter, r)?.map(drop))
+    }
+
+    /// One non-blocking packet receive (all of `buf` or nothing).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] if the stream ended with fewer bytes left;
+    /// otherwise as [`try_read`](Self::try_read).
+    pub fn try_recv(&mut self, buf: &mut [u8]) -> Attempt<(), Error, S::Error> {
+        match self.side.read_with(&self.waiter, |ep| ep.recv(buf))? {
+            // End of stream before the packet was whole.
+            Some(0) if !buf.is_empty() => Err(Error::Closed.into()),
+            other => Ok(other.map(drop)),
         }
+    }
+
+    /// Whether the peer has read every byte we wrote: `Some(())` yes,
+    /// `None` not yet (its next read will wake us).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] if the peer closed with bytes of ours unread;
+    /// [`BlockingError::PeerGone`].
+    pub fn try_delivered(&mut self) -> Attempt<(), Error, S::Error> {
+        self.side.delivered(&self.waiter)
+    }
+
+    /// Waits once with `wait`: the signal's own [`Signal::wait`], or a
+    /// host's wait on more sources. `Ok(None)` if the wait reported the peer
+    /// gone: the next attempt takes the last look at the ring.
+    ///
+    /// # Errors
+    ///
+    /// The signal's error, when it does not mean the peer is gone.
+    pub fn wait_with<W>(
+        &mut self,
+        wait: impl FnOnce(&S) -> Result<W, S::Error>,
+    ) -> Result<Option<W>, BlockingError<S::Error>> {
+        self.waiter.wait_with(wait)
     }
 
     /// Reads at least one byte; `Ok(0)` is end of stream.
     pub fn read(&mut self, buf: &mut [u8]) -> Result<usize, BlockingError<S::Error>> {
-        self.retry(|ep| ep.read(buf))
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        self.waiter.block(
+            &mut self.side,
+            |s| read_ready(&mut s.ep, 1),
+            |s, w| s.read_with(w, |ep| ep.read(buf)),
+        )
     }
 
     /// Writes at least one byte of `buf` (all of it if it fits).
     pub fn write(&mut self, buf: &[u8]) -> Result<usize, BlockingError<S::Error>> {
-        self.retry(|ep| ep.write(buf))
+        self.write_vectored(&[buf])
     }
 
     /// Writes at least one byte of `bufs`, gathered in order under one
@@ -99,7 +287,18 @@ impl<M: SharedMem, S: Signal> Blocking<M, S> {
         &mut self,
         bufs: &[B],
     ) -> Result<usize, BlockingError<S::Error>> {
-        self.retry(|ep| ep.write_vectored(bufs))
+        if bufs.iter().all(|b| b.is_empty()) {
+            return Ok(0);
+        }
+        self.waiter.block(
+            &mut self.side,
+            |s| write_ready(&mut s.ep, 1),
+            |s, w| {
+                w.writable()?;
+                let r = s.ep.write_vectored(bufs);
+                s.wrote(w, r)
+            },
+        )
     }
 
     /// Sends `bufs` as one packet (all or nothing); see
@@ -108,7 +307,18 @@ impl<M: SharedMem, S: Signal> Blocking<M, S> {
         &mut self,
         bufs: &[B],
     ) -> Result<(), BlockingError<S::Error>> {
-        self.retry(|ep| ep.send_vectored(bufs)).map(drop)
+        let want: usize = bufs.iter().map(|b| b.len()).sum();
+        self.waiter
+            .block(
+                &mut self.side,
+                |s| write_ready(&mut s.ep, want),
+                |s, w| {
+                    w.writable()?;
+                    let r = s.ep.send_vectored(bufs);
+                    s.wrote(w, r)
+                },
+            )
+            .map(drop)
     }
 
     /// Writes all of `buf`, in as many pieces as the ring needs.
@@ -121,19 +331,46 @@ impl<M: SharedMem, S: Signal> Blocking<M, S> {
     }
 
     /// Receives exactly `buf.len()` bytes as one packet.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] if the stream ends before the packet is whole.
     pub fn recv(&mut self, buf: &mut [u8]) -> Result<(), BlockingError<S::Error>> {
-        self.retry(|ep| ep.recv(buf)).map(drop)
+        let want = buf.len();
+        let got = self.waiter.block(
+            &mut self.side,
+            |s| read_ready(&mut s.ep, want),
+            |s, w| s.read_with(w, |ep| ep.recv(buf)),
+        )?;
+        match got {
+            0 if want > 0 => Err(Error::Closed.into()),
+            _ => Ok(()),
+        }
     }
 
     /// Sends `buf` as one packet (all or nothing).
     pub fn send(&mut self, buf: &[u8]) -> Result<(), BlockingError<S::Error>> {
-        self.retry(|ep| ep.send(buf)).map(drop)
+        self.send_vectored(&[buf])
+    }
+
+    /// Waits until the peer has read every byte we wrote.
+    ///
+    /// # Errors
+    ///
+    /// As [`try_delivered`](Self::try_delivered).
+    pub fn wait_delivered(&mut self) -> Result<(), BlockingError<S::Error>> {
+        let size = self.side.ep.write_capacity();
+        self.waiter.block(
+            &mut self.side,
+            |s| write_ready(&mut s.ep, size),
+            |s, w| s.delivered(w),
+        )
     }
 
     /// Closes our end and kicks the peer.
     pub fn close(&mut self) -> Result<(), BlockingError<S::Error>> {
-        let t = self.endpoint.close()?;
-        self.settle(t).map(drop)
+        let t = self.side.ep.close()?;
+        self.waiter.settle(t.notify, t.len).map(drop)
     }
 }
 
@@ -161,13 +398,13 @@ impl<M: SharedMem, S: Signal> embedded_io::Write for Blocking<M, S> {
 impl<M: SharedMem, S: Signal> embedded_io::ReadReady for Blocking<M, S> {
     fn read_ready(&mut self) -> Result<bool, Self::Error> {
         // Ready if data is waiting, or if a read would report end of stream.
-        Ok(self.endpoint.data_ready()? > 0 || !self.endpoint.is_open()?)
+        Ok(self.side.ep.data_ready()? > 0 || !self.side.ep.is_open()?)
     }
 }
 
 impl<M: SharedMem, S: Signal> embedded_io::WriteReady for Blocking<M, S> {
     fn write_ready(&mut self) -> Result<bool, Self::Error> {
-        Ok(self.endpoint.buffer_space()? > 0 || !self.endpoint.is_open()?)
+        Ok(self.side.ep.buffer_space()? > 0 || !self.side.ep.is_open()?)
     }
 }
 
@@ -341,7 +578,7 @@ mod tests {
         // Now the error surfaces.
         assert!(matches!(
             server.read(&mut buf),
-            Err(BlockingError::Signal("peer gone"))
+            Err(BlockingError::PeerGone)
         ));
     }
 }

@@ -524,6 +524,19 @@ impl<M: SharedMem> Endpoint<M> {
         Ok(self.refresh_rx()? as usize)
     }
 
+    /// Bytes we wrote that the peer has not read yet (a fresh load of its
+    /// consumer index). Still answers after the peer closed, so a writer
+    /// can tell whether everything it wrote was taken.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] after our own close; [`Error::Corrupt`].
+    pub fn unread_by_peer(&mut self) -> Result<usize, Error> {
+        self.usable()?;
+        let free = self.refresh_tx()?;
+        Ok((self.tx.size - free) as usize)
+    }
+
     /// Bytes writable now, without arming anything.
     pub fn buffer_space(&mut self) -> Result<usize, Error> {
         self.usable()?;

@@ -9,7 +9,7 @@
 use super::pipe::{PipeReader, PipeWriter};
 use super::{Error, IncomingPacket, IncomingRing, OutgoingPacket, OutgoingRing, Transfer};
 use crate::mem::SharedMem;
-use crate::signal::{wait_or_last_pass, Signal};
+use crate::signal::{Attempt, Signal, Waiter};
 
 /// Why a blocking call on a VMBus ring failed.
 pub type BlockingError<E> = crate::signal::BlockingError<Error, E>;
@@ -20,11 +20,15 @@ impl<E> From<Error> for BlockingError<E> {
     }
 }
 
-fn settle<S: Signal>(signal: &S, t: Transfer) -> Result<usize, BlockingError<S::Error>> {
-    if t.notify {
-        signal.notify().map_err(BlockingError::Signal)?;
-    }
-    Ok(t.len)
+fn settled<S: Signal>(w: &Waiter<S>, t: Transfer) -> Result<usize, BlockingError<S::Error>> {
+    w.settle(t.notify, t.len)
+}
+
+/// The two rings of a [`Blocking`] channel, apart from its waiter.
+#[derive(Debug)]
+struct Rings<M> {
+    incoming: IncomingRing<M>,
+    outgoing: OutgoingRing<M>,
 }
 
 /// A channel endpoint that waits on a [`Signal`] instead of returning
@@ -32,46 +36,55 @@ fn settle<S: Signal>(signal: &S, t: Transfer) -> Result<usize, BlockingError<S::
 /// commit says so.
 #[derive(Debug)]
 pub struct Blocking<M, S> {
-    incoming: IncomingRing<M>,
-    outgoing: OutgoingRing<M>,
-    signal: S,
-    /// The signal reported the peer gone; the ring gets one last look.
-    last_pass: bool,
+    rings: Rings<M>,
+    waiter: Waiter<S>,
 }
 
 impl<M: SharedMem, S: Signal> Blocking<M, S> {
     /// Wraps the ring we read, the ring we write, and the channel's event.
     pub fn new(incoming: IncomingRing<M>, outgoing: OutgoingRing<M>, signal: S) -> Self {
         Blocking {
-            incoming,
-            outgoing,
-            signal,
-            last_pass: false,
+            rings: Rings { incoming, outgoing },
+            waiter: Waiter::new(signal),
         }
     }
 
     /// The ring we read.
     pub fn incoming(&mut self) -> &mut IncomingRing<M> {
-        &mut self.incoming
+        &mut self.rings.incoming
     }
 
     /// The ring we write.
     pub fn outgoing(&mut self) -> &mut OutgoingRing<M> {
-        &mut self.outgoing
+        &mut self.rings.outgoing
     }
 
     /// The signal.
     pub fn signal(&self) -> &S {
-        &self.signal
+        &self.waiter.signal
+    }
+
+    /// Whether the signal has reported the peer gone.
+    pub fn peer_gone(&self) -> bool {
+        self.waiter.peer_gone()
     }
 
     /// Takes the parts back.
     pub fn into_parts(self) -> (IncomingRing<M>, OutgoingRing<M>, S) {
-        (self.incoming, self.outgoing, self.signal)
+        (self.rings.incoming, self.rings.outgoing, self.waiter.signal)
     }
 
-    fn wait(&mut self) -> Result<(), BlockingError<S::Error>> {
-        wait_or_last_pass(&self.signal, &mut self.last_pass)
+    /// Waits once with `wait` (see the vchan
+    /// [`Blocking::wait_with`](crate::vchan::Blocking::wait_with)).
+    ///
+    /// # Errors
+    ///
+    /// The signal's error, when it does not mean the peer is gone.
+    pub fn wait_with<W>(
+        &mut self,
+        wait: impl FnOnce(&S) -> Result<W, S::Error>,
+    ) -> Result<Option<W>, BlockingError<S::Error>> {
+        self.waiter.wait_with(wait)
     }
 
     /// Sends one packet (committing anything written before it), waiting
@@ -83,23 +96,28 @@ impl<M: SharedMem, S: Signal> Blocking<M, S> {
     ///
     /// # Errors
     ///
-    /// [`Error::TooLarge`], [`Error::InvalidPacket`], [`Error::Corrupt`], or
-    /// the signal's error.
+    /// [`Error::TooLarge`], [`Error::InvalidPacket`], [`Error::Corrupt`],
+    /// [`BlockingError::PeerGone`], or the signal's error.
     pub fn send(&mut self, packet: &OutgoingPacket<'_>) -> Result<(), BlockingError<S::Error>> {
-        loop {
-            match self.outgoing.write(packet) {
-                Ok(()) => break,
-                Err(Error::Full { .. }) => {
-                    // Publish what is pending so the reader can make room.
-                    let t = self.outgoing.commit()?;
-                    settle(&self.signal, t)?;
-                    self.wait()?;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        let t = self.outgoing.commit()?;
-        settle(&self.signal, t).map(drop)
+        self.waiter
+            .block(
+                &mut self.rings,
+                |r| r.outgoing.available().map_or(true, |n| n > 0),
+                |r, w| {
+                    w.writable()?;
+                    match r.outgoing.write(packet) {
+                        Ok(()) => settled(w, r.outgoing.commit()?).map(Some),
+                        Err(Error::Full { .. }) => {
+                            // Publish what is pending so the reader can make
+                            // room.
+                            settled(w, r.outgoing.commit()?)?;
+                            w.nothing()
+                        }
+                        Err(e) => Err(e.into()),
+                    }
+                },
+            )
+            .map(drop)
     }
 
     /// Waits for the next packet, hands it to `f`, then commits the read
@@ -112,23 +130,26 @@ impl<M: SharedMem, S: Signal> Blocking<M, S> {
     ///
     /// # Errors
     ///
-    /// [`Error::Corrupt`], or the signal's error.
+    /// [`Error::Corrupt`], [`BlockingError::PeerGone`], or the signal's
+    /// error.
     pub fn recv_with<R>(
         &mut self,
         f: impl FnOnce(&IncomingPacket<'_, M>) -> R,
     ) -> Result<R, BlockingError<S::Error>> {
-        loop {
-            match self.incoming.read_packet() {
+        let mut f = Some(f);
+        self.waiter.block(
+            &mut self.rings,
+            |r| r.incoming.available().map_or(true, |n| n > 0),
+            |r, w| match r.incoming.read_packet() {
                 Ok(packet) => {
-                    let r = f(&packet);
-                    let t = self.incoming.commit()?;
-                    settle(&self.signal, t)?;
-                    return Ok(r);
+                    let out = f.take().map(|f| f(&packet));
+                    settled(w, r.incoming.commit()?)?;
+                    Ok(out)
                 }
-                Err(Error::Empty) => self.wait()?,
-                Err(e) => return Err(e.into()),
-            }
-        }
+                Err(Error::Empty) => w.nothing(),
+                Err(e) => Err(e.into()),
+            },
+        )
     }
 
     /// Waits for at least one packet, then hands `f` every packet there is
@@ -142,35 +163,42 @@ impl<M: SharedMem, S: Signal> Blocking<M, S> {
     ///
     /// # Errors
     ///
-    /// [`Error::Corrupt`], or the signal's error.
+    /// [`Error::Corrupt`], [`BlockingError::PeerGone`], or the signal's
+    /// error.
     pub fn drain_with(
         &mut self,
         max: usize,
         mut f: impl FnMut(&IncomingPacket<'_, M>),
     ) -> Result<usize, BlockingError<S::Error>> {
-        let mut count = 0;
-        while count < max.max(1) {
-            match self.incoming.read_packet() {
-                Ok(packet) => {
-                    f(&packet);
-                    count += 1;
-                    if count == 1 {
-                        self.incoming.mask_interrupts()?;
+        let max = max.max(1);
+        self.waiter.block(
+            &mut self.rings,
+            |r| r.incoming.available().map_or(true, |n| n > 0),
+            |r, w| {
+                let mut count = 0;
+                while count < max {
+                    match r.incoming.read_packet() {
+                        Ok(packet) => {
+                            f(&packet);
+                            count += 1;
+                            if count == 1 {
+                                r.incoming.mask_interrupts()?;
+                            }
+                        }
+                        // Empty has cleared the mask and re-checked.
+                        Err(Error::Empty) if count > 0 => break,
+                        Err(Error::Empty) => return w.nothing(),
+                        Err(e) => return Err(e.into()),
                     }
                 }
-                // Empty has cleared the mask and re-checked.
-                Err(Error::Empty) if count > 0 => break,
-                Err(Error::Empty) => self.wait()?,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        if count == max.max(1) {
-            // Stopped early: never leave the mask set behind us.
-            let _more = self.incoming.unmask_and_recheck()?;
-        }
-        let t = self.incoming.commit()?;
-        settle(&self.signal, t)?;
-        Ok(count)
+                if count == max {
+                    // Stopped early: never leave the mask set behind us.
+                    let _more = r.incoming.unmask_and_recheck()?;
+                }
+                settled(w, r.incoming.commit()?)?;
+                Ok(Some(count))
+            },
+        )
     }
 
     /// Waits for the next packet and copies its payload into `buf`;
@@ -179,13 +207,16 @@ impl<M: SharedMem, S: Signal> Blocking<M, S> {
     /// # Errors
     ///
     /// [`Error::OutOfRange`] if `buf` is smaller than the payload (the
-    /// packet is left unread); [`Error::Corrupt`]; the signal's error.
+    /// packet is left unread); [`Error::Corrupt`];
+    /// [`BlockingError::PeerGone`]; the signal's error.
     pub fn recv(
         &mut self,
         buf: &mut [u8],
     ) -> Result<(super::PacketInfo, usize), BlockingError<S::Error>> {
-        loop {
-            match self.incoming.read_packet() {
+        self.waiter.block(
+            &mut self.rings,
+            |r| r.incoming.available().map_or(true, |n| n > 0),
+            |r, w| match r.incoming.read_packet() {
                 Ok(packet) => {
                     let len = packet.payload_len();
                     let info = packet.info();
@@ -197,104 +228,395 @@ impl<M: SharedMem, S: Signal> Blocking<M, S> {
                         }),
                     };
                     if let Err(e) = copied {
-                        self.incoming.revert();
+                        r.incoming.revert();
                         return Err(e.into());
                     }
-                    let t = self.incoming.commit()?;
-                    settle(&self.signal, t)?;
-                    return Ok((info, len));
+                    settled(w, r.incoming.commit()?)?;
+                    Ok(Some((info, len)))
                 }
-                Err(Error::Empty) => self.wait()?,
-                Err(e) => return Err(e.into()),
+                Err(Error::Empty) => w.nothing(),
+                Err(e) => Err(e.into()),
+            },
+        )
+    }
+}
+
+/// The two halves of a [`BlockingPipe`] and what went through them, apart
+/// from its waiter.
+#[derive(Debug)]
+struct Ends<M> {
+    reader: PipeReader<M>,
+    writer: PipeWriter<M>,
+    /// We sent end of stream.
+    closed: bool,
+    read: u64,
+    written: u64,
+}
+
+/// Room a pipe packet with at least one byte of data takes.
+const SMALLEST_PACKET: usize =
+    super::layout::DESCRIPTOR_SIZE + super::pipe::PIPE_HEADER_SIZE + 8 + 8;
+
+impl<M: SharedMem> Ends<M> {
+    fn readable(&mut self) -> bool {
+        self.reader.is_eof() || self.reader.ring().available().map_or(true, |n| n > 0)
+    }
+
+    fn room(&mut self, want: usize) -> bool {
+        self.writer.ring().available().map_or(true, |n| n >= want)
+    }
+
+    /// One read of the pipe by `op` (bytes or a message).
+    fn read_with<S: Signal>(
+        &mut self,
+        w: &Waiter<S>,
+        op: impl FnOnce(&mut PipeReader<M>) -> Result<Transfer, Error>,
+    ) -> Attempt<usize, Error, S::Error> {
+        let declared = w.signal.peer_write_closed();
+        match op(&mut self.reader) {
+            Ok(t) => {
+                self.read += t.len as u64;
+                settled(w, t).map(Some)
             }
+            Err(Error::Empty) => w.empty(declared, self.read),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// One write to the pipe by `op`; refused after our end of stream.
+    fn write_with<S: Signal>(
+        &mut self,
+        w: &Waiter<S>,
+        op: impl FnOnce(&mut PipeWriter<M>) -> Result<Transfer, Error>,
+    ) -> Attempt<usize, Error, S::Error> {
+        w.writable()?;
+        if self.closed {
+            return Err(Error::Closed.into());
+        }
+        match op(&mut self.writer) {
+            Ok(t) => {
+                self.written += t.len as u64;
+                settled(w, t).map(Some)
+            }
+            Err(Error::Full { .. }) => w.nothing(),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn close<S: Signal>(&mut self, w: &Waiter<S>) -> Attempt<(), Error, S::Error> {
+        if self.closed {
+            return Ok(Some(()));
+        }
+        w.writable()?;
+        match self.writer.write_eof() {
+            Ok(t) => {
+                self.closed = true;
+                settled(w, t).map(|_| Some(()))
+            }
+            Err(Error::Full { .. }) => w.nothing(),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn delivered<S: Signal>(&mut self, w: &Waiter<S>) -> Attempt<(), Error, S::Error> {
+        match self.writer.ring().arm_drained()? {
+            true => Ok(Some(())),
+            false => w.nothing(),
         }
     }
 }
 
 /// A byte pipe that blocks on a [`Signal`]: `embedded-io` `Read` and
-/// `Write` over a [`PipeReader`] and a [`PipeWriter`]. ring-std builds
-/// `std::io` on it.
+/// `Write` over a [`PipeReader`] and a [`PipeWriter`], plus messages, one
+/// attempt at a time, and the wait for delivery. ring-std builds
+/// `std::io` on it, ring-hosted its process-to-process pipe.
+///
+/// The pipe has a half-close: [`close`](Self::close) sends end of stream
+/// in our direction only; the peer's direction flows on until it sends
+/// its own.
 #[derive(Debug)]
 pub struct BlockingPipe<M, S> {
-    reader: PipeReader<M>,
-    writer: PipeWriter<M>,
-    signal: S,
-    /// The signal reported the peer gone; the ring gets one last look.
-    last_pass: bool,
+    ends: Ends<M>,
+    waiter: Waiter<S>,
 }
 
 impl<M: SharedMem, S: Signal> BlockingPipe<M, S> {
     /// Wraps the two halves of a pipe and the channel's event.
     pub fn new(reader: PipeReader<M>, writer: PipeWriter<M>, signal: S) -> Self {
         BlockingPipe {
-            reader,
-            writer,
-            signal,
-            last_pass: false,
+            ends: Ends {
+                reader,
+                writer,
+                closed: false,
+                read: 0,
+                written: 0,
+            },
+            waiter: Waiter::new(signal),
         }
     }
 
     /// The reading half.
     pub fn reader(&mut self) -> &mut PipeReader<M> {
-        &mut self.reader
+        &mut self.ends.reader
     }
 
     /// The writing half.
     pub fn writer(&mut self) -> &mut PipeWriter<M> {
-        &mut self.writer
+        &mut self.ends.writer
+    }
+
+    /// The signal.
+    pub fn signal(&self) -> &S {
+        &self.waiter.signal
+    }
+
+    /// The signal, mutably (e.g. to set a timeout).
+    pub fn signal_mut(&mut self) -> &mut S {
+        &mut self.waiter.signal
     }
 
     /// Takes the parts back.
     pub fn into_parts(self) -> (PipeReader<M>, PipeWriter<M>, S) {
-        (self.reader, self.writer, self.signal)
+        (self.ends.reader, self.ends.writer, self.waiter.signal)
+    }
+
+    /// Whether the signal has reported the peer gone.
+    pub fn peer_gone(&self) -> bool {
+        self.waiter.peer_gone()
+    }
+
+    /// Whether we have sent end of stream.
+    pub fn is_closed(&self) -> bool {
+        self.ends.closed
+    }
+
+    /// Data bytes read so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.ends.read
+    }
+
+    /// Data bytes written so far.
+    pub fn bytes_written(&self) -> u64 {
+        self.ends.written
+    }
+
+    /// A look that arms nothing: (something to read or end of stream,
+    /// room for a small packet).
+    pub fn ready(&mut self) -> (bool, bool) {
+        (self.ends.readable(), self.ends.room(SMALLEST_PACKET))
+    }
+
+    /// Spins for the signal's budget until [`ready`](Self::ready) shows
+    /// what is wanted (`read`, `write`); returns whether it did.
+    pub fn spin_ready(&mut self, read: bool, write: bool) -> bool {
+        let ends = &mut self.ends;
+        self.waiter.signal.spin(&mut || {
+            (read && ends.readable()) || (write && ends.room(SMALLEST_PACKET))
+        })
+    }
+
+    /// Kicks the peer unconditionally.
+    ///
+    /// # Errors
+    ///
+    /// The signal's error.
+    pub fn kick(&self) -> Result<(), BlockingError<S::Error>> {
+        self.waiter.settle(true, 0).map(drop)
+    }
+
+    /// One non-blocking read: `Some(n)` bytes (`Some(0)`: end of stream),
+    /// `None` nothing yet (wake-up armed).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Corrupt`]; [`BlockingError::PeerGone`] once the peer is
+    /// gone and the ring drained.
+    pub fn try_read(&mut self, buf: &mut [u8]) -> Attempt<usize, Error, S::Error> {
+        self.ends.read_with(&self.waiter, |r| r.read_bytes(buf))
+    }
+
+    /// One non-blocking write: `Some(n)` bytes, `None` the ring is full
+    /// (wake-up armed).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] after our [`close`](Self::close);
+    /// [`BlockingError::PeerGone`]; [`Error::Corrupt`].
+    pub fn try_write(&mut self, buf: &[u8]) -> Attempt<usize, Error, S::Error> {
+        if buf.is_empty() {
+            return Ok(Some(0));
+        }
+        self.ends.write_with(&self.waiter, |w| w.write_bytes(buf))
+    }
+
+    /// One non-blocking message send (one packet, at most 16 KiB).
+    ///
+    /// # Errors
+    ///
+    /// As [`try_write`](Self::try_write), and [`Error::TooLarge`].
+    pub fn try_send_msg(&mut self, msg: &[u8]) -> Attempt<(), Error, S::Error> {
+        let r = self.ends.write_with(&self.waiter, |w| {
+            w.write_message(msg).map(|t| Transfer {
+                len: msg.len(),
+                notify: t.notify,
+            })
+        });
+        Ok(r?.map(drop))
+    }
+
+    /// One non-blocking message receive into `buf`: `Some(len)`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::OutOfRange`] if `buf` is too small (nothing consumed);
+    /// otherwise as [`try_read`](Self::try_read).
+    pub fn try_recv_msg(&mut self, buf: &mut [u8]) -> Attempt<usize, Error, S::Error> {
+        self.ends.read_with(&self.waiter, |r| r.read_message(buf))
+    }
+
+    /// One non-blocking attempt to send end of stream: `Some(())` sent (or
+    /// sent before), `None` no room yet (wake-up armed).
+    ///
+    /// # Errors
+    ///
+    /// [`BlockingError::PeerGone`]; [`Error::Corrupt`].
+    pub fn try_close(&mut self) -> Attempt<(), Error, S::Error> {
+        self.ends.close(&self.waiter)
+    }
+
+    /// Whether the peer has consumed every packet we committed: `Some(())`
+    /// yes, `None` not yet (its next read that drains the ring will signal
+    /// us).
+    ///
+    /// # Errors
+    ///
+    /// [`BlockingError::PeerGone`]; [`Error::Corrupt`].
+    pub fn try_delivered(&mut self) -> Attempt<(), Error, S::Error> {
+        self.ends.delivered(&self.waiter)
+    }
+
+    /// Waits once with `wait` (see the vchan
+    /// [`Blocking::wait_with`](crate::vchan::Blocking::wait_with)).
+    ///
+    /// # Errors
+    ///
+    /// The signal's error, when it does not mean the peer is gone.
+    pub fn wait_with<W>(
+        &mut self,
+        wait: impl FnOnce(&S) -> Result<W, S::Error>,
+    ) -> Result<Option<W>, BlockingError<S::Error>> {
+        self.waiter.wait_with(wait)
     }
 
     /// Reads at least one byte; `Ok(0)` is end of stream.
     ///
     /// # Errors
     ///
-    /// [`Error::Corrupt`] or the signal's error.
+    /// [`Error::Corrupt`], [`BlockingError::PeerGone`], or the signal's
+    /// error.
     pub fn read(&mut self, buf: &mut [u8]) -> Result<usize, BlockingError<S::Error>> {
-        loop {
-            match self.reader.read_bytes(buf) {
-                Ok(t) => return settle(&self.signal, t),
-                Err(Error::Empty) => wait_or_last_pass(&self.signal, &mut self.last_pass)?,
-                Err(e) => return Err(e.into()),
-            }
+        if buf.is_empty() {
+            return Ok(0);
         }
+        self.waiter.block(
+            &mut self.ends,
+            |e| e.readable(),
+            |e, w| e.read_with(w, |r| r.read_bytes(buf)),
+        )
     }
 
     /// Writes at least one byte of `buf` (as much as fits).
     ///
     /// # Errors
     ///
-    /// [`Error::Corrupt`] or the signal's error.
+    /// [`Error::Closed`], [`Error::Corrupt`], [`BlockingError::PeerGone`],
+    /// or the signal's error.
     pub fn write(&mut self, buf: &[u8]) -> Result<usize, BlockingError<S::Error>> {
         if buf.is_empty() {
             return Ok(0);
         }
-        loop {
-            match self.writer.write_bytes(buf) {
-                Ok(t) => return settle(&self.signal, t),
-                Err(Error::Full { .. }) => wait_or_last_pass(&self.signal, &mut self.last_pass)?,
-                Err(e) => return Err(e.into()),
-            }
-        }
+        self.waiter.block(
+            &mut self.ends,
+            |e| e.room(SMALLEST_PACKET),
+            |e, w| e.write_with(w, |wr| wr.write_bytes(buf)),
+        )
     }
 
-    /// Sends end of stream, waiting for room if needed.
+    /// Writes all of `buf`.
     ///
     /// # Errors
     ///
-    /// [`Error::Corrupt`] or the signal's error.
-    pub fn close(&mut self) -> Result<(), BlockingError<S::Error>> {
-        loop {
-            match self.writer.write_eof() {
-                Ok(t) => return settle(&self.signal, t).map(drop),
-                Err(Error::Full { .. }) => wait_or_last_pass(&self.signal, &mut self.last_pass)?,
-                Err(e) => return Err(e.into()),
-            }
+    /// As [`write`](Self::write).
+    pub fn write_all(&mut self, mut buf: &[u8]) -> Result<(), BlockingError<S::Error>> {
+        while !buf.is_empty() {
+            let n = self.write(buf)?;
+            buf = buf.get(n..).unwrap_or(&[]);
         }
+        Ok(())
+    }
+
+    /// Sends one message as one packet, waiting for room.
+    ///
+    /// # Errors
+    ///
+    /// As [`try_send_msg`](Self::try_send_msg).
+    pub fn send_msg(&mut self, msg: &[u8]) -> Result<(), BlockingError<S::Error>> {
+        let want = SMALLEST_PACKET + msg.len();
+        self.waiter
+            .block(
+                &mut self.ends,
+                |e| e.room(want),
+                |e, w| {
+                    e.write_with(w, |wr| {
+                        wr.write_message(msg).map(|t| Transfer {
+                            len: msg.len(),
+                            notify: t.notify,
+                        })
+                    })
+                },
+            )
+            .map(drop)
+    }
+
+    /// Receives one message into `buf`, waiting for it; returns its length.
+    ///
+    /// # Errors
+    ///
+    /// As [`try_recv_msg`](Self::try_recv_msg).
+    pub fn recv_msg(&mut self, buf: &mut [u8]) -> Result<usize, BlockingError<S::Error>> {
+        self.waiter.block(
+            &mut self.ends,
+            |e| e.readable(),
+            |e, w| e.read_with(w, |r| r.read_message(buf)),
+        )
+    }
+
+    /// Sends end of stream, waiting for room if needed. Idempotent.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Corrupt`], [`BlockingError::PeerGone`], or the signal's
+    /// error.
+    pub fn close(&mut self) -> Result<(), BlockingError<S::Error>> {
+        self.waiter.block(
+            &mut self.ends,
+            |e| e.room(SMALLEST_PACKET),
+            |e, w| e.close(w),
+        )
+    }
+
+    /// Waits until the peer has consumed every packet we committed.
+    ///
+    /// # Errors
+    ///
+    /// As [`try_delivered`](Self::try_delivered).
+    pub fn wait_delivered(&mut self) -> Result<(), BlockingError<S::Error>> {
+        self.waiter
+            .block(
+                &mut self.ends,
+                |e| e.writer.ring().unread_by_peer().map_or(true, |n| n == 0),
+                |e, w| e.delivered(w),
+            )
     }
 }
 
@@ -321,13 +643,12 @@ impl<M: SharedMem, S: Signal> embedded_io::Write for BlockingPipe<M, S> {
 
 impl<M: SharedMem, S: Signal> embedded_io::ReadReady for BlockingPipe<M, S> {
     fn read_ready(&mut self) -> Result<bool, Self::Error> {
-        Ok(self.reader.is_eof() || self.reader.ring().available()? > 0)
+        Ok(self.ends.reader.is_eof() || self.ends.reader.ring().available()? > 0)
     }
 }
 
 impl<M: SharedMem, S: Signal> embedded_io::WriteReady for BlockingPipe<M, S> {
     fn write_ready(&mut self) -> Result<bool, Self::Error> {
-        let need = super::layout::DESCRIPTOR_SIZE + super::pipe::PIPE_HEADER_SIZE + 8 + 8;
-        Ok(self.writer.ring().available()? >= need)
+        Ok(self.ends.writer.ring().available()? >= SMALLEST_PACKET)
     }
 }

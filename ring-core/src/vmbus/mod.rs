@@ -226,6 +226,8 @@ pub enum Error {
     },
     /// The peer broke the protocol; the ring is poisoned.
     Corrupt(Corrupt),
+    /// We ended our side of a pipe (sent end of stream): it takes no more.
+    Closed,
     /// Set-up failed.
     Setup(SetupError),
     /// The memory door refused an access (a mapping smaller than promised).
@@ -267,6 +269,7 @@ impl fmt::Display for Error {
                 write!(f, "access needs {needed} bytes, {available} available")
             }
             Error::Corrupt(c) => c.fmt(f),
+            Error::Closed => f.write_str("the pipe was closed"),
             Error::Setup(e) => e.fmt(f),
             Error::Memory(e) => e.fmt(f),
         }
@@ -285,6 +288,7 @@ impl embedded_io::Error for Error {
             }
             Error::OutOfRange { .. } => ErrorKind::OutOfMemory,
             Error::Corrupt(_) => ErrorKind::InvalidData,
+            Error::Closed => ErrorKind::BrokenPipe,
             Error::Memory(_) => ErrorKind::OutOfMemory,
         }
     }

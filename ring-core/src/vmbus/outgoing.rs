@@ -148,6 +148,51 @@ impl<M: SharedMem> OutgoingRing<M> {
         Ok(self.free().saturating_sub(PACKET_ALIGN as u32) as usize)
     }
 
+    /// Bytes of committed packets the reader has not consumed yet (a fresh
+    /// load of its read index).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Corrupt`] if the reader's index is invalid.
+    pub fn unread_by_peer(&mut self) -> Result<usize, Error> {
+        self.usable()?;
+        self.refresh_read()?;
+        Ok(distance(self.cached_read, self.committed, self.size) as usize)
+    }
+
+    /// Asks to be signalled once the reader has consumed every committed
+    /// packet: `true` if it already has (any request withdrawn), `false`
+    /// if `pending_send_size` is armed for a drained ring and the ring
+    /// re-checked, so the caller may wait for the reader's signal.
+    ///
+    /// The reader signals when its commit lifts the free space above
+    /// `pending_send_size`; only a drained ring has more than `size - 1`
+    /// bytes free.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Corrupt`] if the reader's index is invalid.
+    pub fn arm_drained(&mut self) -> Result<bool, Error> {
+        if self.unread_by_peer()? == 0 {
+            return self.disarm_pending().map(|()| true);
+        }
+        self.mem.store_u32(PENDING_SEND_SIZE, self.size - 1)?;
+        self.pending_armed = true;
+        self.mem.fence();
+        if self.unread_by_peer()? == 0 {
+            return self.disarm_pending().map(|()| true);
+        }
+        Ok(false)
+    }
+
+    fn disarm_pending(&mut self) -> Result<(), Error> {
+        if self.pending_armed {
+            self.mem.store_u32(PENDING_SEND_SIZE, 0)?;
+            self.pending_armed = false;
+        }
+        Ok(())
+    }
+
     /// Makes room for `total` bytes (trailer included): from the cache,
     /// then a fresh read index, then by arming `pending_send_size` and
     /// looking once more.
@@ -172,13 +217,9 @@ impl<M: SharedMem> OutgoingRing<M> {
                 });
             }
         }
-        if self.pending_armed {
-            // Clear before writing, so the reader does not signal for space
-            // we no longer wait for.
-            self.mem.store_u32(PENDING_SEND_SIZE, 0)?;
-            self.pending_armed = false;
-        }
-        Ok(())
+        // Clear before writing, so the reader does not signal for space we
+        // no longer wait for.
+        self.disarm_pending()
     }
 
     /// Copies `bytes` at `*pos` and moves `*pos` past them.

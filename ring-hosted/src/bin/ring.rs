@@ -6,7 +6,7 @@
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use ring_hosted::attach::{self, MemSource, VchanLayout, VmbusRing, Wakeup};
 use ring_hosted::check::{duplex, Checksum, Pattern};
-use ring_hosted::eventfd::DEFAULT_SPIN;
+use ring_hosted::eventfd::{Notice, DEFAULT_SPIN, MAX_SPIN};
 use ring_hosted::inspect;
 use ring_hosted::rendezvous::{
     self, ClientConfig, Listener, PeerPolicy, Proto, ServerConfig, Session,
@@ -20,10 +20,23 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
+/// The largest `--spin-us`.
+const MAX_SPIN_US: u64 = MAX_SPIN.as_micros() as u64;
+
+/// Exit status of `listen`, `connect` and `attach`: 0 every byte went
+/// through both ways and the peer ended cleanly; 1 set-up or I/O failed;
+/// 2 usage; 3 the peer broke the ring protocol; 4 the peer closed before
+/// taking all our bytes; 5 the peer died or hung up first; 6 timed out;
+/// 7 our stdout closed first.
+const EXIT_CODES: &str = "Exit status of listen, connect and attach: 0 every byte went through \
+both ways and the peer ended cleanly; 1 set-up or I/O failed; 2 usage; 3 the peer broke the \
+ring protocol; 4 the peer closed before taking all our bytes; 5 the peer died or hung up \
+first; 6 timed out; 7 our stdout closed first. See docs/hosted.md.";
+
 /// Shared-memory rings between two processes: memfd + eventfds, wire
 /// compatible with Xen vchan and Hyper-V VMBus.
 #[derive(Parser, Debug)]
-#[command(name = "ring", version, propagate_version = true)]
+#[command(name = "ring", version, propagate_version = true, after_help = EXIT_CODES)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -63,8 +76,10 @@ enum Cmd {
         /// at least 1K, vmbus to whole 4 KiB pages).
         #[arg(long, default_value = "1M", value_parser = parse_ring_size)]
         ring_size: u64,
-        /// Spin before sleeping, in microseconds (0: never spin).
-        #[arg(long, default_value_t = DEFAULT_SPIN.as_micros() as u64)]
+        /// Spin before sleeping, in microseconds (0: never spin; at most
+        /// 1000000). A spin ends early when the peer hangs up or closes.
+        #[arg(long, default_value_t = DEFAULT_SPIN.as_micros() as u64,
+              value_parser = clap::value_parser!(u64).range(0..=MAX_SPIN_US))]
         spin_us: u64,
         /// Protocols to run (repeat or comma-separate; default: all).
         #[arg(long, value_enum, value_delimiter = ',')]
@@ -84,10 +99,10 @@ enum Cmd {
         /// Accept peers of any uid (default: only our own).
         #[arg(long)]
         any_uid: bool,
-        /// After stdin ends, keep copying the peer's bytes until it has been
-        /// quiet this long, then close (milliseconds).
-        #[arg(long, default_value_t = 500)]
-        linger_ms: u64,
+        /// Give up (exit 6) once the peer has been silent this long with the
+        /// stream unfinished (seconds; default: wait while it lives).
+        #[arg(long, value_parser = parse_secs)]
+        timeout: Option<Duration>,
     },
     /// Connect to a `ring listen` socket and pipe stdin/stdout through the
     /// ring, both directions.
@@ -97,10 +112,10 @@ enum Cmd {
         /// Ring protocol.
         #[arg(long, value_enum, default_value = "vchan")]
         proto: CliProto,
-        /// After stdin ends, keep copying the peer's bytes until it has been
-        /// quiet this long, then close (milliseconds).
-        #[arg(long, default_value_t = 500)]
-        linger_ms: u64,
+        /// Give up (exit 6) once the peer has been silent this long with the
+        /// stream unfinished (seconds; default: wait while it lives).
+        #[arg(long, value_parser = parse_secs)]
+        timeout: Option<Duration>,
     },
     /// Decode the control state of the rings in a shm or memfd-backed file
     /// (e.g. /proc/PID/fd/N): indices, used/free, who owes whom a signal,
@@ -159,7 +174,8 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         seed: u64,
         /// Spin budget in microseconds.
-        #[arg(long, default_value_t = DEFAULT_SPIN.as_micros() as u64)]
+        #[arg(long, default_value_t = DEFAULT_SPIN.as_micros() as u64,
+              value_parser = clap::value_parser!(u64).range(0..=MAX_SPIN_US))]
         spin_us: u64,
         /// Ring size when listening.
         #[arg(long, default_value = "64K", value_parser = parse_ring_size)]
@@ -233,10 +249,16 @@ struct AttachArgs {
     /// No eventfds: poll the ring (sleeping 200 us between looks).
     #[arg(long, conflicts_with_all = ["notify_fd", "wait_fd"])]
     poll: bool,
-    /// After stdin ends, keep copying the peer's bytes until it has been
-    /// quiet this long, then close (milliseconds).
+    /// A foreign peer cannot say "no more from me" without closing both
+    /// ways: once stdin has ended and the peer has read all of it, keep
+    /// copying the peer's bytes until it has been quiet this long (counted
+    /// only once it has connected), then close (milliseconds).
     #[arg(long, default_value_t = 500)]
     linger_ms: u64,
+    /// Give up (exit 6) once the peer has been silent this long with the
+    /// stream unfinished (seconds; counted only once it has connected).
+    #[arg(long, value_parser = parse_secs)]
+    timeout: Option<Duration>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -247,6 +269,19 @@ enum PeerMode {
     Echo,
     /// Write the seed's pattern (`--bytes`, or for ever), then close.
     Source,
+}
+
+/// Parses a positive number of seconds (fractions allowed).
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    if v > 0.0 && v <= 1e9 {
+        Ok(Duration::from_secs_f64(v))
+    } else {
+        Err(format!("timeout {s} is outside (0, 1e9] seconds"))
+    }
 }
 
 /// Parses a ring size: 1 byte to 1 MiB (vchan's largest ring).
@@ -293,13 +328,13 @@ fn main() -> ExitCode {
             proto,
             ring_size,
             any_uid,
-            linger_ms,
-        } => listen(&socket, proto.into(), ring_size, any_uid, linger_ms),
+            timeout,
+        } => listen(&socket, proto.into(), ring_size, any_uid, timeout),
         Cmd::Connect {
             socket,
             proto,
-            linger_ms,
-        } => connect(&socket, proto.into(), linger_ms),
+            timeout,
+        } => connect(&socket, proto.into(), timeout),
         Cmd::Inspect {
             file,
             pid,
@@ -309,10 +344,10 @@ fn main() -> ExitCode {
         } => match (file, pid) {
             (Some(file), _) => inspect_file(&file, proto.into(), data_size, json),
             (None, Some(pid)) => inspect_pid(pid, json),
-            (None, None) => Err("nothing to inspect".into()),
+            (None, None) => Err(Failure::from("nothing to inspect")),
         },
         Cmd::Attach(args) => attach_cmd(*args),
-        Cmd::Bench(args) => ring_hosted::bench::suite::run(args),
+        Cmd::Bench(args) => ring_hosted::bench::suite::run(args).map_err(Failure::from),
         Cmd::Peer {
             socket,
             mode,
@@ -337,14 +372,73 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(reason) => {
-            eprintln!("ring: {reason}");
-            ExitCode::from(1)
+        Err(f) => {
+            eprintln!("ring: {}", f.reason);
+            ExitCode::from(f.code)
         }
     }
 }
 
-type Outcome = Result<(), String>;
+/// Exit status of a piping subcommand (`listen`, `connect`, `attach`):
+/// 0 only when every byte went through both ways and the peer ended
+/// cleanly. The table is in docs/hosted.md and `ring --help`.
+mod exit {
+    /// Set-up or I/O failed (bind, connect, memory, stdin).
+    pub const FAILED: u8 = 1;
+    /// The peer broke the ring protocol (and, for `inspect`, an image that
+    /// does not validate).
+    pub const CORRUPT: u8 = 3;
+    /// The peer closed, or ended its stream, before it took every byte we
+    /// had for it (or said it took a different count).
+    pub const UNDELIVERED: u8 = 4;
+    /// The peer died or hung up before the stream ended cleanly.
+    pub const PEER_GONE: u8 = 5;
+    /// The timeout passed with the stream unfinished.
+    pub const TIMED_OUT: u8 = 6;
+    /// Our stdout closed before the peer's stream ended.
+    pub const STDOUT_CLOSED: u8 = 7;
+}
+
+/// Why a subcommand failed: its exit code and one line.
+#[derive(Debug)]
+struct Failure {
+    code: u8,
+    reason: String,
+}
+
+impl From<String> for Failure {
+    fn from(reason: String) -> Self {
+        Failure {
+            code: exit::FAILED,
+            reason,
+        }
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(reason: &str) -> Self {
+        reason.to_string().into()
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        let code = match &e {
+            Error::Ring(ring_core::vchan::Error::Corrupt(_))
+            | Error::Vmbus(ring_core::vmbus::Error::Corrupt(_)) => exit::CORRUPT,
+            Error::Closed => exit::UNDELIVERED,
+            Error::PeerGone => exit::PEER_GONE,
+            Error::TimedOut => exit::TIMED_OUT,
+            _ => exit::FAILED,
+        };
+        Failure {
+            code,
+            reason: e.to_string(),
+        }
+    }
+}
+
+type Outcome = Result<(), Failure>;
 
 fn ring_bytes(size: u64) -> Result<usize, String> {
     usize::try_from(size).map_err(|_| format!("ring size {size} is too large"))
@@ -394,7 +488,7 @@ fn demo(bytes: u64, rounds: u32, ring_size: u64, spin_us: u64, protos: &[CliProt
     if rows.iter().all(|r| r.ok) {
         Ok(())
     } else {
-        Err("checksum mismatch: see the table".into())
+        Err(Failure::from("checksum mismatch: see the table"))
     }
 }
 
@@ -454,7 +548,7 @@ fn demo_one(
     rounds: u32,
     ring: usize,
     spin_us: u64,
-) -> Result<Row, String> {
+) -> Result<Row, Failure> {
     let path = std::env::temp_dir().join(format!(
         "ring-demo-{}-{}.sock",
         std::process::id(),
@@ -462,7 +556,7 @@ fn demo_one(
     ));
     let mut config = ServerConfig::new(proto).ring_sizes(ring, ring);
     config.spin = Duration::from_micros(spin_us);
-    let listener = Listener::bind(&path, config).map_err(|e| e.to_string())?;
+    let listener = Listener::bind(&path, config)?;
     let exe = std::env::current_exe().map_err(|e| format!("cannot find own executable: {e}"))?;
     let mut child = Command::new(exe)
         .arg("peer")
@@ -472,6 +566,7 @@ fn demo_one(
         .args(["--bytes", &bytes.to_string()])
         .args(["--rounds", &rounds.to_string()])
         .args(["--spin-us", &spin_us.to_string()])
+        .env(ring_hosted::parent::PARENT_ENV, ring_hosted::parent::own_pid())
         .stdin(Stdio::null())
         .spawn()
         .map_err(|e| format!("cannot start the peer process: {e}"))?;
@@ -481,7 +576,7 @@ fn demo_one(
         match listener.accept_timeout(Duration::from_millis(100)) {
             Err(Error::TimedOut) if start.elapsed() < Duration::from_secs(20) => {
                 if let Ok(Some(status)) = child.try_wait() {
-                    return Err(format!("peer exited ({status}) before connecting"));
+                    return Err(format!("peer exited ({status}) before connecting").into());
                 }
             }
             other => break other,
@@ -493,7 +588,7 @@ fn demo_one(
         Err(e) => {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(format!("peer did not connect: {e}"));
+            return Err(format!("peer did not connect: {e}").into());
         }
     };
     let result = match session {
@@ -501,6 +596,10 @@ fn demo_one(
         Session::Vmbus(mut s) => demo_server(&mut s, bytes, rounds),
         other => Err(format!("no demo for protocol {}", other.proto().name())),
     };
+    if result.is_err() {
+        // Our half failed: the peer may be waiting for us for ever.
+        let _ = child.kill();
+    }
     let status = child
         .wait()
         .map_err(|e| format!("waiting for the peer: {e}"))?;
@@ -668,7 +767,7 @@ fn demo_server<L: Link>(s: &mut L, bytes: u64, rounds: u32) -> Result<Row, Strin
     })
 }
 
-fn demo_client<L: Link>(s: &mut L, bytes: u64, rounds: u32) -> Outcome {
+fn demo_client<L: Link>(s: &mut L, bytes: u64, rounds: u32) -> Result<(), String> {
     let e = |e: Error| format!("demo peer: {e}");
     let kicks0 = s.signal().kicks();
     let got = duplex(s, CLIENT_SEED, bytes, bytes, |_, _| {}).map_err(e)?;
@@ -690,7 +789,7 @@ fn demo_client<L: Link>(s: &mut L, bytes: u64, rounds: u32) -> Outcome {
     // Wait for the server to close.
     let mut tail = [0u8; 1];
     match s.read_some(&mut tail) {
-        Ok(0) | Err(Error::Closed) => {}
+        Ok(0) | Err(Error::Closed | Error::PeerGone) => {}
         Ok(_) => return Err("demo peer: unexpected bytes after the ping-pong".into()),
         Err(x) => return Err(e(x)),
     }
@@ -719,40 +818,37 @@ fn peer(
     spin: Duration,
     ring_size: u64,
 ) -> Outcome {
+    ring_hosted::parent::die_with_parent()?;
     let session = if listen {
         let mut config =
             ServerConfig::new(proto).ring_sizes(ring_bytes(ring_size)?, ring_bytes(ring_size)?);
         config.spin = spin;
-        let l = Listener::bind(socket, config).map_err(|e| e.to_string())?;
+        let l = Listener::bind(socket, config)?;
         l.accept()
     } else {
         let mut config = ClientConfig::new(proto);
         config.spin = spin;
         rendezvous::connect_with(socket, config)
-    }
-    .map_err(|e| e.to_string())?;
+    }?;
     match session {
         Session::Vchan(mut s) => peer_run(&mut s, mode, bytes, rounds, seed),
         Session::Vmbus(mut s) => peer_run(&mut s, mode, bytes, rounds, seed),
-        other => Err(format!(
-            "peer: protocol {} unsupported",
-            other.proto().name()
-        )),
+        other => Err(format!("peer: protocol {} unsupported", other.proto().name()).into()),
     }
 }
 
 fn peer_run<L: Link>(s: &mut L, mode: PeerMode, bytes: u64, rounds: u32, seed: u64) -> Outcome {
-    let e = |e: Error| format!("peer: {e}");
+    let e = |e: Error| Failure::from(format!("peer: {e}"));
     match mode {
-        PeerMode::Demo => demo_client(s, bytes, rounds),
+        PeerMode::Demo => demo_client(s, bytes, rounds).map_err(Failure::from),
         PeerMode::Echo => {
             let mut buf = vec![0u8; 64 << 10];
             loop {
                 match s.read_some(&mut buf) {
-                    Ok(0) | Err(Error::Closed) => return Ok(()),
+                    Ok(0) | Err(Error::Closed | Error::PeerGone) => return Ok(()),
                     Ok(n) => match s.write_every(buf.get(..n).unwrap_or(&[])) {
                         Ok(()) => {}
-                        Err(Error::Closed) => return Ok(()),
+                        Err(Error::Closed | Error::PeerGone) => return Ok(()),
                         Err(x) => return Err(e(x)),
                     },
                     Err(x) => return Err(e(x)),
@@ -772,7 +868,7 @@ fn peer_run<L: Link>(s: &mut L, mode: PeerMode, bytes: u64, rounds: u32, seed: u
                 p.fill(chunk);
                 match s.write_every(chunk) {
                     Ok(()) => {}
-                    Err(Error::Closed) => return Ok(()),
+                    Err(Error::Closed | Error::PeerGone) => return Ok(()),
                     Err(x) => return Err(e(x)),
                 }
             }
@@ -783,102 +879,291 @@ fn peer_run<L: Link>(s: &mut L, mode: PeerMode, bytes: u64, rounds: u32, seed: u
 
 // ---------------------------------------------------------------- pipe
 
-fn listen(socket: &Path, proto: Proto, ring_size: u64, any_uid: bool, linger_ms: u64) -> Outcome {
+fn listen(
+    socket: &Path,
+    proto: Proto,
+    ring_size: u64,
+    any_uid: bool,
+    timeout: Option<Duration>,
+) -> Outcome {
     let size = ring_bytes(ring_size)?;
     let mut config = ServerConfig::new(proto).ring_sizes(size, size);
     if any_uid {
         config.peer = PeerPolicy::AnyUid;
     }
-    let listener = Listener::bind(socket, config).map_err(|e| e.to_string())?;
-    let session = listener.accept().map_err(|e| e.to_string())?;
+    let listener = Listener::bind(socket, config)?;
+    let session = listener.accept()?;
     // One peer only: unlink the socket so later clients fail at once.
     drop(listener);
-    pipe_session(session, Duration::from_millis(linger_ms))
+    pipe_session(session, timeout)
 }
 
-fn connect(socket: &Path, proto: Proto, linger_ms: u64) -> Outcome {
-    let session = rendezvous::connect(socket, proto).map_err(|e| e.to_string())?;
-    pipe_session(session, Duration::from_millis(linger_ms))
+fn connect(socket: &Path, proto: Proto, timeout: Option<Duration>) -> Outcome {
+    let session = rendezvous::connect(socket, proto)?;
+    pipe_session(session, timeout)
 }
 
-fn pipe_session(session: Session, linger: Duration) -> Outcome {
+/// A session with one of our own processes: both sides half-close over
+/// the rendezvous socket (or the VMBus end-of-stream packet) and tell each
+/// other what they received before either exits 0.
+fn pipe_session(session: Session, timeout: Option<Duration>) -> Outcome {
+    let end = PipeEnd {
+        linger: None,
+        timeout,
+        confirm: true,
+    };
     match session {
-        Session::Vchan(mut s) => pipe_stream(&mut s, linger).map_err(|e| e.to_string()),
-        Session::Vmbus(mut s) => pipe_stream(&mut s, linger).map_err(|e| e.to_string()),
-        other => Err(format!("no pipe for protocol {}", other.proto().name())),
+        Session::Vchan(mut s) => pipe_stream(&mut s, end),
+        Session::Vmbus(mut s) => pipe_stream(&mut s, end),
+        other => Err(format!("no pipe for protocol {}", other.proto().name()).into()),
     }
 }
 
-/// Copies stdin into the ring and the ring to stdout until the peer closes,
-/// or stdin ends and the peer has been quiet for `linger`.
-fn pipe_stream(s: &mut impl PollStream, linger: Duration) -> Result<(), Error> {
+/// How a pipe may end.
+#[derive(Clone, Copy, Debug)]
+struct PipeEnd {
+    /// A foreign peer that cannot half-close: once our stdin is through
+    /// and read, end after it has been quiet this long.
+    linger: Option<Duration>,
+    /// Fail once the peer has been silent this long, mid-stream.
+    timeout: Option<Duration>,
+    /// Our own peer: exchange [`Notice::Done`] before exiting 0.
+    confirm: bool,
+}
+
+/// Where a pipe stands, for the one line a failure prints.
+#[derive(Debug, Default)]
+struct Tally {
+    stdin: u64,
+    stdout: u64,
+    stdin_ended: bool,
+}
+
+impl Tally {
+    fn fail(&self, s: &impl PollStream, e: Error) -> Failure {
+        let mut f = Failure::from(e);
+        f.reason = format!(
+            "{}: {} bytes read from stdin{}, {} written into the ring; {} bytes received",
+            f.reason,
+            self.stdin,
+            if self.stdin_ended { " (all of it)" } else { " so far" },
+            s.bytes_written(),
+            self.stdout,
+        );
+        f
+    }
+}
+
+/// Copies stdin into the ring and the ring to stdout, both directions at
+/// once, and ends as docs/hosted.md's stream-end table says: exit 0 only
+/// when both directions ended cleanly and the peer took every byte.
+fn pipe_stream(s: &mut impl PollStream, end: PipeEnd) -> Outcome {
+    let mut tally = Tally::default();
+    match pipe_loop(s, end, &mut tally) {
+        Ok(()) => Ok(()),
+        Err(Stop::Ring(e)) => {
+            // Whatever the reason, hand on what the peer left in the ring
+            // before saying so (stdout stays a prefix of what it sent).
+            if !matches!(e, Error::Ring(_) | Error::Vmbus(_)) {
+                let _ = drain_rest(s, &mut tally);
+            }
+            let _ = s.close();
+            Err(tally.fail(s, e))
+        }
+        Err(Stop::Failed(f)) => {
+            let _ = s.close();
+            Err(f)
+        }
+    }
+}
+
+/// Why [`pipe_loop`] stopped early.
+enum Stop {
+    /// The ring or the peer: classified by [`Failure::from`].
+    Ring(Error),
+    /// Our side (stdin, stdout) with its own code.
+    Failed(Failure),
+}
+
+impl From<Error> for Stop {
+    fn from(e: Error) -> Self {
+        Stop::Ring(e)
+    }
+}
+
+/// Writes `data` to stdout; `Err` with [`exit::STDOUT_CLOSED`] once its
+/// reader has gone.
+fn emit(out: &mut std::io::StdoutLock<'_>, data: &[u8], tally: &mut Tally) -> Result<(), Stop> {
+    match out.write_all(data).and_then(|()| out.flush()) {
+        Ok(()) => {
+            tally.stdout += data.len() as u64;
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(Stop::Failed(Failure {
+            code: exit::STDOUT_CLOSED,
+            reason: format!(
+                "stdout closed after {} bytes, before the peer's stream ended",
+                tally.stdout
+            ),
+        })),
+        Err(source) => Err(Stop::Failed(
+            Error::Os {
+                op: "write stdout",
+                source,
+            }
+            .into(),
+        )),
+    }
+}
+
+/// After a failure: copies what the peer left in the ring to stdout, until
+/// its stream ends or nothing more can come.
+fn drain_rest(s: &mut impl PollStream, tally: &mut Tally) -> Result<(), Stop> {
+    let mut out = std::io::stdout().lock();
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        match s.try_read(&mut buf)? {
+            Some(0) => return Ok(()),
+            Some(n) => emit(&mut out, buf.get(..n).unwrap_or(&[]), tally)?,
+            // The peer is alive and its ring empty: it has nothing in
+            // flight for us now.
+            None => return Ok(()),
+        }
+    }
+}
+
+fn pipe_loop(s: &mut impl PollStream, end: PipeEnd, tally: &mut Tally) -> Result<(), Stop> {
     let stdin = std::io::stdin();
     let stdin_fd = stdin.as_fd();
     let mut stdout = std::io::stdout().lock();
-    // Writes to stdout; false once its reader has gone (like `| head`),
-    // which ends the pipe quietly.
-    let mut emit = |data: &[u8]| match stdout.write_all(data).and_then(|()| stdout.flush()) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
-        Err(source) => Err(Error::Os {
-            op: "write stdout",
-            source,
-        }),
-    };
     let mut inbuf = vec![0u8; 64 << 10];
     let mut outbuf = vec![0u8; 64 << 10];
     let (mut off, mut len) = (0usize, 0usize);
-    let mut stdin_done = false;
-    let mut idle_since = Instant::now();
+    // Our direction ended (end mark sent, or none possible); the peer's
+    // direction ended; the peer has read all we wrote.
+    let (mut out_done, mut in_done, mut delivered) = (false, false, false);
+    let mut half_close = true;
+    let mut heard = Instant::now();
     loop {
         let mut moved = false;
-        loop {
-            match s.try_read(&mut outbuf) {
-                Ok(Some(0)) | Err(Error::Closed) => return Ok(()),
-                Ok(Some(n)) => {
-                    if !emit(outbuf.get(..n).unwrap_or(&[]))? {
-                        return s.close();
-                    }
+        while !in_done {
+            match s.try_read(&mut outbuf)? {
+                Some(0) => in_done = true,
+                Some(n) => {
+                    emit(&mut stdout, outbuf.get(..n).unwrap_or(&[]), tally)?;
                     moved = true;
                 }
-                Ok(None) => break,
-                Err(e) => return Err(e),
+                None => break,
             }
         }
         while off < len {
-            match s.try_write(inbuf.get(off..len).unwrap_or(&[])) {
-                Ok(Some(n)) => {
+            match s.try_write(inbuf.get(off..len).unwrap_or(&[]))? {
+                Some(n) => {
                     off += n;
                     moved = true;
                 }
-                Ok(None) => break,
-                Err(Error::Closed) => return Ok(()),
-                Err(e) => return Err(e),
+                None => break,
             }
+        }
+        if tally.stdin_ended && off == len && !out_done {
+            match s.try_shutdown_write()? {
+                Some(true) => out_done = true,
+                Some(false) => (out_done, half_close) = (true, false),
+                None => {}
+            }
+        }
+        if out_done && !delivered {
+            delivered = s.try_delivered()?.is_some();
+        }
+        if in_done && out_done && delivered {
+            break;
         }
         if moved {
-            idle_since = Instant::now();
+            heard = Instant::now();
             continue;
         }
-        let want_stdin = !stdin_done && off == len;
-        let deadline = (stdin_done && off == len).then(|| idle_since + linger);
+        let connected = s.peer_connected();
+        if !connected {
+            heard = Instant::now();
+        }
+        // A foreign peer that cannot half-close: our bytes are through and
+        // read, and it has been quiet for the linger.
+        let linger_end = match (end.linger, half_close) {
+            (Some(l), false) if delivered => Some(heard + l),
+            _ => None,
+        };
+        if linger_end.is_some_and(|t| Instant::now() >= t) {
+            break;
+        }
+        let idle_end = end.timeout.filter(|_| connected).map(|t| heard + t);
+        let deadline = match (linger_end, idle_end) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let want_stdin = !tally.stdin_ended && off == len;
         let woken = match s.wait_event(want_stdin.then_some(stdin_fd), deadline) {
             Ok(w) => w,
-            Err(Error::TimedOut) => return s.close(),
-            Err(e) => return Err(e),
+            Err(Error::TimedOut) if linger_end.is_some_and(|t| Instant::now() >= t) => break,
+            Err(e) => return Err(e.into()),
         };
+        if woken.kicked {
+            heard = Instant::now();
+        }
         if woken.extra {
             match rustix::io::read(stdin_fd, &mut inbuf) {
-                Ok(0) => stdin_done = true,
-                Ok(n) => (off, len) = (0, n),
+                Ok(0) => tally.stdin_ended = true,
+                Ok(n) => {
+                    (off, len) = (0, n);
+                    tally.stdin += n as u64;
+                }
                 Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => {}
                 Err(e) => {
-                    return Err(Error::Os {
-                        op: "read stdin",
-                        source: e.into(),
-                    })
+                    return Err(Stop::Failed(
+                        Error::Os {
+                            op: "read stdin",
+                            source: e.into(),
+                        }
+                        .into(),
+                    ))
                 }
             }
+        }
+    }
+    if end.confirm {
+        confirm(s, end.timeout, tally)?;
+    }
+    s.close()?;
+    Ok(())
+}
+
+/// The last step with one of our own peers: say how much we received (all
+/// of it is on our stdout by now), hear how much it received, and compare.
+fn confirm(s: &mut impl PollStream, timeout: Option<Duration>, tally: &Tally) -> Result<(), Stop> {
+    s.signal().send_notice(Notice::Done(s.bytes_read()))?;
+    let mut heard = Instant::now();
+    loop {
+        // Gone is looked at first: the hang-up read that finds the peer
+        // gone also takes a Done it sent just before.
+        let gone = s.signal().peer_gone();
+        if let Some(got) = s.signal().peer_done() {
+            if got == s.bytes_written() {
+                return Ok(());
+            }
+            return Err(Stop::Failed(Failure {
+                code: exit::UNDELIVERED,
+                reason: format!(
+                    "the peer received {got} bytes, we wrote {} ({} read from stdin)",
+                    s.bytes_written(),
+                    tally.stdin
+                ),
+            }));
+        }
+        if gone {
+            return Err(Error::PeerGone.into());
+        }
+        let w = s.wait_event(None, timeout.map(|t| heard + t))?;
+        if w.kicked {
+            heard = Instant::now();
         }
     }
 }
@@ -960,16 +1245,18 @@ fn attach_cmd(a: AttachArgs) -> Outcome {
         }
         _ => None,
     };
-    let linger = Duration::from_millis(a.linger_ms);
-    let poll = wakeup == Wakeup::Poll;
+    let end = PipeEnd {
+        linger: Some(Duration::from_millis(a.linger_ms)),
+        timeout: a.timeout,
+        confirm: false,
+    };
     // The user vouches that the peer does not shrink the memory (see `ring
     // attach --help` and docs/hosted.md).
     // SAFETY: the inherited fd numbers are owned by nothing else in this
     // program and each is taken once (memory fd != eventfds, checked above).
-    let mem = unsafe { attach::open_memory(&source) }.map_err(|e| e.to_string())?;
+    let mem = unsafe { attach::open_memory(&source) }?;
     // SAFETY: as above; `open_signal` takes a shared notify/wait number once.
-    let signal = unsafe { attach::open_signal(wakeup) }.map_err(|e| e.to_string())?;
-    let e = |e: Error| e.to_string();
+    let signal = unsafe { attach::open_signal(wakeup) }?;
     if let Some([to, ts, ro, rs]) = vmbus_rings {
         let data_offset = offset(a.data_offset.unwrap_or(4096), "--data-offset")?;
         let tx = VmbusRing {
@@ -982,8 +1269,8 @@ fn attach_cmd(a: AttachArgs) -> Outcome {
             size: offset(rs, "--rx-size")?,
             data_offset,
         };
-        let mut s = attach::vmbus(mem, tx, rx, signal, poll).map_err(e)?;
-        return pipe_stream(&mut s, linger).map_err(e);
+        let mut s = attach::vmbus(mem, tx, rx, signal)?;
+        return pipe_stream(&mut s, end);
     }
     let orders = match role {
         Some(CliRole::Server) => {
@@ -1012,8 +1299,8 @@ fn attach_cmd(a: AttachArgs) -> Outcome {
             .transpose()?,
         orders,
     };
-    let mut s = attach::vchan(mem, layout, signal, poll).map_err(e)?;
-    pipe_stream(&mut s, linger).map_err(e)
+    let mut s = attach::vchan(mem, layout, signal)?;
+    pipe_stream(&mut s, end)
 }
 
 // ---------------------------------------------------------------- inspect
@@ -1041,7 +1328,7 @@ fn inspect_pid(pid: u32, json: bool) -> Outcome {
         .collect();
     found.sort_by_key(|f| f.0);
     if found.is_empty() {
-        return Err(format!("process {pid} holds no ring memory"));
+        return Err(format!("process {pid} holds no ring memory").into());
     }
     let mut shown = 0;
     for (fd, path, proto) in found {
@@ -1056,7 +1343,7 @@ fn inspect_pid(pid: u32, json: bool) -> Outcome {
         }
     }
     if shown == 0 {
-        return Err(format!("process {pid} holds no ring memory"));
+        return Err(format!("process {pid} holds no ring memory").into());
     }
     Ok(())
 }
@@ -1092,7 +1379,8 @@ fn inspect_file(file: &Path, proto: Proto, data_size: Option<u64>, json: bool) -
                     "{} ({len} bytes) is not two VMBus rings of {first} and {second} data bytes \
                      (give --data-size)",
                     file.display()
-                ));
+                )
+                .into());
             }
             let a = inspect::read_at::<{ inspect::VMBUS_HEADER_LEN }>(file, 0).map_err(cannot)?;
             let b = inspect::read_at::<{ inspect::VMBUS_HEADER_LEN }>(file, PAGE + first)
@@ -1101,6 +1389,6 @@ fn inspect_file(file: &Path, proto: Proto, data_size: Option<u64>, json: bool) -
             show(state.to_string(), state.to_json(), json);
             Ok(())
         }
-        other => Err(format!("cannot inspect protocol {}", other.name())),
+        other => Err(format!("cannot inspect protocol {}", other.name()).into()),
     }
 }

@@ -15,17 +15,18 @@
 //! here has been run against real VFIO hardware on the machines this was
 //! written on; see `docs/devices.md`.
 
-// One of the crate's unsafe rooms: owning the fd the kernel returns, and
-// volatile MMIO register access. Each block says why it is sound.
+// One of the crate's unsafe rooms: the ioctl request descriptions (what the
+// kernel touches for each) and volatile MMIO register access. Each block
+// says why it is sound.
 #![allow(unsafe_code)]
 
 pub mod ivshmem;
 
-use crate::devmem::{ioc, DevError, Kernel, MappedRegion, Sys, IOC_NONE};
+use crate::devmem::{ioc, DevError, IoctlArg, IoctlRequest, Kernel, MappedRegion, Sys, IOC_NONE};
 use ring_core::mem::SharedMem;
 use ring_core::signal::Signal;
 use std::fs::{File, OpenOptions};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -43,30 +44,106 @@ const fn vfio_io(n: u8) -> u32 {
     ioc(IOC_NONE, VFIO_TYPE, VFIO_BASE + n, 0)
 }
 
-/// `VFIO_GET_API_VERSION`.
-pub const VFIO_GET_API_VERSION: u32 = vfio_io(0);
-/// `VFIO_CHECK_EXTENSION`.
-pub const VFIO_CHECK_EXTENSION: u32 = vfio_io(1);
-/// `VFIO_SET_IOMMU`.
-pub const VFIO_SET_IOMMU: u32 = vfio_io(2);
-/// `VFIO_GROUP_GET_STATUS`.
-pub const VFIO_GROUP_GET_STATUS: u32 = vfio_io(3);
-/// `VFIO_GROUP_SET_CONTAINER`.
-pub const VFIO_GROUP_SET_CONTAINER: u32 = vfio_io(4);
-/// `VFIO_GROUP_UNSET_CONTAINER`.
-pub const VFIO_GROUP_UNSET_CONTAINER: u32 = vfio_io(5);
-/// `VFIO_GROUP_GET_DEVICE_FD`.
-pub const VFIO_GROUP_GET_DEVICE_FD: u32 = vfio_io(6);
-/// `VFIO_DEVICE_GET_INFO`.
-pub const VFIO_DEVICE_GET_INFO: u32 = vfio_io(7);
-/// `VFIO_DEVICE_GET_REGION_INFO`.
-pub const VFIO_DEVICE_GET_REGION_INFO: u32 = vfio_io(8);
-/// `VFIO_DEVICE_GET_IRQ_INFO`.
-pub const VFIO_DEVICE_GET_IRQ_INFO: u32 = vfio_io(9);
-/// `VFIO_DEVICE_SET_IRQS`.
-pub const VFIO_DEVICE_SET_IRQS: u32 = vfio_io(10);
-/// `VFIO_DEVICE_RESET`.
-pub const VFIO_DEVICE_RESET: u32 = vfio_io(11);
+// VFIO's numbers are `_IO`: they encode no size, so each argument's extent is
+// spelled out below from the kernel's handlers (drivers/vfio/vfio_main.c,
+// container.c, group.c, pci/vfio_pci_core.c). The argsz structs: the kernel
+// copies `minsz` (at most our struct's size) in, refuses `argsz < minsz`, and
+// touches nothing past `argsz` (capability chains, `vfio_irq_set.data`).
+
+/// `VFIO_GET_API_VERSION` (no argument).
+pub const VFIO_GET_API_VERSION: IoctlRequest =
+    // SAFETY: the container ioctl ignores its argument.
+    unsafe { IoctlRequest::new(vfio_io(0), IoctlArg::Value) };
+/// `VFIO_CHECK_EXTENSION` (argument: the extension number).
+pub const VFIO_CHECK_EXTENSION: IoctlRequest =
+    // SAFETY: the argument is an integer, never dereferenced.
+    unsafe { IoctlRequest::new(vfio_io(1), IoctlArg::Value) };
+/// `VFIO_SET_IOMMU` (argument: the IOMMU model number).
+pub const VFIO_SET_IOMMU: IoctlRequest =
+    // SAFETY: the argument is an integer, never dereferenced.
+    unsafe { IoctlRequest::new(vfio_io(2), IoctlArg::Value) };
+/// `VFIO_GROUP_GET_STATUS` (argument: [`GroupStatus`]).
+pub const VFIO_GROUP_GET_STATUS: IoctlRequest =
+    // SAFETY: the kernel copies `minsz` (8) bytes in and out after checking
+    // `argsz >= minsz`; nothing else.
+    unsafe {
+        IoctlRequest::new(
+            vfio_io(3),
+            IoctlArg::Argsz {
+                min_len: size_of::<GroupStatus>(),
+            },
+        )
+    };
+/// `VFIO_GROUP_SET_CONTAINER` (argument: the container's fd, an `int`).
+pub const VFIO_GROUP_SET_CONTAINER: IoctlRequest =
+    // SAFETY: the kernel reads one `int` (`get_user`) and writes nothing.
+    unsafe { IoctlRequest::new(vfio_io(4), IoctlArg::Fixed(size_of::<libc::c_int>())) };
+/// `VFIO_GROUP_UNSET_CONTAINER` (no argument).
+pub const VFIO_GROUP_UNSET_CONTAINER: IoctlRequest =
+    // SAFETY: the group ioctl ignores its argument.
+    unsafe { IoctlRequest::new(vfio_io(5), IoctlArg::Value) };
+/// `VFIO_GROUP_GET_DEVICE_FD` (argument: the device name, NUL-terminated;
+/// returns the device's fd).
+pub const VFIO_GROUP_GET_DEVICE_FD: IoctlRequest =
+    // SAFETY: the kernel reads the name with `strndup_user` (up to the first
+    // NUL) and writes nothing; on success it returns a new fd, installed
+    // for the caller and owned by nothing else.
+    unsafe { IoctlRequest::returning_fd(vfio_io(6), IoctlArg::CStr) };
+/// `VFIO_DEVICE_GET_INFO` (argument: [`DeviceInfo`] and room for
+/// capabilities up to `argsz`).
+pub const VFIO_DEVICE_GET_INFO: IoctlRequest =
+    // SAFETY: the kernel copies `minsz` bytes in and out and writes a
+    // capability chain only where it fits below `argsz`.
+    unsafe {
+        IoctlRequest::new(
+            vfio_io(7),
+            IoctlArg::Argsz {
+                min_len: size_of::<DeviceInfo>(),
+            },
+        )
+    };
+/// `VFIO_DEVICE_GET_REGION_INFO` (argument: [`RegionInfo`] and room for
+/// capabilities up to `argsz`).
+pub const VFIO_DEVICE_GET_REGION_INFO: IoctlRequest =
+    // SAFETY: as `VFIO_DEVICE_GET_INFO`: `minsz` bytes, capabilities only
+    // below `argsz`.
+    unsafe {
+        IoctlRequest::new(
+            vfio_io(8),
+            IoctlArg::Argsz {
+                min_len: size_of::<RegionInfo>(),
+            },
+        )
+    };
+/// `VFIO_DEVICE_GET_IRQ_INFO` (argument: [`IrqInfo`]).
+pub const VFIO_DEVICE_GET_IRQ_INFO: IoctlRequest =
+    // SAFETY: the kernel copies `minsz` bytes in and out after checking
+    // `argsz >= minsz`.
+    unsafe {
+        IoctlRequest::new(
+            vfio_io(9),
+            IoctlArg::Argsz {
+                min_len: size_of::<IrqInfo>(),
+            },
+        )
+    };
+/// `VFIO_DEVICE_SET_IRQS` (argument: [`IrqSet`] followed by its data).
+pub const VFIO_DEVICE_SET_IRQS: IoctlRequest =
+    // SAFETY: the kernel copies the `minsz`-byte header in, refuses data
+    // that does not fit in `argsz - minsz`, then copies only that data in;
+    // it writes nothing.
+    unsafe {
+        IoctlRequest::new(
+            vfio_io(10),
+            IoctlArg::Argsz {
+                min_len: size_of::<IrqSet>(),
+            },
+        )
+    };
+/// `VFIO_DEVICE_RESET` (no argument).
+pub const VFIO_DEVICE_RESET: IoctlRequest =
+    // SAFETY: the device ioctl ignores its argument.
+    unsafe { IoctlRequest::new(vfio_io(11), IoctlArg::Value) };
 
 /// `VFIO_TYPE1_IOMMU`.
 pub const VFIO_TYPE1_IOMMU: u32 = 1;
@@ -242,15 +319,36 @@ impl Handle {
         })
     }
 
-    fn ioctl(&self, op: &'static str, request: u32, arg: &mut [u8]) -> Result<i32, DevError> {
+    fn ioctl(
+        &self,
+        op: &'static str,
+        request: IoctlRequest,
+        arg: &mut [u8],
+    ) -> Result<i32, DevError> {
         self.sys
             .ioctl(self.file.as_fd(), request, arg)
             .map_err(DevError::io(op, &self.path))
     }
 
-    fn ioctl_value(&self, op: &'static str, request: u32, value: u64) -> Result<i32, DevError> {
+    fn ioctl_value(
+        &self,
+        op: &'static str,
+        request: IoctlRequest,
+        value: u64,
+    ) -> Result<i32, DevError> {
         self.sys
             .ioctl_value(self.file.as_fd(), request, value)
+            .map_err(DevError::io(op, &self.path))
+    }
+
+    fn ioctl_fd(
+        &self,
+        op: &'static str,
+        request: IoctlRequest,
+        arg: &mut [u8],
+    ) -> Result<OwnedFd, DevError> {
+        self.sys
+            .ioctl_fd(self.file.as_fd(), request, arg)
             .map_err(DevError::io(op, &self.path))
     }
 }
@@ -382,19 +480,11 @@ impl Group {
     pub fn device(&self, name: &str) -> Result<Device, DevError> {
         let mut arg = name.as_bytes().to_vec();
         arg.push(0);
-        let fd = self
+        // The seam hands over an owned descriptor (the real kernel's new fd,
+        // or the replay's stand-in), so nothing here trusts a bare number.
+        let owned = self
             .h
-            .ioctl("get device fd", VFIO_GROUP_GET_DEVICE_FD, &mut arg)?;
-        if fd < 0 {
-            return Err(DevError::invalid(
-                &self.h.path,
-                format!("bad device fd {fd}"),
-            ));
-        }
-        // (The replay seam hands over a descriptor it gave up with `into_raw_fd`.)
-        // SAFETY: on success VFIO_GROUP_GET_DEVICE_FD returns a new fd that
-        // belongs to the caller and nothing else, so we may own it.
-        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+            .ioctl_fd("get device fd", VFIO_GROUP_GET_DEVICE_FD, &mut arg)?;
         Ok(Device {
             h: Handle {
                 file: Arc::new(File::from(owned)),

@@ -6,7 +6,7 @@
 //! masks a port when it fires until its number is written back (unmask).
 
 use super::{DomId, XenDevice};
-use crate::devmem::{ioc, DevError, IOC_NONE};
+use crate::devmem::{ioc, DevError, IoctlArg, IoctlRequest, IOC_NONE};
 use ring_core::signal::Signal;
 use std::mem::size_of;
 use std::os::fd::AsFd;
@@ -43,15 +43,46 @@ pub struct PortArg {
     pub port: u32,
 }
 
+/// An evtchn request taking one `T`, which `evtchn_ioctl`
+/// (drivers/xen/evtchn.c) copies in whole with `copy_from_user(&op, uarg,
+/// sizeof(op))` and never writes back (results come as the return value).
+const fn evtchn_ioc<T>(nr: u8) -> (u32, IoctlArg) {
+    (
+        ioc(IOC_NONE, b'E', nr, size_of::<T>()),
+        IoctlArg::Fixed(size_of::<T>()),
+    )
+}
+
 /// `IOCTL_EVTCHN_BIND_INTERDOMAIN`.
-pub const IOCTL_EVTCHN_BIND_INTERDOMAIN: u32 = ioc(IOC_NONE, b'E', 1, size_of::<BindInterdomain>());
+#[allow(unsafe_code)]
+pub const IOCTL_EVTCHN_BIND_INTERDOMAIN: IoctlRequest = {
+    let (number, arg) = evtchn_ioc::<BindInterdomain>(1);
+    // SAFETY: the kernel reads exactly one `struct
+    // ioctl_evtchn_bind_interdomain` (see `evtchn_ioc`).
+    unsafe { IoctlRequest::new(number, arg) }
+};
 /// `IOCTL_EVTCHN_BIND_UNBOUND_PORT`.
-pub const IOCTL_EVTCHN_BIND_UNBOUND_PORT: u32 =
-    ioc(IOC_NONE, b'E', 2, size_of::<BindUnboundPort>());
+#[allow(unsafe_code)]
+pub const IOCTL_EVTCHN_BIND_UNBOUND_PORT: IoctlRequest = {
+    let (number, arg) = evtchn_ioc::<BindUnboundPort>(2);
+    // SAFETY: the kernel reads exactly one `struct
+    // ioctl_evtchn_bind_unbound_port`.
+    unsafe { IoctlRequest::new(number, arg) }
+};
 /// `IOCTL_EVTCHN_UNBIND`.
-pub const IOCTL_EVTCHN_UNBIND: u32 = ioc(IOC_NONE, b'E', 3, size_of::<PortArg>());
+#[allow(unsafe_code)]
+pub const IOCTL_EVTCHN_UNBIND: IoctlRequest = {
+    let (number, arg) = evtchn_ioc::<PortArg>(3);
+    // SAFETY: the kernel reads exactly one `struct ioctl_evtchn_unbind`.
+    unsafe { IoctlRequest::new(number, arg) }
+};
 /// `IOCTL_EVTCHN_NOTIFY`.
-pub const IOCTL_EVTCHN_NOTIFY: u32 = ioc(IOC_NONE, b'E', 4, size_of::<PortArg>());
+#[allow(unsafe_code)]
+pub const IOCTL_EVTCHN_NOTIFY: IoctlRequest = {
+    let (number, arg) = evtchn_ioc::<PortArg>(4);
+    // SAFETY: the kernel reads exactly one `struct ioctl_evtchn_notify`.
+    unsafe { IoctlRequest::new(number, arg) }
+};
 
 /// One bound event-channel port.
 ///

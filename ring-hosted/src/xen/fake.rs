@@ -27,7 +27,7 @@ use super::gntdev::{
 };
 use super::xenstore::{ty, Header};
 use super::{DomId, XenDevice, GRANT_PAGE, UNMAP_NOTIFY_CLEAR_BYTE, UNMAP_NOTIFY_SEND_EVENT};
-use crate::devmem::Sys;
+use crate::devmem::{IoctlRequest, Sys};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -218,7 +218,9 @@ impl FakeDomain {
 }
 
 impl Sys for FakeDomain {
-    fn ioctl(&self, _fd: BorrowedFd<'_>, request: u32, arg: &mut [u8]) -> io::Result<i32> {
+    fn ioctl(&self, _fd: BorrowedFd<'_>, request: IoctlRequest, arg: &mut [u8]) -> io::Result<i32> {
+        // Refuse what the real seam refuses, before touching the model.
+        request.check(arg)?;
         let mut w = lock(&self.shared.world);
         match request {
             IOCTL_GNTALLOC_ALLOC_GREF => {
@@ -366,13 +368,23 @@ impl Sys for FakeDomain {
                 self.log(format!("evtchn unbind port {}", p.port));
                 Ok(0)
             }
-            other => Err(einval(&format!("the fake does not know ioctl {other:#x}"))),
+            other => Err(einval(&format!(
+                "the fake does not know ioctl {:#x}",
+                other.number()
+            ))),
         }
     }
 
-    fn ioctl_value(&self, _fd: BorrowedFd<'_>, request: u32, _value: u64) -> io::Result<i32> {
+    fn ioctl_value(
+        &self,
+        _fd: BorrowedFd<'_>,
+        request: IoctlRequest,
+        _value: u64,
+    ) -> io::Result<i32> {
+        request.check_value()?;
         Err(einval(&format!(
-            "the fake does not know ioctl {request:#x}"
+            "the fake does not know ioctl {:#x}",
+            request.number()
         )))
     }
 

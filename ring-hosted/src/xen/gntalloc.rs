@@ -9,8 +9,8 @@
 //! mapping: the kernel keeps the grant until the last mapping is gone.
 
 use super::{DomId, UnmapNotify, XenDevice, GRANT_PAGE};
-use crate::devmem::{ioc, DevError, MappedRegion, IOC_NONE};
-use std::mem::size_of;
+use crate::devmem::{ioc, DevError, IoctlArg, IoctlRequest, MappedRegion, IOC_NONE};
+use std::mem::{offset_of, size_of};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// The device's standard path.
@@ -61,13 +61,46 @@ pub struct UnmapNotifyArg {
 
 /// `GNTALLOC_FLAG_WRITABLE`: the peer may write the pages.
 pub const GNTALLOC_FLAG_WRITABLE: u16 = 1;
-/// `IOCTL_GNTALLOC_ALLOC_GREF`.
-pub const IOCTL_GNTALLOC_ALLOC_GREF: u32 = ioc(IOC_NONE, b'G', 5, size_of::<AllocGref>());
+/// `IOCTL_GNTALLOC_ALLOC_GREF` (argument: [`AllocGref`] whose `gref_ids`
+/// run on for `count` entries).
+#[allow(unsafe_code)]
+pub const IOCTL_GNTALLOC_ALLOC_GREF: IoctlRequest =
+    // SAFETY: `gntalloc_ioctl_alloc` (drivers/xen/gntalloc.c) copies the
+    // struct in and out whole, then writes `op.count` grant refs from
+    // `arg->gref_ids`: exactly the extent `Counted` describes.
+    unsafe {
+        IoctlRequest::new(
+            ioc(IOC_NONE, b'G', 5, size_of::<AllocGref>()),
+            IoctlArg::Counted {
+                header_len: size_of::<AllocGref>(),
+                count_at: offset_of!(AllocGref, count),
+                array_at: offset_of!(AllocGref, gref_ids),
+                elem_len: size_of::<u32>(),
+            },
+        )
+    };
 /// `IOCTL_GNTALLOC_DEALLOC_GREF`.
-pub const IOCTL_GNTALLOC_DEALLOC_GREF: u32 = ioc(IOC_NONE, b'G', 6, size_of::<DeallocGref>());
+#[allow(unsafe_code)]
+pub const IOCTL_GNTALLOC_DEALLOC_GREF: IoctlRequest =
+    // SAFETY: `gntalloc_ioctl_dealloc` reads one whole struct and writes
+    // nothing.
+    unsafe {
+        IoctlRequest::new(
+            ioc(IOC_NONE, b'G', 6, size_of::<DeallocGref>()),
+            IoctlArg::Fixed(size_of::<DeallocGref>()),
+        )
+    };
 /// `IOCTL_GNTALLOC_SET_UNMAP_NOTIFY`.
-pub const IOCTL_GNTALLOC_SET_UNMAP_NOTIFY: u32 =
-    ioc(IOC_NONE, b'G', 7, size_of::<UnmapNotifyArg>());
+#[allow(unsafe_code)]
+pub const IOCTL_GNTALLOC_SET_UNMAP_NOTIFY: IoctlRequest =
+    // SAFETY: `gntalloc_ioctl_unmap_notify` reads one whole struct and
+    // writes nothing.
+    unsafe {
+        IoctlRequest::new(
+            ioc(IOC_NONE, b'G', 7, size_of::<UnmapNotifyArg>()),
+            IoctlArg::Fixed(size_of::<UnmapNotifyArg>()),
+        )
+    };
 
 /// Pages we share: their grant refs and our mapping of them.
 #[derive(Clone, Debug)]

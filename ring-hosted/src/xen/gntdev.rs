@@ -9,8 +9,8 @@
 
 use super::gntalloc::UnmapNotifyArg;
 use super::{DomId, UnmapNotify, XenDevice, GRANT_PAGE};
-use crate::devmem::{ioc, DevError, MappedRegion, IOC_NONE};
-use std::mem::size_of;
+use crate::devmem::{ioc, DevError, IoctlArg, IoctlRequest, MappedRegion, IOC_NONE};
+use std::mem::{offset_of, size_of};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// The device's standard path.
@@ -52,12 +52,47 @@ pub struct UnmapGrantRef {
     pub pad: u32,
 }
 
-/// `IOCTL_GNTDEV_MAP_GRANT_REF`.
-pub const IOCTL_GNTDEV_MAP_GRANT_REF: u32 = ioc(IOC_NONE, b'G', 0, size_of::<MapGrantRef>());
+/// `IOCTL_GNTDEV_MAP_GRANT_REF` (argument: [`MapGrantRef`] whose `refs`
+/// run on for `count` entries).
+#[allow(unsafe_code)]
+pub const IOCTL_GNTDEV_MAP_GRANT_REF: IoctlRequest =
+    // SAFETY: `gntdev_ioctl_map_grant_ref` (drivers/xen/gntdev.c) copies the
+    // struct in, then `op.count` refs from `&u->refs`, then the struct back
+    // out: exactly the extent `Counted` describes.
+    unsafe {
+        IoctlRequest::new(
+            ioc(IOC_NONE, b'G', 0, size_of::<MapGrantRef>()),
+            IoctlArg::Counted {
+                header_len: size_of::<MapGrantRef>(),
+                count_at: offset_of!(MapGrantRef, count),
+                array_at: offset_of!(MapGrantRef, refs),
+                elem_len: size_of::<GrantRef>(),
+            },
+        )
+    };
 /// `IOCTL_GNTDEV_UNMAP_GRANT_REF`.
-pub const IOCTL_GNTDEV_UNMAP_GRANT_REF: u32 = ioc(IOC_NONE, b'G', 1, size_of::<UnmapGrantRef>());
-/// `IOCTL_GNTDEV_SET_UNMAP_NOTIFY`.
-pub const IOCTL_GNTDEV_SET_UNMAP_NOTIFY: u32 = ioc(IOC_NONE, b'G', 7, size_of::<UnmapNotifyArg>());
+#[allow(unsafe_code)]
+pub const IOCTL_GNTDEV_UNMAP_GRANT_REF: IoctlRequest =
+    // SAFETY: `gntdev_ioctl_unmap_grant_ref` reads one whole struct and
+    // writes nothing.
+    unsafe {
+        IoctlRequest::new(
+            ioc(IOC_NONE, b'G', 1, size_of::<UnmapGrantRef>()),
+            IoctlArg::Fixed(size_of::<UnmapGrantRef>()),
+        )
+    };
+/// `IOCTL_GNTDEV_SET_UNMAP_NOTIFY` (the same request as
+/// [`IOCTL_GNTALLOC_SET_UNMAP_NOTIFY`](super::gntalloc::IOCTL_GNTALLOC_SET_UNMAP_NOTIFY)).
+#[allow(unsafe_code)]
+pub const IOCTL_GNTDEV_SET_UNMAP_NOTIFY: IoctlRequest =
+    // SAFETY: `gntdev_ioctl_notify` reads one whole struct and writes
+    // nothing.
+    unsafe {
+        IoctlRequest::new(
+            ioc(IOC_NONE, b'G', 7, size_of::<UnmapNotifyArg>()),
+            IoctlArg::Fixed(size_of::<UnmapNotifyArg>()),
+        )
+    };
 
 /// Maps the pages `refs` that domain `domid` granted us, in order, as one
 /// region, with the unmap notification if asked.

@@ -24,7 +24,7 @@ pub mod gntdev;
 pub mod vchan;
 pub mod xenstore;
 
-use crate::devmem::{DevError, Kernel, MappedRegion, Sys};
+use crate::devmem::{DevError, IoctlRequest, Kernel, MappedRegion, Sys};
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -130,7 +130,7 @@ impl XenDevice {
         index: u64,
         len: usize,
         notify: UnmapNotify,
-        set_notify: u32,
+        set_notify: IoctlRequest,
         release: impl Fn(&XenDevice) -> Result<i32, DevError>,
     ) -> Result<MappedRegion, DevError> {
         let mapped = MappedRegion::map(self.file(), self.path(), index, len).and_then(|mem| {
@@ -157,7 +157,7 @@ impl XenDevice {
         index: u64,
         len: usize,
         notify: UnmapNotify,
-        set_notify: u32,
+        set_notify: IoctlRequest,
     ) -> Result<(), DevError> {
         if notify.action() == 0 {
             return Ok(());
@@ -182,7 +182,7 @@ impl XenDevice {
     pub(crate) fn ioctl(
         &self,
         op: &'static str,
-        request: u32,
+        request: IoctlRequest,
         arg: &mut [u8],
     ) -> Result<i32, DevError> {
         use std::os::fd::AsFd;
