@@ -183,7 +183,11 @@ impl<S: Signal> Waiter<S> {
     }
 
     /// Kicks the peer if the protocol says it is owed; passes `len` on.
-    pub(crate) fn settle<R>(&self, notify: bool, len: usize) -> Result<usize, BlockingError<R, S::Error>> {
+    pub(crate) fn settle<R>(
+        &self,
+        notify: bool,
+        len: usize,
+    ) -> Result<usize, BlockingError<R, S::Error>> {
         if notify {
             self.signal.notify().map_err(BlockingError::Signal)?;
         }

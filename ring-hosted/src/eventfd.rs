@@ -270,7 +270,10 @@ pub struct EventSignal {
 /// or the `RING_LIVENESS_MS` environment variable (`0`: off), which lets
 /// tests of whole processes make a lost wake-up hang, and so fail.
 fn default_liveness() -> Option<Duration> {
-    match std::env::var("RING_LIVENESS_MS").ok().and_then(|v| v.parse::<u64>().ok()) {
+    match std::env::var("RING_LIVENESS_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
         Some(0) => None,
         Some(ms) => Some(Duration::from_millis(ms)),
         None => Some(LIVENESS_POLL),

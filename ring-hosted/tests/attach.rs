@@ -214,14 +214,14 @@ fn vchan_server_in_a_shm_file_with_explicit_offsets_and_polling() {
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut client = loop {
             let signal = attach::poll_signal().unwrap();
-            match attach::vchan(mem.clone(), layout, signal, true) {
+            match attach::vchan(mem.clone(), layout, signal) {
                 Ok(c) => break c,
                 Err(_) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
                 Err(e) => panic!("server never came up: {e}"),
             }
         };
         // The orders the server wrote into the page at 8K.
-        let orders = client.inner().orders();
+        let orders = client.endpoint().orders();
         assert_eq!((orders.left(), orders.right()), (12, 13));
         let got = exchange(&mut client, &down2, expect_up.len());
         assert!(got == expect_up, "bytes from the child's stdin differ");

@@ -1,5 +1,5 @@
 //! A peer process killed with SIGKILL at random points: the survivor must
-//! get `Closed` in bounded time, after reading everything the peer left in
+//! get `PeerGone` in bounded time, after reading everything the peer left in
 //! the ring, and every byte it received must be intact.
 
 mod common;
@@ -61,8 +61,8 @@ fn survive_echo(s: &mut impl PollStream, seed: u64) -> u64 {
                     moved = true;
                 }
                 Ok(None) => {}
-                Err(Error::Closed) => write_closed = true,
-                Err(e) => panic!("write failed with {e}, not Closed"),
+                Err(Error::PeerGone) => write_closed = true,
+                Err(e) => panic!("write failed with {e}, not PeerGone"),
             }
         }
         match s.try_read(&mut ibuf) {
@@ -76,11 +76,11 @@ fn survive_echo(s: &mut impl PollStream, seed: u64) -> u64 {
                 moved = true;
             }
             Ok(None) => {}
-            Err(Error::Closed) => {
+            Err(Error::PeerGone) => {
                 assert!(check.position() <= out.position() - (len - off) as u64);
                 return check.position();
             }
-            Err(e) => panic!("read failed with {e}, not Closed"),
+            Err(e) => panic!("read failed with {e}, not PeerGone"),
         }
         if !moved {
             s.wait_event(None, Some(Instant::now() + Duration::from_secs(5)))
@@ -89,7 +89,7 @@ fn survive_echo(s: &mut impl PollStream, seed: u64) -> u64 {
     }
 }
 
-/// Source peer: we read until Closed, checking every byte.
+/// Source peer: we read until PeerGone, checking every byte.
 fn survive_source(s: &mut impl PollStream, seed: u64) -> u64 {
     let mut check = Pattern::new(seed);
     let mut buf = vec![0u8; 4096];
@@ -101,17 +101,17 @@ fn survive_source(s: &mut impl PollStream, seed: u64) -> u64 {
                 s.wait_event(None, Some(Instant::now() + Duration::from_secs(5)))
                     .expect("wait must end by kick or hang-up");
             }
-            Err(Error::Closed) => return check.position(),
-            Err(e) => panic!("read failed with {e}, not Closed"),
+            Err(Error::PeerGone) => return check.position(),
+            Err(e) => panic!("read failed with {e}, not PeerGone"),
         }
     }
 }
 
-/// After `Closed`: nothing left unread, and it stays closed both ways.
+/// After `PeerGone`: nothing left unread, and it stays closed both ways.
 fn assert_drained_and_closed(s: &mut impl PollStream, unread: usize, i: u64) {
     assert_eq!(unread, 0, "iteration {i}: bytes left in the ring");
-    assert!(matches!(s.try_read(&mut [0u8; 4]), Err(Error::Closed)));
-    assert!(matches!(s.try_write(b"x"), Err(Error::Closed)));
+    assert!(matches!(s.try_read(&mut [0u8; 4]), Err(Error::PeerGone)));
+    assert!(matches!(s.try_write(b"x"), Err(Error::PeerGone)));
 }
 
 #[test]
@@ -190,7 +190,7 @@ fn sigkilled_peer_yields_closed_in_bounded_time_with_intact_data() {
     let p95 = latencies[latencies.len() * 95 / 100];
     let max = *latencies.last().unwrap();
     eprintln!(
-        "{ITERATIONS} kills: {moved_total} bytes verified, kill-to-Closed p50 {:?} p95 {p95:?} max {max:?}",
+        "{ITERATIONS} kills: {moved_total} bytes verified, kill-to-PeerGone p50 {:?} p95 {p95:?} max {max:?}",
         latencies[latencies.len() / 2]
     );
     assert!(moved_total > 0, "the peers never got to move data");

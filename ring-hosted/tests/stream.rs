@@ -229,16 +229,57 @@ fn live_byte_cleared_without_a_kick_still_wakes_blocked_calls() {
     });
     assert!(matches!(server.write(b"more"), Err(Error::Closed)));
     let noticed = Instant::now();
+    assert!(server.signal().wake_counts().lapses > 0);
     assert!(noticed.duration_since(t.join().unwrap()) <= LIVENESS_POLL + Duration::from_millis(50));
     drop(client);
 }
 
+/// With the liveness re-check off, a blocked reader is woken by the
+/// writer's kick and nothing else: every wake-up is counted by its cause,
+/// and none was a lapse. Withhold that kick and the same read times out —
+/// the control that shows this test fails when a kick goes missing.
 #[test]
-fn a_withheld_kick_costs_a_waiter_at_most_the_liveness_poll() {
+fn every_wake_up_of_a_blocked_reader_comes_from_a_kick() {
+    let (mut server, mut client) = pair(4096, 4096).unwrap();
+    server.signal_mut().set_liveness(None);
+    server.signal_mut().set_spin(Duration::ZERO);
+    server
+        .signal_mut()
+        .set_timeout(Some(Duration::from_secs(10)));
+    let t = thread::spawn(move || {
+        for round in 0..200u32 {
+            thread::sleep(Duration::from_micros(200));
+            client.write_all(&round.to_le_bytes()).unwrap();
+        }
+        client
+    });
+    let mut got = Vec::new();
+    let mut buf = [0u8; 64];
+    while got.len() < 800 {
+        let n = server.read(&mut buf).unwrap();
+        got.extend_from_slice(&buf[..n]);
+    }
+    let client = t.join().unwrap();
+    for (i, w) in got.chunks(4).enumerate() {
+        assert_eq!(w, (i as u32).to_le_bytes());
+    }
+    let counts = server.signal().wake_counts();
+    assert_eq!(counts.lapses, 0, "{counts:?}");
+    assert_eq!(counts.timeouts, 0, "{counts:?}");
+    assert!(counts.kicks > 0, "{counts:?}");
+    assert!(counts.kicks <= client.signal().kicks(), "{counts:?}");
+    drop(client);
+}
+
+#[test]
+fn a_withheld_kick_leaves_a_reader_without_liveness_asleep() {
     use ring_core::mem::SharedMem;
     use ring_core::vchan::layout::LEFT_PROD;
-    use ring_hosted::stream::LIVENESS_POLL;
     let (mut server, client) = pair(4096, 4096).unwrap();
+    server.signal_mut().set_liveness(None);
+    server
+        .signal_mut()
+        .set_timeout(Some(Duration::from_millis(300)));
     let mem = server.memory().clone();
     let left = ring_core::vchan::FlatLayout::new(Orders::for_sizes(4096, 4096).unwrap()).left;
     let t = thread::spawn(move || {
@@ -246,13 +287,12 @@ fn a_withheld_kick_costs_a_waiter_at_most_the_liveness_poll() {
         // A peer that publishes 3 bytes but "forgets" to kick.
         mem.write(left, b"abc").unwrap();
         mem.store_u32(LEFT_PROD, 3).unwrap();
-        Instant::now()
     });
     let mut buf = [0u8; 8];
-    assert_eq!(server.read(&mut buf).unwrap(), 3);
-    assert_eq!(&buf[..3], b"abc");
-    let published = t.join().unwrap();
-    assert!(published.elapsed() <= LIVENESS_POLL + Duration::from_millis(50));
+    assert!(matches!(server.read(&mut buf), Err(Error::TimedOut)));
+    t.join().unwrap();
+    // The bytes were there all along; only the kick was missing.
+    assert_eq!(server.try_read(&mut buf).unwrap(), Some(3));
     // The unconditional kick reaches the other side.
     server.kick().unwrap();
     assert_eq!(client.signal().wakeups(), 0);

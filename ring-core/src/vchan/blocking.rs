@@ -159,16 +159,19 @@ impl<M: SharedMem, S: Signal> Blocking<M, S> {
     /// A look that arms nothing: (something to read or the stream ended,
     /// room to write or the peer closed).
     pub fn ready(&mut self) -> (bool, bool) {
-        (read_ready(&mut self.side.ep, 1), write_ready(&mut self.side.ep, 1))
+        (
+            read_ready(&mut self.side.ep, 1),
+            write_ready(&mut self.side.ep, 1),
+        )
     }
 
     /// Spins for the signal's budget until [`ready`](Self::ready) shows
     /// what is wanted (`read`, `write`); returns whether it did.
     pub fn spin_ready(&mut self, read: bool, write: bool) -> bool {
         let ep = &mut self.side.ep;
-        self.waiter.signal.spin(&mut || {
-            (read && read_ready(ep, 1)) || (write && write_ready(ep, 1))
-        })
+        self.waiter
+            .signal
+            .spin(&mut || (read && read_ready(ep, 1)) || (write && write_ready(ep, 1)))
     }
 
     /// Kicks the peer unconditionally (e.g. once after a client connects).

@@ -410,9 +410,9 @@ impl<M: SharedMem, S: Signal> BlockingPipe<M, S> {
     /// what is wanted (`read`, `write`); returns whether it did.
     pub fn spin_ready(&mut self, read: bool, write: bool) -> bool {
         let ends = &mut self.ends;
-        self.waiter.signal.spin(&mut || {
-            (read && ends.readable()) || (write && ends.room(SMALLEST_PACKET))
-        })
+        self.waiter
+            .signal
+            .spin(&mut || (read && ends.readable()) || (write && ends.room(SMALLEST_PACKET)))
     }
 
     /// Kicks the peer unconditionally.
@@ -611,12 +611,11 @@ impl<M: SharedMem, S: Signal> BlockingPipe<M, S> {
     ///
     /// As [`try_delivered`](Self::try_delivered).
     pub fn wait_delivered(&mut self) -> Result<(), BlockingError<S::Error>> {
-        self.waiter
-            .block(
-                &mut self.ends,
-                |e| e.writer.ring().unread_by_peer().map_or(true, |n| n == 0),
-                |e, w| e.delivered(w),
-            )
+        self.waiter.block(
+            &mut self.ends,
+            |e| e.writer.ring().unread_by_peer().map_or(true, |n| n == 0),
+            |e, w| e.delivered(w),
+        )
     }
 }
 

@@ -566,7 +566,10 @@ fn demo_one(
         .args(["--bytes", &bytes.to_string()])
         .args(["--rounds", &rounds.to_string()])
         .args(["--spin-us", &spin_us.to_string()])
-        .env(ring_hosted::parent::PARENT_ENV, ring_hosted::parent::own_pid())
+        .env(
+            ring_hosted::parent::PARENT_ENV,
+            ring_hosted::parent::own_pid(),
+        )
         .stdin(Stdio::null())
         .spawn()
         .map_err(|e| format!("cannot start the peer process: {e}"))?;
@@ -946,7 +949,11 @@ impl Tally {
             "{}: {} bytes read from stdin{}, {} written into the ring; {} bytes received",
             f.reason,
             self.stdin,
-            if self.stdin_ended { " (all of it)" } else { " so far" },
+            if self.stdin_ended {
+                " (all of it)"
+            } else {
+                " so far"
+            },
             s.bytes_written(),
             self.stdout,
         );
@@ -1040,7 +1047,7 @@ fn pipe_loop(s: &mut impl PollStream, end: PipeEnd, tally: &mut Tally) -> Result
     let mut outbuf = vec![0u8; 64 << 10];
     let (mut off, mut len) = (0usize, 0usize);
     // Our direction ended (end mark sent, or none possible); the peer's
-    // direction ended; the peer has read all we wrote.
+    // direction ended; the peer has read all of our stdin.
     let (mut out_done, mut in_done, mut delivered) = (false, false, false);
     let mut half_close = true;
     let mut heard = Instant::now();
@@ -1065,17 +1072,19 @@ fn pipe_loop(s: &mut impl PollStream, end: PipeEnd, tally: &mut Tally) -> Result
                 None => break,
             }
         }
-        if tally.stdin_ended && off == len && !out_done {
+        // Our end mark goes out once the peer has read every byte before
+        // it: a peer need never read the mark itself for us to know.
+        if tally.stdin_ended && off == len && !delivered {
+            delivered = s.try_delivered()?.is_some();
+        }
+        if delivered && !out_done {
             match s.try_shutdown_write()? {
                 Some(true) => out_done = true,
                 Some(false) => (out_done, half_close) = (true, false),
                 None => {}
             }
         }
-        if out_done && !delivered {
-            delivered = s.try_delivered()?.is_some();
-        }
-        if in_done && out_done && delivered {
+        if in_done && out_done {
             break;
         }
         if moved {
