@@ -1,0 +1,379 @@
+//! How `ring listen`, `ring connect` and `ring attach` end, by exit status:
+//! 0 exactly when every byte went through both ways (docs/hosted.md's
+//! stream-end table), and stdout a prefix of what the peer sent otherwise.
+//!
+//! Every `ring` process here runs with `RING_LIVENESS_MS=0`: no periodic
+//! re-check rescues a lost wake-up, so one would hang the transfer until
+//! the test's deadline and fail it.
+
+mod common;
+
+use common::{ring, wait_for_path, TempSock};
+use ring_hosted::check::Pattern;
+use std::io::{Read, Write};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+/// Bytes of pattern `seed`.
+fn data(seed: u64, n: usize) -> Vec<u8> {
+    let mut v = vec![0u8; n];
+    Pattern::new(seed).fill(&mut v);
+    v
+}
+
+/// A running `ring` with its stdin fed from a thread and its stdout and
+/// stderr collected.
+struct Running {
+    child: Child,
+    feeder: JoinHandle<()>,
+    out: JoinHandle<Vec<u8>>,
+    err: JoinHandle<Vec<u8>>,
+}
+
+struct Ended {
+    status: ExitStatus,
+    stdout: Vec<u8>,
+    stderr: String,
+}
+
+fn ring_cmd(args: &[&str]) -> Command {
+    let mut c = ring();
+    c.args(args)
+        .env("RING_LIVENESS_MS", "0")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
+
+/// Starts `ring args`, feeding `input` (then, after `pause`, `more`) to
+/// its stdin.
+fn start(args: &[&str], input: Vec<u8>, pause: Duration, more: Vec<u8>) -> Running {
+    let mut child = ring_cmd(args).spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let feeder = thread::spawn(move || {
+        // A closed stdin (the process died) is part of some tests.
+        if stdin.write_all(&input).is_ok() && !more.is_empty() {
+            thread::sleep(pause);
+            let _ = stdin.write_all(&more);
+        }
+    });
+    let out = thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = stdout.read_to_end(&mut v);
+        v
+    });
+    let err = thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = stderr.read_to_end(&mut v);
+        v
+    });
+    Running {
+        child,
+        feeder,
+        out,
+        err,
+    }
+}
+
+impl Running {
+    /// Waits for the exit, at most `limit`; a process still running then
+    /// is killed and fails the test.
+    fn finish(mut self, limit: Duration) -> Ended {
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("ring did not exit within {limit:?}");
+            }
+            thread::sleep(Duration::from_millis(2));
+        };
+        self.feeder.join().unwrap();
+        Ended {
+            status,
+            stdout: self.out.join().unwrap(),
+            stderr: String::from_utf8_lossy(&self.err.join().unwrap()).into_owned(),
+        }
+    }
+
+    fn signal(&self, sig: i32) {
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
+        let sig = rustix::process::Signal::from_named_raw(sig).unwrap();
+        rustix::process::kill_process(pid, sig).unwrap();
+    }
+}
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// One listen/connect pair: listen gets `a` (then `a2` after `pause`),
+/// connect gets `b`.
+fn pair(
+    proto: &str,
+    a: Vec<u8>,
+    pause: Duration,
+    a2: Vec<u8>,
+    b: Vec<u8>,
+) -> (TempSock, Running, Running) {
+    let sock = TempSock::new("end");
+    let path = sock.path.to_str().unwrap().to_string();
+    let listen = start(&["listen", "--proto", proto, &path], a, pause, a2);
+    wait_for_path(&sock.path);
+    let connect = start(
+        &["connect", "--proto", proto, &path],
+        b,
+        Duration::ZERO,
+        Vec::new(),
+    );
+    (sock, listen, connect)
+}
+
+fn half_close_both_ways_arrive(proto: &str) {
+    // 1 KiB one way ends long before 8 MiB the other.
+    let small = data(1, 1024);
+    let big = data(2, 8 << 20);
+    let (_sock, l, c) = pair(
+        proto,
+        small.clone(),
+        Duration::ZERO,
+        Vec::new(),
+        big.clone(),
+    );
+    let (l, c) = (l.finish(LIMIT), c.finish(LIMIT));
+    assert!(l.status.success(), "listen: {:?} {}", l.status, l.stderr);
+    assert!(c.status.success(), "connect: {:?} {}", c.status, c.stderr);
+    assert!(l.stdout == big, "listen got {} bytes", l.stdout.len());
+    assert!(c.stdout == small, "connect got {} bytes", c.stdout.len());
+}
+
+#[test]
+fn vmbus_half_close_lets_the_other_direction_finish() {
+    half_close_both_ways_arrive("vmbus");
+}
+
+#[test]
+fn vchan_half_close_lets_the_other_direction_finish() {
+    half_close_both_ways_arrive("vchan");
+}
+
+/// connect's stdin ends at once; the listener pauses a second mid-stream.
+/// connect must wait for the rest, not exit 0 with half of it.
+#[test]
+fn a_pause_mid_stream_after_our_stdin_ended_is_waited_out() {
+    for proto in ["vchan", "vmbus"] {
+        let big = data(3, 2 << 20);
+        let (first, rest) = big.split_at(1 << 20);
+        let (_sock, l, c) = pair(
+            proto,
+            first.to_vec(),
+            Duration::from_secs(1),
+            rest.to_vec(),
+            data(4, 512),
+        );
+        let (l, c) = (l.finish(LIMIT), c.finish(LIMIT));
+        assert!(l.status.success(), "{proto} listen: {}", l.stderr);
+        assert!(c.status.success(), "{proto} connect: {}", c.stderr);
+        assert!(c.stdout == big, "{proto}: connect got {}", c.stdout.len());
+    }
+}
+
+/// Kill the listener mid-stream: connect notices, hands on a prefix, and
+/// exits 5 with one line.
+#[test]
+fn a_peer_killed_mid_stream_is_exit_5_with_a_prefix() {
+    for proto in ["vchan", "vmbus"] {
+        let big = data(5, 64 << 20);
+        let (_sock, l, c) = pair(proto, big.clone(), Duration::ZERO, Vec::new(), Vec::new());
+        thread::sleep(Duration::from_millis(150));
+        l.signal(libc_sigkill());
+        let l = l.finish(LIMIT);
+        let c = c.finish(LIMIT);
+        assert!(!l.status.success());
+        assert_eq!(c.status.code(), Some(5), "{proto}: {}", c.stderr);
+        assert!(c.stderr.contains("peer died"), "{}", c.stderr);
+        assert_eq!(c.stderr.trim().lines().count(), 1, "{}", c.stderr);
+        assert!(
+            c.stdout.len() < big.len(),
+            "{proto}: all arrived before the kill"
+        );
+        assert!(
+            big.starts_with(&c.stdout),
+            "{proto}: stdout is not a prefix"
+        );
+    }
+}
+
+fn libc_sigkill() -> i32 {
+    rustix::process::Signal::KILL.as_raw()
+}
+
+/// A spin beyond a second is a usage error, not a hang.
+#[test]
+fn spin_us_out_of_range_is_a_usage_error() {
+    for args in [
+        &["demo", "--spin-us", "3000000"][..],
+        &["demo", "--spin-us", "18446744073709551615"][..],
+    ] {
+        let o = ring().args(args).stdin(Stdio::null()).output().unwrap();
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+    }
+}
+
+/// The demo's peer dies with the demo: no `ring` process is left a
+/// second after the parent is killed.
+#[test]
+fn killing_the_demo_leaves_no_peer_behind() {
+    let mut demo = ring()
+        .args([
+            "demo", "--bytes", "64G", "--rounds", "1", "--proto", "vchan",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let parent = demo.id();
+    // Find the child by its parent pid.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let child = loop {
+        if let Some(pid) = children_of(parent).into_iter().next() {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "the demo started no peer");
+        thread::sleep(Duration::from_millis(10));
+    };
+    thread::sleep(Duration::from_millis(100));
+    demo.kill().unwrap();
+    demo.wait().unwrap();
+    let gone_by = Instant::now() + Duration::from_secs(1);
+    while std::path::Path::new(&format!("/proc/{child}")).exists() && !is_zombie(child) {
+        assert!(Instant::now() < gone_by, "peer {child} outlived the demo");
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn children_of(parent: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...
+        let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let ppid = after.split_whitespace().nth(1).and_then(|p| p.parse().ok());
+        if ppid == Some(parent) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(true)
+}
+
+/// Random schedules of faults against listen/connect pairs: kills and
+/// stops of either side, sizes around the ring's. On every run: a side
+/// exits 0 only if its stdout is all the peer sent; otherwise its stdout is
+/// a prefix. Runs without a fault must both exit 0.
+#[test]
+fn fault_schedules_keep_the_exit_promise() {
+    let runs: u64 = std::env::var("RING_FAULT_SCHEDULES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(16);
+    let ring = 64 << 10;
+    let sizes = [0, 1, ring - 1, ring, ring + 1, 3 << 20];
+    let mut counts = std::collections::BTreeMap::<String, u32>::new();
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    for run in 0..runs {
+        let proto = if next() % 2 == 0 { "vchan" } else { "vmbus" };
+        let a = data(run * 2 + 10, sizes[(next() % 6) as usize]);
+        let b = data(run * 2 + 11, sizes[(next() % 6) as usize]);
+        let fault = next() % 5;
+        let at = Duration::from_millis(next() % 40);
+        let (_sock, l, c) = pair(proto, a.clone(), Duration::ZERO, Vec::new(), b.clone());
+        thread::sleep(at);
+        let kill = rustix::process::Signal::KILL.as_raw();
+        let (stop, cont) = (
+            rustix::process::Signal::STOP.as_raw(),
+            rustix::process::Signal::CONT.as_raw(),
+        );
+        let what = match fault {
+            0 => "none",
+            1 => {
+                l.signal(kill);
+                "kill listen"
+            }
+            2 => {
+                c.signal(kill);
+                "kill connect"
+            }
+            3 => {
+                l.signal(stop);
+                thread::sleep(Duration::from_millis(200));
+                l.signal(cont);
+                "stop listen"
+            }
+            _ => {
+                c.signal(stop);
+                thread::sleep(Duration::from_millis(200));
+                c.signal(cont);
+                "stop connect"
+            }
+        };
+        let (l, c) = (l.finish(LIMIT), c.finish(LIMIT));
+        for (side, end, sent) in [("listen", &l, &b), ("connect", &c, &a)] {
+            let ctx = format!(
+                "run {run} {proto} {what}: {side} {:?} {}",
+                end.status, end.stderr
+            );
+            assert!(
+                sent.starts_with(&end.stdout),
+                "{ctx}: stdout is not a prefix"
+            );
+            if end.status.success() {
+                assert!(
+                    end.stdout == *sent,
+                    "{ctx}: exit 0 with {} of {}",
+                    end.stdout.len(),
+                    sent.len()
+                );
+            }
+            let outcome = match end.status.code() {
+                Some(code) => format!("exit {code}"),
+                None => "killed".to_string(),
+            };
+            *counts.entry(format!("{side} {outcome}")).or_default() += 1;
+        }
+        if fault == 0 || fault >= 3 {
+            assert!(
+                l.status.success() && c.status.success(),
+                "run {run} {proto} {what}: {} / {}",
+                l.stderr,
+                c.stderr
+            );
+        }
+    }
+    println!("{runs} fault schedules: {counts:?}");
+}
