@@ -302,3 +302,34 @@ fn a_withheld_kick_leaves_a_reader_without_liveness_asleep() {
         .unwrap();
     assert_eq!(client.signal().wakeups(), 1);
 }
+
+/// A peer that fills the eventfd we kick to one short of overflow cannot
+/// make our kicks fail: a saturated counter is already readable, so the
+/// kick counts as delivered, and the transfer completes.
+#[test]
+fn a_saturated_eventfd_does_not_break_our_kicks() {
+    let (mut server, mut client) = pair(4096, 4096).unwrap();
+    client.signal_mut().set_liveness(None);
+    client
+        .signal_mut()
+        .set_timeout(Some(Duration::from_secs(10)));
+    rustix::io::write(
+        client.signal().wake_fd(),
+        &0xffff_ffff_ffff_fffe_u64.to_ne_bytes(),
+    )
+    .unwrap();
+    // The next write of 1 would overflow: the kernel says EAGAIN.
+    assert!(rustix::io::write(client.signal().wake_fd(), &1u64.to_ne_bytes()).is_err());
+    server.kick().unwrap();
+    let t = thread::spawn(move || {
+        let mut data = vec![0u8; 200_000];
+        Pattern::new(9).fill(&mut data);
+        server.write_all(&data).unwrap();
+        server.close().unwrap();
+    });
+    let mut got = Vec::new();
+    client.read_to_end(&mut got).unwrap();
+    t.join().unwrap();
+    assert_eq!(got.len(), 200_000);
+    assert_eq!(Pattern::new(9).first_mismatch(&got), None);
+}

@@ -82,7 +82,13 @@ fn start(args: &[&str], input: Vec<u8>, pause: Duration, more: Vec<u8>) -> Runni
 impl Running {
     /// Waits for the exit, at most `limit`; a process still running then
     /// is killed and fails the test.
-    fn finish(mut self, limit: Duration) -> Ended {
+    fn finish(self, limit: Duration) -> Ended {
+        self.finish_or(limit, false)
+    }
+
+    /// As [`finish`](Self::finish); with `kill`, a process still running
+    /// after `limit` is killed and reported as such instead.
+    fn finish_or(mut self, limit: Duration, kill: bool) -> Ended {
         let deadline = Instant::now() + limit;
         let status = loop {
             if let Some(s) = self.child.try_wait().unwrap() {
@@ -90,8 +96,9 @@ impl Running {
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!("ring did not exit within {limit:?}");
+                let s = self.child.wait().unwrap();
+                assert!(kill, "ring did not exit within {limit:?}");
+                break s;
             }
             thread::sleep(Duration::from_millis(2));
         };
@@ -297,7 +304,7 @@ fn fault_schedules_keep_the_exit_promise() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(16);
     let ring = 64 << 10;
-    let sizes = [0, 1, ring - 1, ring, ring + 1, 3 << 20];
+    let sizes = [0, 1, ring - 1, ring, ring + 1, 3 << 20, 48 << 20];
     let mut counts = std::collections::BTreeMap::<String, u32>::new();
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;
     let mut next = move || {
@@ -308,10 +315,15 @@ fn fault_schedules_keep_the_exit_promise() {
     };
     for run in 0..runs {
         let proto = if next() % 2 == 0 { "vchan" } else { "vmbus" };
-        let a = data(run * 2 + 10, sizes[(next() % 6) as usize]);
-        let b = data(run * 2 + 11, sizes[(next() % 6) as usize]);
+        let a = data(run * 2 + 10, sizes[(next() % 7) as usize]);
+        let b = data(run * 2 + 11, sizes[(next() % 7) as usize]);
         let fault = next() % 5;
-        let at = Duration::from_millis(next() % 40);
+        let at = Duration::from_millis(next() % 80);
+        eprintln!(
+            "run {run}: {proto}, {} and {} bytes, fault {fault} at {at:?}",
+            a.len(),
+            b.len()
+        );
         let (_sock, l, c) = pair(proto, a.clone(), Duration::ZERO, Vec::new(), b.clone());
         thread::sleep(at);
         let kill = rustix::process::Signal::KILL.as_raw();
@@ -342,7 +354,17 @@ fn fault_schedules_keep_the_exit_promise() {
                 "stop connect"
             }
         };
-        let (l, c) = (l.finish(LIMIT), c.finish(LIMIT));
+        let c = c.finish(LIMIT);
+        // A client killed before it connected leaves the listener waiting
+        // for another, as a server should: it is stopped after a while.
+        let l = l.finish_or(
+            if fault == 2 {
+                Duration::from_secs(5)
+            } else {
+                LIMIT
+            },
+            fault == 2,
+        );
         for (side, end, sent) in [("listen", &l, &b), ("connect", &c, &a)] {
             let ctx = format!(
                 "run {run} {proto} {what}: {side} {:?} {}",
@@ -376,4 +398,79 @@ fn fault_schedules_keep_the_exit_promise() {
         }
     }
     println!("{runs} fault schedules: {counts:?}");
+}
+
+/// A vchan server attached to a file waits for its client however late it
+/// comes: the linger counts only once the client joined and read.
+#[test]
+fn an_attach_server_waits_for_a_late_client() {
+    use ring_hosted::attach::{self, MemSource, VchanLayout};
+    let dir = TempSock::new("late");
+    let file = dir.path.with_file_name("ring.mem");
+    std::fs::write(&file, vec![0u8; 3 * 4096 + (64 << 10) * 2]).unwrap();
+    let f = file.to_str().unwrap().to_string();
+    let server = start(
+        &[
+            "attach", "--proto", "vchan", "--role", "server", "--file", &f, "--poll",
+        ],
+        b"hello".to_vec(),
+        Duration::ZERO,
+        Vec::new(),
+    );
+    thread::sleep(Duration::from_secs(2));
+    // SAFETY: nobody shrinks the test's file while it is mapped.
+    let mem = unsafe { attach::open_memory(&MemSource::Path(file.clone())) }.unwrap();
+    let layout = VchanLayout {
+        role: ring_core::vchan::Role::Client,
+        ctrl: 0,
+        left: None,
+        right: None,
+        orders: None,
+    };
+    let mut client = attach::vchan(mem, layout, attach::poll_signal().unwrap()).unwrap();
+    let mut got = Vec::new();
+    client.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"hello");
+    drop(client);
+    let s = server.finish(LIMIT);
+    assert!(s.status.success(), "{:?} {}", s.status, s.stderr);
+}
+
+/// The peer writes its last bytes and closes while we still have bytes
+/// for it that it never reads: we must hand on everything it wrote before
+/// reporting the loss (exit 4), never exit 0.
+#[test]
+fn a_peer_that_closes_with_our_bytes_unread_is_exit_4_after_its_bytes() {
+    use ring_hosted::attach::{self, MemSource, VchanLayout};
+    let dir = TempSock::new("race");
+    let file = dir.path.with_file_name("ring.mem");
+    std::fs::write(&file, vec![0u8; 3 * 4096 + (64 << 10) * 2]).unwrap();
+    let f = file.to_str().unwrap().to_string();
+    // 5000 bytes of ours, far more than... the peer never reads any.
+    let ours = data(20, 200_000);
+    let server = start(
+        &[
+            "attach", "--proto", "vchan", "--role", "server", "--file", &f, "--poll",
+        ],
+        ours,
+        Duration::ZERO,
+        Vec::new(),
+    );
+    thread::sleep(Duration::from_millis(300));
+    // SAFETY: nobody shrinks the test's file while it is mapped.
+    let mem = unsafe { attach::open_memory(&MemSource::Path(file.clone())) }.unwrap();
+    let layout = VchanLayout {
+        role: ring_core::vchan::Role::Client,
+        ctrl: 0,
+        left: None,
+        right: None,
+        orders: None,
+    };
+    let mut client = attach::vchan(mem, layout, attach::poll_signal().unwrap()).unwrap();
+    let theirs = data(21, 1000);
+    client.write_all(&theirs).unwrap();
+    client.close().unwrap();
+    let s = server.finish(LIMIT);
+    assert_eq!(s.status.code(), Some(4), "{}", s.stderr);
+    assert!(s.stdout == theirs, "got {} of 1000 bytes", s.stdout.len());
 }
