@@ -10,7 +10,7 @@
 //!   (`SCM_RIGHTS`) after a small versioned handshake, checking the peer's
 //!   uid;
 //! - [`stream`]: a blocking vchan stream with `std::io::Read`/`Write` and a
-//!   message API, which turns a dead peer into [`Error::Closed`] after the
+//!   message API, which turns a dead peer into [`Error::PeerGone`] after the
 //!   bytes already in the ring have been read;
 //! - [`vmbus`]: a VMBus byte/message pipe over the same memfd, eventfds
 //!   and rendezvous;

@@ -404,11 +404,8 @@ fn fault_schedules_keep_the_exit_promise() {
 /// comes: the linger counts only once the client joined and read.
 #[test]
 fn an_attach_server_waits_for_a_late_client() {
-    use ring_hosted::attach::{self, MemSource, VchanLayout};
     let dir = TempSock::new("late");
-    let file = dir.path.with_file_name("ring.mem");
-    std::fs::write(&file, vec![0u8; 3 * 4096 + (64 << 10) * 2]).unwrap();
-    let f = file.to_str().unwrap().to_string();
+    let (file, f) = ring_file(&dir);
     let server = start(
         &[
             "attach", "--proto", "vchan", "--role", "server", "--file", &f, "--poll",
@@ -418,16 +415,7 @@ fn an_attach_server_waits_for_a_late_client() {
         Vec::new(),
     );
     thread::sleep(Duration::from_secs(2));
-    // SAFETY: nobody shrinks the test's file while it is mapped.
-    let mem = unsafe { attach::open_memory(&MemSource::Path(file.clone())) }.unwrap();
-    let layout = VchanLayout {
-        role: ring_core::vchan::Role::Client,
-        ctrl: 0,
-        left: None,
-        right: None,
-        orders: None,
-    };
-    let mut client = attach::vchan(mem, layout, attach::poll_signal().unwrap()).unwrap();
+    let mut client = attach_client(&file);
     let mut got = Vec::new();
     client.read_to_end(&mut got).unwrap();
     assert_eq!(got, b"hello");
@@ -441,12 +429,9 @@ fn an_attach_server_waits_for_a_late_client() {
 /// reporting the loss (exit 4), never exit 0.
 #[test]
 fn a_peer_that_closes_with_our_bytes_unread_is_exit_4_after_its_bytes() {
-    use ring_hosted::attach::{self, MemSource, VchanLayout};
     let dir = TempSock::new("race");
-    let file = dir.path.with_file_name("ring.mem");
-    std::fs::write(&file, vec![0u8; 3 * 4096 + (64 << 10) * 2]).unwrap();
-    let f = file.to_str().unwrap().to_string();
-    // 5000 bytes of ours, far more than... the peer never reads any.
+    let (file, f) = ring_file(&dir);
+    // Bytes of ours that the peer never reads.
     let ours = data(20, 200_000);
     let server = start(
         &[
@@ -457,8 +442,28 @@ fn a_peer_that_closes_with_our_bytes_unread_is_exit_4_after_its_bytes() {
         Vec::new(),
     );
     thread::sleep(Duration::from_millis(300));
+    let mut client = attach_client(&file);
+    let theirs = data(21, 1000);
+    client.write_all(&theirs).unwrap();
+    client.close().unwrap();
+    let s = server.finish(LIMIT);
+    assert_eq!(s.status.code(), Some(4), "{}", s.stderr);
+    assert!(s.stdout == theirs, "got {} of 1000 bytes", s.stdout.len());
+}
+
+/// A file for a flat vchan with 64 KiB rings, beside `dir`'s socket.
+fn ring_file(dir: &TempSock) -> (std::path::PathBuf, String) {
+    let file = dir.path.with_file_name("ring.mem");
+    std::fs::write(&file, vec![0u8; 3 * 4096 + (64 << 10) * 2]).unwrap();
+    let f = file.to_str().unwrap().to_string();
+    (file, f)
+}
+
+/// The test's own vchan client in `file`, polling.
+fn attach_client(file: &std::path::Path) -> ring_hosted::attach::AttachedVchan {
+    use ring_hosted::attach::{self, MemSource, VchanLayout};
     // SAFETY: nobody shrinks the test's file while it is mapped.
-    let mem = unsafe { attach::open_memory(&MemSource::Path(file.clone())) }.unwrap();
+    let mem = unsafe { attach::open_memory(&MemSource::Path(file.to_path_buf())) }.unwrap();
     let layout = VchanLayout {
         role: ring_core::vchan::Role::Client,
         ctrl: 0,
@@ -466,11 +471,5 @@ fn a_peer_that_closes_with_our_bytes_unread_is_exit_4_after_its_bytes() {
         right: None,
         orders: None,
     };
-    let mut client = attach::vchan(mem, layout, attach::poll_signal().unwrap()).unwrap();
-    let theirs = data(21, 1000);
-    client.write_all(&theirs).unwrap();
-    client.close().unwrap();
-    let s = server.finish(LIMIT);
-    assert_eq!(s.status.code(), Some(4), "{}", s.stderr);
-    assert!(s.stdout == theirs, "got {} of 1000 bytes", s.stdout.len());
+    attach::vchan(mem, layout, attach::poll_signal().unwrap()).unwrap()
 }
