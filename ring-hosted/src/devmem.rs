@@ -678,17 +678,22 @@ impl Kernel {
     /// [`IoctlRequest::check_fd`] has accepted `arg`.
     fn ioctl_checked(fd: BorrowedFd<'_>, request: IoctlRequest, arg: &mut [u8]) -> io::Result<i32> {
         // Buffers are `repr(C)` structs checked against the uapi headers by
-        // the layout probe test.
-        // SAFETY: the caller checked `arg` against `request`, so by the
-        // contract of `IoctlRequest::new` the kernel reads and writes only
-        // within `arg`, which we borrow exclusively for the call; `fd` is
-        // live for the call.
-        let rc = unsafe { libc::ioctl(fd.as_raw_fd(), request.number() as _, arg.as_mut_ptr()) };
-        if rc < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(rc)
-        }
+        // the layout probe test. The caller checked `arg` against `request`,
+        // so by the contract of `IoctlRequest::new` the kernel reads and
+        // writes only within `arg`, which we borrow exclusively.
+        let (raw, number, ptr) = (fd.as_raw_fd(), request.number(), arg.as_mut_ptr());
+        // SAFETY: `ptr` covers what the request touches (checked above);
+        // `fd` is live for the call.
+        os_result(unsafe { libc::ioctl(raw, number as _, ptr) })
+    }
+}
+
+/// A libc return code as a result: negative means `errno` says why.
+fn os_result(rc: libc::c_int) -> io::Result<i32> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
     }
 }
 
@@ -705,21 +710,12 @@ impl Sys for Kernel {
         value: u64,
     ) -> io::Result<i32> {
         request.check_value()?;
-        // SAFETY: `check_value` passed, so the request was described as
+        // `check_value` passed, so the request was described as
         // `IoctlArg::Value` and (by `IoctlRequest::new`'s contract) the
-        // kernel dereferences no memory of ours; `fd` is live for the call.
-        let rc = unsafe {
-            libc::ioctl(
-                fd.as_raw_fd(),
-                request.number() as _,
-                value as libc::c_ulong,
-            )
-        };
-        if rc < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(rc)
-        }
+        // kernel dereferences no memory of ours.
+        let (raw, number) = (fd.as_raw_fd(), request.number());
+        // SAFETY: an integer argument, no memory of ours; `fd` is live.
+        os_result(unsafe { libc::ioctl(raw, number as _, value as libc::c_ulong) })
     }
 
     fn ioctl_fd(
@@ -730,10 +726,11 @@ impl Sys for Kernel {
     ) -> io::Result<OwnedFd> {
         request.check_fd(arg)?;
         let raw = Self::ioctl_checked(fd, request, arg)?;
-        // SAFETY: `check_fd` passed, so the request was made with
+        // `check_fd` passed, so the request was made with
         // `IoctlRequest::returning_fd`, whose contract is that a successful
         // call (a non-negative result, checked above) returns an open
         // descriptor owned by us alone.
+        // SAFETY: `raw` is open and ours alone, by that contract.
         Ok(unsafe { OwnedFd::from_raw_fd(raw) })
     }
 }
