@@ -113,6 +113,16 @@ pub enum Error {
     PeerGone,
     /// A wait passed its timeout.
     TimedOut,
+    /// Another `ring` listener holds this socket path.
+    InUse {
+        /// The socket path.
+        path: std::path::PathBuf,
+    },
+    /// Something other than a socket is at this path.
+    NotASocket {
+        /// The path.
+        path: std::path::PathBuf,
+    },
     /// A layout or fd given to [`attach`] is unusable (the reason says
     /// which and why).
     Attach(String),
@@ -143,6 +153,14 @@ impl fmt::Display for Error {
             Error::PeerGone => f.write_str("peer died or hung up"),
             Error::TimedOut => f.write_str("timed out waiting for the peer"),
             Error::Attach(reason) => f.write_str(reason),
+            Error::InUse { path } => {
+                write!(f, "another ring listen is serving {}", path.display())
+            }
+            Error::NotASocket { path } => write!(
+                f,
+                "{} exists and is not a socket (remove it or choose another path)",
+                path.display()
+            ),
         }
     }
 }
@@ -200,6 +218,8 @@ impl From<Error> for io::Error {
             Error::TimedOut => io::ErrorKind::TimedOut,
             Error::BadFd(_) | Error::ForeignPeer { .. } => io::ErrorKind::PermissionDenied,
             Error::Attach(_) => io::ErrorKind::InvalidInput,
+            Error::InUse { .. } => io::ErrorKind::AddrInUse,
+            Error::NotASocket { .. } => io::ErrorKind::InvalidInput,
             Error::Handshake(_) | Error::Ring(_) | Error::Vmbus(_) => io::ErrorKind::InvalidData,
         };
         io::Error::new(kind, e)

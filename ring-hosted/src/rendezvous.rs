@@ -201,6 +201,15 @@ pub enum HandshakeProblem {
         /// Why.
         why: String,
     },
+    /// The whole handshake did not finish within its deadline.
+    TimedOut {
+        /// Bytes received by then.
+        got: usize,
+        /// Bytes expected.
+        want: usize,
+        /// The deadline.
+        after: Duration,
+    },
 }
 
 impl fmt::Display for HandshakeProblem {
@@ -229,6 +238,10 @@ impl fmt::Display for HandshakeProblem {
             HandshakeProblem::BadSizes { left, right, why } => {
                 write!(f, "bad ring sizes {left}/{right}: {why}")
             }
+            HandshakeProblem::TimedOut { got, want, after } => write!(
+                f,
+                "timed out after {after:?} with {got} of {want} handshake bytes"
+            ),
         }
     }
 }
@@ -475,44 +488,118 @@ impl Session {
     }
 }
 
+/// At most this many handshakes run at once; a client beyond them is
+/// turned away at once (closed), so a flood of silent clients cannot hold
+/// the listener.
+pub const MAX_HANDSHAKES: usize = 16;
+
 /// A server socket that sets up a ring for every client it accepts.
+///
+/// # Surviving clients
+///
+/// A client can never stop the listener. Each handshake runs in a thread
+/// of its own with one deadline ([`ServerConfig::handshake_timeout`]) for
+/// the whole hello, so a silent or slow client holds only itself; a client
+/// that sends garbage, runs as the wrong uid or hangs up early is refused
+/// (reported to [`accept_with`](Self::accept_with)'s callback) and the
+/// listener waits for the next.
+///
+/// # One listener per path
+///
+/// Beside the socket the listener holds `PATH.lock`, locked with `flock`
+/// for its whole life. A second listener on the same path finds the lock
+/// taken and fails with [`Error::InUse`] without touching the live
+/// socket; a listener that finds the lock free knows any socket left at
+/// the path is stale and replaces it.
 #[derive(Debug)]
 pub struct Listener {
     inner: UnixListener,
     path: PathBuf,
+    lock: std::fs::File,
+    lock_path: PathBuf,
     config: ServerConfig,
+    /// Handshakes in flight send their outcome here, then kick `ready`.
+    done_tx: std::sync::mpsc::Sender<Result<Session, Error>>,
+    done_rx: std::sync::mpsc::Receiver<Result<Session, Error>>,
+    ready: Arc<EventFd>,
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Takes the lock file of `path`, making sure the file we locked is still
+/// the one at the path (a listener that was removing it as we opened it
+/// would otherwise leave us holding an orphan).
+fn take_lock(path: &Path, lock_path: &Path) -> Result<std::fs::File, Error> {
+    use rustix::fs::{flock, FlockOperation};
+    let os = |op| move |source| Error::Os { op, source };
+    for _ in 0..8 {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(lock_path)
+            .map_err(os("open lock file"))?;
+        match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                return Err(Error::InUse {
+                    path: path.to_owned(),
+                })
+            }
+            Err(e) => return Err(Error::os("flock")(e)),
+        }
+        let ours = rustix::fs::fstat(&file).map_err(Error::os("fstat lock file"))?;
+        match rustix::fs::stat(lock_path) {
+            Ok(now) if now.st_ino == ours.st_ino && now.st_dev == ours.st_dev => return Ok(file),
+            // Removed or replaced meanwhile: lock the new one.
+            _ => continue,
+        }
+    }
+    Err(Error::InUse {
+        path: path.to_owned(),
+    })
 }
 
 impl Listener {
-    /// Binds `path`. A stale socket left by a dead server (nobody accepts
-    /// on it) is removed first; a live socket, or any other kind of file,
+    /// Binds `path`, after taking `PATH.lock`. A socket left at the path
+    /// by a listener that is gone is replaced; anything else at the path
     /// is an error.
     ///
     /// # Errors
     ///
+    /// [`Error::InUse`] if another listener serves the path,
+    /// [`Error::NotASocket`] if a file of another kind is there,
     /// [`Error::Os`] if the path cannot be bound.
     pub fn bind(path: &Path, config: ServerConfig) -> Result<Self, Error> {
         let bind_err = |source| Error::Os {
             op: "bind rendezvous socket",
             source,
         };
-        let inner = match UnixListener::bind(path) {
-            Ok(l) => l,
-            Err(e) if e.kind() == io::ErrorKind::AddrInUse && is_socket(path) => {
-                match UnixStream::connect(path) {
-                    Err(c) if c.kind() == io::ErrorKind::ConnectionRefused => {
-                        std::fs::remove_file(path).map_err(bind_err)?;
-                        UnixListener::bind(path).map_err(bind_err)?
-                    }
-                    _ => return Err(bind_err(e)),
-                }
+        let mut lock_path = path.as_os_str().to_owned();
+        lock_path.push(".lock");
+        let lock_path = PathBuf::from(lock_path);
+        let lock = take_lock(path, &lock_path)?;
+        if std::fs::symlink_metadata(path).is_ok() {
+            if !is_socket(path) {
+                return Err(Error::NotASocket {
+                    path: path.to_owned(),
+                });
             }
-            Err(e) => return Err(bind_err(e)),
-        };
+            // The lock is ours, so nobody serves this socket any more.
+            std::fs::remove_file(path).map_err(bind_err)?;
+        }
+        let inner = UnixListener::bind(path).map_err(bind_err)?;
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
         Ok(Listener {
             inner,
             path: path.to_owned(),
+            lock,
+            lock_path,
             config,
+            done_tx,
+            done_rx,
+            ready: Arc::new(EventFd::new()?),
+            in_flight: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         })
     }
 
@@ -526,18 +613,25 @@ impl Listener {
         &self.config
     }
 
-    /// Waits for a client and sets up its ring.
+    /// Waits for a client that completes the handshake and returns its
+    /// session; refused clients are skipped silently.
     ///
     /// # Errors
     ///
-    /// [`Error::ForeignPeer`], [`Error::Handshake`] for a bad hello (the
-    /// client is sent a refusal first), [`Error::Os`].
+    /// [`Error::Os`] if accepting fails, or setting up a ring for a good
+    /// client fails on our side.
     pub fn accept(&self) -> Result<Session, Error> {
-        let (sock, _) = self.inner.accept().map_err(|source| Error::Os {
-            op: "accept",
-            source,
-        })?;
-        serve_client(sock, &self.config)
+        self.accept_with(|_| {})
+    }
+
+    /// As [`accept`](Self::accept), calling `refused` with the reason for
+    /// every client turned away (for a log line).
+    ///
+    /// # Errors
+    ///
+    /// As [`accept`](Self::accept).
+    pub fn accept_with(&self, refused: impl FnMut(&Error)) -> Result<Session, Error> {
+        self.next_session(None, refused)
     }
 
     /// As [`accept`](Self::accept), giving up after `timeout` with
@@ -547,32 +641,126 @@ impl Listener {
     ///
     /// As `accept`, and [`Error::TimedOut`].
     pub fn accept_timeout(&self, timeout: Duration) -> Result<Session, Error> {
-        let deadline = Instant::now() + timeout;
+        self.accept_timeout_with(timeout, |_| {})
+    }
+
+    /// As [`accept_timeout`](Self::accept_timeout), calling `refused` for
+    /// every client turned away meanwhile.
+    ///
+    /// # Errors
+    ///
+    /// As `accept`, and [`Error::TimedOut`].
+    pub fn accept_timeout_with(
+        &self,
+        timeout: Duration,
+        refused: impl FnMut(&Error),
+    ) -> Result<Session, Error> {
+        self.next_session(Some(Instant::now() + timeout), refused)
+    }
+
+    fn next_session(
+        &self,
+        deadline: Option<Instant>,
+        mut refused: impl FnMut(&Error),
+    ) -> Result<Session, Error> {
+        use std::sync::atomic::Ordering;
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(Error::TimedOut);
+            while let Ok(outcome) = self.done_rx.try_recv() {
+                match outcome {
+                    Ok(session) => return Ok(session),
+                    Err(e) if is_client_fault(&e) => refused(&e),
+                    Err(e) => return Err(e),
+                }
             }
-            let ts = rustix::event::Timespec {
-                tv_sec: left.as_secs() as _,
-                tv_nsec: left.subsec_nanos() as _,
+            let ts = match deadline {
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(Error::TimedOut);
+                    }
+                    Some(rustix::event::Timespec {
+                        tv_sec: left.as_secs() as _,
+                        tv_nsec: left.subsec_nanos() as _,
+                    })
+                }
+                None => None,
             };
-            let mut fds = [rustix::event::PollFd::new(
-                &self.inner,
-                rustix::event::PollFlags::IN,
-            )];
-            match rustix::event::poll(&mut fds, Some(&ts)) {
-                Ok(0) | Err(rustix::io::Errno::INTR) => continue,
-                Ok(_) => return self.accept(),
+            let mut fds = [
+                rustix::event::PollFd::new(&self.inner, rustix::event::PollFlags::IN),
+                rustix::event::PollFd::new(&*self.ready, rustix::event::PollFlags::IN),
+            ];
+            match rustix::event::poll(&mut fds, ts.as_ref()) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
                 Err(e) => return Err(Error::os("poll rendezvous socket")(e)),
             }
+            let [listener, ready] = &fds;
+            let (incoming, finished) =
+                (!listener.revents().is_empty(), !ready.revents().is_empty());
+            if finished {
+                self.ready.take().map_err(|source| Error::Os {
+                    op: "eventfd",
+                    source,
+                })?;
+            }
+            if !incoming {
+                continue;
+            }
+            let sock = match self.inner.accept() {
+                Ok((sock, _)) => sock,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // The client gave up between poll and accept.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
+                Err(source) => {
+                    return Err(Error::Os {
+                        op: "accept",
+                        source,
+                    })
+                }
+            };
+            if self.in_flight.load(Ordering::Acquire) >= MAX_HANDSHAKES {
+                refused(&Error::Os {
+                    op: "accept",
+                    source: io::Error::other(format!(
+                        "{MAX_HANDSHAKES} handshakes already in progress; client closed"
+                    )),
+                });
+                continue;
+            }
+            self.in_flight.fetch_add(1, Ordering::AcqRel);
+            let (tx, ready, in_flight, config) = (
+                self.done_tx.clone(),
+                self.ready.clone(),
+                self.in_flight.clone(),
+                self.config,
+            );
+            std::thread::spawn(move || {
+                let outcome = serve_client(sock, &config);
+                in_flight.fetch_sub(1, Ordering::AcqRel);
+                // The listener may be gone; the session then just drops.
+                let _ = tx.send(outcome);
+                let _ = ready.kick();
+            });
         }
     }
 }
 
+/// Whether a handshake failed because of the client (refuse it, serve the
+/// next) rather than because of us.
+fn is_client_fault(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Handshake(_) | Error::ForeignPeer { .. } | Error::Os { .. } | Error::BadFd(_)
+    )
+}
+
 impl Drop for Listener {
     fn drop(&mut self) {
+        // The socket goes first, while the lock still says it is ours; the
+        // lock file is removed while locked, so a listener that opened it
+        // meanwhile sees it replaced and locks the new one.
         let _ = std::fs::remove_file(&self.path);
+        let _ = std::fs::remove_file(&self.lock_path);
+        let _ = &self.lock;
     }
 }
 
@@ -581,23 +769,41 @@ fn is_socket(path: &Path) -> bool {
     std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket())
 }
 
-/// Reads up to `buf.len()` bytes, stopping early only at end of file or
-/// the socket's timeout; returns how many arrived.
-fn read_full(sock: &mut UnixStream, buf: &mut [u8]) -> Result<usize, Error> {
+/// How a [`read_full`] ended short.
+enum Short {
+    /// End of file after this many bytes.
+    Eof(usize),
+    /// The deadline passed after this many bytes.
+    Late(usize),
+}
+
+/// Reads all of `buf` before `deadline` (one deadline for the whole
+/// message, however slowly the peer sends it).
+fn read_full(
+    sock: &mut UnixStream,
+    buf: &mut [u8],
+    deadline: Instant,
+) -> Result<Result<(), Short>, Error> {
     let mut got = 0;
     while got < buf.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(Err(Short::Late(got)));
+        }
+        sock.set_read_timeout(Some(left))
+            .map_err(|source| Error::Os {
+                op: "socket timeout",
+                source,
+            })?;
         match sock.read(buf.get_mut(got..).unwrap_or(&mut [])) {
-            Ok(0) => break,
+            Ok(0) => return Ok(Err(Short::Eof(got))),
             Ok(n) => got += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e)
                 if matches!(
                     e.kind(),
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                break
-            }
+                ) => {}
             Err(source) => {
                 return Err(Error::Os {
                     op: "read handshake",
@@ -606,7 +812,15 @@ fn read_full(sock: &mut UnixStream, buf: &mut [u8]) -> Result<usize, Error> {
             }
         }
     }
-    Ok(got)
+    Ok(Ok(()))
+}
+
+/// The handshake problem of a short read of a `want`-byte message.
+fn short(s: Short, want: usize, after: Duration) -> Error {
+    hs(match s {
+        Short::Eof(got) => HandshakeProblem::Truncated { got, want },
+        Short::Late(got) => HandshakeProblem::TimedOut { got, want, after },
+    })
 }
 
 fn refuse(sock: &mut UnixStream, proto: u8, why: Refusal) {
@@ -627,19 +841,11 @@ pub fn serve_client(mut sock: UnixStream, config: &ServerConfig) -> Result<Sessi
         refuse(&mut sock, want, Refusal::NotPermitted);
         return Err(Error::ForeignPeer { uid, expected });
     }
-    sock.set_read_timeout(Some(config.handshake_timeout))
-        .map_err(|source| Error::Os {
-            op: "socket timeout",
-            source,
-        })?;
+    let deadline = Instant::now() + config.handshake_timeout;
     let mut raw = [0u8; HELLO_LEN];
-    let got = read_full(&mut sock, &mut raw)?;
-    if got < HELLO_LEN {
+    if let Err(s) = read_full(&mut sock, &mut raw, deadline)? {
         refuse(&mut sock, want, Refusal::BadHello);
-        return Err(hs(HandshakeProblem::Truncated {
-            got,
-            want: HELLO_LEN,
-        }));
+        return Err(short(s, HELLO_LEN, config.handshake_timeout));
     }
     let hello = match Hello::decode(&raw) {
         Ok(h) => h,
@@ -789,9 +995,16 @@ pub fn connect(path: &Path, proto: Proto) -> Result<Session, Error> {
 /// sealed memfd of the announced size and two eventfds, [`Error::Ring`] if
 /// the control page does not hold a live server.
 pub fn connect_with(path: &Path, config: ClientConfig) -> Result<Session, Error> {
-    let sock = UnixStream::connect(path).map_err(|source| Error::Os {
-        op: "connect to rendezvous socket",
-        source,
+    let sock = UnixStream::connect(path).map_err(|source| {
+        if path.exists() && !is_socket(path) {
+            return Error::NotASocket {
+                path: path.to_owned(),
+            };
+        }
+        Error::Os {
+            op: "connect to rendezvous socket",
+            source,
+        }
     })?;
     client_handshake(sock, config)
 }
@@ -806,6 +1019,7 @@ pub fn client_handshake(mut sock: UnixStream, config: ClientConfig) -> Result<Se
         op: "handshake socket",
         source,
     };
+    let deadline = Instant::now() + config.handshake_timeout;
     sock.set_read_timeout(Some(config.handshake_timeout))
         .map_err(sock_err)?;
     let want = config.proto.code();
@@ -816,7 +1030,7 @@ pub fn client_handshake(mut sock: UnixStream, config: ClientConfig) -> Result<Se
     // A server that refuses our uid may answer and close before reading
     // the hello, so a failed write is not yet an error: the answer tells.
     let _ = sock.write_all(&hello.encode());
-    let (raw, fds) = recv_welcome(&mut sock)?;
+    let (raw, fds) = recv_welcome(&mut sock, deadline, config.handshake_timeout)?;
     let welcome = Welcome::decode(&raw).map_err(hs)?;
     if welcome.proto != want {
         return Err(hs(HandshakeProblem::Proto {
@@ -911,7 +1125,11 @@ fn vchan_orders(w: &Welcome) -> Result<Orders, Error> {
     Orders::new(order(w.left_size)?, order(w.right_size)?).map_err(|e| bad(e.to_string()))
 }
 
-fn recv_welcome(sock: &mut UnixStream) -> Result<([u8; WELCOME_LEN], Vec<OwnedFd>), Error> {
+fn recv_welcome(
+    sock: &mut UnixStream,
+    deadline: Instant,
+    timeout: Duration,
+) -> Result<([u8; WELCOME_LEN], Vec<OwnedFd>), Error> {
     let mut raw = [0u8; WELCOME_LEN];
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(8))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
@@ -921,9 +1139,10 @@ fn recv_welcome(sock: &mut UnixStream) -> Result<([u8; WELCOME_LEN], Vec<OwnedFd
             Ok(m) => break m,
             Err(rustix::io::Errno::INTR) => continue,
             Err(rustix::io::Errno::AGAIN) => {
-                return Err(hs(HandshakeProblem::Truncated {
+                return Err(hs(HandshakeProblem::TimedOut {
                     got: 0,
                     want: WELCOME_LEN,
+                    after: timeout,
                 }))
             }
             Err(e) => return Err(Error::os("recvmsg")(e)),
@@ -938,15 +1157,19 @@ fn recv_welcome(sock: &mut UnixStream) -> Result<([u8; WELCOME_LEN], Vec<OwnedFd
     if msg.flags.contains(ReturnFlags::CTRUNC) {
         return Err(hs(HandshakeProblem::FdsTruncated));
     }
-    let mut got = msg.bytes;
-    if got > 0 && got < WELCOME_LEN {
-        got += read_full(sock, raw.get_mut(got..).unwrap_or(&mut []))?;
-    }
-    if got < WELCOME_LEN {
+    let got = msg.bytes;
+    if got == 0 {
         return Err(hs(HandshakeProblem::Truncated {
             got,
             want: WELCOME_LEN,
         }));
+    }
+    if let Err(s) = read_full(sock, raw.get_mut(got..).unwrap_or(&mut []), deadline)? {
+        let s = match s {
+            Short::Eof(n) => Short::Eof(got + n),
+            Short::Late(n) => Short::Late(got + n),
+        };
+        return Err(short(s, WELCOME_LEN, timeout));
     }
     Ok((raw, fds))
 }

@@ -103,6 +103,10 @@ enum Cmd {
         /// stream unfinished (seconds; default: wait while it lives).
         #[arg(long, value_parser = parse_secs)]
         timeout: Option<Duration>,
+        /// Serve one session after another until stopped (stdin goes to the
+        /// first; a failed session is reported and the next is served).
+        #[arg(long)]
+        keep: bool,
     },
     /// Connect to a `ring listen` socket and pipe stdin/stdout through the
     /// ring, both directions.
@@ -329,7 +333,8 @@ fn main() -> ExitCode {
             ring_size,
             any_uid,
             timeout,
-        } => listen(&socket, proto.into(), ring_size, any_uid, timeout),
+            keep,
+        } => listen(&socket, proto.into(), ring_size, any_uid, timeout, keep),
         Cmd::Connect {
             socket,
             proto,
@@ -888,6 +893,7 @@ fn listen(
     ring_size: u64,
     any_uid: bool,
     timeout: Option<Duration>,
+    keep: bool,
 ) -> Outcome {
     let size = ring_bytes(ring_size)?;
     let mut config = ServerConfig::new(proto).ring_sizes(size, size);
@@ -895,10 +901,19 @@ fn listen(
         config.peer = PeerPolicy::AnyUid;
     }
     let listener = Listener::bind(socket, config)?;
-    let session = listener.accept()?;
-    // One peer only: unlink the socket so later clients fail at once.
-    drop(listener);
-    pipe_session(session, timeout)
+    let refused = |e: &Error| eprintln!("ring: refused a client: {e}");
+    if !keep {
+        let session = listener.accept_with(refused)?;
+        // One peer only: unlink the socket so later clients fail at once.
+        drop(listener);
+        return pipe_session(session, timeout);
+    }
+    loop {
+        let session = listener.accept_with(refused)?;
+        if let Err(f) = pipe_session(session, timeout) {
+            eprintln!("ring: session ended badly (exit {}): {}", f.code, f.reason);
+        }
+    }
 }
 
 fn connect(socket: &Path, proto: Proto, timeout: Option<Duration>) -> Outcome {

@@ -1,0 +1,212 @@
+//! A listener no client can stop: bad clients of every kind are refused
+//! and the next good client is served; a second listener on the same path
+//! leaves the live one alone.
+
+mod common;
+
+use common::{ring, wait_for_path, TempSock};
+use ring_hosted::rendezvous::{self, Listener, Proto, ServerConfig};
+use ring_hosted::Error;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::process::Stdio;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// A listener with a short handshake deadline, serving in a thread: it
+/// accepts until a good client arrives, collecting the refusals, then
+/// reads that client's bytes to the end.
+fn serve_one(
+    path: &std::path::Path,
+    timeout: Duration,
+) -> thread::JoinHandle<(Vec<String>, Vec<u8>)> {
+    let mut config = ServerConfig::new(Proto::Vchan);
+    config.handshake_timeout = timeout;
+    let listener = Listener::bind(path, config).unwrap();
+    thread::spawn(move || {
+        let mut refused = Vec::new();
+        let session = listener
+            .accept_with(|e| refused.push(e.to_string()))
+            .unwrap();
+        let mut s = session.into_vchan().unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        // Collect the refusals still in their deadline.
+        let more = listener.accept_timeout_with(timeout * 2, |e| refused.push(e.to_string()));
+        assert!(matches!(more, Err(Error::TimedOut)));
+        (refused, got)
+    })
+}
+
+fn good_client(path: &std::path::Path, msg: &[u8]) {
+    let mut c = rendezvous::connect(path, Proto::Vchan)
+        .unwrap()
+        .into_vchan()
+        .unwrap();
+    c.write_all(msg).unwrap();
+    c.close().unwrap();
+}
+
+#[test]
+fn garbage_silence_early_close_and_a_slow_hello_are_refused_and_the_next_client_served() {
+    let sock = TempSock::new("bad");
+    let server = serve_one(&sock.path, Duration::from_millis(800));
+    // Garbage.
+    let mut g = UnixStream::connect(&sock.path).unwrap();
+    g.write_all(&[0xAB; 40]).unwrap();
+    // An early close, half a hello.
+    let mut e = UnixStream::connect(&sock.path).unwrap();
+    e.write_all(b"RNGr").unwrap();
+    drop(e);
+    // Silence, held open for longer than the deadline.
+    let silent = UnixStream::connect(&sock.path).unwrap();
+    // A slow hello: one byte every 100 ms would take 1.6 s; the whole
+    // handshake has 0.8 s.
+    let slow_path = sock.path.clone();
+    let slow = thread::spawn(move || {
+        let mut s = UnixStream::connect(&slow_path).unwrap();
+        let start = Instant::now();
+        for b in *b"RNGr\x01\x00\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00" {
+            if s.write_all(&[b]).is_err() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        let mut answer = [0u8; 32];
+        let _ = s.read(&mut answer);
+        start.elapsed()
+    });
+    // The good client is served at once, whatever the others do.
+    let start = Instant::now();
+    good_client(&sock.path, b"the good one");
+    let served_in = start.elapsed();
+    let (refused, got) = server.join().unwrap();
+    assert_eq!(got, b"the good one");
+    assert!(
+        served_in < Duration::from_millis(700),
+        "served after {served_in:?}"
+    );
+    let slow_took = slow.join().unwrap();
+    assert!(
+        slow_took < Duration::from_millis(1400),
+        "slow hello held {slow_took:?}"
+    );
+    drop((g, silent));
+    // Each bad client was refused, each for its own reason.
+    assert_eq!(refused.len(), 4, "{refused:?}");
+    assert!(
+        refused.iter().any(|r| r.contains("not a ring handshake")),
+        "{refused:?}"
+    );
+    assert!(
+        refused.iter().any(|r| r.contains("sent 4 of 16")),
+        "{refused:?}"
+    );
+    assert!(
+        refused
+            .iter()
+            .any(|r| r.contains("timed out") && r.contains(" 0 of 16")),
+        "{refused:?}"
+    );
+    assert!(
+        refused
+            .iter()
+            .any(|r| r.contains("timed out") && !r.contains(" 0 of 16")),
+        "{refused:?}"
+    );
+}
+
+#[test]
+fn a_client_of_the_wrong_uid_is_refused_with_a_reason() {
+    let sock = TempSock::new("uid");
+    let mut config = ServerConfig::new(Proto::Vchan);
+    // Accept only a uid nobody here has, then a second listener for us.
+    config.peer = rendezvous::PeerPolicy::Uid(rustix::process::geteuid().as_raw() + 4242);
+    let listener = Listener::bind(&sock.path, config).unwrap();
+    let t = thread::spawn(move || {
+        let r = rendezvous::connect(&sock.path, Proto::Vchan);
+        (sock, r)
+    });
+    let r = listener.accept_timeout(Duration::from_secs(2));
+    assert!(
+        matches!(r, Err(Error::TimedOut)),
+        "the foreign client was accepted"
+    );
+    let (_sock, client) = t.join().unwrap();
+    let e = client.unwrap_err().to_string();
+    assert!(e.contains("refused"), "{e}");
+}
+
+#[test]
+fn a_second_listener_on_the_same_path_leaves_the_first_serving() {
+    let sock = TempSock::new("two");
+    let path = sock.path.to_str().unwrap().to_string();
+    let mut first = ring()
+        .args(["listen", &path])
+        .env("RING_LIVENESS_MS", "0")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_path(&sock.path);
+    let second = ring()
+        .args(["listen", &path])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(second.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains("another ring listen is serving"), "{err}");
+    assert!(
+        sock.path.exists(),
+        "the second listener removed the live socket"
+    );
+    // The first still serves, and the data arrives intact.
+    let mut stdin = first.stdin.take().unwrap();
+    stdin.write_all(b"still here").unwrap();
+    drop(stdin);
+    let c = ring()
+        .args(["connect", &path])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let f = first.wait_with_output().unwrap();
+    assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
+    assert_eq!(c.stdout, b"still here");
+    assert!(f.status.success(), "{}", String::from_utf8_lossy(&f.stderr));
+}
+
+#[test]
+fn other_files_at_the_path_get_a_clear_message() {
+    let sock = TempSock::new("file");
+    std::fs::write(&sock.path, b"not a socket").unwrap();
+    let path = sock.path.to_str().unwrap();
+    let l = ring()
+        .args(["listen", path])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(l.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&l.stderr).contains("is not a socket"));
+    let c = ring()
+        .args(["connect", path])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(c.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&c.stderr).contains("is not a socket"));
+    assert_eq!(std::fs::read(&sock.path).unwrap(), b"not a socket");
+}
+
+#[test]
+fn a_server_that_never_answers_is_reported_as_a_timeout() {
+    let sock = TempSock::new("mute");
+    let _mute = std::os::unix::net::UnixListener::bind(&sock.path).unwrap();
+    let mut config = rendezvous::ClientConfig::new(Proto::Vchan);
+    config.handshake_timeout = Duration::from_millis(300);
+    let e = rendezvous::connect_with(&sock.path, config)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("timed out"), "{e}");
+}
