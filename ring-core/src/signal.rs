@@ -232,13 +232,15 @@ impl<S: Signal> Waiter<S> {
 
     /// Waits with `wait` (the plain [`Signal::wait`], or a host's own with
     /// extra wake-up sources and a deadline). `Ok(None)`: the peer is gone
-    /// and the caller's next attempt gets the last look.
+    /// and the caller's next attempt gets the last look. A caller that
+    /// waits again after that look found nothing gets
+    /// [`BlockingError::PeerGone`]: nothing can wake it any more.
     pub(crate) fn wait_with<W, R>(
         &mut self,
         wait: impl FnOnce(&S) -> Result<W, S::Error>,
     ) -> Result<Option<W>, BlockingError<R, S::Error>> {
         if self.gone {
-            return Ok(None);
+            return Err(BlockingError::PeerGone);
         }
         match wait(&self.signal) {
             Ok(w) => Ok(Some(w)),

@@ -22,6 +22,8 @@
 //! assert_eq!(s.owed[0].from, "client");
 //! ```
 
+pub mod validate;
+
 use ring_core::vchan::layout::{
     CLI_LIVE, CLI_NOTIFY, LEFT_CONS, LEFT_ORDER, LEFT_PROD, RIGHT_CONS, RIGHT_ORDER, RIGHT_PROD,
     SRV_LIVE, SRV_NOTIFY,

@@ -36,9 +36,38 @@ fn serve_bad_client(
         s.read_exact(&mut w).unwrap();
         w[7]
     });
-    let err = l.accept().expect_err("server must refuse");
+    let err = refusal(&l);
     let status = t.join().unwrap();
     (err, status)
+}
+
+/// The reason the listener gives for the next client it turns away; the
+/// listener itself goes on waiting (and accepts nobody here).
+fn refusal(l: &Listener) -> Error {
+    let mut first = None;
+    let start = std::time::Instant::now();
+    while first.is_none() && start.elapsed() < std::time::Duration::from_secs(10) {
+        let r = l.accept_timeout_with(std::time::Duration::from_millis(100), |e| {
+            first.get_or_insert_with(|| clone_reason(e));
+        });
+        assert!(
+            matches!(r, Err(Error::TimedOut)),
+            "a bad client was accepted: {r:?}"
+        );
+    }
+    first.expect("server must refuse")
+}
+
+/// What the tests compare of a refusal: the variant with its fields.
+fn clone_reason(e: &Error) -> Error {
+    match e {
+        Error::ForeignPeer { uid, expected } => Error::ForeignPeer {
+            uid: *uid,
+            expected: *expected,
+        },
+        Error::Handshake(p) => Error::Handshake(p.clone()),
+        other => Error::Attach(other.to_string()),
+    }
 }
 
 fn hello(version: u16, proto: u8) -> [u8; HELLO_LEN] {
@@ -99,8 +128,8 @@ fn server_refuses_foreign_uid_and_client_hears_why() {
     let l = Listener::bind(&sock.path, config).unwrap();
     let path = sock.path.clone();
     let t = thread::spawn(move || rendezvous::connect(&path, Proto::Vchan).map(drop));
-    match l.accept() {
-        Err(Error::ForeignPeer { uid, expected }) => {
+    match refusal(&l) {
+        Error::ForeignPeer { uid, expected } => {
             assert_eq!(uid, me);
             assert_eq!(expected, me.wrapping_add(1));
         }
@@ -139,8 +168,8 @@ fn server_refuses_a_real_other_user_when_we_can_be_one() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    match l.accept() {
-        Err(Error::ForeignPeer { uid: 65534, .. }) => {}
+    match refusal(&l) {
+        Error::ForeignPeer { uid: 65534, .. } => {}
         other => panic!("expected ForeignPeer for uid 65534, got {other:?}"),
     }
     let out = child.wait_with_output().unwrap();
@@ -382,11 +411,12 @@ fn bind_replaces_a_stale_socket_but_nothing_else() {
     drop(UnixListener::bind(&sock.path).unwrap());
     assert!(sock.path.exists());
     let l = Listener::bind(&sock.path, ServerConfig::new(Proto::Vchan)).unwrap();
-    // A live one is refused.
+    // A live one is refused, and stays.
     assert!(matches!(
         Listener::bind(&sock.path, ServerConfig::new(Proto::Vchan)),
-        Err(Error::Os { .. })
+        Err(Error::InUse { .. })
     ));
+    assert!(sock.path.exists());
     drop(l);
     assert!(!sock.path.exists(), "the listener removes its socket");
     // A regular file is never removed.

@@ -25,6 +25,7 @@ fn data(seed: u64, n: usize) -> Vec<u8> {
 /// A running `ring` with its stdin fed from a thread and its stdout and
 /// stderr collected.
 struct Running {
+    args: String,
     child: Child,
     feeder: JoinHandle<()>,
     out: JoinHandle<Vec<u8>>,
@@ -72,6 +73,7 @@ fn start(args: &[&str], input: Vec<u8>, pause: Duration, more: Vec<u8>) -> Runni
         v
     });
     Running {
+        args: args.join(" "),
         child,
         feeder,
         out,
@@ -97,7 +99,14 @@ impl Running {
             if Instant::now() > deadline {
                 let _ = self.child.kill();
                 let s = self.child.wait().unwrap();
-                assert!(kill, "ring did not exit within {limit:?}");
+                if !kill {
+                    let err = self.err.join().unwrap();
+                    panic!(
+                        "ring {} did not exit within {limit:?}; its stderr: {}",
+                        self.args,
+                        String::from_utf8_lossy(&err)
+                    );
+                }
                 break s;
             }
             thread::sleep(Duration::from_millis(2));
@@ -195,9 +204,18 @@ fn a_pause_mid_stream_after_our_stdin_ended_is_waited_out() {
 #[test]
 fn a_peer_killed_mid_stream_is_exit_5_with_a_prefix() {
     for proto in ["vchan", "vmbus"] {
-        let big = data(5, 64 << 20);
-        let (_sock, l, c) = pair(proto, big.clone(), Duration::ZERO, Vec::new(), Vec::new());
-        thread::sleep(Duration::from_millis(150));
+        // 1 MiB, then (while the listener waits for the rest of its
+        // stdin) the kill.
+        let big = data(5, 2 << 20);
+        let (first, rest) = big.split_at(1 << 20);
+        let (_sock, l, c) = pair(
+            proto,
+            first.to_vec(),
+            Duration::from_secs(2),
+            rest.to_vec(),
+            Vec::new(),
+        );
+        thread::sleep(Duration::from_millis(500));
         l.signal(libc_sigkill());
         let l = l.finish(LIMIT);
         let c = c.finish(LIMIT);

@@ -259,7 +259,9 @@ impl<M: SharedMem, S: Signal> Blocking<M, S> {
     ///
     /// # Errors
     ///
-    /// The signal's error, when it does not mean the peer is gone.
+    /// The signal's error, when it does not mean the peer is gone;
+    /// [`BlockingError::PeerGone`] for a wait after the peer was reported
+    /// gone (nothing can wake it any more).
     pub fn wait_with<W>(
         &mut self,
         wait: impl FnOnce(&S) -> Result<W, S::Error>,

@@ -347,6 +347,9 @@ fn main() -> ExitCode {
             data_size,
             json,
         } => match (file, pid) {
+            (_, _) if data_size.is_some() && proto != CliProto::Vmbus => {
+                usage("--data-size only applies to --proto vmbus".into())
+            }
             (Some(file), _) => inspect_file(&file, proto.into(), data_size, json),
             (None, Some(pid)) => inspect_pid(pid, json),
             (None, None) => Err(Failure::from("nothing to inspect")),
@@ -1128,6 +1131,9 @@ fn pipe_loop(s: &mut impl PollStream, end: PipeEnd, tally: &mut Tally) -> Result
         let woken = match s.wait_event(want_stdin.then_some(stdin_fd), deadline) {
             Ok(w) => w,
             Err(Error::TimedOut) if linger_end.is_some_and(|t| Instant::now() >= t) => break,
+            // It ended its stream cleanly, then left before taking the
+            // rest of ours: a close with our bytes undelivered.
+            Err(Error::PeerGone) if in_done => return Err(Error::Closed.into()),
             Err(e) => return Err(e.into()),
         };
         if woken.kicked {
@@ -1330,7 +1336,9 @@ fn attach_cmd(a: AttachArgs) -> Outcome {
 // ---------------------------------------------------------------- inspect
 
 /// Inspects the ring memfds of process `pid`: the fds whose link names a
-/// memfd this crate made (`/memfd:ring-vchan`, `/memfd:ring-vmbus`).
+/// memfd this crate made (`/memfd:ring-vchan`, `/memfd:ring-vmbus`). What
+/// cannot be read is listed and skipped; the exit status is the worst
+/// found (3 corrupt over 1 unreadable over 0).
 fn inspect_pid(pid: u32, json: bool) -> Outcome {
     let dir = PathBuf::from(format!("/proc/{pid}/fd"));
     let entries =
@@ -1354,7 +1362,7 @@ fn inspect_pid(pid: u32, json: bool) -> Outcome {
     if found.is_empty() {
         return Err(format!("process {pid} holds no ring memory").into());
     }
-    let mut shown = 0;
+    let (mut shown, mut worst) = (0, None::<Failure>);
     for (fd, path, proto) in found {
         if !json {
             println!("== {} (fd {fd}, {})", path.display(), proto.name());
@@ -1363,13 +1371,19 @@ fn inspect_pid(pid: u32, json: bool) -> Outcome {
             Ok(()) => shown += 1,
             // The fd was closed between listing and reading: skip it.
             Err(_) if std::fs::symlink_metadata(&path).is_err() => {}
-            Err(e) => return Err(e),
+            Err(e) => {
+                eprintln!("ring: fd {fd}: {}", e.reason);
+                if worst.as_ref().is_none_or(|w| e.code > w.code) {
+                    worst = Some(e);
+                }
+            }
         }
     }
-    if shown == 0 {
-        return Err(format!("process {pid} holds no ring memory").into());
+    match worst {
+        Some(w) => Err(w),
+        None if shown == 0 => Err(format!("process {pid} holds no ring memory").into()),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 fn show(text: String, json: String, as_json: bool) {
@@ -1380,38 +1394,81 @@ fn show(text: String, json: String, as_json: bool) {
     }
 }
 
+/// Prints what validation found (in the table, or as a `findings` array
+/// in the JSON object) and turns any finding into exit 3.
+fn report(
+    text: String,
+    json: String,
+    as_json: bool,
+    findings: &[inspect::validate::Finding],
+) -> Outcome {
+    let json = match json.strip_suffix('}') {
+        Some(head) => {
+            let list: Vec<String> = findings.iter().map(|f| f.to_json()).collect();
+            format!("{head},\"findings\":[{}]}}", list.join(","))
+        }
+        None => json,
+    };
+    let mut text = text;
+    for f in findings {
+        text.push_str(&format!("INVALID {f}\n"));
+    }
+    show(text, json, as_json);
+    match findings.first() {
+        None => Ok(()),
+        Some(first) => Err(Failure {
+            code: exit::CORRUPT,
+            reason: format!("{} finding(s); the first {first}", findings.len()),
+        }),
+    }
+}
+
 fn inspect_file(file: &Path, proto: Proto, data_size: Option<u64>, json: bool) -> Outcome {
-    let cannot = |e: std::io::Error| format!("cannot read {}: {e}", file.display());
+    let image = inspect::validate::read_image(file)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
     match proto {
         Proto::Vchan => {
-            let header = inspect::read_header(file).map_err(cannot)?;
-            let state = inspect::decode_vchan(&header)?;
-            show(state.to_string(), state.to_json(), json);
-            Ok(())
+            let header = image.get(..inspect::HEADER_LEN).ok_or_else(|| {
+                format!(
+                    "{} ({} bytes) is shorter than a vchan control header",
+                    file.display(),
+                    image.len()
+                )
+            })?;
+            let state = inspect::decode_vchan(header)?;
+            let findings = inspect::validate::vchan(&image, &state);
+            report(state.to_string(), state.to_json(), json, &findings)
         }
         Proto::Vmbus => {
             const PAGE: u64 = 4096;
-            let len = std::fs::metadata(file).map_err(cannot)?.len();
+            let len = image.len() as u64;
             let first = match data_size {
-                Some(d) => d,
-                None => (len / 2).saturating_sub(PAGE),
+                Some(d) => Some(d),
+                None => (len / 2).checked_sub(PAGE),
             };
-            let second = len.saturating_sub(2 * PAGE + first);
-            let fits = |d: u64| d > 0 && d.is_multiple_of(PAGE) && d <= u64::from(u32::MAX);
-            if !fits(first) || !fits(second) {
+            let second = first.and_then(|f| len.checked_sub(2 * PAGE)?.checked_sub(f));
+            let fits = |d: Option<u64>| {
+                d.filter(|&d| d > 0 && d.is_multiple_of(PAGE) && d <= u64::from(u32::MAX))
+            };
+            let (Some(first), Some(second)) = (fits(first), fits(second)) else {
                 return Err(format!(
-                    "{} ({len} bytes) is not two VMBus rings of {first} and {second} data bytes \
-                     (give --data-size)",
-                    file.display()
+                    "{} ({len} bytes) is not two VMBus rings of whole pages{} (give --data-size)",
+                    file.display(),
+                    data_size.map_or(String::new(), |d| format!(" with {d} data bytes first")),
                 )
                 .into());
-            }
-            let a = inspect::read_at::<{ inspect::VMBUS_HEADER_LEN }>(file, 0).map_err(cannot)?;
-            let b = inspect::read_at::<{ inspect::VMBUS_HEADER_LEN }>(file, PAGE + first)
-                .map_err(cannot)?;
-            let state = inspect::decode_vmbus(&a, first as u32, &b, second as u32)?;
-            show(state.to_string(), state.to_json(), json);
-            Ok(())
+            };
+            let page = PAGE as usize;
+            let header = |at: usize| {
+                image
+                    .get(at..at + inspect::VMBUS_HEADER_LEN)
+                    .ok_or_else(|| format!("{} is too short for its rings", file.display()))
+            };
+            let a = header(0)?;
+            let b = header(page + first as usize)?;
+            let state = inspect::decode_vmbus(a, first as u32, b, second as u32)?;
+            let findings = inspect::validate::vmbus(&image, first as u32, second as u32, &state);
+            report(state.to_string(), state.to_json(), json, &findings)
         }
         other => Err(format!("cannot inspect protocol {}", other.name()).into()),
     }
