@@ -280,10 +280,20 @@ pub fn vchan(
                 .orders
                 .ok_or_else(|| bad("a vchan server needs ring orders"))?;
             let (left, right) = place_rings(&mem, &ctrl, &layout, orders)?;
-            let grants = vec![0u32; orders.grant_count()];
+            let grants = grant_refs(&layout, orders);
             vchan::serve(ctrl, left, right, orders, &grants, Default::default())?
         }
         Role::Client => {
+            let mut header = [0u8; vchan::layout::GRANTS];
+            ring_core::mem::SharedMem::read(&ctrl, 0, &mut header)
+                .map_err(|e| bad(format!("control page: {e}")))?;
+            if header.iter().all(|&b| b == 0) {
+                return Err(bad(format!(
+                    "layout: no vchan server at byte {} (its control header is all zeroes); \
+                     check --ctrl-offset, or start the server first",
+                    layout.ctrl
+                )));
+            }
             let mut placed = None;
             let result = vchan::connect(ctrl.clone(), |orders, _grants| {
                 match place_rings(&mem, &ctrl, &layout, orders) {
@@ -312,6 +322,51 @@ pub fn vchan(
         stream.kick()?;
     }
     Ok(stream)
+}
+
+/// The grant refs a server writes for its external rings: as the library's
+/// flat server does, the page number of each ring page counted from the
+/// control page, so a client that finds the rings through the grant list
+/// finds them. A ring that does not start on a page boundary after the
+/// control page cannot be described that way and gets refs of 0.
+fn grant_refs(layout: &VchanLayout, orders: Orders) -> Vec<u32> {
+    let page = vchan::layout::PAGE_SIZE;
+    let flat = FlatLayout::new(orders);
+    let mut refs = Vec::with_capacity(orders.grant_count());
+    for (order, given, flat_at) in [
+        (orders.left(), layout.left, flat.left),
+        (orders.right(), layout.right, flat.right),
+    ] {
+        let Placement::External { pages } = vchan::layout::placement(order) else {
+            continue;
+        };
+        let start = given
+            .unwrap_or(layout.ctrl + flat_at)
+            .checked_sub(layout.ctrl)
+            .filter(|d| d.is_multiple_of(page))
+            .and_then(|d| u32::try_from(d / page).ok());
+        for i in 0..pages {
+            refs.push(start.map_or(0, |s| s.saturating_add(i as u32)));
+        }
+    }
+    refs
+}
+
+/// Makes `signal` notice the death of process `pid` at once: its pidfd
+/// becomes the signal's watched fd.
+///
+/// # Errors
+///
+/// [`Error::Attach`] if there is no such process.
+pub fn watch_peer(signal: &mut EventSignal, pid: u32) -> Result<(), Error> {
+    let raw = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .ok_or_else(|| bad(format!("--peer-pid {pid} is not a process id")))?;
+    let fd = rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty())
+        .map_err(|e| bad(format!("--peer-pid {pid}: {e}")))?;
+    signal.set_watch(fd);
+    Ok(())
 }
 
 /// Where one VMBus ring lies: the whole ring (control page and data) as a

@@ -256,6 +256,9 @@ pub struct EventSignal {
     kick: EventFd,
     wake: EventFd,
     hangup: Option<OwnedFd>,
+    /// The hang-up fd is a socket to one of our processes, carrying
+    /// [`Notice`]s; else (a pidfd) readable only means gone.
+    notices: bool,
     spin: Duration,
     timeout: Option<Duration>,
     liveness: Option<Duration>,
@@ -287,6 +290,7 @@ impl EventSignal {
             kick,
             wake,
             hangup: None,
+            notices: false,
             spin: DEFAULT_SPIN,
             timeout: None,
             liveness: default_liveness(),
@@ -311,17 +315,33 @@ impl EventSignal {
         Ok(s)
     }
 
-    /// Watches `fd` while waiting: once it is readable or hung up (for a
-    /// connected socket the peer sends nothing on: end of file), waits fail
-    /// with [`WaitError::PeerGone`].
+    /// Watches `fd`, the rendezvous socket to the peer, while waiting: it
+    /// carries the peer's [`Notice`]s, and its end of file (the peer's
+    /// process exited or closed it) fails waits with
+    /// [`WaitError::PeerGone`].
     pub fn with_hangup(mut self, fd: OwnedFd) -> Self {
-        self.hangup = Some(fd);
+        self.set_hangup(fd);
         self
     }
 
-    /// Sets (or replaces) the hang-up fd; see [`with_hangup`](Self::with_hangup).
+    /// Sets (or replaces) the hang-up socket; see
+    /// [`with_hangup`](Self::with_hangup).
     pub fn set_hangup(&mut self, fd: OwnedFd) {
         self.hangup = Some(fd);
+        self.notices = true;
+    }
+
+    /// Watches `fd`, which becomes readable when the peer is gone (a
+    /// pidfd of the peer's process), while waiting. It carries no notices.
+    pub fn set_watch(&mut self, fd: OwnedFd) {
+        self.hangup = Some(fd);
+        self.notices = false;
+    }
+
+    /// Whether the hang-up fd is a socket that carries [`Notice`]s (one of
+    /// our own processes is the peer).
+    pub fn carries_notices(&self) -> bool {
+        self.hangup.is_some() && self.notices
     }
 
     /// Sets how long a blocking call spins (re-checking the ring without
@@ -416,7 +436,7 @@ impl EventSignal {
     /// [`Error::Os`] if there is no hang-up fd or the write fails (the peer
     /// is gone: `EPIPE`).
     pub fn send_notice(&self, notice: Notice) -> Result<(), Error> {
-        let Some(h) = &self.hangup else {
+        let Some(h) = self.hangup.as_ref().filter(|_| self.notices) else {
             return Err(Error::Os {
                 op: "send notice",
                 source: io::Error::new(io::ErrorKind::Unsupported, "no socket to the peer"),
@@ -441,6 +461,11 @@ impl EventSignal {
             return;
         };
         let mut st = lock(&self.state);
+        if !self.notices {
+            // A pidfd: readable means the process is gone.
+            st.gone = true;
+            return;
+        }
         // Bounded: a peer that floods the socket is read 64 notices at a
         // time; poll reports the rest on the next wait.
         for _ in 0..64 {

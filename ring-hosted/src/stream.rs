@@ -369,7 +369,7 @@ impl<M: SharedMem> VchanStream<M> {
     ///
     /// [`Error::Os`] if the socket write fails.
     pub fn shutdown_write(&mut self) -> Result<bool, Error> {
-        if self.signal().hangup_fd().is_none() {
+        if !self.signal().carries_notices() {
             return Ok(false);
         }
         let total = self.inner.bytes_written();

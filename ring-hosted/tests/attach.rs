@@ -426,7 +426,7 @@ fn bad_layouts_and_fds_exit_1_with_a_reason() {
             vec![
                 "--file", file, "--proto", "vchan", "--role", "client", "--poll",
             ],
-            "vchan control page at byte 0",
+            "layout: no vchan server at byte 0",
         ),
         (
             vec![
@@ -487,7 +487,7 @@ fn bad_layouts_and_fds_exit_1_with_a_reason() {
                 "--notify-fd",
                 "97",
                 "--wait-fd",
-                "97",
+                "98",
             ],
             "fd 97 is not open",
         ),
@@ -508,7 +508,9 @@ fn a_non_eventfd_is_refused() {
     let f = std::fs::File::create(&path).unwrap();
     f.set_len(16 << 10).unwrap();
     let not_event = inheritable(&f);
+    let also_not = inheritable(&f);
     let n = not_event.as_raw_fd().to_string();
+    let m = also_not.as_raw_fd().to_string();
     let out = Command::new(RING)
         .args(["attach", "--file"])
         .arg(&path)
@@ -520,11 +522,11 @@ fn a_non_eventfd_is_refused() {
             "--notify-fd",
             &n,
             "--wait-fd",
-            &n,
+            &m,
         ])
         .output()
         .unwrap();
-    drop(not_event);
+    drop((not_event, also_not));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("expected an eventfd"), "{err}");

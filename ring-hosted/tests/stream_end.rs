@@ -491,3 +491,107 @@ fn attach_client(file: &std::path::Path) -> ring_hosted::attach::AttachedVchan {
     };
     attach::vchan(mem, layout, attach::poll_signal().unwrap()).unwrap()
 }
+
+/// `--peer-pid`: a peer that dies without a word (its live byte still
+/// set) is noticed through its pidfd at once, and the pipe ends with 5.
+#[test]
+fn attach_with_peer_pid_notices_a_killed_peer_at_once() {
+    let dir = TempSock::new("pid");
+    let (file, f) = ring_file(&dir);
+    // The "peer process": only its life matters; the test drives the ring.
+    let mut peer = Command::new("sleep").arg("30").spawn().unwrap();
+    let pid = peer.id().to_string();
+    let server = start(
+        &[
+            "attach",
+            "--proto",
+            "vchan",
+            "--role",
+            "server",
+            "--file",
+            &f,
+            "--poll",
+            "--peer-pid",
+            &pid,
+        ],
+        Vec::new(),
+        Duration::from_secs(30),
+        b"never sent".to_vec(),
+    );
+    thread::sleep(Duration::from_millis(300));
+    let mut client = attach_client(&file);
+    client.write_all(b"before the death").unwrap();
+    thread::sleep(Duration::from_millis(300));
+    peer.kill().unwrap();
+    let killed = Instant::now();
+    peer.wait().unwrap();
+    let mut child = server;
+    let status = loop {
+        if let Some(s) = child.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(10),
+            "attach never noticed"
+        );
+        thread::sleep(Duration::from_millis(1));
+    };
+    let noticed = killed.elapsed();
+    assert_eq!(status.code(), Some(5));
+    assert!(
+        noticed < Duration::from_millis(100),
+        "noticed after {noticed:?}"
+    );
+    let out = child.out.join().unwrap();
+    assert_eq!(out, b"before the death");
+    drop(client);
+}
+
+/// As server in the default layout, attach writes the flat layout's page
+/// numbers as grant refs, as the library's flat server does; one eventfd
+/// for both directions is refused; unsealed memory is warned about.
+#[test]
+fn attach_server_grant_refs_one_eventfd_and_the_seal_warning() {
+    let dir = TempSock::new("grants");
+    let (file, f) = ring_file(&dir);
+    let server = start(
+        &[
+            "attach",
+            "--proto",
+            "vchan",
+            "--role",
+            "server",
+            "--file",
+            &f,
+            "--poll",
+            "--linger-ms",
+            "50",
+        ],
+        Vec::new(),
+        Duration::ZERO,
+        Vec::new(),
+    );
+    thread::sleep(Duration::from_millis(300));
+    let image = std::fs::read(&file).unwrap();
+    // 64 KiB rings: 16 pages each, after the control page.
+    let refs: Vec<u32> = (0..32)
+        .map(|i| u32::from_le_bytes(image[24 + 4 * i..28 + 4 * i].try_into().unwrap()))
+        .collect();
+    assert_eq!(refs, (1..33).collect::<Vec<u32>>());
+    let client = attach_client(&file);
+    drop(client);
+    let s = server.finish(LIMIT);
+    assert!(s.status.success(), "{}", s.stderr);
+    assert!(s.stderr.contains("not sealed"), "{}", s.stderr);
+
+    let o = ring()
+        .args([
+            "attach", "--proto", "vchan", "--role", "client", "--file", &f,
+        ])
+        .args(["--notify-fd", "5", "--wait-fd", "5"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("swallow its own kick"));
+}

@@ -147,8 +147,10 @@ enum Cmd {
     },
     /// Join rings a foreign program set up itself (memory, layout and
     /// eventfds given explicitly) and pipe stdin/stdout through them, both
-    /// directions. The memory need not be sealed: its maker must not
-    /// shrink it (that would kill us with SIGBUS).
+    /// directions. Offsets are bytes from the start of the memory; the vchan
+    /// ring offsets default to the flat layout after --ctrl-offset. VMBus
+    /// ring sizes include each ring's control page. Unsealed memory must
+    /// not be shrunk by its maker (that would kill us with SIGBUS).
     Attach(Box<AttachArgs>),
     /// Benchmark the rings against pipe, Unix socket, eventfd and rtrb
     /// (ratios measured interleaved; the C rings are in `cargo bench`).
@@ -212,15 +214,17 @@ struct AttachArgs {
     /// vchan: which end we are.
     #[arg(long, value_enum)]
     role: Option<CliRole>,
-    /// vchan: byte offset of the 4 KiB control page.
+    /// vchan: byte offset of the 4 KiB control page [default: 0].
     #[arg(long, value_parser = parse_size)]
     ctrl_offset: Option<u64>,
-    /// vchan: byte offset of the left (client->server) ring's data
-    /// (default: the flat layout after the control page).
+    /// vchan: byte offset (from the start of the memory) of the left
+    /// (client->server) ring's data [default: the flat layout after the
+    /// control page, i.e. --ctrl-offset + 4096].
     #[arg(long, value_parser = parse_size)]
     left_offset: Option<u64>,
-    /// vchan: byte offset of the right (server->client) ring's data
-    /// (default: the flat layout).
+    /// vchan: byte offset (from the start of the memory) of the right
+    /// (server->client) ring's data [default: the flat layout, after the
+    /// left ring].
     #[arg(long, value_parser = parse_size)]
     right_offset: Option<u64>,
     /// vchan server: minimum size of the ring we read (left) [default: 64K].
@@ -229,30 +233,37 @@ struct AttachArgs {
     /// vchan server: minimum size of the ring we write (right) [default: 64K].
     #[arg(long, value_parser = parse_size)]
     write_min: Option<u64>,
-    /// vmbus: byte offset of the ring we write.
+    /// vmbus: byte offset of the ring we write (the peer reads it).
     #[arg(long, value_parser = parse_size)]
     tx_offset: Option<u64>,
-    /// vmbus: bytes of the ring we write (control page + data).
+    /// vmbus: bytes of the ring we write, its control page included.
     #[arg(long, value_parser = parse_size)]
     tx_size: Option<u64>,
-    /// vmbus: byte offset of the ring we read.
+    /// vmbus: byte offset of the ring we read (the peer writes it).
     #[arg(long, value_parser = parse_size)]
     rx_offset: Option<u64>,
-    /// vmbus: bytes of the ring we read (control page + data).
+    /// vmbus: bytes of the ring we read, its control page included.
     #[arg(long, value_parser = parse_size)]
     rx_size: Option<u64>,
     /// vmbus: offset of the data inside each ring [default: 4096].
     #[arg(long, value_parser = parse_size)]
     data_offset: Option<u64>,
-    /// Eventfd we write to kick the peer.
+    /// Eventfd we write to kick the peer (the one the peer waits on).
     #[arg(long, requires = "wait_fd", value_parser = clap::value_parser!(i32).range(0..))]
     notify_fd: Option<i32>,
-    /// Eventfd we read to be woken by the peer (may equal --notify-fd).
+    /// Eventfd we read to be woken by the peer (the one the peer writes).
+    /// Must differ from --notify-fd: with one eventfd each side can
+    /// swallow its own kick.
     #[arg(long, requires = "notify_fd", value_parser = clap::value_parser!(i32).range(0..))]
     wait_fd: Option<i32>,
-    /// No eventfds: poll the ring (sleeping 200 us between looks).
+    /// No eventfds: we never kick, and look at the ring every 200 us. The
+    /// peer must poll too: it is never woken.
     #[arg(long, conflicts_with_all = ["notify_fd", "wait_fd"])]
     poll: bool,
+    /// The peer's process id: its death is noticed at once (through a
+    /// pidfd) and ends the pipe with exit 5.
+    #[arg(long)]
+    peer_pid: Option<u32>,
     /// A foreign peer cannot say "no more from me" without closing both
     /// ways: once stdin has ended and the peer has read all of it, keep
     /// copying the peer's bytes until it has been quiet this long (counted
@@ -1247,6 +1258,10 @@ fn attach_cmd(a: AttachArgs) -> Outcome {
         _ => {}
     }
     let wakeup = match (a.notify_fd, a.wait_fd, a.poll) {
+        (Some(notify), Some(wait), false) if notify == wait => usage(format!(
+            "--notify-fd and --wait-fd are both {notify}: with one eventfd each side can \
+             swallow its own kick; give the peer's and ours, or use --poll"
+        )),
         (Some(notify), Some(wait), false) => Wakeup::Fds { notify, wait },
         (None, None, true) => Wakeup::Poll,
         _ => usage("give --notify-fd and --wait-fd, or --poll".into()),
@@ -1285,8 +1300,21 @@ fn attach_cmd(a: AttachArgs) -> Outcome {
     // SAFETY: the inherited fd numbers are owned by nothing else in this
     // program and each is taken once (memory fd != eventfds, checked above).
     let mem = unsafe { attach::open_memory(&source) }?;
-    // SAFETY: as above; `open_signal` takes a shared notify/wait number once.
-    let signal = unsafe { attach::open_signal(wakeup) }?;
+    let sealed = mem.is_sealed();
+    // Said once the rings are set up, so a set-up error stays one line.
+    let warn = || {
+        if !sealed {
+            eprintln!(
+                "ring: warning: the memory is not sealed against shrinking; if its maker \
+                 truncates it, ring dies with SIGBUS"
+            );
+        }
+    };
+    // SAFETY: as above; `open_signal` takes each eventfd number once.
+    let mut signal = unsafe { attach::open_signal(wakeup) }?;
+    if let Some(pid) = a.peer_pid {
+        attach::watch_peer(&mut signal, pid)?;
+    }
     if let Some([to, ts, ro, rs]) = vmbus_rings {
         let data_offset = offset(a.data_offset.unwrap_or(4096), "--data-offset")?;
         let tx = VmbusRing {
@@ -1300,6 +1328,7 @@ fn attach_cmd(a: AttachArgs) -> Outcome {
             data_offset,
         };
         let mut s = attach::vmbus(mem, tx, rx, signal)?;
+        warn();
         return pipe_stream(&mut s, end);
     }
     let orders = match role {
@@ -1330,6 +1359,7 @@ fn attach_cmd(a: AttachArgs) -> Outcome {
         orders,
     };
     let mut s = attach::vchan(mem, layout, signal)?;
+    warn();
     pipe_stream(&mut s, end)
 }
 
