@@ -1,5 +1,6 @@
 //! Linux shims for ring-core: rings between two processes over one sealed
-//! memfd, eventfd signals, a Unix-socket rendezvous, and the `ring` command.
+//! memfd, eventfd signals, a Unix-socket rendezvous, and device backends.
+//! The `ring` command that drives them is the `ring-cli` crate.
 //!
 //! - [`memfd`]: shared pages from a memfd or shm file, sealed against
 //!   resizing so a peer cannot make us fault;
@@ -18,10 +19,12 @@
 //!   inspect`);
 //! - [`window`]: part of a shared memory as a memory of its own, so
 //!   several rings can share one memfd;
-//! - [`check`]: the test pattern and checksum `ring demo` and the tests use;
-//! - [`devmem`], [`uio`], [`vfio`], [`xen`], [`replay`]: device and Xen
-//!   backends (UIO VMBus rings, VFIO regions, grant pages and event
-//!   channels) and the seam their tests replay recorded replies through.
+//! - [`devmem`], [`uio`], [`vfio`], [`xen`]: device and Xen backends (UIO
+//!   VMBus rings, VFIO regions, grant pages and event channels), all
+//!   behind one narrow system-call seam; with the `fakes` feature, `replay`
+//!   (recorded kernel replies through that seam) and `xen::fake` (an
+//!   in-memory Xen host) for tests;
+//! - [`parent`]: children that die with their parent.
 //!
 //! # Example: a vchan between two threads through the rendezvous
 //!
@@ -54,14 +57,13 @@
 #![warn(missing_docs)]
 
 pub mod attach;
-pub mod bench;
-pub mod check;
 pub mod devmem;
 pub mod eventfd;
 pub mod inspect;
 pub mod memfd;
 pub mod parent;
 pub mod rendezvous;
+#[cfg(feature = "fakes")]
 pub mod replay;
 pub mod stream;
 #[cfg(feature = "tokio")]

@@ -46,7 +46,7 @@ pub use crate::eventfd::LIVENESS_POLL;
 pub const MSG_HEADER: usize = 4;
 
 /// The non-blocking face of a ring stream between two processes, which
-/// poll loops ([`check::duplex`](crate::check::duplex), `ring listen`) drive
+/// poll loops (ring-cli's `check::duplex`, `ring listen`) drive
 /// the same way whatever the protocol.
 ///
 /// Every method is a thin door to ring-core's blocking layer

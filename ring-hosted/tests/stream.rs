@@ -1,8 +1,10 @@
 //! The blocking stream and message API, in one process over a real memfd
 //! and eventfds.
 
+mod common;
+
+use common::Pattern;
 use ring_core::vchan::{self, Blocking, Orders, ServerOptions};
-use ring_hosted::check::Pattern;
 use ring_hosted::eventfd;
 use ring_hosted::memfd::MemFd;
 use ring_hosted::stream::{pair, MSG_HEADER};

@@ -14,12 +14,12 @@
 //! tables, `--quick` for a short run, `--only TEXT` to run only the groups
 //! whose title contains TEXT.
 
-use ring_core::vchan::{self, FlatLayout, Orders, ServerOptions};
-use ring_core::vmbus::{self, IncomingRing, OutgoingPacket, OutgoingRing};
-use ring_hosted::bench::work::{Job, Kind, Link, Sample, SideStats, Wire};
-use ring_hosted::bench::{
+use ring_cli::bench::work::{Job, Kind, Link, Sample, SideStats, Wire};
+use ring_cli::bench::{
     self, render, suite, sys, Bench, Check, Config, Contender, Group, Metric, Place,
 };
+use ring_core::vchan::{self, FlatLayout, Orders, ServerOptions};
+use ring_core::vmbus::{self, IncomingRing, OutgoingPacket, OutgoingRing};
 use ring_tests::dpdk::{Ring, EAGAIN};
 use ring_tests::xen::{kick_fd, take_events, CPeer, Shm, Wires};
 use std::alloc::{GlobalAlloc, Layout, System};

@@ -10,7 +10,7 @@
 //! the fd and flags saying whether it may be read, written or mmap'd;
 //! interrupts are routed to eventfds with `VFIO_DEVICE_SET_IRQS`.
 //!
-//! Every ioctl goes through the [`Sys`] seam: [`crate::replay`] feeds
+//! Every ioctl goes through the [`Sys`] seam: `replay` (feature `fakes`) feeds
 //! recorded kernel replies so the logic runs on a machine without the device. Nothing
 //! here has been run against real VFIO hardware on the machines this was
 //! written on; see `docs/devices.md`.

@@ -13,11 +13,12 @@
 //!
 //! Every ioctl goes through the [`Sys`] seam, and every
 //! device is opened either from its standard path or from a file handed in,
-//! so [`fake`] can stand in for a Xen host in tests. Nothing here has run
+//! so `fake` (feature `fakes`) can stand in for a Xen host in tests. Nothing here has run
 //! against a real hypervisor on the machines this was written on; see
 //! `docs/devices.md`.
 
 pub mod evtchn;
+#[cfg(any(test, feature = "fakes"))]
 pub mod fake;
 pub mod gntalloc;
 pub mod gntdev;

@@ -16,9 +16,10 @@
 //! the orders and map the ring pages ([`ring_core::vchan::connect`]); mark
 //! the client live; send one event.
 //!
-//! # Example (against the fakes; on Xen, open the real devices instead)
+//! # Example (against the fakes of the `fakes` feature; on Xen, open the real devices instead)
 //!
 //! ```
+//! # #[cfg(feature = "fakes")] {
 //! use ring_hosted::xen::fake::FakeXen;
 //! use ring_hosted::xen::vchan::{self, ServerConfig};
 //! use ring_hosted::xen::xenstore::XenStore;
@@ -36,6 +37,7 @@
 //! let mut buf = [0u8; 2];
 //! server.recv(&mut buf)?;
 //! assert_eq!(&buf, b"hi");
+//! # }
 //! # Ok::<(), ring_hosted::devmem::DevError>(())
 //! ```
 //!

@@ -3,7 +3,6 @@
 #![allow(dead_code)] // Each test file uses its own subset.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -30,21 +29,40 @@ impl Drop for TempSock {
     }
 }
 
-/// The `ring` binary built for these tests.
-pub fn ring() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_ring"))
+/// Bytes that depend on (seed, position) only, so a reader can check
+/// any piece it gets: `fill` continues where the last call stopped.
+pub struct Pattern {
+    seed: u64,
+    at: u64,
 }
 
-/// Starts `ring peer` with `args` (after `--socket PATH`).
-pub fn spawn_peer(sock: &Path, args: &[&str]) -> Child {
-    ring()
-        .arg("peer")
-        .arg("--socket")
-        .arg(sock)
-        .args(args)
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap()
+impl Pattern {
+    pub fn new(seed: u64) -> Self {
+        Pattern { seed, at: 0 }
+    }
+
+    fn byte(&self, at: u64) -> u8 {
+        let x = (at ^ self.seed.rotate_left(17)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        (x >> 56) as u8
+    }
+
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for b in buf {
+            *b = self.byte(self.at);
+            self.at += 1;
+        }
+    }
+
+    /// Position of the first byte of `got` that differs (continuing).
+    pub fn first_mismatch(&mut self, got: &[u8]) -> Option<u64> {
+        for &b in got {
+            if b != self.byte(self.at) {
+                return Some(self.at);
+            }
+            self.at += 1;
+        }
+        None
+    }
 }
 
 /// Waits until `path` exists (a peer has bound it), for at most 10 s.

@@ -6,7 +6,7 @@
 //! independent of how the stream was cut into reads and writes.
 //!
 //! ```
-//! use ring_hosted::check::{Checksum, Pattern};
+//! use ring_cli::check::{Checksum, Pattern};
 //!
 //! let mut p = Pattern::new(7);
 //! let mut a = vec![0u8; 100];
@@ -20,8 +20,8 @@
 //! assert_eq!(Pattern::new(7).first_mismatch(&a), None);
 //! ```
 
-use crate::stream::PollStream;
-use crate::Error;
+use ring_hosted::stream::PollStream;
+use ring_hosted::Error;
 
 /// Step between the pattern's consecutive words before mixing (odd, so
 /// the words of one seed do not repeat within 2^64 of them).

@@ -9,7 +9,7 @@
 mod common;
 
 use common::{ring, wait_for_path, TempSock};
-use ring_hosted::check::Pattern;
+use ring_cli::check::Pattern;
 use std::io::{Read, Write};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread::{self, JoinHandle};

@@ -84,12 +84,16 @@ impl ProcessLink {
         let listener = UnixListener::bind(&path).map_err(|e| e.to_string())?;
         let child = Command::new(program)
             .args(args)
-            .env(crate::parent::PARENT_ENV, crate::parent::own_pid())
+            .env(
+                ring_hosted::parent::PARENT_ENV,
+                ring_hosted::parent::own_pid(),
+            )
             .arg(&path)
             .spawn()
             .map_err(|e| format!("starting the peer process: {e}"))?;
         let (sock, _) = listener.accept().map_err(|e| e.to_string())?;
-        crate::rendezvous::send_with_fds(&sock, b"W", &wire.fds()).map_err(|e| e.to_string())?;
+        ring_hosted::rendezvous::send_with_fds(&sock, b"W", &wire.fds())
+            .map_err(|e| e.to_string())?;
         Ok(ProcessLink { child, sock, dir })
     }
 }

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{spawn_peer, wait_for_path, TempSock};
-use ring_hosted::check::{duplex, Pattern};
+use ring_cli::check::{duplex, Pattern};
 use ring_hosted::rendezvous::{self, Listener, Proto, ServerConfig, Session};
 use ring_hosted::stream::VchanStream;
 use ring_hosted::vmbus::VmbusPipe;

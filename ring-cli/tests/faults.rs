@@ -5,7 +5,7 @@
 mod common;
 
 use common::{spawn_peer, wait_for_path, Lcg, TempSock};
-use ring_hosted::check::Pattern;
+use ring_cli::check::Pattern;
 use ring_hosted::rendezvous::{self, Listener, Proto, ServerConfig, Session};
 use ring_hosted::stream::PollStream;
 use ring_hosted::Error;

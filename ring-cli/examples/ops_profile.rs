@@ -4,7 +4,7 @@
 //! unlike timings on a shared machine):
 //!
 //! ```text
-//! cargo build --release -p ring-hosted --example ops_profile
+//! cargo build --release -p ring-cli --example ops_profile
 //! valgrind --tool=callgrind target/release/examples/ops_profile vchan 100000
 //! ```
 //!

@@ -7,11 +7,11 @@
 //! [`Mode::Poll`], where nobody ever sleeps and so nobody is kicked.
 
 use super::sys;
-use crate::memfd::MemFd;
-use crate::window::Window;
 use ring_core::mem::SharedMem;
 use ring_core::vchan::{self, Orders, ServerOptions};
 use ring_core::vmbus::{self, IncomingRing, OutgoingPacket, OutgoingRing, RingLayout};
+use ring_hosted::memfd::MemFd;
+use ring_hosted::window::Window;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -210,3 +210,43 @@ fn a_server_that_never_answers_is_reported_as_a_timeout() {
         .to_string();
     assert!(e.contains("timed out"), "{e}");
 }
+
+#[test]
+fn server_refuses_a_real_other_user_when_we_can_be_one() {
+    use std::os::unix::process::CommandExt;
+    // Only root can start a process as another user; elsewhere the
+    // policy test above covers the check.
+    if !rustix::process::geteuid().is_root() {
+        return;
+    }
+    let sock = TempSock::new("nobody");
+    let l = Listener::bind(&sock.path, ServerConfig::new(Proto::Vchan)).unwrap();
+    // Let the other user reach the socket (the directory and file).
+    use std::os::unix::fs::PermissionsExt;
+    let dir = sock.path.parent().unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::set_permissions(&sock.path, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let child = ring()
+        .args(["connect"])
+        .arg(&sock.path)
+        .uid(65534)
+        .gid(65534)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reason = None;
+    let r = l.accept_timeout_with(Duration::from_secs(10), |e| {
+        reason.get_or_insert_with(|| e.to_string());
+    });
+    assert!(
+        matches!(r, Err(Error::TimedOut)),
+        "the other user was accepted"
+    );
+    let reason = reason.expect("the other user was not refused");
+    assert!(reason.contains("uid 65534"), "{reason}");
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("does not accept our uid"), "{err}");
+}

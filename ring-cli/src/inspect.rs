@@ -1,0 +1,149 @@
+//! `ring inspect`: decode and validate the control state of rings in a
+//! file or in a process's memfds, never blocking and never mapping them.
+
+use super::*;
+use ring_hosted::inspect;
+
+/// Inspects the ring memfds of process `pid`: the fds whose link names a
+/// memfd this crate made (`/memfd:ring-vchan`, `/memfd:ring-vmbus`). What
+/// cannot be read is listed and skipped; the exit status is the worst
+/// found (3 corrupt over 1 unreadable over 0).
+pub(crate) fn inspect_pid(pid: u32, json: bool) -> Outcome {
+    let dir = PathBuf::from(format!("/proc/{pid}/fd"));
+    let entries =
+        std::fs::read_dir(&dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
+    let mut found: Vec<(u32, PathBuf, Proto)> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let link = std::fs::read_link(e.path()).ok()?;
+            let link = link.to_string_lossy();
+            let proto = if link.starts_with("/memfd:ring-vmbus") {
+                Proto::Vmbus
+            } else if link.starts_with("/memfd:ring-") {
+                Proto::Vchan
+            } else {
+                return None;
+            };
+            Some((e.file_name().to_str()?.parse().ok()?, e.path(), proto))
+        })
+        .collect();
+    found.sort_by_key(|f| f.0);
+    if found.is_empty() {
+        return Err(format!("process {pid} holds no ring memory").into());
+    }
+    let (mut shown, mut worst) = (0, None::<Failure>);
+    for (fd, path, proto) in found {
+        if !json {
+            println!("== {} (fd {fd}, {})", path.display(), proto.name());
+        }
+        match inspect_file(&path, proto, None, json) {
+            Ok(()) => shown += 1,
+            // The fd was closed between listing and reading: skip it.
+            Err(_) if std::fs::symlink_metadata(&path).is_err() => {}
+            Err(e) => {
+                eprintln!("ring: fd {fd}: {}", e.reason);
+                if worst.as_ref().is_none_or(|w| e.code > w.code) {
+                    worst = Some(e);
+                }
+            }
+        }
+    }
+    match worst {
+        Some(w) => Err(w),
+        None if shown == 0 => Err(format!("process {pid} holds no ring memory").into()),
+        None => Ok(()),
+    }
+}
+
+fn show(text: String, json: String, as_json: bool) {
+    if as_json {
+        println!("{json}");
+    } else {
+        print!("{text}");
+    }
+}
+
+/// Prints what validation found (in the table, or as a `findings` array
+/// in the JSON object) and turns any finding into exit 3.
+fn report(
+    text: String,
+    json: String,
+    as_json: bool,
+    findings: &[inspect::validate::Finding],
+) -> Outcome {
+    let json = match json.strip_suffix('}') {
+        Some(head) => {
+            let list: Vec<String> = findings.iter().map(|f| f.to_json()).collect();
+            format!("{head},\"findings\":[{}]}}", list.join(","))
+        }
+        None => json,
+    };
+    let mut text = text;
+    for f in findings {
+        text.push_str(&format!("INVALID {f}\n"));
+    }
+    show(text, json, as_json);
+    match findings.first() {
+        None => Ok(()),
+        Some(first) => Err(Failure {
+            code: exit::CORRUPT,
+            reason: format!("{} finding(s); the first {first}", findings.len()),
+        }),
+    }
+}
+
+pub(crate) fn inspect_file(
+    file: &Path,
+    proto: Proto,
+    data_size: Option<u64>,
+    json: bool,
+) -> Outcome {
+    let image = inspect::validate::read_image(file)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    match proto {
+        Proto::Vchan => {
+            let header = image.get(..inspect::HEADER_LEN).ok_or_else(|| {
+                format!(
+                    "{} ({} bytes) is shorter than a vchan control header",
+                    file.display(),
+                    image.len()
+                )
+            })?;
+            let state = inspect::decode_vchan(header)?;
+            let findings = inspect::validate::vchan(&image, &state);
+            report(state.to_string(), state.to_json(), json, &findings)
+        }
+        Proto::Vmbus => {
+            const PAGE: u64 = 4096;
+            let len = image.len() as u64;
+            let first = match data_size {
+                Some(d) => Some(d),
+                None => (len / 2).checked_sub(PAGE),
+            };
+            let second = first.and_then(|f| len.checked_sub(2 * PAGE)?.checked_sub(f));
+            let fits = |d: Option<u64>| {
+                d.filter(|&d| d > 0 && d.is_multiple_of(PAGE) && d <= u64::from(u32::MAX))
+            };
+            let (Some(first), Some(second)) = (fits(first), fits(second)) else {
+                return Err(format!(
+                    "{} ({len} bytes) is not two VMBus rings of whole pages{} (give --data-size)",
+                    file.display(),
+                    data_size.map_or(String::new(), |d| format!(" with {d} data bytes first")),
+                )
+                .into());
+            };
+            let page = PAGE as usize;
+            let header = |at: usize| {
+                image
+                    .get(at..at + inspect::VMBUS_HEADER_LEN)
+                    .ok_or_else(|| format!("{} is too short for its rings", file.display()))
+            };
+            let a = header(0)?;
+            let b = header(page + first as usize)?;
+            let state = inspect::decode_vmbus(a, first as u32, b, second as u32)?;
+            let findings = inspect::validate::vmbus(&image, first as u32, second as u32, &state);
+            report(state.to_string(), state.to_json(), json, &findings)
+        }
+        other => Err(format!("cannot inspect protocol {}", other.name()).into()),
+    }
+}

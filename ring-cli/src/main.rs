@@ -1,0 +1,474 @@
+//! `ring`: run, pipe through and inspect shared-memory rings between
+//! processes. See `ring --help`.
+
+#![deny(unsafe_code)]
+
+mod attach;
+mod demo;
+mod inspect;
+mod pipe;
+
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use ring_cli::check::{duplex, Checksum, Pattern};
+use ring_hosted::eventfd::{Notice, DEFAULT_SPIN, MAX_SPIN};
+use ring_hosted::rendezvous::{
+    self, ClientConfig, Listener, PeerPolicy, Proto, ServerConfig, Session,
+};
+use ring_hosted::stream::{PollStream, VchanStream};
+use ring_hosted::vmbus::VmbusPipe;
+use ring_hosted::Error;
+use std::io::{IsTerminal, Write};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+/// The largest `--spin-us`.
+const MAX_SPIN_US: u64 = MAX_SPIN.as_micros() as u64;
+
+/// Exit status of `listen`, `connect` and `attach`: 0 every byte went
+/// through both ways and the peer ended cleanly; 1 set-up or I/O failed;
+/// 2 usage; 3 the peer broke the ring protocol; 4 the peer closed before
+/// taking all our bytes; 5 the peer died or hung up first; 6 timed out;
+/// 7 our stdout closed first.
+const EXIT_CODES: &str = "Exit status of listen, connect and attach: 0 every byte went through \
+both ways and the peer ended cleanly; 1 set-up or I/O failed; 2 usage; 3 the peer broke the \
+ring protocol; 4 the peer closed before taking all our bytes; 5 the peer died or hung up \
+first; 6 timed out; 7 our stdout closed first. See docs/hosted.md.";
+
+/// Shared-memory rings between two processes: memfd + eventfds, wire
+/// compatible with Xen vchan and Hyper-V VMBus.
+#[derive(Parser, Debug)]
+#[command(name = "ring", version, propagate_version = true, after_help = EXIT_CODES)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+/// Ring protocols the command speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum CliProto {
+    /// Xen vchan byte stream (two rings, one control page).
+    Vchan,
+    /// Hyper-V VMBus rings, used as a pipe (in-band packets).
+    Vmbus,
+}
+
+impl From<CliProto> for Proto {
+    fn from(p: CliProto) -> Proto {
+        match p {
+            CliProto::Vchan => Proto::Vchan,
+            CliProto::Vmbus => Proto::Vmbus,
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// For each protocol, run a transfer between this process and a peer
+    /// process it starts, verify checksums both ways, and print throughput
+    /// and latency.
+    Demo {
+        /// Bytes to send each way (suffixes K, M, G: powers of 1024).
+        #[arg(long, default_value = "1G", value_parser = parse_size)]
+        bytes: u64,
+        /// 64-byte ping-pong round trips to time.
+        #[arg(long, default_value_t = 20_000)]
+        rounds: u32,
+        /// Size of each ring, 1..1M (rounded up: vchan to a power of two of
+        /// at least 1K, vmbus to whole 4 KiB pages).
+        #[arg(long, default_value = "1M", value_parser = parse_ring_size)]
+        ring_size: u64,
+        /// Spin before sleeping, in microseconds (0: never spin; at most
+        /// 1000000). A spin ends early when the peer hangs up or closes.
+        #[arg(long, default_value_t = DEFAULT_SPIN.as_micros() as u64,
+              value_parser = clap::value_parser!(u64).range(0..=MAX_SPIN_US))]
+        spin_us: u64,
+        /// Protocols to run (repeat or comma-separate; default: all).
+        #[arg(long, value_enum, value_delimiter = ',')]
+        proto: Vec<CliProto>,
+    },
+    /// Serve one peer on a Unix socket and pipe stdin/stdout through the
+    /// ring, both directions (like socat).
+    Listen {
+        /// Socket path to bind.
+        socket: PathBuf,
+        /// Ring protocol.
+        #[arg(long, value_enum, default_value = "vchan")]
+        proto: CliProto,
+        /// Size of each ring.
+        #[arg(long, default_value = "64K", value_parser = parse_ring_size)]
+        ring_size: u64,
+        /// Accept peers of any uid (default: only our own).
+        #[arg(long)]
+        any_uid: bool,
+        /// Give up (exit 6) once the peer has been silent this long with the
+        /// stream unfinished (seconds; default: wait while it lives).
+        #[arg(long, value_parser = parse_secs)]
+        timeout: Option<Duration>,
+        /// Serve one session after another until stopped (stdin goes to the
+        /// first; a failed session is reported and the next is served).
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Connect to a `ring listen` socket and pipe stdin/stdout through the
+    /// ring, both directions.
+    Connect {
+        /// Socket path to connect to.
+        socket: PathBuf,
+        /// Ring protocol.
+        #[arg(long, value_enum, default_value = "vchan")]
+        proto: CliProto,
+        /// Give up (exit 6) once the peer has been silent this long with the
+        /// stream unfinished (seconds; default: wait while it lives).
+        #[arg(long, value_parser = parse_secs)]
+        timeout: Option<Duration>,
+    },
+    /// Decode the control state of the rings in a shm or memfd-backed file
+    /// (e.g. /proc/PID/fd/N): indices, used/free, who owes whom a signal,
+    /// and orders, live and notify bytes (vchan) or interrupt masks and
+    /// pending send sizes (vmbus).
+    Inspect {
+        /// The file holding the ring(s) at offset 0.
+        #[arg(required_unless_present = "pid")]
+        file: Option<PathBuf>,
+        /// Instead of a file: inspect every ring memfd this process holds
+        /// (the `ring-*` memfds in /proc/PID/fd; the protocol is read from
+        /// the memfd's name).
+        #[arg(long, conflicts_with = "file")]
+        pid: Option<u32>,
+        /// Ring protocol of the file.
+        #[arg(long, value_enum, default_value = "vchan")]
+        proto: CliProto,
+        /// vmbus: data bytes of the first (client->server) ring; the second
+        /// ring takes the rest. Default: two rings of equal size.
+        #[arg(long, value_parser = parse_size)]
+        data_size: Option<u64>,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Join rings a foreign program set up itself (memory, layout and
+    /// eventfds given explicitly) and pipe stdin/stdout through them, both
+    /// directions. Offsets are bytes from the start of the memory; the vchan
+    /// ring offsets default to the flat layout after --ctrl-offset. VMBus
+    /// ring sizes include each ring's control page. Unsealed memory must
+    /// not be shrunk by its maker (that would kill us with SIGBUS).
+    Attach(Box<AttachArgs>),
+    /// Benchmark the rings against pipe, Unix socket, eventfd and rtrb
+    /// (ratios measured interleaved; the C rings are in `cargo bench`).
+    Bench(ring_cli::bench::suite::BenchArgs),
+    /// The peer side of `ring demo` and of the tests.
+    #[command(hide = true)]
+    Peer {
+        /// Socket to connect to (or bind, with --listen).
+        #[arg(long)]
+        socket: PathBuf,
+        /// What to do once connected.
+        #[arg(long, value_enum)]
+        mode: PeerMode,
+        /// Ring protocol.
+        #[arg(long, value_enum, default_value = "vchan")]
+        proto: CliProto,
+        /// Bind and serve instead of connecting.
+        #[arg(long)]
+        listen: bool,
+        /// Bytes to move (0 in source mode: for ever).
+        #[arg(long, default_value = "0", value_parser = parse_size)]
+        bytes: u64,
+        /// Ping-pong rounds (demo mode).
+        #[arg(long, default_value_t = 0)]
+        rounds: u32,
+        /// Pattern seed (source and sink modes).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Spin budget in microseconds.
+        #[arg(long, default_value_t = DEFAULT_SPIN.as_micros() as u64,
+              value_parser = clap::value_parser!(u64).range(0..=MAX_SPIN_US))]
+        spin_us: u64,
+        /// Ring size when listening.
+        #[arg(long, default_value = "64K", value_parser = parse_ring_size)]
+        ring_size: u64,
+    },
+}
+
+/// Which end of a vchan `ring attach` is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum CliRole {
+    /// Write the control page and wait for the client.
+    Server,
+    /// Join a control page a server wrote.
+    Client,
+}
+
+/// Arguments of `ring attach`.
+#[derive(clap::Args, Debug)]
+#[command(group(clap::ArgGroup::new("memory").required(true).args(["file", "fd"])))]
+struct AttachArgs {
+    /// The shared memory: a shm or memfd-backed file, opened read-write.
+    #[arg(long)]
+    file: Option<PathBuf>,
+    /// The shared memory: an inherited fd number, open read-write.
+    #[arg(long, value_parser = clap::value_parser!(i32).range(0..))]
+    fd: Option<i32>,
+    /// Ring protocol.
+    #[arg(long, value_enum)]
+    proto: CliProto,
+    /// vchan: which end we are.
+    #[arg(long, value_enum)]
+    role: Option<CliRole>,
+    /// vchan: byte offset of the 4 KiB control page [default: 0].
+    #[arg(long, value_parser = parse_size)]
+    ctrl_offset: Option<u64>,
+    /// vchan: byte offset (from the start of the memory) of the left
+    /// (client->server) ring's data [default: the flat layout after the
+    /// control page, i.e. --ctrl-offset + 4096].
+    #[arg(long, value_parser = parse_size)]
+    left_offset: Option<u64>,
+    /// vchan: byte offset (from the start of the memory) of the right
+    /// (server->client) ring's data [default: the flat layout, after the
+    /// left ring].
+    #[arg(long, value_parser = parse_size)]
+    right_offset: Option<u64>,
+    /// vchan server: minimum size of the ring we read (left) [default: 64K].
+    #[arg(long, value_parser = parse_size)]
+    read_min: Option<u64>,
+    /// vchan server: minimum size of the ring we write (right) [default: 64K].
+    #[arg(long, value_parser = parse_size)]
+    write_min: Option<u64>,
+    /// vmbus: byte offset of the ring we write (the peer reads it).
+    #[arg(long, value_parser = parse_size)]
+    tx_offset: Option<u64>,
+    /// vmbus: bytes of the ring we write, its control page included.
+    #[arg(long, value_parser = parse_size)]
+    tx_size: Option<u64>,
+    /// vmbus: byte offset of the ring we read (the peer writes it).
+    #[arg(long, value_parser = parse_size)]
+    rx_offset: Option<u64>,
+    /// vmbus: bytes of the ring we read, its control page included.
+    #[arg(long, value_parser = parse_size)]
+    rx_size: Option<u64>,
+    /// vmbus: offset of the data inside each ring [default: 4096].
+    #[arg(long, value_parser = parse_size)]
+    data_offset: Option<u64>,
+    /// Eventfd we write to kick the peer (the one the peer waits on).
+    #[arg(long, requires = "wait_fd", value_parser = clap::value_parser!(i32).range(0..))]
+    notify_fd: Option<i32>,
+    /// Eventfd we read to be woken by the peer (the one the peer writes).
+    /// Must differ from --notify-fd: with one eventfd each side can
+    /// swallow its own kick.
+    #[arg(long, requires = "notify_fd", value_parser = clap::value_parser!(i32).range(0..))]
+    wait_fd: Option<i32>,
+    /// No eventfds: we never kick, and look at the ring every 200 us. The
+    /// peer must poll too: it is never woken.
+    #[arg(long, conflicts_with_all = ["notify_fd", "wait_fd"])]
+    poll: bool,
+    /// The peer's process id: its death is noticed at once (through a
+    /// pidfd) and ends the pipe with exit 5.
+    #[arg(long)]
+    peer_pid: Option<u32>,
+    /// A foreign peer cannot say "no more from me" without closing both
+    /// ways: once stdin has ended and the peer has read all of it, keep
+    /// copying the peer's bytes until it has been quiet this long (counted
+    /// only once it has connected), then close (milliseconds).
+    #[arg(long, default_value_t = 500)]
+    linger_ms: u64,
+    /// Give up (exit 6) once the peer has been silent this long with the
+    /// stream unfinished (seconds; counted only once it has connected).
+    #[arg(long, value_parser = parse_secs)]
+    timeout: Option<Duration>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum PeerMode {
+    /// The client side of `ring demo`.
+    Demo,
+    /// Write back everything read, until the other side closes.
+    Echo,
+    /// Write the seed's pattern (`--bytes`, or for ever), then close.
+    Source,
+}
+
+/// Parses a positive number of seconds (fractions allowed).
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    if v > 0.0 && v <= 1e9 {
+        Ok(Duration::from_secs_f64(v))
+    } else {
+        Err(format!("timeout {s} is outside (0, 1e9] seconds"))
+    }
+}
+
+/// Parses a ring size: 1 byte to 1 MiB (vchan's largest ring).
+fn parse_ring_size(s: &str) -> Result<u64, String> {
+    let n = parse_size(s)?;
+    if (1..=1 << 20).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!("ring size {n} is outside 1..=1M"))
+    }
+}
+
+/// Parses `123`, `64K`, `1M`, `2G` (binary multiples; `KiB` etc. too).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(digits);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size (try 4096, 64K, 1M, 1G)"))?;
+    let shift = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kib" | "kb" => 10,
+        "m" | "mib" | "mb" => 20,
+        "g" | "gib" | "gb" => 30,
+        _ => return Err(format!("unknown size unit `{unit}` (use K, M or G)")),
+    };
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("`{s}` is too large"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Demo {
+            bytes,
+            rounds,
+            ring_size,
+            spin_us,
+            proto,
+        } => demo::demo(bytes, rounds, ring_size, spin_us, &proto),
+        Cmd::Listen {
+            socket,
+            proto,
+            ring_size,
+            any_uid,
+            timeout,
+            keep,
+        } => pipe::listen(&socket, proto.into(), ring_size, any_uid, timeout, keep),
+        Cmd::Connect {
+            socket,
+            proto,
+            timeout,
+        } => pipe::connect(&socket, proto.into(), timeout),
+        Cmd::Inspect {
+            file,
+            pid,
+            proto,
+            data_size,
+            json,
+        } => match (file, pid) {
+            (_, _) if data_size.is_some() && proto != CliProto::Vmbus => {
+                usage("--data-size only applies to --proto vmbus".into())
+            }
+            (Some(file), _) => inspect::inspect_file(&file, proto.into(), data_size, json),
+            (None, Some(pid)) => inspect::inspect_pid(pid, json),
+            (None, None) => Err(Failure::from("nothing to inspect")),
+        },
+        Cmd::Attach(args) => attach::attach_cmd(*args),
+        Cmd::Bench(args) => ring_cli::bench::suite::run(args).map_err(Failure::from),
+        Cmd::Peer {
+            socket,
+            mode,
+            proto,
+            listen,
+            bytes,
+            rounds,
+            seed,
+            spin_us,
+            ring_size,
+        } => demo::peer(
+            &socket,
+            proto.into(),
+            mode,
+            listen,
+            bytes,
+            rounds,
+            seed,
+            Duration::from_micros(spin_us),
+            ring_size,
+        ),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("ring: {}", f.reason);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+/// Exit status of a piping subcommand (`listen`, `connect`, `attach`):
+/// 0 only when every byte went through both ways and the peer ended
+/// cleanly. The table is in docs/hosted.md and `ring --help`.
+mod exit {
+    /// Set-up or I/O failed (bind, connect, memory, stdin).
+    pub const FAILED: u8 = 1;
+    /// The peer broke the ring protocol (and, for `inspect`, an image that
+    /// does not validate).
+    pub const CORRUPT: u8 = 3;
+    /// The peer closed, or ended its stream, before it took every byte we
+    /// had for it (or said it took a different count).
+    pub const UNDELIVERED: u8 = 4;
+    /// The peer died or hung up before the stream ended cleanly.
+    pub const PEER_GONE: u8 = 5;
+    /// The timeout passed with the stream unfinished.
+    pub const TIMED_OUT: u8 = 6;
+    /// Our stdout closed before the peer's stream ended.
+    pub const STDOUT_CLOSED: u8 = 7;
+}
+
+/// Why a subcommand failed: its exit code and one line.
+#[derive(Debug)]
+struct Failure {
+    code: u8,
+    reason: String,
+}
+
+impl From<String> for Failure {
+    fn from(reason: String) -> Self {
+        Failure {
+            code: exit::FAILED,
+            reason,
+        }
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(reason: &str) -> Self {
+        reason.to_string().into()
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        let code = match &e {
+            Error::Ring(ring_core::vchan::Error::Corrupt(_))
+            | Error::Vmbus(ring_core::vmbus::Error::Corrupt(_)) => exit::CORRUPT,
+            Error::Closed => exit::UNDELIVERED,
+            Error::PeerGone => exit::PEER_GONE,
+            Error::TimedOut => exit::TIMED_OUT,
+            _ => exit::FAILED,
+        };
+        Failure {
+            code,
+            reason: e.to_string(),
+        }
+    }
+}
+
+type Outcome = Result<(), Failure>;
+
+fn ring_bytes(size: u64) -> Result<usize, String> {
+    usize::try_from(size).map_err(|_| format!("ring size {size} is too large"))
+}
+
+/// Exits with status 2 and a one-line reason, like clap's own errors.
+fn usage(reason: String) -> ! {
+    Cli::command()
+        .error(clap::error::ErrorKind::ArgumentConflict, reason)
+        .exit()
+}
