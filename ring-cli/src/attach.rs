@@ -32,6 +32,7 @@ pub(crate) fn attach_cmd(a: AttachArgs) -> Outcome {
         ("rx-offset", a.rx_offset.is_some()),
         ("rx-size", a.rx_size.is_some()),
         ("data-offset", a.data_offset.is_some()),
+        ("framing", a.framing.is_some()),
     ]);
     match a.proto {
         CliProto::Vchan if !vmbus_only.is_empty() => usage(format!(
@@ -114,6 +115,11 @@ pub(crate) fn attach_cmd(a: AttachArgs) -> Outcome {
             size: offset(rs, "--rx-size")?,
             data_offset,
         };
+        if a.framing == Some(Framing::Raw) {
+            let mut s = attach::vmbus_raw(mem, tx, rx, signal)?;
+            warn();
+            return pipe_stream(&mut s, end);
+        }
         let mut s = attach::vmbus(mem, tx, rx, signal)?;
         warn();
         return pipe_stream(&mut s, end);

@@ -192,6 +192,16 @@ enum Cmd {
     },
 }
 
+/// How `ring attach` frames bytes in VMBus packets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Framing {
+    /// hv_sock pipe packets: an 8-byte pipe header, and a zero-length
+    /// packet for end of stream.
+    Pipe,
+    /// Raw in-band packets: the payload is the bytes.
+    Raw,
+}
+
 /// Which end of a vchan `ring attach` is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum CliRole {
@@ -251,6 +261,11 @@ struct AttachArgs {
     /// vmbus: offset of the data inside each ring [default: 4096].
     #[arg(long, value_parser = parse_size)]
     data_offset: Option<u64>,
+    /// vmbus: how bytes travel: `pipe` (hv_sock pipe packets, with end of
+    /// stream) or `raw` (each in-band payload is stream bytes, padded to 8;
+    /// no end of stream) [default: pipe].
+    #[arg(long, value_enum)]
+    framing: Option<Framing>,
     /// Eventfd we write to kick the peer (the one the peer waits on).
     #[arg(long, requires = "wait_fd", value_parser = clap::value_parser!(i32).range(0..))]
     notify_fd: Option<i32>,

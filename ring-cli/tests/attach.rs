@@ -531,3 +531,84 @@ fn a_non_eventfd_is_refused() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("expected an eventfd"), "{err}");
 }
+
+/// `--framing raw`: a peer that writes raw in-band packets (no pipe
+/// header) is read as bytes, and our bytes go out as raw in-band packets
+/// in whole 8-byte units, the last one padded with zeroes.
+#[test]
+fn vmbus_raw_framing_against_a_peer_of_raw_in_band_packets() {
+    use ring_core::vmbus::{IncomingRing, OutgoingPacket, OutgoingRing};
+    let layout = ChannelLayout::new(16 << 10, 16 << 10).unwrap();
+    let mem = Arc::new(MemFd::create("attach-raw", layout.total_size()).unwrap());
+    let (to_child_ring, to_us_ring) = layout.windows(&mem).unwrap();
+    ring_core::vmbus::initialize_ring(&to_child_ring, layout.to_server).unwrap();
+    ring_core::vmbus::initialize_ring(&to_us_ring, layout.to_client).unwrap();
+    let mut tx = OutgoingRing::new(to_child_ring, layout.to_server).unwrap();
+    let mut rx = IncomingRing::new(to_us_ring, layout.to_client).unwrap();
+    let (signal, notify, wait) = event_link();
+    let mem_fd = inheritable(&*mem);
+    let split = layout.to_client_offset();
+    let child = spawn(&[
+        "--proto".into(),
+        "vmbus".into(),
+        "--framing".into(),
+        "raw".into(),
+        "--fd".into(),
+        mem_fd.as_raw_fd().to_string(),
+        "--rx-offset".into(),
+        "0".into(),
+        "--rx-size".into(),
+        split.to_string(),
+        "--tx-offset".into(),
+        split.to_string(),
+        "--tx-size".into(),
+        (layout.total_size() - split).to_string(),
+        "--notify-fd".into(),
+        notify.as_raw_fd().to_string(),
+        "--wait-fd".into(),
+        wait.as_raw_fd().to_string(),
+        "--linger-ms".into(),
+        "300".into(),
+    ]);
+    drop((mem_fd, notify, wait));
+    let theirs: Vec<Vec<u8>> = vec![pattern(1, 16), pattern(2, 8), pattern(3, 4000)];
+    let expect_out: Vec<u8> = theirs.concat();
+    let ours = pattern(4, 1003);
+    let out = run_child(child, ours.clone(), move || {
+        for p in &theirs {
+            let pieces: [&[u8]; 1] = [p];
+            let t = tx.send(&OutgoingPacket::in_band(7, &pieces)).unwrap();
+            if t.notify {
+                ring_core::signal::Signal::notify(&signal).unwrap();
+            }
+        }
+        // Read raw packets until 1003 bytes (padded to 1008) arrived.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut got = Vec::new();
+        while got.len() < 1008 {
+            assert!(
+                Instant::now() < deadline,
+                "only {} bytes arrived",
+                got.len()
+            );
+            match rx.read_packet() {
+                Ok(p) => {
+                    let mut b = vec![0u8; p.payload_len()];
+                    p.read_payload(0, &mut b).unwrap();
+                    got.extend_from_slice(&b);
+                    let t = rx.commit().unwrap();
+                    if t.notify {
+                        ring_core::signal::Signal::notify(&signal).unwrap();
+                    }
+                }
+                Err(ring_core::vmbus::Error::Empty) => {
+                    let _ = signal.wait_timeout(Some(Duration::from_millis(50)));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(&got[..1003], &ours[..]);
+        assert_eq!(&got[1003..], &[0u8; 5]);
+    });
+    check(&out, &expect_out);
+}

@@ -13,7 +13,7 @@
 use crate::eventfd::{EventFd, EventSignal};
 use crate::memfd::MemFd;
 use crate::stream::VchanStream;
-use crate::vmbus::{RingMem, VmbusPipe};
+use crate::vmbus::{RawVmbus, RingMem, VmbusPipe};
 use crate::window::Window;
 use crate::Error;
 use ring_core::vchan::{self, FlatLayout, Orders, Placement, RingPlace, Role};
@@ -415,8 +415,36 @@ pub fn vmbus(
     rx: VmbusRing,
     signal: EventSignal,
 ) -> Result<VmbusPipe, Error> {
-    let t = vmbus_ring(&mem, "tx", tx)?;
-    let r = vmbus_ring(&mem, "rx", rx)?;
+    let (t, r) = vmbus_rings(&mem, tx, rx)?;
+    VmbusPipe::attach(mem, r, t, signal)
+}
+
+/// As [`vmbus`], without pipe framing: in-band payloads are the stream
+/// (see [`RawVmbus`]).
+///
+/// # Errors
+///
+/// As [`vmbus`].
+pub fn vmbus_raw(
+    mem: Arc<MemFd>,
+    tx: VmbusRing,
+    rx: VmbusRing,
+    signal: EventSignal,
+) -> Result<RawVmbus, Error> {
+    let (t, r) = vmbus_rings(&mem, tx, rx)?;
+    RawVmbus::attach(mem, r, t, signal)
+}
+
+type PlacedRing = (RingMem, RingLayout);
+
+/// Both rings checked against the memory and each other: (tx, rx).
+fn vmbus_rings(
+    mem: &Arc<MemFd>,
+    tx: VmbusRing,
+    rx: VmbusRing,
+) -> Result<(PlacedRing, PlacedRing), Error> {
+    let t = vmbus_ring(mem, "tx", tx)?;
+    let r = vmbus_ring(mem, "rx", rx)?;
     if tx.offset < rx.offset + rx.size && rx.offset < tx.offset + tx.size {
         return Err(bad(format!(
             "tx ring ({}..{}) overlaps rx ring ({}..{})",
@@ -426,7 +454,7 @@ pub fn vmbus(
             rx.offset + rx.size
         )));
     }
-    VmbusPipe::attach(mem, r, t, signal)
+    Ok((t, r))
 }
 
 /// A vchan endpoint in foreign memory with its event channel: the same

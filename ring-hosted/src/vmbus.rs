@@ -22,7 +22,9 @@ use crate::stream::{woken, PollStream};
 use crate::window::Window;
 use crate::Error;
 use ring_core::vmbus::pipe::{PipeReader, PipeWriter, MAX_PIPE_PAYLOAD};
-use ring_core::vmbus::{self, BlockingPipe, IncomingRing, OutgoingRing, RingLayout};
+use ring_core::vmbus::{
+    self, BlockingPipe, IncomingRing, OutgoingPacket, OutgoingRing, RingLayout,
+};
 use std::io;
 use std::os::fd::BorrowedFd;
 use std::sync::Arc;
@@ -357,6 +359,203 @@ impl io::Write for VmbusPipe {
 
     fn flush(&mut self) -> io::Result<()> {
         // Each write commits its packets.
+        Ok(())
+    }
+}
+
+/// One end of a VMBus channel used without pipe framing: every in-band
+/// packet's payload is stream bytes, both ways (`ring attach --framing
+/// raw`). The ring carries lengths in 8-byte units only, so a peer's
+/// payload arrives padded to 8, and what we write goes out in whole 8-byte
+/// units: a last partial unit is held until more bytes come, and sent
+/// padded with zeroes when our stream ends. Raw framing has no end of
+/// stream: it ends by the peer's death or our linger.
+#[derive(Debug)]
+pub struct RawVmbus {
+    inner: vmbus::Blocking<RingMem, EventSignal>,
+    mem: Arc<MemFd>,
+    /// Payload received and not yet handed out, and how far it was read.
+    pending: Vec<u8>,
+    taken: usize,
+    /// Fewer than 8 bytes written and not yet sent.
+    tail: Vec<u8>,
+    read: u64,
+    written: u64,
+}
+
+impl RawVmbus {
+    /// An end over two rings somebody else initialised and placed, as
+    /// [`VmbusPipe::attach`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Vmbus`] if a window does not fit its layout or a ring's
+    /// indices are invalid.
+    pub fn attach(
+        mem: Arc<MemFd>,
+        rx: (RingMem, RingLayout),
+        tx: (RingMem, RingLayout),
+        signal: EventSignal,
+    ) -> Result<Self, Error> {
+        let rx = IncomingRing::new(rx.0, rx.1)?;
+        let tx = OutgoingRing::new(tx.0, tx.1)?;
+        Ok(RawVmbus {
+            inner: vmbus::Blocking::new(rx, tx, signal),
+            mem,
+            pending: Vec::new(),
+            taken: 0,
+            tail: Vec::with_capacity(8),
+            read: 0,
+            written: 0,
+        })
+    }
+
+    /// The shared memory.
+    pub fn memory(&self) -> &Arc<MemFd> {
+        &self.mem
+    }
+
+    /// Sends `bytes` (a multiple of 8, or the padded last piece) as one
+    /// in-band packet if it fits.
+    fn send_raw(&mut self, bytes: &[u8]) -> Result<Option<()>, Error> {
+        let pieces: [&[u8]; 1] = [bytes];
+        Ok(self.inner.try_send(&OutgoingPacket::in_band(0, &pieces))?)
+    }
+
+    /// Sends the held partial unit, padded, if there is one.
+    fn flush_tail(&mut self) -> Result<Option<()>, Error> {
+        if self.tail.is_empty() {
+            return Ok(Some(()));
+        }
+        let mut unit = [0u8; 8];
+        unit.get_mut(..self.tail.len())
+            .unwrap_or_default()
+            .copy_from_slice(&self.tail);
+        let sent = self.send_raw(&unit)?;
+        if sent.is_some() {
+            self.tail.clear();
+        }
+        Ok(sent)
+    }
+
+    /// The largest payload one packet of ours may carry, in 8-byte units.
+    fn max_payload(&mut self) -> usize {
+        let max = self.inner.outgoing().max_packet_len();
+        max.saturating_sub(vmbus::layout::DESCRIPTOR_SIZE)
+            .min(MAX_PIPE_PAYLOAD)
+            & !7
+    }
+}
+
+impl PollStream for RawVmbus {
+    fn try_read(&mut self, buf: &mut [u8]) -> Result<Option<usize>, Error> {
+        if self.taken == self.pending.len() {
+            let max = self.inner.incoming().layout().max_packet_len();
+            self.pending.resize(max, 0);
+            match self.inner.try_recv(&mut self.pending)? {
+                Some((_, len)) => {
+                    self.pending.truncate(len);
+                    self.taken = 0;
+                }
+                None => {
+                    self.pending.clear();
+                    self.taken = 0;
+                    return Ok(None);
+                }
+            }
+        }
+        let rest = self.pending.get(self.taken..).unwrap_or_default();
+        let n = rest.len().min(buf.len());
+        buf.get_mut(..n)
+            .unwrap_or_default()
+            .copy_from_slice(rest.get(..n).unwrap_or_default());
+        self.taken += n;
+        self.read += n as u64;
+        Ok(Some(n))
+    }
+
+    fn try_write(&mut self, buf: &[u8]) -> Result<Option<usize>, Error> {
+        if buf.is_empty() {
+            return Ok(Some(0));
+        }
+        // Complete the held unit first.
+        let mut used = 0;
+        if !self.tail.is_empty() {
+            used = (8 - self.tail.len()).min(buf.len());
+            let mut unit = self.tail.clone();
+            unit.extend_from_slice(buf.get(..used).unwrap_or_default());
+            if unit.len() < 8 {
+                self.tail = unit;
+                self.written += used as u64;
+                return Ok(Some(used));
+            }
+            if self.send_raw(&unit)?.is_none() {
+                return Ok(None);
+            }
+            self.tail.clear();
+        }
+        let rest = buf.get(used..).unwrap_or_default();
+        let whole = (rest.len() & !7).min(self.max_payload());
+        if whole > 0 {
+            match self.send_raw(rest.get(..whole).unwrap_or_default())? {
+                Some(()) => used += whole,
+                None if used == 0 => return Ok(None),
+                None => {}
+            }
+        } else if rest.len() < 8 {
+            // Less than a unit: hold it.
+            self.tail.extend_from_slice(rest);
+            used += rest.len();
+        }
+        self.written += used as u64;
+        Ok(Some(used))
+    }
+
+    fn try_shutdown_write(&mut self) -> Result<Option<bool>, Error> {
+        // No end mark in raw framing; the held unit has gone out already
+        // (try_delivered sends it first).
+        Ok(self.flush_tail()?.map(|()| false))
+    }
+
+    fn try_delivered(&mut self) -> Result<Option<()>, Error> {
+        if self.flush_tail()?.is_none() {
+            return Ok(None);
+        }
+        Ok(self.inner.try_delivered()?)
+    }
+
+    fn ready(&mut self) -> (bool, bool) {
+        let (r, w) = self.inner.ready();
+        (r || self.taken < self.pending.len(), w)
+    }
+
+    fn spin_ready(&mut self, read: bool, write: bool) -> bool {
+        self.inner.spin_ready(read, write)
+    }
+
+    fn wait_event(
+        &mut self,
+        extra: Option<BorrowedFd<'_>>,
+        deadline: Option<Instant>,
+    ) -> Result<Woken, Error> {
+        let w = self.inner.wait_with(|s| s.wait_event(extra, deadline))?;
+        Ok(woken(w))
+    }
+
+    fn signal(&self) -> &EventSignal {
+        self.inner.signal()
+    }
+
+    fn bytes_read(&self) -> u64 {
+        self.read
+    }
+
+    fn bytes_written(&self) -> u64 {
+        self.written
+    }
+
+    fn close(&mut self) -> Result<(), Error> {
+        // Nothing to send: raw framing has no end mark.
         Ok(())
     }
 }

@@ -31,6 +31,37 @@ struct Rings<M> {
     outgoing: OutgoingRing<M>,
 }
 
+impl<M: SharedMem> Rings<M> {
+    /// One receive: the next packet's payload into `buf`, committed.
+    fn recv_into<S: Signal>(
+        &mut self,
+        w: &Waiter<S>,
+        buf: &mut [u8],
+    ) -> Attempt<(super::PacketInfo, usize), Error, S::Error> {
+        match self.incoming.read_packet() {
+            Ok(packet) => {
+                let len = packet.payload_len();
+                let info = packet.info();
+                let copied = match buf.get_mut(..len) {
+                    Some(dst) => packet.read_payload(0, dst),
+                    None => Err(Error::OutOfRange {
+                        needed: len,
+                        available: buf.len(),
+                    }),
+                };
+                if let Err(e) = copied {
+                    self.incoming.revert();
+                    return Err(e.into());
+                }
+                settled(w, self.incoming.commit()?)?;
+                Ok(Some((info, len)))
+            }
+            Err(Error::Empty) => w.nothing(),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
 /// A channel endpoint that waits on a [`Signal`] instead of returning
 /// [`Error::Empty`] or [`Error::Full`], and signals the peer whenever a
 /// commit says so.
@@ -85,6 +116,71 @@ impl<M: SharedMem, S: Signal> Blocking<M, S> {
         wait: impl FnOnce(&S) -> Result<W, S::Error>,
     ) -> Result<Option<W>, BlockingError<S::Error>> {
         self.waiter.wait_with(wait)
+    }
+
+    /// A look that arms nothing: (a packet to read, room for a small one).
+    pub fn ready(&mut self) -> (bool, bool) {
+        (
+            self.rings.incoming.available().map_or(true, |n| n > 0),
+            self.rings.outgoing.available().map_or(true, |n| n > 24),
+        )
+    }
+
+    /// Spins for the signal's budget until [`ready`](Self::ready) shows
+    /// what is wanted; returns whether it did.
+    pub fn spin_ready(&mut self, read: bool, write: bool) -> bool {
+        let rings = &mut self.rings;
+        self.waiter.signal.spin(&mut || {
+            (read && rings.incoming.available().map_or(true, |n| n > 0))
+                || (write && rings.outgoing.available().map_or(true, |n| n > 24))
+        })
+    }
+
+    /// One non-blocking send of one packet (committing anything written
+    /// before it): `Some(())` sent, `None` no room (pending send size
+    /// armed, what was pending committed).
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Self::send).
+    pub fn try_send(&mut self, packet: &OutgoingPacket<'_>) -> Attempt<(), Error, S::Error> {
+        self.waiter.writable()?;
+        let r = &mut self.rings;
+        match r.outgoing.write(packet) {
+            Ok(()) => settled(&self.waiter, r.outgoing.commit()?).map(|_| Some(())),
+            Err(Error::Full { .. }) => {
+                settled(&self.waiter, r.outgoing.commit()?)?;
+                self.waiter.nothing()
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// One non-blocking receive: copies the next packet's payload into
+    /// `buf` and returns its id, type and flags and the padded payload
+    /// length; `None` no packet (interrupts unmasked, ring re-checked).
+    ///
+    /// # Errors
+    ///
+    /// As [`recv`](Self::recv).
+    pub fn try_recv(
+        &mut self,
+        buf: &mut [u8],
+    ) -> Attempt<(super::PacketInfo, usize), Error, S::Error> {
+        self.rings.recv_into(&self.waiter, buf)
+    }
+
+    /// Whether the reader has consumed every packet we committed:
+    /// `Some(())` yes, `None` not yet (its draining read will signal us).
+    ///
+    /// # Errors
+    ///
+    /// [`BlockingError::PeerGone`]; [`Error::Corrupt`].
+    pub fn try_delivered(&mut self) -> Attempt<(), Error, S::Error> {
+        match self.rings.outgoing.arm_drained()? {
+            true => Ok(Some(())),
+            false => self.waiter.nothing(),
+        }
     }
 
     /// Sends one packet (committing anything written before it), waiting
@@ -216,27 +312,7 @@ impl<M: SharedMem, S: Signal> Blocking<M, S> {
         self.waiter.block(
             &mut self.rings,
             |r| r.incoming.available().map_or(true, |n| n > 0),
-            |r, w| match r.incoming.read_packet() {
-                Ok(packet) => {
-                    let len = packet.payload_len();
-                    let info = packet.info();
-                    let copied = match buf.get_mut(..len) {
-                        Some(dst) => packet.read_payload(0, dst),
-                        None => Err(Error::OutOfRange {
-                            needed: len,
-                            available: buf.len(),
-                        }),
-                    };
-                    if let Err(e) = copied {
-                        r.incoming.revert();
-                        return Err(e.into());
-                    }
-                    settled(w, r.incoming.commit()?)?;
-                    Ok(Some((info, len)))
-                }
-                Err(Error::Empty) => w.nothing(),
-                Err(e) => Err(e.into()),
-            },
+            |r, w| r.recv_into(w, buf),
         )
     }
 }
