@@ -7,6 +7,7 @@ mod attach;
 mod demo;
 mod inspect;
 mod pipe;
+mod proxy;
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use ring_cli::check::{duplex, Checksum, Pattern};
@@ -155,6 +156,44 @@ enum Cmd {
     /// ring sizes include each ring's control page. Unsealed memory must
     /// not be shrunk by its maker (that would kill us with SIGBUS).
     Attach(Box<AttachArgs>),
+    /// Carry socket connections over ring sessions, one session per
+    /// connection (like vchan-socket-proxy): --ring-listen R --to ADDR
+    /// serves ring sessions and connects each to ADDR; --ring-connect R
+    /// --listen ADDR accepts connections at ADDR and opens a session for
+    /// each. ADDR is tcp:HOST:PORT or unix:PATH. SIGTERM/SIGINT: stop
+    /// accepting, let sessions finish, exit 0.
+    Proxy {
+        /// Serve ring sessions on this rendezvous socket.
+        #[arg(
+            long,
+            conflicts_with = "ring_connect",
+            required_unless_present = "ring_connect"
+        )]
+        ring_listen: Option<PathBuf>,
+        /// Open ring sessions at this rendezvous socket.
+        #[arg(long)]
+        ring_connect: Option<PathBuf>,
+        /// With --ring-listen: where each session's connection goes.
+        #[arg(long, value_parser = proxy::parse_addr)]
+        to: Option<proxy::Addr>,
+        /// With --ring-connect: where connections are accepted.
+        #[arg(long, value_parser = proxy::parse_addr)]
+        listen: Option<proxy::Addr>,
+        /// Ring protocol.
+        #[arg(long, value_enum, default_value = "vchan")]
+        proto: CliProto,
+        /// Size of each ring (--ring-listen).
+        #[arg(long, default_value = "64K", value_parser = parse_ring_size)]
+        ring_size: u64,
+        /// Most sessions at once; further connections are closed.
+        #[arg(long, default_value_t = 1024,
+              value_parser = clap::value_parser!(u64).range(1..=65536))]
+        max_sessions: u64,
+        /// Give up a session once its peer has been silent this long
+        /// mid-stream (seconds).
+        #[arg(long, value_parser = parse_secs)]
+        timeout: Option<Duration>,
+    },
     /// Benchmark the rings against pipe, Unix socket, eventfd and rtrb
     /// (ratios measured interleaved; the C rings are in `cargo bench`).
     Bench(ring_cli::bench::suite::BenchArgs),
@@ -384,6 +423,32 @@ fn main() -> ExitCode {
             (None, None) => Err(Failure::from("nothing to inspect")),
         },
         Cmd::Attach(args) => attach::attach_cmd(*args),
+        Cmd::Proxy {
+            ring_listen,
+            ring_connect,
+            to,
+            listen,
+            proto,
+            ring_size,
+            max_sessions,
+            timeout,
+        } => {
+            let max = max_sessions as usize;
+            match (ring_listen, ring_connect, to, listen) {
+                (Some(r), None, Some(to), None) => ring_bytes(ring_size)
+                    .map_err(Failure::from)
+                    .and_then(|size| {
+                        let config = ServerConfig::new(proto.into()).ring_sizes(size, size);
+                        proxy::ring_listen(&r, &to, config, max, timeout)
+                    }),
+                (None, Some(r), None, Some(l)) => {
+                    proxy::ring_connect(&r, &l, proto.into(), max, timeout)
+                }
+                _ => usage(
+                    "give --ring-listen R --to ADDR, or --ring-connect R --listen ADDR".into(),
+                ),
+            }
+        }
         Cmd::Bench(args) => ring_cli::bench::suite::run(args).map_err(Failure::from),
         Cmd::Peer {
             socket,

@@ -4,6 +4,7 @@
 //! through (docs/hosted.md, "How a stream ends").
 
 use super::*;
+use std::os::fd::BorrowedFd;
 
 pub(crate) fn listen(
     socket: &Path,
@@ -67,21 +68,41 @@ pub(crate) struct PipeEnd {
     pub(crate) confirm: bool,
 }
 
+/// What the ring is piped to: an fd we read (stdin, a connection) and a
+/// writer for what arrives (stdout, the same connection).
+pub(crate) struct Ends<'a> {
+    /// Read with `read(2)` when poll says so.
+    pub(crate) input: BorrowedFd<'a>,
+    /// Where the peer's bytes go; it may refuse with `WouldBlock` (then
+    /// `output_fd` says what to poll for room).
+    pub(crate) output: &'a mut dyn Write,
+    /// The output's fd, if writes to it can block the loop otherwise.
+    pub(crate) output_fd: Option<BorrowedFd<'a>>,
+    /// What to call them in messages ("stdin"/"stdout", "the connection").
+    pub(crate) input_name: &'static str,
+    pub(crate) output_name: &'static str,
+    /// Called once the peer's stream has ended and all of it is written
+    /// (a connection is shut down for writing, so its reader sees the end).
+    pub(crate) output_done: &'a mut dyn FnMut(),
+}
+
 /// Where a pipe stands, for the one line a failure prints.
 #[derive(Debug, Default)]
 struct Tally {
     stdin: u64,
     stdout: u64,
     stdin_ended: bool,
+    input_name: &'static str,
 }
 
 impl Tally {
     fn fail(&self, s: &impl PollStream, e: Error) -> Failure {
         let mut f = Failure::from(e);
         f.reason = format!(
-            "{}: {} bytes read from stdin{}, {} written into the ring; {} bytes received",
+            "{}: {} bytes read from {}{}, {} written into the ring; {} bytes received",
             f.reason,
             self.stdin,
+            self.input_name,
             if self.stdin_ended {
                 " (all of it)"
             } else {
@@ -98,14 +119,33 @@ impl Tally {
 /// once, and ends as docs/hosted.md's stream-end table says: exit 0 only
 /// when both directions ended cleanly and the peer took every byte.
 pub(crate) fn pipe_stream(s: &mut impl PollStream, end: PipeEnd) -> Outcome {
-    let mut tally = Tally::default();
-    match pipe_loop(s, end, &mut tally) {
+    let stdin = std::io::stdin();
+    let mut stdout = std::io::stdout().lock();
+    let mut nothing = || {};
+    let mut ends = Ends {
+        input: stdin.as_fd(),
+        output: &mut stdout,
+        output_fd: None,
+        input_name: "stdin",
+        output_name: "stdout",
+        output_done: &mut nothing,
+    };
+    pipe_ends(s, end, &mut ends)
+}
+
+/// As [`pipe_stream`], between the ring and any [`Ends`].
+pub(crate) fn pipe_ends(s: &mut impl PollStream, end: PipeEnd, ends: &mut Ends<'_>) -> Outcome {
+    let mut tally = Tally {
+        input_name: ends.input_name,
+        ..Tally::default()
+    };
+    match pipe_loop(s, end, &mut tally, ends) {
         Ok(()) => Ok(()),
         Err(Stop::Ring(e)) => {
             // Whatever the reason, hand on what the peer left in the ring
-            // before saying so (stdout stays a prefix of what it sent).
+            // before saying so (the output stays a prefix of what it sent).
             if !matches!(e, Error::Ring(_) | Error::Vmbus(_)) {
-                let _ = drain_rest(s, &mut tally);
+                let _ = drain_rest(s, &mut tally, ends);
             }
             let _ = s.close();
             Err(tally.fail(s, e))
@@ -131,24 +171,35 @@ impl From<Error> for Stop {
     }
 }
 
-/// Writes `data` to stdout; `Err` with [`exit::STDOUT_CLOSED`] once its
+/// Writes what it can of `data` to the output: the bytes taken, 0 when a
+/// non-blocking output is full; `Err` with [`exit::STDOUT_CLOSED`] once its
 /// reader has gone.
-fn emit(out: &mut std::io::StdoutLock<'_>, data: &[u8], tally: &mut Tally) -> Result<(), Stop> {
-    match out.write_all(data).and_then(|()| out.flush()) {
-        Ok(()) => {
-            tally.stdout += data.len() as u64;
-            Ok(())
+fn emit(ends: &mut Ends<'_>, data: &[u8], tally: &mut Tally) -> Result<usize, Stop> {
+    let out = &mut ends.output;
+    match out.write(data).and_then(|n| out.flush().map(|()| n)) {
+        Ok(n) => {
+            tally.stdout += n as u64;
+            Ok(n)
         }
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(Stop::Failed(Failure {
-            code: exit::STDOUT_CLOSED,
-            reason: format!(
-                "stdout closed after {} bytes, before the peer's stream ended",
-                tally.stdout
-            ),
-        })),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(0),
+        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Ok(0),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            ) =>
+        {
+            Err(Stop::Failed(Failure {
+                code: exit::STDOUT_CLOSED,
+                reason: format!(
+                    "{} closed after {} bytes, before the peer's stream ended",
+                    ends.output_name, tally.stdout
+                ),
+            }))
+        }
         Err(source) => Err(Stop::Failed(
             Error::Os {
-                op: "write stdout",
+                op: "write output",
                 source,
             }
             .into(),
@@ -156,15 +207,42 @@ fn emit(out: &mut std::io::StdoutLock<'_>, data: &[u8], tally: &mut Tally) -> Re
     }
 }
 
-/// After a failure: copies what the peer left in the ring to stdout, until
-/// its stream ends or nothing more can come.
-fn drain_rest(s: &mut impl PollStream, tally: &mut Tally) -> Result<(), Stop> {
-    let mut out = std::io::stdout().lock();
+/// Writes all of `data`, waiting (up to a minute) for a non-blocking
+/// output to take it.
+fn emit_all(ends: &mut Ends<'_>, mut data: &[u8], tally: &mut Tally) -> Result<(), Stop> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !data.is_empty() {
+        match emit(ends, data, tally)? {
+            0 => {
+                if Instant::now() > deadline {
+                    return Err(Stop::Ring(Error::TimedOut));
+                }
+                if let Some(fd) = ends.output_fd {
+                    let mut fds = [rustix::event::PollFd::new(
+                        &fd,
+                        rustix::event::PollFlags::OUT,
+                    )];
+                    let ts = rustix::event::Timespec {
+                        tv_sec: 0,
+                        tv_nsec: 50_000_000,
+                    };
+                    let _ = rustix::event::poll(&mut fds, Some(&ts));
+                }
+            }
+            n => data = data.get(n..).unwrap_or_default(),
+        }
+    }
+    Ok(())
+}
+
+/// After a failure: copies what the peer left in the ring to the output,
+/// until its stream ends or nothing more can come.
+fn drain_rest(s: &mut impl PollStream, tally: &mut Tally, ends: &mut Ends<'_>) -> Result<(), Stop> {
     let mut buf = vec![0u8; 64 << 10];
     loop {
         match s.try_read(&mut buf)? {
             Some(0) => return Ok(()),
-            Some(n) => emit(&mut out, buf.get(..n).unwrap_or(&[]), tally)?,
+            Some(n) => emit_all(ends, buf.get(..n).unwrap_or(&[]), tally)?,
             // The peer is alive and its ring empty: it has nothing in
             // flight for us now.
             None => return Ok(()),
@@ -172,29 +250,54 @@ fn drain_rest(s: &mut impl PollStream, tally: &mut Tally) -> Result<(), Stop> {
     }
 }
 
-fn pipe_loop(s: &mut impl PollStream, end: PipeEnd, tally: &mut Tally) -> Result<(), Stop> {
-    let stdin = std::io::stdin();
-    let stdin_fd = stdin.as_fd();
-    let mut stdout = std::io::stdout().lock();
+fn pipe_loop(
+    s: &mut impl PollStream,
+    end: PipeEnd,
+    tally: &mut Tally,
+    ends: &mut Ends<'_>,
+) -> Result<(), Stop> {
+    let stdin_fd = ends.input;
     let mut inbuf = vec![0u8; 64 << 10];
     let mut outbuf = vec![0u8; 64 << 10];
     let (mut off, mut len) = (0usize, 0usize);
+    // Bytes read from the ring and not yet taken by a non-blocking output.
+    let (mut opos, mut olen) = (0usize, 0usize);
     // Our direction ended (end mark sent, or none possible); the peer's
     // direction ended; the peer has read all of our stdin.
     let (mut out_done, mut in_done, mut delivered) = (false, false, false);
     let mut half_close = true;
+    let mut output_closed = false;
     let mut heard = Instant::now();
     loop {
         let mut moved = false;
-        while !in_done {
+        // The ring is read only as fast as the output takes it, so a
+        // stalled output holds back the peer, never our own input.
+        loop {
+            if opos < olen {
+                match emit(ends, outbuf.get(opos..olen).unwrap_or(&[]), tally)? {
+                    0 => break,
+                    n => {
+                        opos += n;
+                        moved = true;
+                        continue;
+                    }
+                }
+            }
+            if in_done {
+                break;
+            }
             match s.try_read(&mut outbuf)? {
                 Some(0) => in_done = true,
                 Some(n) => {
-                    emit(&mut stdout, outbuf.get(..n).unwrap_or(&[]), tally)?;
+                    (opos, olen) = (0, n);
                     moved = true;
                 }
                 None => break,
             }
+        }
+        if in_done && opos == olen && !output_closed {
+            (ends.output_done)();
+            output_closed = true;
         }
         while off < len {
             match s.try_write(inbuf.get(off..len).unwrap_or(&[]))? {
@@ -217,7 +320,7 @@ fn pipe_loop(s: &mut impl PollStream, end: PipeEnd, tally: &mut Tally) -> Result
                 None => {}
             }
         }
-        if in_done && out_done {
+        if in_done && out_done && output_closed {
             break;
         }
         if moved {
@@ -243,7 +346,8 @@ fn pipe_loop(s: &mut impl PollStream, end: PipeEnd, tally: &mut Tally) -> Result
             (a, b) => a.or(b),
         };
         let want_stdin = !tally.stdin_ended && off == len;
-        let woken = match s.wait_event(want_stdin.then_some(stdin_fd), deadline) {
+        let want_out = (opos < olen).then_some(ends.output_fd).flatten();
+        let woken = match s.wait_io(want_stdin.then_some(stdin_fd), want_out, deadline) {
             Ok(w) => w,
             Err(Error::TimedOut) if linger_end.is_some_and(|t| Instant::now() >= t) => break,
             // It ended its stream cleanly, then left before taking the
@@ -265,7 +369,7 @@ fn pipe_loop(s: &mut impl PollStream, end: PipeEnd, tally: &mut Tally) -> Result
                 Err(e) => {
                     return Err(Stop::Failed(
                         Error::Os {
-                            op: "read stdin",
+                            op: "read input",
                             source: e.into(),
                         }
                         .into(),

@@ -144,6 +144,8 @@ pub struct Woken {
     pub kicked: bool,
     /// The extra fd is readable (or hung up).
     pub extra: bool,
+    /// The output fd of [`EventSignal::wait_io`] is writable (or hung up).
+    pub writable: bool,
 }
 
 /// The default spin before blocking: 20 µs.
@@ -547,9 +549,29 @@ impl EventSignal {
         extra: Option<BorrowedFd<'_>>,
         deadline: Option<Instant>,
     ) -> Result<Woken, WaitError> {
+        self.wait_io(extra, None, deadline)
+    }
+
+    /// As [`wait_event`](Self::wait_event), also ending when `output`
+    /// becomes writable (a copy loop with bytes it could not yet write).
+    ///
+    /// # Errors
+    ///
+    /// As [`wait_event`](Self::wait_event).
+    pub fn wait_io(
+        &self,
+        extra: Option<BorrowedFd<'_>>,
+        output: Option<BorrowedFd<'_>>,
+        deadline: Option<Instant>,
+    ) -> Result<Woken, WaitError> {
+        let nothing = Woken {
+            kicked: false,
+            extra: false,
+            writable: false,
+        };
         let kicked = Woken {
             kicked: true,
-            extra: false,
+            ..nothing
         };
         if self.took(self.wake.take().map_err(WaitError::Os)?) {
             self.heard();
@@ -576,10 +598,7 @@ impl EventSignal {
             }
             if lapse.is_some_and(|l| now >= l) {
                 self.count(|c| c.lapses += 1);
-                return Ok(Woken {
-                    kicked: false,
-                    extra: false,
-                });
+                return Ok(nothing);
             }
             let until = match (end, lapse) {
                 (Some(a), Some(b)) => Some(a.min(b)),
@@ -590,6 +609,7 @@ impl EventSignal {
             // a fixed array, so waiting never allocates.
             let mut fds = [
                 PollFd::from_borrowed_fd(self.wake.as_fd(), PollFlags::IN),
+                PollFd::from_borrowed_fd(self.wake.as_fd(), PollFlags::empty()),
                 PollFd::from_borrowed_fd(self.wake.as_fd(), PollFlags::empty()),
                 PollFd::from_borrowed_fd(self.wake.as_fd(), PollFlags::empty()),
             ];
@@ -606,6 +626,12 @@ impl EventSignal {
                 extra_at = Some(used);
                 used += 1;
             }
+            let mut out_at = None;
+            if let (Some(o), Some(slot)) = (output, fds.get_mut(used)) {
+                *slot = PollFd::from_borrowed_fd(o, PollFlags::OUT);
+                out_at = Some(used);
+                used += 1;
+            }
             let fds = fds.get_mut(..used).unwrap_or_default();
             match rustix::event::poll(fds, ts.as_ref()) {
                 Ok(_) => {}
@@ -616,12 +642,17 @@ impl EventSignal {
                 at.and_then(|i| fds.get(i))
                     .is_some_and(|f| !f.revents().is_empty())
             };
-            let (hung, extra_ready) = (fired(hang_at), fired(extra_at));
+            let (hung, extra_ready, writable) = (fired(hang_at), fired(extra_at), fired(out_at));
+            let seen = Woken {
+                kicked: false,
+                extra: extra_ready,
+                writable,
+            };
             if self.took(self.wake.take().map_err(WaitError::Os)?) {
                 self.heard();
                 return Ok(Woken {
                     kicked: true,
-                    extra: extra_ready,
+                    ..seen
                 });
             }
             if hung {
@@ -632,17 +663,11 @@ impl EventSignal {
                     return Err(WaitError::PeerGone);
                 }
                 // A notice: news the caller must look at.
-                return Ok(Woken {
-                    kicked: false,
-                    extra: extra_ready,
-                });
+                return Ok(seen);
             }
-            if extra_ready {
+            if extra_ready || writable {
                 self.count(|c| c.extra += 1);
-                return Ok(Woken {
-                    kicked: false,
-                    extra: true,
-                });
+                return Ok(seen);
             }
         }
     }

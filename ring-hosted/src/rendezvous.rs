@@ -488,17 +488,17 @@ impl Session {
     }
 }
 
-/// At most this many handshakes run at once; a client beyond them is
-/// turned away at once (closed), so a flood of silent clients cannot hold
-/// the listener.
-pub const MAX_HANDSHAKES: usize = 16;
+/// At most this many handshakes run at once; clients beyond them wait in
+/// the socket's backlog until one finishes (each within its deadline), so
+/// a flood of silent clients delays the others but cannot stop them.
+pub const MAX_HANDSHAKES: usize = 64;
 
 /// A server socket that sets up a ring for every client it accepts.
 ///
 /// # Surviving clients
 ///
-/// A client can never stop the listener. Each handshake runs in a thread
-/// of its own with one deadline ([`ServerConfig::handshake_timeout`]) for
+/// A client can never stop the listener. Each handshake (at most
+/// [`MAX_HANDSHAKES`] at once) runs in a thread of its own with one deadline ([`ServerConfig::handshake_timeout`]) for
 /// the whole hello, so a silent or slow client holds only itself; a client
 /// that sends garbage, runs as the wrong uid or hangs up early is refused
 /// (reported to [`accept_with`](Self::accept_with)'s callback) and the
@@ -685,8 +685,16 @@ impl Listener {
                 }
                 None => None,
             };
+            // At the handshake limit, wait for one to finish, not for more
+            // clients.
+            let full = self.in_flight.load(Ordering::Acquire) >= MAX_HANDSHAKES;
+            let listen_for = if full {
+                rustix::event::PollFlags::empty()
+            } else {
+                rustix::event::PollFlags::IN
+            };
             let mut fds = [
-                rustix::event::PollFd::new(&self.inner, rustix::event::PollFlags::IN),
+                rustix::event::PollFd::new(&self.inner, listen_for),
                 rustix::event::PollFd::new(&*self.ready, rustix::event::PollFlags::IN),
             ];
             match rustix::event::poll(&mut fds, ts.as_ref()) {
@@ -717,15 +725,6 @@ impl Listener {
                     })
                 }
             };
-            if self.in_flight.load(Ordering::Acquire) >= MAX_HANDSHAKES {
-                refused(&Error::Os {
-                    op: "accept",
-                    source: io::Error::other(format!(
-                        "{MAX_HANDSHAKES} handshakes already in progress; client closed"
-                    )),
-                });
-                continue;
-            }
             self.in_flight.fetch_add(1, Ordering::AcqRel);
             let (tx, ready, in_flight, config) = (
                 self.done_tx.clone(),

@@ -110,6 +110,21 @@ pub trait PollStream {
         &mut self,
         extra: Option<BorrowedFd<'_>>,
         deadline: Option<Instant>,
+    ) -> Result<Woken, Error> {
+        self.wait_io(extra, None, deadline)
+    }
+
+    /// As [`wait_event`](Self::wait_event), also ending when `output` is
+    /// writable.
+    ///
+    /// # Errors
+    ///
+    /// As [`wait_event`](Self::wait_event).
+    fn wait_io(
+        &mut self,
+        extra: Option<BorrowedFd<'_>>,
+        output: Option<BorrowedFd<'_>>,
+        deadline: Option<Instant>,
     ) -> Result<Woken, Error>;
 
     /// The deadline for a blocking call starting now.
@@ -147,6 +162,7 @@ pub(crate) fn woken(w: Option<Woken>) -> Woken {
     w.unwrap_or(Woken {
         kicked: true,
         extra: false,
+        writable: false,
     })
 }
 
@@ -459,12 +475,15 @@ impl<M: SharedMem> PollStream for VchanStream<M> {
     fn spin_ready(&mut self, read: bool, write: bool) -> bool {
         self.inner.spin_ready(read, write)
     }
-    fn wait_event(
+    fn wait_io(
         &mut self,
         extra: Option<BorrowedFd<'_>>,
+        output: Option<BorrowedFd<'_>>,
         deadline: Option<Instant>,
     ) -> Result<Woken, Error> {
-        let w = self.inner.wait_with(|s| s.wait_event(extra, deadline))?;
+        let w = self
+            .inner
+            .wait_with(|s| s.wait_io(extra, output, deadline))?;
         Ok(woken(w))
     }
     fn signal(&self) -> &EventSignal {

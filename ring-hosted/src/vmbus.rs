@@ -312,12 +312,15 @@ impl PollStream for VmbusPipe {
         self.inner.spin_ready(read, write)
     }
 
-    fn wait_event(
+    fn wait_io(
         &mut self,
         extra: Option<BorrowedFd<'_>>,
+        output: Option<BorrowedFd<'_>>,
         deadline: Option<Instant>,
     ) -> Result<Woken, Error> {
-        let w = self.inner.wait_with(|s| s.wait_event(extra, deadline))?;
+        let w = self
+            .inner
+            .wait_with(|s| s.wait_io(extra, output, deadline))?;
         Ok(woken(w))
     }
 
@@ -533,12 +536,15 @@ impl PollStream for RawVmbus {
         self.inner.spin_ready(read, write)
     }
 
-    fn wait_event(
+    fn wait_io(
         &mut self,
         extra: Option<BorrowedFd<'_>>,
+        output: Option<BorrowedFd<'_>>,
         deadline: Option<Instant>,
     ) -> Result<Woken, Error> {
-        let w = self.inner.wait_with(|s| s.wait_event(extra, deadline))?;
+        let w = self
+            .inner
+            .wait_with(|s| s.wait_io(extra, output, deadline))?;
         Ok(woken(w))
     }
 

@@ -1,0 +1,291 @@
+//! `ring proxy`: many connections through a pair of proxies, each on a
+//! ring session of its own, checksummed both ways; killed clients do not
+//! disturb the others; 1024 sessions at once in one process; SIGTERM drains
+//! and exits 0.
+
+mod common;
+
+use common::{ring, wait_for_path, TempSock};
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::process::{Child, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// The service behind the proxies: answers every connection with what it
+/// reads, each byte xored with 0x5a, and shuts down its side at the
+/// client's end.
+fn service(path: std::path::PathBuf) {
+    let l = UnixListener::bind(&path).unwrap();
+    thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut c) = conn else { return };
+            thread::Builder::new()
+                .stack_size(128 << 10)
+                .spawn(move || {
+                    let mut buf = vec![0u8; 32 << 10];
+                    loop {
+                        match c.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                for b in &mut buf[..n] {
+                                    *b ^= 0x5a;
+                                }
+                                if c.write_all(&buf[..n]).is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                    let _ = c.shutdown(std::net::Shutdown::Write);
+                })
+                .unwrap();
+        }
+    });
+}
+
+struct Proxies {
+    back: Child,
+    front: Child,
+    front_path: std::path::PathBuf,
+    _dir: TempSock,
+}
+
+fn proxies(proto: &str, extra: &[&str]) -> Proxies {
+    let dir = TempSock::new("proxy");
+    let target = dir.path.with_file_name("service");
+    let rings = dir.path.with_file_name("rings");
+    let front_path = dir.path.with_file_name("front");
+    service(target.clone());
+    let back = ring()
+        .args(["proxy", "--proto", proto, "--ring-listen"])
+        .arg(&rings)
+        .arg("--to")
+        .arg(format!("unix:{}", target.display()))
+        .args(extra)
+        .env("RING_LIVENESS_MS", "0")
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_path(&rings);
+    let front = ring()
+        .args(["proxy", "--proto", proto, "--ring-connect"])
+        .arg(&rings)
+        .arg("--listen")
+        .arg(format!("unix:{}", front_path.display()))
+        .args(extra)
+        .env("RING_LIVENESS_MS", "0")
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_path(&front_path);
+    Proxies {
+        back,
+        front,
+        front_path,
+        _dir: dir,
+    }
+}
+
+impl Drop for Proxies {
+    fn drop(&mut self) {
+        // A failed test must not leave proxies behind.
+        for c in [&mut self.front, &mut self.back] {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Proxies {
+    /// SIGTERM both; each must exit 0 within 10 s.
+    fn stop(mut self) {
+        for c in [&mut self.front, &mut self.back] {
+            let pid = rustix::process::Pid::from_raw(c.id() as i32).unwrap();
+            rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let status = loop {
+                if let Some(s) = c.try_wait().unwrap() {
+                    break s;
+                }
+                if Instant::now() > deadline {
+                    let _ = c.kill();
+                    panic!("the proxy did not stop within 10 s of SIGTERM");
+                }
+                thread::sleep(Duration::from_millis(10));
+            };
+            assert!(status.success(), "proxy exited {status:?} after SIGTERM");
+        }
+    }
+}
+
+fn data(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// One client: sends `out`, half-closes, reads the answer to the end.
+fn client(path: &std::path::Path, out: Vec<u8>, stop_after: Option<usize>) -> Option<Vec<u8>> {
+    let c = UnixStream::connect(path).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut w = c.try_clone().unwrap();
+    let cut = stop_after;
+    let writer = thread::spawn(move || {
+        let upto = cut.unwrap_or(out.len());
+        for piece in out[..upto].chunks(16 << 10) {
+            if w.write_all(piece).is_err() {
+                return;
+            }
+        }
+        if cut.is_none() {
+            let _ = w.shutdown(std::net::Shutdown::Write);
+        }
+    });
+    if stop_after.is_some() {
+        // Killed mid-stream: the connection just goes away.
+        writer.join().unwrap();
+        drop(c);
+        return None;
+    }
+    let mut got = Vec::new();
+    let mut r = c;
+    r.read_to_end(&mut got).unwrap();
+    writer.join().unwrap();
+    Some(got)
+}
+
+fn many_connections(proto: &str) {
+    let p = proxies(proto, &[]);
+    let path = p.front_path.clone();
+    let handles: Vec<_> = (0..32u64)
+        .map(|i| {
+            let path = path.clone();
+            thread::spawn(move || {
+                let n = 1 + (data(i, 4)[0] as usize) * 4096;
+                let out = data(i + 100, n);
+                let killed = i % 8 == 3;
+                let got = client(&path, out.clone(), killed.then_some(n / 2));
+                (i, killed, out, got)
+            })
+        })
+        .collect();
+    for h in handles {
+        let (i, killed, out, got) = h.join().unwrap();
+        if killed {
+            continue;
+        }
+        let got = got.unwrap();
+        assert_eq!(got.len(), out.len(), "connection {i}");
+        assert!(
+            got.iter().zip(&out).all(|(g, o)| *g == o ^ 0x5a),
+            "connection {i}: bytes differ"
+        );
+    }
+    p.stop();
+}
+
+#[test]
+fn thirty_two_connections_through_vchan_sessions_with_some_killed() {
+    many_connections("vchan");
+}
+
+#[test]
+fn thirty_two_connections_through_vmbus_sessions_with_some_killed() {
+    many_connections("vmbus");
+}
+
+/// 1024 connections open at once, idle first, then each active: one proxy
+/// process holds 1024 ring sessions.
+#[test]
+fn a_thousand_and_twenty_four_sessions_in_one_proxy() {
+    let lim = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    rustix::process::setrlimit(
+        rustix::process::Resource::Nofile,
+        rustix::process::Rlimit {
+            current: lim.maximum,
+            maximum: lim.maximum,
+        },
+    )
+    .unwrap();
+    let p = proxies("vchan", &["--ring-size", "4K"]);
+    let start = Instant::now();
+    let conns: Vec<UnixStream> = (0..1024)
+        .map(|_| UnixStream::connect(&p.front_path).unwrap())
+        .collect();
+    // Idle: wait until every session is up in the front proxy (its ring
+    // memfds are visible in /proc).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let front_pid = p.front.id();
+    loop {
+        let memfds = std::fs::read_dir(format!("/proc/{front_pid}/fd"))
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                std::fs::read_link(e.path())
+                    .is_ok_and(|l| l.to_string_lossy().starts_with("/memfd:ring-"))
+            })
+            .count();
+        if memfds >= 1024 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "only {memfds} sessions came up");
+        thread::sleep(Duration::from_millis(50));
+    }
+    let up = start.elapsed();
+    let status = std::fs::read_to_string(format!("/proc/{front_pid}/status")).unwrap();
+    let rss = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS"))
+        .unwrap_or("")
+        .to_string();
+    let fds = std::fs::read_dir(format!("/proc/{front_pid}/fd"))
+        .unwrap()
+        .count();
+    println!("1024 sessions up in {up:?}; front proxy: {fds} fds, {rss}");
+    // Active: every connection sends and gets its answer.
+    let handles: Vec<_> = conns
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut c)| {
+            thread::Builder::new()
+                .stack_size(128 << 10)
+                .spawn(move || {
+                    let out = data(i as u64, 100);
+                    c.write_all(&out).unwrap();
+                    c.shutdown(std::net::Shutdown::Write).unwrap();
+                    c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+                    let mut got = Vec::new();
+                    c.read_to_end(&mut got).unwrap();
+                    assert!(got.iter().zip(&out).all(|(g, o)| *g == o ^ 0x5a));
+                    assert_eq!(got.len(), 100, "connection {i}");
+                })
+                .unwrap()
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    p.stop();
+}
+
+#[test]
+fn a_session_limit_closes_connections_beyond_it() {
+    let p = proxies("vchan", &["--max-sessions", "2"]);
+    let a = UnixStream::connect(&p.front_path).unwrap();
+    let b = UnixStream::connect(&p.front_path).unwrap();
+    thread::sleep(Duration::from_millis(500));
+    let mut c = UnixStream::connect(&p.front_path).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 1];
+    // The third is closed at once: end of file.
+    assert_eq!(c.read(&mut buf).unwrap_or(0), 0);
+    drop((a, b));
+    p.stop();
+}
