@@ -250,3 +250,47 @@ fn server_refuses_a_real_other_user_when_we_can_be_one() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("does not accept our uid"), "{err}");
 }
+
+/// `--keep` serves one session after another: three clients in turn, each
+/// with its own bytes, and a bad one between them changes nothing.
+#[test]
+fn keep_serves_one_session_after_another() {
+    let sock = TempSock::new("keep");
+    let path = sock.path.to_str().unwrap().to_string();
+    let mut server = ring()
+        .args(["listen", "--keep", &path])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_path(&sock.path);
+    let mut out = server.stdout.take().unwrap();
+    for i in 0..3u8 {
+        if i == 1 {
+            let mut g = UnixStream::connect(&sock.path).unwrap();
+            g.write_all(&[0xEE; 16]).unwrap();
+        }
+        let mut c = ring()
+            .args(["connect", &path])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        c.stdin
+            .take()
+            .unwrap()
+            .write_all(&[b'a' + i; 1000])
+            .unwrap();
+        assert!(c.wait().unwrap().success(), "client {i}");
+        let mut got = [0u8; 1000];
+        out.read_exact(&mut got).unwrap();
+        assert!(got.iter().all(|&b| b == b'a' + i), "session {i}");
+    }
+    assert!(
+        server.try_wait().unwrap().is_none(),
+        "--keep stopped serving"
+    );
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
