@@ -50,6 +50,7 @@
 extern crate alloc;
 
 pub mod error;
+pub mod loan;
 pub mod mem;
 pub mod signal;
 pub mod vchan;

@@ -481,6 +481,42 @@ impl WrapRegion {
         Ok(())
     }
 
+    /// Appends the spans (one, or two when it wraps) covering `len` bytes
+    /// at `pos` to `out`, as offsets in the region's memory.
+    ///
+    /// # Errors
+    ///
+    /// [`MemError::OutOfBounds`] if the access does not fit the region or
+    /// `out` has no room for the spans.
+    pub fn push_spans(
+        &self,
+        pos: usize,
+        len: usize,
+        out: &mut crate::loan::SpanList,
+    ) -> Result<(), MemError> {
+        let (first, rest) = self.split(pos, len)?;
+        let full = MemError::OutOfBounds {
+            offset: self.base.wrapping_add(pos),
+            len,
+            size: self.size,
+        };
+        for span in [
+            crate::loan::Span {
+                offset: self.base + pos,
+                len: first,
+            },
+            crate::loan::Span {
+                offset: self.base,
+                len: rest,
+            },
+        ] {
+            if span.len > 0 {
+                out.push(span).map_err(|_| full)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Prefetches, for writing, the space a producer at `pos` fills next:
     /// the first whole cache line at or after `pos`, and the line
     /// [`PREFETCH_AHEAD`] bytes on. `free` is the space the consumer has

@@ -11,6 +11,7 @@
 //! rings' indices and both notify bytes.
 
 use proptest::prelude::*;
+use ring_core::loan::Span;
 use ring_core::mem::{RawMem, SharedMem};
 use ring_core::vchan::layout::{
     CLI_NOTIFY, LEFT_CONS, LEFT_PROD, RIGHT_CONS, RIGHT_PROD, SRV_NOTIFY,
@@ -40,6 +41,10 @@ enum Op {
     WriteVectored(Side, Vec<usize>),
     /// A gathered packet of buffers of these sizes.
     SendVectored(Side, Vec<usize>),
+    /// An in-place write offered up to `.1` bytes that fills `.2` of them.
+    WriteWith(Side, usize, usize),
+    /// An in-place read offered up to `.1` bytes that takes `.2` of them.
+    ReadWith(Side, usize, usize),
 }
 
 impl Op {
@@ -53,7 +58,9 @@ impl Op {
             | Op::RecvHeld(s, _)
             | Op::Release(s)
             | Op::WriteVectored(s, _)
-            | Op::SendVectored(s, _) => s,
+            | Op::SendVectored(s, _)
+            | Op::WriteWith(s, _, _)
+            | Op::ReadWith(s, _, _) => s,
         }
     }
 }
@@ -87,7 +94,38 @@ fn op() -> impl Strategy<Value = Op> {
             Op::WriteVectored(s, v)
         }
     });
-    prop_oneof![13 => simple, 2 => gathered]
+    // In place: the closure moves all, some or none of what it is offered.
+    let moved = prop_oneof![Just(0usize), 0usize..64, 0usize..5000, Just(usize::MAX)];
+    let in_place = (side(), len_in_place(), moved, any::<bool>()).prop_map(|(s, n, k, w)| {
+        if w {
+            Op::WriteWith(s, n, k)
+        } else {
+            Op::ReadWith(s, n, k)
+        }
+    });
+    prop_oneof![13 => simple, 2 => gathered, 3 => in_place]
+}
+
+fn len_in_place() -> impl Strategy<Value = usize> {
+    prop_oneof![0usize..64, 0usize..5000, Just(usize::MAX)]
+}
+
+/// Copies what `spans` of `mem` hold, checking they lie inside it and
+/// cover `offered` bytes in at most two pieces.
+fn span_bytes(mem: &RawMem<'_>, spans: &[Span]) -> Vec<u8> {
+    assert!(spans.len() <= 2, "a vchan ring offers at most two spans");
+    let mut out = Vec::new();
+    for span in spans {
+        assert!(span.len > 0, "empty span offered");
+        assert!(
+            span.offset + span.len <= mem.size(),
+            "span outside the memory"
+        );
+        let mut piece = vec![0u8; span.len];
+        mem.read(span.offset, &mut piece).unwrap();
+        out.extend(piece);
+    }
+    out
 }
 
 fn orders() -> impl Strategy<Value = Orders> {
@@ -370,6 +408,59 @@ fn step(model: &mut Model, ep: &mut Endpoint<RawMem<'_>>, op: &Op) -> Result<(),
                 ep.read(&mut buf)
             };
             model.read(s, &buf, exact, got)?;
+        }
+        Op::WriteWith(_, max, fill) => {
+            let data = model.data(max.min(1 << 16));
+            let mut called = None;
+            let got = ep.write_with(max, |mem, spans| {
+                let offered = ring_core::loan::total(spans);
+                let k = fill.min(offered);
+                let mut rest = &data[..k.min(data.len())];
+                for span in spans {
+                    let (piece, tail) = rest.split_at(span.len.min(rest.len()));
+                    mem.write(span.offset, piece).unwrap();
+                    rest = tail;
+                }
+                let _ = span_bytes(mem, spans);
+                called = Some((offered, k));
+                // A closure claiming more than it was offered (usize::MAX)
+                // is held to what it was offered.
+                fill.max(k)
+            });
+            let free = model.rings[tx_rx(s).0].free();
+            // Filled or not, an in-place write is a stream write of what
+            // was filled: none offered when the ring is full.
+            let sent = match called {
+                Some((offered, k)) => {
+                    prop_assert_eq!(offered, max.min(free), "bytes offered");
+                    &data[..k]
+                }
+                None => &data[..],
+            };
+            model.write(s, sent, false, got)?;
+        }
+        Op::ReadWith(_, max, take) => {
+            let mut seen = None;
+            let got = ep.read_with(max, |mem, spans| {
+                let bytes = span_bytes(mem, spans);
+                let k = take.min(bytes.len());
+                seen = Some((bytes.len(), bytes[..k].to_vec()));
+                take.max(k)
+            });
+            let avail = model.rings[r].bytes.len();
+            let Ok(got) = got.map(|t| t.expect("no end of stream while both are open")) else {
+                let e = got.unwrap_err();
+                prop_assert!(seen.is_none(), "drain called before {e:?}");
+                return model.read(s, &vec![0u8; max.min(1 << 16)], false, Err(e));
+            };
+            let buf = match seen {
+                Some((offered, taken)) => {
+                    prop_assert_eq!(offered, max.min(avail), "bytes offered");
+                    taken
+                }
+                None => Vec::new(),
+            };
+            model.read(s, &buf, false, Ok(got))?;
         }
         Op::ReadHeld(_, n) => {
             // Never arms: nothing there now is `Ok(0)`.

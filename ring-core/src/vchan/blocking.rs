@@ -2,6 +2,7 @@
 //! spin-locked handle for sharing one endpoint between tasks.
 
 use super::{Endpoint, Error, Readiness, Transfer};
+use crate::loan::{Drained, Span};
 use crate::mem::SharedMem;
 use crate::signal::{Attempt, Signal, Waiter};
 
@@ -215,6 +216,57 @@ impl<M: SharedMem, S: Signal> Blocking<M, S> {
         self.waiter.writable()?;
         let r = self.side.ep.write_vectored(bufs);
         self.side.wrote(&self.waiter, r)
+    }
+
+    /// One non-blocking stream write in place (see
+    /// [`Endpoint::write_with`]): `Some(n)` bytes published (0 if `fill`
+    /// wrote none), `None` the ring is full (wake-up armed, `fill` not
+    /// called).
+    ///
+    /// # Errors
+    ///
+    /// As [`try_write`](Self::try_write).
+    pub fn try_write_with(
+        &mut self,
+        max: usize,
+        fill: impl FnOnce(&M, &[Span]) -> usize,
+    ) -> Attempt<usize, Error, S::Error> {
+        self.waiter.writable()?;
+        let r = self.side.ep.write_with(max, fill);
+        self.side.wrote(&self.waiter, r)
+    }
+
+    /// One non-blocking stream read in place (see
+    /// [`Endpoint::read_with`]): `Some(Drained::Took(n))` (0 if `drain`
+    /// took none), `Some(Drained::End)` end of stream, `None` nothing yet
+    /// (wake-up armed, `drain` not called).
+    ///
+    /// # Errors
+    ///
+    /// As [`try_read`](Self::try_read).
+    pub fn try_read_with(
+        &mut self,
+        max: usize,
+        drain: impl FnOnce(&M, &[Span]) -> usize,
+    ) -> Attempt<Drained, Error, S::Error> {
+        if max == 0 {
+            return Ok(Some(Drained::Took(0)));
+        }
+        // Nothing read is the end of the stream unless `drain` was offered
+        // bytes and took none (the end may also be declared outside the
+        // ring: see `Side::read_with`).
+        let mut offered = false;
+        let took = self.side.read_with(&self.waiter, |ep| {
+            let t = ep.read_with(max, |mem, spans| {
+                offered = true;
+                drain(mem, spans)
+            })?;
+            Ok(t.unwrap_or(Transfer::NOTHING))
+        })?;
+        Ok(took.map(|n| match n {
+            0 if !offered => Drained::End,
+            n => Drained::Took(n),
+        }))
     }
 
     /// One non-blocking packet send (all of `buf` or nothing).

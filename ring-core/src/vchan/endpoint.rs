@@ -6,6 +6,7 @@ use super::layout::{
 };
 use super::{ControlHeader, Error, Live, NotifyBits, Role, SetupError, Transfer};
 use crate::error::{Corrupt, Poison};
+use crate::loan::{Span, SpanList};
 use crate::mem::{SharedMem, WrapRegion};
 use core::ops::Deref;
 use zerocopy::byteorder::little_endian::{U16, U32};
@@ -641,6 +642,13 @@ impl<M: SharedMem> Endpoint<M> {
             at = at.wrapping_add(piece.len() as u32);
             left -= piece.len();
         }
+        self.publish_tx(at, len)
+    }
+
+    /// Publishes our producer index `at` (`len` bytes past the last),
+    /// together with any held reads: both indices under one fence, one
+    /// check of both requests.
+    fn publish_tx(&mut self, at: u32, len: usize) -> Result<Transfer, Error> {
         let mut asks = NotifyBits::WRITE;
         if self.held() > 0 {
             self.publish_rx()?;
@@ -683,6 +691,50 @@ impl<M: SharedMem> Endpoint<M> {
             Some(dst) if n > 0 => self.finish_read(dst),
             _ => Ok(Transfer::NOTHING),
         }
+    }
+
+    /// Stream read in place: offers up to `max` readable bytes to `drain`
+    /// as spans of the memory the ring lives in (two when they wrap), and
+    /// gives the first `n` back to the writer, where `n` is what `drain`
+    /// returns (clamped to what was offered). `drain` copies the bytes out
+    /// itself, through the memory it is given (see [`loan`](crate::loan)).
+    ///
+    /// Returns `None` at end of stream (the peer closed and everything it
+    /// wrote has been read; `drain` is not called), else the bytes taken
+    /// (0 if `drain` took none).
+    ///
+    /// # Errors
+    ///
+    /// As [`read`](Self::read): [`Error::WouldBlock`] when the ring is
+    /// empty and the peer open (armed; `drain` is not called).
+    pub fn read_with(
+        &mut self,
+        max: usize,
+        drain: impl FnOnce(&M, &[Span]) -> usize,
+    ) -> Result<Option<Transfer>, Error> {
+        self.usable()?;
+        let want = max.min(self.rx.size as usize);
+        if want == 0 {
+            return Ok(Some(Transfer::NOTHING));
+        }
+        let n = match self.wait_data(want, false)? {
+            0 => return Ok(None),
+            avail => avail.min(want),
+        };
+        let mut spans = SpanList::new();
+        self.rx
+            .region
+            .push_spans(self.rx.position(self.rx.own), n, &mut spans)?;
+        let took = drain(&self.rx.mem, &spans).min(n);
+        if took == 0 {
+            return Ok(Some(Transfer::NOTHING));
+        }
+        self.rx.own = self.rx.own.wrapping_add(took as u32);
+        // Release: the caller's copy-out completes before the peer sees
+        // the space.
+        self.publish_rx()?;
+        let notify = self.peer_asked(NotifyBits::READ)?;
+        Ok(Some(Transfer { len: took, notify }))
     }
 
     /// Packet receive: fills all of `buf` or nothing.
@@ -854,6 +906,42 @@ impl<M: SharedMem> Endpoint<M> {
         let want = total.min(self.tx.size as usize);
         let free = self.wait_space(want, false)?;
         self.finish_write(bufs, free.min(want))
+    }
+
+    /// Stream write in place: offers up to `max` bytes of the free space
+    /// to `fill` as spans of the memory the ring lives in (two when the
+    /// space wraps), and publishes the first `n` bytes, where `n` is what
+    /// `fill` returns (clamped to what was offered). `fill` writes the
+    /// bytes itself, through the memory it is given (see
+    /// [`loan`](crate::loan)).
+    ///
+    /// Returns the bytes published; 0 if `fill` wrote none (nothing is
+    /// armed then: the caller waits for its own source).
+    ///
+    /// # Errors
+    ///
+    /// As [`write`](Self::write): [`Error::WouldBlock`] when the ring is
+    /// full (armed; `fill` is not called).
+    pub fn write_with(
+        &mut self,
+        max: usize,
+        fill: impl FnOnce(&M, &[Span]) -> usize,
+    ) -> Result<Transfer, Error> {
+        self.usable()?;
+        let want = max.min(self.tx.size as usize);
+        if want == 0 {
+            return Ok(Transfer::NOTHING);
+        }
+        let n = self.wait_space(want, false)?.min(want);
+        let mut spans = SpanList::new();
+        self.tx
+            .region
+            .push_spans(self.tx.position(self.tx.own), n, &mut spans)?;
+        let filled = fill(&self.tx.mem, &spans).min(n);
+        if filled == 0 {
+            return Ok(Transfer::NOTHING);
+        }
+        self.publish_tx(self.tx.own.wrapping_add(filled as u32), filled)
     }
 
     /// Packet send: writes all of `buf` or nothing.

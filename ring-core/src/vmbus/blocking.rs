@@ -8,6 +8,7 @@
 
 use super::pipe::{PipeReader, PipeWriter};
 use super::{Error, IncomingPacket, IncomingRing, OutgoingPacket, OutgoingRing, Transfer};
+use crate::loan::{Drained, Span};
 use crate::mem::SharedMem;
 use crate::signal::{Attempt, Signal, Waiter};
 
@@ -523,6 +524,57 @@ impl<M: SharedMem, S: Signal> BlockingPipe<M, S> {
             return Ok(Some(0));
         }
         self.ends.write_with(&self.waiter, |w| w.write_bytes(buf))
+    }
+
+    /// One non-blocking write in place (see [`PipeWriter::write_with`]):
+    /// `Some(n)` bytes committed (0 if `fill` wrote none), `None` the ring
+    /// is full (wake-up armed, `fill` not called).
+    ///
+    /// # Errors
+    ///
+    /// As [`try_write`](Self::try_write).
+    pub fn try_write_with(
+        &mut self,
+        max: usize,
+        fill: impl FnOnce(&M, &[Span]) -> usize,
+    ) -> Attempt<usize, Error, S::Error> {
+        if max == 0 {
+            return Ok(Some(0));
+        }
+        self.ends
+            .write_with(&self.waiter, |w| w.write_with(max, fill))
+    }
+
+    /// One non-blocking read in place (see [`PipeReader::read_with`]):
+    /// `Some(Drained::Took(n))` (0 if `drain` took none),
+    /// `Some(Drained::End)` end of stream, `None` nothing yet (wake-up
+    /// armed, `drain` not called).
+    ///
+    /// # Errors
+    ///
+    /// As [`try_read`](Self::try_read).
+    pub fn try_read_with(
+        &mut self,
+        max: usize,
+        drain: impl FnOnce(&M, &[Span]) -> usize,
+    ) -> Attempt<Drained, Error, S::Error> {
+        if max == 0 {
+            return Ok(Some(Drained::Took(0)));
+        }
+        // Nothing read is the end of the stream unless `drain` was offered
+        // bytes and took none.
+        let mut offered = false;
+        let took = self.ends.read_with(&self.waiter, |r| {
+            let t = r.read_with(max, |mem, spans| {
+                offered = true;
+                drain(mem, spans)
+            })?;
+            Ok(t.unwrap_or_default())
+        })?;
+        Ok(took.map(|n| match n {
+            0 if !offered => Drained::End,
+            n => Drained::Took(n),
+        }))
     }
 
     /// One non-blocking message send (one packet, at most 16 KiB).

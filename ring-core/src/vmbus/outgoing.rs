@@ -1,13 +1,14 @@
 //! The writer's side of a ring.
 
 use super::layout::{
-    FeatureBits, GpaDirectHeader, PacketDescriptor, PacketFlags, RingLayout, Trailer,
-    TransferPageHeader, TransferPageRange, FEATURE_BITS, INTERRUPT_MASK, PACKET_ALIGN,
-    PENDING_SEND_SIZE, READ_INDEX, TRAILER_SIZE, WRITE_INDEX,
+    FeatureBits, GpaDirectHeader, PacketDescriptor, PacketFlags, PacketType, RingLayout, Trailer,
+    TransferPageHeader, TransferPageRange, DESCRIPTOR_SIZE, FEATURE_BITS, INTERRUPT_MASK,
+    PACKET_ALIGN, PENDING_SEND_SIZE, READ_INDEX, TRAILER_SIZE, WRITE_INDEX,
 };
 use super::packet::{OutgoingKind, OutgoingPacket};
 use super::{advance, check_memory, distance, index_ok, Error, SetupError, Transfer};
 use crate::error::{Corrupt, Poison};
+use crate::loan::{Span, SpanList, MAX_SPANS};
 use crate::mem::{SharedMem, WrapRegion};
 use zerocopy::byteorder::little_endian::{U16, U32, U64};
 use zerocopy::IntoBytes;
@@ -315,6 +316,86 @@ impl<M: SharedMem> OutgoingRing<M> {
         self.put(&mut pos, Trailer::for_start(start).as_bytes())?;
         self.next = advance(start, total, self.size);
         Ok(())
+    }
+
+    /// Writes in-band packets in place after the uncommitted batch, each a
+    /// `P`-byte prefix and up to `chunk` data bytes, as many as fit now (up
+    /// to `max` data bytes, at most [`MAX_SPANS`]` / 2` packets).
+    ///
+    /// Their data areas are offered to `fill` as spans of the ring's memory,
+    /// in order; `fill` returns how many bytes it wrote there. The packets
+    /// it filled are then finished (descriptor, `prefix(len)`, padding,
+    /// trailer); the last one is cut to the bytes it got, the ones after it
+    /// dropped. Returns the data bytes written (0 if `fill` wrote none);
+    /// the reader sees them at the next [`commit`](Self::commit).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Full`] (armed as for [`write`](Self::write)) if not even a
+    /// packet of 8 data bytes fits; `fill` is not called then.
+    /// [`Error::Corrupt`] if the reader's index is invalid.
+    pub(super) fn write_in_band_with<const P: usize>(
+        &mut self,
+        chunk: usize,
+        max: usize,
+        prefix: impl Fn(usize) -> [u8; P],
+        fill: impl FnOnce(&M, &[Span]) -> usize,
+    ) -> Result<usize, Error> {
+        self.usable()?;
+        let align = PACKET_ALIGN;
+        let overhead = DESCRIPTOR_SIZE + P.next_multiple_of(align) + TRAILER_SIZE;
+        self.reserve(DESCRIPTOR_SIZE + P + align)?;
+        let mut room = self.available()?;
+        // (start of the packet, data bytes it can take)
+        let mut plan: heapless::Vec<(u32, usize), { MAX_SPANS / 2 }> = heapless::Vec::new();
+        let mut spans = SpanList::new();
+        let mut pos = self.next;
+        let mut left = max;
+        while left > 0 {
+            let fits = room.saturating_sub(overhead) & !(align - 1);
+            let cap = chunk.min(left).min(fits);
+            if cap == 0 || plan.is_full() {
+                break;
+            }
+            let data_at = advance(pos, (DESCRIPTOR_SIZE + P) as u32, self.size);
+            self.data.push_spans(data_at as usize, cap, &mut spans)?;
+            let _ = plan.push((pos, cap));
+            let total = overhead + cap.next_multiple_of(align);
+            pos = advance(pos, total as u32, self.size);
+            room -= total;
+            left -= cap;
+        }
+        let offered = plan.iter().map(|&(_, cap)| cap).sum::<usize>();
+        let filled = fill(&self.mem, &spans).min(offered);
+        let mut rest = filled;
+        for &(start, cap) in &plan {
+            if rest == 0 {
+                break;
+            }
+            let len = rest.min(cap);
+            rest -= len;
+            let payload = P + len;
+            let padded = payload.next_multiple_of(align);
+            // payload ≤ chunk + P ≤ the ring's largest packet: no overflow.
+            let descriptor = PacketDescriptor {
+                packet_type: U16::new(PacketType::InBand.wire()),
+                data_offset8: U16::new((DESCRIPTOR_SIZE / 8) as u16),
+                length8: U16::new(((DESCRIPTOR_SIZE + padded) / 8) as u16),
+                flags: U16::new(0),
+                transaction_id: U64::new(0),
+            };
+            let mut at = start;
+            self.put(&mut at, descriptor.as_bytes())?;
+            self.put(&mut at, &prefix(len))?;
+            at = advance(at, len as u32, self.size);
+            if padded > payload {
+                self.data.zero(&self.mem, at as usize, padded - payload)?;
+                at = advance(at, (padded - payload) as u32, self.size);
+            }
+            self.put(&mut at, Trailer::for_start(start).as_bytes())?;
+            self.next = at;
+        }
+        Ok(filled)
     }
 
     /// Publishes every packet written since the last commit, with one store

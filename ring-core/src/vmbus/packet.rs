@@ -7,6 +7,7 @@ use super::layout::{
 };
 use super::{advance, Error};
 use crate::error::Corrupt;
+use crate::loan::SpanList;
 use crate::mem::{SharedMem, WrapRegion};
 use core::mem::size_of;
 use zerocopy::FromBytes;
@@ -360,6 +361,37 @@ impl<'a, M: SharedMem + ?Sized> IncomingPacket<'a, M> {
             },
             e => e,
         })
+    }
+
+    /// Appends the spans of payload bytes `[offset, offset + len)` (one, or
+    /// two when they wrap) to `out`, as offsets in the ring's memory, for
+    /// reading in place (see [`loan`](crate::loan)).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::OutOfRange`] past the padded payload or when `out` is full.
+    pub fn payload_spans(
+        &self,
+        offset: usize,
+        len: usize,
+        out: &mut SpanList,
+    ) -> Result<(), Error> {
+        let out_of_range = Error::OutOfRange {
+            needed: offset.saturating_add(len),
+            available: self.payload_len(),
+        };
+        let end = offset.checked_add(len).ok_or(out_of_range)?;
+        if end > self.payload_len() {
+            return Err(out_of_range);
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        // offset < payload_len < len ≤ size: fits u32.
+        let pos = advance(self.start, self.info.header_len + offset as u32, self.size);
+        self.data
+            .push_spans(pos as usize, len, out)
+            .map_err(|_| out_of_range)
     }
 
     /// Copies the whole packet from its descriptor (`[offset, ...)` of

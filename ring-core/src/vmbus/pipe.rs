@@ -48,7 +48,10 @@
 //! ```
 
 use super::layout::{PacketType, DESCRIPTOR_SIZE, TRAILER_SIZE};
-use super::{Error, IncomingRing, OutgoingPacket, OutgoingRing, ReadMark, Transfer};
+use super::{
+    Error, IncomingPacket, IncomingRing, OutgoingPacket, OutgoingRing, ReadMark, Transfer,
+};
+use crate::loan::{Span, SpanList, MAX_SPANS};
 use crate::mem::SharedMem;
 use zerocopy::byteorder::little_endian::U32;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
@@ -211,6 +214,44 @@ impl<M: SharedMem> PipeWriter<M> {
         })
     }
 
+    /// Byte mode in place: offers up to `max` bytes of free space to
+    /// `fill` — the data areas of as many packets (of at most the chunk
+    /// size) as fit now, as spans of the ring's memory in stream order —
+    /// and commits the packets holding the `n` bytes it says it wrote
+    /// (clamped to what was offered). See [`loan`](crate::loan).
+    ///
+    /// `len` in the result is the data bytes written; 0 if `fill` wrote
+    /// none.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Full`] (armed; `fill` not called) if not even a short
+    /// packet fits; [`Error::Corrupt`].
+    pub fn write_with(
+        &mut self,
+        max: usize,
+        fill: impl FnOnce(&M, &[Span]) -> usize,
+    ) -> Result<Transfer, Error> {
+        if max == 0 {
+            return Ok(Transfer::default());
+        }
+        let header = |len: usize| -> [u8; PIPE_HEADER_SIZE] {
+            zerocopy::transmute!(PipeHeader {
+                packet_type: U32::new(PipePacketType::Data as u32),
+                // len ≤ the chunk ≤ 16 KiB.
+                data_size: U32::new(len as u32),
+            })
+        };
+        let len = self
+            .ring
+            .write_in_band_with(self.chunk, max, header, fill)?;
+        let t = self.ring.commit()?;
+        Ok(Transfer {
+            len,
+            notify: t.notify,
+        })
+    }
+
     /// Sends end of stream (a data packet of size 0).
     ///
     /// # Errors
@@ -265,11 +306,15 @@ impl<M: SharedMem> PipeReader<M> {
         self.eof
     }
 
-    /// Reads the front packet, checks its pipe header, and copies data
-    /// from it into `buf`: from the private partial-read offset, as much as
-    /// fits (`whole`: all of it or nothing). The ring is left after the
-    /// packet; the returned mark is where it started.
-    fn take(&mut self, buf: &mut [u8], whole: bool) -> Result<(Step, ReadMark), Error> {
+    /// Reads the front packet and checks its pipe header; for a data
+    /// packet, calls `with(packet, size)` (`size`: its data bytes, more
+    /// than the private partial-read offset). The ring is left after the
+    /// packet; the returned mark is where it started. `None`: end of
+    /// stream (`with` not called).
+    fn front<T>(
+        &mut self,
+        with: impl FnOnce(&IncomingPacket<'_, M>, usize) -> Result<T, Error>,
+    ) -> Result<(Option<T>, ReadMark), Error> {
         let mark = self.ring.mark();
         let consumed = self.consumed;
         let packet = self.ring.read_packet()?;
@@ -291,27 +336,33 @@ impl<M: SharedMem> PipeReader<M> {
                 Ok(size)
             }
         };
-        let step = match verdict {
-            Ok(0) => Ok(Step::Eof),
-            Ok(size) => {
-                let left = size - consumed;
-                let n = left.min(buf.len());
-                let copied = match buf.get_mut(..n) {
-                    Some(dst) if !whole || n == left => {
-                        packet.read_payload(PIPE_HEADER_SIZE + consumed, dst)?;
-                        Some(n)
-                    }
-                    _ => None,
-                };
-                Ok(Step::Data { size, copied })
-            }
-            Err(what) => Err(what),
+        let got = match verdict {
+            Ok(0) => None,
+            Ok(size) => Some(with(&packet, size)?),
+            // `packet` (a borrow of the ring) is not used past here.
+            Err(what) => return Err(self.ring.poison(what)),
         };
-        // `packet` (a borrow of the ring) is not used past this point.
-        match step {
-            Ok(step) => Ok((step, mark)),
-            Err(what) => Err(self.ring.poison(what)),
-        }
+        Ok((got, mark))
+    }
+
+    /// The front packet, with data copied from it into `buf`: from the
+    /// private partial-read offset, as much as fits (`whole`: all of it or
+    /// nothing).
+    fn take(&mut self, buf: &mut [u8], whole: bool) -> Result<(Step, ReadMark), Error> {
+        let consumed = self.consumed;
+        let (got, mark) = self.front(|packet, size| {
+            let left = size - consumed;
+            let n = left.min(buf.len());
+            let copied = match buf.get_mut(..n) {
+                Some(dst) if !whole || n == left => {
+                    packet.read_payload(PIPE_HEADER_SIZE + consumed, dst)?;
+                    Some(n)
+                }
+                _ => None,
+            };
+            Ok(Step::Data { size, copied })
+        })?;
+        Ok((got.unwrap_or(Step::Eof), mark))
     }
 
     /// Byte mode: reads up to `buf.len()` bytes across as many packets as
@@ -364,6 +415,101 @@ impl<M: SharedMem> PipeReader<M> {
             len: done,
             notify: t.notify,
         })
+    }
+
+    /// Byte mode in place: offers up to `max` data bytes — the rest of the
+    /// front packet and those after it, up to [`MAX_SPANS`]` / 2` packets —
+    /// to `drain` as spans of the ring's memory in stream order, then
+    /// consumes the `n` bytes it says it took (clamped to what was
+    /// offered) and commits once. See [`loan`](crate::loan).
+    ///
+    /// Returns the bytes taken (0 if `drain` took none). The call that
+    /// reads the end-of-stream packet returns 0 without calling `drain`
+    /// and [`is_eof`](Self::is_eof) is then true; every call after it
+    /// returns `None`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Empty`] (wake-up armed; `drain` not called) when no data is
+    /// there; [`Error::Corrupt`] for a malformed pipe packet (poisons).
+    pub fn read_with(
+        &mut self,
+        max: usize,
+        drain: impl FnOnce(&M, &[Span]) -> usize,
+    ) -> Result<Option<Transfer>, Error> {
+        if self.eof {
+            return Ok(None);
+        }
+        if max == 0 {
+            return Ok(Some(Transfer::default()));
+        }
+        let mut spans = SpanList::new();
+        // (where the packet starts, its data size, the bytes offered from it)
+        let mut plan: heapless::Vec<(ReadMark, usize, usize), { MAX_SPANS / 2 }> =
+            heapless::Vec::new();
+        let start_consumed = self.consumed;
+        let mut offered = 0;
+        while offered < max && !plan.is_full() {
+            let from = if plan.is_empty() { start_consumed } else { 0 };
+            self.consumed = from;
+            let limit = max - offered;
+            let step = self.front(|packet, size| {
+                let n = (size - from).min(limit);
+                packet.payload_spans(PIPE_HEADER_SIZE + from, n, &mut spans)?;
+                Ok((size, n))
+            });
+            match step {
+                Ok((Some((size, n)), mark)) => {
+                    let _ = plan.push((mark, size, n));
+                    offered += n;
+                    if from + n < size {
+                        break;
+                    }
+                }
+                Ok((None, mark)) => {
+                    if plan.is_empty() {
+                        // Consume the end mark: its space may be what the
+                        // writer waits for.
+                        self.eof = true;
+                        self.consumed = 0;
+                        let t = self.ring.commit()?;
+                        return Ok(Some(Transfer {
+                            len: 0,
+                            notify: t.notify,
+                        }));
+                    }
+                    // Deliver the data first; end of stream next call.
+                    self.ring.rewind(mark);
+                    break;
+                }
+                Err(Error::Empty) if !plan.is_empty() => break,
+                Err(e) => {
+                    self.consumed = start_consumed;
+                    self.ring.revert();
+                    return Err(e);
+                }
+            }
+        }
+        let took = drain(self.ring.memory(), &spans).min(offered);
+        // Keep the packets `drain` took whole; go back to the first it did
+        // not, remembering how far into it we are.
+        let mut rest = took;
+        self.consumed = 0;
+        for (i, &(mark, size, n)) in plan.iter().enumerate() {
+            let from = if i == 0 { start_consumed } else { 0 };
+            if rest >= n && from + n == size {
+                rest -= n;
+                continue;
+            }
+            self.ring.rewind(mark);
+            self.consumed = from + rest;
+            break;
+        }
+        let t = self.ring.commit()?;
+        Ok(Some(Transfer {
+            len: took,
+            notify: t.notify,
+        }))
     }
 
     /// Message mode: reads one whole message into `buf`. `len` is its size;
