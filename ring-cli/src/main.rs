@@ -18,7 +18,7 @@ use ring_hosted::rendezvous::{
 use ring_hosted::stream::{PollStream, VchanStream};
 use ring_hosted::vmbus::VmbusPipe;
 use ring_hosted::Error;
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};

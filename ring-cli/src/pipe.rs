@@ -4,6 +4,8 @@
 //! through (docs/hosted.md, "How a stream ends").
 
 use super::*;
+use ring_hosted::fdio::Output;
+use ring_hosted::stream::FdMove;
 use std::os::fd::BorrowedFd;
 
 pub(crate) fn listen(
@@ -68,16 +70,17 @@ pub(crate) struct PipeEnd {
     pub(crate) confirm: bool,
 }
 
-/// What the ring is piped to: an fd we read (stdin, a connection) and a
-/// writer for what arrives (stdout, the same connection).
+/// What the ring is piped to: an fd we read (stdin, a connection) and an
+/// fd the peer's bytes go to (stdout, the same connection). Bytes move
+/// between them and the ring in place (`readv(2)` into the ring,
+/// `writev(2)`/`sendmsg(2)` out of it): the kernel copies each byte once.
 pub(crate) struct Ends<'a> {
-    /// Read with `read(2)` when poll says so.
+    /// Read when poll says so.
     pub(crate) input: BorrowedFd<'a>,
-    /// Where the peer's bytes go; it may refuse with `WouldBlock` (then
-    /// `output_fd` says what to poll for room).
-    pub(crate) output: &'a mut dyn Write,
-    /// The output's fd, if writes to it can block the loop otherwise.
-    pub(crate) output_fd: Option<BorrowedFd<'a>>,
+    /// Where the peer's bytes go; a full one is polled for room.
+    pub(crate) output: BorrowedFd<'a>,
+    /// How to write to it (a socket never blocks the loop).
+    pub(crate) output_kind: Output,
     /// What to call them in messages ("stdin"/"stdout", "the connection").
     pub(crate) input_name: &'static str,
     pub(crate) output_name: &'static str,
@@ -120,12 +123,12 @@ impl Tally {
 /// when both directions ended cleanly and the peer took every byte.
 pub(crate) fn pipe_stream(s: &mut impl PollStream, end: PipeEnd) -> Outcome {
     let stdin = std::io::stdin();
-    let mut stdout = std::io::stdout().lock();
+    let stdout = std::io::stdout();
     let mut nothing = || {};
     let mut ends = Ends {
         input: stdin.as_fd(),
-        output: &mut stdout,
-        output_fd: None,
+        output: stdout.as_fd(),
+        output_kind: Output::File,
         input_name: "stdin",
         output_name: "stdout",
         output_done: &mut nothing,
@@ -171,81 +174,72 @@ impl From<Error> for Stop {
     }
 }
 
-/// Writes what it can of `data` to the output: the bytes taken, 0 when a
-/// non-blocking output is full; `Err` with [`exit::STDOUT_CLOSED`] once its
-/// reader has gone.
-fn emit(ends: &mut Ends<'_>, data: &[u8], tally: &mut Tally) -> Result<usize, Stop> {
-    let out = &mut ends.output;
-    match out.write(data).and_then(|n| out.flush().map(|()| n)) {
-        Ok(n) => {
-            tally.stdout += n as u64;
-            Ok(n)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(0),
-        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Ok(0),
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
-            ) =>
+/// Sorts an error of a fill or drain call: our input or output failing is
+/// ours ([`exit::STDOUT_CLOSED`] once the output's reader has gone), the
+/// rest is the ring's.
+fn fd_stop(e: Error, ends: &Ends<'_>, tally: &Tally) -> Stop {
+    match e {
+        Error::Os {
+            op: "write output",
+            source,
+        } if matches!(
+            source.kind(),
+            std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+        ) =>
         {
-            Err(Stop::Failed(Failure {
+            Stop::Failed(Failure {
                 code: exit::STDOUT_CLOSED,
                 reason: format!(
                     "{} closed after {} bytes, before the peer's stream ended",
                     ends.output_name, tally.stdout
                 ),
-            }))
+            })
         }
-        Err(source) => Err(Stop::Failed(
-            Error::Os {
-                op: "write output",
-                source,
-            }
-            .into(),
-        )),
+        e @ Error::Os {
+            op: "write output" | "read input",
+            ..
+        } => Stop::Failed(e.into()),
+        e => Stop::Ring(e),
     }
 }
 
-/// Writes all of `data`, waiting (up to a minute) for a non-blocking
-/// output to take it.
-fn emit_all(ends: &mut Ends<'_>, mut data: &[u8], tally: &mut Tally) -> Result<(), Stop> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !data.is_empty() {
-        match emit(ends, data, tally)? {
-            0 => {
-                if Instant::now() > deadline {
-                    return Err(Stop::Ring(Error::TimedOut));
-                }
-                if let Some(fd) = ends.output_fd {
-                    let mut fds = [rustix::event::PollFd::new(
-                        &fd,
-                        rustix::event::PollFlags::OUT,
-                    )];
-                    let ts = rustix::event::Timespec {
-                        tv_sec: 0,
-                        tv_nsec: 50_000_000,
-                    };
-                    let _ = rustix::event::poll(&mut fds, Some(&ts));
-                }
-            }
-            n => data = data.get(n..).unwrap_or_default(),
-        }
+/// One move from the ring to the output.
+fn drain(s: &mut impl PollStream, ends: &Ends<'_>, tally: &mut Tally) -> Result<FdMove, Stop> {
+    let moved = s
+        .try_drain_to(ends.output, ends.output_kind)
+        .map_err(|e| fd_stop(e, ends, tally))?;
+    if let FdMove::Moved(n) = moved {
+        tally.stdout += n as u64;
     }
-    Ok(())
+    Ok(moved)
 }
 
-/// After a failure: copies what the peer left in the ring to the output,
-/// until its stream ends or nothing more can come.
+/// Waits up to 50 ms for room in the output.
+fn poll_output(fd: BorrowedFd<'_>) {
+    let mut fds = [rustix::event::PollFd::new(
+        &fd,
+        rustix::event::PollFlags::OUT,
+    )];
+    let ts = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: 50_000_000,
+    };
+    let _ = rustix::event::poll(&mut fds, Some(&ts));
+}
+
+/// After a failure: copies what the peer left in the ring to the output
+/// (waiting up to a minute for a full output), until its stream ends or
+/// nothing more can come.
 fn drain_rest(s: &mut impl PollStream, tally: &mut Tally, ends: &mut Ends<'_>) -> Result<(), Stop> {
-    let mut buf = vec![0u8; 64 << 10];
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        match s.try_read(&mut buf)? {
-            Some(0) => return Ok(()),
-            Some(n) => emit_all(ends, buf.get(..n).unwrap_or(&[]), tally)?,
-            // The peer is alive and its ring empty: it has nothing in
-            // flight for us now.
-            None => return Ok(()),
+        match drain(s, ends, tally)? {
+            FdMove::Moved(_) => {}
+            FdMove::FdBlocked if Instant::now() < deadline => poll_output(ends.output),
+            FdMove::FdBlocked => return Err(Stop::Ring(Error::TimedOut)),
+            // The peer is alive and its ring empty (it has nothing in
+            // flight for us now), or its stream ended.
+            FdMove::RingBlocked | FdMove::End => return Ok(()),
         }
     }
 }
@@ -256,14 +250,11 @@ fn pipe_loop(
     tally: &mut Tally,
     ends: &mut Ends<'_>,
 ) -> Result<(), Stop> {
-    let stdin_fd = ends.input;
-    let mut inbuf = vec![0u8; 64 << 10];
-    let mut outbuf = vec![0u8; 64 << 10];
-    let (mut off, mut len) = (0usize, 0usize);
-    // Bytes read from the ring and not yet taken by a non-blocking output.
-    let (mut opos, mut olen) = (0usize, 0usize);
+    // Poll said the input has bytes (or its end) for us; the output was
+    // full at the last write.
+    let (mut input_ready, mut output_full) = (false, false);
     // Our direction ended (end mark sent, or none possible); the peer's
-    // direction ended; the peer has read all of our stdin.
+    // direction ended; the peer has read all of our input.
     let (mut out_done, mut in_done, mut delivered) = (false, false, false);
     let mut half_close = true;
     let mut output_closed = false;
@@ -272,45 +263,40 @@ fn pipe_loop(
         let mut moved = false;
         // The ring is read only as fast as the output takes it, so a
         // stalled output holds back the peer, never our own input.
-        loop {
-            if opos < olen {
-                match emit(ends, outbuf.get(opos..olen).unwrap_or(&[]), tally)? {
-                    0 => break,
-                    n => {
-                        opos += n;
-                        moved = true;
-                        continue;
-                    }
-                }
-            }
-            if in_done {
-                break;
-            }
-            match s.try_read(&mut outbuf)? {
-                Some(0) => in_done = true,
-                Some(n) => {
-                    (opos, olen) = (0, n);
-                    moved = true;
-                }
-                None => break,
+        while !in_done && !output_full {
+            match drain(s, ends, tally)? {
+                FdMove::Moved(_) => moved = true,
+                FdMove::RingBlocked => break,
+                FdMove::FdBlocked => output_full = true,
+                FdMove::End => in_done = true,
             }
         }
-        if in_done && opos == olen && !output_closed {
+        if in_done && !output_closed {
             (ends.output_done)();
             output_closed = true;
         }
-        while off < len {
-            match s.try_write(inbuf.get(off..len).unwrap_or(&[]))? {
-                Some(n) => {
-                    off += n;
+        // One read per time poll says the input is ready: a second read
+        // of a blocking input could block the loop.
+        while input_ready && !tally.stdin_ended {
+            let got = s
+                .try_fill_from(ends.input)
+                .map_err(|e| fd_stop(e, ends, tally))?;
+            match got {
+                FdMove::Moved(n) => {
+                    tally.stdin += n as u64;
                     moved = true;
+                    // Bytes a stream staged still need pushing.
+                    input_ready = s.staged_input();
                 }
-                None => break,
+                // Room first; the input is still ready.
+                FdMove::RingBlocked => break,
+                FdMove::FdBlocked => input_ready = false,
+                FdMove::End => tally.stdin_ended = true,
             }
         }
         // Our end mark goes out once the peer has read every byte before
         // it: a peer need never read the mark itself for us to know.
-        if tally.stdin_ended && off == len && !delivered {
+        if tally.stdin_ended && !delivered {
             delivered = s.try_delivered()?.is_some();
         }
         if delivered && !out_done {
@@ -345,9 +331,9 @@ fn pipe_loop(
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let want_stdin = !tally.stdin_ended && off == len;
-        let want_out = (opos < olen).then_some(ends.output_fd).flatten();
-        let woken = match s.wait_io(want_stdin.then_some(stdin_fd), want_out, deadline) {
+        let want_input = !tally.stdin_ended && !input_ready;
+        let want_out = output_full.then_some(ends.output);
+        let woken = match s.wait_io(want_input.then_some(ends.input), want_out, deadline) {
             Ok(w) => w,
             Err(Error::TimedOut) if linger_end.is_some_and(|t| Instant::now() >= t) => break,
             // It ended its stream cleanly, then left before taking the
@@ -358,25 +344,8 @@ fn pipe_loop(
         if woken.kicked {
             heard = Instant::now();
         }
-        if woken.extra {
-            match rustix::io::read(stdin_fd, &mut inbuf) {
-                Ok(0) => tally.stdin_ended = true,
-                Ok(n) => {
-                    (off, len) = (0, n);
-                    tally.stdin += n as u64;
-                }
-                Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => {}
-                Err(e) => {
-                    return Err(Stop::Failed(
-                        Error::Os {
-                            op: "read input",
-                            source: e.into(),
-                        }
-                        .into(),
-                    ))
-                }
-            }
-        }
+        input_ready |= woken.extra;
+        output_full &= !woken.writable;
     }
     if end.confirm {
         confirm(s, end.timeout, tally)?;

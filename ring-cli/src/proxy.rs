@@ -27,6 +27,7 @@
 
 use super::pipe::{pipe_ends, Ends, PipeEnd};
 use super::*;
+use ring_hosted::fdio::Output;
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::BorrowedFd;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -97,55 +98,25 @@ impl Conn {
             confirm: true,
         };
         let mut done = || self.shutdown_write();
-        let mut w = NonBlocking(self.fd());
-        let r = run(session, end, self.fd(), &mut w, &mut done);
+        let mut ends = Ends {
+            input: self.fd(),
+            output: self.fd(),
+            output_kind: Output::Socket,
+            input_name: "the connection",
+            output_name: "the connection",
+            output_done: &mut done,
+        };
+        let r = match session {
+            Session::Vchan(mut s) => pipe_ends(&mut s, end, &mut ends),
+            Session::Vmbus(mut s) => pipe_ends(&mut s, end, &mut ends),
+            other => Err(format!("no pipe for protocol {}", other.proto().name()).into()),
+        };
         // Either way the connection is finished with.
         let _ = match self {
             Conn::Tcp(s) => s.shutdown(std::net::Shutdown::Both),
             Conn::Unix(s) => s.shutdown(std::net::Shutdown::Both),
         };
         r
-    }
-}
-
-fn run(
-    session: Session,
-    end: PipeEnd,
-    input: BorrowedFd<'_>,
-    output: &mut dyn Write,
-    done: &mut dyn FnMut(),
-) -> Outcome {
-    let mut ends = Ends {
-        input,
-        output,
-        output_fd: Some(input),
-        input_name: "the connection",
-        output_name: "the connection",
-        output_done: done,
-    };
-    match session {
-        Session::Vchan(mut s) => pipe_ends(&mut s, end, &mut ends),
-        Session::Vmbus(mut s) => pipe_ends(&mut s, end, &mut ends),
-        other => Err(format!("no pipe for protocol {}", other.proto().name()).into()),
-    }
-}
-
-/// Writes to a socket without blocking (`MSG_DONTWAIT`, no `SIGPIPE`):
-/// a full socket is `WouldBlock`, so the copy loop keeps its input moving.
-struct NonBlocking<'a>(BorrowedFd<'a>);
-
-impl Write for NonBlocking<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        use rustix::net::SendFlags;
-        Ok(rustix::net::send(
-            self.0,
-            buf,
-            SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
-        )?)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
     }
 }
 

@@ -59,6 +59,7 @@
 pub mod attach;
 pub mod devmem;
 pub mod eventfd;
+pub mod fdio;
 pub mod inspect;
 pub mod memfd;
 pub mod parent;

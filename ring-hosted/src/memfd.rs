@@ -26,16 +26,20 @@
 //! ```
 
 // The crate denies unsafe code; this module is one of its few rooms for
-// it (the RawMem view over the mapping and the unsealed-attach contract),
-// each block argued by a SAFETY comment.
+// it (the RawMem view over the mapping, the unsealed-attach contract and
+// the kernel's copies in and out of the mapping for `FdIo`), each block
+// argued by a SAFETY comment.
 #![allow(unsafe_code)]
 
+use crate::fdio::{too_many_spans, FdIo, Output};
 use crate::Error;
 use memmap2::{MmapOptions, MmapRaw};
+use ring_core::loan::{Span, MAX_SPANS};
 use ring_core::mem::{MemError, RawMem, SharedMem};
 use rustix::fs::{FileType, MemfdFlags, SealFlags};
 use std::fmt;
 use std::fs::OpenOptions;
+use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
@@ -325,6 +329,85 @@ impl MemFd {
     /// A raw view of the mapping, valid while `self` is borrowed.
     pub fn raw(&self) -> RawMem<'_> {
         self.view
+    }
+}
+
+impl MemFd {
+    /// The `iovec`s of `spans` over our mapping, each checked to lie
+    /// inside it.
+    fn iovecs(&self, spans: &[Span]) -> io::Result<([libc::iovec; MAX_SPANS], usize)> {
+        let mut iov = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; MAX_SPANS];
+        if spans.len() > MAX_SPANS {
+            return Err(too_many_spans());
+        }
+        for (slot, s) in iov.iter_mut().zip(spans) {
+            match s.offset.checked_add(s.len) {
+                Some(end) if end <= self.len() => {}
+                _ => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!(
+                            "span of {} bytes at {} outside a {}-byte mapping",
+                            s.len,
+                            s.offset,
+                            self.len()
+                        ),
+                    ))
+                }
+            }
+            // In bounds (checked above): the pointer stays in the mapping.
+            slot.iov_base = self._map.as_mut_ptr().wrapping_add(s.offset).cast();
+            slot.iov_len = s.len;
+        }
+        Ok((iov, spans.len()))
+    }
+}
+
+/// The byte count of a system call's return, or its error.
+fn syscall_len(n: isize) -> io::Result<usize> {
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+impl FdIo for MemFd {
+    fn read_from_fd(&self, fd: BorrowedFd<'_>, spans: &[Span]) -> io::Result<usize> {
+        let (iov, count) = self.iovecs(spans)?;
+        // SAFETY: the first `count` iovecs (count ≤ MAX_SPANS, which fits
+        // c_int) lie inside our live shared mapping (checked by `iovecs`;
+        // `self` keeps it mapped for the call). The kernel writes those
+        // bytes as the peer may at any time: nothing holds a Rust reference
+        // into the mapping, every other access goes through `RawMem`.
+        let n = unsafe { libc::readv(fd.as_raw_fd(), iov.as_ptr(), count as libc::c_int) };
+        syscall_len(n)
+    }
+
+    fn write_to_fd(&self, fd: BorrowedFd<'_>, spans: &[Span], to: Output) -> io::Result<usize> {
+        let (mut iov, count) = self.iovecs(spans)?;
+        let n = match to {
+            // SAFETY: as in `read_from_fd`; the kernel only reads the bytes.
+            Output::File => unsafe {
+                libc::writev(fd.as_raw_fd(), iov.as_ptr(), count as libc::c_int)
+            },
+            Output::Socket => {
+                // SAFETY: an all-zero msghdr is valid (no name, no control).
+                let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+                msg.msg_iov = iov.as_mut_ptr();
+                msg.msg_iovlen = count as _;
+                // SAFETY: `msg` points at `count` iovecs inside our live
+                // mapping (as in `read_from_fd`), which the kernel only
+                // reads; `msg` and `iov` outlive the call.
+                unsafe {
+                    libc::sendmsg(
+                        fd.as_raw_fd(),
+                        &msg,
+                        libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                    )
+                }
+            }
+        };
+        syscall_len(n)
     }
 }
 

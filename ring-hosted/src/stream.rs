@@ -30,8 +30,10 @@
 //! side that has not armed its request costs the peer no kick.
 
 use crate::eventfd::{EventSignal, Notice, Woken};
+use crate::fdio::{FdIo, Output};
 use crate::memfd::MemFd;
 use crate::Error;
+use ring_core::loan::Drained;
 use ring_core::mem::SharedMem;
 use ring_core::vchan::{self, Blocking, Endpoint, Role};
 use std::io;
@@ -89,6 +91,36 @@ pub trait PollStream {
     /// [`Error::Closed`] if the peer closed with bytes of ours unread,
     /// [`Error::PeerGone`].
     fn try_delivered(&mut self) -> Result<Option<()>, Error>;
+
+    /// Reads from `fd` straight into the ring's free space and publishes
+    /// what came (vchan and the VMBus pipe: one `readv(2)` into the ring,
+    /// no buffer of ours in between; see [`crate::fdio`]).
+    ///
+    /// Only call it when `fd` is readable (after poll), or on a
+    /// non-blocking fd: a blocking fd with nothing to read blocks the call.
+    ///
+    /// # Errors
+    ///
+    /// As [`try_write`](Self::try_write); [`Error::Os`] ("read input") if
+    /// the read fails.
+    fn try_fill_from(&mut self, fd: BorrowedFd<'_>) -> Result<FdMove, Error>;
+
+    /// Writes unread bytes of the ring straight to `fd` and consumes what
+    /// it took (vchan and the VMBus pipe: one `writev(2)` or `sendmsg(2)`
+    /// out of the ring, no buffer of ours in between).
+    ///
+    /// # Errors
+    ///
+    /// As [`try_read`](Self::try_read); [`Error::Os`] ("write output") if
+    /// the write fails (`BrokenPipe`: the fd's reader has gone).
+    fn try_drain_to(&mut self, fd: BorrowedFd<'_>, to: Output) -> Result<FdMove, Error>;
+
+    /// Whether input taken by [`try_fill_from`](Self::try_fill_from) still
+    /// waits in a buffer of the stream's (raw VMBus framing): call it again
+    /// when the ring has room, whether or not the fd is readable.
+    fn staged_input(&self) -> bool {
+        false
+    }
 
     /// A cheap look that arms nothing: (something to read, room to write).
     fn ready(&mut self) -> (bool, bool);
@@ -154,6 +186,76 @@ pub trait PollStream {
     ///
     /// As the protocol's close.
     fn close(&mut self) -> Result<(), Error>;
+}
+
+/// What one [`PollStream::try_fill_from`] or
+/// [`PollStream::try_drain_to`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FdMove {
+    /// Bytes moved: taken from the fd (fill) or given to it (drain). A
+    /// stream that stages bytes (raw VMBus framing) may report 0 when only
+    /// staged bytes moved on.
+    Moved(usize),
+    /// The ring has no room (fill) or nothing to read (drain): the wake-up
+    /// is armed, wait for the peer.
+    RingBlocked,
+    /// The fd would block: poll it.
+    FdBlocked,
+    /// The end: the fd's end of file (fill), the peer's end of stream
+    /// (drain).
+    End,
+}
+
+/// Keeps an fd call's result for [`fill_outcome`]/[`drain_outcome`] and
+/// tells the ring how many bytes it moved.
+pub(crate) fn fd_call(slot: &mut Option<io::Result<usize>>, r: io::Result<usize>) -> usize {
+    let n = r.as_ref().map_or(0, |&n| n);
+    *slot = Some(r);
+    n
+}
+
+fn fd_blocked(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+    )
+}
+
+/// A fill's outcome: `ring` is the ring's answer (`None`: no room), `call`
+/// the read's.
+pub(crate) fn fill_outcome(
+    ring: Option<usize>,
+    call: Option<io::Result<usize>>,
+) -> Result<FdMove, Error> {
+    match (ring, call) {
+        (None, _) => Ok(FdMove::RingBlocked),
+        (Some(_), Some(Ok(0))) => Ok(FdMove::End),
+        (Some(_), Some(Ok(n))) => Ok(FdMove::Moved(n)),
+        (Some(_), Some(Err(e))) if fd_blocked(&e) => Ok(FdMove::FdBlocked),
+        (Some(_), Some(Err(source))) => Err(Error::Os {
+            op: "read input",
+            source,
+        }),
+        (Some(_), None) => Ok(FdMove::FdBlocked),
+    }
+}
+
+/// A drain's outcome: `ring` is the ring's answer (`None`: nothing to
+/// read), `call` the write's.
+pub(crate) fn drain_outcome(
+    ring: Option<Drained>,
+    call: Option<io::Result<usize>>,
+) -> Result<FdMove, Error> {
+    match (ring, call) {
+        (None, _) => Ok(FdMove::RingBlocked),
+        (Some(Drained::End), _) => Ok(FdMove::End),
+        (Some(Drained::Took(_)), Some(Ok(n))) if n > 0 => Ok(FdMove::Moved(n)),
+        (Some(Drained::Took(_)), Some(Err(source))) if !fd_blocked(&source) => Err(Error::Os {
+            op: "write output",
+            source,
+        }),
+        (Some(Drained::Took(_)), _) => Ok(FdMove::FdBlocked),
+    }
 }
 
 /// What the wait of a [`PollStream`] returns when ring-core's layer has
@@ -256,6 +358,40 @@ impl<M: SharedMem> VchanStream<M> {
         bufs: &[B],
     ) -> Result<Option<usize>, Error> {
         Ok(self.inner.try_write_vectored(bufs)?)
+    }
+
+    /// Reads from `fd` straight into the ring's free space (one
+    /// `readv(2)`, see [`crate::fdio`]) and publishes what came.
+    ///
+    /// # Errors
+    ///
+    /// As [`PollStream::try_fill_from`].
+    pub fn try_fill_from(&mut self, fd: BorrowedFd<'_>) -> Result<FdMove, Error>
+    where
+        M: FdIo,
+    {
+        let mut call = None;
+        let ring = self.inner.try_write_with(usize::MAX, |mem, spans| {
+            fd_call(&mut call, mem.read_from_fd(fd, spans))
+        })?;
+        fill_outcome(ring, call)
+    }
+
+    /// Writes unread bytes of the ring straight to `fd` (one `writev(2)`
+    /// or `sendmsg(2)`) and consumes what it took.
+    ///
+    /// # Errors
+    ///
+    /// As [`PollStream::try_drain_to`].
+    pub fn try_drain_to(&mut self, fd: BorrowedFd<'_>, to: Output) -> Result<FdMove, Error>
+    where
+        M: FdIo,
+    {
+        let mut call = None;
+        let ring = self.inner.try_read_with(usize::MAX, |mem, spans| {
+            fd_call(&mut call, mem.write_to_fd(fd, spans, to))
+        })?;
+        drain_outcome(ring, call)
     }
 
     /// Reads at least one byte, blocking; `Ok(0)` is a clean end of stream.
@@ -456,12 +592,18 @@ pub fn pair(left: usize, right: usize) -> Result<(VchanStream, VchanStream), Err
     ))
 }
 
-impl<M: SharedMem> PollStream for VchanStream<M> {
+impl<M: FdIo> PollStream for VchanStream<M> {
     fn try_read(&mut self, buf: &mut [u8]) -> Result<Option<usize>, Error> {
         VchanStream::try_read(self, buf)
     }
     fn try_write(&mut self, buf: &[u8]) -> Result<Option<usize>, Error> {
         VchanStream::try_write(self, buf)
+    }
+    fn try_fill_from(&mut self, fd: BorrowedFd<'_>) -> Result<FdMove, Error> {
+        VchanStream::try_fill_from(self, fd)
+    }
+    fn try_drain_to(&mut self, fd: BorrowedFd<'_>, to: Output) -> Result<FdMove, Error> {
+        VchanStream::try_drain_to(self, fd, to)
     }
     fn try_shutdown_write(&mut self) -> Result<Option<bool>, Error> {
         self.shutdown_write().map(Some)

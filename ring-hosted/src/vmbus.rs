@@ -17,10 +17,12 @@
 //! dies is noticed through the rendezvous socket, exactly as for vchan.
 
 use crate::eventfd::{EventSignal, Woken};
+use crate::fdio::{write_bytes, FdIo, Output};
 use crate::memfd::MemFd;
-use crate::stream::{woken, PollStream};
+use crate::stream::{drain_outcome, fd_call, fill_outcome, woken, FdMove, PollStream};
 use crate::window::Window;
 use crate::Error;
+use ring_core::loan::Drained;
 use ring_core::vmbus::pipe::{PipeReader, PipeWriter, MAX_PIPE_PAYLOAD};
 use ring_core::vmbus::{
     self, BlockingPipe, IncomingRing, OutgoingPacket, OutgoingRing, RingLayout,
@@ -296,6 +298,22 @@ impl PollStream for VmbusPipe {
         Ok(self.inner.try_write(buf)?)
     }
 
+    fn try_fill_from(&mut self, fd: BorrowedFd<'_>) -> Result<FdMove, Error> {
+        let mut call = None;
+        let ring = self.inner.try_write_with(usize::MAX, |mem, spans| {
+            fd_call(&mut call, mem.read_from_fd(fd, spans))
+        })?;
+        fill_outcome(ring, call)
+    }
+
+    fn try_drain_to(&mut self, fd: BorrowedFd<'_>, to: Output) -> Result<FdMove, Error> {
+        let mut call = None;
+        let ring = self.inner.try_read_with(usize::MAX, |mem, spans| {
+            fd_call(&mut call, mem.write_to_fd(fd, spans, to))
+        })?;
+        drain_outcome(ring, call)
+    }
+
     fn try_shutdown_write(&mut self) -> Result<Option<bool>, Error> {
         Ok(self.inner.try_close()?.map(|()| true))
     }
@@ -382,6 +400,10 @@ pub struct RawVmbus {
     taken: usize,
     /// Fewer than 8 bytes written and not yet sent.
     tail: Vec<u8>,
+    /// Bytes [`PollStream::try_fill_from`] read from its fd that did not
+    /// fit the ring yet, and how many of them have gone in since.
+    staged: Vec<u8>,
+    staged_at: usize,
     read: u64,
     written: u64,
 }
@@ -408,6 +430,8 @@ impl RawVmbus {
             pending: Vec::new(),
             taken: 0,
             tail: Vec::with_capacity(8),
+            staged: Vec::new(),
+            staged_at: 0,
             read: 0,
             written: 0,
         })
@@ -448,24 +472,51 @@ impl RawVmbus {
             .min(MAX_PIPE_PAYLOAD)
             & !7
     }
+
+    /// Receives the next packet's payload into `pending` once the last is
+    /// handed out: `false` if none is there (wake-up armed).
+    fn refill(&mut self) -> Result<bool, Error> {
+        if self.taken < self.pending.len() {
+            return Ok(true);
+        }
+        let max = self.inner.incoming().layout().max_packet_len();
+        self.pending.resize(max, 0);
+        self.taken = 0;
+        match self.inner.try_recv(&mut self.pending)? {
+            Some((_, len)) => {
+                self.pending.truncate(len);
+                Ok(true)
+            }
+            None => {
+                self.pending.clear();
+                Ok(false)
+            }
+        }
+    }
+
+    /// Pushes staged input into the ring: `Some(true)` all of it is in,
+    /// `Some(false)` some moved, `None` none fitted (wake-up armed).
+    fn push_staged(&mut self) -> Result<Option<bool>, Error> {
+        let staged = std::mem::take(&mut self.staged);
+        let r = self.try_write(staged.get(self.staged_at..).unwrap_or_default());
+        self.staged = staged;
+        let Some(n) = r? else {
+            return Ok(None);
+        };
+        self.staged_at += n;
+        if self.staged_at < self.staged.len() {
+            return Ok(Some(false));
+        }
+        self.staged.clear();
+        self.staged_at = 0;
+        Ok(Some(true))
+    }
 }
 
 impl PollStream for RawVmbus {
     fn try_read(&mut self, buf: &mut [u8]) -> Result<Option<usize>, Error> {
-        if self.taken == self.pending.len() {
-            let max = self.inner.incoming().layout().max_packet_len();
-            self.pending.resize(max, 0);
-            match self.inner.try_recv(&mut self.pending)? {
-                Some((_, len)) => {
-                    self.pending.truncate(len);
-                    self.taken = 0;
-                }
-                None => {
-                    self.pending.clear();
-                    self.taken = 0;
-                    return Ok(None);
-                }
-            }
+        if !self.refill()? {
+            return Ok(None);
         }
         let rest = self.pending.get(self.taken..).unwrap_or_default();
         let n = rest.len().min(buf.len());
@@ -514,6 +565,54 @@ impl PollStream for RawVmbus {
         Ok(Some(used))
     }
 
+    // Raw framing goes through buffers of ours: a packet's payload is
+    // copied out whole (its length is only known once it is read), and
+    // input waits in `staged` until the ring takes it.
+    fn try_fill_from(&mut self, fd: BorrowedFd<'_>) -> Result<FdMove, Error> {
+        if !self.staged.is_empty() {
+            return Ok(match self.push_staged()? {
+                None => FdMove::RingBlocked,
+                Some(_) => FdMove::Moved(0),
+            });
+        }
+        self.staged.resize(64 << 10, 0);
+        let got = rustix::io::read(fd, &mut self.staged);
+        let n = match got {
+            Ok(n) => n,
+            Err(e) => {
+                self.staged.clear();
+                return fill_outcome(Some(0), Some(Err(e.into())));
+            }
+        };
+        self.staged.truncate(n);
+        if n == 0 {
+            return Ok(FdMove::End);
+        }
+        self.push_staged()?;
+        Ok(FdMove::Moved(n))
+    }
+
+    fn staged_input(&self) -> bool {
+        !self.staged.is_empty()
+    }
+
+    fn try_drain_to(&mut self, fd: BorrowedFd<'_>, to: Output) -> Result<FdMove, Error> {
+        if !self.refill()? {
+            return Ok(FdMove::RingBlocked);
+        }
+        let rest = self.pending.get(self.taken..).unwrap_or_default();
+        if rest.is_empty() {
+            // A packet with no payload: end of stream, as for `try_read`.
+            return Ok(FdMove::End);
+        }
+        let got = write_bytes(fd, rest, to);
+        if let Ok(n) = got {
+            self.taken += n;
+            self.read += n as u64;
+        }
+        drain_outcome(Some(Drained::Took(0)), Some(got))
+    }
+
     fn try_shutdown_write(&mut self) -> Result<Option<bool>, Error> {
         // No end mark in raw framing; the held unit has gone out already
         // (try_delivered sends it first).
@@ -521,6 +620,11 @@ impl PollStream for RawVmbus {
     }
 
     fn try_delivered(&mut self) -> Result<Option<()>, Error> {
+        while !self.staged.is_empty() {
+            if self.push_staged()?.is_none() {
+                return Ok(None);
+            }
+        }
         if self.flush_tail()?.is_none() {
             return Ok(None);
         }

@@ -52,7 +52,11 @@ impl<M: SharedMem> Window<M> {
 
     /// `offset` shifted into the memory below, after checking that
     /// `offset + n` stays inside the window.
-    fn at(&self, offset: usize, n: usize) -> Result<usize, MemError> {
+    ///
+    /// # Errors
+    ///
+    /// [`MemError::OutOfBounds`] past the window's end.
+    pub fn translate(&self, offset: usize, n: usize) -> Result<usize, MemError> {
         match offset.checked_add(n) {
             Some(end) if end <= self.len => Ok(self.base + offset),
             _ => Err(MemError::OutOfBounds {
@@ -69,39 +73,39 @@ impl<M: SharedMem> SharedMem for Window<M> {
         self.len
     }
     fn load_u32(&self, offset: usize) -> Result<u32, MemError> {
-        self.mem.load_u32(self.at(offset, 4)?)
+        self.mem.load_u32(self.translate(offset, 4)?)
     }
     fn store_u32(&self, offset: usize, value: u32) -> Result<(), MemError> {
-        self.mem.store_u32(self.at(offset, 4)?, value)
+        self.mem.store_u32(self.translate(offset, 4)?, value)
     }
     fn load_u8(&self, offset: usize) -> Result<u8, MemError> {
-        self.mem.load_u8(self.at(offset, 1)?)
+        self.mem.load_u8(self.translate(offset, 1)?)
     }
     fn store_u8(&self, offset: usize, value: u8) -> Result<(), MemError> {
-        self.mem.store_u8(self.at(offset, 1)?, value)
+        self.mem.store_u8(self.translate(offset, 1)?, value)
     }
     fn fetch_or_u8(&self, offset: usize, bits: u8) -> Result<u8, MemError> {
-        self.mem.fetch_or_u8(self.at(offset, 1)?, bits)
+        self.mem.fetch_or_u8(self.translate(offset, 1)?, bits)
     }
     fn fetch_and_u8(&self, offset: usize, bits: u8) -> Result<u8, MemError> {
-        self.mem.fetch_and_u8(self.at(offset, 1)?, bits)
+        self.mem.fetch_and_u8(self.translate(offset, 1)?, bits)
     }
     fn fence(&self) {
         self.mem.fence()
     }
     fn prefetch_write(&self, offset: usize) {
-        if let Ok(at) = self.at(offset, 1) {
+        if let Ok(at) = self.translate(offset, 1) {
             self.mem.prefetch_write(at);
         }
     }
     fn read(&self, offset: usize, dst: &mut [u8]) -> Result<(), MemError> {
-        self.mem.read(self.at(offset, dst.len())?, dst)
+        self.mem.read(self.translate(offset, dst.len())?, dst)
     }
     fn write(&self, offset: usize, src: &[u8]) -> Result<(), MemError> {
-        self.mem.write(self.at(offset, src.len())?, src)
+        self.mem.write(self.translate(offset, src.len())?, src)
     }
     fn fill(&self, offset: usize, len: usize, byte: u8) -> Result<(), MemError> {
-        self.mem.fill(self.at(offset, len)?, len, byte)
+        self.mem.fill(self.translate(offset, len)?, len, byte)
     }
 }
 
