@@ -52,6 +52,12 @@ extern crate alloc;
 pub mod error;
 pub mod loan;
 pub mod mem;
+#[cfg(loom)]
+#[doc(hidden)]
+pub mod mutation;
+#[cfg(not(loom))]
+#[allow(dead_code)]
+mod mutation;
 pub mod signal;
 pub mod vchan;
 pub mod vmbus;

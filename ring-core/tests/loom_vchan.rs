@@ -245,3 +245,30 @@ fn a_gathered_write_wakes_a_reader() {
         drop(writer.join().unwrap());
     });
 }
+
+// Negative controls: each deliberate bug (ring-core's `mutation` module,
+// compiled in only under loom) must make a model above fail.
+
+#[test]
+fn a_missing_publish_fence_is_caught() {
+    loom_support::must_fail(
+        ring_core::mutation::Mutation::NoPublishFence,
+        "blocked_reader_is_woken_by_one_write",
+    );
+}
+
+#[test]
+fn a_missing_recheck_is_caught() {
+    loom_support::must_fail(
+        ring_core::mutation::Mutation::NoRecheck,
+        "blocked_reader_is_woken_by_one_write",
+    );
+}
+
+#[test]
+fn an_index_published_before_the_copy_is_caught() {
+    loom_support::must_fail(
+        ring_core::mutation::Mutation::IndexBeforeCopy,
+        "packet_publication_is_atomic",
+    );
+}

@@ -121,3 +121,14 @@ fn reader_masked_by_the_kernel_is_still_woken() {
         writer.join().unwrap();
     });
 }
+
+// Negative control: without the fence in `commit`, the model above must
+// fail (ring-core's `mutation` module, compiled in only under loom).
+
+#[test]
+fn a_missing_commit_fence_is_caught() {
+    loom_support::must_fail(
+        ring_core::mutation::Mutation::NoPublishFence,
+        "blocked_reader_is_woken_for_data",
+    );
+}

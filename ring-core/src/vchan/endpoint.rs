@@ -8,6 +8,7 @@ use super::{ControlHeader, Error, Live, NotifyBits, Role, SetupError, Transfer};
 use crate::error::{Corrupt, Poison};
 use crate::loan::{Span, SpanList};
 use crate::mem::{SharedMem, WrapRegion};
+use crate::mutation::{self, Mutation};
 use core::ops::Deref;
 use zerocopy::byteorder::little_endian::{U16, U32};
 use zerocopy::{FromBytes, IntoBytes};
@@ -500,7 +501,9 @@ impl<M: SharedMem> Endpoint<M> {
     /// After publishing one or both indices: fence, then test-and-clear
     /// `bits` in our own notify byte. True if the peer asked to be kicked.
     fn peer_asked(&self, bits: NotifyBits) -> Result<bool, Error> {
-        self.ctrl.fence();
+        if !mutation::on(Mutation::NoPublishFence) {
+            self.ctrl.fence();
+        }
         // A plain load first keeps the locked RMW off the fast path; if the
         // bits are clear now, the peer's re-check will see our index.
         let asked = self.ctrl.load_u8(self.own_notify)? & bits.bits();
@@ -586,6 +589,9 @@ impl<M: SharedMem> Endpoint<M> {
             return Ok(avail);
         }
         self.arm(NotifyBits::WRITE)?;
+        if mutation::on(Mutation::NoRecheck) {
+            return Err(Error::WouldBlock);
+        }
         let avail = self.refresh_rx()? as usize;
         if avail >= need {
             return Ok(avail);
@@ -631,6 +637,10 @@ impl<M: SharedMem> Endpoint<M> {
     ) -> Result<Transfer, Error> {
         let mut at = self.tx.own;
         let mut left = len;
+        if mutation::on(Mutation::IndexBeforeCopy) {
+            self.ctrl
+                .store_u32(self.tx.own_at, at.wrapping_add(len as u32))?;
+        }
         for buf in bufs {
             if left == 0 {
                 break;
@@ -863,6 +873,9 @@ impl<M: SharedMem> Endpoint<M> {
             return Ok(free);
         }
         self.arm(NotifyBits::READ)?;
+        if mutation::on(Mutation::NoRecheck) {
+            return Err(Error::WouldBlock);
+        }
         let free = self.refresh_tx()? as usize;
         if free >= need {
             return Ok(free);

@@ -10,6 +10,7 @@ use super::{advance, check_memory, distance, index_ok, Error, SetupError, Transf
 use crate::error::{Corrupt, Poison};
 use crate::loan::{Span, SpanList, MAX_SPANS};
 use crate::mem::{SharedMem, WrapRegion};
+use crate::mutation::{self, Mutation};
 use zerocopy::byteorder::little_endian::{U16, U32, U64};
 use zerocopy::IntoBytes;
 
@@ -426,7 +427,9 @@ impl<M: SharedMem> OutgoingRing<M> {
             .prefetch_for_producer(&self.mem, self.next as usize, self.free() as usize);
         // Full fence: the index store is ordered before the loads below
         // (the Dekker pair with the reader's unmask-then-recheck).
-        self.mem.fence();
+        if !mutation::on(Mutation::NoPublishFence) {
+            self.mem.fence();
+        }
         if self.mem.load_u32(INTERRUPT_MASK)? != 0 {
             return Ok(Transfer { len, notify: false });
         }

@@ -283,6 +283,11 @@ impl Signal for LoomSignal {
 /// Runs `f` under loom and prints how many interleavings it explored.
 /// The preemption bound is 4 unless `LOOM_MAX_PREEMPTIONS` says otherwise.
 pub fn model(name: &str, f: impl Fn() + Sync + Send + 'static) {
+    if let Ok(m) = std::env::var(MUTATION_VAR) {
+        let m = ring_core::mutation::Mutation::from_name(&m)
+            .unwrap_or_else(|| panic!("{MUTATION_VAR}={m}: no such mutation"));
+        ring_core::mutation::apply(Some(m));
+    }
     use std::sync::atomic::{AtomicU64, Ordering};
     let runs = std::sync::Arc::new(AtomicU64::new(0));
     let counter = runs.clone();
@@ -299,4 +304,58 @@ pub fn model(name: &str, f: impl Fn() + Sync + Send + 'static) {
         "loom {name}: {} interleavings explored",
         runs.load(Ordering::Relaxed)
     );
+}
+
+/// The environment variable that makes [`model`] run with a deliberate
+/// bug applied (a `ring_core::mutation::Mutation` name).
+pub const MUTATION_VAR: &str = "RING_LOOM_MUTATION";
+
+/// A negative control: runs the model test `test` of this binary in a
+/// child process with the deliberate bug `m` applied, and requires it to
+/// fail (loom reports a lost wake-up as a deadlock, a torn copy as a data
+/// race; either may abort the child). A child keeps each failing model's
+/// unwinding, and loom's state after it, away from the other tests.
+pub fn must_fail(m: ring_core::mutation::Mutation, test: &str) {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(MUTATION_VAR, format!("{m:?}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{test} with {m:?}: still running after 600 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("running 1 test"),
+        "{test} with {m:?}: the child did not run the model:\n{text}"
+    );
+    assert!(
+        !status.success(),
+        "{test} passed with {m:?} applied: the model no longer catches that bug"
+    );
+    // The panic's message is the line after "panicked at <location>:".
+    let mut lines = text.lines();
+    let why = lines
+        .by_ref()
+        .find(|l| l.contains("panicked at"))
+        .and_then(|_| lines.next())
+        .unwrap_or("(no panic message)");
+    println!("negative control {m:?} on {test}: caught ({status}): {why}");
 }
