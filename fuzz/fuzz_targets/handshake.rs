@@ -20,14 +20,23 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(Welcome::decode(&welcome.encode()), Ok(welcome));
         }
     }
-    let Ok((mut client, server)) = UnixStream::pair() else { return };
+    let Ok((mut client, server)) = UnixStream::pair() else {
+        return;
+    };
     let _ = client.write_all(data);
     let _ = client.shutdown(std::net::Shutdown::Write);
-    let proto = if data.first().is_some_and(|b| b & 1 == 1) { Proto::Vmbus } else { Proto::Vchan };
+    let proto = if data.first().is_some_and(|b| b & 1 == 1) {
+        Proto::Vmbus
+    } else {
+        Proto::Vchan
+    };
     let config = ServerConfig::new(proto).ring_sizes(4096, 4096);
     // Any outcome but a panic or a hang is fine; a session needs a valid hello.
     if rendezvous::serve_client(server, &config).is_ok() {
         let hello = data.first_chunk::<HELLO_LEN>().map(Hello::decode);
-        assert!(matches!(hello, Some(Ok(_))), "a session from an invalid hello");
+        assert!(
+            matches!(hello, Some(Ok(_))),
+            "a session from an invalid hello"
+        );
     }
 });

@@ -21,11 +21,17 @@ fuzz_target!(|data: &[u8]| {
     let _ = heap.write(0, &page);
     let script = input.script(4096);
     let hostile = HostileMem::new(&heap, 0, 4096, script);
-    let Ok(mut ep) = vchan::connect_flat(&hostile) else { return };
+    let Ok(mut ep) = vchan::connect_flat(&hostile) else {
+        return;
+    };
     let mut buf = vec![0u8; 4096];
     for round in 0..32usize {
         let n = usize::from(input.u16()) % buf.len();
-        let r = if round % 2 == 0 { ep.read(&mut buf[..n]) } else { ep.write(&buf[..n]) };
+        let r = if round % 2 == 0 {
+            ep.read(&mut buf[..n])
+        } else {
+            ep.write(&buf[..n])
+        };
         match r {
             Ok(t) => assert!(t.len <= n),
             Err(Error::WouldBlock | Error::Closed | Error::Corrupt(_)) => {}

@@ -34,13 +34,17 @@ fn pieces<'a>(input: &mut Input<'_>, data: &'a [u8]) -> Vec<&'a [u8]> {
 fuzz_target!(|data: &[u8]| {
     let mut input = Input(data);
     let (left, right) = (10 + input.u8() % 4, 10 + input.u8() % 4);
-    let Ok(orders) = Orders::new(left, right) else { return };
+    let Ok(orders) = Orders::new(left, right) else {
+        return;
+    };
     let as_server = input.u8() & 1 == 0;
     let start = input.u32();
     let script = input.script(24);
     let heap = HeapMem::new(vchan::FlatLayout::new(orders).size);
     let hostile = HostileMem::new(&heap, 0, 24, script);
-    let options = ServerOptions { initial_index: start };
+    let options = ServerOptions {
+        initial_index: start,
+    };
     let (Ok(server), Ok(client)) = (
         vchan::serve_flat(&hostile, orders, options),
         vchan::connect_flat(&hostile),
@@ -60,9 +64,17 @@ fuzz_target!(|data: &[u8]| {
             2 => ep.recv(&mut buf[..n]),
             3 => ep.send(&buf[..n]),
             4 => ep.close(),
-            5 => ep.data_ready().and_then(|_| ep.buffer_space()).map(|_| Transfer::NOTHING),
-            6 => ep.read_held(&mut buf[..n]).map(|len| Transfer { len, notify: false }),
-            7 => ep.recv_held(&mut buf[..n]).map(|whole| Transfer { len: if whole { n } else { 0 }, notify: false }),
+            5 => ep
+                .data_ready()
+                .and_then(|_| ep.buffer_space())
+                .map(|_| Transfer::NOTHING),
+            6 => ep
+                .read_held(&mut buf[..n])
+                .map(|len| Transfer { len, notify: false }),
+            7 => ep.recv_held(&mut buf[..n]).map(|whole| Transfer {
+                len: if whole { n } else { 0 },
+                notify: false,
+            }),
             8 => ep.release(),
             9 => ep.write_vectored(&pieces(&mut input, &buf[..n])),
             _ => ep.send_vectored(&pieces(&mut input, &buf[..n])),
@@ -79,13 +91,21 @@ fuzz_target!(|data: &[u8]| {
                         assert_eq!(ep.held(), 0);
                     }
                     4 => assert_eq!(ep.held(), 0, "close gives held bytes back"),
-                    _ if gives_back && t.len > 0 => assert_eq!(ep.held(), 0, "a completing call gives held bytes back"),
+                    _ if gives_back && t.len > 0 => {
+                        assert_eq!(ep.held(), 0, "a completing call gives held bytes back")
+                    }
                     _ => assert_eq!(ep.held(), held),
                 }
             }
             Err(Error::Held { len }) => {
-                assert!(gives_back, "only a call that would arm refuses for held bytes");
-                assert!(len > 0 && len == held, "Held {{ len: {len} }} with {held} held");
+                assert!(
+                    gives_back,
+                    "only a call that would arm refuses for held bytes"
+                );
+                assert!(
+                    len > 0 && len == held,
+                    "Held {{ len: {len} }} with {held} held"
+                );
                 assert_eq!(ep.held(), held);
             }
             Err(Error::WouldBlock) => {

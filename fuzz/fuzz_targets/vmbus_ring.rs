@@ -75,13 +75,31 @@ fuzz_target!(|data: &[u8]| {
                     Ok(p) => {
                         let mut buf = vec![0u8; p.payload_len()];
                         allowed(&p.read_payload(0, &mut buf));
-                        for range in p.gpa_ranges().take(4096) {
+                        // No cap of ours on the iterators: each record
+                        // they yield is 8 bytes of the packet's header, so
+                        // more than header_len / 8 of them means one runs
+                        // on past its packet (or for ever).
+                        let records = p.info().header_len as usize / 8;
+                        let mut seen = 0usize;
+                        let mut count = |n: &mut usize| {
+                            *n += 1;
+                            assert!(*n <= records, "more records than the header holds");
+                        };
+                        for range in p.gpa_ranges() {
+                            count(&mut seen);
                             match range {
-                                Ok(r) => r.pfns().take(4096).for_each(|pfn| allowed(&pfn)),
+                                Ok(r) => r.pfns().for_each(|pfn| {
+                                    count(&mut seen);
+                                    allowed(&pfn)
+                                }),
                                 Err(e) => allowed(&Err::<(), _>(e)),
                             }
                         }
-                        p.transfer_ranges().take(4096).for_each(|r| allowed(&r));
+                        let mut seen = 0usize;
+                        p.transfer_ranges().for_each(|r| {
+                            count(&mut seen);
+                            allowed(&r)
+                        });
                     }
                     Err(e) => allowed(&Err::<(), _>(e)),
                 }
