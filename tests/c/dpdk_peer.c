@@ -186,3 +186,90 @@ int dpdk_recv(struct vmbus_br *br, struct desc *out, void *buf, uint32_t *len)
 		*len = dlen;
 	return r;
 }
+
+/* ---- DPDK's read-side signal decision ------------------------------------
+ *
+ * rte_vmbus_chan_signal_read() (vmbus_channel.c.o) decides, after a reader
+ * has consumed `bytes_read` bytes, whether the writer waiting on
+ * pending_send_size must be signalled, and signals through the channel's
+ * monitor page. It takes a whole `struct vmbus_channel`, which DPDK does
+ * not install a header for; the function reads only a few of its fields,
+ * placed here as Debian's DPDK 22.11 build lays them out (read from the
+ * object's code): the read ring's control page pointer at 0x20 and data
+ * size at 0x28 (its struct vmbus_br), the monitor id at 0x44 and the
+ * monitor page pointer at 0x48. A signal sets bit (id % 32) of the 32-bit
+ * word 8 + 8 * (id / 32) bytes into the monitor page.
+ *
+ * dpdk_read_signal_check() tells the tests whether that layout still holds
+ * on this machine's DPDK (a signal where one is certainly due, none where
+ * none is), so a changed layout fails with its own message rather than as
+ * a disagreement.
+ *
+ * The object's other references, never reached by that function, get
+ * stand-ins that abort.
+ */
+#include <stdio.h>
+
+void rte_vmbus_chan_signal_read(void *chan, uint32_t bytes_read);
+
+int vmbus_logtype_bus;
+int rte_log(uint32_t level, uint32_t logtype, const char *format, ...)
+{
+	(void)level;
+	(void)logtype;
+	(void)format;
+	return 0;
+}
+void rte_free(void *ptr)
+{
+	(void)ptr;
+	abort();
+}
+void *rte_zmalloc_socket(const char *type, size_t size, unsigned int align, int socket)
+{
+	(void)type;
+	(void)size;
+	(void)align;
+	(void)socket;
+	abort();
+}
+int vmbus_uio_find_resource(void);
+int vmbus_uio_find_resource(void)
+{
+	abort();
+}
+int vmbus_uio_get_subchan(void);
+int vmbus_uio_get_subchan(void)
+{
+	abort();
+}
+int vmbus_uio_map_rings(void);
+int vmbus_uio_map_rings(void)
+{
+	abort();
+}
+int vmbus_uio_subchannels_supported(void);
+int vmbus_uio_subchannels_supported(void)
+{
+	abort();
+}
+
+/* 1 if DPDK signals the writer of the ring whose control page is `ctrl`
+ * (data size `dsize`) after a read of `bytes_read` bytes, else 0. */
+int dpdk_read_signal(void *ctrl, uint32_t dsize, uint32_t bytes_read)
+{
+	_Alignas(8) unsigned char chan[0x80];
+	_Alignas(8) uint32_t monitor[1024];
+
+	memset(chan, 0, sizeof chan);
+	memset(monitor, 0, sizeof monitor);
+	memcpy(chan + 0x20, &ctrl, sizeof ctrl);
+	memcpy(chan + 0x28, &dsize, sizeof dsize);
+	chan[0x44] = 0; /* monitor id */
+	{
+		void *m = monitor;
+		memcpy(chan + 0x48, &m, sizeof m);
+	}
+	rte_vmbus_chan_signal_read(chan, bytes_read);
+	return monitor[2] & 1;
+}

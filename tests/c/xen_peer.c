@@ -3,8 +3,9 @@
  * statically from libxenvchan.a) into a peer for ring-core's vchan, with no
  * Xen underneath.
  *
- * Only io.o of the library is linked. This file supplies what init.c and
- * the Xen device libraries would otherwise provide:
+ * Both objects of the library are linked: io.o (the data path) and init.o
+ * (set-up). This file supplies what the Xen device libraries would
+ * otherwise provide:
  *
  * - the event channel: each side has its own "wake me" eventfd; notifying
  *   the peer writes the peer's eventfd, and xenevtchn_pending() blocks on
@@ -17,7 +18,10 @@
  *   maps grants; libxenvchan_close() unmaps them with munmap() as it would
  *   on Xen;
  * - the set-up init.c would do for a server or a client, including the
- *   page initialisation.
+ *   page initialisation (xp_server_open, xp_client_open: our re-creation);
+ * - and, for libxenvchan's own set-up code (init.o, linked as it is:
+ *   xp_lib_server_init, xp_lib_client_init), stand-ins for the grant,
+ *   event-channel and xenstore calls it makes.
  *
  * Only the public headers are included; no library source is copied.
  */
@@ -124,14 +128,10 @@ int xengnttab_close(xengnttab_handle *xgt)
 	return 0;
 }
 
-/* io.o calls this from libxenvchan_close() for a server; without xenstore
- * there is nothing to remove. */
-int close_xs_srv(struct libxenvchan *ctrl);
-int close_xs_srv(struct libxenvchan *ctrl)
-{
-	(void)ctrl;
-	return 0;
-}
+/* libxenvchan_close() (io.o) calls init.o's close_xs_srv() for a server:
+ * with no xenstore path (the set-up below leaves it NULL) it does nothing,
+ * and for libxenvchan_server_init()'s own servers it removes their entries
+ * from the stand-in xenstore further down. */
 
 /* ---- set-up: what init.c does on Xen ----------------------------------- */
 
@@ -457,4 +457,307 @@ size_t xp_layout(size_t *out, size_t n)
 	for (i = 0; i < count; i++)
 		out[i] = v[i];
 	return count;
+}
+
+/* ---- libxenvchan's own set-up (init.o) on stand-ins ----------------------
+ *
+ * libxenvchan_server_init() and libxenvchan_client_init() from the
+ * library's init.o, linked as they are, over stand-ins for what they call:
+ *
+ * - grant sharing: pages come from the memfd named by xp_init_use(), in
+ *   order from page 1 (so the grant list reads as ring-core's FlatLayout);
+ *   the control page is memfd page 0, shared under XP_CTRL_REF (init.c's
+ *   client refuses a ring-ref of 0). A ring page's grant ref is its page
+ *   number, as in the rest of this harness;
+ * - event channels: xenevtchn_open() hands out the eventfd pair named by
+ *   xp_init_use(), and both binds report XP_PORT;
+ * - xenstore: a small in-memory table, with "domid" reading 0.
+ *
+ * One set-up at a time (a lock around each call): the stand-ins take their
+ * memfd and eventfds from process-wide state.
+ */
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <xenstore.h>
+
+#define XP_CTRL_REF 0x100000u
+
+static pthread_mutex_t xp_init_lock = PTHREAD_MUTEX_INITIALIZER;
+static int xp_init_memfd = -1, xp_init_wake = -1, xp_init_kick = -1;
+static uint32_t xp_init_next_page = 1;
+
+struct xengntdev_handle xp_gnt_real;
+
+xengntshr_handle *xengntshr_open(struct xentoollog_logger *logger, unsigned open_flags)
+{
+	(void)logger;
+	(void)open_flags;
+	return &xp_gnt_real;
+}
+
+xengnttab_handle *xengnttab_open(struct xentoollog_logger *logger, unsigned open_flags)
+{
+	(void)logger;
+	(void)open_flags;
+	return &xp_gnt_real;
+}
+
+void *xengntshr_share_page_notify(xengntshr_handle *xgs, uint32_t domid, uint32_t *ref,
+				  int writable, uint32_t notify_offset,
+				  evtchn_port_t notify_port)
+{
+	void *p;
+	(void)xgs;
+	(void)domid;
+	(void)writable;
+	(void)notify_offset;
+	(void)notify_port;
+	p = mmap(NULL, XP_PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, xp_init_memfd, 0);
+	if (p == MAP_FAILED)
+		return NULL;
+	*ref = XP_CTRL_REF;
+	return p;
+}
+
+void *xengntshr_share_pages(xengntshr_handle *xgs, uint32_t domid, int count, uint32_t *refs,
+			    int writable)
+{
+	uint32_t mine[512];
+	int i;
+	(void)xgs;
+	(void)domid;
+	(void)writable;
+	if (count <= 0 || count > 512)
+		return NULL;
+	for (i = 0; i < count; i++)
+		mine[i] = xp_init_next_page++;
+	memcpy(refs, mine, (size_t)count * sizeof *refs);
+	return xp_map_refs(xp_init_memfd, mine, (size_t)count, PROT_READ | PROT_WRITE);
+}
+
+void *xengnttab_map_grant_ref_notify(xengnttab_handle *xgt, uint32_t domid, uint32_t ref,
+				     int prot, uint32_t notify_offset, evtchn_port_t notify_port)
+{
+	void *p;
+	(void)xgt;
+	(void)domid;
+	(void)notify_offset;
+	(void)notify_port;
+	if (ref != XP_CTRL_REF)
+		return NULL;
+	p = mmap(NULL, XP_PAGE, prot, MAP_SHARED, xp_init_memfd, 0);
+	return p == MAP_FAILED ? NULL : p;
+}
+
+void *xengnttab_map_domain_grant_refs(xengnttab_handle *xgt, uint32_t count, uint32_t domid,
+				      uint32_t *refs, int prot)
+{
+	(void)xgt;
+	(void)domid;
+	return xp_map_refs(xp_init_memfd, refs, count, prot);
+}
+
+xenevtchn_handle *xenevtchn_open(struct xentoollog_logger *logger, unsigned int flags)
+{
+	(void)logger;
+	(void)flags;
+	return xp_evtchn_open(xp_init_wake, xp_init_kick);
+}
+
+xenevtchn_port_or_error_t xenevtchn_bind_unbound_port(xenevtchn_handle *xce, uint32_t domid)
+{
+	(void)xce;
+	(void)domid;
+	return XP_PORT;
+}
+
+xenevtchn_port_or_error_t xenevtchn_bind_interdomain(xenevtchn_handle *xce, uint32_t domid,
+						     evtchn_port_t remote_port)
+{
+	(void)xce;
+	(void)domid;
+	return remote_port == XP_PORT ? XP_PORT : -1;
+}
+
+int xenevtchn_unbind(xenevtchn_handle *xce, evtchn_port_t port)
+{
+	(void)xce;
+	(void)port;
+	return 0;
+}
+
+/* xenstore: paths and values, both short in libxenvchan's use. */
+struct xs_handle {
+	int unused;
+};
+static struct xs_handle xp_xs;
+static pthread_mutex_t xp_store_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct {
+	char path[128];
+	char value[64];
+	unsigned perms_set;
+} xp_store[32];
+
+struct xs_handle *xs_open(unsigned long flags)
+{
+	(void)flags;
+	return &xp_xs;
+}
+
+void xs_close(struct xs_handle *xsh)
+{
+	(void)xsh;
+}
+
+static int xp_store_find(const char *path)
+{
+	int i;
+	for (i = 0; i < 32; i++)
+		if (xp_store[i].path[0] && strcmp(xp_store[i].path, path) == 0)
+			return i;
+	return -1;
+}
+
+void *xs_read(struct xs_handle *h, xs_transaction_t t, const char *path, unsigned int *len)
+{
+	char *out = NULL;
+	int i;
+	(void)h;
+	(void)t;
+	if (strcmp(path, "domid") == 0) {
+		out = strdup("0");
+	} else {
+		pthread_mutex_lock(&xp_store_lock);
+		i = xp_store_find(path);
+		if (i >= 0)
+			out = strdup(xp_store[i].value);
+		pthread_mutex_unlock(&xp_store_lock);
+	}
+	if (out && len)
+		*len = (unsigned int)strlen(out);
+	if (!out)
+		errno = ENOENT;
+	return out;
+}
+
+bool xs_write(struct xs_handle *h, xs_transaction_t t, const char *path, const void *data,
+	      unsigned int len)
+{
+	bool ok = false;
+	int i;
+	(void)h;
+	(void)t;
+	if (strlen(path) >= sizeof xp_store[0].path || len >= sizeof xp_store[0].value)
+		return false;
+	pthread_mutex_lock(&xp_store_lock);
+	i = xp_store_find(path);
+	for (int j = 0; i < 0 && j < 32; j++)
+		if (!xp_store[j].path[0])
+			i = j;
+	if (i >= 0) {
+		snprintf(xp_store[i].path, sizeof xp_store[i].path, "%s", path);
+		memcpy(xp_store[i].value, data, len);
+		xp_store[i].value[len] = 0;
+		ok = true;
+	}
+	pthread_mutex_unlock(&xp_store_lock);
+	return ok;
+}
+
+bool xs_rm(struct xs_handle *h, xs_transaction_t t, const char *path)
+{
+	size_t n = strlen(path);
+	int i;
+	(void)h;
+	(void)t;
+	pthread_mutex_lock(&xp_store_lock);
+	for (i = 0; i < 32; i++)
+		if (strncmp(xp_store[i].path, path, n) == 0 &&
+		    (xp_store[i].path[n] == 0 || xp_store[i].path[n] == '/'))
+			xp_store[i].path[0] = 0;
+	pthread_mutex_unlock(&xp_store_lock);
+	return true;
+}
+
+bool xs_set_permissions(struct xs_handle *h, xs_transaction_t t, const char *path,
+			struct xs_permissions *perms, unsigned int num_perms)
+{
+	int i;
+	(void)h;
+	(void)t;
+	(void)perms;
+	pthread_mutex_lock(&xp_store_lock);
+	i = xp_store_find(path);
+	if (i >= 0)
+		xp_store[i].perms_set = num_perms;
+	pthread_mutex_unlock(&xp_store_lock);
+	return i >= 0;
+}
+
+xs_transaction_t xs_transaction_start(struct xs_handle *h)
+{
+	(void)h;
+	return 1;
+}
+
+bool xs_transaction_end(struct xs_handle *h, xs_transaction_t t, bool abort)
+{
+	(void)h;
+	(void)t;
+	(void)abort;
+	return true;
+}
+
+/* From Rust: libxenvchan_server_init() itself, its pages in `memfd`, its
+ * event channel on (wake_fd, kick_fd). */
+struct libxenvchan *xp_lib_server_init(int memfd, const char *xs_path, size_t left_min,
+				       size_t right_min, int wake_fd, int kick_fd)
+{
+	struct libxenvchan *ctrl;
+	pthread_mutex_lock(&xp_init_lock);
+	xp_init_memfd = memfd;
+	xp_init_wake = wake_fd;
+	xp_init_kick = kick_fd;
+	xp_init_next_page = 1;
+	ctrl = libxenvchan_server_init(NULL, 0, xs_path, left_min, right_min);
+	pthread_mutex_unlock(&xp_init_lock);
+	return ctrl;
+}
+
+/* From Rust: libxenvchan_client_init() itself, against the server whose
+ * xenstore entries are under `xs_path` and whose pages are in `memfd`. */
+struct libxenvchan *xp_lib_client_init(int memfd, const char *xs_path, int wake_fd, int kick_fd)
+{
+	struct libxenvchan *ctrl;
+	pthread_mutex_lock(&xp_init_lock);
+	xp_init_memfd = memfd;
+	xp_init_wake = wake_fd;
+	xp_init_kick = kick_fd;
+	ctrl = libxenvchan_client_init(NULL, 0, xs_path);
+	pthread_mutex_unlock(&xp_init_lock);
+	return ctrl;
+}
+
+/* From Rust: what xenstore holds at `path` (for tests of the entries the
+ * server wrote), copied into `out`; -1 if nothing. */
+int xp_xs_get(const char *path, char *out, size_t n)
+{
+	int i, r = -1;
+	pthread_mutex_lock(&xp_store_lock);
+	i = xp_store_find(path);
+	if (i >= 0 && n > 0) {
+		snprintf(out, n, "%s", xp_store[i].value);
+		r = (int)xp_store[i].perms_set;
+	}
+	pthread_mutex_unlock(&xp_store_lock);
+	return r;
+}
+
+/* From Rust: puts `value` at `path` in the stand-in xenstore (a server of
+ * ours announcing itself to libxenvchan's client). */
+int xp_xs_put(const char *path, const char *value)
+{
+	return xs_write(&xp_xs, 0, path, value, (unsigned int)strlen(value)) ? 0 : -1;
 }

@@ -231,3 +231,19 @@ impl Dpdk<'_> {
         Ok((desc, len as usize))
     }
 }
+
+unsafe extern "C" {
+    fn dpdk_read_signal(ctrl: *mut c_void, dsize: u32, bytes_read: u32) -> i32;
+}
+
+impl Ring {
+    /// DPDK's own read-side decision (`rte_vmbus_chan_signal_read`) on this
+    /// ring as it stands: whether, after a read of `bytes_read` bytes that
+    /// left the read index where it is now, the writer must be signalled.
+    pub fn dpdk_read_signal(&self, bytes_read: u32) -> bool {
+        let dsize = self.layout.data_size();
+        // SAFETY: the pointer is the control page of this ring (atomics
+        // that outlive the call); DPDK only loads from it.
+        unsafe { dpdk_read_signal(self.words.as_ptr() as *mut c_void, dsize, bytes_read) != 0 }
+    }
+}

@@ -40,12 +40,62 @@ mod ffi {
         pub fn xp_fd(ctrl: *mut c_void) -> c_int;
         pub fn xp_close(ctrl: *mut c_void);
         pub fn xp_layout(out: *mut usize, n: usize) -> usize;
+        pub fn xp_lib_server_init(
+            memfd: c_int,
+            xs_path: *const core::ffi::c_char,
+            left_min: usize,
+            right_min: usize,
+            wake_fd: c_int,
+            kick_fd: c_int,
+        ) -> *mut c_void;
+        pub fn xp_lib_client_init(
+            memfd: c_int,
+            xs_path: *const core::ffi::c_char,
+            wake_fd: c_int,
+            kick_fd: c_int,
+        ) -> *mut c_void;
+        pub fn xp_xs_get(
+            path: *const core::ffi::c_char,
+            out: *mut core::ffi::c_char,
+            n: usize,
+        ) -> c_int;
+        pub fn xp_xs_put(path: *const core::ffi::c_char, value: *const core::ffi::c_char) -> c_int;
     }
 }
 
 /// How long either side waits for one event before calling it a lost
 /// wake-up (the C side's `xenevtchn_pending` stand-in uses the same).
 pub const WAIT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the stand-in xenstore holds at `path`, and how many permission
+/// entries were set on it; `None` if nothing is there.
+pub fn xenstore_entry(path: &str) -> Option<(String, u32)> {
+    let path = std::ffi::CString::new(path).ok()?;
+    let mut out = [0u8; 64];
+    // SAFETY: `path` is NUL-terminated; `out` is valid for `out.len()`
+    // bytes, which the harness never exceeds (it NUL-terminates within).
+    let perms = unsafe { ffi::xp_xs_get(path.as_ptr(), out.as_mut_ptr().cast(), out.len()) };
+    let perms = u32::try_from(perms).ok()?;
+    let end = out.iter().position(|&b| b == 0).unwrap_or(out.len());
+    Some((String::from_utf8_lossy(&out[..end]).into_owned(), perms))
+}
+
+/// Puts `value` at `path` in the stand-in xenstore.
+pub fn xenstore_put(path: &str, value: &str) -> bool {
+    let (Ok(path), Ok(value)) = (std::ffi::CString::new(path), std::ffi::CString::new(value))
+    else {
+        return false;
+    };
+    // SAFETY: both are NUL-terminated and outlive the call, which copies.
+    unsafe { ffi::xp_xs_put(path.as_ptr(), value.as_ptr()) == 0 }
+}
+
+/// The grant ref the stand-ins give libxenvchan's control page (memfd page
+/// 0; init.c's client refuses a ring-ref of 0).
+pub const CTRL_REF: u32 = 0x10_0000;
+
+/// The event-channel port the stand-ins report for every bind.
+pub const PORT: u32 = 7;
 
 /// Field offsets of `struct vchan_interface` as the C header lays it out:
 /// left.cons, left.prod, right.cons, right.prod, left_order, right_order,
@@ -114,6 +164,59 @@ impl CPeer {
         let (m, w, k) = (memfd.as_raw_fd(), wake.as_raw_fd(), kick.as_raw_fd());
         // SAFETY: as for `server`.
         let ctrl = unsafe { ffi::xp_client_open(m, w, k) };
+        NonNull::new(ctrl).map(|ctrl| CPeer { ctrl })
+    }
+
+    /// A server set up by libxenvchan's own `libxenvchan_server_init`
+    /// (init.o, linked as it is) for rings of at least `left_min` and
+    /// `right_min` bytes, over the harness's stand-ins: its pages are taken
+    /// from `memfd` (control page at 0, ring pages from 1 in the order it
+    /// shares them), its xenstore entries go under `xs_path` in the
+    /// stand-in table. `None` if the library refused.
+    pub fn lib_server(
+        memfd: BorrowedFd<'_>,
+        xs_path: &str,
+        left_min: usize,
+        right_min: usize,
+        wake: BorrowedFd<'_>,
+        kick: BorrowedFd<'_>,
+    ) -> Option<CPeer> {
+        let path = std::ffi::CString::new(xs_path).ok()?;
+        // SAFETY: plain fds, sizes and a NUL-terminated path that outlives
+        // the call (libxenvchan copies it); the stand-ins dup the eventfds
+        // and map the memfd themselves.
+        let ctrl = unsafe {
+            ffi::xp_lib_server_init(
+                memfd.as_raw_fd(),
+                path.as_ptr(),
+                left_min,
+                right_min,
+                wake.as_raw_fd(),
+                kick.as_raw_fd(),
+            )
+        };
+        NonNull::new(ctrl).map(|ctrl| CPeer { ctrl })
+    }
+
+    /// A client set up by libxenvchan's own `libxenvchan_client_init`,
+    /// finding the server through the stand-in xenstore under `xs_path`
+    /// and its pages in `memfd`. `None` if the library refused.
+    pub fn lib_client(
+        memfd: BorrowedFd<'_>,
+        xs_path: &str,
+        wake: BorrowedFd<'_>,
+        kick: BorrowedFd<'_>,
+    ) -> Option<CPeer> {
+        let path = std::ffi::CString::new(xs_path).ok()?;
+        // SAFETY: as for `lib_server`.
+        let ctrl = unsafe {
+            ffi::xp_lib_client_init(
+                memfd.as_raw_fd(),
+                path.as_ptr(),
+                wake.as_raw_fd(),
+                kick.as_raw_fd(),
+            )
+        };
         NonNull::new(ctrl).map(|ctrl| CPeer { ctrl })
     }
 

@@ -18,6 +18,10 @@ use ring_core::vmbus::{
     RangeInfo, TransferRange,
 };
 
+/// Every test here waits on another thread or process: past this, the
+/// run fails instead of hanging.
+const TEST_DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// A small deterministic generator for sizes and contents.
 struct Rng(u64);
 
@@ -47,6 +51,7 @@ fn read_payload<M: SharedMem>(p: &ring_core::vmbus::IncomingPacket<'_, M>, len: 
 
 #[test]
 fn harness_sees_the_same_layout() {
+    let _deadline = ring_tests::Deadline::new("harness_sees_the_same_layout", TEST_DEADLINE);
     let ring = Ring::new(8192, 0);
     let dpdk = ring.dpdk();
     assert_eq!(dpdk.data_size(), 8192);
@@ -54,6 +59,8 @@ fn harness_sees_the_same_layout() {
 
 #[test]
 fn dpdk_writes_in_band_we_read_every_size() {
+    let _deadline =
+        ring_tests::Deadline::new("dpdk_writes_in_band_we_read_every_size", TEST_DEADLINE);
     let ring = Ring::new(8192, 8192 - 8);
     let mut dpdk = ring.dpdk();
     let mut rx = IncomingRing::new(ring.mem(), ring.layout).unwrap();
@@ -90,6 +97,7 @@ fn dpdk_writes_in_band_we_read_every_size() {
 
 #[test]
 fn dpdk_bursts_signal_once_and_wrap() {
+    let _deadline = ring_tests::Deadline::new("dpdk_bursts_signal_once_and_wrap", TEST_DEADLINE);
     let ring = Ring::new(16384, 0);
     let mut dpdk = ring.dpdk();
     let mut rx = IncomingRing::new(ring.mem(), ring.layout).unwrap();
@@ -141,6 +149,7 @@ fn dpdk_bursts_signal_once_and_wrap() {
 
 #[test]
 fn dpdk_masked_reader_gets_no_signal() {
+    let _deadline = ring_tests::Deadline::new("dpdk_masked_reader_gets_no_signal", TEST_DEADLINE);
     let ring = Ring::new(8192, 0);
     let mut dpdk = ring.dpdk();
     let mut rx = IncomingRing::new(ring.mem(), ring.layout).unwrap();
@@ -155,6 +164,7 @@ fn dpdk_masked_reader_gets_no_signal() {
 
 #[test]
 fn dpdk_sglist_we_parse_gpa_direct() {
+    let _deadline = ring_tests::Deadline::new("dpdk_sglist_we_parse_gpa_direct", TEST_DEADLINE);
     let ring = Ring::new(16384, 16384 - 16);
     let mut dpdk = ring.dpdk();
     let mut rx = IncomingRing::new(ring.mem(), ring.layout).unwrap();
@@ -202,6 +212,8 @@ fn desc_of(raw: &[u8]) -> (u16, u16, u16, u16, u64) {
 
 #[test]
 fn we_write_in_band_dpdk_reads_every_size() {
+    let _deadline =
+        ring_tests::Deadline::new("we_write_in_band_dpdk_reads_every_size", TEST_DEADLINE);
     let ring = Ring::new(8192, 8192 - 8);
     let mut tx = OutgoingRing::new(ring.mem(), ring.layout).unwrap();
     let mut dpdk = ring.dpdk();
@@ -228,6 +240,10 @@ fn we_write_in_band_dpdk_reads_every_size() {
 
 #[test]
 fn we_write_batches_dpdk_reads_and_indices_wrap() {
+    let _deadline = ring_tests::Deadline::new(
+        "we_write_batches_dpdk_reads_and_indices_wrap",
+        TEST_DEADLINE,
+    );
     let ring = Ring::new(16384, 0);
     let mut tx = OutgoingRing::new(ring.mem(), ring.layout).unwrap();
     let mut dpdk = ring.dpdk();
@@ -269,6 +285,10 @@ fn we_write_batches_dpdk_reads_and_indices_wrap() {
 
 #[test]
 fn we_write_gpa_direct_transfer_pages_and_completions_dpdk_reads() {
+    let _deadline = ring_tests::Deadline::new(
+        "we_write_gpa_direct_transfer_pages_and_completions_dpdk_reads",
+        TEST_DEADLINE,
+    );
     let ring = Ring::new(16384, 16384 - 24);
     let mut tx = OutgoingRing::new(ring.mem(), ring.layout).unwrap();
     let mut dpdk = ring.dpdk();
@@ -350,6 +370,7 @@ fn u32_at_vec(raw: &[u8], i: usize) -> u32 {
 /// writer and a DPDK reader on the other, four threads, random sizes.
 #[test]
 fn both_directions_concurrently() {
+    let _deadline = ring_tests::Deadline::new("both_directions_concurrently", TEST_DEADLINE);
     const COUNT: u64 = 20_000;
     let to_us = Ring::new(16384, 16384 - 8);
     let to_dpdk = Ring::new(8192, 4096);
@@ -450,6 +471,8 @@ fn raw_packet(ty: u16, off8: u16, len8: u16, flags: u16, published: usize) -> Ve
 /// ring image is offered to both.
 #[test]
 fn findings_dpdk_accepts_what_we_reject() {
+    let _deadline =
+        ring_tests::Deadline::new("findings_dpdk_accepts_what_we_reject", TEST_DEADLINE);
     let cases: [(&str, Vec<u8>, Result<(), i32>); 4] = [
         // Unknown type: DPDK hands it over.
         ("type", raw_packet(0x42, 2, 2, 0, 24), Ok(())),
@@ -485,6 +508,7 @@ fn findings_dpdk_accepts_what_we_reject() {
 /// leaves exactly 8.
 #[test]
 fn findings_never_full_rule_matches() {
+    let _deadline = ring_tests::Deadline::new("findings_never_full_rule_matches", TEST_DEADLINE);
     for fill in [0usize, 8, 1000, 4000] {
         let ring = Ring::new(8192, 0);
         let mut dpdk = ring.dpdk();
@@ -521,6 +545,7 @@ fn findings_never_full_rule_matches() {
 /// 22.11 build carries the 2025 fix), we from `RingLayout`.
 #[test]
 fn data_offset_of_a_64k_page_guest() {
+    let _deadline = ring_tests::Deadline::new("data_offset_of_a_64k_page_guest", TEST_DEADLINE);
     // SAFETY: sets a thread-local in the harness; DPDK calls below run on
     // this thread.
     unsafe { dpdk_set_page_size(65536) };
@@ -553,4 +578,103 @@ fn data_offset_of_a_64k_page_guest() {
     assert!(page.iter().all(|&b| b == 0));
     // SAFETY: as above.
     unsafe { dpdk_set_page_size(4096) };
+}
+
+/// One read-side case: a ring at `start` holding packets of `sizes`, of
+/// which the reader takes `take` and commits once, with the writer waiting
+/// for `pending` bytes (`feature`: it advertises pending_send_size).
+/// Returns (our commit's notify, DPDK's decision on the same page).
+fn read_side(
+    data: usize,
+    start: u32,
+    sizes: &[usize],
+    take: usize,
+    pending: impl Fn(u32, u32) -> u32,
+    feature: bool,
+) -> (bool, bool) {
+    use ring_core::vmbus::layout::{FEATURE_BITS, PENDING_SEND_SIZE, READ_INDEX};
+    let ring = Ring::new(data, start);
+    let mem = ring.mem();
+    mem.store_u32(FEATURE_BITS, u32::from(feature)).unwrap();
+    let mut tx = OutgoingRing::new(mem, ring.layout).unwrap();
+    let mut written = 0;
+    for &len in sizes {
+        match tx.write(&OutgoingPacket::in_band(0, &[&vec![0u8; len]])) {
+            Ok(()) => written += 1,
+            Err(Error::Full { .. }) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let _ = tx.commit().unwrap();
+    let mut rx = IncomingRing::new(mem, ring.layout).unwrap();
+    for _ in 0..take.min(written) {
+        rx.read_packet().unwrap();
+    }
+    let size = ring.layout.data_size();
+    let before = mem.load_u32(READ_INDEX).unwrap();
+    let write = mem.load_u32(WRITE_INDEX).unwrap();
+    let used = (write + size - before) % size;
+    let free_before = size - used;
+    let moved = rx.uncommitted() as u32;
+    mem.store_u32(PENDING_SEND_SIZE, pending(free_before, free_before + moved))
+        .unwrap();
+    let ours = rx.commit().unwrap().notify;
+    let after = mem.load_u32(READ_INDEX).unwrap();
+    let bytes_read = (after + size - before) % size;
+    assert_eq!(bytes_read, moved);
+    (ours, ring.dpdk_read_signal(bytes_read))
+}
+
+/// DPDK's read-side signal decision (`rte_vmbus_chan_signal_read`, linked
+/// as it is) against ours (`IncomingRing::commit`'s `notify`) over ring
+/// sizes, starting offsets that make the indices wrap, batches of random
+/// packets, reads of part or all of them, and pending_send_size values on
+/// and around the crossing the rule is about.
+#[test]
+fn read_side_signal_decisions_match_dpdk() {
+    let _deadline =
+        ring_tests::Deadline::new("read_side_signal_decisions_match_dpdk", TEST_DEADLINE);
+    // The harness's view of DPDK's channel layout holds: a signal where one
+    // is certainly due (the writer waits for one byte more than was free
+    // before), none where the writer waits for nothing.
+    let due = read_side(4096, 0, &[1000, 1000, 1000], 2, |before, _| before, true);
+    let none = read_side(4096, 0, &[1000, 1000, 1000], 2, |_, _| 0, true);
+    assert!(
+        due == (true, true) && none == (false, false),
+        "calibration: (ours, DPDK) = {due:?} where a signal is due, {none:?} where none is: \
+         the harness's struct vmbus_channel offsets do not fit this DPDK build"
+    );
+    let mut rng = Rng(5);
+    let (mut signalled, mut cases) = (0, 0);
+    for _ in 0..3000 {
+        let data = [4096usize, 8192, 16384][rng.below(3) as usize];
+        let start = (rng.below(data as u64) as u32) & !7;
+        let sizes: Vec<usize> = (0..1 + rng.below(24))
+            .map(|_| rng.below(900) as usize)
+            .collect();
+        let take = rng.below(sizes.len() as u64 + 1) as usize;
+        let feature = rng.below(8) != 0;
+        let regime = rng.below(5);
+        let jitter = rng.below(17) as u32;
+        let pending = move |before: u32, after: u32| match regime {
+            0 => 0,
+            1 => (before + jitter).saturating_sub(8),
+            2 => (after + jitter).saturating_sub(8),
+            3 => before + (after - before) / 2,
+            _ => jitter * 512,
+        };
+        let (ours, dpdk) = read_side(data, start, &sizes, take, pending, feature);
+        assert_eq!(
+            ours, dpdk,
+            "data {data}, start {start}, sizes {sizes:?}, take {take}, feature {feature}, \
+             regime {regime}, jitter {jitter}: ours {ours}, DPDK {dpdk}"
+        );
+        cases += 1;
+        signalled += usize::from(ours);
+    }
+    // Both answers came up often enough to mean something.
+    assert!(
+        signalled > cases / 10 && signalled < cases * 9 / 10,
+        "{signalled} of {cases} cases signalled"
+    );
 }

@@ -26,6 +26,10 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
+/// Every test here waits on another thread or process: past this, the
+/// run fails instead of hanging.
+const TEST_DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// Order pairs every data test runs over: both in-page layouts and
 /// external rings up to the 1 MiB maximum.
 const ORDERS: [(u8, u8); 5] = [(10, 11), (11, 10), (12, 12), (16, 13), (20, 20)];
@@ -147,6 +151,7 @@ fn check_clean(ours: &Ep<'_>) {
 
 #[test]
 fn c_header_layout_matches_ours() {
+    let _deadline = ring_tests::Deadline::new("c_header_layout_matches_ours", TEST_DEADLINE);
     let c = c_layout();
     let ours = [
         LEFT_CONS,
@@ -165,11 +170,137 @@ fn c_header_layout_matches_ours() {
     assert_eq!(c, ours);
 }
 
-/// Our server and the C harness's server (initialised as
-/// `libxenvchan_server_init` does) write byte-identical control pages, and
-/// the pages stay identical once the other side's client has connected.
+/// The first byte at which two pages differ, for a message that says where.
+fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
+    a.iter().zip(b).position(|(x, y)| x != y)
+}
+
+/// Ring sizes asked of both servers: in-page pairs, external rings, sizes
+/// between two orders, and the 1 MiB maximum on both sides.
+const SIZES: [(usize, usize); 9] = [
+    (0, 0),
+    (1024, 2048),
+    (2048, 1024),
+    (4096, 4096),
+    (2048, 5000),
+    (1 << 14, 1 << 12),
+    (3000, 70_000),
+    (1 << 20, 1 << 11),
+    (1 << 20, 1 << 20),
+];
+
+/// Our server and libxenvchan's own `libxenvchan_server_init` (its init.o,
+/// over the harness's grant, event-channel and xenstore stand-ins) write
+/// byte-identical control pages for the same ring sizes; then our client
+/// and libxenvchan's own `libxenvchan_client_init` leave identical pages
+/// behind on servers of either kind.
 #[test]
-fn control_pages_are_byte_identical_before_and_after_connect() {
+fn control_pages_are_byte_identical_to_libxenvchan_init() {
+    let _deadline = ring_tests::Deadline::new(
+        "control_pages_are_byte_identical_to_libxenvchan_init",
+        TEST_DEADLINE,
+    );
+    for (n, (left_min, right_min)) in SIZES.into_iter().enumerate() {
+        let orders = Orders::for_sizes(left_min, right_min).expect("sizes libxenvchan takes");
+        let (lo, ro) = (orders.left(), orders.right());
+        let what = format!("sizes ({left_min}, {right_min}) -> orders ({lo}, {ro})");
+        let path = format!("/local/domain/0/data/vchan-init-{n}-{}", std::process::id());
+        let theirs = shm_for(lo, ro);
+        let mine = shm_for(lo, ro);
+        let (wt, wm) = (Wires::new().unwrap(), Wires::new().unwrap());
+        let lib_srv = CPeer::lib_server(
+            theirs.fd(),
+            &path,
+            left_min,
+            right_min,
+            wt.c_wake.as_fd(),
+            wt.rust_wake.as_fd(),
+        )
+        .unwrap_or_else(|| panic!("libxenvchan_server_init refused {what}"));
+        let our_srv = vchan::serve_flat(mine.mem(), orders, ServerOptions::default()).unwrap();
+        let (a, b) = (theirs.snapshot(0, PAGE_SIZE), mine.snapshot(0, PAGE_SIZE));
+        assert_eq!(
+            first_difference(&a, &b),
+            None,
+            "{what}: server pages differ (init.o's, ours)"
+        );
+        // What init.c announced in xenstore: the control page's ref and
+        // the port, each readable by the peer domain.
+        assert_eq!(
+            ring_tests::xen::xenstore_entry(&format!("{path}/ring-ref")),
+            Some((ring_tests::xen::CTRL_REF.to_string(), 2))
+        );
+        assert_eq!(
+            ring_tests::xen::xenstore_entry(&format!("{path}/event-channel")),
+            Some((ring_tests::xen::PORT.to_string(), 2))
+        );
+
+        // Our client on init.o's server, init.o's client on ours (found
+        // through xenstore entries of the same shape).
+        let our_cli = our_client(&theirs).expect("we accept init.o's page");
+        let our_path = format!("{path}-ours");
+        assert!(ring_tests::xen::xenstore_put(
+            &format!("{our_path}/ring-ref"),
+            &ring_tests::xen::CTRL_REF.to_string()
+        ));
+        assert!(ring_tests::xen::xenstore_put(
+            &format!("{our_path}/event-channel"),
+            &ring_tests::xen::PORT.to_string()
+        ));
+        let lib_cli = CPeer::lib_client(
+            mine.fd(),
+            &our_path,
+            wm.c_wake.as_fd(),
+            wm.rust_wake.as_fd(),
+        )
+        .unwrap_or_else(|| panic!("libxenvchan_client_init refused our page, {what}"));
+        // It kicked us once on connect, as init.c does.
+        assert_eq!(take_events(wm.rust_wake.as_fd()).unwrap(), 1);
+        let (a, b) = (theirs.snapshot(0, PAGE_SIZE), mine.snapshot(0, PAGE_SIZE));
+        assert_eq!(
+            first_difference(&a, &b),
+            None,
+            "{what}: pages differ after connect (init.o's server with our client, ours with init.o's)"
+        );
+        assert_eq!(&b[CLI_LIVE..CLI_LIVE + 4], &[1, 1, 1, 1]);
+        assert_eq!(our_cli.orders(), orders);
+
+        // Data both ways through init.o's client and our server (init.c
+        // leaves the `blocking` bit unset: say it).
+        let mut lib_cli = lib_cli;
+        lib_cli.set_blocking(false);
+        let mut ours = our_srv;
+        assert_eq!(lib_cli.write(b"from init.o"), 11);
+        let mut buf = [0u8; 32];
+        let got = ours.read(&mut buf).unwrap().len;
+        assert_eq!(&buf[..got], b"from init.o");
+        let _ = ours.write(b"back").unwrap();
+        let mut back = [0u8; 4];
+        assert_eq!(lib_cli.read(&mut back), 4);
+        assert_eq!(&back, b"back");
+
+        // Closing init.o's server removes its xenstore entries (init.o's
+        // close_xs_srv, called by libxenvchan_close).
+        drop(lib_srv);
+        assert_eq!(
+            ring_tests::xen::xenstore_entry(&format!("{path}/ring-ref")),
+            None
+        );
+        drop((lib_cli, our_cli));
+    }
+}
+
+/// Our server and the harness's re-creation of libxenvchan's server set-up
+/// (`xp_server_open` in c/xen_peer.c, written from init.c's rules, with
+/// any starting index) write byte-identical control pages, and the pages
+/// stay identical once the other side's client (ours; the harness's
+/// re-creation of the C client) has connected.
+#[test]
+fn control_pages_match_the_harness_recreation_of_libxenvchan_setup() {
+    let _deadline = ring_tests::Deadline::new(
+        "control_pages_match_the_harness_recreation_of_libxenvchan_setup",
+        TEST_DEADLINE,
+    );
     for (lo, ro) in ORDERS
         .into_iter()
         .chain([(11, 12), (12, 11), (10, 19), (20, 11)])
@@ -208,6 +339,10 @@ fn control_pages_are_byte_identical_before_and_after_connect() {
 /// pages) and asks both clients whether they accept it.
 #[test]
 fn order_validation_matches_c_client_except_grant_overlap() {
+    let _deadline = ring_tests::Deadline::new(
+        "order_validation_matches_c_client_except_grant_overlap",
+        TEST_DEADLINE,
+    );
     let shm_len = PAGE_SIZE * (1 + 512);
     let cases: &[((u16, u16), bool, bool)] = &[
         // (orders, C accepts, we accept)
@@ -439,6 +574,7 @@ fn exchange(shm: &Shm, wires: &Wires, server: Server, lo: u8, ro: u8, index: u32
 
 #[test]
 fn exchange_our_server_their_client() {
+    let _deadline = ring_tests::Deadline::new("exchange_our_server_their_client", TEST_DEADLINE);
     for (lo, ro) in ORDERS {
         for index in INDICES {
             let shm = shm_for(lo, ro);
@@ -450,6 +586,7 @@ fn exchange_our_server_their_client() {
 
 #[test]
 fn exchange_their_server_our_client() {
+    let _deadline = ring_tests::Deadline::new("exchange_their_server_our_client", TEST_DEADLINE);
     for (lo, ro) in ORDERS {
         for index in INDICES {
             let shm = shm_for(lo, ro);
@@ -463,6 +600,7 @@ fn exchange_their_server_our_client() {
 /// sees end of stream, in both directions and for both pairings.
 #[test]
 fn close_then_drain_then_eof_both_ways() {
+    let _deadline = ring_tests::Deadline::new("close_then_drain_then_eof_both_ways", TEST_DEADLINE);
     for server in [Server::Ours, Server::Theirs] {
         for (lo, ro) in [(10, 11), (16, 13)] {
             let what = format!("{server:?} server, orders ({lo}, {ro})");
@@ -531,6 +669,10 @@ fn close_then_drain_then_eof_both_ways() {
 /// against our `Blocking` over an eventfd `Signal`.
 #[test]
 fn blocking_one_way_streams_and_packets_in_two_threads() {
+    let _deadline = ring_tests::Deadline::new(
+        "blocking_one_way_streams_and_packets_in_two_threads",
+        TEST_DEADLINE,
+    );
     for server in [Server::Ours, Server::Theirs] {
         for (lo, ro) in [(10, 11), (12, 12), (20, 20)] {
             let what = format!("{server:?} server, orders ({lo}, {ro})");
@@ -693,6 +835,8 @@ fn duplex_run(server: Server, lo: u8, ro: u8, index: u32, len: u64) {
 /// eventfd whenever neither direction can move.
 #[test]
 fn duplex_checksummed_transfers_in_two_threads() {
+    let _deadline =
+        ring_tests::Deadline::new("duplex_checksummed_transfers_in_two_threads", TEST_DEADLINE);
     for server in [Server::Ours, Server::Theirs] {
         duplex_run(server, 10, 11, 0xffff_ff00, 2 << 20);
         duplex_run(server, 11, 10, 0, 2 << 20);
@@ -809,6 +953,8 @@ fn child_run(server: Server, closer: &str, lo: u8, ro: u8, index: u32, len: u64)
 /// memfd and eventfds it inherits: both pairings, both closing orders.
 #[test]
 fn duplex_transfers_across_two_processes() {
+    let _deadline =
+        ring_tests::Deadline::new("duplex_transfers_across_two_processes", TEST_DEADLINE);
     child_run(Server::Ours, "c", 10, 11, 0xffff_ff00, 4 << 20);
     child_run(Server::Theirs, "rust", 10, 11, 0, 4 << 20);
     child_run(Server::Ours, "rust", 16, 13, 0, 8 << 20);
@@ -820,6 +966,8 @@ fn duplex_transfers_across_two_processes() {
 /// sizes; (10, 19) puts 128 grant refs in front of the 1 KiB ring).
 #[test]
 fn exchange_mixed_in_page_and_external_orders() {
+    let _deadline =
+        ring_tests::Deadline::new("exchange_mixed_in_page_and_external_orders", TEST_DEADLINE);
     for (lo, ro) in [(11, 12), (12, 11), (10, 19), (20, 11)] {
         for server in [Server::Ours, Server::Theirs] {
             let shm = shm_for(lo, ro);
@@ -833,6 +981,8 @@ fn exchange_mixed_in_page_and_external_orders() {
 /// says 2, which counts as open); the client finds the bytes on connect.
 #[test]
 fn server_writes_before_the_client_connects() {
+    let _deadline =
+        ring_tests::Deadline::new("server_writes_before_the_client_connects", TEST_DEADLINE);
     let greeting = Pattern::new(77).bytes(0, 700);
     let mut buf = vec![0u8; 1024];
     for (lo, ro) in [(10, 11), (12, 13)] {
@@ -869,6 +1019,8 @@ fn server_writes_before_the_client_connects() {
 /// `libxenvchan_wait` while `is_open` is 2, ours in a blocking read.
 #[test]
 fn server_sleeps_until_the_client_connects() {
+    let _deadline =
+        ring_tests::Deadline::new("server_sleeps_until_the_client_connects", TEST_DEADLINE);
     // Theirs waits, ours connects and kicks.
     let shm = shm_for(10, 11);
     let wires = Wires::new().unwrap();
@@ -915,6 +1067,8 @@ fn server_sleeps_until_the_client_connects() {
 /// returns −1 (after sending part), and so does our blocking write.
 #[test]
 fn close_wakes_a_writer_blocked_on_a_full_ring() {
+    let _deadline =
+        ring_tests::Deadline::new("close_wakes_a_writer_blocked_on_a_full_ring", TEST_DEADLINE);
     for server in [Server::Ours, Server::Theirs] {
         // C blocks writing more than the ring holds; we close.
         let shm = shm_for(12, 12);
@@ -970,6 +1124,10 @@ fn close_wakes_a_writer_blocked_on_a_full_ring() {
 /// and stalls silently; ours reports corruption.
 #[test]
 fn hostile_producer_index_c_stalls_ours_reports_corrupt() {
+    let _deadline = ring_tests::Deadline::new(
+        "hostile_producer_index_c_stalls_ours_reports_corrupt",
+        TEST_DEADLINE,
+    );
     for server in [Server::Ours, Server::Theirs] {
         let shm = shm_for(10, 11);
         let wires = Wires::new().unwrap();
@@ -1002,6 +1160,8 @@ fn hostile_producer_index_c_stalls_ours_reports_corrupt() {
 /// and arming is the separate `arm_readable`/`arm_writable`.
 #[test]
 fn c_queries_arm_notifications_ours_do_not() {
+    let _deadline =
+        ring_tests::Deadline::new("c_queries_arm_notifications_ours_do_not", TEST_DEADLINE);
     let shm = shm_for(10, 11);
     let wires = Wires::new().unwrap();
     let (mut ours, mut c) = connect_pair(&shm, &wires, Server::Ours, 10, 11, 0);
@@ -1076,6 +1236,10 @@ fn c_queries_arm_notifications_ours_do_not() {
 /// second libxenvchan client. Indices carry on; nothing is reset.
 #[test]
 fn a_second_client_connects_after_the_first_closed() {
+    let _deadline = ring_tests::Deadline::new(
+        "a_second_client_connects_after_the_first_closed",
+        TEST_DEADLINE,
+    );
     let mut buf = [0u8; 64];
     for (lo, ro) in [(10, 11), (13, 12)] {
         // Theirs serves (persisting), ours connects twice.
@@ -1130,6 +1294,8 @@ fn a_second_client_connects_after_the_first_closed() {
 /// that already has a client; ours refuses both.
 #[test]
 fn connect_checks_liveness_where_c_does_not() {
+    let _deadline =
+        ring_tests::Deadline::new("connect_checks_liveness_where_c_does_not", TEST_DEADLINE);
     for (cli_live, srv_live, ours_err) in [
         (2u8, 0u8, SetupError::ServerNotLive { live: 0 }),
         (1, 1, SetupError::ClientAlreadyConnected),
@@ -1293,6 +1459,8 @@ fn held_reader_run(server: Server, lo: u8, ro: u8, index: u32, len: u64, release
 /// arrive. Both pairings, in-page and external rings, across the u32 wrap.
 #[test]
 fn held_reads_keep_a_blocking_c_writer_moving() {
+    let _deadline =
+        ring_tests::Deadline::new("held_reads_keep_a_blocking_c_writer_moving", TEST_DEADLINE);
     held_reader_run(Server::Ours, 10, 11, 0xffff_ff00, 2 << 20, 256);
     held_reader_run(Server::Theirs, 11, 10, 0, 2 << 20, 256);
     // Never released early: only the release before each sleep frees space.
@@ -1463,6 +1631,10 @@ fn request_reply_run(server: Server, lo: u8, ro: u8, index: u32, count: u64) {
 /// must cover the waiting writer as well as the waiting reader.
 #[test]
 fn replies_give_held_requests_back_to_a_blocked_c_writer() {
+    let _deadline = ring_tests::Deadline::new(
+        "replies_give_held_requests_back_to_a_blocked_c_writer",
+        TEST_DEADLINE,
+    );
     request_reply_run(Server::Ours, 10, 11, 0xffff_ff00, 3000);
     request_reply_run(Server::Theirs, 11, 10, 0, 3000);
 }
@@ -1641,6 +1813,10 @@ fn vectored_writer_run(server: Server, lo: u8, ro: u8, index: u32, len: u64) {
 /// (many partial writes) and on external rings across the u32 wrap.
 #[test]
 fn vectored_writes_arrive_in_order_at_a_c_reader() {
+    let _deadline = ring_tests::Deadline::new(
+        "vectored_writes_arrive_in_order_at_a_c_reader",
+        TEST_DEADLINE,
+    );
     vectored_writer_run(Server::Ours, 11, 10, 0xffff_ff00, 1 << 20);
     vectored_writer_run(Server::Theirs, 10, 11, 0, 1 << 20);
     vectored_writer_run(Server::Ours, 12, 13, 0, 1 << 20);

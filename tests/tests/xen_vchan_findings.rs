@@ -12,6 +12,10 @@ use ring_tests::xen::{CPeer, Shm, Wires};
 use std::cell::RefCell;
 use std::os::fd::AsFd;
 
+/// Every test here waits on another thread or process: past this, the
+/// run fails instead of hanging.
+const TEST_DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Op {
     Load32(usize),
@@ -98,6 +102,10 @@ impl SharedMem for Traced<'_> {
 /// index. x86 (TSO) hides it, so the test checks the access order instead.
 #[test]
 fn client_loads_producer_with_acquire_before_its_first_read() {
+    let _deadline = ring_tests::Deadline::new(
+        "client_loads_producer_with_acquire_before_its_first_read",
+        TEST_DEADLINE,
+    );
     let orders = Orders::new(10, 11).unwrap();
     let shm = Shm::new(PAGE_SIZE).unwrap();
     let wires = Wires::new().unwrap();
@@ -149,6 +157,8 @@ fn client_loads_producer_with_acquire_before_its_first_read() {
 /// an error where the docs promise an answer.
 #[test]
 fn is_open_after_our_own_close_is_false() {
+    let _deadline =
+        ring_tests::Deadline::new("is_open_after_our_own_close_is_false", TEST_DEADLINE);
     let words: Vec<_> = (0..512)
         .map(|_| core::sync::atomic::AtomicU64::new(0))
         .collect();

@@ -6,9 +6,9 @@
 use proptest::prelude::*;
 use ring_core::mem::{RawMem, SharedMem};
 use ring_core::vchan::{self, Endpoint, Error, Orders, ServerOptions};
+use ring_model_tests::proptest_config;
 use ring_std::hostile::{HostileMem, Scribble};
 use ring_std::HeapMem;
-use ring_tests::proptest_config;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 

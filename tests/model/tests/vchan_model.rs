@@ -17,7 +17,7 @@ use ring_core::vchan::layout::{
     CLI_NOTIFY, LEFT_CONS, LEFT_PROD, RIGHT_CONS, RIGHT_PROD, SRV_NOTIFY,
 };
 use ring_core::vchan::{self, Endpoint, Error, NotifyBits, Orders, ServerOptions, Transfer};
-use ring_tests::{proptest_config, stream_byte};
+use ring_model_tests::{proptest_config, stream_byte};
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::sync::atomic::AtomicU64;

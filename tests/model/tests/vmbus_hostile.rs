@@ -191,7 +191,7 @@ fn attack_between_operations(seed: u64, steps: usize) -> Tally {
 }
 
 proptest! {
-    #![proptest_config(ring_tests::proptest_config("vmbus_hostile", 64))]
+    #![proptest_config(ring_model_tests::proptest_config("vmbus_hostile", 64))]
 
     #[test]
     fn corruption_between_operations(seed in any::<u64>()) {
@@ -292,7 +292,7 @@ fn scribbles() -> impl Strategy<Value = Vec<ring_std::hostile::Scribble>> {
 }
 
 proptest! {
-    #![proptest_config(ring_tests::proptest_config("vmbus_toctou", 128))]
+    #![proptest_config(ring_model_tests::proptest_config("vmbus_toctou", 128))]
 
     /// A peer that rewrites the control words or the packet bytes between
     /// any two of the reader's memory accesses.

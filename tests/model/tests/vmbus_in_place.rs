@@ -10,7 +10,7 @@ use ring_core::loan::{total, Span};
 use ring_core::mem::{RawMem, SharedMem};
 use ring_core::vmbus::pipe::{PipeReader, PipeWriter};
 use ring_core::vmbus::{initialize_ring, Error, IncomingRing, OutgoingRing, RingLayout};
-use ring_tests::{proptest_config, stream_byte};
+use ring_model_tests::{proptest_config, stream_byte};
 use std::sync::atomic::AtomicU64;
 
 /// Smallest packet a pipe writes for `n` ≥ 1 data bytes, trailer included:

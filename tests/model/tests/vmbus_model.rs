@@ -352,7 +352,7 @@ fn run(data_size: usize, start: u32, ops: Vec<Op>) {
 }
 
 proptest! {
-    #![proptest_config(ring_tests::proptest_config("vmbus_model", 256))]
+    #![proptest_config(ring_model_tests::proptest_config("vmbus_model", 256))]
 
     #[test]
     fn rings_follow_the_model(
