@@ -6,6 +6,7 @@
 mod attach;
 mod demo;
 mod inspect;
+mod ivshmem;
 mod pipe;
 mod proxy;
 
@@ -193,6 +194,29 @@ enum Cmd {
         /// mid-stream (seconds).
         #[arg(long, value_parser = parse_secs)]
         timeout: Option<Duration>,
+    },
+    /// Serve a QEMU guest's ivshmem-doorbell device (this process is the
+    /// ivshmem server and peer 0) and pipe stdin/stdout through a vchan in
+    /// the shared memory, with interrupts both ways. The guest is the vchan
+    /// client (flat layout at the start of BAR2) and rings peer 0 on
+    /// vector 0. Exit codes as listen; the guest's QEMU exiting is exit 5.
+    Ivshmem {
+        /// Socket path QEMU connects to (-chardev socket,path=…).
+        socket: PathBuf,
+        /// Size of each ring.
+        #[arg(long, default_value = "64K", value_parser = parse_ring_size)]
+        ring_size: u64,
+        /// Give up if no QEMU has connected this long after start (seconds).
+        #[arg(long, value_parser = parse_secs)]
+        accept_timeout: Option<Duration>,
+        /// Give up once the guest has been silent this long mid-stream
+        /// (seconds).
+        #[arg(long, value_parser = parse_secs)]
+        timeout: Option<Duration>,
+        /// Once the guest has read all of stdin and been quiet this long,
+        /// end (milliseconds): vchan has no half-close for a foreign peer.
+        #[arg(long, default_value_t = 500)]
+        linger_ms: u64,
     },
     /// Benchmark the rings against pipe, Unix socket, eventfd and rtrb
     /// (ratios measured interleaved; the C rings are in `cargo bench`).
@@ -423,6 +447,19 @@ fn main() -> ExitCode {
             (None, None) => Err(Failure::from("nothing to inspect")),
         },
         Cmd::Attach(args) => attach::attach_cmd(*args),
+        Cmd::Ivshmem {
+            socket,
+            ring_size,
+            accept_timeout,
+            timeout,
+            linger_ms,
+        } => ivshmem::serve(
+            &socket,
+            ring_size,
+            accept_timeout,
+            timeout,
+            Duration::from_millis(linger_ms),
+        ),
         Cmd::Proxy {
             ring_listen,
             ring_connect,

@@ -318,9 +318,11 @@ fn pipe_loop(
             heard = Instant::now();
         }
         // A foreign peer that cannot half-close: our bytes are through and
-        // read, and it has been quiet for the linger.
+        // read, and it has been quiet for the linger. Not before it has
+        // joined: a server with nothing to send must still wait for its
+        // client's stream.
         let linger_end = match (end.linger, half_close) {
-            (Some(l), false) if delivered => Some(heard + l),
+            (Some(l), false) if delivered && connected => Some(heard + l),
             _ => None,
         };
         if linger_end.is_some_and(|t| Instant::now() >= t) {

@@ -61,6 +61,7 @@ pub mod devmem;
 pub mod eventfd;
 pub mod fdio;
 pub mod inspect;
+pub mod ivshmem;
 pub mod memfd;
 pub mod parent;
 pub mod rendezvous;

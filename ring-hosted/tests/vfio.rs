@@ -178,6 +178,27 @@ fn ivshmem_open_regions_doorbell_and_msix() {
     assert_eq!(b, [0xaa, 0xbb]);
 }
 
+/// What a real kernel showed (tests/linux_guest.rs in ring-cli): after
+/// binding to vfio-pci the command register has Bus Master off, and QEMU
+/// then drops every MSI-X write. `enable_bus_master` sets it (and Memory
+/// Space), keeps the other bits, and reports the register as it was.
+#[test]
+fn bus_master_is_set_in_the_command_register() {
+    let dir = dev_dir(IommuMode::Type1v2);
+    let file = device_file(1);
+    // I/O space and INTx-disable set, Memory Space and Bus Master clear.
+    file.write_all_at(&[0x01, 0x04], region_offset(7) + 4)
+        .unwrap();
+    let replay = Arc::new(Replay::new(ivshmem_script(&file, true, RW)));
+    let iv = open(&replay, dir.path(), IommuMode::Type1v2).unwrap();
+    assert_eq!(iv.device().enable_bus_master().unwrap(), 0x0103);
+    let mut cmd = [0u8; 2];
+    file.read_exact_at(&mut cmd, region_offset(7) + 4).unwrap();
+    assert_eq!(u16::from_le_bytes(cmd), 0x0107);
+    // Already set: nothing changes.
+    assert_eq!(iv.device().enable_bus_master().unwrap(), 0x0107);
+}
+
 #[test]
 fn a_mappable_bar0_is_written_with_volatile_stores() {
     let dir = dev_dir(IommuMode::Type1v2);

@@ -268,6 +268,13 @@ pub struct IrqSet {
     pub count: u32,
 }
 
+/// Offset of the PCI command register in config space.
+pub const PCI_COMMAND: u64 = 0x04;
+/// Command register: the device answers memory-space accesses (its BARs).
+pub const PCI_COMMAND_MEMORY: u16 = 1 << 1;
+/// Command register: the device may master the bus (DMA, MSI/MSI-X writes).
+pub const PCI_COMMAND_MASTER: u16 = 1 << 2;
+
 /// Which IOMMU model to ask for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IommuMode {
@@ -668,6 +675,25 @@ impl Device {
             .file
             .write_all_at(buf, cfg.offset + offset)
             .map_err(DevError::io("write config space", &self.h.path))
+    }
+
+    /// Sets Bus Master (and Memory Space) in the PCI command register, so
+    /// the device may raise MSI/MSI-X: after binding to vfio-pci it is off,
+    /// and a device without it has its interrupt writes dropped (QEMU drops
+    /// them silently). Returns the command register as it was.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors naming the device.
+    pub fn enable_bus_master(&self) -> Result<u16, DevError> {
+        let mut cmd = [0u8; 2];
+        self.config_read(PCI_COMMAND, &mut cmd)?;
+        let old = u16::from_le_bytes(cmd);
+        let new = old | PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER;
+        if new != old {
+            self.config_write(PCI_COMMAND, &new.to_le_bytes())?;
+        }
+        Ok(old)
     }
 
     /// Routes vectors `start..start + fds.len()` of interrupt index `index`

@@ -1,0 +1,234 @@
+//! The guest program of the `linux_guest` tests (ring-cli/tests/linux_guest.rs):
+//! the initramfs's `/init` loads the VFIO modules, binds the
+//! ivshmem-doorbell device to vfio-pci and runs this.
+//!
+//! It opens the device through the guest kernel's VFIO (container, group,
+//! type1 IOMMU behind QEMU's intel-iommu), turns on Bus Master, routes
+//! MSI-X vector 0 to an eventfd, connects a vchan client to the host's
+//! server at the start of BAR2 and moves a seeded pattern one way —
+//! `recv BYTES SEED` checks what the host sends, `send BYTES SEED` sends
+//! it — sleeping only on the MSI-X eventfd, every wait bounded. It prints
+//! one `GUEST …` line with byte, wait and kick counts, and ends QEMU
+//! through `isa-debug-exit` with the outcome (0: every byte arrived).
+
+use ring_core::signal::Signal;
+use ring_core::vchan::{self, Blocking};
+use ring_hosted::devmem::{DevError, Kernel};
+use ring_hosted::vfio::ivshmem::Ivshmem;
+use ring_hosted::vfio::{open_device, IommuMode};
+use ring_model_tests::stream_byte;
+use std::cell::Cell;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long one wait for an interrupt may take before it counts as lost
+/// (`GUEST_WAIT_MS` on the kernel command line changes it).
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A signal that counts what goes through it.
+struct Counting<S> {
+    inner: S,
+    kicks: Cell<u64>,
+    waits: Cell<u64>,
+}
+
+impl<S: Signal> Signal for Counting<S> {
+    type Error = S::Error;
+    fn notify(&self) -> Result<(), S::Error> {
+        self.kicks.set(self.kicks.get() + 1);
+        self.inner.notify()
+    }
+    fn wait(&self) -> Result<(), S::Error> {
+        self.waits.set(self.waits.get() + 1);
+        self.inner.wait()
+    }
+}
+
+/// The ivshmem device's PCI address and IOMMU group, from sysfs.
+fn find_device() -> Result<(String, u32), String> {
+    let dir = Path::new("/sys/bus/pci/devices");
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for e in entries.flatten() {
+        let read = |f: &str| std::fs::read_to_string(e.path().join(f)).unwrap_or_default();
+        if read("vendor").trim() == "0x1af4" && read("device").trim() == "0x1110" {
+            let link = std::fs::read_link(e.path().join("iommu_group"))
+                .map_err(|err| format!("{}: no IOMMU group: {err}", e.path().display()))?;
+            let group = link
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| format!("IOMMU group link {}", link.display()))?;
+            return Ok((e.file_name().to_string_lossy().into_owned(), group));
+        }
+    }
+    Err("no ivshmem device (1af4:1110) on the PCI bus".into())
+}
+
+fn run(mode: &str, bytes: u64, seed: u64) -> Result<String, String> {
+    let (name, group) = find_device()?;
+    let node = format!("/dev/vfio/{group}");
+    let start = Instant::now();
+    while !Path::new(&node).exists() {
+        if start.elapsed() > Duration::from_secs(10) {
+            return Err(format!(
+                "{node} never appeared (is {name} bound to vfio-pci?)"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let dev = |e: DevError| e.to_string();
+    let (_container, _group, device) = open_device(
+        Path::new("/dev/vfio"),
+        group,
+        &name,
+        IommuMode::Type1v2,
+        Arc::new(Kernel),
+    )
+    .map_err(dev)?;
+    let ivs = Ivshmem::open(device).map_err(dev)?;
+    // Off after binding; without it QEMU drops every MSI-X write.
+    let mut command = [0u8; 2];
+    ivs.device()
+        .config_read(ring_hosted::vfio::PCI_COMMAND, &mut command)
+        .map_err(dev)?;
+    let command = u16::from_le_bytes(command);
+    if std::env::var_os("GUEST_SKIP_BUS_MASTER").is_none() {
+        ivs.device().enable_bus_master().map_err(dev)?;
+    }
+    let position = ivs.position().map_err(dev)?;
+    // MSI-X on before the ring is joined: from then on no kick is lost.
+    let mut signals = ivs.signals(0, 1).map_err(dev)?;
+    let mut signal = signals.pop().ok_or("no MSI-X vector")?;
+    let wait = std::env::var("GUEST_WAIT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(WAIT, Duration::from_millis);
+    signal.event_mut().set_timeout(Some(wait));
+    let mem = ivs.memory().clone();
+    // The control page as it stands, for a failure's message.
+    let page = move || {
+        use ring_core::mem::SharedMem;
+        use ring_core::vchan::layout::*;
+        let w = |at| mem.load_u32(at).unwrap_or(u32::MAX);
+        let b = |at| mem.load_u8(at).unwrap_or(u8::MAX);
+        format!(
+            "[left {}/{} right {}/{} live cli {} srv {} notify cli {:#x} srv {:#x}]",
+            w(LEFT_PROD),
+            w(LEFT_CONS),
+            w(RIGHT_PROD),
+            w(RIGHT_CONS),
+            b(CLI_LIVE),
+            b(SRV_LIVE),
+            b(CLI_NOTIFY),
+            b(SRV_NOTIFY)
+        )
+    };
+    let ep = vchan::connect_flat(ivs.memory().clone()).map_err(|e| format!("connect: {e}"))?;
+    let mut s = Blocking::new(
+        ep,
+        Counting {
+            inner: signal,
+            kicks: Cell::new(0),
+            waits: Cell::new(0),
+        },
+    );
+    // As libxenvchan's client: one event once connected.
+    s.kick().map_err(|e| format!("kick: {e}"))?;
+    // Timed from the first byte (a host may start sending late).
+    let mut t = Instant::now();
+    match mode {
+        "recv" => {
+            let mut buf = vec![0u8; 64 << 10];
+            let mut got = 0u64;
+            while got < bytes {
+                let want = buf.len().min((bytes - got) as usize);
+                let n = s
+                    .read(&mut buf[..want])
+                    .map_err(|e| format!("read after {got} bytes: {e:?} {}", page()))?;
+                if n == 0 {
+                    return Err(format!("end of stream after {got} of {bytes} bytes"));
+                }
+                if got == 0 {
+                    t = Instant::now();
+                }
+                for (i, &b) in buf[..n].iter().enumerate() {
+                    if b != stream_byte(seed, got + i as u64) {
+                        return Err(format!("byte {} differs", got + i as u64));
+                    }
+                }
+                got += n as u64;
+            }
+        }
+        "send" => {
+            let mut buf = vec![0u8; 64 << 10];
+            let mut sent = 0u64;
+            while sent < bytes {
+                let n = buf.len().min((bytes - sent) as usize);
+                for (i, b) in buf[..n].iter_mut().enumerate() {
+                    *b = stream_byte(seed, sent + i as u64);
+                }
+                s.write_all(&buf[..n])
+                    .map_err(|e| format!("write after {sent} bytes: {e:?} {}", page()))?;
+                sent += n as u64;
+            }
+            s.wait_delivered()
+                .map_err(|e| format!("waiting for the host to read: {e:?}"))?;
+        }
+        other => return Err(format!("unknown mode {other}")),
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let _ = s.close();
+    let sig = s.signal();
+    Ok(format!(
+        "{mode} ok peer={position} bytes={bytes} secs={secs:.3} waits={} kicks={} command_before={command:#06x}",
+        sig.waits.get(),
+        sig.kicks.get()
+    ))
+}
+
+/// Ends QEMU through its isa-debug-exit device (port 0xf4): QEMU exits
+/// with `(code << 1) | 1`. Falls back to a power-off.
+fn exit_qemu(code: u8) -> ! {
+    // Let the console's UART drain the last line first.
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: ioperm only changes this process's I/O permission bitmap.
+    let allowed = unsafe { libc::ioperm(0xf4, 4, 1) } == 0;
+    if allowed {
+        // SAFETY: port 0xf4 is QEMU's debug-exit device, which ends the
+        // VM; we may use it (ioperm above).
+        unsafe { core::arch::asm!("out dx, al", in("dx") 0xf4u16, in("al") code) };
+    }
+    // SAFETY: reboot with RB_POWER_OFF takes no pointers; as root in the
+    // guest it powers off (the fallback when the port write did not end us).
+    unsafe { libc::reboot(libc::RB_POWER_OFF) };
+    std::process::exit(i32::from(code))
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let parsed = match args.as_slice() {
+        [_, mode, bytes, seed] => bytes
+            .parse::<u64>()
+            .ok()
+            .zip(seed.parse::<u64>().ok())
+            .map(|(b, s)| (mode.clone(), b, s)),
+        _ => None,
+    };
+    let Some((mode, bytes, seed)) = parsed else {
+        println!("GUEST usage: ring-linux-guest recv|send BYTES SEED");
+        exit_qemu(2);
+    };
+    match run(&mode, bytes, seed) {
+        Ok(line) => {
+            println!("GUEST {line}");
+            exit_qemu(0);
+        }
+        Err(why) => {
+            println!("GUEST failed: {why}");
+            exit_qemu(1);
+        }
+    }
+}
