@@ -2,52 +2,104 @@
 //! an `ivshmem-doorbell` device. This process is the ivshmem server and
 //! peer 0; the guest is the first QEMU that connects. The ring is a vchan
 //! laid out flat at the start of the shared memory (control page, then
-//! the rings), with the host as its server; interrupts go both ways on
+//! the rings), or a VMBus channel (guest→host ring at 0, host→guest ring
+//! after it), with the host as its server; interrupts go both ways on
 //! vector 0. stdin and stdout are piped through it as `ring attach` does
-//! (the guest is a foreign peer: no half-close, so our end lingers once
-//! the guest has read all of stdin).
+//! (over vchan the guest is a foreign peer without half-close, so our end
+//! lingers once the guest has read all of stdin; the VMBus pipe has its
+//! own end-of-stream packet).
 
 use super::pipe::{pipe_stream, PipeEnd};
 use super::*;
 use ring_hosted::ivshmem::IvshmemServer;
+use ring_hosted::vmbus::ChannelLayout;
+
+/// The VMBus channel's layout in the shared memory: the guest→host ring at
+/// offset 0, the host→guest ring after it, each with `ring` data bytes and
+/// a 4 KiB control page (ring-hosted's `ChannelLayout`, host as server).
+pub(crate) fn vmbus_layout(ring: usize) -> Result<ChannelLayout, Failure> {
+    ChannelLayout::rounded(ring, ring).map_err(|e| format!("ring sizes: {e}").into())
+}
 
 pub(crate) fn serve(
     socket: &Path,
+    proto: CliProto,
     ring_size: u64,
     accept_timeout: Option<Duration>,
     timeout: Option<Duration>,
     linger: Duration,
 ) -> Outcome {
     let size = ring_bytes(ring_size)?;
-    let orders =
-        ring_core::vchan::Orders::for_sizes(size, size).map_err(|e| format!("ring sizes: {e}"))?;
-    let layout = ring_core::vchan::FlatLayout::new(orders);
-    let mut server = IvshmemServer::bind(socket, layout.size, 1)?;
-    let ep = ring_core::vchan::serve_flat(
-        server.memory().clone(),
-        orders,
-        ring_core::vchan::ServerOptions::default(),
-    )
-    .map_err(|e| format!("vchan set-up: {e}"))?;
-    eprintln!(
-        "ring: ivshmem: serving {} ({} bytes of shared memory, vchan rings of {} and {} bytes); \
-         start QEMU with -chardev socket,path={},id=ivs -device ivshmem-doorbell,chardev=ivs,vectors=1",
-        socket.display(),
-        server.memory().len(),
-        1usize << orders.left(),
-        1usize << orders.right(),
-        socket.display(),
-    );
-    let id = server.accept(accept_timeout)?;
-    eprintln!("ring: ivshmem: guest peer {id} connected");
-    let signal = server.signal(id, 0)?;
-    let mut s = ring_hosted::stream::VchanStream::new(ep, signal);
     let end = PipeEnd {
         linger: Some(linger),
         timeout,
         confirm: false,
     };
-    let r = pipe_stream(&mut s, end);
+    match proto {
+        CliProto::Vchan => {
+            let orders = ring_core::vchan::Orders::for_sizes(size, size)
+                .map_err(|e| format!("ring sizes: {e}"))?;
+            let layout = ring_core::vchan::FlatLayout::new(orders);
+            let mut server = IvshmemServer::bind(socket, layout.size, 1)?;
+            let ep = ring_core::vchan::serve_flat(
+                server.memory().clone(),
+                orders,
+                ring_core::vchan::ServerOptions::default(),
+            )
+            .map_err(|e| format!("vchan set-up: {e}"))?;
+            announce(&server, "vchan", 1usize << orders.left());
+            let signal = guest_signal(&mut server, accept_timeout)?;
+            let mut s = ring_hosted::stream::VchanStream::new(ep, signal);
+            let r = pipe_stream(&mut s, end);
+            summary(&s);
+            r
+        }
+        CliProto::Vmbus => {
+            let layout = vmbus_layout(size)?;
+            let mut server = IvshmemServer::bind(socket, layout.total_size(), 1)?;
+            // The rings are initialised before any guest can see them.
+            let (to_host, to_guest) = layout.windows(server.memory())?;
+            ring_core::vmbus::initialize_ring(&to_host, layout.to_server)
+                .map_err(|e| format!("VMBus set-up: {e}"))?;
+            ring_core::vmbus::initialize_ring(&to_guest, layout.to_client)
+                .map_err(|e| format!("VMBus set-up: {e}"))?;
+            announce(&server, "VMBus", layout.to_client.data_size() as usize);
+            let signal = guest_signal(&mut server, accept_timeout)?;
+            let mut s = VmbusPipe::attach(
+                server.memory().clone(),
+                (to_host, layout.to_server),
+                (to_guest, layout.to_client),
+                signal,
+            )?;
+            let r = pipe_stream(&mut s, end);
+            summary(&s);
+            r
+        }
+    }
+}
+
+fn announce(server: &IvshmemServer, what: &str, ring: usize) {
+    eprintln!(
+        "ring: ivshmem: serving {} ({} bytes of shared memory, {what} rings of {ring} bytes); \
+         start QEMU with -chardev socket,path={},id=ivs -device ivshmem-doorbell,chardev=ivs,vectors=1",
+        server.path().display(),
+        server.memory().len(),
+        server.path().display(),
+    );
+}
+
+/// Waits for the guest's QEMU and returns the signal to it (vector 0).
+fn guest_signal(
+    server: &mut IvshmemServer,
+    accept_timeout: Option<Duration>,
+) -> Result<ring_hosted::eventfd::EventSignal, Failure> {
+    let id = server.accept(accept_timeout)?;
+    eprintln!("ring: ivshmem: guest peer {id} connected");
+    Ok(server.signal(id, 0)?)
+}
+
+/// The closing line: bytes each way and what woke us.
+fn summary(s: &impl PollStream) {
     let w = s.signal().wake_counts();
     eprintln!(
         "ring: ivshmem: {} bytes in, {} out; woken by {} kicks, {} hang-ups, {} lapses",
@@ -57,5 +109,4 @@ pub(crate) fn serve(
         w.hangups,
         w.lapses
     );
-    r
 }

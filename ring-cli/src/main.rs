@@ -196,13 +196,18 @@ enum Cmd {
         timeout: Option<Duration>,
     },
     /// Serve a QEMU guest's ivshmem-doorbell device (this process is the
-    /// ivshmem server and peer 0) and pipe stdin/stdout through a vchan in
-    /// the shared memory, with interrupts both ways. The guest is the vchan
-    /// client (flat layout at the start of BAR2) and rings peer 0 on
-    /// vector 0. Exit codes as listen; the guest's QEMU exiting is exit 5.
+    /// ivshmem server and peer 0) and pipe stdin/stdout through a ring in
+    /// the shared memory, with interrupts both ways. The guest is the
+    /// client (vchan: flat layout at the start of BAR2; VMBus: the
+    /// guest-to-host ring at 0, the host-to-guest ring after it, 4 KiB
+    /// control pages) and rings peer 0 on vector 0. Exit codes as listen;
+    /// the guest's QEMU exiting is exit 5.
     Ivshmem {
         /// Socket path QEMU connects to (-chardev socket,path=…).
         socket: PathBuf,
+        /// Ring protocol.
+        #[arg(long, value_enum, default_value = "vchan")]
+        proto: CliProto,
         /// Size of each ring.
         #[arg(long, default_value = "64K", value_parser = parse_ring_size)]
         ring_size: u64,
@@ -449,12 +454,14 @@ fn main() -> ExitCode {
         Cmd::Attach(args) => attach::attach_cmd(*args),
         Cmd::Ivshmem {
             socket,
+            proto,
             ring_size,
             accept_timeout,
             timeout,
             linger_ms,
         } => ivshmem::serve(
             &socket,
+            proto,
             ring_size,
             accept_timeout,
             timeout,

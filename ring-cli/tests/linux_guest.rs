@@ -1,5 +1,5 @@
 //! A real Linux guest under QEMU (TCG) and `ring ivshmem` on the host: a
-//! vchan between a host process and a guest process over QEMU's
+//! vchan or a VMBus channel between a host process and a guest process over QEMU's
 //! `ivshmem-doorbell`, the guest side through the guest kernel's own VFIO
 //! (vfio-pci behind an emulated intel-iommu, MSI-X routed to an eventfd),
 //! woken only by interrupts both ways.
@@ -285,7 +285,7 @@ const LATE_INPUT: Duration = Duration::from_millis(1500);
 /// to flow [`LATE_INPUT`] after the guest kernel is up (empty: ends at
 /// once). `kill_after`: kill
 /// QEMU this long after the guest kernel is up.
-fn boot(args: &str, extra: &str, stdin: &[u8], kill_after: Option<Duration>) -> Boot {
+fn boot(proto: &str, args: &str, extra: &str, stdin: &[u8], kill_after: Option<Duration>) -> Boot {
     let dir = tempfile::Builder::new()
         .prefix("ring-linux-guest")
         .tempdir()
@@ -294,7 +294,14 @@ fn boot(args: &str, extra: &str, stdin: &[u8], kill_after: Option<Duration>) -> 
     let mut host = Command::new(env!("CARGO_BIN_EXE_ring"))
         .arg("ivshmem")
         .arg(&sock)
-        .args(["--accept-timeout", "60", "--timeout", "60"])
+        .args([
+            "--proto",
+            proto,
+            "--accept-timeout",
+            "60",
+            "--timeout",
+            "60",
+        ])
         .env("RING_LIVENESS_MS", "0")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -471,7 +478,13 @@ fn report(case: &str, b: &Boot, mib: f64) {
 #[test]
 fn linux_guest_vchan_host_to_guest_on_interrupts() {
     let bytes = 4 << 20;
-    let b = boot(&format!("recv,{bytes},7"), "", &pattern(7, bytes), None);
+    let b = boot(
+        "vchan",
+        &format!("vchan-recv,{bytes},7"),
+        "",
+        &pattern(7, bytes),
+        None,
+    );
     assert_eq!(
         b.guest_code(),
         Some(0),
@@ -483,7 +496,7 @@ fn linux_guest_vchan_host_to_guest_on_interrupts() {
     let ok = b
         .guest
         .iter()
-        .find(|l| l.contains("recv ok"))
+        .find(|l| l.contains("-recv ok"))
         .expect("the guest's result");
     assert_eq!(field(ok, "bytes"), Some(bytes as f64));
     // The guest joined before the bytes came and slept on MSI-X until our
@@ -499,7 +512,7 @@ fn linux_guest_vchan_host_to_guest_on_interrupts() {
 #[test]
 fn linux_guest_vchan_guest_to_host_on_interrupts() {
     let bytes = 4 << 20;
-    let b = boot(&format!("send,{bytes},9"), "", &[], None);
+    let b = boot("vchan", &format!("vchan-send,{bytes},9"), "", &[], None);
     assert_eq!(
         b.guest_code(),
         Some(0),
@@ -518,7 +531,7 @@ fn linux_guest_vchan_guest_to_host_on_interrupts() {
     let ok = b
         .guest
         .iter()
-        .find(|l| l.contains("send ok"))
+        .find(|l| l.contains("-send ok"))
         .expect("the guest's result");
     assert!(field(ok, "waits").is_some_and(|w| w >= 1.0), "{ok}");
     assert!(host_kicks(&b) > 0, "host: {}", b.host_err);
@@ -530,7 +543,8 @@ fn linux_guest_vchan_guest_to_host_on_interrupts() {
 fn linux_guest_killed_mid_stream_is_reported_by_the_host() {
     // More than the guest can take before it is killed.
     let b = boot(
-        "recv,268435456,3",
+        "vchan",
+        "vchan-recv,268435456,3",
         "",
         &pattern(3, 64 << 20),
         Some(LATE_INPUT + Duration::from_millis(700)),
@@ -557,7 +571,8 @@ fn linux_guest_killed_mid_stream_is_reported_by_the_host() {
 fn linux_guest_without_bus_master_loses_its_interrupts() {
     let bytes = 4 << 20;
     let b = boot(
-        &format!("recv,{bytes},7"),
+        "vchan",
+        &format!("vchan-recv,{bytes},7"),
         "GUEST_SKIP_BUS_MASTER=1 GUEST_WAIT_MS=3000",
         &pattern(7, bytes),
         None,
@@ -567,4 +582,62 @@ fn linux_guest_without_bus_master_loses_its_interrupts() {
     assert!(failed.contains("TimedOut"), "guest: {:?}", b.guest);
     let mut stderr = std::io::stderr();
     let _ = writeln!(stderr, "without Bus Master the guest said: {failed}");
+}
+
+#[test]
+fn linux_guest_vmbus_host_to_guest_on_interrupts() {
+    let bytes = 4 << 20;
+    let b = boot(
+        "vmbus",
+        &format!("vmbus-recv,{bytes},5"),
+        "",
+        &pattern(5, bytes),
+        None,
+    );
+    assert_eq!(
+        b.guest_code(),
+        Some(0),
+        "guest: {:?}; host: {}",
+        b.guest,
+        b.host_err
+    );
+    assert!(b.host.is_some_and(|s| s.success()), "host: {}", b.host_err);
+    let ok = b
+        .guest
+        .iter()
+        .find(|l| l.contains("-recv ok"))
+        .expect("the guest's result");
+    assert_eq!(field(ok, "bytes"), Some(bytes as f64));
+    assert!(field(ok, "waits").is_some_and(|w| w >= 1.0), "{ok}");
+    assert!(host_kicks(&b) > 0, "host: {}", b.host_err);
+    assert!(b.host_err.contains(" 0 lapses"), "host: {}", b.host_err);
+    report("VMBus host → guest", &b, 4.0);
+}
+
+#[test]
+fn linux_guest_vmbus_guest_to_host_on_interrupts() {
+    let bytes = 4 << 20;
+    let b = boot("vmbus", &format!("vmbus-send,{bytes},6"), "", &[], None);
+    assert_eq!(
+        b.guest_code(),
+        Some(0),
+        "guest: {:?}; host: {}",
+        b.guest,
+        b.host_err
+    );
+    assert!(b.host.is_some_and(|s| s.success()), "host: {}", b.host_err);
+    assert!(
+        b.host_out == pattern(6, bytes),
+        "the host received other bytes ({} of {bytes})",
+        b.host_out.len()
+    );
+    let ok = b
+        .guest
+        .iter()
+        .find(|l| l.contains("-send ok"))
+        .expect("the guest's result");
+    assert!(field(ok, "waits").is_some_and(|w| w >= 1.0), "{ok}");
+    assert!(host_kicks(&b) > 0, "host: {}", b.host_err);
+    assert!(b.host_err.contains(" 0 lapses"), "host: {}", b.host_err);
+    report("VMBus guest → host", &b, 4.0);
 }

@@ -4,18 +4,22 @@
 //!
 //! It opens the device through the guest kernel's VFIO (container, group,
 //! type1 IOMMU behind QEMU's intel-iommu), turns on Bus Master, routes
-//! MSI-X vector 0 to an eventfd, connects a vchan client to the host's
-//! server at the start of BAR2 and moves a seeded pattern one way —
-//! `recv BYTES SEED` checks what the host sends, `send BYTES SEED` sends
-//! it — sleeping only on the MSI-X eventfd, every wait bounded. It prints
+//! MSI-X vector 0 to an eventfd, joins the host's ring in BAR2 as its
+//! client (a vchan in the flat layout, or the VMBus channel of
+//! `ring ivshmem --proto vmbus`) and moves a seeded pattern one way —
+//! `PROTO-recv BYTES SEED` checks what the host sends, `PROTO-send BYTES
+//! SEED` sends it — sleeping only on the MSI-X eventfd, every wait bounded. It prints
 //! one `GUEST …` line with byte, wait and kick counts, and ends QEMU
 //! through `isa-debug-exit` with the outcome (0: every byte arrived).
 
 use ring_core::signal::Signal;
 use ring_core::vchan::{self, Blocking};
+use ring_core::vmbus::pipe::{PipeReader, PipeWriter};
+use ring_core::vmbus::{self, BlockingPipe, IncomingRing, OutgoingRing};
 use ring_hosted::devmem::{DevError, Kernel};
 use ring_hosted::vfio::ivshmem::Ivshmem;
 use ring_hosted::vfio::{open_device, IommuMode};
+use ring_hosted::vmbus::ChannelLayout;
 use ring_model_tests::stream_byte;
 use std::cell::Cell;
 use std::path::Path;
@@ -105,47 +109,128 @@ fn run(mode: &str, bytes: u64, seed: u64) -> Result<String, String> {
         .and_then(|v| v.parse().ok())
         .map_or(WAIT, Duration::from_millis);
     signal.event_mut().set_timeout(Some(wait));
-    let mem = ivs.memory().clone();
-    // The control page as it stands, for a failure's message.
-    let page = move || {
-        use ring_core::mem::SharedMem;
-        use ring_core::vchan::layout::*;
-        let w = |at| mem.load_u32(at).unwrap_or(u32::MAX);
-        let b = |at| mem.load_u8(at).unwrap_or(u8::MAX);
-        format!(
-            "[left {}/{} right {}/{} live cli {} srv {} notify cli {:#x} srv {:#x}]",
-            w(LEFT_PROD),
-            w(LEFT_CONS),
-            w(RIGHT_PROD),
-            w(RIGHT_CONS),
-            b(CLI_LIVE),
-            b(SRV_LIVE),
-            b(CLI_NOTIFY),
-            b(SRV_NOTIFY)
-        )
+    let counting = Counting {
+        inner: signal,
+        kicks: Cell::new(0),
+        waits: Cell::new(0),
     };
-    let ep = vchan::connect_flat(ivs.memory().clone()).map_err(|e| format!("connect: {e}"))?;
-    let mut s = Blocking::new(
-        ep,
-        Counting {
-            inner: signal,
-            kicks: Cell::new(0),
-            waits: Cell::new(0),
-        },
-    );
-    // As libxenvchan's client: one event once connected.
-    s.kick().map_err(|e| format!("kick: {e}"))?;
+    let (proto, dir) = mode
+        .split_once('-')
+        .ok_or("mode is PROTO-recv or PROTO-send")?;
+    let (secs, sig) = match proto {
+        "vchan" => {
+            let mem = ivs.memory().clone();
+            let ep = vchan::connect_flat(mem.clone()).map_err(|e| format!("connect: {e}"))?;
+            let mut s = Blocking::new(ep, counting);
+            // As libxenvchan's client: one event once connected.
+            s.kick().map_err(|e| format!("kick: {e:?}"))?;
+            let secs = transfer(&mut s, dir, bytes, seed)
+                .map_err(|e| format!("{e} {}", vchan_page(&mem)))?;
+            let _ = s.close();
+            (secs, s.into_parts().1)
+        }
+        "vmbus" => {
+            // The host's ChannelLayout: guest→host ring at 0, host→guest after.
+            let layout =
+                ChannelLayout::rounded(VMBUS_RING, VMBUS_RING).map_err(|e| e.to_string())?;
+            let mem = ivs.memory();
+            let sub = |at, len| mem.sub(at, len).map_err(|e| format!("BAR2: {e}"));
+            let to_host = sub(0, layout.to_server.total_size())?;
+            let to_guest = sub(layout.to_client_offset(), layout.to_client.total_size())?;
+            let ring = |e: vmbus::Error| e.to_string();
+            let reader =
+                PipeReader::new(IncomingRing::new(to_guest, layout.to_client).map_err(ring)?);
+            let writer =
+                PipeWriter::new(OutgoingRing::new(to_host, layout.to_server).map_err(ring)?);
+            let mut s = BlockingPipe::new(reader, writer, counting);
+            let secs = transfer(&mut s, dir, bytes, seed)?;
+            let _ = s.close();
+            (secs, s.into_parts().2)
+        }
+        other => return Err(format!("unknown protocol {other}")),
+    };
+    Ok(format!(
+        "{mode} ok peer={position} bytes={bytes} secs={secs:.3} waits={} kicks={} command_before={command:#06x}",
+        sig.waits.get(),
+        sig.kicks.get()
+    ))
+}
+
+/// Data bytes of each VMBus ring (the host's `ring ivshmem --ring-size`
+/// default).
+const VMBUS_RING: usize = 64 << 10;
+
+/// The vchan control page as it stands, for a failure's message.
+fn vchan_page(mem: &ring_hosted::devmem::MappedRegion) -> String {
+    use ring_core::mem::SharedMem;
+    use ring_core::vchan::layout::*;
+    let w = |at| mem.load_u32(at).unwrap_or(u32::MAX);
+    let b = |at| mem.load_u8(at).unwrap_or(u8::MAX);
+    format!(
+        "[left {}/{} right {}/{} live cli {} srv {} notify cli {:#x} srv {:#x}]",
+        w(LEFT_PROD),
+        w(LEFT_CONS),
+        w(RIGHT_PROD),
+        w(RIGHT_CONS),
+        b(CLI_LIVE),
+        b(SRV_LIVE),
+        b(CLI_NOTIFY),
+        b(SRV_NOTIFY)
+    )
+}
+
+/// What the transfer needs of either protocol's blocking stream.
+trait Stream {
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, String>;
+    fn write_all(&mut self, buf: &[u8]) -> Result<(), String>;
+    fn wait_delivered(&mut self) -> Result<(), String>;
+}
+
+impl<M: ring_core::mem::SharedMem, S: Signal> Stream for Blocking<M, S>
+where
+    S::Error: std::fmt::Debug,
+{
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, String> {
+        Blocking::read(self, buf).map_err(|e| format!("{e:?}"))
+    }
+    fn write_all(&mut self, buf: &[u8]) -> Result<(), String> {
+        Blocking::write_all(self, buf).map_err(|e| format!("{e:?}"))
+    }
+    fn wait_delivered(&mut self) -> Result<(), String> {
+        Blocking::wait_delivered(self).map_err(|e| format!("{e:?}"))
+    }
+}
+
+impl<M: ring_core::mem::SharedMem, S: Signal> Stream for BlockingPipe<M, S>
+where
+    S::Error: std::fmt::Debug,
+{
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, String> {
+        BlockingPipe::read(self, buf).map_err(|e| format!("{e:?}"))
+    }
+    fn write_all(&mut self, buf: &[u8]) -> Result<(), String> {
+        BlockingPipe::write_all(self, buf).map_err(|e| format!("{e:?}"))
+    }
+    fn wait_delivered(&mut self) -> Result<(), String> {
+        BlockingPipe::wait_delivered(self).map_err(|e| format!("{e:?}"))
+    }
+}
+
+/// Moves the pattern one way (`recv`: checks what comes; `send`: sends it,
+/// then waits until the host has read it all). Returns the seconds from
+/// the first byte.
+fn transfer(s: &mut impl Stream, dir: &str, bytes: u64, seed: u64) -> Result<f64, String> {
+    let mut buf = vec![0u8; 64 << 10];
     // Timed from the first byte (a host may start sending late).
     let mut t = Instant::now();
-    match mode {
+    match dir {
         "recv" => {
-            let mut buf = vec![0u8; 64 << 10];
             let mut got = 0u64;
             while got < bytes {
                 let want = buf.len().min((bytes - got) as usize);
                 let n = s
                     .read(&mut buf[..want])
-                    .map_err(|e| format!("read after {got} bytes: {e:?} {}", page()))?;
+                    .map_err(|e| format!("read after {got} bytes: {e}"))?;
                 if n == 0 {
                     return Err(format!("end of stream after {got} of {bytes} bytes"));
                 }
@@ -161,7 +246,6 @@ fn run(mode: &str, bytes: u64, seed: u64) -> Result<String, String> {
             }
         }
         "send" => {
-            let mut buf = vec![0u8; 64 << 10];
             let mut sent = 0u64;
             while sent < bytes {
                 let n = buf.len().min((bytes - sent) as usize);
@@ -169,22 +253,15 @@ fn run(mode: &str, bytes: u64, seed: u64) -> Result<String, String> {
                     *b = stream_byte(seed, sent + i as u64);
                 }
                 s.write_all(&buf[..n])
-                    .map_err(|e| format!("write after {sent} bytes: {e:?} {}", page()))?;
+                    .map_err(|e| format!("write after {sent} bytes: {e}"))?;
                 sent += n as u64;
             }
             s.wait_delivered()
-                .map_err(|e| format!("waiting for the host to read: {e:?}"))?;
+                .map_err(|e| format!("waiting for the host to read: {e}"))?;
         }
-        other => return Err(format!("unknown mode {other}")),
+        other => return Err(format!("unknown direction {other}")),
     }
-    let secs = t.elapsed().as_secs_f64();
-    let _ = s.close();
-    let sig = s.signal();
-    Ok(format!(
-        "{mode} ok peer={position} bytes={bytes} secs={secs:.3} waits={} kicks={} command_before={command:#06x}",
-        sig.waits.get(),
-        sig.kicks.get()
-    ))
+    Ok(t.elapsed().as_secs_f64())
 }
 
 /// Ends QEMU through its isa-debug-exit device (port 0xf4): QEMU exits
@@ -218,7 +295,9 @@ fn main() {
         _ => None,
     };
     let Some((mode, bytes, seed)) = parsed else {
-        println!("GUEST usage: ring-linux-guest recv|send BYTES SEED");
+        println!(
+            "GUEST usage: ring-linux-guest vchan-recv|vchan-send|vmbus-recv|vmbus-send BYTES SEED"
+        );
         exit_qemu(2);
     };
     match run(&mode, bytes, seed) {
