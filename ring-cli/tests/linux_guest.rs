@@ -140,7 +140,9 @@ fn cpio(entries: &[Entry]) -> Vec<u8> {
 }
 
 /// The kernel modules VFIO needs, in load order.
-const MODULES: [&str; 6] = [
+const MODULES: [&str; 8] = [
+    "uio",
+    "uio_pci_generic",
     "irqbypass",
     "vfio",
     "vfio_iommu_type1",
@@ -184,6 +186,13 @@ $B mount -t sysfs sysfs /sys
 $B mount -t devtmpfs dev /dev
 for m in MODULES; do $B insmod /lib/modules/$m.ko || echo "GUEST insmod $m failed"; done
 echo 1af4 1110 > /sys/bus/pci/drivers/vfio-pci/new_id
+# A pci-serial UART goes from the serial driver to uio_pci_generic.
+for d in /sys/bus/pci/devices/*; do
+  if [ "$($B cat $d/vendor) $($B cat $d/device)" = "0x1b36 0x0002" ] && [ -e $d/driver ]; then
+    echo ${d##*/} > $d/driver/unbind
+  fi
+done
+echo 1b36 0002 > /sys/bus/pci/drivers/uio_pci_generic/new_id
 echo "GUEST up $($B cut -d' ' -f1 /proc/uptime)"
 /bin/guest $($B sed -n 's/.*guest_args=\([^ ]*\).*/\1/p' /proc/cmdline | $B tr , ' ')
 echo "GUEST program ended with $?"
@@ -254,6 +263,8 @@ struct Boot {
     host_err: String,
     /// Seconds from QEMU's start to its exit.
     secs: f64,
+    /// UART echo round trips, host to guest and back.
+    rtts: Vec<Duration>,
 }
 
 impl Boot {
@@ -286,6 +297,21 @@ const LATE_INPUT: Duration = Duration::from_millis(1500);
 /// once). `kill_after`: kill
 /// QEMU this long after the guest kernel is up.
 fn boot(proto: &str, args: &str, extra: &str, stdin: &[u8], kill_after: Option<Duration>) -> Boot {
+    boot_with(proto, args, extra, stdin, kill_after, None)
+}
+
+/// As [`boot`], with a pci-serial UART on a chardev socket too when
+/// `uart_rounds` is given: once the guest says `GUEST uio ready`, that many
+/// bytes go to the UART one at a time, each waiting for its echo (the
+/// round trips are in [`Boot::rtts`]).
+fn boot_with(
+    proto: &str,
+    args: &str,
+    extra: &str,
+    stdin: &[u8],
+    kill_after: Option<Duration>,
+    uart_rounds: Option<u64>,
+) -> Boot {
     let dir = tempfile::Builder::new()
         .prefix("ring-linux-guest")
         .tempdir()
@@ -338,6 +364,41 @@ fn boot(proto: &str, args: &str, extra: &str, stdin: &[u8], kill_after: Option<D
     let cmdline = format!(
         "console=ttyS0 quiet cryptomgr.notests panic=-1 intel_iommu=on guest_args={args} {extra}"
     );
+    let uart = dir.path().join("uart.sock");
+    let uart_args: Vec<String> = match uart_rounds {
+        Some(_) => vec![
+            "-chardev".into(),
+            format!("socket,id=ser,path={},server=on,wait=off", uart.display()),
+            "-device".into(),
+            "pci-serial,chardev=ser".into(),
+        ],
+        None => Vec::new(),
+    };
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+    let uart_side = std::thread::spawn(move || -> Vec<Duration> {
+        let Some(rounds) = uart_rounds else {
+            return Vec::new();
+        };
+        if ready_rx.recv_timeout(BOOT_LIMIT).is_err() {
+            return Vec::new();
+        }
+        let Ok(mut s) = std::os::unix::net::UnixStream::connect(&uart) else {
+            return Vec::new();
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+        let mut rtts = Vec::new();
+        for i in 0..rounds {
+            let b = [b'a' + (i % 26) as u8];
+            let t = Instant::now();
+            let mut back = [0u8; 1];
+            if s.write_all(&b).is_err() || s.read_exact(&mut back).is_err() || back != b {
+                break;
+            }
+            rtts.push(t.elapsed());
+        }
+        rtts
+    });
+    let mut ready = Some(ready_tx);
     let started = Instant::now();
     let mut qemu = Command::new("qemu-system-x86_64")
         // Two vCPUs and multi-threaded TCG: only then does TCG emit the
@@ -358,6 +419,7 @@ fn boot(proto: &str, args: &str, extra: &str, stdin: &[u8], kill_after: Option<D
         .arg(format!("socket,path={},id=ivs", sock.display()))
         .args(["-device", "ivshmem-doorbell,chardev=ivs,vectors=1"])
         .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
+        .args(uart_args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -385,6 +447,11 @@ fn boot(proto: &str, args: &str, extra: &str, stdin: &[u8], kill_after: Option<D
                 let _ = tx.send(());
             }
         }
+        if guest.iter().any(|l| l.starts_with("GUEST uio ready")) {
+            if let Some(tx) = ready.take() {
+                let _ = tx.send(());
+            }
+        }
         if let Some(after) = kill_after {
             if !killed && guest.iter().any(|l| l.starts_with("GUEST up")) {
                 std::thread::sleep(after);
@@ -403,8 +470,9 @@ fn boot(proto: &str, args: &str, extra: &str, stdin: &[u8], kill_after: Option<D
         std::thread::sleep(Duration::from_millis(20));
     };
     let secs = started.elapsed().as_secs_f64();
-    drop(up);
+    drop((up, ready));
     let _ = feeder.join();
+    let rtts = uart_side.join().unwrap_or_default();
     let _ = reader.join();
     while let Ok(line) = rx.try_recv() {
         if let Some(at) = line.find("GUEST ") {
@@ -432,6 +500,7 @@ fn boot(proto: &str, args: &str, extra: &str, stdin: &[u8], kill_after: Option<D
         host_out,
         host_err: format!("{host_err}{qemu_err}"),
         secs,
+        rtts,
     }
 }
 
@@ -640,4 +709,74 @@ fn linux_guest_vmbus_guest_to_host_on_interrupts() {
     assert!(host_kicks(&b) > 0, "host: {}", b.host_err);
     assert!(b.host_err.contains(" 0 lapses"), "host: {}", b.host_err);
     report("VMBus guest → host", &b, 4.0);
+}
+
+/// Real INTx through UIO: uio_pci_generic on a pci-serial UART (its
+/// interrupt is a legacy line), unmasked through the PCI command register
+/// where the driver has no irqcontrol; every byte the host sends is
+/// taken on its own interrupt and echoed.
+#[test]
+fn linux_guest_uio_intx_round_trips() {
+    let rounds = 200;
+    let b = boot_with(
+        "vchan",
+        &format!("uio-echo,{rounds},0"),
+        "",
+        &[],
+        None,
+        Some(rounds),
+    );
+    assert_eq!(
+        b.guest_code(),
+        Some(0),
+        "guest: {:?}; {} round trips done",
+        b.guest,
+        b.rtts.len()
+    );
+    let ok = b.line("GUEST uio-echo ok ").unwrap_or_default();
+    assert_eq!(
+        field(ok, "bytes"),
+        Some(rounds as f64),
+        "guest: {:?}",
+        b.guest
+    );
+    // One interrupt per byte, each unmasked through the command register.
+    let interrupts = field(ok, "interrupts").unwrap_or(0.0);
+    assert_eq!(interrupts, rounds as f64, "guest: {:?}", b.guest);
+    assert_eq!(
+        b.rtts.len() as u64,
+        rounds,
+        "round trips done: {}",
+        b.rtts.len()
+    );
+    let mut rtts = b.rtts.clone();
+    rtts.sort();
+    println!(
+        "UIO INTx: {rounds} round trips host → UART → INTx → guest → UART → host on {interrupts} interrupts: median {:?}, max {:?}",
+        rtts[rtts.len() / 2],
+        rtts[rtts.len() - 1]
+    );
+}
+
+/// The negative control for the unmask: left masked after the first
+/// interrupt (uio_pci_generic's handler set INTx-disable), the second byte
+/// never interrupts.
+#[test]
+fn linux_guest_uio_without_unmask_gets_one_interrupt() {
+    let b = boot_with(
+        "vchan",
+        "uio-echo,5,0",
+        "GUEST_SKIP_UNMASK=1 GUEST_WAIT_MS=2000",
+        &[],
+        None,
+        Some(5),
+    );
+    assert_eq!(b.guest_code(), Some(1), "guest: {:?}", b.guest);
+    let failed = b.line("GUEST failed: ").unwrap_or_default();
+    assert!(
+        failed.contains("no interrupt for byte 1 "),
+        "guest: {:?}",
+        b.guest
+    );
+    assert_eq!(b.rtts.len(), 1, "round trips before the line stayed masked");
 }

@@ -520,7 +520,15 @@ pub struct UioIrq {
     fd: OwnedFd,
     path: PathBuf,
     timeout: Option<Duration>,
+    /// The PCI device's config space, for drivers without irqcontrol.
+    pci_config: Option<File>,
 }
+
+/// Offset of the PCI command register.
+const PCI_COMMAND: u64 = 0x04;
+/// Command register bit: INTx disabled (uio_pci_generic sets it in its
+/// interrupt handler).
+const PCI_COMMAND_INTX_DISABLE: u16 = 1 << 10;
 
 impl UioIrq {
     /// Wraps an interrupt fd; `path` names it in errors.
@@ -529,7 +537,51 @@ impl UioIrq {
             fd,
             path,
             timeout: None,
+            pci_config: None,
         }
+    }
+
+    /// For a PCI device whose driver has no irqcontrol hook (uio_pci_generic:
+    /// the 4-byte write fails with `ENOSYS`): unmask by clearing the
+    /// command register's INTx-disable bit in `config` (the device's sysfs
+    /// `config` file, opened read-write), which the driver's interrupt
+    /// handler set.
+    pub fn with_pci_config(mut self, config: File) -> Self {
+        self.pci_config = Some(config);
+        self
+    }
+
+    /// Unmasks the interrupt: the irqcontrol write of 1, or where the
+    /// driver has none (`ENOSYS`) and a config file was given, the PCI
+    /// command register's INTx-disable bit cleared.
+    ///
+    /// # Errors
+    ///
+    /// [`DevError::Closed`] on `EIO`, other I/O errors naming the device.
+    pub fn unmask(&self) -> Result<(), DevError> {
+        let Some(config) = &self.pci_config else {
+            return self.control(1);
+        };
+        match rustix::io::write(&self.fd, &1i32.to_ne_bytes()) {
+            Ok(4) => return Ok(()),
+            Err(rustix::io::Errno::NOSYS) | Err(rustix::io::Errno::INVAL) => {}
+            Ok(n) => {
+                return Err(DevError::invalid(
+                    &self.path,
+                    format!("short irq write ({n} bytes)"),
+                ))
+            }
+            Err(e) => return Err(self.map_err("write irq control", e.into())),
+        }
+        use std::os::unix::fs::FileExt;
+        let mut cmd = [0u8; 2];
+        config
+            .read_exact_at(&mut cmd, PCI_COMMAND)
+            .map_err(DevError::io("read PCI command register", &self.path))?;
+        let value = u16::from_le_bytes(cmd) & !PCI_COMMAND_INTX_DISABLE;
+        config
+            .write_all_at(&value.to_le_bytes(), PCI_COMMAND)
+            .map_err(DevError::io("write PCI command register", &self.path))
     }
 
     /// Sets how long [`Signal::wait`] blocks before [`DevError::TimedOut`]
@@ -620,9 +672,9 @@ impl Signal for UioIrq {
             });
         }
         self.consume()?;
-        // The driver masked the inbound ring before waking us: unmask, and
-        // let the caller re-check the ring.
-        self.control(1)
+        // The driver masked the inbound ring (or the device's INTx) before
+        // waking us: unmask, and let the caller re-check the ring.
+        self.unmask()
     }
 }
 

@@ -69,7 +69,132 @@ fn find_device() -> Result<(String, u32), String> {
     Err("no ivshmem device (1af4:1110) on the PCI bus".into())
 }
 
+/// [`WAIT`], or `GUEST_WAIT_MS` from the kernel command line.
+fn wait_limit() -> Duration {
+    std::env::var("GUEST_WAIT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(WAIT, Duration::from_millis)
+}
+
+/// `uio-echo,N,_`: INTx through uio_pci_generic on a pci-serial UART
+/// (1b36:0002, whose interrupt is a real INTx): for each of `n` bytes the
+/// host writes to the UART's chardev, wait for the interrupt on
+/// `/dev/uioN`, read the byte through the I/O BAR (`resource0`), unmask
+/// INTx in the command register (uio_pci_generic has no irqcontrol) and
+/// write the byte back.
+fn uio_echo(n: u64) -> Result<String, String> {
+    use std::os::unix::fs::FileExt;
+    let dir = Path::new("/sys/bus/pci/devices");
+    let name = std::fs::read_dir(dir)
+        .map_err(|e| e.to_string())?
+        .flatten()
+        .find(|e| {
+            let read = |f: &str| std::fs::read_to_string(e.path().join(f)).unwrap_or_default();
+            read("vendor").trim() == "0x1b36" && read("device").trim() == "0x0002"
+        })
+        .map(|e| e.path())
+        .ok_or("no pci-serial (1b36:0002) on the PCI bus")?;
+    let start = Instant::now();
+    let node = loop {
+        let found = std::fs::read_dir(name.join("uio"))
+            .ok()
+            .and_then(|mut d| d.next())
+            .and_then(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned());
+        match found {
+            Some(n) if Path::new("/dev").join(&n).exists() => break n,
+            _ if start.elapsed() > Duration::from_secs(10) => {
+                return Err(format!(
+                    "{} has no UIO node (uio_pci_generic bound?)",
+                    name.display()
+                ))
+            }
+            _ => std::thread::sleep(Duration::from_millis(10)),
+        }
+    };
+    let rw = |p: &Path| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(p)
+            .map_err(|e| format!("{}: {e}", p.display()))
+    };
+    let dev = Path::new("/dev").join(&node);
+    let uio = rw(&dev)?;
+    let config = rw(&name.join("config"))?;
+    let config_dbg = config.try_clone().map_err(|e| e.to_string())?;
+    let bar = rw(&name.join("resource0"))?;
+    let mut irq = ring_hosted::uio::UioIrq::new(uio.into(), dev).with_pci_config(config);
+    let wait = wait_limit();
+    irq.set_timeout(Some(wait));
+    // The negative control: leave INTx masked after the first interrupt.
+    let unmask = std::env::var_os("GUEST_SKIP_UNMASK").is_none();
+    let reg = |at: u64| -> Result<u8, String> {
+        let mut b = [0u8; 1];
+        bar.read_exact_at(&mut b, at)
+            .map_err(|e| format!("UART read: {e}"))?;
+        Ok(b[0])
+    };
+    let set = |at: u64, v: u8| {
+        bar.write_all_at(&[v], at)
+            .map_err(|e| format!("UART write: {e}"))
+    };
+    // 8N1, no FIFO (an interrupt per byte), DTR|RTS|OUT2, interrupt on
+    // received data.
+    set(3, 0x03)?;
+    set(2, 0x00)?;
+    set(4, 0x0b)?;
+    set(1, 0x01)?;
+    while reg(5)? & 1 != 0 {
+        reg(0)?;
+    }
+    irq.unmask().map_err(|e| e.to_string())?;
+    println!("GUEST uio ready");
+    let (mut interrupts, mut total) = (0u64, 0u64);
+    // One byte per interrupt: a byte that came while the last was being
+    // echoed keeps the line up, so it fires again as soon as it is
+    // unmasked (which is what the unmask path must get right).
+    while total < n {
+        let i = total;
+        if !irq.poll(Some(wait)).map_err(|e| e.to_string())? {
+            let mut cs = [0u8; 8];
+            let _ = config_dbg.read_exact_at(&mut cs, 4);
+            return Err(format!(
+                "no interrupt for byte {i} within {wait:?} (LSR {:#x} IIR {:#x} IER {:#x} command/status {:02x?})",
+                reg(5)?, reg(2)?, reg(1)?, &cs[..4]
+            ));
+        }
+        interrupts += u64::from(irq.consume().map_err(|e| e.to_string())?.min(1));
+        // Service the UART (its line drops), then let INTx through again.
+        let mut echoed = 0;
+        if reg(5)? & 1 != 0 {
+            let b = reg(0)?;
+            // Transmitter empty: QEMU's UART sends at once, so this is a
+            // bounded wait.
+            for _ in 0..1_000_000 {
+                if reg(5)? & 0x20 != 0 {
+                    break;
+                }
+            }
+            set(0, b)?;
+            echoed += 1;
+        }
+        if echoed == 0 {
+            return Err(format!("interrupt after byte {i} with no byte received"));
+        }
+        total += echoed;
+        if unmask {
+            irq.unmask().map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(format!("uio-echo ok bytes={total} interrupts={interrupts}"))
+}
+
 fn run(mode: &str, bytes: u64, seed: u64) -> Result<String, String> {
+    if mode == "uio-echo" {
+        return uio_echo(bytes);
+    }
     let (name, group) = find_device()?;
     let node = format!("/dev/vfio/{group}");
     let start = Instant::now();
@@ -104,11 +229,7 @@ fn run(mode: &str, bytes: u64, seed: u64) -> Result<String, String> {
     // MSI-X on before the ring is joined: from then on no kick is lost.
     let mut signals = ivs.signals(0, 1).map_err(dev)?;
     let mut signal = signals.pop().ok_or("no MSI-X vector")?;
-    let wait = std::env::var("GUEST_WAIT_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .map_or(WAIT, Duration::from_millis);
-    signal.event_mut().set_timeout(Some(wait));
+    signal.event_mut().set_timeout(Some(wait_limit()));
     let counting = Counting {
         inner: signal,
         kicks: Cell::new(0),
