@@ -369,20 +369,18 @@ fn a_vmbus_channel_runs_over_the_uio_rings_with_a_fake_host() {
 /// command register, and touches nothing else.
 #[test]
 fn without_irqcontrol_the_unmask_clears_intx_disable() {
-    use std::os::unix::fs::FileExt;
     let config = tempfile::tempfile().unwrap();
     config.set_len(256).unwrap();
     // Memory Space, Bus Master, SERR, INTx disabled.
     config.write_all_at(&0x0506u16.to_le_bytes(), 4).unwrap();
     let fd = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).unwrap();
-    let irq = ring_hosted::uio::UioIrq::new(fd, "/dev/uio-fake".into())
-        .with_pci_config(config.try_clone().unwrap());
+    let irq = UioIrq::new(fd, "/dev/uio-fake".into()).with_pci_config(config.try_clone().unwrap());
     irq.unmask().unwrap();
     let mut cmd = [0u8; 2];
     config.read_exact_at(&mut cmd, 4).unwrap();
     assert_eq!(u16::from_le_bytes(cmd), 0x0106);
     // Without a config file the failed write is the error.
     let fd = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).unwrap();
-    let bare = ring_hosted::uio::UioIrq::new(fd, "/dev/uio-fake".into());
+    let bare = UioIrq::new(fd, "/dev/uio-fake".into());
     assert!(bare.unmask().is_err());
 }

@@ -22,6 +22,7 @@
 
 // memcpy & co. for a binary without libc.
 extern crate freestanding;
+mod irq;
 mod pci;
 mod vmbus_echo;
 mod x86;
@@ -62,6 +63,11 @@ pub extern "C" fn rust_main(start_info: u32) -> ! {
     let Some(dev) = pci::find(IVSHMEM_VENDOR, IVSHMEM_DEVICE) else {
         fail("no ivshmem-plain device on PCI bus 0");
     };
+    // ivshmem-doorbell has MSI-X (ivshmem-plain has none): the run on
+    // interrupts.
+    if dev.capability(0x11).is_some() {
+        interrupt_run(dev);
+    }
     let bar = match dev.bar2() {
         Ok(bar) => bar,
         Err(e) => {
@@ -223,6 +229,156 @@ fn echo(mem: RawMem<'_>) -> Result<(u64, u64), Error> {
     }
     let _ = ep.close()?;
     Ok((done, hash))
+}
+
+/// Where BAR0 (registers) and BAR1 (MSI-X table) go when unassigned: high
+/// in q35's 32-bit PCI hole, clear of its MMCONFIG window (0xb000_0000,
+/// 256 MiB), of BAR2's fallback and of the I/O APIC (0xfec0_0000).
+const BAR0_FALLBACK: u32 = 0xfe00_0000;
+const BAR1_FALLBACK: u32 = 0xfe00_1000;
+
+/// The ivshmem-doorbell run: the same echo as [`echo`], on ring-core's
+/// blocking layer, woken only by MSI-X (sleeping in `hlt`) and kicking the
+/// host through the doorbell. Exits QEMU.
+fn interrupt_run(dev: pci::Function) -> ! {
+    let mut out = Serial;
+    let (Some(regs), Some(table)) = (dev.bar32(0, BAR0_FALLBACK), dev.bar32(1, BAR1_FALLBACK))
+    else {
+        fail("ivshmem-doorbell without 32-bit BAR0 and BAR1");
+    };
+    let bar = match dev.bar2() {
+        Ok(bar) => bar,
+        Err(e) => {
+            let _ = writeln!(out, "guest: {e}");
+            exit(EXIT_FAIL);
+        }
+    };
+    irq::init();
+    let Some(vectors) = irq::enable_msix(dev, |i| match i {
+        0 => Some(regs.base),
+        1 => Some(table.base),
+        _ => None,
+    }) else {
+        fail("MSI-X table not in BAR0 or BAR1");
+    };
+    let _ = writeln!(
+        out,
+        "guest: ivshmem-doorbell BAR0 {:#x} BAR1 {:#x} BAR2 {:#x} size {:#x}; {vectors} MSI-X vectors, vector 0 -> {:#x}",
+        regs.base, table.base, bar.base, bar.size, irq::VECTOR
+    );
+    let Some(mem) =
+        // SAFETY: BAR2 is the ivshmem RAM, identity-mapped below 4 GiB (see
+        // `pci`) and mapped for the guest's whole life.
+        (unsafe { RawMem::from_raw_parts(bar.base as usize as *mut u8, bar.size as usize) })
+    else {
+        fail("BAR2 is not 8-byte aligned");
+    };
+    // Self-test before joining the ring: ring our own doorbell and see the
+    // MSI-X interrupt arrive (a device or APIC set up wrong fails here, in
+    // its own words, rather than as a lost wake-up later).
+    // SAFETY: BAR0's IVPosition register (offset 8), identity-mapped MMIO.
+    let me = unsafe { ((regs.base as usize + 8) as *const u32).read_volatile() };
+    // SAFETY: the doorbell (offset 12): ring ourselves on vector 0.
+    unsafe { ((regs.base as usize + 12) as *mut u32).write_volatile(me << 16) };
+    let mut spins = 0u64;
+    // SAFETY: interrupts on while we look for our own.
+    unsafe { core::arch::asm!("sti", options(nomem, nostack)) };
+    while irq::counts().0 == 0 && spins < 20_000_000 {
+        spins += 1;
+        spin_loop();
+    }
+    // SAFETY: interrupts off again.
+    unsafe { core::arch::asm!("cli", options(nomem, nostack)) };
+    if irq::counts().0 == 0 {
+        let cap = dev.capability(0x11).unwrap_or(0);
+        // SAFETY: MSI-X table entry 0, in BAR1 (MMIO).
+        let e0 = unsafe { (table.base as usize as *const [u32; 4]).read_volatile() };
+        let _ = writeln!(
+            out,
+            "guest: MSI-X self-test: no interrupt after {spins} spins; command {:#x}, MSI-X control {:#x}, entry 0 {e0:x?}",
+            dev.read(0x04),
+            dev.read16(cap + 2)
+        );
+        exit(EXIT_FAIL);
+    }
+    let _ = writeln!(
+        out,
+        "guest: MSI-X self-test: peer {me} rang itself, interrupt taken"
+    );
+    let signal = irq::DoorbellSignal {
+        doorbell: (regs.base as usize + 12) as *mut u32,
+        seen: core::cell::Cell::new(irq::counts().0),
+        kicks: core::cell::Cell::new(0),
+        sleeps: core::cell::Cell::new(0),
+    };
+    match echo_blocking(mem, signal) {
+        Ok((len, sum, sig)) => {
+            let (ours, other) = irq::counts();
+            let _ = writeln!(
+                out,
+                "guest: interrupts echoed {len} bytes, fnv {sum:#018x}; interrupts {ours} (other vectors {other}), doorbell kicks {}, hlt sleeps {}",
+                sig.kicks.get(),
+                sig.sleeps.get()
+            );
+            let _ = writeln!(out, "guest: done");
+            exit(EXIT_PASS);
+        }
+        Err(e) => {
+            let (ours, other) = irq::counts();
+            let _ = writeln!(
+                out,
+                "guest: vchan error: {e:?} (interrupts {ours}, other {other})"
+            );
+            exit(EXIT_FAIL);
+        }
+    }
+}
+
+/// [`echo`] on ring-core's blocking layer over `signal`.
+fn echo_blocking(
+    mem: RawMem<'_>,
+    signal: irq::DoorbellSignal,
+) -> Result<(u64, u64, irq::DoorbellSignal), vchan::BlockingError<core::convert::Infallible>> {
+    let ep: Endpoint<RawMem<'_>> = vchan::connect_flat(mem)?;
+    let mut s = vchan::Blocking::new(ep, signal);
+    // As libxenvchan's client: one event once connected.
+    s.kick()?;
+    let mut header = [0u8; 16];
+    s.recv(&mut header)?;
+    let (magic, len) = split_words(&header);
+    if magic != HEADER_MAGIC {
+        fail("bad header magic");
+    }
+    let mut buf = [0u8; 16 * 1024];
+    let mut hash = FNV_OFFSET;
+    let mut done = 0u64;
+    while done < len {
+        let want = buf
+            .len()
+            .min(usize::try_from(len - done).unwrap_or(usize::MAX));
+        let got = s.read(&mut buf[..want])?;
+        if got == 0 {
+            return Err(Error::Closed.into());
+        }
+        let chunk = &mut buf[..got];
+        hash = fnv1a(hash, chunk);
+        for b in chunk.iter_mut() {
+            *b ^= TRANSFORM;
+        }
+        s.write_all(&buf[..got])?;
+        done += got as u64;
+    }
+    let mut trailer = [0u8; 16];
+    trailer[..8].copy_from_slice(&done.to_le_bytes());
+    trailer[8..].copy_from_slice(&hash.to_le_bytes());
+    s.send(&trailer)?;
+    // The host closes once it has read everything.
+    if s.read(&mut [0u8; 1])? != 0 {
+        fail("unexpected byte after the stream");
+    }
+    let _ = s.close();
+    let (_, signal) = s.into_parts();
+    Ok((done, hash, signal))
 }
 
 /// The two little-endian `u64`s of a 16-byte packet.

@@ -121,6 +121,69 @@ impl Function {
     }
 }
 
+impl Function {
+    /// The byte of configuration space at `offset`.
+    pub fn read8(self, offset: u8) -> u8 {
+        (self.read(offset) >> (8 * u32::from(offset & 3))) as u8
+    }
+
+    /// The 16-bit word of configuration space at `offset` (even).
+    pub fn read16(self, offset: u8) -> u16 {
+        (self.read(offset) >> (8 * u32::from(offset & 2))) as u16
+    }
+
+    /// Finds capability `id` in the capability list (bounded: at most 48
+    /// entries fit in the 192 bytes after the header).
+    pub fn capability(self, id: u8) -> Option<u8> {
+        if self.read16(0x06) & 0x10 == 0 {
+            return None;
+        }
+        let mut at = self.read8(0x34) & 0xfc;
+        for _ in 0..48 {
+            if at < 0x40 {
+                return None;
+            }
+            if self.read8(at) == id {
+                return Some(at);
+            }
+            at = self.read8(at + 1) & 0xfc;
+        }
+        None
+    }
+
+    /// A 32-bit memory BAR (`index` 0..=5): its base, placed at `fallback`
+    /// if the firmware left it unassigned, and its size; `None` if it is
+    /// not 32-bit memory or sizes to zero. Memory decoding is left on.
+    pub fn bar32(self, index: u8, fallback: u32) -> Option<Bar> {
+        let at = 0x10 + 4 * index;
+        let command = self.read(COMMAND);
+        self.write(COMMAND, command & !0x7 & 0xffff);
+        let raw = self.read(at);
+        self.write(at, 0xffff_ffff);
+        let mask = self.read(at) & !0xf;
+        let size = u64::from((!mask).wrapping_add(1));
+        let ok = raw & 1 == 0 && raw & BAR_TYPE_MASK == 0 && mask != 0;
+        let mut base = raw & !0xf;
+        let assigned_here = ok && base == 0;
+        if assigned_here {
+            base = fallback;
+        }
+        self.write(at, if ok { base | (raw & 0xf) } else { raw });
+        self.write(COMMAND, (command | COMMAND_MEMORY) & 0xffff);
+        ok.then_some(Bar {
+            base: u64::from(base),
+            size,
+            assigned_here,
+        })
+    }
+
+    /// Sets Bus Master (MSI-X messages are memory writes by the device).
+    pub fn enable_bus_master(self) {
+        let command = self.read(COMMAND);
+        self.write(COMMAND, (command | 0x4) & 0xffff);
+    }
+}
+
 /// The first function on bus 0 with this vendor and device id.
 pub fn find(vendor: u16, device: u16) -> Option<Function> {
     for dev in 0..32 {
