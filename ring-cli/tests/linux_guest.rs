@@ -185,7 +185,7 @@ $B mount -t proc proc /proc
 $B mount -t sysfs sysfs /sys
 $B mount -t devtmpfs dev /dev
 for m in MODULES; do $B insmod /lib/modules/$m.ko || echo "GUEST insmod $m failed"; done
-echo 1af4 1110 > /sys/bus/pci/drivers/vfio-pci/new_id
+[ -z "$GUEST_NO_VFIO" ] && echo 1af4 1110 > /sys/bus/pci/drivers/vfio-pci/new_id
 # A pci-serial UART goes from the serial driver to uio_pci_generic.
 for d in /sys/bus/pci/devices/*; do
   if [ "$($B cat $d/vendor) $($B cat $d/device)" = "0x1b36 0x0002" ] && [ -e $d/driver ]; then
@@ -779,4 +779,36 @@ fn linux_guest_uio_without_unmask_gets_one_interrupt() {
         b.guest
     );
     assert_eq!(b.rtts.len(), 1, "round trips before the line stayed masked");
+}
+
+/// The UIO-style memory path: no driver in the guest at all, BAR2 and the
+/// doorbell mapped through sysfs `resource2`/`resource0`
+/// (`ring_hosted::uio::IvshmemResources`). ivshmem has no INTx, so the
+/// guest polls; it still rings our doorbell, which wakes us.
+#[test]
+fn linux_guest_vchan_over_sysfs_resources() {
+    let bytes = 1 << 20;
+    let b = boot(
+        "vchan",
+        &format!("sysfs-vchan-recv,{bytes},4"),
+        "GUEST_NO_VFIO=1",
+        &pattern(4, bytes),
+        None,
+    );
+    assert_eq!(
+        b.guest_code(),
+        Some(0),
+        "guest: {:?}; host: {}",
+        b.guest,
+        b.host_err
+    );
+    assert!(b.host.is_some_and(|s| s.success()), "host: {}", b.host_err);
+    let ok = b
+        .guest
+        .iter()
+        .find(|l| l.contains("-recv ok"))
+        .expect("the guest's result");
+    assert_eq!(field(ok, "bytes"), Some(bytes as f64));
+    assert!(host_kicks(&b) > 0, "host: {}", b.host_err);
+    println!("sysfs resources: {ok}");
 }

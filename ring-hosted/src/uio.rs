@@ -34,6 +34,7 @@
 //! against a fake tree in a temporary directory.
 
 use crate::devmem::{page_size, DevError, MappedRegion};
+use ring_core::mem::SharedMem;
 use ring_core::signal::Signal;
 use ring_core::vmbus;
 use std::fs::{self, File, OpenOptions};
@@ -505,6 +506,110 @@ pub fn subchannel_rings(roots: &Roots, instance: &str, relid: u32) -> Result<Vmb
     let layout =
         vmbus_ring_layout(size, page_size()).map_err(|what| DevError::invalid(&path, what))?;
     VmbusRings::split(MappedRegion::map(&file, &path, 0, size)?, layout)
+}
+
+/// Maps BAR `index` of the PCI device at `device` (its sysfs directory,
+/// `/sys/bus/pci/devices/DDDD:BB:DD.F`) through its `resourceN` file: the
+/// memory path a UIO-style driver uses without any kernel driver of its
+/// own (the device must have memory decoding on, as the kernel leaves a
+/// device it enumerated).
+///
+/// # Errors
+///
+/// I/O errors naming the file; [`DevError::Invalid`] for an empty BAR.
+pub fn map_pci_resource(device: &Path, index: u8) -> Result<MappedRegion, DevError> {
+    let path = device.join(format!("resource{index}"));
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(DevError::io("open", &path))?;
+    let len = file.metadata().map_err(DevError::io("stat", &path))?.len();
+    let len = usize::try_from(len)
+        .ok()
+        .filter(|&l| l > 0)
+        .ok_or_else(|| DevError::invalid(&path, "BAR of zero size"))?;
+    MappedRegion::map(&file, &path, 0, len)
+}
+
+/// An ivshmem device reached through its sysfs resource files alone: BAR2
+/// as the ring memory, BAR0's doorbell for kicking a peer. ivshmem has no
+/// INTx, so uio_pci_generic gives it no interrupt: a ring over it waits by
+/// polling ([`IvshmemPolled`]), or uses VFIO for MSI-X.
+#[derive(Debug)]
+pub struct IvshmemResources {
+    regs: MappedRegion,
+    memory: MappedRegion,
+}
+
+impl IvshmemResources {
+    /// Maps BAR0 (registers) and BAR2 (shared memory) of the device at
+    /// `device`.
+    ///
+    /// # Errors
+    ///
+    /// As [`map_pci_resource`]; [`DevError::Invalid`] if BAR0 is too small
+    /// for the doorbell.
+    pub fn open(device: &Path) -> Result<Self, DevError> {
+        let regs = map_pci_resource(device, 0)?;
+        if regs.size() < 16 {
+            return Err(DevError::invalid(device, "BAR0 has no doorbell"));
+        }
+        let memory = map_pci_resource(device, 2)?;
+        Ok(IvshmemResources { regs, memory })
+    }
+
+    /// The shared memory (BAR2).
+    pub fn memory(&self) -> &MappedRegion {
+        &self.memory
+    }
+
+    /// Our peer id (`IVPosition`, BAR0 offset 8).
+    ///
+    /// # Errors
+    ///
+    /// Only for a mapping smaller than checked at open.
+    pub fn position(&self) -> Result<u16, DevError> {
+        let v = self
+            .regs
+            .load_u32(8)
+            .map_err(|e| DevError::invalid(Path::new("BAR0"), e.to_string()))?;
+        Ok(v as u16)
+    }
+
+    /// A polling [`Signal`] to `peer` on `vector`: `notify` rings its
+    /// doorbell, `wait` sleeps `interval` (the caller re-checks the ring).
+    pub fn polled(&self, peer: u16, vector: u16, interval: Duration) -> IvshmemPolled {
+        IvshmemPolled {
+            regs: self.regs.clone(),
+            value: (u32::from(peer) << 16) | u32::from(vector),
+            interval,
+        }
+    }
+}
+
+/// See [`IvshmemResources::polled`].
+#[derive(Debug)]
+pub struct IvshmemPolled {
+    regs: MappedRegion,
+    value: u32,
+    interval: Duration,
+}
+
+impl Signal for IvshmemPolled {
+    type Error = DevError;
+
+    fn notify(&self) -> Result<(), DevError> {
+        // One 32-bit store to the doorbell register (BAR0 offset 12).
+        self.regs
+            .store_u32(12, self.value)
+            .map_err(|e| DevError::invalid(Path::new("BAR0"), e.to_string()))
+    }
+
+    fn wait(&self) -> Result<(), DevError> {
+        std::thread::sleep(self.interval);
+        Ok(())
+    }
 }
 
 /// A UIO interrupt fd as a [`Signal`].

@@ -191,9 +191,42 @@ fn uio_echo(n: u64) -> Result<String, String> {
     Ok(format!("uio-echo ok bytes={total} interrupts={interrupts}"))
 }
 
+/// `sysfs-vchan-recv|send`: the UIO-style memory path with no kernel
+/// driver at all: BAR2 and BAR0 mapped through the device's sysfs
+/// `resource2` and `resource0` files, the doorbell rung for every kick we
+/// owe, and waits by polling (ivshmem has no INTx for uio_pci_generic).
+fn run_sysfs(mode: &str, bytes: u64, seed: u64) -> Result<String, String> {
+    let (name, _) = find_device()?;
+    let dir = Path::new("/sys/bus/pci/devices").join(&name);
+    // Memory decoding on (no driver has enabled the device).
+    std::fs::write(dir.join("enable"), "1").map_err(|e| format!("enable: {e}"))?;
+    let ivs = ring_hosted::uio::IvshmemResources::open(&dir).map_err(|e| e.to_string())?;
+    let position = ivs.position().map_err(|e| e.to_string())?;
+    let signal = Counting {
+        inner: ivs.polled(0, 0, Duration::from_micros(50)),
+        kicks: Cell::new(0),
+        waits: Cell::new(0),
+    };
+    let ep = vchan::connect_flat(ivs.memory().clone()).map_err(|e| format!("connect: {e}"))?;
+    let mut s = Blocking::new(ep, signal);
+    s.kick().map_err(|e| format!("kick: {e:?}"))?;
+    let dir_word = mode.rsplit('-').next().unwrap_or_default();
+    let secs = transfer(&mut s, dir_word, bytes, seed)?;
+    let _ = s.close();
+    let sig = s.into_parts().1;
+    Ok(format!(
+        "{mode} ok peer={position} bytes={bytes} secs={secs:.3} polls={} kicks={}",
+        sig.waits.get(),
+        sig.kicks.get()
+    ))
+}
+
 fn run(mode: &str, bytes: u64, seed: u64) -> Result<String, String> {
     if mode == "uio-echo" {
         return uio_echo(bytes);
+    }
+    if mode.starts_with("sysfs-") {
+        return run_sysfs(mode, bytes, seed);
     }
     let (name, group) = find_device()?;
     let node = format!("/dev/vfio/{group}");
