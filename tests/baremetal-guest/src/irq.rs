@@ -3,7 +3,9 @@
 //! on, the legacy PICs masked, and ivshmem's MSI-X vector 0 aimed at us.
 //! Waiting is `sti; hlt` with the count re-checked under `cli`, so an
 //! interrupt between the check and the `hlt` still ends the `hlt` (`sti`
-//! holds interrupts off for one more instruction).
+//! holds interrupts off for one more instruction). Interrupts are enabled
+//! only for the `hlt` itself: the prebuilt `core` uses the red zone, which
+//! a handler running on the same stack would overwrite.
 
 use crate::pci::Function;
 use crate::x86::outb;
@@ -136,6 +138,16 @@ pub fn enable_msix(dev: Function, bar_base: impl Fn(u8) -> Option<u64>) -> Optio
     Some((control & 0x7ff) + 1)
 }
 
+/// Whether [`VECTOR`] is pending in the local APIC (requested, not yet
+/// taken: interrupts are off).
+pub fn pending() -> bool {
+    let word = LAPIC + 0x200 + 0x10 * usize::from(VECTOR / 32);
+    // SAFETY: the local APIC's interrupt request register for our vector,
+    // identity-mapped; a 32-bit read with no side effect.
+    let irr = unsafe { (word as *const u32).read_volatile() };
+    irr & (1 << (VECTOR % 32)) != 0
+}
+
 /// Interrupts taken on [`VECTOR`] so far, and on other vectors.
 pub fn counts() -> (u64, u64) {
     (
@@ -175,9 +187,12 @@ impl Signal for DoorbellSignal {
             unsafe { asm!("cli", options(nomem, nostack)) };
             let now = RING_IRQ_COUNT.load(Ordering::Acquire);
             if now != self.seen.get() {
+                // Back with interrupts off: they are on only inside `hlt`
+                // (the prebuilt `core` uses the red zone, which an
+                // interrupt on the same stack would overwrite). One that
+                // comes meanwhile waits in the APIC and ends the next
+                // `hlt` at once.
                 self.seen.set(now);
-                // SAFETY: interrupts back on; nothing else changes.
-                unsafe { asm!("sti", options(nomem, nostack)) };
                 return Ok(());
             }
             self.sleeps.set(self.sleeps.get() + 1);

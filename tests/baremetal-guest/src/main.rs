@@ -280,16 +280,13 @@ fn interrupt_run(dev: pci::Function) -> ! {
     let me = unsafe { ((regs.base as usize + 8) as *const u32).read_volatile() };
     // SAFETY: the doorbell (offset 12): ring ourselves on vector 0.
     unsafe { ((regs.base as usize + 12) as *mut u32).write_volatile(me << 16) };
+    // Interrupts stay off: the message waits in the APIC's request register.
     let mut spins = 0u64;
-    // SAFETY: interrupts on while we look for our own.
-    unsafe { core::arch::asm!("sti", options(nomem, nostack)) };
-    while irq::counts().0 == 0 && spins < 20_000_000 {
+    while !irq::pending() && spins < 20_000_000 {
         spins += 1;
         spin_loop();
     }
-    // SAFETY: interrupts off again.
-    unsafe { core::arch::asm!("cli", options(nomem, nostack)) };
-    if irq::counts().0 == 0 {
+    if !irq::pending() {
         let cap = dev.capability(0x11).unwrap_or(0);
         // SAFETY: MSI-X table entry 0, in BAR1 (MMIO).
         let e0 = unsafe { (table.base as usize as *const [u32; 4]).read_volatile() };
@@ -301,16 +298,19 @@ fn interrupt_run(dev: pci::Function) -> ! {
         );
         exit(EXIT_FAIL);
     }
-    let _ = writeln!(
-        out,
-        "guest: MSI-X self-test: peer {me} rang itself, interrupt taken"
-    );
     let signal = irq::DoorbellSignal {
         doorbell: (regs.base as usize + 12) as *mut u32,
-        seen: core::cell::Cell::new(irq::counts().0),
+        seen: core::cell::Cell::new(0),
         kicks: core::cell::Cell::new(0),
         sleeps: core::cell::Cell::new(0),
     };
+    // Take the self-test's interrupt (it ends the first `hlt` at once).
+    let _ = ring_core::signal::Signal::wait(&signal);
+    let _ = writeln!(
+        out,
+        "guest: MSI-X self-test: peer {me} rang itself, interrupt {:?} taken",
+        irq::counts()
+    );
     match echo_blocking(mem, signal) {
         Ok((len, sum, sig)) => {
             let (ours, other) = irq::counts();
