@@ -544,14 +544,24 @@ fn report(case: &str, b: &Boot, mib: f64) {
     );
 }
 
-#[test]
-fn linux_guest_vchan_host_to_guest_on_interrupts() {
+/// One transfer case: 4 MiB of a seeded pattern between `ring ivshmem
+/// --proto PROTO` and the guest program, `to_guest` or back. Both ends
+/// must exit cleanly with every byte as sent; the guest must have slept on
+/// MSI-X at least once (its bytes come only after it joined, or it outruns
+/// us) and we must have been woken by its doorbell, never by a liveness
+/// lapse.
+fn transfer_case(proto: &str, to_guest: bool, seed: u64) {
     let bytes = 4 << 20;
+    let (dir, input) = if to_guest {
+        ("recv", pattern(seed, bytes))
+    } else {
+        ("send", Vec::new())
+    };
     let b = boot(
-        "vchan",
-        &format!("vchan-recv,{bytes},7"),
+        proto,
+        &format!("{proto}-{dir},{bytes},{seed}"),
         "",
-        &pattern(7, bytes),
+        &input,
         None,
     );
     assert_eq!(
@@ -565,47 +575,46 @@ fn linux_guest_vchan_host_to_guest_on_interrupts() {
     let ok = b
         .guest
         .iter()
-        .find(|l| l.contains("-recv ok"))
+        .find(|l| l.contains(&format!("-{dir} ok")))
         .expect("the guest's result");
     assert_eq!(field(ok, "bytes"), Some(bytes as f64));
-    // The guest joined before the bytes came and slept on MSI-X until our
-    // kick; it kicked us as it took them, and we slept on its doorbell
-    // alone (no liveness re-checks).
+    if !to_guest {
+        assert_eq!(b.host_out.len(), bytes, "host: {}", b.host_err);
+        assert!(
+            b.host_out == pattern(seed, bytes),
+            "the host received other bytes"
+        );
+    }
     assert!(field(ok, "waits").is_some_and(|w| w >= 1.0), "{ok}");
     assert!(host_kicks(&b) > 0, "host: {}", b.host_err);
     assert!(b.host_err.contains(" 0 lapses"), "host: {}", b.host_err);
-    report("host → guest", &b, 4.0);
+    let way = if to_guest {
+        "host → guest"
+    } else {
+        "guest → host"
+    };
+    report(&format!("{proto} {way}"), &b, 4.0);
     println!("the guest's {ok}");
 }
 
 #[test]
+fn linux_guest_vchan_host_to_guest_on_interrupts() {
+    transfer_case("vchan", true, 7);
+}
+
+#[test]
 fn linux_guest_vchan_guest_to_host_on_interrupts() {
-    let bytes = 4 << 20;
-    let b = boot("vchan", &format!("vchan-send,{bytes},9"), "", &[], None);
-    assert_eq!(
-        b.guest_code(),
-        Some(0),
-        "guest: {:?}; host: {}",
-        b.guest,
-        b.host_err
-    );
-    assert!(b.host.is_some_and(|s| s.success()), "host: {}", b.host_err);
-    assert_eq!(b.host_out.len(), bytes, "host: {}", b.host_err);
-    assert!(
-        b.host_out == pattern(9, bytes),
-        "the host received other bytes"
-    );
-    // The guest outran us, slept on MSI-X for room and was woken by our
-    // kicks; we were woken by its doorbell, never by a liveness lapse.
-    let ok = b
-        .guest
-        .iter()
-        .find(|l| l.contains("-send ok"))
-        .expect("the guest's result");
-    assert!(field(ok, "waits").is_some_and(|w| w >= 1.0), "{ok}");
-    assert!(host_kicks(&b) > 0, "host: {}", b.host_err);
-    assert!(b.host_err.contains(" 0 lapses"), "host: {}", b.host_err);
-    report("guest → host", &b, 4.0);
+    transfer_case("vchan", false, 9);
+}
+
+#[test]
+fn linux_guest_vmbus_host_to_guest_on_interrupts() {
+    transfer_case("vmbus", true, 5);
+}
+
+#[test]
+fn linux_guest_vmbus_guest_to_host_on_interrupts() {
+    transfer_case("vmbus", false, 6);
 }
 
 #[test]
@@ -651,64 +660,6 @@ fn linux_guest_without_bus_master_loses_its_interrupts() {
     assert!(failed.contains("TimedOut"), "guest: {:?}", b.guest);
     let mut stderr = std::io::stderr();
     let _ = writeln!(stderr, "without Bus Master the guest said: {failed}");
-}
-
-#[test]
-fn linux_guest_vmbus_host_to_guest_on_interrupts() {
-    let bytes = 4 << 20;
-    let b = boot(
-        "vmbus",
-        &format!("vmbus-recv,{bytes},5"),
-        "",
-        &pattern(5, bytes),
-        None,
-    );
-    assert_eq!(
-        b.guest_code(),
-        Some(0),
-        "guest: {:?}; host: {}",
-        b.guest,
-        b.host_err
-    );
-    assert!(b.host.is_some_and(|s| s.success()), "host: {}", b.host_err);
-    let ok = b
-        .guest
-        .iter()
-        .find(|l| l.contains("-recv ok"))
-        .expect("the guest's result");
-    assert_eq!(field(ok, "bytes"), Some(bytes as f64));
-    assert!(field(ok, "waits").is_some_and(|w| w >= 1.0), "{ok}");
-    assert!(host_kicks(&b) > 0, "host: {}", b.host_err);
-    assert!(b.host_err.contains(" 0 lapses"), "host: {}", b.host_err);
-    report("VMBus host → guest", &b, 4.0);
-}
-
-#[test]
-fn linux_guest_vmbus_guest_to_host_on_interrupts() {
-    let bytes = 4 << 20;
-    let b = boot("vmbus", &format!("vmbus-send,{bytes},6"), "", &[], None);
-    assert_eq!(
-        b.guest_code(),
-        Some(0),
-        "guest: {:?}; host: {}",
-        b.guest,
-        b.host_err
-    );
-    assert!(b.host.is_some_and(|s| s.success()), "host: {}", b.host_err);
-    assert!(
-        b.host_out == pattern(6, bytes),
-        "the host received other bytes ({} of {bytes})",
-        b.host_out.len()
-    );
-    let ok = b
-        .guest
-        .iter()
-        .find(|l| l.contains("-send ok"))
-        .expect("the guest's result");
-    assert!(field(ok, "waits").is_some_and(|w| w >= 1.0), "{ok}");
-    assert!(host_kicks(&b) > 0, "host: {}", b.host_err);
-    assert!(b.host_err.contains(" 0 lapses"), "host: {}", b.host_err);
-    report("VMBus guest → host", &b, 4.0);
 }
 
 /// Real INTx through UIO: uio_pci_generic on a pci-serial UART (its

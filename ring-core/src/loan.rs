@@ -60,3 +60,14 @@ pub enum Drained {
     /// been read. The closure was not called.
     End,
 }
+
+/// What an in-place read attempt found, from the bytes it consumed
+/// (`None`: nothing to read, wake-up armed) and whether the closure was
+/// offered any: nothing consumed and nothing offered is the end of the
+/// stream.
+pub(crate) fn drained(took: Option<usize>, offered: bool) -> Option<Drained> {
+    took.map(|n| match n {
+        0 if !offered => Drained::End,
+        n => Drained::Took(n),
+    })
+}

@@ -5,12 +5,11 @@
 
 mod common;
 
-use common::{Pattern, TempSock};
+use common::{vmbus_pair, Pattern};
 use ring_core::loan::{Span, MAX_SPANS};
 use ring_core::mem::SharedMem;
 use ring_hosted::fdio::{FdIo, Output};
 use ring_hosted::memfd::MemFd;
-use ring_hosted::rendezvous::{self, Listener, Proto, ServerConfig};
 use ring_hosted::stream::{FdMove, PollStream};
 use ring_hosted::window::Window;
 use std::io::{ErrorKind, Read, Write};
@@ -205,26 +204,6 @@ fn carry(mut a: impl PollStream + Send + 'static, b: &mut impl PollStream, total
         (total, total, total)
     );
     assert_eq!(b.bytes_read(), total as u64);
-}
-
-fn vmbus_pair(
-    ring: usize,
-) -> (
-    ring_hosted::vmbus::VmbusPipe,
-    ring_hosted::vmbus::VmbusPipe,
-    TempSock,
-) {
-    let sock = TempSock::new("fdio-vmbus");
-    let l = Listener::bind(
-        &sock.path,
-        ServerConfig::new(Proto::Vmbus).ring_sizes(ring, ring),
-    )
-    .unwrap();
-    let path = sock.path.clone();
-    let t = thread::spawn(move || rendezvous::connect(&path, Proto::Vmbus).unwrap());
-    let server = l.accept().unwrap().into_vmbus().unwrap();
-    let client = t.join().unwrap().into_vmbus().unwrap();
-    (server, client, sock)
 }
 
 #[test]

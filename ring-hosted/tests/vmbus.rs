@@ -2,29 +2,13 @@
 
 mod common;
 
-use common::TempSock;
+use common::vmbus_pair as pair;
 use ring_core::vmbus;
-use ring_hosted::rendezvous::{self, Listener, Proto, ServerConfig};
 use ring_hosted::stream::PollStream;
-use ring_hosted::vmbus::VmbusPipe;
 use ring_hosted::Error;
 use std::io::Read;
 use std::thread;
 use std::time::Duration;
-
-fn pair(ring: usize) -> (VmbusPipe, VmbusPipe, TempSock) {
-    let sock = TempSock::new("vmbus-pair");
-    let l = Listener::bind(
-        &sock.path,
-        ServerConfig::new(Proto::Vmbus).ring_sizes(ring, ring),
-    )
-    .unwrap();
-    let path = sock.path.clone();
-    let t = thread::spawn(move || rendezvous::connect(&path, Proto::Vmbus).unwrap());
-    let server = l.accept().unwrap().into_vmbus().unwrap();
-    let client = t.join().unwrap().into_vmbus().unwrap();
-    (server, client, sock)
-}
 
 #[test]
 fn messages_keep_boundaries_and_a_small_buffer_consumes_nothing() {

@@ -236,7 +236,9 @@ fn require_qemu() {
     }
 }
 
-fn qemu_command(kernel: &Path, shm: &ShmFile) -> Command {
+/// QEMU with what every run here shares: q35 under TCG, qboot, the debug
+/// exit device, the serial console on stdout, our kernel.
+fn qemu_base(kernel: &Path) -> Command {
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args(["-accel", "tcg", "-machine", "q35", "-m", "64M"])
         // qboot (in qemu-system-data) boots about three times faster than
@@ -254,15 +256,20 @@ fn qemu_command(kernel: &Path, shm: &ShmFile) -> Command {
             "-no-reboot",
         ])
         .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
-        .arg("-object")
+        .arg("-kernel")
+        .arg(kernel);
+    cmd
+}
+
+fn qemu_command(kernel: &Path, shm: &ShmFile) -> Command {
+    let mut cmd = qemu_base(kernel);
+    cmd.arg("-object")
         .arg(format!(
             "memory-backend-file,id=shm,share=on,mem-path={},size={}",
             shm.path.display(),
             shm.len
         ))
-        .args(["-device", "ivshmem-plain,memdev=shm"])
-        .arg("-kernel")
-        .arg(kernel);
+        .args(["-device", "ivshmem-plain,memdev=shm"]);
     cmd
 }
 
@@ -611,24 +618,10 @@ fn guest_interrupts_wake_the_bare_metal_guest() {
     let ep = vchan::serve_flat(server.memory().clone(), orders, ServerOptions::default())
         .expect("laying out the vchan");
 
-    let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-accel", "tcg", "-machine", "q35", "-m", "64M"])
-        .args(["-bios", "qboot.rom"])
-        // Real host atomics for the guest's locked RMWs (see qemu_command).
-        .args(["-smp", "1,maxcpus=2"])
-        .args([
-            "-nographic",
-            "-nodefaults",
-            "-serial",
-            "stdio",
-            "-no-reboot",
-        ])
-        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
-        .arg("-chardev")
+    let mut cmd = qemu_base(&kernel);
+    cmd.arg("-chardev")
         .arg(format!("socket,path={},id=ivs", sock.display()))
-        .args(["-device", "ivshmem-doorbell,chardev=ivs,vectors=1"])
-        .arg("-kernel")
-        .arg(&kernel);
+        .args(["-device", "ivshmem-doorbell,chardev=ivs,vectors=1"]);
     let start = Instant::now();
     let deadline = start + RUN_DEADLINE;
     let mut qemu = Watched::spawn(&mut cmd).expect("starting QEMU");
@@ -716,8 +709,8 @@ fn guest_interrupts_wake_the_bare_metal_guest() {
     );
 }
 
-/// A private temporary directory for a socket (removed at exit of the test
-/// process's temp cleanup is not needed: the name is unique).
+/// A fresh temporary directory for the ivshmem socket, named by process
+/// and time (the server removes its socket when dropped).
 fn tempfile_dir() -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
         "ring-baremetal-{}-{}",

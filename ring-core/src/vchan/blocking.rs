@@ -263,10 +263,7 @@ impl<M: SharedMem, S: Signal> Blocking<M, S> {
             })?;
             Ok(t.unwrap_or(Transfer::NOTHING))
         })?;
-        Ok(took.map(|n| match n {
-            0 if !offered => Drained::End,
-            n => Drained::Took(n),
-        }))
+        Ok(crate::loan::drained(took, offered))
     }
 
     /// One non-blocking packet send (all of `buf` or nothing).

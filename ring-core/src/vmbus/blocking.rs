@@ -571,10 +571,7 @@ impl<M: SharedMem, S: Signal> BlockingPipe<M, S> {
             })?;
             Ok(t.unwrap_or_default())
         })?;
-        Ok(took.map(|n| match n {
-            0 if !offered => Drained::End,
-            n => Drained::Took(n),
-        }))
+        Ok(crate::loan::drained(took, offered))
     }
 
     /// One non-blocking message send (one packet, at most 16 KiB).

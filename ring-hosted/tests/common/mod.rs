@@ -94,3 +94,27 @@ impl Lcg {
         self.next() % n
     }
 }
+
+/// A VMBus pipe pair in this process, through the real rendezvous (rings
+/// of `ring` bytes each way); the socket's directory lives as long as the
+/// returned guard.
+pub fn vmbus_pair(
+    ring: usize,
+) -> (
+    ring_hosted::vmbus::VmbusPipe,
+    ring_hosted::vmbus::VmbusPipe,
+    TempSock,
+) {
+    use ring_hosted::rendezvous::{self, Listener, Proto, ServerConfig};
+    let sock = TempSock::new("vmbus-pair");
+    let l = Listener::bind(
+        &sock.path,
+        ServerConfig::new(Proto::Vmbus).ring_sizes(ring, ring),
+    )
+    .unwrap();
+    let path = sock.path.clone();
+    let t = std::thread::spawn(move || rendezvous::connect(&path, Proto::Vmbus).unwrap());
+    let server = l.accept().unwrap().into_vmbus().unwrap();
+    let client = t.join().unwrap().into_vmbus().unwrap();
+    (server, client, sock)
+}
