@@ -374,11 +374,11 @@ fn syscall_len(n: isize) -> io::Result<usize> {
 impl FdIo for MemFd {
     fn read_from_fd(&self, fd: BorrowedFd<'_>, spans: &[Span]) -> io::Result<usize> {
         let (iov, count) = self.iovecs(spans)?;
-        // SAFETY: the first `count` iovecs (count ≤ MAX_SPANS, which fits
-        // c_int) lie inside our live shared mapping (checked by `iovecs`;
-        // `self` keeps it mapped for the call). The kernel writes those
-        // bytes as the peer may at any time: nothing holds a Rust reference
-        // into the mapping, every other access goes through `RawMem`.
+        // The kernel writes those bytes as the peer may at any time: nothing
+        // holds a Rust reference into the mapping, every other access goes
+        // through `RawMem`.
+        // SAFETY: the first `count` iovecs (≤ MAX_SPANS, fits c_int) lie in
+        // our live shared mapping (checked by `iovecs`; `self` keeps it).
         let n = unsafe { libc::readv(fd.as_raw_fd(), iov.as_ptr(), count as libc::c_int) };
         syscall_len(n)
     }

@@ -196,10 +196,10 @@ impl Signal for DoorbellSignal {
                 return Ok(());
             }
             self.sleeps.set(self.sleeps.get() + 1);
-            // SAFETY: `sti; hlt` sleeps until the next interrupt; the one
-            // instruction of shadow after `sti` means an interrupt that is
-            // already pending ends the `hlt` rather than being taken before
-            // it. The handler only counts and acknowledges.
+            // The one instruction of shadow after `sti` means a pending
+            // interrupt ends the `hlt` rather than being taken before it.
+            // SAFETY: `sti; hlt` sleeps until the next interrupt, whose
+            // handler only counts and acknowledges.
             unsafe { asm!("sti", "hlt", options(nomem, nostack)) };
         }
     }
