@@ -214,6 +214,22 @@ fn drain(s: &mut impl PollStream, ends: &Ends<'_>, tally: &mut Tally) -> Result<
     Ok(moved)
 }
 
+/// Whether `fd` is at its end now, without reading it: poll says readable
+/// and no byte is there to read (a pipe or socket whose writer has gone, a
+/// file read to its end).
+fn input_at_end(fd: BorrowedFd<'_>) -> bool {
+    let mut fds = [rustix::event::PollFd::new(
+        &fd,
+        rustix::event::PollFlags::IN,
+    )];
+    let zero = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(1))
+        && matches!(rustix::io::ioctl_fionread(fd), Ok(0))
+}
+
 /// Waits up to 50 ms for room in the output.
 fn poll_output(fd: BorrowedFd<'_>) {
     let mut fds = [rustix::event::PollFd::new(
@@ -278,9 +294,13 @@ fn pipe_loop(
         // One read per time poll says the input is ready: a second read
         // of a blocking input could block the loop.
         while input_ready && !tally.stdin_ended {
-            let got = s
-                .try_fill_from(ends.input)
-                .map_err(|e| fd_stop(e, ends, tally))?;
+            let got = match s.try_fill_from(ends.input) {
+                // The peer closed after taking everything we wrote, and our
+                // input has in fact ended too (we had not read its end yet):
+                // a clean end, not bytes left undelivered.
+                Err(Error::Closed) if input_at_end(ends.input) => FdMove::End,
+                r => r.map_err(|e| fd_stop(e, ends, tally))?,
+            };
             match got {
                 FdMove::Moved(n) => {
                     tally.stdin += n as u64;
