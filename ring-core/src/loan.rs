@@ -71,3 +71,290 @@ pub(crate) fn drained(took: Option<usize>, offered: bool) -> Option<Drained> {
         n => Drained::Took(n),
     })
 }
+
+/// Why a [`SpanWriter`] or [`SpanReader`] refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoanError {
+    /// The spans are full (a write) or an offset write runs past them.
+    Full,
+    /// The memory door refused (spans outside the memory: a caller's bug,
+    /// never the peer's).
+    Memory(crate::mem::MemError),
+}
+
+impl core::fmt::Display for LoanError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            LoanError::Full => f.write_str("the loaned space is full"),
+            LoanError::Memory(e) => write!(f, "loaned space: {e}"),
+        }
+    }
+}
+
+impl core::error::Error for LoanError {}
+
+impl embedded_io::Error for LoanError {
+    fn kind(&self) -> embedded_io::ErrorKind {
+        match self {
+            LoanError::Full => embedded_io::ErrorKind::OutOfMemory,
+            LoanError::Memory(_) => embedded_io::ErrorKind::Other,
+        }
+    }
+}
+
+impl From<crate::mem::MemError> for LoanError {
+    fn from(e: crate::mem::MemError) -> Self {
+        LoanError::Memory(e)
+    }
+}
+
+/// Where byte `at` of the spans lies: (span index, offset in it).
+fn locate(spans: &[Span], mut at: usize) -> Option<(usize, usize)> {
+    for (i, s) in spans.iter().enumerate() {
+        if at < s.len {
+            return Some((i, at));
+        }
+        at -= s.len;
+    }
+    None
+}
+
+/// Copies between `buf` and the spans' bytes `[at, at + buf.len())`,
+/// through the memory door, wrapping from span to span. `write`: into the
+/// spans.
+fn copy<M: crate::mem::SharedMem + ?Sized>(
+    mem: &M,
+    spans: &[Span],
+    at: usize,
+    buf: &mut [u8],
+    from: Option<&[u8]>,
+) -> Result<(), LoanError> {
+    let n = from.map_or(buf.len(), <[u8]>::len);
+    if at.checked_add(n).is_none_or(|end| end > total(spans)) {
+        return Err(LoanError::Full);
+    }
+    let mut done = 0;
+    let mut pos = locate(spans, at);
+    while done < n {
+        let Some((i, off)) = pos else {
+            return Err(LoanError::Full);
+        };
+        let Some(s) = spans.get(i) else {
+            return Err(LoanError::Full);
+        };
+        let k = (s.len - off).min(n - done);
+        match from {
+            Some(src) => mem.write(
+                s.offset.saturating_add(off),
+                src.get(done..done + k).unwrap_or_default(),
+            )?,
+            None => mem.read(
+                s.offset.saturating_add(off),
+                buf.get_mut(done..done + k).unwrap_or_default(),
+            )?,
+        }
+        done += k;
+        pos = Some((i + 1, 0));
+    }
+    Ok(())
+}
+
+/// A cursor that writes into loaned free space, in order, for the closure
+/// of an in-place write (`vchan::Endpoint::write_with`,
+/// `vmbus::pipe::PipeWriter::write_with`): a serializer writes straight
+/// into the ring through it (`embedded_io::Write`), or at offsets of its
+/// choosing ([`write_at`](Self::write_at)), and the closure returns
+/// [`len`](Self::len) — the bytes to publish.
+///
+/// ```
+/// # use core::sync::atomic::AtomicU64;
+/// # use ring_core::mem::RawMem;
+/// use embedded_io::Write;
+/// use ring_core::loan::SpanWriter;
+/// use ring_core::vchan::{self, Orders, ServerOptions};
+/// # let orders = Orders::new(10, 11).unwrap();
+/// # let words: Vec<AtomicU64> = (0..vchan::FlatLayout::new(orders).size / 8).map(|_| AtomicU64::new(0)).collect();
+/// # let mem = RawMem::from_atomics(&words);
+/// # let mut server = vchan::serve_flat(mem, orders, ServerOptions::default()).unwrap();
+/// # let mut client = vchan::connect_flat(mem).unwrap();
+/// let sent = client.write_with(64, |mem, spans| {
+///     let mut w = SpanWriter::new(mem, spans);
+///     write!(w, "id={} ", 7).unwrap();
+///     w.write_at(0, b"ID").unwrap(); // patch a header in place
+///     w.len()
+/// }).unwrap();
+/// assert_eq!(sent.len, 5);
+/// let mut buf = [0u8; 5];
+/// server.read(&mut buf).unwrap();
+/// assert_eq!(&buf, b"ID=7 ");
+/// ```
+#[derive(Debug)]
+pub struct SpanWriter<'a, M: ?Sized> {
+    mem: &'a M,
+    spans: &'a [Span],
+    len: usize,
+}
+
+impl<'a, M: crate::mem::SharedMem + ?Sized> SpanWriter<'a, M> {
+    /// A writer at the start of `spans` of `mem`.
+    pub fn new(mem: &'a M, spans: &'a [Span]) -> Self {
+        SpanWriter { mem, spans, len: 0 }
+    }
+
+    /// Bytes written from the start (the furthest sequential write or
+    /// offset write reached).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing has been written.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes the spans hold in all.
+    pub fn capacity(&self) -> usize {
+        total(self.spans)
+    }
+
+    /// Writes `bytes` at `offset` from the start of the spans (a length
+    /// field filled in after the body, say); extends [`len`](Self::len) if
+    /// it writes past it.
+    ///
+    /// # Errors
+    ///
+    /// [`LoanError::Full`] if it would run past the spans.
+    pub fn write_at(&mut self, offset: usize, bytes: &[u8]) -> Result<(), LoanError> {
+        copy(self.mem, self.spans, offset, &mut [], Some(bytes))?;
+        self.len = self.len.max(offset + bytes.len());
+        Ok(())
+    }
+}
+
+impl<M: ?Sized> embedded_io::ErrorType for SpanWriter<'_, M> {
+    type Error = LoanError;
+}
+
+impl<M: crate::mem::SharedMem + ?Sized> embedded_io::Write for SpanWriter<'_, M> {
+    fn write(&mut self, buf: &[u8]) -> Result<usize, LoanError> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let n = buf.len().min(self.capacity() - self.len);
+        if n == 0 {
+            return Err(LoanError::Full);
+        }
+        let at = self.len;
+        self.write_at(at, buf.get(..n).unwrap_or_default())?;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> Result<(), LoanError> {
+        Ok(())
+    }
+}
+
+/// A cursor that reads loaned used space, in order, for the closure of an
+/// in-place read (`vchan::Endpoint::read_with`,
+/// `vmbus::pipe::PipeReader::read_with`): a parser reads straight out of
+/// the ring through it (`embedded_io::Read`, end of file at the end of the
+/// spans) or at offsets ([`read_at`](Self::read_at)), and the closure
+/// returns [`consumed`](Self::consumed) — the bytes to give back.
+#[derive(Debug)]
+pub struct SpanReader<'a, M: ?Sized> {
+    mem: &'a M,
+    spans: &'a [Span],
+    at: usize,
+}
+
+impl<'a, M: crate::mem::SharedMem + ?Sized> SpanReader<'a, M> {
+    /// A reader at the start of `spans` of `mem`.
+    pub fn new(mem: &'a M, spans: &'a [Span]) -> Self {
+        SpanReader { mem, spans, at: 0 }
+    }
+
+    /// Bytes read in order so far.
+    pub fn consumed(&self) -> usize {
+        self.at
+    }
+
+    /// Bytes the spans hold in all.
+    pub fn len(&self) -> usize {
+        total(self.spans)
+    }
+
+    /// Whether the spans hold nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Copies `buf.len()` bytes at `offset` from the start of the spans,
+    /// without moving the cursor.
+    ///
+    /// # Errors
+    ///
+    /// [`LoanError::Full`] if that runs past the spans.
+    pub fn read_at(&self, offset: usize, buf: &mut [u8]) -> Result<(), LoanError> {
+        copy(self.mem, self.spans, offset, buf, None)
+    }
+}
+
+impl<M: ?Sized> embedded_io::ErrorType for SpanReader<'_, M> {
+    type Error = LoanError;
+}
+
+impl<M: crate::mem::SharedMem + ?Sized> embedded_io::Read for SpanReader<'_, M> {
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, LoanError> {
+        let n = buf.len().min(self.len() - self.at);
+        let dst = buf.get_mut(..n).unwrap_or_default();
+        self.read_at(self.at, dst)?;
+        self.at += n;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mem::{RawMem, SharedMem};
+    use core::sync::atomic::AtomicU64;
+    use embedded_io::{Read, Write};
+    extern crate std;
+
+    #[test]
+    fn cursors_cross_span_boundaries_and_stop_at_the_end() {
+        let words: std::vec::Vec<AtomicU64> = (0..16).map(|_| AtomicU64::new(0)).collect();
+        let mem = RawMem::from_atomics(&words);
+        // A wrapped loan: 5 bytes at 120, then 6 at 0.
+        let spans = [
+            Span {
+                offset: 120,
+                len: 5,
+            },
+            Span { offset: 0, len: 6 },
+        ];
+        let mut w = SpanWriter::new(&mem, &spans);
+        assert_eq!(w.capacity(), 11);
+        assert_eq!(w.write(b"abcdefg"), Ok(7));
+        w.write_at(0, b"AB").unwrap();
+        assert_eq!(w.len(), 7);
+        assert_eq!(w.write(b"hijklmn"), Ok(4));
+        assert_eq!(w.write(b"x"), Err(LoanError::Full));
+        assert_eq!(w.write_at(10, b"yz"), Err(LoanError::Full));
+        assert_eq!(w.write_at(usize::MAX, b"yz"), Err(LoanError::Full));
+        let mut raw = [0u8; 5];
+        mem.read(120, &mut raw).unwrap();
+        assert_eq!(&raw, b"ABcde");
+        let mut r = SpanReader::new(&mem, &spans);
+        let mut all = [0u8; 16];
+        assert_eq!(r.read(&mut all[..3]), Ok(3));
+        assert_eq!(r.read(&mut all[3..]), Ok(8));
+        assert_eq!(&all[..11], b"ABcdefghijk");
+        assert_eq!(r.read(&mut all), Ok(0), "end of the spans is end of file");
+        assert_eq!(r.consumed(), 11);
+        let mut two = [0u8; 2];
+        r.read_at(4, &mut two).unwrap();
+        assert_eq!(&two, b"ef");
+        assert_eq!(r.read_at(10, &mut two), Err(LoanError::Full));
+    }
+}

@@ -241,3 +241,46 @@ fn a_reader_taking_one_byte_at_a_time_walks_many_packets() {
         .collect();
     run(8192, 4000, 7, &ops).unwrap();
 }
+
+#[test]
+fn a_serializer_writes_straight_into_pipe_packets_and_a_parser_reads_them() {
+    use embedded_io::{Read, Write};
+    use ring_core::loan::{SpanReader, SpanWriter};
+    let layout = RingLayout::new(4096, 65536).unwrap();
+    let words: Vec<AtomicU64> = (0..layout.total_size() / 8)
+        .map(|_| AtomicU64::new(0))
+        .collect();
+    let mem = RawMem::from_atomics(&words);
+    initialize_ring(&mem, layout).unwrap();
+    let mut w = PipeWriter::new(OutgoingRing::new(mem, layout).unwrap());
+    let mut r = PipeReader::new(IncomingRing::new(mem, layout).unwrap());
+    // 3 000 records of text, written in place across several packets (the
+    // writer offers up to 32 packets' data areas as one run of spans).
+    let mut expect = Vec::new();
+    let t = w
+        .write_with(40_000, |m, spans| {
+            let mut out = SpanWriter::new(m, spans);
+            for i in 0..3000 {
+                if write!(out, "{i:04};").is_err() {
+                    break;
+                }
+                expect.extend_from_slice(format!("{i:04};").as_bytes());
+            }
+            out.len()
+        })
+        .unwrap();
+    assert_eq!(t.len, expect.len());
+    assert!(t.len > 4096 * 2, "several packets: {}", t.len);
+    let mut got = vec![0u8; expect.len()];
+    let t = r
+        .read_with(usize::MAX, |m, spans| {
+            let mut input = SpanReader::new(m, spans);
+            let n = input.read(&mut got).unwrap();
+            assert_eq!(input.read(&mut [0u8; 1]).unwrap(), 0);
+            n
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(t.len, expect.len());
+    assert!(got == expect);
+}
