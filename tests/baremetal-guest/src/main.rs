@@ -4,15 +4,16 @@
 //!
 //! QEMU boots it through the PVH ELF note (`src/boot.s`), the guest finds
 //! the ivshmem device on PCI bus 0, wraps BAR2 in [`RawMem`] and connects to
-//! the vchan the host laid out at its start as the server. Then, polling
-//! only:
+//! the vchan the host laid out at its start as the server. Then, on
+//! ring-core's blocking layer with a signal that only spins (or, with
+//! `ivshmem-doorbell`, on MSI-X: see [`interrupt_run`] and [`irq`]):
 //!
 //! 1. receive a 16-byte header packet: [`HEADER_MAGIC`], stream length;
 //! 2. read the stream, send every byte back XOR [`TRANSFORM`];
 //! 3. send a 16-byte trailer packet: bytes received, FNV-1a 64 of them;
 //! 4. wait for the host to close the vchan, and close it too;
-//! 5. answer VMBus requests on two packet rings further up the BAR (see
-//!    [`vmbus_echo`]);
+//! 5. answer VMBus requests on two packet rings further up the BAR, polling
+//!    (see [`vmbus_echo`]; not in the interrupt run);
 //! 6. exit through `isa-debug-exit` (QEMU status 33).
 //!
 //! Any failure prints a line and exits with status 35; a panic does too.
@@ -27,9 +28,12 @@ mod pci;
 mod vmbus_echo;
 mod x86;
 
+use core::cell::Cell;
+use core::convert::Infallible;
 use core::fmt::Write;
 use core::hint::spin_loop;
 use ring_core::mem::RawMem;
+use ring_core::signal::Signal;
 use ring_core::vchan::{self, Endpoint, Error, FlatLayout};
 use x86::{exit, Serial, EXIT_FAIL, EXIT_PASS};
 
@@ -97,9 +101,18 @@ pub extern "C" fn rust_main(start_info: u32) -> ! {
     else {
         fail("BAR2 is not 8-byte aligned");
     };
-    match echo(mem) {
-        Ok((len, sum)) => {
-            let _ = writeln!(out, "guest: vchan echoed {len} bytes, fnv {sum:#018x}");
+    match echo(
+        mem,
+        PollSignal {
+            polls: Cell::new(0),
+        },
+    ) {
+        Ok((len, sum, sig)) => {
+            let _ = writeln!(
+                out,
+                "guest: vchan echoed {len} bytes, fnv {sum:#018x}; polls that found nothing to do {}",
+                sig.polls.get()
+            );
         }
         Err(e) => {
             let _ = writeln!(out, "guest: vchan error: {e}");
@@ -142,20 +155,23 @@ pub extern "C" fn rust_main(start_info: u32) -> ! {
     exit(EXIT_PASS);
 }
 
-/// Retries a non-blocking vchan call until it stops saying `WouldBlock`,
-/// counting the retries in `spins`.
-///
-/// Polling only: the guest has no interrupts, so the notify flags in each
-/// `Transfer` are ignored (the host polls too).
-fn poll<T>(spins: &mut u64, mut op: impl FnMut() -> Result<T, Error>) -> Result<T, Error> {
-    loop {
-        match op() {
-            Err(Error::WouldBlock) => {
-                *spins += 1;
-                spin_loop();
-            }
-            other => return other,
-        }
+/// The signal of the polling run (`ivshmem-plain` has no interrupts):
+/// `notify` does nothing (the host polls too), `wait` is one spin, counted.
+struct PollSignal {
+    polls: Cell<u64>,
+}
+
+impl Signal for PollSignal {
+    type Error = Infallible;
+
+    fn notify(&self) -> Result<(), Infallible> {
+        Ok(())
+    }
+
+    fn wait(&self) -> Result<(), Infallible> {
+        self.polls.set(self.polls.get() + 1);
+        spin_loop();
+        Ok(())
     }
 }
 
@@ -166,69 +182,6 @@ fn fnv1a(mut hash: u64, bytes: &[u8]) -> u64 {
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
     hash
-}
-
-/// The guest's side of the exchange; returns the bytes echoed and their hash.
-fn echo(mem: RawMem<'_>) -> Result<(u64, u64), Error> {
-    let mut ep: Endpoint<RawMem<'_>> = vchan::connect_flat(mem)?;
-    // Retries on an empty ring (reads) and on a full ring (writes).
-    let (mut empty, mut full) = (0u64, 0u64);
-    let mut header = [0u8; 16];
-    let _ = poll(&mut empty, || ep.recv(&mut header))?;
-    let (magic, len) = split_words(&header);
-    if magic != HEADER_MAGIC {
-        let _ = writeln!(Serial, "guest: bad header magic {magic:#x}");
-        exit(EXIT_FAIL);
-    }
-    if FlatLayout::new(ep.orders()).size > vmbus_echo::H2G_AT {
-        fail("vchan rings would overlap the vmbus rings");
-    }
-    let _ = writeln!(
-        Serial,
-        "guest: connected (orders {} / {}), echoing {len} bytes",
-        ep.orders().left(),
-        ep.orders().right()
-    );
-
-    let mut buf = [0u8; 16 * 1024];
-    let mut hash = FNV_OFFSET;
-    let mut done = 0u64;
-    while done < len {
-        let want = buf
-            .len()
-            .min(usize::try_from(len - done).unwrap_or(usize::MAX));
-        let chunk = &mut buf[..want];
-        let got = poll(&mut empty, || ep.read(chunk))?.len;
-        if got == 0 {
-            return Err(Error::Closed);
-        }
-        let chunk = &mut buf[..got];
-        hash = fnv1a(hash, chunk);
-        for b in chunk.iter_mut() {
-            *b ^= TRANSFORM;
-        }
-        let mut sent = 0;
-        while sent < got {
-            sent += poll(&mut full, || ep.write(&buf[sent..got]))?.len;
-        }
-        done += got as u64;
-    }
-
-    let _ = writeln!(
-        Serial,
-        "guest: polls that found the ring empty {empty}, full {full}"
-    );
-    let mut trailer = [0u8; 16];
-    trailer[..8].copy_from_slice(&done.to_le_bytes());
-    trailer[8..].copy_from_slice(&hash.to_le_bytes());
-    let _ = poll(&mut full, || ep.send(&trailer))?;
-    // Wait for the host to close its end: it has read everything by then.
-    if poll(&mut empty, || ep.read(&mut [0u8; 1]))?.len != 0 {
-        let _ = writeln!(Serial, "guest: unexpected byte after the stream");
-        exit(EXIT_FAIL);
-    }
-    let _ = ep.close()?;
-    Ok((done, hash))
 }
 
 /// Where BAR0 (registers) and BAR1 (MSI-X table) go when unassigned: high
@@ -300,18 +253,18 @@ fn interrupt_run(dev: pci::Function) -> ! {
     }
     let signal = irq::DoorbellSignal {
         doorbell: (regs.base as usize + 12) as *mut u32,
-        seen: core::cell::Cell::new(0),
-        kicks: core::cell::Cell::new(0),
-        sleeps: core::cell::Cell::new(0),
+        seen: Cell::new(0),
+        kicks: Cell::new(0),
+        sleeps: Cell::new(0),
     };
     // Take the self-test's interrupt (it ends the first `hlt` at once).
-    let _ = ring_core::signal::Signal::wait(&signal);
+    let _ = signal.wait();
     let _ = writeln!(
         out,
         "guest: MSI-X self-test: peer {me} rang itself, interrupt {:?} taken",
         irq::counts()
     );
-    match echo_blocking(mem, signal) {
+    match echo(mem, signal) {
         Ok((len, sum, sig)) => {
             let (ours, other) = irq::counts();
             let _ = writeln!(
@@ -334,11 +287,15 @@ fn interrupt_run(dev: pci::Function) -> ! {
     }
 }
 
-/// [`echo`] on ring-core's blocking layer over `signal`.
-fn echo_blocking(
+/// The guest's side of the exchange, on ring-core's blocking layer over
+/// `signal` (a spin for the polling run, MSI-X and `hlt` for the
+/// interrupt run): the header, every byte back XOR [`TRANSFORM`], the
+/// trailer, then the host's close. Returns the bytes echoed, their hash and
+/// the signal (with its counts).
+fn echo<S: Signal<Error = Infallible>>(
     mem: RawMem<'_>,
-    signal: irq::DoorbellSignal,
-) -> Result<(u64, u64, irq::DoorbellSignal), vchan::BlockingError<core::convert::Infallible>> {
+    signal: S,
+) -> Result<(u64, u64, S), vchan::BlockingError<Infallible>> {
     let ep: Endpoint<RawMem<'_>> = vchan::connect_flat(mem)?;
     let mut s = vchan::Blocking::new(ep, signal);
     // As libxenvchan's client: one event once connected.
@@ -348,6 +305,9 @@ fn echo_blocking(
     let (magic, len) = split_words(&header);
     if magic != HEADER_MAGIC {
         fail("bad header magic");
+    }
+    if FlatLayout::new(s.endpoint().orders()).size > vmbus_echo::H2G_AT {
+        fail("vchan rings would overlap the vmbus rings");
     }
     let mut buf = [0u8; 16 * 1024];
     let mut hash = FNV_OFFSET;
