@@ -72,7 +72,7 @@ fn gate(handler: usize, cs: u16) -> [u64; 2] {
 }
 
 /// Installs the IDT, masks the 8259 PICs, enables the local APIC. Leaves
-/// interrupts off (they are on only inside [`wait`]).
+/// interrupts off (they are on only inside [`DoorbellSignal`]'s wait).
 pub fn init() {
     let cs: u16;
     // SAFETY: reads the code segment register; no memory is touched.
