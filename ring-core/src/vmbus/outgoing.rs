@@ -345,8 +345,23 @@ impl<M: SharedMem> OutgoingRing<M> {
         self.usable()?;
         let align = PACKET_ALIGN;
         let overhead = DESCRIPTOR_SIZE + P.next_multiple_of(align) + TRAILER_SIZE;
-        self.reserve(DESCRIPTOR_SIZE + P + align)?;
-        let mut room = self.available()?;
+        // The smallest packet (8 data bytes) with its trailer.
+        let short = overhead + align;
+        // What this call could lay out: `max` bytes in packets of `chunk`.
+        let packets = max.div_ceil(chunk.max(1)).clamp(1, MAX_SPANS / 2);
+        let wanted = max.saturating_add(packets.saturating_mul(overhead + align));
+        // As `write`: the cached read index first, one fresh load only when
+        // it shows too little, and the arm-and-re-check only when not even
+        // a short packet fits.
+        if (self.free() as usize).saturating_sub(align) < wanted {
+            self.refresh_read()?;
+        }
+        if (self.free() as usize).saturating_sub(align) < short {
+            self.make_room(short as u32)?;
+        } else {
+            self.disarm_pending()?;
+        }
+        let mut room = (self.free() as usize).saturating_sub(align);
         // (start of the packet, data bytes it can take)
         let mut plan: heapless::Vec<(u32, usize), { MAX_SPANS / 2 }> = heapless::Vec::new();
         let mut spans = SpanList::new();
