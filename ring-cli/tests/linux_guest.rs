@@ -272,6 +272,27 @@ impl Boot {
         self.guest.iter().find_map(|l| l.strip_prefix(prefix))
     }
 
+    /// Requires both ends to have ended cleanly (the guest program's code
+    /// 0, `ring ivshmem`'s exit 0) and returns the guest's `…-DIR ok` line.
+    fn clean_result(&self, dir: &str) -> &str {
+        assert_eq!(
+            self.guest_code(),
+            Some(0),
+            "guest: {:?}; host: {}",
+            self.guest,
+            self.host_err
+        );
+        assert!(
+            self.host.is_some_and(|s| s.success()),
+            "host: {}",
+            self.host_err
+        );
+        self.guest
+            .iter()
+            .find(|l| l.contains(&format!("-{dir} ok")))
+            .expect("the guest's result")
+    }
+
     /// The guest program's outcome code, from QEMU's exit status.
     fn guest_code(&self) -> Option<i32> {
         self.qemu.and_then(|s| s.code()).map(|c| c >> 1)
@@ -564,19 +585,7 @@ fn transfer_case(proto: &str, to_guest: bool, seed: u64) {
         &input,
         None,
     );
-    assert_eq!(
-        b.guest_code(),
-        Some(0),
-        "guest: {:?}; host: {}",
-        b.guest,
-        b.host_err
-    );
-    assert!(b.host.is_some_and(|s| s.success()), "host: {}", b.host_err);
-    let ok = b
-        .guest
-        .iter()
-        .find(|l| l.contains(&format!("-{dir} ok")))
-        .expect("the guest's result");
+    let ok = b.clean_result(dir);
     assert_eq!(field(ok, "bytes"), Some(bytes as f64));
     if !to_guest {
         assert_eq!(b.host_out.len(), bytes, "host: {}", b.host_err);
@@ -746,19 +755,7 @@ fn linux_guest_vchan_over_sysfs_resources() {
         &pattern(4, bytes),
         None,
     );
-    assert_eq!(
-        b.guest_code(),
-        Some(0),
-        "guest: {:?}; host: {}",
-        b.guest,
-        b.host_err
-    );
-    assert!(b.host.is_some_and(|s| s.success()), "host: {}", b.host_err);
-    let ok = b
-        .guest
-        .iter()
-        .find(|l| l.contains("-recv ok"))
-        .expect("the guest's result");
+    let ok = b.clean_result("recv");
     assert_eq!(field(ok, "bytes"), Some(bytes as f64));
     assert!(host_kicks(&b) > 0, "host: {}", b.host_err);
     println!("sysfs resources: {ok}");
