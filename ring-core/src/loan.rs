@@ -61,15 +61,30 @@ pub enum Drained {
     End,
 }
 
-/// What an in-place read attempt found, from the bytes it consumed
-/// (`None`: nothing to read, wake-up armed) and whether the closure was
-/// offered any: nothing consumed and nothing offered is the end of the
-/// stream.
-pub(crate) fn drained(took: Option<usize>, offered: bool) -> Option<Drained> {
-    took.map(|n| match n {
+/// One in-place read attempt for either protocol's blocking wrapper:
+/// `read` runs the protocol's read with the closure it is given (which
+/// passes the spans on to `drain`) and returns the bytes consumed (`None`:
+/// nothing to read, wake-up armed). Nothing consumed is the end of the
+/// stream unless `drain` was offered bytes and took none; a `max` of 0
+/// reads nothing.
+pub(crate) fn read_in_place<M: ?Sized, E>(
+    max: usize,
+    drain: impl FnOnce(&M, &[Span]) -> usize,
+    read: impl FnOnce(&mut dyn FnMut(&M, &[Span]) -> usize) -> Result<Option<usize>, E>,
+) -> Result<Option<Drained>, E> {
+    if max == 0 {
+        return Ok(Some(Drained::Took(0)));
+    }
+    let mut drain = Some(drain);
+    let mut offered = false;
+    let took = read(&mut |mem, spans| {
+        offered = true;
+        drain.take().map_or(0, |d| d(mem, spans))
+    })?;
+    Ok(took.map(|n| match n {
         0 if !offered => Drained::End,
         n => Drained::Took(n),
-    })
+    }))
 }
 
 /// Why a [`SpanWriter`] or [`SpanReader`] refused.

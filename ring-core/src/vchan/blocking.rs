@@ -249,21 +249,12 @@ impl<M: SharedMem, S: Signal> Blocking<M, S> {
         max: usize,
         drain: impl FnOnce(&M, &[Span]) -> usize,
     ) -> Attempt<Drained, Error, S::Error> {
-        if max == 0 {
-            return Ok(Some(Drained::Took(0)));
-        }
-        // Nothing read is the end of the stream unless `drain` was offered
-        // bytes and took none (the end may also be declared outside the
-        // ring: see `Side::read_with`).
-        let mut offered = false;
-        let took = self.side.read_with(&self.waiter, |ep| {
-            let t = ep.read_with(max, |mem, spans| {
-                offered = true;
-                drain(mem, spans)
-            })?;
-            Ok(t.unwrap_or(Transfer::NOTHING))
-        })?;
-        Ok(crate::loan::drained(took, offered))
+        crate::loan::read_in_place(max, drain, |offer| {
+            let (side, waiter) = (&mut self.side, &self.waiter);
+            side.read_with(waiter, |ep| {
+                Ok(ep.read_with(max, offer)?.unwrap_or(Transfer::NOTHING))
+            })
+        })
     }
 
     /// One non-blocking packet send (all of `buf` or nothing).

@@ -558,20 +558,10 @@ impl<M: SharedMem, S: Signal> BlockingPipe<M, S> {
         max: usize,
         drain: impl FnOnce(&M, &[Span]) -> usize,
     ) -> Attempt<Drained, Error, S::Error> {
-        if max == 0 {
-            return Ok(Some(Drained::Took(0)));
-        }
-        // Nothing read is the end of the stream unless `drain` was offered
-        // bytes and took none.
-        let mut offered = false;
-        let took = self.ends.read_with(&self.waiter, |r| {
-            let t = r.read_with(max, |mem, spans| {
-                offered = true;
-                drain(mem, spans)
-            })?;
-            Ok(t.unwrap_or_default())
-        })?;
-        Ok(crate::loan::drained(took, offered))
+        crate::loan::read_in_place(max, drain, |offer| {
+            let (ends, waiter) = (&mut self.ends, &self.waiter);
+            ends.read_with(waiter, |r| Ok(r.read_with(max, offer)?.unwrap_or_default()))
+        })
     }
 
     /// One non-blocking message send (one packet, at most 16 KiB).
