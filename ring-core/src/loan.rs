@@ -328,6 +328,48 @@ impl<M: crate::mem::SharedMem + ?Sized> embedded_io::Read for SpanReader<'_, M> 
     }
 }
 
+/// The cursors as `std::io` streams, for serializers and parsers written
+/// against `std::io::{Write, Read}` (serde_json, bincode, prost, ...).
+///
+/// A full [`SpanWriter`] takes nothing (`Ok(0)`), so `write_all` reports
+/// [`std::io::ErrorKind::WriteZero`] once the loan is used up; a
+/// [`SpanReader`] at the end of its spans reads `Ok(0)`, end of file.
+#[cfg(feature = "std")]
+mod std_io {
+    use super::{LoanError, SpanReader, SpanWriter};
+    use crate::mem::SharedMem;
+    use std::io;
+
+    impl From<LoanError> for io::Error {
+        fn from(e: LoanError) -> Self {
+            let kind = match e {
+                LoanError::Full => io::ErrorKind::WriteZero,
+                LoanError::Memory(_) => io::ErrorKind::InvalidInput,
+            };
+            io::Error::new(kind, e)
+        }
+    }
+
+    impl<M: SharedMem + ?Sized> io::Write for SpanWriter<'_, M> {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            match embedded_io::Write::write(self, buf) {
+                Err(LoanError::Full) => Ok(0),
+                r => Ok(r?),
+            }
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<M: SharedMem + ?Sized> io::Read for SpanReader<'_, M> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            Ok(embedded_io::Read::read(self, buf)?)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -371,5 +413,38 @@ mod tests {
         r.read_at(4, &mut two).unwrap();
         assert_eq!(&two, b"ef");
         assert_eq!(r.read_at(10, &mut two), Err(LoanError::Full));
+    }
+}
+
+#[cfg(all(test, feature = "std"))]
+mod std_tests {
+    use super::*;
+    use crate::mem::RawMem;
+    use core::sync::atomic::AtomicU64;
+    use std::io::{ErrorKind, Read, Write};
+
+    /// The same wrapped loan through `std::io`: `write_all` past the end
+    /// is `WriteZero` after filling what fits; `read_to_end` stops at the
+    /// end of the spans.
+    #[test]
+    fn cursors_are_std_io_streams() {
+        let words: std::vec::Vec<AtomicU64> = (0..16).map(|_| AtomicU64::new(0)).collect();
+        let mem = RawMem::from_atomics(&words);
+        let spans = [
+            Span {
+                offset: 124,
+                len: 4,
+            },
+            Span { offset: 8, len: 4 },
+        ];
+        let mut w = SpanWriter::new(&mem, &spans);
+        write!(w, "{:03}-", 42).unwrap();
+        let err = w.write_all(b"abcdef").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::WriteZero);
+        assert_eq!(w.len(), 8);
+        let mut r = SpanReader::new(&mem, &spans);
+        let mut out = std::vec::Vec::new();
+        assert_eq!(r.read_to_end(&mut out).unwrap(), 8);
+        assert_eq!(&out, b"042-abcd");
     }
 }

@@ -1,5 +1,7 @@
 //! Turning ring errors into `std::io` errors, once for both protocols.
 
+use ring_core::loan::{Span, SpanReader, SpanWriter};
+use ring_core::mem::SharedMem;
 use ring_core::signal::BlockingError;
 use std::io;
 
@@ -51,5 +53,51 @@ pub fn io_error<R: IoKind, S: Into<io::Error>>(e: BlockingError<R, S>) -> io::Er
         BlockingError::Signal(e) => e.into(),
         BlockingError::Ring(e) => ring_io_error(e),
         BlockingError::PeerGone => io::Error::new(io::ErrorKind::BrokenPipe, "the peer is gone"),
+    }
+}
+
+/// Runs a caller's in-place writer over the offered spans: the bytes to
+/// publish are all it wrote if it succeeded, none if it failed (its error
+/// is kept in `failed`).
+pub(crate) fn fill_spans<M: SharedMem>(
+    mem: &M,
+    spans: &[Span],
+    fill: impl FnOnce(&mut SpanWriter<'_, M>) -> io::Result<()>,
+    failed: &mut Option<io::Error>,
+) -> usize {
+    let mut w = SpanWriter::new(mem, spans);
+    match fill(&mut w) {
+        Ok(()) => w.len(),
+        Err(e) => {
+            *failed = Some(e);
+            0
+        }
+    }
+}
+
+/// Runs a caller's in-place reader over the offered spans: the bytes to
+/// give back are those it read in order if it succeeded, none if it failed
+/// (its error is kept in `failed`).
+pub(crate) fn drain_spans<M: SharedMem>(
+    mem: &M,
+    spans: &[Span],
+    drain: impl FnOnce(&mut SpanReader<'_, M>) -> io::Result<()>,
+    failed: &mut Option<io::Error>,
+) -> usize {
+    let mut r = SpanReader::new(mem, spans);
+    match drain(&mut r) {
+        Ok(()) => r.consumed(),
+        Err(e) => {
+            *failed = Some(e);
+            0
+        }
+    }
+}
+
+/// The caller's error if its closure failed, else `ok`.
+pub(crate) fn or_failed<T>(ok: T, failed: Option<io::Error>) -> io::Result<T> {
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(ok),
     }
 }

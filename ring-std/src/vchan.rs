@@ -1,7 +1,8 @@
 //! Blocking `std::io` over a vchan endpoint, and in-process pairs.
 
-use crate::io::io_error;
+use crate::io::{drain_spans, fill_spans, io_error, or_failed};
 use crate::{HeapMem, InProcessSignal};
+use ring_core::loan::{Drained, SpanReader, SpanWriter};
 use ring_core::mem::SharedMem;
 use ring_core::signal::Signal;
 use ring_core::vchan::{self, Blocking, BlockingError, Endpoint, Error, Orders, ServerOptions};
@@ -42,6 +43,81 @@ where
     /// Receives exactly `buf.len()` bytes as one packet.
     pub fn recv(&mut self, buf: &mut [u8]) -> io::Result<()> {
         self.inner.recv(buf).map_err(io_error)
+    }
+
+    /// Writes in place: waits until `want` bytes are free (at most the
+    /// ring's capacity), lets `fill` write them straight into the ring
+    /// through a [`SpanWriter`] (`std::io::Write`, plus
+    /// [`write_at`](SpanWriter::write_at) for fields filled in last), and
+    /// publishes what it wrote in one piece. If `fill` fails, nothing is
+    /// published and its error is returned.
+    ///
+    /// Returns the bytes published.
+    ///
+    /// ```
+    /// use std::io::{Read, Write};
+    /// let (mut a, mut b) = ring_std::vchan::pair(4096, 4096).unwrap();
+    /// // A length-prefixed record, serialized in the ring itself.
+    /// let n = a
+    ///     .write_in_place(64, |w| {
+    ///         w.write_all(&[0; 2])?; // length, patched below
+    ///         write!(w, "temperature={:.1}", 21.5)?;
+    ///         let body = (w.len() - 2) as u16;
+    ///         Ok(w.write_at(0, &body.to_le_bytes())?)
+    ///     })
+    ///     .unwrap();
+    /// assert_eq!(n, 18);
+    /// // The reader parses in place too.
+    /// let mut text = String::new();
+    /// b.read_in_place(n, |r| {
+    ///     let mut len = [0u8; 2];
+    ///     r.read_exact(&mut len)?;
+    ///     r.take(u16::from_le_bytes(len).into()).read_to_string(&mut text)?;
+    ///     Ok(())
+    /// })
+    /// .unwrap();
+    /// assert_eq!(text, "temperature=21.5");
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As for [`std::io::Write::write`], and `fill`'s own.
+    pub fn write_in_place(
+        &mut self,
+        want: usize,
+        fill: impl FnOnce(&mut SpanWriter<'_, M>) -> io::Result<()>,
+    ) -> io::Result<usize> {
+        let mut failed = None;
+        let n = self
+            .inner
+            .write_with(want, |mem, spans| fill_spans(mem, spans, fill, &mut failed))
+            .map_err(io_error)?;
+        or_failed(n, failed)
+    }
+
+    /// Reads in place: waits for bytes, lets `drain` read up to `max` of
+    /// them straight out of the ring through a [`SpanReader`]
+    /// (`std::io::Read`, end of file at the end of what is offered, plus
+    /// [`read_at`](SpanReader::read_at)), and gives back to the writer
+    /// what it read in order. If `drain` fails, nothing is given back
+    /// and its error is returned.
+    ///
+    /// # Errors
+    ///
+    /// As for [`std::io::Read::read`], and `drain`'s own.
+    pub fn read_in_place(
+        &mut self,
+        max: usize,
+        drain: impl FnOnce(&mut SpanReader<'_, M>) -> io::Result<()>,
+    ) -> io::Result<Drained> {
+        let mut failed = None;
+        let d = self
+            .inner
+            .read_with(max, |mem, spans| {
+                drain_spans(mem, spans, drain, &mut failed)
+            })
+            .map_err(io_error)?;
+        or_failed(d, failed)
     }
 
     /// Closes our end and wakes the peer.

@@ -11,8 +11,9 @@
 //! assert_eq!((info.transaction_id, &buf[..4], len), (1, &b"ping"[..], 8));
 //! ```
 
-use crate::io::io_error;
+use crate::io::{drain_spans, fill_spans, io_error, or_failed};
 use crate::{HeapMem, InProcessSignal};
+use ring_core::loan::{Drained, SpanReader, SpanWriter};
 use ring_core::mem::SharedMem;
 use ring_core::signal::Signal;
 use ring_core::vmbus::pipe::{PipeReader, PipeWriter};
@@ -108,6 +109,77 @@ where
     /// The blocking pipe inside.
     pub fn blocking(&mut self) -> &mut BlockingPipe<M, S> {
         &mut self.inner
+    }
+
+    /// Writes in place: waits until one packet with `want` data bytes
+    /// fits (`want` is clamped to the pipe's chunk, at most 16 KiB), lets
+    /// `fill` write them straight into the ring through a [`SpanWriter`]
+    /// (`std::io::Write`, plus [`write_at`](SpanWriter::write_at)), and
+    /// commits what it wrote as one packet. If `fill` fails, nothing is
+    /// committed and its error is returned.
+    ///
+    /// Returns the bytes committed.
+    ///
+    /// ```
+    /// use std::io::{Read, Write};
+    /// let (mut a, mut b) = ring_std::vmbus::pipe_pair(16 * 4096).unwrap();
+    /// let n = a.write_in_place(4096, |w| {
+    ///     for i in 0..100u32 {
+    ///         w.write_all(&i.to_le_bytes())?;
+    ///     }
+    ///     Ok(())
+    /// }).unwrap();
+    /// assert_eq!(n, 400);
+    /// let mut sum = 0u32;
+    /// b.read_in_place(4096, |r| {
+    ///     let mut word = [0u8; 4];
+    ///     while r.read(&mut word)? == 4 {
+    ///         sum += u32::from_le_bytes(word);
+    ///     }
+    ///     Ok(())
+    /// }).unwrap();
+    /// assert_eq!(sum, (0..100).sum());
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As for [`std::io::Write::write`], and `fill`'s own.
+    pub fn write_in_place(
+        &mut self,
+        want: usize,
+        fill: impl FnOnce(&mut SpanWriter<'_, M>) -> io::Result<()>,
+    ) -> io::Result<usize> {
+        let mut failed = None;
+        let n = self
+            .inner
+            .write_with(want, |mem, spans| fill_spans(mem, spans, fill, &mut failed))
+            .map_err(io_error)?;
+        or_failed(n, failed)
+    }
+
+    /// Reads in place: waits for bytes, lets `drain` read up to `max` of
+    /// them (across packets) straight out of the ring through a
+    /// [`SpanReader`] (`std::io::Read`, plus
+    /// [`read_at`](SpanReader::read_at)), and gives back what it read in
+    /// order. If `drain` fails, nothing is given back and its error is
+    /// returned.
+    ///
+    /// # Errors
+    ///
+    /// As for [`std::io::Read::read`], and `drain`'s own.
+    pub fn read_in_place(
+        &mut self,
+        max: usize,
+        drain: impl FnOnce(&mut SpanReader<'_, M>) -> io::Result<()>,
+    ) -> io::Result<Drained> {
+        let mut failed = None;
+        let d = self
+            .inner
+            .read_with(max, |mem, spans| {
+                drain_spans(mem, spans, drain, &mut failed)
+            })
+            .map_err(io_error)?;
+        or_failed(d, failed)
     }
 
     /// Sends end of stream.

@@ -346,6 +346,71 @@ impl<M: SharedMem, S: Signal> Blocking<M, S> {
         )
     }
 
+    /// Writes in place: blocks until `want` bytes are free (at most the
+    /// ring's capacity), then offers exactly those to `fill` as spans of
+    /// the ring (see [`Endpoint::write_with`]) and publishes the first `n`
+    /// under one index store, where `n` is what `fill` returns. So a
+    /// serializer that knows its message's bound writes it straight into
+    /// the ring, through a [`SpanWriter`](crate::loan::SpanWriter), and the
+    /// peer sees all of it or none.
+    ///
+    /// Returns the bytes published (0 if `want` is 0).
+    ///
+    /// # Errors
+    ///
+    /// As [`write`](Self::write).
+    pub fn write_with(
+        &mut self,
+        want: usize,
+        fill: impl FnOnce(&M, &[Span]) -> usize,
+    ) -> Result<usize, BlockingError<S::Error>> {
+        let want = want.min(self.side.ep.write_capacity());
+        if want == 0 {
+            return Ok(0);
+        }
+        let mut fill = Some(fill);
+        self.waiter.block(
+            &mut self.side,
+            |s| write_ready(&mut s.ep, want),
+            |s, w| {
+                w.writable()?;
+                if s.ep.arm_writable(want)? == Readiness::Armed {
+                    return w.nothing();
+                }
+                let r =
+                    s.ep.write_with(want, |mem, spans| fill.take().map_or(0, |f| f(mem, spans)));
+                s.wrote(w, r)
+            },
+        )
+    }
+
+    /// Reads in place: blocks until there is something to read, then
+    /// offers up to `max` readable bytes to `drain` (see
+    /// [`Endpoint::read_with`]) and gives back the first `n` it returns.
+    ///
+    /// # Errors
+    ///
+    /// As [`read`](Self::read).
+    pub fn read_with(
+        &mut self,
+        max: usize,
+        drain: impl FnOnce(&M, &[Span]) -> usize,
+    ) -> Result<Drained, BlockingError<S::Error>> {
+        let mut drain = Some(drain);
+        self.waiter.block(
+            &mut self.side,
+            |s| read_ready(&mut s.ep, 1),
+            |s, w| {
+                let once = |mem: &M, spans: &[Span]| drain.take().map_or(0, |d| d(mem, spans));
+                crate::loan::read_in_place(max, once, |offer| {
+                    s.read_with(w, |ep| {
+                        Ok(ep.read_with(max, offer)?.unwrap_or(Transfer::NOTHING))
+                    })
+                })
+            },
+        )
+    }
+
     /// Sends `bufs` as one packet (all or nothing); see
     /// [`Endpoint::send_vectored`].
     pub fn send_vectored<B: core::ops::Deref<Target = [u8]>>(

@@ -657,6 +657,76 @@ impl<M: SharedMem, S: Signal> BlockingPipe<M, S> {
         )
     }
 
+    /// Writes in place: blocks until one packet with `want` data bytes
+    /// fits (`want` is clamped to the pipe's chunk, at most 16 KiB), then
+    /// offers exactly that data area to `fill` as spans of the ring (see
+    /// [`PipeWriter::write_with`]) and commits the first `n` bytes it
+    /// returns as one packet. A serializer whose message fits a chunk
+    /// writes it straight into the ring, through a
+    /// [`SpanWriter`](crate::loan::SpanWriter), and the peer sees all of
+    /// it or none. While it waits, `pending_send_size` asks the reader for
+    /// exactly that room.
+    ///
+    /// Returns the bytes committed (0 if `want` is 0).
+    ///
+    /// # Errors
+    ///
+    /// As [`write`](Self::write).
+    pub fn write_with(
+        &mut self,
+        want: usize,
+        fill: impl FnOnce(&M, &[Span]) -> usize,
+    ) -> Result<usize, BlockingError<S::Error>> {
+        let want = want.min(self.ends.writer.chunk());
+        if want == 0 {
+            return Ok(0);
+        }
+        // The packet without its trailer, and with it (as `room` counts).
+        let packet = super::layout::DESCRIPTOR_SIZE + super::pipe::PIPE_HEADER_SIZE + want;
+        let occupies = packet.next_multiple_of(8) + 8;
+        let mut fill = Some(fill);
+        self.waiter.block(
+            &mut self.ends,
+            |e| e.room(occupies),
+            |e, w| {
+                e.write_with(w, |wr| {
+                    if !wr.ring().wait_for_space(packet)? {
+                        return Err(Error::Full {
+                            needed: occupies,
+                            available: 0,
+                        });
+                    }
+                    wr.write_with(want, |mem, spans| fill.take().map_or(0, |f| f(mem, spans)))
+                })
+            },
+        )
+    }
+
+    /// Reads in place: blocks until there is something to read, then
+    /// offers up to `max` bytes to `drain` (see [`PipeReader::read_with`])
+    /// and gives back the first `n` it returns.
+    ///
+    /// # Errors
+    ///
+    /// As [`read`](Self::read).
+    pub fn read_with(
+        &mut self,
+        max: usize,
+        drain: impl FnOnce(&M, &[Span]) -> usize,
+    ) -> Result<Drained, BlockingError<S::Error>> {
+        let mut drain = Some(drain);
+        self.waiter.block(
+            &mut self.ends,
+            |e| e.readable(),
+            |e, w| {
+                let once = |mem: &M, spans: &[Span]| drain.take().map_or(0, |d| d(mem, spans));
+                crate::loan::read_in_place(max, once, |offer| {
+                    e.read_with(w, |r| Ok(r.read_with(max, offer)?.unwrap_or_default()))
+                })
+            },
+        )
+    }
+
     /// Writes all of `buf`.
     ///
     /// # Errors

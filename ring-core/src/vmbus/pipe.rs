@@ -133,6 +133,11 @@ impl<M: SharedMem> PipeWriter<M> {
         self.chunk = chunk.min(MAX_PIPE_PAYLOAD).min(ring_max).max(1);
     }
 
+    /// The data bytes per byte-mode packet (see [`set_chunk`](Self::set_chunk)).
+    pub fn chunk(&self) -> usize {
+        self.chunk
+    }
+
     /// The ring underneath.
     pub fn ring(&mut self) -> &mut OutgoingRing<M> {
         &mut self.ring
