@@ -570,7 +570,7 @@ impl From<&str> for Failure {
 impl From<Error> for Failure {
     fn from(e: Error) -> Self {
         let code = match &e {
-            Error::Ring(ring_core::vchan::Error::Corrupt(_))
+            Error::Vchan(ring_core::vchan::Error::Corrupt(_))
             | Error::Vmbus(ring_core::vmbus::Error::Corrupt(_)) => exit::CORRUPT,
             Error::Closed => exit::UNDELIVERED,
             Error::PeerGone => exit::PEER_GONE,

@@ -147,7 +147,7 @@ pub(crate) fn pipe_ends(s: &mut impl PollStream, end: PipeEnd, ends: &mut Ends<'
         Err(Stop::Ring(e)) => {
             // Whatever the reason, hand on what the peer left in the ring
             // before saying so (the output stays a prefix of what it sent).
-            if !matches!(e, Error::Ring(_) | Error::Vmbus(_)) {
+            if !matches!(e, Error::Vchan(_) | Error::Vmbus(_)) {
                 let _ = drain_rest(s, &mut tally, ends);
             }
             let _ = s.close();

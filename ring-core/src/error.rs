@@ -2,6 +2,59 @@
 
 use core::fmt;
 
+/// What an error means for the caller, the same for both protocols: try
+/// again later, or stop. Every protocol error has exactly one class
+/// (`vchan::Error::class`, `vmbus::Error::class`), and the `std::io`
+/// mapping (with the `std` feature) follows from it alone, so it is
+/// written once.
+///
+/// ```
+/// use ring_core::error::ErrorClass;
+/// use ring_core::vmbus;
+/// let full = vmbus::Error::Full { needed: 4096, available: 100 };
+/// assert_eq!(full.class(), ErrorClass::Retry);
+/// assert!(full.class().is_retry());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorClass {
+    /// Nothing can move now; the wake-up request is armed. Wait for the
+    /// peer's event and try again. (vchan `WouldBlock`, VMBus `Empty` and
+    /// `Full`, whose fields say how much room was needed and free.)
+    Retry,
+    /// The stream is over in this direction: the peer closed, or we did.
+    Closed,
+    /// The peer broke the protocol; the endpoint or ring is poisoned and
+    /// every later call fails the same way.
+    Corrupt,
+    /// The caller asked for something the ring can never do (a packet
+    /// larger than the ring, a malformed packet, a read past a payload, a
+    /// wait while holding read bytes). Nothing changed.
+    Usage,
+    /// Setting the ring up failed (layout, sizes, memory too small).
+    Setup,
+}
+
+impl ErrorClass {
+    /// Whether trying again after the peer's next event can succeed.
+    pub fn is_retry(self) -> bool {
+        self == ErrorClass::Retry
+    }
+
+    /// The `std::io` error kind of this class (`WouldBlock`, `BrokenPipe`,
+    /// `InvalidData`, `InvalidInput`).
+    #[cfg(feature = "std")]
+    pub fn io_kind(self) -> std::io::ErrorKind {
+        use std::io::ErrorKind;
+        match self {
+            ErrorClass::Retry => ErrorKind::WouldBlock,
+            ErrorClass::Closed => ErrorKind::BrokenPipe,
+            ErrorClass::Corrupt => ErrorKind::InvalidData,
+            ErrorClass::Usage | ErrorClass::Setup => ErrorKind::InvalidInput,
+        }
+    }
+}
+
 /// The peer broke the protocol. `what` names the rule it broke.
 ///
 /// Once an endpoint has seen corruption it is *poisoned*: every later call
@@ -11,6 +64,18 @@ use core::fmt;
 pub struct Corrupt {
     /// The rule the peer broke, in a few words.
     pub what: &'static str,
+}
+
+/// The `embedded-io` kind of a class (its `Other` stands for "retry":
+/// embedded-io has no would-block kind).
+pub(crate) fn embedded_kind(class: ErrorClass) -> embedded_io::ErrorKind {
+    use embedded_io::ErrorKind;
+    match class {
+        ErrorClass::Retry => ErrorKind::Other,
+        ErrorClass::Closed => ErrorKind::BrokenPipe,
+        ErrorClass::Corrupt => ErrorKind::InvalidData,
+        ErrorClass::Usage | ErrorClass::Setup => ErrorKind::InvalidInput,
+    }
 }
 
 impl fmt::Display for Corrupt {

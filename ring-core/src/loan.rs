@@ -89,6 +89,7 @@ pub(crate) fn read_in_place<M: ?Sized, E>(
 
 /// Why a [`SpanWriter`] or [`SpanReader`] refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum LoanError {
     /// The spans are full (a write) or an offset write runs past them.
     Full,

@@ -28,6 +28,7 @@ use core::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicU8, Ordering};
 /// door, so this error means a mapping that is smaller than the layout says
 /// or a bug, never a peer's doing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum MemError {
     /// `offset + len` lies beyond the end of the memory.
     OutOfBounds {

@@ -112,6 +112,10 @@ impl Signal for NoSignal {
 /// Why a blocking call failed: the ring said no (`R`, the protocol's own
 /// error), the host's [`Signal`] failed (`S`, e.g. a timeout or a dead
 /// fd), or the peer is gone. Both protocols' blocking wrappers use it.
+///
+/// Deliberately exhaustive: these three are the only ways a wait can end
+/// badly, and callers match them to pick an exit path; new failure
+/// reasons go in the protocol's error (`R`), which is non-exhaustive.
 #[derive(Debug, PartialEq, Eq)]
 pub enum BlockingError<R, S> {
     /// The ring said no (closed, corrupt, too large, ...).
@@ -134,7 +138,16 @@ impl<R: core::fmt::Display, S: core::fmt::Debug> core::fmt::Display for Blocking
     }
 }
 
-impl<R: core::error::Error, S: core::fmt::Debug> core::error::Error for BlockingError<R, S> {}
+impl<R: core::error::Error + 'static, S: core::fmt::Debug> core::error::Error
+    for BlockingError<R, S>
+{
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            BlockingError::Ring(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 impl<R: embedded_io::Error, S: core::fmt::Debug> embedded_io::Error for BlockingError<R, S> {
     fn kind(&self) -> embedded_io::ErrorKind {

@@ -253,7 +253,7 @@ fn place_rings(
 ///
 /// # Errors
 ///
-/// [`Error::Attach`] naming the offset or size at fault, [`Error::Ring`]
+/// [`Error::Attach`] naming the offset or size at fault, [`Error::Vchan`]
 /// if the control page refuses (server not live, bad orders).
 pub fn vchan(
     mem: Arc<MemFd>,

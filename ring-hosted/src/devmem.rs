@@ -68,7 +68,7 @@ pub enum DevError {
         path: PathBuf,
     },
     /// The ring refused to set up or move bytes.
-    Ring(ring_core::vchan::Error),
+    Vchan(ring_core::vchan::Error),
     /// A VMBus ring refused to set up or move packets.
     Vmbus(ring_core::vmbus::Error),
     /// xenstored answered a request with an error.
@@ -119,7 +119,7 @@ impl fmt::Display for DevError {
             DevError::Invalid { path, what } => write!(f, "{}: {what}", path.display()),
             DevError::Closed => f.write_str("device channel closed"),
             DevError::TimedOut { path } => write!(f, "{}: timed out waiting", path.display()),
-            DevError::Ring(e) => e.fmt(f),
+            DevError::Vchan(e) => e.fmt(f),
             DevError::Vmbus(e) => e.fmt(f),
             DevError::Xenstore { op, path, errno } => {
                 write!(f, "xenstore {op} {path}: {errno}")
@@ -132,7 +132,7 @@ impl std::error::Error for DevError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             DevError::Io { source, .. } => Some(source),
-            DevError::Ring(e) => Some(e),
+            DevError::Vchan(e) => Some(e),
             DevError::Vmbus(e) => Some(e),
             _ => None,
         }
@@ -143,7 +143,7 @@ impl From<ring_core::vchan::Error> for DevError {
     fn from(e: ring_core::vchan::Error) -> Self {
         match e {
             ring_core::vchan::Error::Closed => DevError::Closed,
-            other => DevError::Ring(other),
+            other => DevError::Vchan(other),
         }
     }
 }
@@ -176,7 +176,7 @@ impl From<ring_core::vmbus::BlockingError<DevError>> for DevError {
 
 impl From<MemError> for DevError {
     fn from(e: MemError) -> Self {
-        DevError::Ring(ring_core::vchan::Error::Memory(e))
+        DevError::Vchan(ring_core::vchan::Error::Memory(e))
     }
 }
 

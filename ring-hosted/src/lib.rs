@@ -104,8 +104,8 @@ pub enum Error {
         /// The uid we accept.
         expected: u32,
     },
-    /// The ring refused (set-up error, corruption, a packet too large).
-    Ring(ring_core::vchan::Error),
+    /// A vchan ring refused (set-up error, corruption, a packet too large).
+    Vchan(ring_core::vchan::Error),
     /// A VMBus ring refused (set-up error, corruption, a packet too large).
     Vmbus(ring_core::vmbus::Error),
     /// The peer closed the ring: no more data will come, and it takes no
@@ -151,7 +151,7 @@ impl fmt::Display for Error {
             Error::ForeignPeer { uid, expected } => {
                 write!(f, "peer runs as uid {uid}, only uid {expected} is accepted")
             }
-            Error::Ring(e) => e.fmt(f),
+            Error::Vchan(e) => write!(f, "vchan: {e}"),
             Error::Vmbus(e) => write!(f, "vmbus: {e}"),
             Error::Closed => f.write_str("peer closed the ring"),
             Error::PeerGone => f.write_str("peer died or hung up"),
@@ -173,6 +173,8 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Os { source, .. } => Some(source),
+            Error::Vchan(e) => Some(e),
+            Error::Vmbus(e) => Some(e),
             _ => None,
         }
     }
@@ -182,7 +184,7 @@ impl From<ring_core::vchan::Error> for Error {
     fn from(e: ring_core::vchan::Error) -> Self {
         match e {
             ring_core::vchan::Error::Closed => Error::Closed,
-            other => Error::Ring(other),
+            other => Error::Vchan(other),
         }
     }
 }
@@ -224,7 +226,10 @@ impl From<Error> for io::Error {
             Error::Attach(_) => io::ErrorKind::InvalidInput,
             Error::InUse { .. } => io::ErrorKind::AddrInUse,
             Error::NotASocket { .. } => io::ErrorKind::InvalidInput,
-            Error::Handshake(_) | Error::Ring(_) | Error::Vmbus(_) => io::ErrorKind::InvalidData,
+            Error::Handshake(_) => io::ErrorKind::InvalidData,
+            // The core's one mapping, by the error's class.
+            Error::Vchan(e) => e.class().io_kind(),
+            Error::Vmbus(e) => e.class().io_kind(),
         };
         io::Error::new(kind, e)
     }

@@ -894,7 +894,7 @@ pub fn serve_client(mut sock: UnixStream, config: &ServerConfig) -> Result<Sessi
 
 fn setup_vchan(config: &ServerConfig, signal: EventSignal) -> Result<(Session, Welcome), Error> {
     let orders = Orders::for_sizes(config.read_size, config.write_size)
-        .map_err(|e| Error::Ring(e.into()))?;
+        .map_err(|e| Error::Vchan(e.into()))?;
     let layout = FlatLayout::new(orders);
     let mem = Arc::new(MemFd::create("ring-vchan", layout.size)?);
     let ep = vchan::serve_flat(mem, orders, ServerOptions::default())?;
@@ -991,7 +991,7 @@ pub fn connect(path: &Path, proto: Proto) -> Result<Session, Error> {
 ///
 /// [`Error::Os`] if the socket cannot be reached, [`Error::Handshake`] for
 /// a bad or refusing welcome, [`Error::BadFd`] for fds that are not a
-/// sealed memfd of the announced size and two eventfds, [`Error::Ring`] if
+/// sealed memfd of the announced size and two eventfds, [`Error::Vchan`] if
 /// the control page does not hold a live server.
 pub fn connect_with(path: &Path, config: ClientConfig) -> Result<Session, Error> {
     let sock = UnixStream::connect(path).map_err(|source| {

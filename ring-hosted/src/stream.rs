@@ -332,7 +332,7 @@ impl<M: SharedMem> VchanStream<M> {
     /// # Errors
     ///
     /// [`Error::PeerGone`] once the peer is gone and the ring drained;
-    /// [`Error::Ring`] if the peer broke the protocol.
+    /// [`Error::Vchan`] if the peer broke the protocol.
     pub fn try_read(&mut self, buf: &mut [u8]) -> Result<Option<usize>, Error> {
         Ok(self.inner.try_read(buf)?)
     }
@@ -399,7 +399,7 @@ impl<M: SharedMem> VchanStream<M> {
     /// # Errors
     ///
     /// [`Error::PeerGone`] if the peer died (after the bytes it left in the
-    /// ring were read); [`Error::TimedOut`]; [`Error::Ring`].
+    /// ring were read); [`Error::TimedOut`]; [`Error::Vchan`].
     pub fn read(&mut self, buf: &mut [u8]) -> Result<usize, Error> {
         Ok(self.inner.read(buf)?)
     }
@@ -440,7 +440,7 @@ impl<M: SharedMem> VchanStream<M> {
     ///
     /// # Errors
     ///
-    /// [`Error::Ring`] with `TooLarge` if it can never fit; [`Error::Closed`];
+    /// [`Error::Vchan`] with `TooLarge` if it can never fit; [`Error::Closed`];
     /// [`Error::PeerGone`].
     pub fn send_packet(&mut self, buf: &[u8]) -> Result<(), Error> {
         Ok(self.inner.send(buf)?)
@@ -451,7 +451,7 @@ impl<M: SharedMem> VchanStream<M> {
     /// # Errors
     ///
     /// [`Error::Closed`] if the stream ended with fewer bytes left;
-    /// [`Error::PeerGone`]; [`Error::Ring`] with `TooLarge` if `buf`
+    /// [`Error::PeerGone`]; [`Error::Vchan`] with `TooLarge` if `buf`
     /// exceeds the ring.
     pub fn recv_packet(&mut self, buf: &mut [u8]) -> Result<(), Error> {
         Ok(self.inner.recv(buf)?)
@@ -468,7 +468,7 @@ impl<M: SharedMem> VchanStream<M> {
     ///
     /// # Errors
     ///
-    /// [`Error::Ring`] with `TooLarge` above [`max_msg`](Self::max_msg);
+    /// [`Error::Vchan`] with `TooLarge` above [`max_msg`](Self::max_msg);
     /// else as [`send_packet`](Self::send_packet).
     pub fn send_msg(&mut self, msg: &[u8]) -> Result<(), Error> {
         let len = u32::try_from(msg.len()).unwrap_or(u32::MAX);
@@ -487,12 +487,12 @@ impl<M: SharedMem> VchanStream<M> {
     ///
     /// A length prefix larger than `buf` or the ring is the peer's error
     /// (or a too-small `buf`); the stream is then out of step, and this and
-    /// every later message call return [`Error::Ring`]. Else as
+    /// every later message call return [`Error::Vchan`]. Else as
     /// [`recv_packet`](Self::recv_packet).
     pub fn recv_msg(&mut self, buf: &mut [u8]) -> Result<usize, Error> {
         let capacity = self.inner.endpoint().read_capacity() - MSG_HEADER;
         if self.msg_broken {
-            return Err(Error::Ring(vchan::Error::Corrupt(ring_core::Corrupt {
+            return Err(Error::Vchan(vchan::Error::Corrupt(ring_core::Corrupt {
                 what: "message stream out of step after a bad length",
             })));
         }
@@ -501,7 +501,7 @@ impl<M: SharedMem> VchanStream<M> {
         let len = u32::from_le_bytes(head) as usize;
         let Some(dst) = buf.get_mut(..len).filter(|_| len <= capacity) else {
             self.msg_broken = true;
-            return Err(Error::Ring(vchan::Error::TooLarge {
+            return Err(Error::Vchan(vchan::Error::TooLarge {
                 len,
                 capacity: capacity.min(buf.len()),
             }));
@@ -576,9 +576,9 @@ impl<M: SharedMem> VchanStream<M> {
 ///
 /// # Errors
 ///
-/// [`Error::Ring`] for sizes vchan cannot make; [`Error::Os`].
+/// [`Error::Vchan`] for sizes vchan cannot make; [`Error::Os`].
 pub fn pair(left: usize, right: usize) -> Result<(VchanStream, VchanStream), Error> {
-    let orders = vchan::Orders::for_sizes(left, right).map_err(|e| Error::Ring(e.into()))?;
+    let orders = vchan::Orders::for_sizes(left, right).map_err(|e| Error::Vchan(e.into()))?;
     let mem = Arc::new(MemFd::create(
         "ring-pair",
         vchan::FlatLayout::new(orders).size,

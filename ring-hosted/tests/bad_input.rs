@@ -367,7 +367,7 @@ fn client_refuses_memory_without_a_live_server() {
             &[m.as_fd(), a.as_fd(), b.as_fd()],
         );
     });
-    assert!(matches!(e, Error::Ring(_)), "{e:?}");
+    assert!(matches!(e, Error::Vchan(_)), "{e:?}");
 }
 
 #[test]

@@ -89,7 +89,7 @@ fn messages_keep_their_boundaries() {
     let big = vec![0u8; client.max_msg() + 1];
     assert!(matches!(
         client.send_msg(&big),
-        Err(Error::Ring(vchan::Error::TooLarge { .. }))
+        Err(Error::Vchan(vchan::Error::TooLarge { .. }))
     ));
     assert_eq!(server.endpoint().data_ready().unwrap(), 0);
     // A message larger than the receiver's buffer breaks the message
@@ -98,9 +98,9 @@ fn messages_keep_their_boundaries() {
     let mut small = [0u8; 10];
     assert!(matches!(
         server.recv_msg(&mut small),
-        Err(Error::Ring(vchan::Error::TooLarge { len: 100, .. }))
+        Err(Error::Vchan(vchan::Error::TooLarge { len: 100, .. }))
     ));
-    assert!(matches!(server.recv_msg(&mut buf), Err(Error::Ring(_))));
+    assert!(matches!(server.recv_msg(&mut buf), Err(Error::Vchan(_))));
     assert_eq!(MSG_HEADER, 4);
 }
 

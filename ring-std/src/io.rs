@@ -5,50 +5,16 @@ use ring_core::mem::SharedMem;
 use ring_core::signal::BlockingError;
 use std::io;
 
-/// A protocol error that knows which `std::io::ErrorKind` it is.
-pub trait IoKind: std::error::Error + Send + Sync + 'static {
-    /// The matching `std::io` error kind.
-    fn io_kind(&self) -> io::ErrorKind;
-}
-
-impl IoKind for ring_core::vchan::Error {
-    fn io_kind(&self) -> io::ErrorKind {
-        use ring_core::vchan::Error;
-        match self {
-            Error::WouldBlock => io::ErrorKind::WouldBlock,
-            Error::Closed => io::ErrorKind::BrokenPipe,
-            Error::TooLarge { .. } | Error::Setup(_) => io::ErrorKind::InvalidInput,
-            Error::Corrupt(_) => io::ErrorKind::InvalidData,
-            Error::Held { .. } | Error::Memory(_) => io::ErrorKind::Other,
-        }
-    }
-}
-
-impl IoKind for ring_core::vmbus::Error {
-    fn io_kind(&self) -> io::ErrorKind {
-        use ring_core::vmbus::Error;
-        match self {
-            Error::Empty | Error::Full { .. } => io::ErrorKind::WouldBlock,
-            Error::TooLarge { .. }
-            | Error::InvalidPacket { .. }
-            | Error::Setup(_)
-            | Error::OutOfRange { .. } => io::ErrorKind::InvalidInput,
-            Error::Corrupt(_) => io::ErrorKind::InvalidData,
-            Error::Closed => io::ErrorKind::BrokenPipe,
-            Error::Memory(_) => io::ErrorKind::Other,
-        }
-    }
-}
-
-/// Converts a ring error into an `io::Error` of the matching kind.
-pub fn ring_io_error<R: IoKind>(e: R) -> io::Error {
-    io::Error::new(e.io_kind(), e)
+/// Converts a ring error into an `io::Error` of the matching kind (the
+/// core's one mapping: [`ErrorClass::io_kind`](ring_core::error::ErrorClass::io_kind)).
+pub fn ring_io_error<R: Into<io::Error>>(e: R) -> io::Error {
+    e.into()
 }
 
 /// Converts a blocking wrapper's error into the `std::io` error a caller
 /// of `Read`/`Write` expects: the signal's own error as it is (a timeout
-/// stays `TimedOut`), the ring's by [`IoKind`].
-pub fn io_error<R: IoKind, S: Into<io::Error>>(e: BlockingError<R, S>) -> io::Error {
+/// stays `TimedOut`), the ring's by its class.
+pub fn io_error<R: Into<io::Error>, S: Into<io::Error>>(e: BlockingError<R, S>) -> io::Error {
     match e {
         BlockingError::Signal(e) => e.into(),
         BlockingError::Ring(e) => ring_io_error(e),

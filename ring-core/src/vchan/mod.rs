@@ -62,7 +62,7 @@ pub use endpoint::{
 };
 pub use layout::{ControlHeader, FlatLayout, Orders, Placement, RingIndices};
 
-use crate::error::Corrupt;
+use crate::error::{Corrupt, ErrorClass};
 use crate::mem::MemError;
 use core::fmt;
 
@@ -111,6 +111,7 @@ pub enum Role {
 
 /// Why a vchan could not be set up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SetupError {
     /// A ring order outside 10..=20.
     BadOrder {
@@ -204,8 +205,10 @@ impl fmt::Display for SetupError {
     }
 }
 
-/// What a vchan operation can return instead of progress.
+/// What a vchan operation can return instead of progress. Its
+/// [`class`](Error::class) says whether to retry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Error {
     /// Nothing can move now. The wake-up request is already armed and the
     /// ring re-checked, so the caller may sleep on its event source.
@@ -272,19 +275,43 @@ impl fmt::Display for Error {
     }
 }
 
-impl core::error::Error for Error {}
+impl core::error::Error for SetupError {}
+
+impl Error {
+    /// Retry, closed, corrupt, usage or set-up (see [`ErrorClass`]).
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Error::WouldBlock => ErrorClass::Retry,
+            Error::Closed => ErrorClass::Closed,
+            Error::Corrupt(_) => ErrorClass::Corrupt,
+            Error::TooLarge { .. } | Error::Held { .. } => ErrorClass::Usage,
+            // The door refuses only a mapping smaller than the layout.
+            Error::Setup(_) | Error::Memory(_) => ErrorClass::Setup,
+        }
+    }
+}
+
+impl core::error::Error for Error {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            Error::Corrupt(e) => Some(e),
+            Error::Setup(e) => Some(e),
+            Error::Memory(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 impl embedded_io::Error for Error {
     fn kind(&self) -> embedded_io::ErrorKind {
-        use embedded_io::ErrorKind;
-        match self {
-            Error::WouldBlock | Error::Held { .. } => ErrorKind::Other,
-            Error::Closed => ErrorKind::BrokenPipe,
-            Error::TooLarge { .. } => ErrorKind::InvalidInput,
-            Error::Corrupt(_) => ErrorKind::InvalidData,
-            Error::Setup(_) => ErrorKind::InvalidInput,
-            Error::Memory(_) => ErrorKind::OutOfMemory,
-        }
+        crate::error::embedded_kind(self.class())
+    }
+}
+
+#[cfg(feature = "std")]
+impl From<Error> for std::io::Error {
+    fn from(e: Error) -> Self {
+        std::io::Error::new(e.class().io_kind(), e)
     }
 }
 

@@ -125,12 +125,13 @@ pub use packet::{
     Pfns, RangeInfo, TransferRange, TransferRanges,
 };
 
-use crate::error::Corrupt;
+use crate::error::{Corrupt, ErrorClass};
 use crate::mem::{MemError, SharedMem};
 use core::fmt;
 
 /// Why a ring could not be set up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SetupError {
     /// The data area must start at a non-zero multiple of 4096.
     BadDataOffset {
@@ -188,6 +189,7 @@ impl fmt::Display for SetupError {
 /// re-checked, so the caller may sleep on its signal. Everything else is
 /// final for the call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Error {
     /// No packet to read. Unless interrupts were turned off with
     /// [`IncomingRing::set_interrupts`], the mask is cleared and the ring
@@ -276,21 +278,45 @@ impl fmt::Display for Error {
     }
 }
 
-impl core::error::Error for Error {}
+impl core::error::Error for SetupError {}
+
+impl Error {
+    /// Retry, closed, corrupt, usage or set-up (see [`ErrorClass`]).
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Error::Empty | Error::Full { .. } => ErrorClass::Retry,
+            Error::Closed => ErrorClass::Closed,
+            Error::Corrupt(_) => ErrorClass::Corrupt,
+            Error::TooLarge { .. } | Error::InvalidPacket { .. } | Error::OutOfRange { .. } => {
+                ErrorClass::Usage
+            }
+            // The door refuses only a mapping smaller than the layout.
+            Error::Setup(_) | Error::Memory(_) => ErrorClass::Setup,
+        }
+    }
+}
+
+impl core::error::Error for Error {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            Error::Corrupt(e) => Some(e),
+            Error::Setup(e) => Some(e),
+            Error::Memory(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 impl embedded_io::Error for Error {
     fn kind(&self) -> embedded_io::ErrorKind {
-        use embedded_io::ErrorKind;
-        match self {
-            Error::Empty | Error::Full { .. } => ErrorKind::Other,
-            Error::TooLarge { .. } | Error::InvalidPacket { .. } | Error::Setup(_) => {
-                ErrorKind::InvalidInput
-            }
-            Error::OutOfRange { .. } => ErrorKind::OutOfMemory,
-            Error::Corrupt(_) => ErrorKind::InvalidData,
-            Error::Closed => ErrorKind::BrokenPipe,
-            Error::Memory(_) => ErrorKind::OutOfMemory,
-        }
+        crate::error::embedded_kind(self.class())
+    }
+}
+
+#[cfg(feature = "std")]
+impl From<Error> for std::io::Error {
+    fn from(e: Error) -> Self {
+        std::io::Error::new(e.class().io_kind(), e)
     }
 }
 

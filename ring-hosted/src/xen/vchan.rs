@@ -101,7 +101,7 @@ pub fn serve<S: Read + Write>(
     config: &ServerConfig,
 ) -> Result<XenVchan, DevError> {
     let orders = Orders::for_sizes(config.read_min, config.write_min)
-        .map_err(|e| DevError::Ring(e.into()))?;
+        .map_err(|e| DevError::Vchan(e.into()))?;
     let peer = config.peer;
     let ev = EventChannel::bind_unbound(evtchn, peer)?;
     let ctrl = gntalloc::share(
