@@ -10,6 +10,8 @@
 //!   and ring sizes and passes them to a client over a Unix socket
 //!   (`SCM_RIGHTS`) after a small versioned handshake, checking the peer's
 //!   uid;
+//! - [`session`]: the rendezvous with the protocol as a type: accept and
+//!   connect give a vchan stream or a VMBus pipe, nothing to unwrap;
 //! - [`stream`]: a blocking vchan stream with `std::io::Read`/`Write` and a
 //!   message API, which turns a dead peer into [`Error::PeerGone`] after the
 //!   bytes already in the ring have been read;
@@ -28,29 +30,35 @@
 //!
 //! # Example: a vchan between two threads through the rendezvous
 //!
+//! The protocol is a type ([`session::Vchan`], [`session::Vmbus`]), so
+//! `accept` and `connect` give the stream itself. (The same rendezvous
+//! with the protocol chosen at run time is [`rendezvous::Listener`] and
+//! [`rendezvous::connect`], returning a [`rendezvous::Session`].)
+//!
 //! ```
-//! use ring_hosted::rendezvous::{self, Listener, Proto, ServerConfig};
+//! use ring_hosted::session::{self, Listener, Vchan};
 //! use std::io::{Read, Write};
 //!
 //! let dir = std::env::temp_dir().join(format!("ring-doc-{}", std::process::id()));
-//! std::fs::create_dir_all(&dir).unwrap();
+//! std::fs::create_dir_all(&dir)?;
 //! let path = dir.join("sock");
-//! let listener = Listener::bind(&path, ServerConfig::new(Proto::Vchan)).unwrap();
+//! let listener = Listener::<Vchan>::bind(&path)?;
 //! let client = std::thread::spawn({
 //!     let path = path.clone();
-//!     move || {
-//!         let mut c = rendezvous::connect(&path, Proto::Vchan).unwrap().into_vchan().unwrap();
-//!         c.write_all(b"ping").unwrap();
-//!         c.close().unwrap();
+//!     move || -> Result<(), ring_hosted::Error> {
+//!         let mut c = session::connect::<Vchan>(&path)?;
+//!         c.write_all(b"ping")?;
+//!         c.close()
 //!     }
 //! });
-//! let mut server = listener.accept().unwrap().into_vchan().unwrap();
+//! let mut server = listener.accept()?;
 //! let mut got = Vec::new();
-//! server.read_to_end(&mut got).unwrap();
+//! server.read_to_end(&mut got)?;
 //! assert_eq!(got, b"ping");
-//! client.join().unwrap();
+//! client.join().unwrap()?;
 //! # drop(listener);
-//! # std::fs::remove_dir_all(&dir).unwrap();
+//! # std::fs::remove_dir_all(&dir)?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 #![deny(unsafe_code)]
@@ -67,6 +75,7 @@ pub mod parent;
 pub mod rendezvous;
 #[cfg(feature = "fakes")]
 pub mod replay;
+pub mod session;
 pub mod stream;
 #[cfg(feature = "tokio")]
 pub mod tokio_io;
