@@ -2,7 +2,7 @@
 //! `accept` and a client's [`connect`] hand back the stream itself — a
 //! [`VchanStream`] for [`Vchan`], a [`VmbusPipe`] for [`Vmbus`] — with
 //! nothing to unwrap. The rendezvous underneath is the same as
-//! [`rendezvous`](crate::rendezvous)'s, whose [`Session`] enum stays for
+//! [`rendezvous`]'s, whose [`Session`] enum stays for
 //! callers that pick the protocol at run time (the `ring` command).
 //!
 //! ```
