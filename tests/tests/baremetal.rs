@@ -448,7 +448,7 @@ fn drive_vmbus(
             }
         }
         match tx.commit() {
-            Ok(t) => progress |= t.len > 0,
+            Ok(t) => progress |= t.ring_bytes > 0,
             Err(e) => fail(qemu, format!("vmbus commit: {e}")),
         }
         loop {

@@ -702,7 +702,7 @@ pub fn drive(job: &Job, wire: &Wire, link: &mut dyn Link) -> Result<Sample, Stri
                         // Publish what we have before waiting for space.
                         let t = out.commit().map_err(err)?;
                         pending = 0;
-                        if t.len > 0 {
+                        if t.ring_bytes > 0 {
                             w.moved(t.notify)?;
                         } else {
                             w.blocked()?;

@@ -315,20 +315,4 @@ impl From<Error> for std::io::Error {
     }
 }
 
-/// The result of an operation that moved bytes (or tried to).
-#[must_use = "if `notify` is set the peer must be kicked, or it may sleep for ever"]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Transfer {
-    /// Bytes moved.
-    pub len: usize,
-    /// The peer asked to be woken: send it an event.
-    pub notify: bool,
-}
-
-impl Transfer {
-    /// Nothing moved and nobody to wake (an empty buffer, or end of stream).
-    pub const NOTHING: Transfer = Transfer {
-        len: 0,
-        notify: false,
-    };
-}
+pub use crate::Transfer;

@@ -7,7 +7,7 @@
 //! or stolen events cannot lose a wake-up.
 
 use super::pipe::{PipeReader, PipeWriter};
-use super::{Error, IncomingPacket, IncomingRing, OutgoingPacket, OutgoingRing, Transfer};
+use super::{Commit, Error, IncomingPacket, IncomingRing, OutgoingPacket, OutgoingRing, Transfer};
 use crate::loan::{Drained, Span};
 use crate::mem::SharedMem;
 use crate::signal::{Attempt, Signal, Waiter};
@@ -23,6 +23,11 @@ impl<E> From<Error> for BlockingError<E> {
 
 fn settled<S: Signal>(w: &Waiter<S>, t: Transfer) -> Result<usize, BlockingError<S::Error>> {
     w.settle(t.notify, t.len)
+}
+
+/// Signals the peer if a ring commit says so; passes the ring bytes on.
+fn committed<S: Signal>(w: &Waiter<S>, c: Commit) -> Result<usize, BlockingError<S::Error>> {
+    w.settle(c.notify, c.ring_bytes)
 }
 
 /// The two rings of a [`Blocking`] channel, apart from its waiter.
@@ -54,7 +59,7 @@ impl<M: SharedMem> Rings<M> {
                     self.incoming.revert();
                     return Err(e.into());
                 }
-                settled(w, self.incoming.commit()?)?;
+                committed(w, self.incoming.commit()?)?;
                 Ok(Some((info, len)))
             }
             Err(Error::Empty) => w.nothing(),
@@ -148,9 +153,9 @@ impl<M: SharedMem, S: Signal> Blocking<M, S> {
         self.waiter.writable()?;
         let r = &mut self.rings;
         match r.outgoing.write(packet) {
-            Ok(()) => settled(&self.waiter, r.outgoing.commit()?).map(|_| Some(())),
+            Ok(()) => committed(&self.waiter, r.outgoing.commit()?).map(|_| Some(())),
             Err(Error::Full { .. }) => {
-                settled(&self.waiter, r.outgoing.commit()?)?;
+                committed(&self.waiter, r.outgoing.commit()?)?;
                 self.waiter.nothing()
             }
             Err(e) => Err(e.into()),
@@ -203,11 +208,11 @@ impl<M: SharedMem, S: Signal> Blocking<M, S> {
                 |r, w| {
                     w.writable()?;
                     match r.outgoing.write(packet) {
-                        Ok(()) => settled(w, r.outgoing.commit()?).map(Some),
+                        Ok(()) => committed(w, r.outgoing.commit()?).map(Some),
                         Err(Error::Full { .. }) => {
                             // Publish what is pending so the reader can make
                             // room.
-                            settled(w, r.outgoing.commit()?)?;
+                            committed(w, r.outgoing.commit()?)?;
                             w.nothing()
                         }
                         Err(e) => Err(e.into()),
@@ -240,7 +245,7 @@ impl<M: SharedMem, S: Signal> Blocking<M, S> {
             |r, w| match r.incoming.read_packet() {
                 Ok(packet) => {
                     let out = f.take().map(|f| f(&packet));
-                    settled(w, r.incoming.commit()?)?;
+                    committed(w, r.incoming.commit()?)?;
                     Ok(out)
                 }
                 Err(Error::Empty) => w.nothing(),
@@ -292,7 +297,7 @@ impl<M: SharedMem, S: Signal> Blocking<M, S> {
                     // Stopped early: never leave the mask set behind us.
                     let _more = r.incoming.unmask_and_recheck()?;
                 }
-                settled(w, r.incoming.commit()?)?;
+                committed(w, r.incoming.commit()?)?;
                 Ok(Some(count))
             },
         )

@@ -6,7 +6,8 @@ use super::layout::{
     INTERRUPT_MASK, PENDING_SEND_SIZE, READ_INDEX, TRAILER_SIZE, WRITE_INDEX,
 };
 use super::packet::{check_gpa_range, IncomingPacket, PacketInfo, RangeInfo};
-use super::{advance, check_memory, distance, index_ok, Error, SetupError, Transfer};
+use super::Commit;
+use super::{advance, check_memory, distance, index_ok, Error, SetupError};
 use crate::error::{Corrupt, Poison};
 use crate::mem::{SharedMem, WrapRegion};
 use core::mem::size_of;
@@ -392,10 +393,10 @@ impl<M: SharedMem> IncomingRing<M> {
     ///
     /// [`Error::Corrupt`] if the write index is invalid (poisons; the read
     /// index is published all the same).
-    pub fn commit(&mut self) -> Result<Transfer, Error> {
+    pub fn commit(&mut self) -> Result<Commit, Error> {
         self.usable()?;
         if self.next == self.committed {
-            return Ok(Transfer::default());
+            return Ok(Commit::default());
         }
         let before = self.committed;
         let len = distance(before, self.next, self.size) as usize;
@@ -407,17 +408,23 @@ impl<M: SharedMem> IncomingRing<M> {
         self.mem.fence();
         let pending = self.mem.load_u32(PENDING_SEND_SIZE)?;
         if pending == 0 {
-            return Ok(Transfer { len, notify: false });
+            return Ok(Commit {
+                ring_bytes: len,
+                notify: false,
+            });
         }
         let features = FeatureBits::from_bits_retain(self.mem.load_u32(FEATURE_BITS)?);
         if !features.contains(FeatureBits::PENDING_SEND_SIZE) {
-            return Ok(Transfer { len, notify: false });
+            return Ok(Commit {
+                ring_bytes: len,
+                notify: false,
+            });
         }
         self.refresh_write()?;
         let free_before = self.size - distance(before, self.cached_write, self.size);
         let free_after = self.size - distance(self.committed, self.cached_write, self.size);
-        Ok(Transfer {
-            len,
+        Ok(Commit {
+            ring_bytes: len,
             notify: free_before <= pending && pending < free_after,
         })
     }

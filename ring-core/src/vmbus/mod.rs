@@ -320,13 +320,17 @@ impl From<Error> for std::io::Error {
     }
 }
 
-/// The result of a commit: bytes published and whether the peer must be
-/// signalled.
+pub use crate::Transfer;
+
+/// What a ring commit published: ring bytes (whole packets with their
+/// descriptors, padding and trailers), and whether the peer must be
+/// signalled. Pipe calls report payload bytes in a [`Transfer`] instead.
 #[must_use = "if `notify` is set the peer must be signalled, or it may sleep for ever"]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Transfer {
-    /// Bytes of ring the commit published (packets with their trailers).
-    pub len: usize,
+pub struct Commit {
+    /// Bytes of ring the commit published or freed (packets with their
+    /// descriptors, padding and trailers).
+    pub ring_bytes: usize,
     /// The peer is waiting for this transition: signal it.
     pub notify: bool,
 }

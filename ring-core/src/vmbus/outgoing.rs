@@ -6,7 +6,8 @@ use super::layout::{
     PACKET_ALIGN, PENDING_SEND_SIZE, READ_INDEX, TRAILER_SIZE, WRITE_INDEX,
 };
 use super::packet::{OutgoingKind, OutgoingPacket};
-use super::{advance, check_memory, distance, index_ok, Error, SetupError, Transfer};
+use super::Commit;
+use super::{advance, check_memory, distance, index_ok, Error, SetupError};
 use crate::error::{Corrupt, Poison};
 use crate::loan::{Span, SpanList, MAX_SPANS};
 use crate::mem::{SharedMem, WrapRegion};
@@ -418,10 +419,10 @@ impl<M: SharedMem> OutgoingRing<M> {
     ///
     /// [`Error::Corrupt`] if the reader's index is invalid (poisons; the
     /// batch is published all the same).
-    pub fn commit(&mut self) -> Result<Transfer, Error> {
+    pub fn commit(&mut self) -> Result<Commit, Error> {
         self.usable()?;
         if self.next == self.committed {
-            return Ok(Transfer::default());
+            return Ok(Commit::default());
         }
         let before = self.committed;
         let len = distance(before, self.next, self.size) as usize;
@@ -438,11 +439,14 @@ impl<M: SharedMem> OutgoingRing<M> {
             self.mem.fence();
         }
         if self.mem.load_u32(INTERRUPT_MASK)? != 0 {
-            return Ok(Transfer { len, notify: false });
+            return Ok(Commit {
+                ring_bytes: len,
+                notify: false,
+            });
         }
         self.refresh_read()?;
-        Ok(Transfer {
-            len,
+        Ok(Commit {
+            ring_bytes: len,
             notify: self.cached_read == before,
         })
     }
@@ -457,7 +461,7 @@ impl<M: SharedMem> OutgoingRing<M> {
     /// # Errors
     ///
     /// As [`write`](Self::write) and [`commit`](Self::commit).
-    pub fn send(&mut self, packet: &OutgoingPacket<'_>) -> Result<Transfer, Error> {
+    pub fn send(&mut self, packet: &OutgoingPacket<'_>) -> Result<Commit, Error> {
         self.write(packet)?;
         self.commit()
     }

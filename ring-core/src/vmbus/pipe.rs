@@ -171,7 +171,11 @@ impl<M: SharedMem> PipeWriter<M> {
             });
         }
         self.write_data(message)?;
-        self.ring.commit()
+        let c = self.ring.commit()?;
+        Ok(Transfer {
+            len: message.len(),
+            notify: c.notify,
+        })
     }
 
     /// Writes as much of `buf` as fits now, in packets of at most the chunk
@@ -264,7 +268,11 @@ impl<M: SharedMem> PipeWriter<M> {
     /// [`Error::Full`] (armed); [`Error::Corrupt`].
     pub fn write_eof(&mut self) -> Result<Transfer, Error> {
         self.write_data(&[])?;
-        self.ring.commit()
+        let c = self.ring.commit()?;
+        Ok(Transfer {
+            len: 0,
+            notify: c.notify,
+        })
     }
 }
 

@@ -69,8 +69,8 @@ fn in_band_round_trip_with_padding_and_trailer() {
         .unwrap();
     assert_eq!(
         t,
-        Transfer {
-            len: 32,
+        Commit {
+            ring_bytes: 32,
             notify: true
         }
     );
@@ -97,8 +97,8 @@ fn in_band_round_trip_with_padding_and_trailer() {
     assert!(matches!(rx.read_packet(), Err(Error::Empty)));
     assert_eq!(
         rx.commit().unwrap(),
-        Transfer {
-            len: 32,
+        Commit {
+            ring_bytes: 32,
             notify: false
         }
     );
@@ -149,7 +149,9 @@ fn never_full_boundary_on_an_empty_ring() {
     assert_eq!(tx.max_packet_len(), 4080);
     let exact = vec![7u8; 4080 - 16];
     assert_eq!(
-        tx.send(&OutgoingPacket::in_band(1, &[&exact])).unwrap().len,
+        tx.send(&OutgoingPacket::in_band(1, &[&exact]))
+            .unwrap()
+            .ring_bytes,
         4088
     );
     let over = vec![7u8; 4088 - 16];
@@ -216,7 +218,7 @@ fn wrap_in_the_middle_of_a_descriptor() {
     let t = tx
         .send(&OutgoingPacket::in_band(0xAABB_CCDD_EEFF_0011, &[&payload]))
         .unwrap();
-    assert_eq!(t.len, 16 + 104 + 8);
+    assert_eq!(t.ring_bytes, 16 + 104 + 8);
     // The descriptor's first 8 bytes at the end, the id at the start.
     assert_eq!(data_byte(&mem, l, 4088), 6);
     assert_eq!(data_byte(&mem, l, 0), 0x11);
@@ -264,7 +266,7 @@ fn the_524280_byte_cap() {
     assert_eq!(tx.max_packet_len(), MAX_PACKET_LEN);
     let max = vec![0x5A; MAX_PACKET_LEN - 16];
     let t = tx.send(&OutgoingPacket::in_band(1, &[&max])).unwrap();
-    assert_eq!(t.len, MAX_PACKET_LEN + 8);
+    assert_eq!(t.ring_bytes, MAX_PACKET_LEN + 8);
     let mut raw = [0u8; 6];
     mem.read(l.data_offset(), &mut raw).unwrap();
     assert_eq!(u16::from_le_bytes([raw[4], raw[5]]), u16::MAX);
@@ -300,8 +302,8 @@ fn batches_publish_once_and_signal_once() {
     let t = tx.commit().unwrap();
     assert_eq!(
         t,
-        Transfer {
-            len: 96,
+        Commit {
+            ring_bytes: 96,
             notify: true
         }
     );
@@ -311,7 +313,7 @@ fn batches_publish_once_and_signal_once() {
     // Reverted writes never appear.
     tx.write(&OutgoingPacket::in_band(10, &[])).unwrap();
     tx.revert();
-    assert_eq!(tx.commit().unwrap(), Transfer::default());
+    assert_eq!(tx.commit().unwrap(), Commit::default());
     for i in 0..3u64 {
         let p = rx.read_packet().unwrap();
         assert_eq!(p.transaction_id(), i);
@@ -322,8 +324,8 @@ fn batches_publish_once_and_signal_once() {
     rx.rewind(mark);
     assert_eq!(rx.read_packet().unwrap().transaction_id(), 9);
     assert!(matches!(rx.read_packet(), Err(Error::Empty)));
-    assert_eq!(rx.commit().unwrap().len, 120);
-    assert_eq!(rx.commit().unwrap(), Transfer::default());
+    assert_eq!(rx.commit().unwrap().ring_bytes, 120);
+    assert_eq!(rx.commit().unwrap(), Commit::default());
     // Empty again: the next batch signals.
     assert!(tx.send(&OutgoingPacket::in_band(11, &[])).unwrap().notify);
 }

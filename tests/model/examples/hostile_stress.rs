@@ -161,12 +161,12 @@ fn vmbus_stress(mutations: u64, seed: u64) -> Result<Outcomes, String> {
             0 => tx
                 .write(&OutgoingPacket::in_band(r, &[&payload[..n]]))
                 .map(|()| 0),
-            1 => tx.commit().map(|t| t.len),
+            1 => tx.commit().map(|t| t.ring_bytes),
             2 => rx.read_packet().and_then(|p| {
                 let len = p.payload_len();
                 p.read_payload(0, &mut buf[..len]).map(|()| len)
             }),
-            _ => rx.commit().map(|t| t.len),
+            _ => rx.commit().map(|t| t.ring_bytes),
         };
         match result {
             Ok(_) => out.ok += 1,

@@ -7,8 +7,8 @@ use proptest::prelude::*;
 use ring_core::mem::{RawMem, SharedMem};
 use ring_core::vmbus::layout::{PENDING_SEND_SIZE, READ_INDEX, WRITE_INDEX};
 use ring_core::vmbus::{
-    initialize_ring, Error, GpaRange, IncomingRing, OutgoingPacket, OutgoingRing, PacketType,
-    RingLayout, Transfer, TransferRange,
+    initialize_ring, Commit, Error, GpaRange, IncomingRing, OutgoingPacket, OutgoingRing,
+    PacketType, RingLayout, TransferRange,
 };
 use std::collections::VecDeque;
 
@@ -276,7 +276,13 @@ fn run(data_size: usize, start: u32, ops: Vec<Op>) {
                 let t = tx.commit().unwrap();
                 let len = m.batch_len();
                 let notify = len > 0 && !m.mask && m.used() == 0;
-                assert_eq!(t, Transfer { len, notify });
+                assert_eq!(
+                    t,
+                    Commit {
+                        ring_bytes: len,
+                        notify
+                    }
+                );
                 m.published.extend(m.batch.drain(..));
                 if notify {
                     m.reader_sleeps = false;
@@ -316,7 +322,13 @@ fn run(data_size: usize, start: u32, ops: Vec<Op>) {
                 let free_after = free_before + len;
                 let p = m.pending as usize;
                 let notify = len > 0 && p != 0 && free_before <= p && p < free_after;
-                assert_eq!(t, Transfer { len, notify });
+                assert_eq!(
+                    t,
+                    Commit {
+                        ring_bytes: len,
+                        notify
+                    }
+                );
                 m.published.drain(..m.read);
                 m.read = 0;
                 if notify {
