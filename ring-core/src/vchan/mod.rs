@@ -15,11 +15,43 @@
 //! | 22, 23 | notify requests aimed at client, at server | the other side sets, the named side clears |
 //! | 24.. | grant refs of external ring pages | server at set-up |
 //!
+//! ```text
+//!  control page (4 KiB), shared                     one cache line: bytes 0..64
+//!  ┌──────────┬──────────┬──────────┬──────────┬───────┬──────┬────────┬───────────┐
+//!  │left cons │left prod │right cons│right prod│ orders│ live │ notify │ grant refs│
+//!  │ (server) │ (client) │ (client) │ (server) │ l | r │ c | s│ c | s  │ (external │
+//!  │    0     │    4     │    8     │    12    │ 16 18 │20  21│22  23  │  rings)24.│
+//!  └──────────┴──────────┴──────────┴──────────┴───────┴──────┴────────┴───────────┘
+//!  order 10 ring: bytes 1024..2048 of this page;  order 11 ring: bytes 2048..4096
+//!  orders 12..=20: 2^(order-12) pages of their own, listed by grant ref
+//!
+//!  one ring (size = 2^order bytes), indices free-running u32 byte counters
+//!  ┌───────────────┬──────────────────────────┬────────────────┐
+//!  │     free      │ used: prod − cons bytes  │      free      │
+//!  └───────────────┴──────────────────────────┴────────────────┘
+//!                  ^ cons & (size − 1)        ^ prod & (size − 1)
+//!  empty: prod == cons          full: prod − cons == size (no spare byte)
+//! ```
+//!
 //! *Left* carries client→server bytes, *right* server→client bytes. Indices
 //! are free-running `u32` byte counters; the position in a ring is the
 //! counter masked by the size, `used = prod − cons` (wrapping), and the ring
 //! is full at `used == size` (no spare slot). Orders 10 and 11 live inside
 //! the control page at bytes 1024 and 2048; orders 12..=20 in external pages.
+//!
+//! ```text
+//!  reader (ring empty)                         writer
+//!  ───────────────────                         ──────
+//!  look: prod == cons
+//!  notify[peer] |= WRITE    (arm)               copy bytes into the ring
+//!  full fence                                   prod += n          (publish)
+//!  look again: still empty? ──► sleep           full fence
+//!               data?      ──► read             if notify[own] & WRITE:
+//!                                                   clear it, kick the reader
+//!  Whatever the interleaving, the re-check sees the new prod or the writer
+//!  sees WRITE: the fences forbid both loads passing both stores. The same
+//!  with READ for a writer waiting on a full ring.
+//! ```
 //!
 //! A side that would block ORs a request bit into the byte aimed at the
 //! peer (`WRITE`: "kick me when you have written", `READ`: "... when you have

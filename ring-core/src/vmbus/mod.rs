@@ -22,6 +22,27 @@
 //! to become completely full: a writer needs *more* free bytes than the
 //! packet takes, and at least 8 bytes always stay unused.
 //!
+//! ```text
+//!  one ring: control page, then the data area
+//!  ┌─────────────┬────────────┬────────────────┬───────────────────┬──────────────┐
+//!  │ write_index │ read_index │ interrupt_mask │ pending_send_size │ feature_bits │ ..4 KiB
+//!  │   (writer)  │  (reader)  │    (reader)    │     (writer)      │ 0x40 (writer)│
+//!  └─────────────┴────────────┴────────────────┴───────────────────┴──────────────┘
+//!  data area: packets back to back, each 8-aligned, wrapping at the end
+//!  ┌────────┬──────────────────────────┬──────────────┬──────────────┐
+//!  │  free  │ packet │ packet │ packet │     free     │ (≥ 8 unused) │
+//!  └────────┴──────────────────────────┴──────────────┴──────────────┘
+//!           ^ read_index               ^ write_index
+//!
+//!  one packet
+//!  ┌───────────────────────────┬──────────────┬─────────────────┬─────────┬─────────┐
+//!  │ descriptor (16 B)         │ type header  │ payload         │ zeros   │ trailer │
+//!  │ type, data_offset8,       │ (GPA ranges, │                 │ to 8 B  │ (8 B):  │
+//!  │ length8, flags, txn id    │ transfer pg) │                 │         │ start<<32│
+//!  └───────────────────────────┴──────────────┴─────────────────┴─────────┴─────────┘
+//!  ^ start      data_offset8 × 8 ^ payload     length8 × 8 ^ end  (trailer not counted)
+//! ```
+//!
 //! A packet is a 16-byte [`PacketDescriptor`] (type, `data_offset8`,
 //! `length8`, flags, transaction id), an optional type-specific header,
 //! the payload padded with zeros to 8 bytes, and an 8-byte [`Trailer`]
@@ -44,6 +65,22 @@
 //! Signals are costly and Hyper-V throttles needless ones, so both sides
 //! signal only on transitions, and this module only ever *says* when a
 //! signal is owed (in [`Transfer::notify`]); the host sends it.
+//!
+//! ```text
+//!  reader                                       writer
+//!  ──────                                       ──────
+//!  drain; ring looks empty                      write packets, then commit:
+//!  interrupt_mask = 0        (unmask)           write_index = next   (publish)
+//!  full fence                                   full fence
+//!  look again: empty? ──► sleep                 if mask == 0 and read_index ==
+//!              data?  ──► mask, drain              old write_index: signal
+//!
+//!  writer, packet does not fit                  reader, after consuming
+//!  pending_send_size = bytes needed             read_index = new     (publish)
+//!  full fence                                   full fence
+//!  look again: fits? ──► write                  if free was ≤ pending before and
+//!              no    ──► commit, sleep             > pending now: signal
+//! ```
 //!
 //! - **Data available.** After publishing its write index, the writer
 //!   fences and signals only if the reader's mask is clear and the read
