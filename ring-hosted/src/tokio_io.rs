@@ -1,81 +1,171 @@
-//! Tokio [`AsyncRead`]/[`AsyncWrite`] over a [`VchanStream`] (feature
-//! `tokio`).
+//! Tokio [`AsyncRead`]/[`AsyncWrite`] over a [`VchanStream`] or a
+//! [`VmbusPipe`] (feature `tokio`), whole or split into halves.
 //!
 //! The ring calls never block: one that cannot make progress has already
 //! armed its wake-up request and re-checked the ring when it returns
-//! "would block". Only then does [`AsyncVchan`] wait, for the eventfd the
-//! peer kicks to become readable (through [`AsyncFd`]); it consumes the
-//! event and retries. Writes kick the peer when the ring asks for it, as
-//! the blocking stream does.
+//! "not now". Only then does the stream wait, for the eventfd the peer
+//! kicks to become readable (through [`AsyncFd`]), and for the peer's
+//! hang-up fd (the rendezvous socket, or a pidfd from
+//! [`EventSignal::set_watch`](crate::eventfd::EventSignal::set_watch)) if
+//! the signal has one. A hang-up is taken as the blocking streams take
+//! it: what the peer published before it went is still read, then reads
+//! and writes fail with [`Error::PeerGone`] (`ConnectionReset`), so a
+//! peer that dies without closing is noticed while we wait.
 //!
-//! Drive both directions from one task (e.g. with `tokio::select!`), not
-//! through `tokio::io::split`: both directions share one eventfd, and
-//! [`AsyncFd`] keeps only the most recent reader's waker.
+//! ```text
+//!   AsyncStream ──into_split()──► ReadHalf  ─┐ one stream behind a mutex;
+//!                                 WriteHalf ─┘ a kick wakes both halves
+//! ```
 //!
-//! The peer's death is noticed when it closes the ring (which kicks us);
-//! a peer that dies without closing is not noticed while we wait.
+//! Both directions share one eventfd, and [`AsyncFd`] keeps only the
+//! latest task's waker, so the halves keep their own wakers beside it:
+//! whichever half sees the kick wakes the other.
 
 #![allow(unsafe_code)]
 
-use crate::stream::VchanStream;
+use crate::stream::{PollStream, VchanStream};
+use crate::vmbus::VmbusPipe;
 use crate::Error;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{ready, Context, Poll, Waker};
+use std::time::Instant;
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// A [`VchanStream`] for tokio: [`AsyncRead`] and [`AsyncWrite`].
-///
-/// Must be created inside a tokio runtime with I/O enabled.
-#[derive(Debug)]
-pub struct AsyncVchan {
-    stream: VchanStream,
-    wake: AsyncFd<OwnedFd>,
-}
+/// A vchan stream for tokio.
+pub type AsyncVchan = AsyncStream<VchanStream>;
 
-impl AsyncVchan {
-    /// Wraps `stream`, registering (a duplicate of) the eventfd it is
-    /// woken by with the runtime's reactor.
+/// A VMBus pipe for tokio.
+pub type AsyncVmbus = AsyncStream<VmbusPipe>;
+
+/// What a stream needs to run under tokio: the poll-loop calls, and a
+/// gathered write where the protocol has one.
+pub trait AsyncRing: PollStream {
+    /// Writes from `bufs` in order: `Some(n)` bytes, `None` full (armed).
     ///
     /// # Errors
     ///
-    /// [`Error::Os`] if the fd cannot be duplicated or registered (e.g.
+    /// As [`PollStream::try_write`].
+    fn try_write_gathered(&mut self, bufs: &[io::IoSlice<'_>]) -> Result<Option<usize>, Error> {
+        match bufs.iter().find(|b| !b.is_empty()) {
+            Some(b) => self.try_write(b),
+            None => Ok(Some(0)),
+        }
+    }
+
+    /// Whether [`try_write_gathered`](Self::try_write_gathered) publishes
+    /// all the buffers at once.
+    fn gathers(&self) -> bool {
+        false
+    }
+}
+
+impl AsyncRing for VchanStream {
+    fn try_write_gathered(&mut self, bufs: &[io::IoSlice<'_>]) -> Result<Option<usize>, Error> {
+        self.try_write_vectored(bufs)
+    }
+    fn gathers(&self) -> bool {
+        true
+    }
+}
+
+impl AsyncRing for VmbusPipe {}
+
+/// Registers a duplicate of `fd` with the runtime's reactor.
+fn register(fd: BorrowedFd<'_>, what: &'static str) -> Result<AsyncFd<OwnedFd>, Error> {
+    let fd = fd
+        .try_clone_to_owned()
+        .map_err(|source| Error::Os { op: what, source })?;
+    // SAFETY: `fd` is an open fd that the `AsyncFd` owns (an `OwnedFd`
+    // closes only on drop and always reports the same number), so it stays
+    // open and the same file for the `AsyncFd`'s whole life.
+    unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }.map_err(|e| {
+        Error::Os {
+            op: what,
+            source: e.into_parts().1,
+        }
+    })
+}
+
+/// A ring stream for tokio: [`AsyncRead`] and [`AsyncWrite`], or two
+/// halves with [`into_split`](Self::into_split).
+///
+/// Must be created inside a tokio runtime with I/O enabled.
+#[derive(Debug)]
+pub struct AsyncStream<S> {
+    stream: S,
+    wake: AsyncFd<OwnedFd>,
+    hangup: Option<AsyncFd<OwnedFd>>,
+}
+
+impl<S: AsyncRing> AsyncStream<S> {
+    /// Wraps `stream`, registering (duplicates of) the eventfd it is woken
+    /// by and its hang-up fd, if any, with the runtime's reactor.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Os`] if an fd cannot be duplicated or registered (e.g.
     /// outside a runtime).
-    pub fn new(stream: VchanStream) -> Result<Self, Error> {
-        let fd = stream
-            .signal()
-            .wake_fd()
-            .try_clone_to_owned()
-            .map_err(|source| Error::Os {
-                op: "dup eventfd",
-                source,
-            })?;
-        // SAFETY: `fd` is an open fd that the `AsyncFd` owns (an `OwnedFd`
-        // closes only on drop and always reports the same number), so it
-        // stays open and the same file for the `AsyncFd`'s whole life.
-        let wake = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
-            .map_err(|e| Error::Os {
-                op: "register eventfd with tokio",
-                source: e.into_parts().1,
-            })?;
-        Ok(AsyncVchan { stream, wake })
+    pub fn new(stream: S) -> Result<Self, Error> {
+        let wake = register(stream.signal().wake_fd(), "register eventfd with tokio")?;
+        let hangup = match stream.signal().hangup_fd() {
+            Some(fd) => Some(register(fd, "register hang-up fd with tokio")?),
+            None => None,
+        };
+        Ok(AsyncStream {
+            stream,
+            wake,
+            hangup,
+        })
     }
 
     /// The blocking stream inside.
-    pub fn get_mut(&mut self) -> &mut VchanStream {
+    pub fn get_mut(&mut self) -> &mut S {
         &mut self.stream
     }
 
     /// Unwraps the blocking stream.
-    pub fn into_inner(self) -> VchanStream {
+    pub fn into_inner(self) -> S {
         self.stream
     }
 
-    /// Waits until the eventfd is readable and consumes the event;
-    /// `Ready` means "retry the ring operation".
-    fn poll_kicked(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    /// Splits into a read half and a write half, for two tasks.
+    pub fn into_split(self) -> (ReadHalf<S>, WriteHalf<S>) {
+        let shared = Arc::new(Mutex::new(Shared {
+            ring: self,
+            wakers: [None, None],
+            holder: None,
+        }));
+        (
+            ReadHalf {
+                shared: shared.clone(),
+            },
+            WriteHalf { shared },
+        )
+    }
+
+    /// Waits until the peer kicked us (the eventfd is readable; the event
+    /// is consumed) or hung up; `Ready` means "retry the ring operation".
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Some(h) = &self.hangup {
+            if let Poll::Ready(guard) = h.poll_read_ready(cx) {
+                let mut guard = guard?;
+                // Reads any notices; marks the peer gone on a hang-up.
+                if self.stream.signal().peer_gone() {
+                    // Let the core's blocking layer learn it too: the next
+                    // attempt delivers what is left, then reports PeerGone.
+                    match self.stream.wait_event(None, Some(Instant::now())) {
+                        Ok(_) | Err(Error::PeerGone) | Err(Error::TimedOut) => {}
+                        Err(e) => return Poll::Ready(Err(e.into())),
+                    }
+                    return Poll::Ready(Ok(()));
+                }
+                guard.clear_ready();
+            }
+        }
         let mut guard = ready!(self.wake.poll_read_ready(cx))?;
         let mut counter = [0u8; 8];
         match rustix::io::read(guard.get_inner().as_fd(), &mut counter) {
@@ -89,38 +179,59 @@ impl AsyncVchan {
             Err(e) => Poll::Ready(Err(e.into())),
         }
     }
-}
 
-impl AsyncRead for AsyncVchan {
-    /// Reads what the ring holds; end of stream once the peer closed (or
-    /// died) and the ring is drained.
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
+    fn read_some(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         loop {
-            match this.stream.try_read(buf.initialize_unfilled()) {
+            match self.stream.try_read(buf.initialize_unfilled()) {
                 Ok(Some(n)) => {
                     buf.advance(n);
                     return Poll::Ready(Ok(()));
                 }
-                Ok(None) => ready!(this.poll_kicked(cx))?,
+                Ok(None) => ready!(self.poll_event(cx))?,
                 Err(Error::Closed) => return Poll::Ready(Ok(())),
+                Err(e) => return Poll::Ready(Err(e.into())),
+            }
+        }
+    }
+
+    fn write_some(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        if bufs.iter().all(|b| b.is_empty()) {
+            return Poll::Ready(Ok(0));
+        }
+        loop {
+            // One publish (and at most one kick) for all of them.
+            match self.stream.try_write_gathered(bufs) {
+                Ok(Some(n)) => return Poll::Ready(Ok(n)),
+                Ok(None) => ready!(self.poll_event(cx))?,
                 Err(e) => return Poll::Ready(Err(e.into())),
             }
         }
     }
 }
 
-impl AsyncWrite for AsyncVchan {
+impl<S: AsyncRing + Unpin> AsyncRead for AsyncStream<S> {
+    /// Reads what the ring holds; end of stream once the peer closed and
+    /// the ring is drained.
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.get_mut().read_some(cx, buf)
+    }
+}
+
+impl<S: AsyncRing + Unpin> AsyncWrite for AsyncStream<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.poll_write_vectored(cx, &[io::IoSlice::new(buf)])
+        self.get_mut().write_some(cx, &[io::IoSlice::new(buf)])
     }
 
     fn poll_write_vectored(
@@ -128,22 +239,11 @@ impl AsyncWrite for AsyncVchan {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if bufs.iter().all(|b| b.is_empty()) {
-            return Poll::Ready(Ok(0));
-        }
-        loop {
-            // One publish (and at most one kick) for all of them.
-            match this.stream.try_write_vectored(bufs) {
-                Ok(Some(n)) => return Poll::Ready(Ok(n)),
-                Ok(None) => ready!(this.poll_kicked(cx))?,
-                Err(e) => return Poll::Ready(Err(e.into())),
-            }
-        }
+        self.get_mut().write_some(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        true
+        self.stream.gathers()
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -153,5 +253,150 @@ impl AsyncWrite for AsyncVchan {
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(self.get_mut().stream.close().map_err(io::Error::from))
+    }
+}
+
+/// The stream both halves share, each half's waker, and whose waker the
+/// reactor holds.
+///
+/// The reactor keeps one waker for the eventfd: the last half that found
+/// nothing to do and registered. A half whose registration was replaced
+/// depends on the holder to pass the next event on, so whenever the holder
+/// is polled again (woken by the event, or for any reason) it wakes the
+/// other half, which then polls and registers again if it still waits.
+/// One wake per poll of the holder: no busy loop, no lost event.
+#[derive(Debug)]
+struct Shared<S> {
+    ring: AsyncStream<S>,
+    /// [read half, write half]: each half's task while it waits.
+    wakers: [Option<Waker>; 2],
+    /// The half whose waker the reactor holds.
+    holder: Option<usize>,
+}
+
+const READ: usize = 0;
+const WRITE: usize = 1;
+
+fn lock<S>(shared: &Mutex<Shared<S>>) -> MutexGuard<'_, Shared<S>> {
+    // A panic in another half's poll leaves the ring as consistent as any
+    // failed call does: keep going.
+    shared.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl<S> Shared<S> {
+    /// Wakes the other half of `me`, if it waits.
+    fn wake_other(&mut self, me: usize) {
+        if let Some(w) = self.wakers.get_mut(1 - me).and_then(Option::take) {
+            w.wake();
+        }
+    }
+}
+
+impl<S: AsyncRing> Shared<S> {
+    /// One poll of a half (`me`): `op` on the ring, passing the reactor's
+    /// wake-up on to the other half as described on [`Shared`].
+    fn poll_half<T>(
+        &mut self,
+        me: usize,
+        cx: &mut Context<'_>,
+        op: impl FnOnce(&mut AsyncStream<S>, &mut Context<'_>) -> Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if self.holder == Some(me) {
+            self.holder = None;
+            self.wake_other(me);
+        }
+        let r = op(&mut self.ring, cx);
+        let pending = r.is_pending();
+        if let Some(slot) = self.wakers.get_mut(me) {
+            *slot = pending.then(|| cx.waker().clone());
+        }
+        if pending {
+            // `op` only waits by registering `cx` with the reactor.
+            self.holder = Some(me);
+        }
+        r
+    }
+}
+
+/// The reading half of a split [`AsyncStream`].
+#[derive(Debug)]
+pub struct ReadHalf<S> {
+    shared: Arc<Mutex<Shared<S>>>,
+}
+
+/// The writing half of a split [`AsyncStream`]; shutting it down closes
+/// the stream.
+#[derive(Debug)]
+pub struct WriteHalf<S> {
+    shared: Arc<Mutex<Shared<S>>>,
+}
+
+impl<S: AsyncRing + Unpin> AsyncRead for ReadHalf<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        lock(&self.shared).poll_half(READ, cx, |ring, cx| ring.read_some(cx, buf))
+    }
+}
+
+impl<S: AsyncRing + Unpin> AsyncWrite for WriteHalf<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        lock(&self.shared).poll_half(WRITE, cx, |ring, cx| {
+            ring.write_some(cx, &[io::IoSlice::new(buf)])
+        })
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        lock(&self.shared).poll_half(WRITE, cx, |ring, cx| ring.write_some(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        lock(&self.shared).ring.stream.gathers()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(
+            lock(&self.shared)
+                .ring
+                .stream
+                .close()
+                .map_err(io::Error::from),
+        )
+    }
+}
+
+/// A half going away wakes the other: its waker may be the one the
+/// reactor holds, and nobody else would pass the next kick on.
+fn wake_other<S>(shared: &Mutex<Shared<S>>, me: usize) {
+    let mut s = lock(shared);
+    if s.holder == Some(me) {
+        s.holder = None;
+    }
+    s.wake_other(me);
+}
+
+impl<S> Drop for ReadHalf<S> {
+    fn drop(&mut self) {
+        wake_other(&self.shared, READ);
+    }
+}
+
+impl<S> Drop for WriteHalf<S> {
+    fn drop(&mut self) {
+        wake_other(&self.shared, WRITE);
     }
 }

@@ -2,8 +2,11 @@
 
 #![cfg(feature = "tokio")]
 
+mod common;
+
+use ring_hosted::session;
 use ring_hosted::stream;
-use ring_hosted::tokio_io::AsyncVchan;
+use ring_hosted::tokio_io::{AsyncVchan, AsyncVmbus};
 use std::io::Read;
 use std::thread;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -85,4 +88,117 @@ async fn gathered_async_writes_arrive_in_order() {
         got == expect,
         "gathered bytes arrived out of order or damaged"
     );
+}
+
+/// Every async test below ends within this, or fails: a lost wake-up
+/// must not hang the suite.
+const DEADLINE: std::time::Duration = std::time::Duration::from_secs(20);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_halves_in_two_tasks_both_make_progress() {
+    // A blocking echo peer over 1 KiB rings: the writer task can only go
+    // on once the reader task has drained the echo, so both halves wait
+    // on the one eventfd, in different tasks, many times.
+    let (server, client) = stream::pair(1024, 1024).unwrap();
+    let data = pattern(9, 400_000);
+    let expect = data.clone();
+    let total = data.len();
+    let peer = thread::spawn(move || {
+        let mut s = server;
+        let mut buf = [0u8; 700];
+        let mut echoed = 0;
+        while echoed < total {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "the async side ended early");
+            s.write_all(&buf[..n]).unwrap();
+            echoed += n;
+        }
+        s
+    });
+    let (mut rd, mut wr) = AsyncVchan::new(client).unwrap().into_split();
+    let writer = tokio::spawn(async move {
+        for piece in data.chunks(1500) {
+            wr.write_all(piece).await.unwrap();
+        }
+        // No shutdown: a vchan close ends both directions.
+        wr
+    });
+    let reader = tokio::spawn(async move {
+        let mut got = vec![0u8; total];
+        rd.read_exact(&mut got).await.unwrap();
+        got
+    });
+    let got = tokio::time::timeout(DEADLINE, reader)
+        .await
+        .expect("the read half was never woken")
+        .unwrap();
+    let _wr = tokio::time::timeout(DEADLINE, writer)
+        .await
+        .expect("the write half was never woken")
+        .unwrap();
+    assert!(got == expect, "echoed bytes differ");
+    let mut peer = peer.join().unwrap();
+    peer.close().unwrap();
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_peer_that_dies_without_closing_is_noticed_while_we_wait() {
+    // Through the real rendezvous, so each side's hang-up fd is its end of
+    // the rendezvous socket. The peer "dies" by losing that end while its
+    // ring stays open: no close, no kick.
+    let sock = common::TempSock::new("tokio-death");
+    let listener = session::Listener::<session::Vchan>::bind(&sock.path).unwrap();
+    let path = sock.path.clone();
+    let t = thread::spawn(move || session::connect::<session::Vchan>(&path).unwrap());
+    let ours = listener.accept().unwrap();
+    let mut theirs = t.join().unwrap();
+    theirs.write_all(b"last words").unwrap();
+    let mut s = AsyncVchan::new(ours).unwrap();
+    let killer = die_later(move || {
+        theirs.signal_mut().set_hangup(dummy_fd());
+        std::mem::forget(theirs);
+    });
+    let (got, err) = read_until_error(&mut s).await;
+    killer.join().unwrap();
+    assert_eq!(got, b"last words", "what the peer wrote first is delivered");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+
+    let (ours, mut theirs, _sock) = common::vmbus_pair(16 * 4096);
+    theirs.write_all(b"last words").unwrap();
+    let mut s = AsyncVmbus::new(ours).unwrap();
+    let killer = die_later(move || {
+        theirs.signal_mut().set_hangup(dummy_fd());
+        std::mem::forget(theirs);
+    });
+    let (got, err) = read_until_error(&mut s).await;
+    killer.join().unwrap();
+    assert_eq!(got, b"last words");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+}
+
+/// Runs `die` on another thread after 100 ms.
+fn die_later(die: impl FnOnce() + Send + 'static) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        thread::sleep(std::time::Duration::from_millis(100));
+        die();
+    })
+}
+
+/// An fd standing in for a dead peer's hang-up end.
+fn dummy_fd() -> std::os::fd::OwnedFd {
+    std::fs::File::open("/dev/null").unwrap().into()
+}
+
+/// Reads until the stream fails; returns what came and the error.
+async fn read_until_error<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> (Vec<u8>, std::io::Error) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 64];
+    loop {
+        match tokio::time::timeout(DEADLINE, r.read(&mut buf)).await {
+            Err(_) => panic!("the peer's death was not noticed"),
+            Ok(Ok(0)) => panic!("a clean end of stream from a peer that died"),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Ok(Err(e)) => return (got, e),
+        }
+    }
 }
