@@ -66,6 +66,38 @@ pub struct Corrupt {
     pub what: &'static str,
 }
 
+/// The traits every protocol error implements the same way, from its
+/// `class()` and its `Corrupt`, `Setup` and `Memory` variants: `source()`,
+/// the `embedded-io` kind and (with `std`) the `std::io::Error`.
+macro_rules! protocol_error_traits {
+    ($error:ty) => {
+        impl core::error::Error for $error {
+            fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+                match self {
+                    Self::Corrupt(e) => Some(e),
+                    Self::Setup(e) => Some(e),
+                    Self::Memory(e) => Some(e),
+                    _ => None,
+                }
+            }
+        }
+
+        impl embedded_io::Error for $error {
+            fn kind(&self) -> embedded_io::ErrorKind {
+                $crate::error::embedded_kind(self.class())
+            }
+        }
+
+        #[cfg(feature = "std")]
+        impl From<$error> for std::io::Error {
+            fn from(e: $error) -> Self {
+                std::io::Error::new(e.class().io_kind(), e)
+            }
+        }
+    };
+}
+pub(crate) use protocol_error_traits;
+
 /// The `embedded-io` kind of a class (its `Other` stands for "retry":
 /// embedded-io has no would-block kind).
 pub(crate) fn embedded_kind(class: ErrorClass) -> embedded_io::ErrorKind {

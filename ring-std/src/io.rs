@@ -1,6 +1,6 @@
 //! Turning ring errors into `std::io` errors, once for both protocols.
 
-use ring_core::loan::{Span, SpanReader, SpanWriter};
+use ring_core::loan::{Drained, Span, SpanReader, SpanWriter};
 use ring_core::mem::SharedMem;
 use ring_core::signal::BlockingError;
 use std::io;
@@ -22,48 +22,50 @@ pub fn io_error<R: Into<io::Error>, S: Into<io::Error>>(e: BlockingError<R, S>) 
     }
 }
 
-/// Runs a caller's in-place writer over the offered spans: the bytes to
-/// publish are all it wrote if it succeeded, none if it failed (its error
-/// is kept in `failed`).
-pub(crate) fn fill_spans<M: SharedMem>(
-    mem: &M,
-    spans: &[Span],
+/// An in-place write for either protocol's stream: `write` runs the
+/// blocking wrapper's `write_with` with the closure it is given, which
+/// hands the spans to `fill` through a [`SpanWriter`]. What `fill` wrote is
+/// published if it succeeded, nothing if it failed (and its error is
+/// returned).
+pub(crate) fn write_in_place<M: SharedMem>(
     fill: impl FnOnce(&mut SpanWriter<'_, M>) -> io::Result<()>,
-    failed: &mut Option<io::Error>,
-) -> usize {
-    let mut w = SpanWriter::new(mem, spans);
-    match fill(&mut w) {
-        Ok(()) => w.len(),
-        Err(e) => {
-            *failed = Some(e);
-            0
+    write: impl FnOnce(&mut dyn FnMut(&M, &[Span]) -> usize) -> io::Result<usize>,
+) -> io::Result<usize> {
+    let mut fill = Some(fill);
+    let mut failed = None;
+    let n = write(&mut |mem, spans| {
+        let Some(fill) = fill.take() else { return 0 };
+        let mut w = SpanWriter::new(mem, spans);
+        match fill(&mut w) {
+            Ok(()) => w.len(),
+            Err(e) => {
+                failed = Some(e);
+                0
+            }
         }
-    }
+    })?;
+    failed.map_or(Ok(n), Err)
 }
 
-/// Runs a caller's in-place reader over the offered spans: the bytes to
-/// give back are those it read in order if it succeeded, none if it failed
-/// (its error is kept in `failed`).
-pub(crate) fn drain_spans<M: SharedMem>(
-    mem: &M,
-    spans: &[Span],
+/// An in-place read for either protocol's stream, as
+/// [`write_in_place`]: what `drain` read in order is given back if it
+/// succeeded, nothing if it failed.
+pub(crate) fn read_in_place<M: SharedMem>(
     drain: impl FnOnce(&mut SpanReader<'_, M>) -> io::Result<()>,
-    failed: &mut Option<io::Error>,
-) -> usize {
-    let mut r = SpanReader::new(mem, spans);
-    match drain(&mut r) {
-        Ok(()) => r.consumed(),
-        Err(e) => {
-            *failed = Some(e);
-            0
+    read: impl FnOnce(&mut dyn FnMut(&M, &[Span]) -> usize) -> io::Result<Drained>,
+) -> io::Result<Drained> {
+    let mut drain = Some(drain);
+    let mut failed = None;
+    let d = read(&mut |mem, spans| {
+        let Some(drain) = drain.take() else { return 0 };
+        let mut r = SpanReader::new(mem, spans);
+        match drain(&mut r) {
+            Ok(()) => r.consumed(),
+            Err(e) => {
+                failed = Some(e);
+                0
+            }
         }
-    }
-}
-
-/// The caller's error if its closure failed, else `ok`.
-pub(crate) fn or_failed<T>(ok: T, failed: Option<io::Error>) -> io::Result<T> {
-    match failed {
-        Some(e) => Err(e),
-        None => Ok(ok),
-    }
+    })?;
+    failed.map_or(Ok(d), Err)
 }

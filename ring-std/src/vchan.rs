@@ -1,6 +1,6 @@
 //! Blocking `std::io` over a vchan endpoint, and in-process pairs.
 
-use crate::io::{drain_spans, fill_spans, io_error, or_failed};
+use crate::io::io_error;
 use crate::{HeapMem, InProcessSignal};
 use ring_core::loan::{Drained, SpanReader, SpanWriter};
 use ring_core::mem::SharedMem;
@@ -87,12 +87,7 @@ where
         want: usize,
         fill: impl FnOnce(&mut SpanWriter<'_, M>) -> io::Result<()>,
     ) -> io::Result<usize> {
-        let mut failed = None;
-        let n = self
-            .inner
-            .write_with(want, |mem, spans| fill_spans(mem, spans, fill, &mut failed))
-            .map_err(io_error)?;
-        or_failed(n, failed)
+        crate::io::write_in_place(fill, |f| self.inner.write_with(want, f).map_err(io_error))
     }
 
     /// Reads in place: waits for bytes, lets `drain` read up to `max` of
@@ -110,14 +105,7 @@ where
         max: usize,
         drain: impl FnOnce(&mut SpanReader<'_, M>) -> io::Result<()>,
     ) -> io::Result<Drained> {
-        let mut failed = None;
-        let d = self
-            .inner
-            .read_with(max, |mem, spans| {
-                drain_spans(mem, spans, drain, &mut failed)
-            })
-            .map_err(io_error)?;
-        or_failed(d, failed)
+        crate::io::read_in_place(drain, |d| self.inner.read_with(max, d).map_err(io_error))
     }
 
     /// Closes our end and wakes the peer.

@@ -11,7 +11,7 @@
 //! assert_eq!((info.transaction_id, &buf[..4], len), (1, &b"ping"[..], 8));
 //! ```
 
-use crate::io::{drain_spans, fill_spans, io_error, or_failed};
+use crate::io::io_error;
 use crate::{HeapMem, InProcessSignal};
 use ring_core::loan::{Drained, SpanReader, SpanWriter};
 use ring_core::mem::SharedMem;
@@ -149,12 +149,7 @@ where
         want: usize,
         fill: impl FnOnce(&mut SpanWriter<'_, M>) -> io::Result<()>,
     ) -> io::Result<usize> {
-        let mut failed = None;
-        let n = self
-            .inner
-            .write_with(want, |mem, spans| fill_spans(mem, spans, fill, &mut failed))
-            .map_err(io_error)?;
-        or_failed(n, failed)
+        crate::io::write_in_place(fill, |f| self.inner.write_with(want, f).map_err(io_error))
     }
 
     /// Reads in place: waits for bytes, lets `drain` read up to `max` of
@@ -172,14 +167,7 @@ where
         max: usize,
         drain: impl FnOnce(&mut SpanReader<'_, M>) -> io::Result<()>,
     ) -> io::Result<Drained> {
-        let mut failed = None;
-        let d = self
-            .inner
-            .read_with(max, |mem, spans| {
-                drain_spans(mem, spans, drain, &mut failed)
-            })
-            .map_err(io_error)?;
-        or_failed(d, failed)
+        crate::io::read_in_place(drain, |d| self.inner.read_with(max, d).map_err(io_error))
     }
 
     /// Sends end of stream.

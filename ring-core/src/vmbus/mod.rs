@@ -333,29 +333,7 @@ impl Error {
     }
 }
 
-impl core::error::Error for Error {
-    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
-        match self {
-            Error::Corrupt(e) => Some(e),
-            Error::Setup(e) => Some(e),
-            Error::Memory(e) => Some(e),
-            _ => None,
-        }
-    }
-}
-
-impl embedded_io::Error for Error {
-    fn kind(&self) -> embedded_io::ErrorKind {
-        crate::error::embedded_kind(self.class())
-    }
-}
-
-#[cfg(feature = "std")]
-impl From<Error> for std::io::Error {
-    fn from(e: Error) -> Self {
-        std::io::Error::new(e.class().io_kind(), e)
-    }
-}
+crate::error::protocol_error_traits!(Error);
 
 pub use crate::Transfer;
 
