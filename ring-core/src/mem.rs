@@ -557,10 +557,8 @@ mod bulk {
                                 } else {
                                     super::copy_sse2
                                 };
-                                // SAFETY: both ranges are inside their
-                                // 2048-byte buffers (64 + 1500 < 2048) and
-                                // the buffers are distinct; AVX only when
-                                // it was found usable.
+                                // SAFETY: in-bounds (64 + 1500 < 2048), distinct
+                                // buffers; AVX only when found usable.
                                 unsafe { copy(sp, dp, len) };
                                 let ok = dst[..d_off].iter().all(|&b| b == 0xEE)
                                     && dst[d_off..d_off + len] == src[s_off..s_off + len]
