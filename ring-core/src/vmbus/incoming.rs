@@ -69,6 +69,9 @@ pub struct IncomingRing<M> {
     cached_write: u32,
     /// Clear the mask and re-check before reporting empty.
     interrupts: bool,
+    /// We cleared the mask (running out of packets) and have not set it
+    /// since: the next packet found sets it again.
+    unmasked: bool,
     poison: Poison,
 }
 
@@ -105,6 +108,7 @@ impl<M: SharedMem> IncomingRing<M> {
             next: read,
             cached_write: write,
             interrupts: true,
+            unmasked: false,
             poison: Poison::default(),
         })
     }
@@ -171,15 +175,18 @@ impl<M: SharedMem> IncomingRing<M> {
         self.interrupts = enabled;
     }
 
-    /// Sets the interrupt mask: "don't signal me, I am draining". Call it
-    /// when woken, before reading; [`read_packet`](Self::read_packet)
-    /// clears it again (and re-checks) when it runs out of packets.
+    /// Sets the interrupt mask: "don't signal me, I am draining".
+    /// [`read_packet`](Self::read_packet) sets it by itself on the first
+    /// packet it finds after running dry, and clears it again (and
+    /// re-checks) when it runs out; call this to mask before that (when
+    /// woken, say, to drain without the writer's signals).
     ///
     /// # Errors
     ///
     /// [`Error::Memory`] only.
     pub fn mask_interrupts(&mut self) -> Result<(), Error> {
         self.mem.store_u32(INTERRUPT_MASK, 1)?;
+        self.unmasked = false;
         Ok(())
     }
 
@@ -196,6 +203,7 @@ impl<M: SharedMem> IncomingRing<M> {
         if self.mem.load_u32(INTERRUPT_MASK)? != 0 {
             self.mem.store_u32(INTERRUPT_MASK, 0)?;
         }
+        self.unmasked = true;
         // Full fence: the mask store is ordered before the index load (the
         // Dekker pair with the writer's publish-then-check-mask).
         self.mem.fence();
@@ -249,6 +257,12 @@ impl<M: SharedMem> IncomingRing<M> {
         }
         if self.readable() == 0 {
             return Err(Error::Empty);
+        }
+        if self.unmasked && self.interrupts {
+            // Found data after running dry: we are draining again, so the
+            // writer need not signal until we next run out (and unmask).
+            // A reader spinning between reads is then never kicked.
+            self.mask_interrupts()?;
         }
         let start = self.next;
         let (info, total) = self.parse(start)?;

@@ -119,6 +119,9 @@ struct Model {
     /// Written, not yet committed.
     batch: Vec<Pkt>,
     mask: bool,
+    /// The reader cleared the mask on running dry; the next packet it
+    /// finds sets it again (it is draining).
+    unmasked: bool,
     pending: u32,
     /// The reader ran dry (mask cleared, nothing uncommitted) and sleeps
     /// until signalled.
@@ -235,6 +238,7 @@ fn run(data_size: usize, start: u32, ops: Vec<Op>) {
         read: 0,
         batch: Vec::new(),
         mask: false,
+        unmasked: false,
         pending: 0,
         reader_sleeps: false,
         writer_sleeps: None,
@@ -302,10 +306,15 @@ fn run(data_size: usize, start: u32, ops: Vec<Op>) {
                     Some(want) => {
                         check_packet(&mut rx, &want);
                         m.read += 1;
+                        if m.unmasked {
+                            m.mask = true;
+                            m.unmasked = false;
+                        }
                     }
                     None => {
                         assert!(matches!(rx.read_packet(), Err(Error::Empty)));
                         m.mask = false;
+                        m.unmasked = true;
                         if m.read == 0 {
                             m.reader_sleeps = true;
                         }
@@ -345,6 +354,7 @@ fn run(data_size: usize, start: u32, ops: Vec<Op>) {
                 if !m.reader_sleeps {
                     rx.mask_interrupts().unwrap();
                     m.mask = true;
+                    m.unmasked = false;
                 }
             }
         }
