@@ -63,19 +63,19 @@ pub enum Drained {
 
 /// One in-place read attempt for either protocol's blocking wrapper:
 /// `read` runs the protocol's read with the closure it is given (which
-/// passes the spans on to `drain`) and returns the bytes consumed (`None`:
-/// nothing to read, wake-up armed). Nothing consumed is the end of the
-/// stream unless `drain` was offered bytes and took none; a `max` of 0
-/// reads nothing.
+/// passes the spans on to `drain`, taking it out of its slot) and returns
+/// the bytes consumed (`None`: nothing to read, wake-up armed). Nothing
+/// consumed is the end of the stream unless `drain` was offered bytes and
+/// took none; a `max` of 0 reads nothing. The slot lets a blocking read
+/// retry with the same `drain` until it is offered bytes.
 pub(crate) fn read_in_place<M: ?Sized, E>(
     max: usize,
-    drain: impl FnOnce(&M, &[Span]) -> usize,
+    drain: &mut Option<impl FnOnce(&M, &[Span]) -> usize>,
     read: impl FnOnce(&mut dyn FnMut(&M, &[Span]) -> usize) -> Result<Option<usize>, E>,
 ) -> Result<Option<Drained>, E> {
     if max == 0 {
         return Ok(Some(Drained::Took(0)));
     }
-    let mut drain = Some(drain);
     let mut offered = false;
     let took = read(&mut |mem, spans| {
         offered = true;

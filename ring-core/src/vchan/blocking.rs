@@ -249,7 +249,7 @@ impl<M: SharedMem, S: Signal> Blocking<M, S> {
         max: usize,
         drain: impl FnOnce(&M, &[Span]) -> usize,
     ) -> Attempt<Drained, Error, S::Error> {
-        crate::loan::read_in_place(max, drain, |offer| {
+        crate::loan::read_in_place(max, &mut Some(drain), |offer| {
             let (side, waiter) = (&mut self.side, &self.waiter);
             side.read_with(waiter, |ep| {
                 Ok(ep.read_with(max, offer)?.unwrap_or(Transfer::NOTHING))
@@ -401,8 +401,7 @@ impl<M: SharedMem, S: Signal> Blocking<M, S> {
             &mut self.side,
             |s| read_ready(&mut s.ep, 1),
             |s, w| {
-                let once = |mem: &M, spans: &[Span]| drain.take().map_or(0, |d| d(mem, spans));
-                crate::loan::read_in_place(max, once, |offer| {
+                crate::loan::read_in_place(max, &mut drain, |offer| {
                     s.read_with(w, |ep| {
                         Ok(ep.read_with(max, offer)?.unwrap_or(Transfer::NOTHING))
                     })

@@ -563,7 +563,7 @@ impl<M: SharedMem, S: Signal> BlockingPipe<M, S> {
         max: usize,
         drain: impl FnOnce(&M, &[Span]) -> usize,
     ) -> Attempt<Drained, Error, S::Error> {
-        crate::loan::read_in_place(max, drain, |offer| {
+        crate::loan::read_in_place(max, &mut Some(drain), |offer| {
             let (ends, waiter) = (&mut self.ends, &self.waiter);
             ends.read_with(waiter, |r| Ok(r.read_with(max, offer)?.unwrap_or_default()))
         })
@@ -724,8 +724,7 @@ impl<M: SharedMem, S: Signal> BlockingPipe<M, S> {
             &mut self.ends,
             |e| e.readable(),
             |e, w| {
-                let once = |mem: &M, spans: &[Span]| drain.take().map_or(0, |d| d(mem, spans));
-                crate::loan::read_in_place(max, once, |offer| {
+                crate::loan::read_in_place(max, &mut drain, |offer| {
                     e.read_with(w, |r| Ok(r.read_with(max, offer)?.unwrap_or_default()))
                 })
             },
