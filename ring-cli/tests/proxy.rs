@@ -133,7 +133,21 @@ fn data(seed: u64, n: usize) -> Vec<u8> {
 
 /// One client: sends `out`, half-closes, reads the answer to the end.
 fn client(path: &std::path::Path, out: Vec<u8>, stop_after: Option<usize>) -> Option<Vec<u8>> {
-    let c = UnixStream::connect(path).unwrap();
+    // The path appears at bind(), a moment before listen(): a connect in
+    // between is refused. Retry that (only that), within a deadline.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let c = loop {
+        match UnixStream::connect(path) {
+            Ok(c) => break c,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::ConnectionRefused
+                    && std::time::Instant::now() < deadline =>
+            {
+                thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => panic!("connect to the proxy at {}: {e}", path.display()),
+        }
+    };
     c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     let mut w = c.try_clone().unwrap();
     let cut = stop_after;
