@@ -338,6 +338,9 @@ fn boot_with(
         .tempdir()
         .unwrap();
     let sock = dir.path().join("ivshmem.sock");
+    // Built (once, cold: a release build) before our end starts, so that
+    // the build's minutes never count against its accept timeout.
+    let initramfs = initramfs();
     let mut host = Command::new(env!("CARGO_BIN_EXE_ring"))
         .arg("ivshmem")
         .arg(&sock)
@@ -357,7 +360,11 @@ fn boot_with(
         .expect("start ring ivshmem");
     let mut input = host.stdin.take().unwrap();
     let (up_tx, up_rx) = std::sync::mpsc::channel::<()>();
+    let (out_up_tx, out_up_rx) = std::sync::mpsc::channel::<()>();
     let data = stdin.to_vec();
+    // With nothing to feed, the guest is the sender: its bytes must outrun
+    // the ring so that it sleeps on MSI-X for space, however fast we drain.
+    let hold_output = stdin.is_empty();
     let feeder = std::thread::spawn(move || {
         // Nothing to send: our input ends at once.
         if !data.is_empty() && up_rx.recv_timeout(BOOT_LIMIT).is_ok() {
@@ -365,9 +372,15 @@ fn boot_with(
             let _ = input.write_all(&data);
         }
     });
-    // Its stdout is read all along: a full pipe would stall it.
+    // Its stdout is read all along (a full pipe would stall it), except
+    // that a guest sender's bytes are left in the ring and the pipe until
+    // [`LATE_INPUT`] after the guest is up: the pipe and the ring together
+    // hold far less than it sends, so it must wait for space.
     let mut out = host.stdout.take().unwrap();
     let collector = std::thread::spawn(move || {
+        if hold_output && out_up_rx.recv_timeout(BOOT_LIMIT).is_ok() {
+            std::thread::sleep(LATE_INPUT);
+        }
         let mut host_out = Vec::new();
         let _ = out.read_to_end(&mut host_out);
         host_out
@@ -433,7 +446,7 @@ fn boot_with(
         .arg("-kernel")
         .arg(&vmlinux)
         .arg("-initrd")
-        .arg(initramfs())
+        .arg(initramfs)
         .arg("-append")
         .arg(&cmdline)
         .arg("-chardev")
@@ -456,7 +469,7 @@ fn boot_with(
     let deadline = started + BOOT_LIMIT;
     let mut guest = Vec::new();
     let mut killed = false;
-    let mut up = Some(up_tx);
+    let mut up = Some((up_tx, out_up_tx));
     let qemu_status = loop {
         while let Ok(line) = rx.try_recv() {
             if let Some(at) = line.find("GUEST ") {
@@ -464,8 +477,9 @@ fn boot_with(
             }
         }
         if guest.iter().any(|l| l.starts_with("GUEST up")) {
-            if let Some(tx) = up.take() {
+            if let Some((tx, out_tx)) = up.take() {
                 let _ = tx.send(());
+                let _ = out_tx.send(());
             }
         }
         if guest.iter().any(|l| l.starts_with("GUEST uio ready")) {
@@ -568,8 +582,9 @@ fn report(case: &str, b: &Boot, mib: f64) {
 /// One transfer case: 4 MiB of a seeded pattern between `ring ivshmem
 /// --proto PROTO` and the guest program, `to_guest` or back. Both ends
 /// must exit cleanly with every byte as sent; the guest must have slept on
-/// MSI-X at least once (its bytes come only after it joined, or it outruns
-/// us) and we must have been woken by its doorbell, never by a liveness
+/// MSI-X at least once (bytes to it come only after it joined; bytes from
+/// it are left undrained until it has filled the ring) and we must have
+/// been woken by its doorbell, never by a liveness
 /// lapse.
 fn transfer_case(proto: &str, to_guest: bool, seed: u64) {
     let bytes = 4 << 20;
