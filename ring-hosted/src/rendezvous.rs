@@ -46,7 +46,7 @@
 use crate::eventfd::{EventFd, EventSignal, DEFAULT_SPIN};
 use crate::memfd::MemFd;
 use crate::stream::{PollStream, VchanStream};
-use crate::vmbus::{ChannelLayout, VmbusPipe};
+use crate::vmbus::{ChannelLayout, VmbusChannel, VmbusPipe};
 use crate::Error;
 use ring_core::vchan::{self, FlatLayout, Orders, ServerOptions};
 use rustix::net::{
@@ -81,6 +81,9 @@ pub enum Proto {
     Vchan,
     /// Hyper-V VMBus: two packet rings, used as a pipe.
     Vmbus,
+    /// Hyper-V VMBus: the same two packet rings carrying raw packets (each
+    /// side's own types, flags and transaction ids; no pipe framing).
+    VmbusPackets,
 }
 
 impl Proto {
@@ -89,6 +92,7 @@ impl Proto {
         match self {
             Proto::Vchan => 1,
             Proto::Vmbus => 2,
+            Proto::VmbusPackets => 3,
         }
     }
 
@@ -97,6 +101,7 @@ impl Proto {
         match code {
             1 => Some(Proto::Vchan),
             2 => Some(Proto::Vmbus),
+            3 => Some(Proto::VmbusPackets),
             _ => None,
         }
     }
@@ -106,6 +111,7 @@ impl Proto {
         match self {
             Proto::Vchan => "vchan",
             Proto::Vmbus => "vmbus",
+            Proto::VmbusPackets => "vmbus-packets",
         }
     }
 }
@@ -436,6 +442,8 @@ pub enum Session {
     Vchan(VchanStream),
     /// A VMBus pipe.
     Vmbus(VmbusPipe),
+    /// A VMBus channel of raw packets.
+    VmbusPackets(VmbusChannel),
 }
 
 impl Session {
@@ -444,6 +452,7 @@ impl Session {
         match self {
             Session::Vchan(_) => Proto::Vchan,
             Session::Vmbus(_) => Proto::Vmbus,
+            Session::VmbusPackets(_) => Proto::VmbusPackets,
         }
     }
 
@@ -451,7 +460,7 @@ impl Session {
     pub fn into_vchan(self) -> Option<VchanStream> {
         match self {
             Session::Vchan(s) => Some(s),
-            Session::Vmbus(_) => None,
+            _ => None,
         }
     }
 
@@ -459,7 +468,15 @@ impl Session {
     pub fn into_vmbus(self) -> Option<VmbusPipe> {
         match self {
             Session::Vmbus(p) => Some(p),
-            Session::Vchan(_) => None,
+            _ => None,
+        }
+    }
+
+    /// The VMBus packet channel, if this is a raw-packet session.
+    pub fn into_vmbus_packets(self) -> Option<VmbusChannel> {
+        match self {
+            Session::VmbusPackets(c) => Some(c),
+            _ => None,
         }
     }
 
@@ -468,6 +485,7 @@ impl Session {
         match self {
             Session::Vchan(s) => s.memory(),
             Session::Vmbus(p) => p.memory(),
+            Session::VmbusPackets(c) => c.memory(),
         }
     }
 
@@ -476,6 +494,7 @@ impl Session {
         match self {
             Session::Vchan(s) => s.signal(),
             Session::Vmbus(p) => PollStream::signal(p),
+            Session::VmbusPackets(c) => c.signal(),
         }
     }
 
@@ -484,6 +503,7 @@ impl Session {
         match self {
             Session::Vchan(s) => s.signal_mut(),
             Session::Vmbus(p) => p.signal_mut(),
+            Session::VmbusPackets(c) => c.signal_mut(),
         }
     }
 }
@@ -869,7 +889,7 @@ pub fn serve_client(mut sock: UnixStream, config: &ServerConfig) -> Result<Sessi
     signal.set_spin(config.spin);
     let made = match config.proto {
         Proto::Vchan => setup_vchan(config, signal),
-        Proto::Vmbus => setup_vmbus(config, signal),
+        Proto::Vmbus | Proto::VmbusPackets => setup_vmbus(config, signal),
     };
     let (mut session, welcome) = match made {
         Ok(m) => m,
@@ -909,19 +929,23 @@ fn setup_vchan(config: &ServerConfig, signal: EventSignal) -> Result<(Session, W
     Ok((Session::Vchan(VchanStream::new(ep, signal)), welcome))
 }
 
+/// Both VMBus sessions: the same rings, framed as a pipe or not.
 fn setup_vmbus(config: &ServerConfig, signal: EventSignal) -> Result<(Session, Welcome), Error> {
     let layout = ChannelLayout::rounded(config.read_size, config.write_size)?;
     let mem = Arc::new(MemFd::create("ring-vmbus", layout.total_size())?);
-    let pipe = VmbusPipe::serve(mem, layout, signal)?;
+    let session = match config.proto {
+        Proto::VmbusPackets => Session::VmbusPackets(VmbusChannel::serve(mem, layout, signal)?),
+        _ => Session::Vmbus(VmbusPipe::serve(mem, layout, signal)?),
+    };
     let welcome = Welcome {
         version: VERSION,
-        proto: Proto::Vmbus.code(),
+        proto: config.proto.code(),
         status: 0,
         mem_size: layout.total_size() as u64,
         left_size: layout.to_server.data_size(),
         right_size: layout.to_client.data_size(),
     };
-    Ok((Session::Vmbus(pipe), welcome))
+    Ok((session, welcome))
 }
 
 /// Sends `bytes` with `fds` attached in one `sendmsg` (`SCM_RIGHTS`).
@@ -1077,7 +1101,7 @@ pub fn client_handshake(mut sock: UnixStream, config: ClientConfig) -> Result<Se
             })?;
             Session::Vchan(stream)
         }
-        Proto::Vmbus => {
+        Proto::Vmbus | Proto::VmbusPackets => {
             let layout =
                 ChannelLayout::new(welcome.left_size as usize, welcome.right_size as usize)
                     .map_err(|e| {
@@ -1099,7 +1123,13 @@ pub fn client_handshake(mut sock: UnixStream, config: ClientConfig) -> Result<Se
             sock.set_read_timeout(None).map_err(sock_err)?;
             let mut signal = EventSignal::new(to_server, to_client).with_hangup(sock.into());
             signal.set_spin(config.spin);
-            Session::Vmbus(VmbusPipe::connect(Arc::new(mem), layout, signal)?)
+            let mem = Arc::new(mem);
+            match config.proto {
+                Proto::VmbusPackets => {
+                    Session::VmbusPackets(VmbusChannel::connect(mem, layout, signal)?)
+                }
+                _ => Session::Vmbus(VmbusPipe::connect(mem, layout, signal)?),
+            }
         }
     };
     Ok(session)

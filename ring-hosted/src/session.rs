@@ -1,7 +1,8 @@
 //! Typed sessions: the protocol as a type parameter, so a listener's
 //! `accept` and a client's [`connect`] hand back the stream itself — a
-//! [`VchanStream`] for [`Vchan`], a [`VmbusPipe`] for [`Vmbus`] — with
-//! nothing to unwrap. The rendezvous underneath is the same as
+//! [`VchanStream`] for [`Vchan`], a [`VmbusPipe`] for [`Vmbus`], a
+//! [`VmbusChannel`] of raw packets for [`VmbusPackets`] — with nothing to
+//! unwrap. The rendezvous underneath is the same as
 //! [`rendezvous`]'s, whose [`Session`] enum stays for
 //! callers that pick the protocol at run time (the `ring` command).
 //!
@@ -41,15 +42,15 @@
 
 use crate::rendezvous::{self, ClientConfig, HandshakeProblem, Proto, ServerConfig, Session};
 use crate::stream::VchanStream;
-use crate::vmbus::VmbusPipe;
+use crate::vmbus::{VmbusChannel, VmbusPipe};
 use crate::Error;
 use std::marker::PhantomData;
 use std::path::Path;
 use std::time::Duration;
 
 /// A protocol the rendezvous serves, as a type: its wire code and the
-/// stream a session of it becomes. Sealed: [`Vchan`] and [`Vmbus`] are
-/// all there is.
+/// stream a session of it becomes. Sealed: [`Vchan`], [`Vmbus`] and
+/// [`VmbusPackets`] are all there is.
 pub trait Protocol: sealed::Sealed {
     /// The protocol's run-time name.
     const PROTO: Proto;
@@ -63,6 +64,7 @@ mod sealed {
     pub trait Sealed {}
     impl Sealed for super::Vchan {}
     impl Sealed for super::Vmbus {}
+    impl Sealed for super::VmbusPackets {}
 }
 
 /// Xen vchan: a byte stream each way, [`VchanStream`].
@@ -72,6 +74,12 @@ pub enum Vchan {}
 /// Hyper-V VMBus: a byte and message pipe each way, [`VmbusPipe`].
 #[derive(Clone, Copy, Debug)]
 pub enum Vmbus {}
+
+/// Hyper-V VMBus without pipe framing: raw packets each way,
+/// [`VmbusChannel`]. A [`Vmbus`] peer is refused in the handshake: the
+/// two read the same rings differently.
+#[derive(Clone, Copy, Debug)]
+pub enum VmbusPackets {}
 
 impl Protocol for Vchan {
     const PROTO: Proto = Proto::Vchan;
@@ -86,6 +94,14 @@ impl Protocol for Vmbus {
     type Stream = VmbusPipe;
     fn stream(session: Session) -> Option<VmbusPipe> {
         session.into_vmbus()
+    }
+}
+
+impl Protocol for VmbusPackets {
+    const PROTO: Proto = Proto::VmbusPackets;
+    type Stream = VmbusChannel;
+    fn stream(session: Session) -> Option<VmbusChannel> {
+        session.into_vmbus_packets()
     }
 }
 

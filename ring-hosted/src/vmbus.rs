@@ -15,6 +15,16 @@
 //! frames them; a zero-length data packet is end of stream. VMBus has no
 //! live byte: [`VmbusPipe::close`] sends end of stream, and a peer that
 //! dies is noticed through the rendezvous socket, exactly as for vchan.
+//!
+//! # Raw packets
+//!
+//! [`VmbusChannel`] is the same channel without the pipe framing: each
+//! side sends and receives VMBus packets with their own types, flags and
+//! transaction ids (requests, completions, transfer-page and GPA ranges).
+//! [`RawVmbus`] is a third use, for `ring attach --framing raw`: stream
+//! bytes as the payloads of in-band packets.
+
+mod channel;
 
 use crate::eventfd::{EventSignal, Woken};
 use crate::fdio::{write_bytes, FdIo, Output};
@@ -31,6 +41,8 @@ use std::io;
 use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 use std::time::Instant;
+
+pub use channel::VmbusChannel;
 
 /// The memory of one VMBus ring in the shared memfd.
 pub type RingMem = Window<Arc<MemFd>>;

@@ -101,6 +101,11 @@ impl<M: SharedMem, S: Signal> Blocking<M, S> {
         &self.waiter.signal
     }
 
+    /// The signal, mutably (e.g. to set a timeout).
+    pub fn signal_mut(&mut self) -> &mut S {
+        &mut self.waiter.signal
+    }
+
     /// Whether the signal has reported the peer gone.
     pub fn peer_gone(&self) -> bool {
         self.waiter.peer_gone()
@@ -187,6 +192,22 @@ impl<M: SharedMem, S: Signal> Blocking<M, S> {
             true => Ok(Some(())),
             false => self.waiter.nothing(),
         }
+    }
+
+    /// Waits until the reader has consumed every packet we committed.
+    ///
+    /// # Errors
+    ///
+    /// As [`try_delivered`](Self::try_delivered).
+    pub fn wait_delivered(&mut self) -> Result<(), BlockingError<S::Error>> {
+        self.waiter.block(
+            &mut self.rings,
+            |r| r.outgoing.unread_by_peer().map_or(true, |n| n == 0),
+            |r, w| match r.outgoing.arm_drained()? {
+                true => Ok(Some(())),
+                false => w.nothing(),
+            },
+        )
     }
 
     /// Sends one packet (committing anything written before it), waiting
