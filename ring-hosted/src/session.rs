@@ -39,6 +39,24 @@
 //! use ring_hosted::stream::VchanStream;
 //! let s: VchanStream = session::connect::<Vmbus>(std::path::Path::new("/tmp/x")).unwrap();
 //! ```
+//!
+//! Only the three protocols are protocols (the trait is sealed):
+//!
+//! ```compile_fail
+//! use ring_hosted::session::Listener;
+//! let l = Listener::<u8>::bind(std::path::Path::new("/tmp/x"));
+//! ```
+//!
+//! A raw packet channel is not a byte stream: it has no `std::io::Read`
+//! (and no `Write`), so pipe framing cannot be assumed by mistake:
+//!
+//! ```compile_fail
+//! use ring_hosted::session::{self, VmbusPackets};
+//! use std::io::Read;
+//! let mut c = session::connect::<VmbusPackets>(std::path::Path::new("/tmp/x")).unwrap();
+//! let mut buf = [0u8; 8];
+//! c.read(&mut buf).unwrap();
+//! ```
 
 use crate::rendezvous::{self, ClientConfig, HandshakeProblem, Proto, ServerConfig, Session};
 use crate::stream::VchanStream;
