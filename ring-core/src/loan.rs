@@ -276,6 +276,32 @@ impl<M: crate::mem::SharedMem + ?Sized> embedded_io::Write for SpanWriter<'_, M>
 /// the ring through it (`embedded_io::Read`, end of file at the end of the
 /// spans) or at offsets ([`read_at`](Self::read_at)), and the closure
 /// returns [`consumed`](Self::consumed) — the bytes to give back.
+///
+/// # Examples
+///
+/// A one-byte tag and a five-byte name, parsed straight out of the ring:
+///
+/// ```
+/// # use core::sync::atomic::AtomicU64;
+/// # use ring_core::mem::RawMem;
+/// use embedded_io::Read;
+/// use ring_core::loan::SpanReader;
+/// use ring_core::vchan::{self, Orders, ServerOptions};
+/// # let words: Vec<AtomicU64> = (0..512).map(|_| AtomicU64::new(0)).collect();
+/// # let mem = RawMem::from_atomics(&words);
+/// # let mut server = vchan::serve_flat(mem, Orders::new(10, 11)?, ServerOptions::default())?;
+/// # let mut client = vchan::connect_flat(mem)?;
+/// let _ = client.write(b"\x05hello world")?;
+/// let (mut tag, mut name) = ([0u8; 1], [0u8; 5]);
+/// let took = server.read_with(64, |mem, spans| {
+///     let mut r = SpanReader::new(mem, spans);
+///     let parsed = r.read_exact(&mut tag).and_then(|()| r.read_exact(&mut name));
+///     parsed.map_or(0, |()| r.consumed()) // give back nothing unless it parsed
+/// })?;
+/// assert_eq!(took.map(|t| t.len), Some(6)); // " world" stays in the ring
+/// assert_eq!((tag, &name), ([5], b"hello"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct SpanReader<'a, M: ?Sized> {
     mem: &'a M,

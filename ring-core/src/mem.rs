@@ -68,6 +68,29 @@ impl core::error::Error for MemError {}
 /// Release, the read-modify-write operations and [`fence`](Self::fence) are
 /// SeqCst. Bulk copies carry no ordering of their own; ring code orders them
 /// with the index loads and stores around them.
+///
+/// # Examples
+///
+/// The calls ring code makes, on a [`RawMem`] over atomics this process
+/// owns:
+///
+/// ```
+/// use core::sync::atomic::AtomicU64;
+/// use ring_core::mem::{MemError, RawMem, SharedMem};
+///
+/// let words: Vec<AtomicU64> = (0..2).map(|_| AtomicU64::new(0)).collect();
+/// let mem = RawMem::from_atomics(&words);
+/// assert_eq!(mem.size(), 16);
+/// mem.store_u32(4, 0x0403_0201)?;
+/// let mut bytes = [0u8; 4];
+/// mem.read(4, &mut bytes)?;
+/// assert_eq!(bytes, [1, 2, 3, 4]); // little-endian in memory
+/// assert_eq!(mem.fetch_or_u8(0, 0b10)?, 0); // the old value
+/// // Every access is checked, and refused with an error, never a panic.
+/// assert!(matches!(mem.load_u32(16), Err(MemError::OutOfBounds { .. })));
+/// assert!(matches!(mem.load_u32(2), Err(MemError::Misaligned { .. })));
+/// # Ok::<(), MemError>(())
+/// ```
 pub trait SharedMem {
     /// Length of the region in bytes.
     fn size(&self) -> usize;
@@ -214,6 +237,32 @@ impl<'a> RawMem<'a> {
     /// mapped, readable and writable, and must not be accessed through Rust
     /// references by anyone (other processes and raw-pointer or atomic access
     /// are fine).
+    ///
+    /// # Examples
+    ///
+    /// A zeroed heap allocation standing in for an mmap'd file or a
+    /// device BAR:
+    ///
+    /// ```
+    /// use ring_core::mem::{RawMem, SharedMem};
+    /// use std::alloc::{alloc_zeroed, dealloc, Layout};
+    ///
+    /// let layout = Layout::from_size_align(8192, 4096)?;
+    /// // SAFETY: the layout's size is not zero.
+    /// let base = unsafe { alloc_zeroed(layout) };
+    /// assert!(!base.is_null());
+    /// // SAFETY: the bytes stay allocated until the `dealloc` below, and
+    /// // nothing forms a Rust reference into them meanwhile.
+    /// let mem = unsafe { RawMem::from_raw_parts(base, layout.size()) }.ok_or("misaligned")?;
+    /// mem.store_u32(8, 7)?;
+    /// assert_eq!(mem.load_u32(8)?, 7);
+    /// // A base that is not 8-aligned is refused.
+    /// // SAFETY: as above; the view is never built.
+    /// assert!(unsafe { RawMem::from_raw_parts(base.wrapping_add(1), 8) }.is_none());
+    /// // SAFETY: allocated above with this layout; `mem` is not used again.
+    /// unsafe { dealloc(base, layout) };
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub unsafe fn from_raw_parts(base: *mut u8, size: usize) -> Option<Self> {
         let base = NonNull::new(base)?;
         if base.as_ptr().align_offset(8) != 0 {
@@ -230,6 +279,25 @@ impl<'a> RawMem<'a> {
     ///
     /// Safe because atomics permit shared mutation: the ring code's raw
     /// copies and atomic accesses are all it will ever do with them.
+    ///
+    /// # Examples
+    ///
+    /// A `static` page, as a `no_std` guest without an allocator would
+    /// use (a `Vec` of atomics works the same way):
+    ///
+    /// ```
+    /// use core::sync::atomic::AtomicU64;
+    /// use ring_core::mem::{RawMem, SharedMem};
+    ///
+    /// static PAGE: [AtomicU64; 512] = [const { AtomicU64::new(0) }; 512];
+    /// let mem = RawMem::from_atomics(&PAGE);
+    /// assert_eq!(mem.size(), 4096);
+    /// mem.write(100, b"shared")?;
+    /// let mut back = [0u8; 6];
+    /// mem.read(100, &mut back)?;
+    /// assert_eq!(&back, b"shared");
+    /// # Ok::<(), ring_core::mem::MemError>(())
+    /// ```
     pub fn from_atomics(words: &'a [AtomicU64]) -> Self {
         RawMem {
             // A slice pointer is never null and `AtomicU64` is 8-aligned.

@@ -29,6 +29,43 @@
 /// wait as the peer's death ([`is_peer_gone`](Self::is_peer_gone)), and an
 /// out-of-band end of the peer's byte stream
 /// ([`peer_write_closed`](Self::peer_write_closed)).
+///
+/// # Examples
+///
+/// A signal that counts kicks instead of sending them (a host would write
+/// an eventfd or an event channel there):
+///
+/// ```
+/// # use core::sync::atomic::AtomicU64;
+/// # use ring_core::mem::RawMem;
+/// use core::cell::Cell;
+/// use core::convert::Infallible;
+/// use ring_core::signal::Signal;
+/// use ring_core::vchan::{self, Blocking, Orders, ServerOptions};
+///
+/// #[derive(Default)]
+/// struct Counter(Cell<u32>);
+///
+/// impl Signal for Counter {
+///     type Error = Infallible;
+///     fn notify(&self) -> Result<(), Infallible> {
+///         self.0.set(self.0.get() + 1);
+///         Ok(())
+///     }
+///     fn wait(&self) -> Result<(), Infallible> {
+///         Ok(()) // nothing to sleep on: look at the ring again
+///     }
+/// }
+/// # let words: Vec<AtomicU64> = (0..512).map(|_| AtomicU64::new(0)).collect();
+/// # let mem = RawMem::from_atomics(&words);
+/// let _server = vchan::serve_flat(mem, Orders::new(10, 11)?, ServerOptions::default())?;
+/// let mut client = Blocking::new(vchan::connect_flat(mem)?, Counter::default());
+/// client.write_all(b"one")?;
+/// client.write_all(b"two")?;
+/// // The server asked to be kicked once, at set-up, and has not read since.
+/// assert_eq!(client.signal().0.get(), 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub trait Signal {
     /// Why signalling or waiting failed (a closed fd, a timeout, ...).
     type Error: core::fmt::Debug;
@@ -95,6 +132,30 @@ impl<T: Signal + ?Sized> Signal for &T {
 /// A signal for busy-polling environments: notifying does nothing, and
 /// waiting returns at once (after a spin-loop hint), so blocking wrappers
 /// turn into polling loops.
+///
+/// # Examples
+///
+/// A polling reader on one thread, a writer on another:
+///
+/// ```
+/// # use core::sync::atomic::AtomicU64;
+/// # use ring_core::mem::RawMem;
+/// use ring_core::signal::NoSignal;
+/// use ring_core::vchan::{self, Blocking, Orders, ServerOptions};
+/// # let words: Vec<AtomicU64> = (0..512).map(|_| AtomicU64::new(0)).collect();
+/// # let mem = RawMem::from_atomics(&words);
+/// let server = vchan::serve_flat(mem, Orders::new(10, 11)?, ServerOptions::default())?;
+/// let mut server = Blocking::new(server, NoSignal);
+/// let mut client = Blocking::new(vchan::connect_flat(mem)?, NoSignal);
+/// std::thread::scope(|s| {
+///     let writer = s.spawn(move || client.write_all(b"polled"));
+///     let mut buf = [0u8; 6];
+///     server.recv(&mut buf)?; // spins until all six bytes are there
+///     assert_eq!(&buf, b"polled");
+///     Ok::<(), Box<dyn std::error::Error>>(writer.join().expect("writer panicked")?)
+/// })?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Copy, Debug, Default)]
 pub struct NoSignal;
 

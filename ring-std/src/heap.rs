@@ -11,6 +11,26 @@ const WORDS_PER_PAGE: usize = PAGE / 8;
 ///
 /// Built from atomics, so no `unsafe` is needed: the vector is allocated
 /// one page larger than asked and the aligned window inside it is used.
+///
+/// # Examples
+///
+/// One VMBus ring, its writer on another thread:
+///
+/// ```
+/// use ring_core::vmbus::{initialize_ring, IncomingRing, OutgoingPacket, OutgoingRing, RingLayout};
+/// use ring_std::HeapMem;
+/// use std::sync::Arc;
+///
+/// let layout = RingLayout::new(4096, 8192)?;
+/// let mem = Arc::new(HeapMem::new(layout.total_size()));
+/// initialize_ring(&mem, layout)?;
+/// let mut tx = OutgoingRing::new(mem.clone(), layout)?;
+/// let mut rx = IncomingRing::new(mem, layout)?;
+/// let sender = std::thread::spawn(move || tx.send(&OutgoingPacket::in_band(3, &[b"hi"])));
+/// let _ = sender.join().expect("sender panicked")?;
+/// assert_eq!(rx.read_packet()?.transaction_id(), 3);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct HeapMem {
     words: Vec<AtomicU64>,
     start: usize,
@@ -25,6 +45,21 @@ impl std::fmt::Debug for HeapMem {
 
 impl HeapMem {
     /// At least `size` bytes of zeroed memory, rounded up to whole pages.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ring_core::mem::{MemError, SharedMem};
+    /// use ring_std::HeapMem;
+    ///
+    /// let mem = HeapMem::new(5000);
+    /// assert_eq!(mem.size(), 8192); // two whole pages
+    /// assert_eq!(mem.load_u32(4096)?, 0); // zeroed
+    /// mem.store_u32(4096, 0xfeed)?;
+    /// assert_eq!(mem.load_u32(4096)?, 0xfeed);
+    /// assert!(mem.load_u32(8192).is_err()); // bounds-checked like any door
+    /// # Ok::<(), MemError>(())
+    /// ```
     pub fn new(size: usize) -> Self {
         let pages = size.div_ceil(PAGE).max(1);
         let words: Vec<AtomicU64> = (0..(pages + 1) * WORDS_PER_PAGE)
@@ -39,6 +74,26 @@ impl HeapMem {
     }
 
     /// The memory as a [`RawMem`] view.
+    ///
+    /// # Examples
+    ///
+    /// A view is `Copy`: both ends of a vchan can share it without an
+    /// `Arc`, as long as the `HeapMem` outlives them.
+    ///
+    /// ```
+    /// use ring_core::vchan::{self, Orders, ServerOptions};
+    /// use ring_std::HeapMem;
+    ///
+    /// let mem = HeapMem::new(4096);
+    /// let orders = Orders::new(10, 11)?;
+    /// let mut server = vchan::serve_flat(mem.view(), orders, ServerOptions::default())?;
+    /// let mut client = vchan::connect_flat(mem.view())?;
+    /// let _ = client.write(b"hi")?;
+    /// let mut buf = [0u8; 2];
+    /// let _ = server.read(&mut buf)?;
+    /// assert_eq!(&buf, b"hi");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn view(&self) -> RawMem<'_> {
         let words = self
             .words

@@ -7,6 +7,18 @@ use std::io;
 
 /// Converts a ring error into an `io::Error` of the matching kind (the
 /// core's one mapping: [`ErrorClass::io_kind`](ring_core::error::ErrorClass::io_kind)).
+///
+/// # Examples
+///
+/// ```
+/// use ring_core::{vchan, vmbus};
+/// use ring_std::io::ring_io_error;
+/// use std::io::ErrorKind;
+///
+/// let full = ring_io_error(vmbus::Error::Full { needed: 64, available: 8 });
+/// assert_eq!(full.kind(), ErrorKind::WouldBlock);
+/// assert_eq!(ring_io_error(vchan::Error::Closed).kind(), ErrorKind::BrokenPipe);
+/// ```
 pub fn ring_io_error<R: Into<io::Error>>(e: R) -> io::Error {
     e.into()
 }
@@ -14,6 +26,21 @@ pub fn ring_io_error<R: Into<io::Error>>(e: R) -> io::Error {
 /// Converts a blocking wrapper's error into the `std::io` error a caller
 /// of `Read`/`Write` expects: the signal's own error as it is (a timeout
 /// stays `TimedOut`), the ring's by its class.
+///
+/// # Examples
+///
+/// ```
+/// use ring_core::vchan;
+/// use ring_std::io::io_error;
+/// use std::io::{Error, ErrorKind};
+///
+/// type Failed = ring_core::signal::BlockingError<vchan::Error, Error>;
+/// let timeout = io_error(Failed::Signal(Error::from(ErrorKind::TimedOut)));
+/// assert_eq!(timeout.kind(), ErrorKind::TimedOut); // the signal's own
+/// let ring = io_error(Failed::Ring(vchan::Error::WouldBlock));
+/// assert_eq!(ring.kind(), ErrorKind::WouldBlock); // by its class
+/// assert_eq!(io_error(Failed::PeerGone).kind(), ErrorKind::BrokenPipe);
+/// ```
 pub fn io_error<R: Into<io::Error>, S: Into<io::Error>>(e: BlockingError<R, S>) -> io::Error {
     match e {
         BlockingError::Signal(e) => e.into(),

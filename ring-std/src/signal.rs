@@ -8,6 +8,19 @@ use std::time::{Duration, Instant};
 
 /// A counting event: `set` adds one, `wait` blocks until the count is
 /// non-zero and takes all of it (events merge, as on an event channel).
+///
+/// # Examples
+///
+/// ```
+/// use ring_std::ThreadEvent;
+/// use std::time::Duration;
+///
+/// let event = ThreadEvent::new();
+/// event.set();
+/// event.set();
+/// assert!(event.wait(None)); // two sets, one wake-up
+/// assert!(!event.wait(Some(Duration::from_millis(10)))); // nothing left: times out
+/// ```
 #[derive(Debug, Default)]
 pub struct ThreadEvent {
     count: Mutex<u64>,
@@ -68,6 +81,19 @@ pub struct InProcessSignal {
 
 impl InProcessSignal {
     /// A connected pair of signals.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ring_core::signal::Signal;
+    /// use ring_std::InProcessSignal;
+    ///
+    /// let (a, b) = InProcessSignal::pair();
+    /// let waiter = std::thread::spawn(move || b.wait());
+    /// a.notify()?; // wakes b
+    /// waiter.join().expect("waiter panicked")?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn pair() -> (Self, Self) {
         let a = Arc::new(ThreadEvent::new());
         let b = Arc::new(ThreadEvent::new());
@@ -87,6 +113,19 @@ impl InProcessSignal {
 
     /// Makes [`Signal::wait`] fail with [`io::ErrorKind::TimedOut`] after
     /// `timeout` without an event (`None`: wait for ever).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ring_core::signal::Signal;
+    /// use ring_std::InProcessSignal;
+    /// use std::io::ErrorKind;
+    /// use std::time::Duration;
+    ///
+    /// let (mut a, _b) = InProcessSignal::pair();
+    /// a.set_timeout(Some(Duration::from_millis(10)));
+    /// assert_eq!(a.wait().unwrap_err().kind(), ErrorKind::TimedOut);
+    /// ```
     pub fn set_timeout(&mut self, timeout: Option<Duration>) {
         self.timeout = timeout;
     }

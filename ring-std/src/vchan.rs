@@ -14,6 +14,25 @@ use std::sync::Arc;
 /// ring drained); writes to a closed peer fail with `BrokenPipe`; a
 /// signal's timeout surfaces as its own error (`TimedOut` for
 /// [`InProcessSignal`]).
+///
+/// # Examples
+///
+/// 100 000 bytes through a 1 KiB ring, each side blocking on the other:
+///
+/// ```
+/// use std::io::{Read, Write};
+///
+/// let (mut server, mut client) = ring_std::vchan::pair(0, 0)?;
+/// let writer = std::thread::spawn(move || -> std::io::Result<()> {
+///     client.write_all(&vec![b'z'; 100_000])?;
+///     client.close()
+/// });
+/// let mut got = Vec::new();
+/// server.read_to_end(&mut got)?; // until the client's close
+/// writer.join().expect("writer panicked")?;
+/// assert_eq!(got, vec![b'z'; 100_000]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct Stream<M, S> {
     inner: Blocking<M, S>,
@@ -24,6 +43,31 @@ where
     S::Error: Into<io::Error>,
 {
     /// Wraps a connected endpoint and its signal.
+    ///
+    /// # Examples
+    ///
+    /// What [`pair`] does, with 4 KiB rings in pages of their own:
+    ///
+    /// ```
+    /// use ring_core::vchan::{self, FlatLayout, Orders, ServerOptions};
+    /// use ring_std::vchan::Stream;
+    /// use ring_std::{HeapMem, InProcessSignal};
+    /// use std::io::{Read, Write};
+    /// use std::sync::Arc;
+    ///
+    /// let orders = Orders::new(12, 12)?;
+    /// let mem = Arc::new(HeapMem::new(FlatLayout::new(orders).size));
+    /// let server = vchan::serve_flat(mem.clone(), orders, ServerOptions::default())?;
+    /// let client = vchan::connect_flat(mem)?;
+    /// let (server_signal, client_signal) = InProcessSignal::pair();
+    /// let mut server = Stream::new(server, server_signal);
+    /// let mut client = Stream::new(client, client_signal);
+    /// client.write_all(b"4 KiB each way")?;
+    /// let mut buf = [0u8; 14];
+    /// server.read_exact(&mut buf)?;
+    /// assert_eq!(&buf, b"4 KiB each way");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn new(endpoint: Endpoint<M>, signal: S) -> Self {
         Stream {
             inner: Blocking::new(endpoint, signal),
@@ -36,11 +80,42 @@ where
     }
 
     /// Sends `buf` as one packet (all or nothing), blocking for space.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::io::ErrorKind;
+    ///
+    /// let (mut server, mut client) = ring_std::vchan::pair(4096, 4096)?;
+    /// client.send(&[1, 2, 3, 4])?;
+    /// let mut packet = [0u8; 4];
+    /// server.recv(&mut packet)?;
+    /// assert_eq!(packet, [1, 2, 3, 4]);
+    /// // Larger than the 4 KiB ring: it could never go.
+    /// assert_eq!(client.send(&[0u8; 8192]).unwrap_err().kind(), ErrorKind::InvalidInput);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn send(&mut self, buf: &[u8]) -> io::Result<()> {
         self.inner.send(buf).map_err(io_error)
     }
 
     /// Receives exactly `buf.len()` bytes as one packet.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::io::{ErrorKind, Write};
+    ///
+    /// let (mut server, mut client) = ring_std::vchan::pair(0, 0)?;
+    /// client.write_all(b"abcdxyz")?;
+    /// client.close()?;
+    /// let mut four = [0u8; 4];
+    /// server.recv(&mut four)?;
+    /// assert_eq!(&four, b"abcd");
+    /// // Three bytes, then the end of the stream: never a whole packet.
+    /// assert_eq!(server.recv(&mut four).unwrap_err().kind(), ErrorKind::BrokenPipe);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn recv(&mut self, buf: &mut [u8]) -> io::Result<()> {
         self.inner.recv(buf).map_err(io_error)
     }
@@ -100,6 +175,22 @@ where
     /// # Errors
     ///
     /// As for [`std::io::Read::read`], and `drain`'s own.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ring_core::loan::Drained;
+    /// use std::io::{Read, Write};
+    ///
+    /// let (mut server, mut client) = ring_std::vchan::pair(0, 0)?;
+    /// client.write_all(b"GET /\r\n")?;
+    /// client.close()?;
+    /// let mut line = String::new();
+    /// let took = server.read_in_place(64, |r| r.read_to_string(&mut line).map(drop))?;
+    /// assert_eq!((took, line.as_str()), (Drained::Took(7), "GET /\r\n"));
+    /// assert_eq!(server.read_in_place(64, |_| Ok(()))?, Drained::End);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn read_in_place(
         &mut self,
         max: usize,
@@ -109,6 +200,21 @@ where
     }
 
     /// Closes our end and wakes the peer.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::io::{ErrorKind, Read, Write};
+    ///
+    /// let (mut server, mut client) = ring_std::vchan::pair(0, 0)?;
+    /// client.write_all(b"bye")?;
+    /// client.close()?;
+    /// let mut buf = [0u8; 8];
+    /// assert_eq!(server.read(&mut buf)?, 3); // bytes before the close arrive
+    /// assert_eq!(server.read(&mut buf)?, 0); // then end of stream
+    /// assert_eq!(server.write(b"x").unwrap_err().kind(), ErrorKind::BrokenPipe);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn close(&mut self) -> io::Result<()> {
         self.inner.close().map_err(io_error)
     }
@@ -146,6 +252,20 @@ pub type PairStream = Stream<Arc<HeapMem>, InProcessSignal>;
 impl PairStream {
     /// Makes blocking calls fail with `TimedOut` after `timeout` without an
     /// event from the peer (`None`: wait for ever).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::io::{ErrorKind, Read};
+    /// use std::time::Duration;
+    ///
+    /// let (mut server, _client) = ring_std::vchan::pair(0, 0)?;
+    /// server.set_timeout(Some(Duration::from_millis(20)));
+    /// // The client's connect kick ends the first wait; the second times out.
+    /// let err = server.read(&mut [0u8; 8]).unwrap_err();
+    /// assert_eq!(err.kind(), ErrorKind::TimedOut);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn set_timeout(&mut self, timeout: Option<std::time::Duration>) {
         self.inner.signal_mut().set_timeout(timeout);
     }
@@ -154,6 +274,22 @@ impl PairStream {
 /// A connected in-process vchan: `(server, client)`, with ring orders chosen
 /// as libxenvchan's server would for `read_min` (client→server) and
 /// `write_min` (server→client).
+///
+/// # Examples
+///
+/// ```
+/// use std::io::{Read, Write};
+///
+/// // The server reads at least 1 KiB at a time, and writes 64 KiB.
+/// let (mut server, mut client) = ring_std::vchan::pair(1024, 65536)?;
+/// assert!(server.blocking().endpoint().read_capacity() >= 1024);
+/// assert_eq!(server.blocking().endpoint().write_capacity(), 65536);
+/// server.write_all(b"welcome")?;
+/// let mut buf = [0u8; 7];
+/// client.read_exact(&mut buf)?;
+/// assert_eq!(&buf, b"welcome");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn pair(read_min: usize, write_min: usize) -> Result<(PairStream, PairStream), Error> {
     pair_with(
         Orders::for_sizes(read_min, write_min)?,
@@ -162,6 +298,22 @@ pub fn pair(read_min: usize, write_min: usize) -> Result<(PairStream, PairStream
 }
 
 /// A connected in-process vchan with explicit orders and server options.
+///
+/// # Examples
+///
+/// ```
+/// use ring_core::vchan::{Orders, ServerOptions};
+/// use std::io::{Read, Write};
+///
+/// // Indices that start just short of the u32 wrap, to test it.
+/// let options = ServerOptions { initial_index: u32::MAX - 100 };
+/// let (mut server, mut client) = ring_std::vchan::pair_with(Orders::new(10, 11)?, options)?;
+/// client.write_all(&[9u8; 1000])?;
+/// let mut buf = [0u8; 1000];
+/// server.read_exact(&mut buf)?;
+/// assert_eq!(buf, [9u8; 1000]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn pair_with(
     orders: Orders,
     options: ServerOptions,

@@ -37,6 +37,21 @@ pub type PairPipe = PipeStream<RingMem, InProcessSignal>;
 /// # Errors
 ///
 /// [`Error::Setup`] unless `data_size` is a non-zero multiple of 4096.
+///
+/// # Examples
+///
+/// ```
+/// use ring_core::vmbus::{IncomingRing, OutgoingPacket, OutgoingRing};
+///
+/// let (mem, layout) = ring_std::vmbus::heap_ring(8192)?;
+/// assert_eq!(layout.data_size(), 8192);
+/// let mut tx = OutgoingRing::new(mem.clone(), layout)?;
+/// let mut rx = IncomingRing::new(mem, layout)?;
+/// let _ = tx.send(&OutgoingPacket::in_band(1, &[b"one way"]))?;
+/// assert_eq!(rx.read_packet()?.transaction_id(), 1);
+/// assert!(ring_std::vmbus::heap_ring(1000).is_err()); // not whole pages
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn heap_ring(data_size: usize) -> Result<(RingMem, RingLayout), Error> {
     let layout = RingLayout::new(4096, data_size)?;
     let mem = Arc::new(HeapMem::new(layout.total_size()));
@@ -50,6 +65,24 @@ pub fn heap_ring(data_size: usize) -> Result<(RingMem, RingLayout), Error> {
 /// # Errors
 ///
 /// As [`heap_ring`].
+///
+/// # Examples
+///
+/// The rings of [`channel`] with a signal of your own, here a polling one:
+///
+/// ```
+/// use ring_core::signal::NoSignal;
+/// use ring_core::vmbus::{Blocking, OutgoingPacket};
+///
+/// let ((a_in, a_out), (b_in, b_out)) = ring_std::vmbus::ring_pairs(8192)?;
+/// let mut a = Blocking::new(a_in, a_out, NoSignal);
+/// let mut b = Blocking::new(b_in, b_out, NoSignal);
+/// a.send(&OutgoingPacket::in_band(5, &[b"polled"]))?;
+/// let mut buf = [0u8; 8];
+/// let (info, _) = b.recv(&mut buf)?;
+/// assert_eq!((info.transaction_id, &buf[..6]), (5, &b"polled"[..]));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[allow(clippy::type_complexity)] // Two pairs of rings, named in the doc.
 pub fn ring_pairs(
     data_size: usize,
@@ -78,6 +111,25 @@ pub fn ring_pairs(
 /// # Errors
 ///
 /// As [`heap_ring`].
+///
+/// # Examples
+///
+/// A request that asks for a completion, and its answer:
+///
+/// ```
+/// use ring_core::vmbus::{OutgoingPacket, PacketType};
+///
+/// let (mut host, mut guest) = ring_std::vmbus::channel(16384)?;
+/// host.send(&OutgoingPacket::in_band(1, &[b"status?"]).with_completion_requested())?;
+/// let mut buf = [0u8; 64];
+/// let (request, _) = guest.recv(&mut buf)?;
+/// assert_eq!(&buf[..7], b"status?");
+/// guest.send(&OutgoingPacket::completion(request.transaction_id, &[b"ok"]))?;
+/// let (reply, len) = host.recv(&mut buf)?;
+/// assert_eq!((reply.packet_type, reply.transaction_id), (PacketType::Completion, 1));
+/// assert_eq!((&buf[..2], len), (&b"ok"[..], 8)); // padded to 8
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn channel(data_size: usize) -> Result<(PairChannel, PairChannel), Error> {
     let ((a_in, a_out), (b_in, b_out)) = ring_pairs(data_size)?;
     let (sa, sb) = InProcessSignal::pair();
@@ -90,6 +142,25 @@ pub fn channel(data_size: usize) -> Result<(PairChannel, PairChannel), Error> {
 /// A VMBus byte pipe as a blocking `std::io` stream. Reads return `Ok(0)`
 /// at end of stream (the peer called [`close`](Self::close)); a signal's
 /// timeout surfaces as its own error (`TimedOut` for [`InProcessSignal`]).
+///
+/// # Examples
+///
+/// 50 000 bytes through a 16 KiB ring, writer and reader on two threads:
+///
+/// ```
+/// use std::io::{Read, Write};
+///
+/// let (mut a, mut b) = ring_std::vmbus::pipe_pair(16384)?;
+/// let writer = std::thread::spawn(move || -> std::io::Result<()> {
+///     a.write_all(&[b'v'; 50_000])?;
+///     a.close()
+/// });
+/// let mut got = Vec::new();
+/// b.read_to_end(&mut got)?; // until a's end of stream
+/// writer.join().expect("writer panicked")?;
+/// assert_eq!(got, vec![b'v'; 50_000]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct PipeStream<M, S> {
     inner: BlockingPipe<M, S>,
@@ -100,6 +171,28 @@ where
     S::Error: Into<io::Error>,
 {
     /// Wraps a pipe's two rings and the channel's signal.
+    ///
+    /// # Examples
+    ///
+    /// What [`pipe_pair`] does, with a deadline on one side's waits:
+    ///
+    /// ```
+    /// use ring_std::vmbus::{ring_pairs, PipeStream};
+    /// use ring_std::InProcessSignal;
+    /// use std::io::{Read, Write};
+    /// use std::time::Duration;
+    ///
+    /// let ((a_in, a_out), (b_in, b_out)) = ring_pairs(8192)?;
+    /// let (a_signal, mut b_signal) = InProcessSignal::pair();
+    /// b_signal.set_timeout(Some(Duration::from_secs(5)));
+    /// let mut a = PipeStream::new(a_in, a_out, a_signal);
+    /// let mut b = PipeStream::new(b_in, b_out, b_signal);
+    /// a.write_all(b"hi")?;
+    /// let mut buf = [0u8; 2];
+    /// b.read_exact(&mut buf)?;
+    /// assert_eq!(&buf, b"hi");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn new(incoming: IncomingRing<M>, outgoing: OutgoingRing<M>, signal: S) -> Self {
         PipeStream {
             inner: BlockingPipe::new(PipeReader::new(incoming), PipeWriter::new(outgoing), signal),
@@ -162,6 +255,23 @@ where
     /// # Errors
     ///
     /// As for [`std::io::Read::read`], and `drain`'s own.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ring_core::loan::Drained;
+    /// use std::io::{Read, Write};
+    ///
+    /// let (mut a, mut b) = ring_std::vmbus::pipe_pair(16384)?;
+    /// a.write_all(b"abc")?;
+    /// a.write_all(b"def")?; // a second packet
+    /// let mut all = Vec::new();
+    /// let took = b.read_in_place(64, |r| r.read_to_end(&mut all).map(drop))?;
+    /// assert_eq!((took, all.as_slice()), (Drained::Took(6), &b"abcdef"[..]));
+    /// a.close()?;
+    /// assert_eq!(b.read_in_place(64, |_| Ok(()))?, Drained::End);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn read_in_place(
         &mut self,
         max: usize,
@@ -175,6 +285,25 @@ where
     /// # Errors
     ///
     /// As for writes.
+    ///
+    /// # Examples
+    ///
+    /// A half-close: only our direction ends.
+    ///
+    /// ```
+    /// use std::io::{Read, Write};
+    ///
+    /// let (mut a, mut b) = ring_std::vmbus::pipe_pair(16384)?;
+    /// a.write_all(b"request")?;
+    /// a.close()?;
+    /// let mut request = String::new();
+    /// b.read_to_string(&mut request)?; // ends at a's close
+    /// b.write_all(b"reply")?; // b's direction still flows
+    /// let mut reply = [0u8; 5];
+    /// a.read_exact(&mut reply)?;
+    /// assert_eq!((request.as_str(), &reply), ("request", b"reply"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn close(&mut self) -> io::Result<()> {
         self.inner.close().map_err(io_error)
     }
@@ -207,6 +336,19 @@ where
 /// # Errors
 ///
 /// As [`heap_ring`].
+///
+/// # Examples
+///
+/// ```
+/// use std::io::{Read, Write};
+///
+/// let (mut a, mut b) = ring_std::vmbus::pipe_pair(16384)?;
+/// a.write_all(b"ping")?;
+/// let mut buf = [0u8; 4];
+/// b.read_exact(&mut buf)?;
+/// assert_eq!(&buf, b"ping");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn pipe_pair(data_size: usize) -> Result<(PairPipe, PairPipe), Error> {
     let ((a_in, a_out), (b_in, b_out)) = ring_pairs(data_size)?;
     let (sa, sb) = InProcessSignal::pair();

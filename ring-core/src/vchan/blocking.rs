@@ -106,6 +106,28 @@ impl<M: SharedMem> Side<M> {
 
 impl<M: SharedMem, S: Signal> Blocking<M, S> {
     /// Wraps a connected endpoint and the event channel to its peer.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use core::sync::atomic::AtomicU64;
+    /// # use ring_core::mem::RawMem;
+    /// use ring_core::signal::NoSignal;
+    /// use ring_core::vchan::{self, Blocking, Orders, ServerOptions};
+    /// # let words: Vec<AtomicU64> = (0..512).map(|_| AtomicU64::new(0)).collect();
+    /// # let mem = RawMem::from_atomics(&words);
+    /// let server = vchan::serve_flat(mem, Orders::new(10, 11)?, ServerOptions::default())?;
+    /// let client = vchan::connect_flat(mem)?;
+    /// // NoSignal polls; a host passes its event channel instead.
+    /// let mut server = Blocking::new(server, NoSignal);
+    /// let mut client = Blocking::new(client, NoSignal);
+    /// client.kick()?; // a new client's first event, as libxenvchan sends it
+    /// client.write_all(b"hello")?;
+    /// let mut buf = [0u8; 5];
+    /// server.recv(&mut buf)?;
+    /// assert_eq!((&buf, server.bytes_read()), (b"hello", 5));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn new(endpoint: Endpoint<M>, signal: S) -> Self {
         Blocking {
             side: Side {
@@ -187,6 +209,25 @@ impl<M: SharedMem, S: Signal> Blocking<M, S> {
     ///
     /// [`BlockingError::PeerGone`] once the peer is gone and the ring
     /// drained; the ring's errors; the signal's, if a kick fails.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use core::sync::atomic::AtomicU64;
+    /// # use ring_core::mem::RawMem;
+    /// # use ring_core::signal::NoSignal;
+    /// # use ring_core::vchan::{self, Blocking, Orders, ServerOptions};
+    /// # let words: Vec<AtomicU64> = (0..512).map(|_| AtomicU64::new(0)).collect();
+    /// # let mem = RawMem::from_atomics(&words);
+    /// # let server = vchan::serve_flat(mem, Orders::new(10, 11)?, ServerOptions::default())?;
+    /// # let mut client = Blocking::new(vchan::connect_flat(mem)?, NoSignal);
+    /// # let mut server = Blocking::new(server, NoSignal);
+    /// let mut buf = [0u8; 8];
+    /// assert_eq!(server.try_read(&mut buf)?, None); // armed: wait, then try again
+    /// client.write_all(b"ping")?;
+    /// assert_eq!(server.try_read(&mut buf)?, Some(4));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn try_read(&mut self, buf: &mut [u8]) -> Attempt<usize, Error, S::Error> {
         self.side.read_with(&self.waiter, |ep| ep.read(buf))
     }
@@ -310,6 +351,26 @@ impl<M: SharedMem, S: Signal> Blocking<M, S> {
     }
 
     /// Reads at least one byte; `Ok(0)` is end of stream.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use core::sync::atomic::AtomicU64;
+    /// # use ring_core::mem::RawMem;
+    /// # use ring_core::signal::NoSignal;
+    /// # use ring_core::vchan::{self, Blocking, Orders, ServerOptions};
+    /// # let words: Vec<AtomicU64> = (0..512).map(|_| AtomicU64::new(0)).collect();
+    /// # let mem = RawMem::from_atomics(&words);
+    /// # let server = vchan::serve_flat(mem, Orders::new(10, 11)?, ServerOptions::default())?;
+    /// # let mut client = Blocking::new(vchan::connect_flat(mem)?, NoSignal);
+    /// # let mut server = Blocking::new(server, NoSignal);
+    /// client.write_all(b"abc")?;
+    /// client.close()?;
+    /// let mut buf = [0u8; 8];
+    /// assert_eq!(server.read(&mut buf)?, 3);
+    /// assert_eq!(server.read(&mut buf)?, 0); // the client closed: end of stream
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn read(&mut self, buf: &mut [u8]) -> Result<usize, BlockingError<S::Error>> {
         if buf.is_empty() {
             return Ok(0);
@@ -322,6 +383,26 @@ impl<M: SharedMem, S: Signal> Blocking<M, S> {
     }
 
     /// Writes at least one byte of `buf` (all of it if it fits).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use core::sync::atomic::AtomicU64;
+    /// # use ring_core::mem::RawMem;
+    /// # use ring_core::signal::NoSignal;
+    /// # use ring_core::vchan::{self, Blocking, Orders, ServerOptions};
+    /// # let words: Vec<AtomicU64> = (0..512).map(|_| AtomicU64::new(0)).collect();
+    /// # let mem = RawMem::from_atomics(&words);
+    /// # let server = vchan::serve_flat(mem, Orders::new(10, 11)?, ServerOptions::default())?;
+    /// # let mut client = Blocking::new(vchan::connect_flat(mem)?, NoSignal);
+    /// # let mut server = Blocking::new(server, NoSignal);
+    /// // Blocks only while the ring is full, then takes what fits.
+    /// assert_eq!(client.write(&[1u8; 1500])?, 1024);
+    /// let mut buf = [0u8; 1000];
+    /// assert_eq!(server.read(&mut buf)?, 1000);
+    /// assert_eq!(client.write(&[2u8; 1500])?, 1000); // the room just freed
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn write(&mut self, buf: &[u8]) -> Result<usize, BlockingError<S::Error>> {
         self.write_vectored(&[buf])
     }
@@ -359,6 +440,34 @@ impl<M: SharedMem, S: Signal> Blocking<M, S> {
     /// # Errors
     ///
     /// As [`write`](Self::write).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use core::sync::atomic::AtomicU64;
+    /// # use ring_core::mem::RawMem;
+    /// # use ring_core::signal::NoSignal;
+    /// # use ring_core::vchan::{self, Blocking, Orders, ServerOptions};
+    /// # let words: Vec<AtomicU64> = (0..512).map(|_| AtomicU64::new(0)).collect();
+    /// # let mem = RawMem::from_atomics(&words);
+    /// # let server = vchan::serve_flat(mem, Orders::new(10, 11)?, ServerOptions::default())?;
+    /// # let mut client = Blocking::new(vchan::connect_flat(mem)?, NoSignal);
+    /// # let mut server = Blocking::new(server, NoSignal);
+    /// use ring_core::loan::SpanWriter;
+    /// let body = b"reading=17";
+    /// // A length-prefixed frame, built in the ring and published whole.
+    /// let n = client.write_with(4 + body.len(), |mem, spans| {
+    ///     let mut w = SpanWriter::new(mem, spans);
+    ///     let len = (body.len() as u32).to_le_bytes();
+    ///     let built = w.write_at(0, &len).and_then(|()| w.write_at(4, body));
+    ///     built.map_or(0, |()| w.len())
+    /// })?;
+    /// assert_eq!(n, 14);
+    /// let mut frame = [0u8; 14];
+    /// server.recv(&mut frame)?;
+    /// assert_eq!((&frame[..4], &frame[4..]), (&10u32.to_le_bytes()[..], &body[..]));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn write_with(
         &mut self,
         want: usize,
@@ -391,6 +500,31 @@ impl<M: SharedMem, S: Signal> Blocking<M, S> {
     /// # Errors
     ///
     /// As [`read`](Self::read).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use core::sync::atomic::AtomicU64;
+    /// # use ring_core::mem::RawMem;
+    /// # use ring_core::signal::NoSignal;
+    /// # use ring_core::vchan::{self, Blocking, Orders, ServerOptions};
+    /// # let words: Vec<AtomicU64> = (0..512).map(|_| AtomicU64::new(0)).collect();
+    /// # let mem = RawMem::from_atomics(&words);
+    /// # let server = vchan::serve_flat(mem, Orders::new(10, 11)?, ServerOptions::default())?;
+    /// # let mut client = Blocking::new(vchan::connect_flat(mem)?, NoSignal);
+    /// # let mut server = Blocking::new(server, NoSignal);
+    /// use ring_core::loan::{Drained, SpanReader};
+    /// client.write_all(b"12345678")?;
+    /// let mut word = [0u8; 4];
+    /// let took = server.read_with(64, |mem, spans| {
+    ///     SpanReader::new(mem, spans).read_at(0, &mut word).map_or(0, |()| 4)
+    /// })?;
+    /// assert_eq!((took, &word), (Drained::Took(4), b"1234")); // "5678" stays
+    /// client.close()?;
+    /// assert_eq!(server.read_with(64, |_, _| 4)?, Drained::Took(4));
+    /// assert_eq!(server.read_with(64, |_, _| 4)?, Drained::End);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn read_with(
         &mut self,
         max: usize,
@@ -431,6 +565,36 @@ impl<M: SharedMem, S: Signal> Blocking<M, S> {
     }
 
     /// Writes all of `buf`, in as many pieces as the ring needs.
+    ///
+    /// # Examples
+    ///
+    /// 4 KiB through a 1 KiB ring: the writer waits for the reader to make
+    /// room.
+    ///
+    /// ```
+    /// # use core::sync::atomic::AtomicU64;
+    /// # use ring_core::mem::RawMem;
+    /// # use ring_core::signal::NoSignal;
+    /// # use ring_core::vchan::{self, Blocking, Orders, ServerOptions};
+    /// # let words: Vec<AtomicU64> = (0..512).map(|_| AtomicU64::new(0)).collect();
+    /// # let mem = RawMem::from_atomics(&words);
+    /// # let server = vchan::serve_flat(mem, Orders::new(10, 11)?, ServerOptions::default())?;
+    /// # let mut client = Blocking::new(vchan::connect_flat(mem)?, NoSignal);
+    /// # let mut server = Blocking::new(server, NoSignal);
+    /// let data = [42u8; 4096];
+    /// std::thread::scope(|s| {
+    ///     let writer = s.spawn(|| client.write_all(&data));
+    ///     let mut got = Vec::new();
+    ///     let mut buf = [0u8; 512];
+    ///     while got.len() < data.len() {
+    ///         let n = server.read(&mut buf)?;
+    ///         got.extend_from_slice(&buf[..n]);
+    ///     }
+    ///     assert_eq!(got, data);
+    ///     writer.join().expect("writer panicked")
+    /// })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn write_all(&mut self, mut buf: &[u8]) -> Result<(), BlockingError<S::Error>> {
         while !buf.is_empty() {
             let n = self.write(buf)?;
@@ -444,6 +608,30 @@ impl<M: SharedMem, S: Signal> Blocking<M, S> {
     /// # Errors
     ///
     /// [`Error::Closed`] if the stream ends before the packet is whole.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use core::sync::atomic::AtomicU64;
+    /// # use ring_core::mem::RawMem;
+    /// # use ring_core::signal::NoSignal;
+    /// # use ring_core::vchan::{self, Blocking, Orders, ServerOptions};
+    /// # let words: Vec<AtomicU64> = (0..512).map(|_| AtomicU64::new(0)).collect();
+    /// # let mem = RawMem::from_atomics(&words);
+    /// # let server = vchan::serve_flat(mem, Orders::new(10, 11)?, ServerOptions::default())?;
+    /// # let mut client = Blocking::new(vchan::connect_flat(mem)?, NoSignal);
+    /// # let mut server = Blocking::new(server, NoSignal);
+    /// use ring_core::vchan::{BlockingError, Error};
+    /// client.send(b"abcd")?;
+    /// client.write_all(b"xyz")?;
+    /// client.close()?;
+    /// let mut four = [0u8; 4];
+    /// server.recv(&mut four)?;
+    /// assert_eq!(&four, b"abcd");
+    /// // Three bytes left, then the end: never a whole packet.
+    /// assert!(matches!(server.recv(&mut four), Err(BlockingError::Ring(Error::Closed))));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn recv(&mut self, buf: &mut [u8]) -> Result<(), BlockingError<S::Error>> {
         let want = buf.len();
         let got = self.waiter.block(
@@ -458,6 +646,29 @@ impl<M: SharedMem, S: Signal> Blocking<M, S> {
     }
 
     /// Sends `buf` as one packet (all or nothing).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use core::sync::atomic::AtomicU64;
+    /// # use ring_core::mem::RawMem;
+    /// # use ring_core::signal::NoSignal;
+    /// # use ring_core::vchan::{self, Blocking, Orders, ServerOptions};
+    /// # let words: Vec<AtomicU64> = (0..512).map(|_| AtomicU64::new(0)).collect();
+    /// # let mem = RawMem::from_atomics(&words);
+    /// # let server = vchan::serve_flat(mem, Orders::new(10, 11)?, ServerOptions::default())?;
+    /// # let mut client = Blocking::new(vchan::connect_flat(mem)?, NoSignal);
+    /// # let mut server = Blocking::new(server, NoSignal);
+    /// use ring_core::vchan::{BlockingError, Error};
+    /// client.send(&[1u8; 1000])?;
+    /// let mut packet = [0u8; 1000];
+    /// server.recv(&mut packet)?;
+    /// assert_eq!(packet, [1u8; 1000]);
+    /// // Larger than the 1 KiB ring: an error at once, not a wait for ever.
+    /// let err = client.send(&[0u8; 2000]).unwrap_err();
+    /// assert!(matches!(err, BlockingError::Ring(Error::TooLarge { .. })));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn send(&mut self, buf: &[u8]) -> Result<(), BlockingError<S::Error>> {
         self.send_vectored(&[buf])
     }

@@ -153,6 +153,29 @@ fn check_in_page<M: SharedMem>(order: u8, place: &RingPlace<M>) -> Result<(), Se
 /// they must be the control page's memory at offset 1024 or 2048. `grants`
 /// holds the refs of the external pages (left's, then right's), written to
 /// the page for the client.
+///
+/// # Examples
+///
+/// Rings of order 12 live in pages of their own, which the client finds by
+/// grant ref:
+///
+/// ```
+/// use core::sync::atomic::AtomicU64;
+/// use ring_core::mem::{RawMem, SharedMem};
+/// use ring_core::vchan::{self, Orders, RingPlace, ServerOptions};
+///
+/// let page = || (0..512).map(|_| AtomicU64::new(0)).collect::<Vec<_>>();
+/// let (ctrl_page, left_page, right_page) = (page(), page(), page());
+/// let ctrl = RawMem::from_atomics(&ctrl_page);
+/// let left = RingPlace { mem: RawMem::from_atomics(&left_page), offset: 0 };
+/// let right = RingPlace { mem: RawMem::from_atomics(&right_page), offset: 0 };
+/// let orders = Orders::new(12, 12)?; // 4 KiB each way
+/// let server = vchan::serve(ctrl, left, right, orders, &[70, 71], ServerOptions::default())?;
+/// assert_eq!((server.read_capacity(), server.write_capacity()), (4096, 4096));
+/// // The refs follow the 24-byte header, for the client to map.
+/// assert_eq!((ctrl.load_u32(24)?, ctrl.load_u32(28)?), (70, 71));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn serve<M: SharedMem>(
     ctrl: M,
     left: RingPlace<M>,
@@ -199,6 +222,27 @@ pub fn serve<M: SharedMem>(
 /// [`serve`] over one memory laid out as [`FlatLayout`]: control page,
 /// then left's pages, then right's. The page numbers stand in for grant
 /// refs.
+///
+/// # Examples
+///
+/// ```
+/// use core::sync::atomic::AtomicU64;
+/// use ring_core::mem::RawMem;
+/// use ring_core::vchan::{self, FlatLayout, Orders, ServerOptions};
+///
+/// // 8 KiB each way: the control page, then two pages per ring.
+/// let orders = Orders::for_sizes(8192, 8192)?;
+/// let layout = FlatLayout::new(orders);
+/// assert_eq!(layout.size, 4096 + 2 * 8192);
+/// let words: Vec<AtomicU64> = (0..layout.size / 8).map(|_| AtomicU64::new(0)).collect();
+/// let mem = RawMem::from_atomics(&words);
+/// let server = vchan::serve_flat(mem, orders, ServerOptions::default())?;
+/// assert_eq!((server.read_capacity(), server.write_capacity()), (8192, 8192));
+/// // A memory smaller than the layout is refused.
+/// let short = RawMem::from_atomics(&words[..512]);
+/// assert!(vchan::serve_flat(short, orders, ServerOptions::default()).is_err());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn serve_flat<M: SharedMem + Clone>(
     mem: M,
     orders: Orders,
@@ -237,6 +281,36 @@ pub fn serve_flat<M: SharedMem + Clone>(
 ///
 /// The caller must send the server one event after this returns, as
 /// libxenvchan's client does, so a server waiting for its client wakes.
+///
+/// # Examples
+///
+/// The client side of the [`serve`] example: `place` maps the two grant
+/// refs it is given.
+///
+/// ```
+/// # use core::sync::atomic::AtomicU64;
+/// use ring_core::mem::RawMem;
+/// use ring_core::vchan::{self, Orders, RingPlace, ServerOptions};
+/// # let page = || (0..512).map(|_| AtomicU64::new(0)).collect::<Vec<_>>();
+/// # let (ctrl_page, left_page, right_page) = (page(), page(), page());
+/// # let ctrl = RawMem::from_atomics(&ctrl_page);
+/// # let (left, right) = (RawMem::from_atomics(&left_page), RawMem::from_atomics(&right_page));
+/// # let places = (RingPlace { mem: left, offset: 0 }, RingPlace { mem: right, offset: 0 });
+/// # let orders = Orders::new(12, 12)?;
+/// # let mut server = vchan::serve(ctrl, places.0, places.1, orders, &[70, 71], ServerOptions::default())?;
+/// let mut client = vchan::connect(ctrl, |orders, grant| {
+///     assert_eq!(orders.grant_count(), 2);
+///     // A real client maps each ref here; ours name pages we already hold.
+///     let map = |r| RingPlace { mem: if r == Some(70) { left } else { right }, offset: 0 };
+///     Ok((map(grant(0)), map(grant(1))))
+/// })?;
+/// // (Now send the server its first event.)
+/// let _ = client.write(b"hi")?;
+/// let mut buf = [0u8; 2];
+/// let _ = server.read(&mut buf)?;
+/// assert_eq!(&buf, b"hi");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn connect<M, F>(ctrl: M, place: F) -> Result<Endpoint<M>, Error>
 where
     M: SharedMem,
@@ -283,6 +357,25 @@ where
 }
 
 /// [`connect`] over one memory laid out as [`FlatLayout`].
+///
+/// # Examples
+///
+/// ```
+/// use core::sync::atomic::AtomicU64;
+/// use ring_core::mem::RawMem;
+/// use ring_core::vchan::{self, Error, Orders, Role, ServerOptions, SetupError};
+///
+/// let words: Vec<AtomicU64> = (0..512).map(|_| AtomicU64::new(0)).collect();
+/// let mem = RawMem::from_atomics(&words);
+/// let _server = vchan::serve_flat(mem, Orders::new(10, 11)?, ServerOptions::default())?;
+/// let client = vchan::connect_flat(mem)?;
+/// assert_eq!(client.role(), Role::Client);
+/// assert_eq!((client.write_capacity(), client.read_capacity()), (1024, 2048));
+/// // One client per vchan.
+/// let second = vchan::connect_flat(mem).unwrap_err();
+/// assert_eq!(second, Error::Setup(SetupError::ClientAlreadyConnected));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn connect_flat<M: SharedMem + Clone>(mem: M) -> Result<Endpoint<M>, Error> {
     let for_rings = mem.clone();
     connect(mem, move |orders, _grants| {
@@ -689,6 +782,31 @@ impl<M: SharedMem> Endpoint<M> {
     /// [`Error::WouldBlock`] when the ring is empty and the peer is open
     /// (the wake-up request is armed); [`Error::Corrupt`] if the peer broke
     /// the protocol; [`Error::Closed`] after our own [`close`](Self::close).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use core::sync::atomic::AtomicU64;
+    /// # use ring_core::mem::RawMem;
+    /// # use ring_core::vchan::{self, Orders, ServerOptions};
+    /// # let words: Vec<AtomicU64> = (0..512).map(|_| AtomicU64::new(0)).collect();
+    /// # let mem = RawMem::from_atomics(&words);
+    /// # // Left (client to server) 1 KiB, right (server to client) 2 KiB.
+    /// # let mut server = vchan::serve_flat(mem, Orders::new(10, 11)?, ServerOptions::default())?;
+    /// # let mut client = vchan::connect_flat(mem)?;
+    /// use ring_core::vchan::Error;
+    /// // Nothing yet: the request is armed, sleep until the client kicks.
+    /// assert_eq!(server.read(&mut [0u8; 8]), Err(Error::WouldBlock));
+    /// let _ = client.write(b"hello")?;
+    /// let mut buf = [0u8; 3];
+    /// let got = server.read(&mut buf)?; // a stream read takes what fits
+    /// assert_eq!((got.len, &buf), (3, b"hel"));
+    /// let _ = client.close()?;
+    /// let mut rest = [0u8; 8];
+    /// assert_eq!(server.read(&mut rest)?.len, 2); // written before the close
+    /// assert_eq!(server.read(&mut rest)?.len, 0); // then end of stream
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn read(&mut self, buf: &mut [u8]) -> Result<Transfer, Error> {
         self.usable()?;
         if buf.is_empty() {
@@ -717,6 +835,34 @@ impl<M: SharedMem> Endpoint<M> {
     ///
     /// As [`read`](Self::read): [`Error::WouldBlock`] when the ring is
     /// empty and the peer open (armed; `drain` is not called).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use core::sync::atomic::AtomicU64;
+    /// # use ring_core::mem::RawMem;
+    /// # use ring_core::vchan::{self, Orders, ServerOptions};
+    /// # let words: Vec<AtomicU64> = (0..512).map(|_| AtomicU64::new(0)).collect();
+    /// # let mem = RawMem::from_atomics(&words);
+    /// # // Left (client to server) 1 KiB, right (server to client) 2 KiB.
+    /// # let mut server = vchan::serve_flat(mem, Orders::new(10, 11)?, ServerOptions::default())?;
+    /// # let mut client = vchan::connect_flat(mem)?;
+    /// use ring_core::loan::SpanReader;
+    /// let _ = client.write(b"key=value")?;
+    /// // Parse in place; give back the key and the '=' only.
+    /// let mut key = [0u8; 3];
+    /// let took = server.read_with(64, |mem, spans| {
+    ///     let r = SpanReader::new(mem, spans);
+    ///     r.read_at(0, &mut key).map_or(0, |()| 4)
+    /// })?;
+    /// assert_eq!((took.map(|t| t.len), &key), (Some(4), b"key"));
+    /// let mut rest = [0u8; 16];
+    /// let got = server.read(&mut rest)?;
+    /// assert_eq!(&rest[..got.len], b"value");
+    /// let _ = client.close()?;
+    /// assert_eq!(server.read_with(64, |_, _| 0)?, None); // end of stream
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn read_with(
         &mut self,
         max: usize,
@@ -754,6 +900,28 @@ impl<M: SharedMem> Endpoint<M> {
     /// [`Error::TooLarge`] if `buf` is larger than the ring (it could never
     /// be filled); [`Error::WouldBlock`] until `buf.len()` bytes are there;
     /// [`Error::Closed`] if the peer closed with fewer bytes left.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use core::sync::atomic::AtomicU64;
+    /// # use ring_core::mem::RawMem;
+    /// # use ring_core::vchan::{self, Orders, ServerOptions};
+    /// # let words: Vec<AtomicU64> = (0..512).map(|_| AtomicU64::new(0)).collect();
+    /// # let mem = RawMem::from_atomics(&words);
+    /// # // Left (client to server) 1 KiB, right (server to client) 2 KiB.
+    /// # let mut server = vchan::serve_flat(mem, Orders::new(10, 11)?, ServerOptions::default())?;
+    /// # let mut client = vchan::connect_flat(mem)?;
+    /// use ring_core::vchan::Error;
+    /// let _ = client.write(b"abc")?;
+    /// let mut four = [0u8; 4];
+    /// // Three bytes are not a whole packet: nothing is taken.
+    /// assert_eq!(server.recv(&mut four), Err(Error::WouldBlock));
+    /// let _ = client.write(b"d")?;
+    /// let _ = server.recv(&mut four)?;
+    /// assert_eq!(&four, b"abcd");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn recv(&mut self, buf: &mut [u8]) -> Result<Transfer, Error> {
         self.usable()?;
         fits_ring(buf.len(), self.rx.size)?;
@@ -893,6 +1061,28 @@ impl<M: SharedMem> Endpoint<M> {
     /// [`Error::Closed`] if the peer has closed; [`Error::WouldBlock`] when
     /// the ring is full (the wake-up request is armed);
     /// [`Error::Corrupt`] if the peer broke the protocol.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use core::sync::atomic::AtomicU64;
+    /// # use ring_core::mem::RawMem;
+    /// # use ring_core::vchan::{self, Orders, ServerOptions};
+    /// # let words: Vec<AtomicU64> = (0..512).map(|_| AtomicU64::new(0)).collect();
+    /// # let mem = RawMem::from_atomics(&words);
+    /// # // Left (client to server) 1 KiB, right (server to client) 2 KiB.
+    /// # let mut server = vchan::serve_flat(mem, Orders::new(10, 11)?, ServerOptions::default())?;
+    /// # let mut client = vchan::connect_flat(mem)?;
+    /// use ring_core::vchan::Error;
+    /// // The client writes the left ring, 1 KiB here.
+    /// let sent = client.write(&[7u8; 1500])?;
+    /// assert_eq!(sent.len, 1024); // a stream write copies what fits
+    /// assert!(sent.notify); // the server asked for a kick on the first write
+    /// assert_eq!(client.write(b"more"), Err(Error::WouldBlock));
+    /// let _ = server.close()?;
+    /// assert_eq!(client.write(b"more"), Err(Error::Closed));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn write(&mut self, buf: &[u8]) -> Result<Transfer, Error> {
         self.write_vectored(&[buf])
     }
@@ -935,6 +1125,34 @@ impl<M: SharedMem> Endpoint<M> {
     ///
     /// As [`write`](Self::write): [`Error::WouldBlock`] when the ring is
     /// full (armed; `fill` is not called).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use core::sync::atomic::AtomicU64;
+    /// # use ring_core::mem::RawMem;
+    /// # use ring_core::vchan::{self, Orders, ServerOptions};
+    /// # let words: Vec<AtomicU64> = (0..512).map(|_| AtomicU64::new(0)).collect();
+    /// # let mem = RawMem::from_atomics(&words);
+    /// # // Left (client to server) 1 KiB, right (server to client) 2 KiB.
+    /// # let mut server = vchan::serve_flat(mem, Orders::new(10, 11)?, ServerOptions::default())?;
+    /// # let mut client = vchan::connect_flat(mem)?;
+    /// use ring_core::loan::SpanWriter;
+    /// // Move the ring's position near its end: 1000 of 1024 bytes.
+    /// let _ = client.write(&[0u8; 1000])?;
+    /// let _ = server.read(&mut [0u8; 1000])?;
+    /// let sent = client.write_with(48, |mem, spans| {
+    ///     // The free space wraps: 24 bytes at the end, 24 at the start.
+    ///     assert_eq!(spans.iter().map(|s| s.len).collect::<Vec<_>>(), [24, 24]);
+    ///     let mut w = SpanWriter::new(mem, spans);
+    ///     w.write_at(0, &[b'x'; 48]).map_or(0, |()| w.len())
+    /// })?;
+    /// assert_eq!(sent.len, 48);
+    /// let mut buf = [0u8; 48];
+    /// assert_eq!(server.read(&mut buf)?.len, 48);
+    /// assert_eq!(buf, [b'x'; 48]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn write_with(
         &mut self,
         max: usize,
@@ -964,6 +1182,29 @@ impl<M: SharedMem> Endpoint<M> {
     /// [`Error::TooLarge`] if `buf` is larger than the ring;
     /// [`Error::WouldBlock`] until it fits; [`Error::Closed`] if the peer
     /// has closed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use core::sync::atomic::AtomicU64;
+    /// # use ring_core::mem::RawMem;
+    /// # use ring_core::vchan::{self, Orders, ServerOptions};
+    /// # let words: Vec<AtomicU64> = (0..512).map(|_| AtomicU64::new(0)).collect();
+    /// # let mem = RawMem::from_atomics(&words);
+    /// # // Left (client to server) 1 KiB, right (server to client) 2 KiB.
+    /// # let mut server = vchan::serve_flat(mem, Orders::new(10, 11)?, ServerOptions::default())?;
+    /// # let mut client = vchan::connect_flat(mem)?;
+    /// use ring_core::vchan::Error;
+    /// let _ = client.send(&[1u8; 1000])?;
+    /// // 24 bytes are left in the 1 KiB ring, and a packet never goes in part.
+    /// assert_eq!(client.send(&[2u8; 100]), Err(Error::WouldBlock));
+    /// let too_big = client.send(&[0u8; 2000]);
+    /// assert_eq!(too_big, Err(Error::TooLarge { len: 2000, capacity: 1024 }));
+    /// let mut packet = [0u8; 1000];
+    /// let _ = server.recv(&mut packet)?;
+    /// assert_eq!(packet, [1u8; 1000]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn send(&mut self, buf: &[u8]) -> Result<Transfer, Error> {
         self.send_vectored(&[buf])
     }
@@ -1001,6 +1242,28 @@ impl<M: SharedMem> Endpoint<M> {
     /// Closes our end: marks us not live. The peer must be kicked
     /// unconditionally (the returned transfer says so), so a peer blocked on
     /// us wakes and sees the close. Later calls return [`Error::Closed`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use core::sync::atomic::AtomicU64;
+    /// # use ring_core::mem::RawMem;
+    /// # use ring_core::vchan::{self, Orders, ServerOptions};
+    /// # let words: Vec<AtomicU64> = (0..512).map(|_| AtomicU64::new(0)).collect();
+    /// # let mem = RawMem::from_atomics(&words);
+    /// # // Left (client to server) 1 KiB, right (server to client) 2 KiB.
+    /// # let mut server = vchan::serve_flat(mem, Orders::new(10, 11)?, ServerOptions::default())?;
+    /// # let mut client = vchan::connect_flat(mem)?;
+    /// use ring_core::vchan::Error;
+    /// let _ = client.write(b"last words")?;
+    /// let kick = client.close()?;
+    /// assert!(kick.notify); // always kick the peer after a close
+    /// assert!(!server.is_open()?);
+    /// let mut buf = [0u8; 16];
+    /// assert_eq!(server.read(&mut buf)?.len, 10); // still delivered
+    /// assert_eq!(client.write(b"x"), Err(Error::Closed));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn close(&mut self) -> Result<Transfer, Error> {
         if self.closed {
             return Ok(Transfer::NOTHING);

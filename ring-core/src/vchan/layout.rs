@@ -127,6 +127,20 @@ impl Orders {
     /// Rejects orders outside 10..=20, two in-page rings of the same order
     /// (they would share one slot), and a grant list long enough to run into
     /// an in-page ring (libxenvchan's client accepts that last case).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ring_core::vchan::{Orders, SetupError};
+    ///
+    /// let small = Orders::new(10, 11)?; // 1 KiB and 2 KiB, both in the control page
+    /// assert_eq!(small.grant_count(), 0);
+    /// assert_eq!(Orders::new(12, 14)?.grant_count(), 1 + 4); // 4 KiB pages
+    /// // Two in-page rings of one order would share its slot.
+    /// assert_eq!(Orders::new(10, 10), Err(SetupError::OrderClash { order: 10 }));
+    /// assert_eq!(Orders::new(9, 12), Err(SetupError::BadOrder { order: 9 }));
+    /// # Ok::<(), SetupError>(())
+    /// ```
     pub fn new(left: u8, right: u8) -> Result<Self, SetupError> {
         for order in [left, right] {
             if !(MIN_ORDER..=MAX_ORDER).contains(&order) {
@@ -161,6 +175,20 @@ impl Orders {
     /// sizes *right*.
     ///
     /// Requests up to 1 KiB / 2 KiB fit both rings in the control page.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ring_core::vchan::{Orders, SetupError};
+    ///
+    /// let small = Orders::for_sizes(0, 0)?;
+    /// assert_eq!((small.left(), small.right()), (10, 11));
+    /// // The server reads at least 64 KiB at a time and writes 4 KiB.
+    /// let big = Orders::for_sizes(65536, 4096)?;
+    /// assert_eq!((big.left(), big.right()), (16, 12));
+    /// assert!(matches!(Orders::for_sizes(2 << 20, 0), Err(SetupError::TooBig { .. })));
+    /// # Ok::<(), SetupError>(())
+    /// ```
     pub fn for_sizes(read_min: usize, write_min: usize) -> Result<Self, SetupError> {
         const SMALL: usize = 1 << MIN_ORDER;
         const LARGE: usize = 1 << (MIN_ORDER + 1);
@@ -238,6 +266,18 @@ pub struct FlatLayout {
 
 impl FlatLayout {
     /// The flat layout for `orders`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ring_core::vchan::{FlatLayout, Orders};
+    ///
+    /// let layout = FlatLayout::new(Orders::new(13, 11)?);
+    /// // The 2 KiB ring stays in the control page; the 8 KiB one follows it.
+    /// assert_eq!((layout.left, layout.right, layout.size), (4096, 2048, 4096 + 8192));
+    /// assert_eq!(layout.page_numbers().collect::<Vec<_>>(), [1, 2]);
+    /// # Ok::<(), ring_core::vchan::SetupError>(())
+    /// ```
     pub const fn new(orders: Orders) -> Self {
         let mut next = PAGE_SIZE;
         let left = match placement(orders.left) {

@@ -311,6 +311,29 @@ impl core::error::Error for SetupError {}
 
 impl Error {
     /// Retry, closed, corrupt, usage or set-up (see [`ErrorClass`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use core::sync::atomic::AtomicU64;
+    /// # use ring_core::mem::RawMem;
+    /// use ring_core::error::ErrorClass;
+    /// use ring_core::vchan::{self, Error, Orders, ServerOptions};
+    /// # let words: Vec<AtomicU64> = (0..512).map(|_| AtomicU64::new(0)).collect();
+    /// # let mem = RawMem::from_atomics(&words);
+    /// let mut server = vchan::serve_flat(mem, Orders::new(10, 11)?, ServerOptions::default())?;
+    /// let _client = vchan::connect_flat(mem)?;
+    /// // Nothing written yet: try again after the peer's kick.
+    /// let empty = server.read(&mut [0u8; 8]).unwrap_err();
+    /// assert_eq!(empty, Error::WouldBlock);
+    /// assert!(empty.class().is_retry());
+    /// // A packet larger than the server's 2 KiB ring can never go.
+    /// let too_big = server.send(&[0u8; 4096]).unwrap_err();
+    /// assert_eq!(too_big.class(), ErrorClass::Usage);
+    /// let _ = server.close()?;
+    /// assert_eq!(server.read(&mut [0u8; 8]).unwrap_err().class(), ErrorClass::Closed);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn class(&self) -> ErrorClass {
         match self {
             Error::WouldBlock => ErrorClass::Retry,

@@ -79,6 +79,34 @@ pub struct Blocking<M, S> {
 
 impl<M: SharedMem, S: Signal> Blocking<M, S> {
     /// Wraps the ring we read, the ring we write, and the channel's event.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use core::sync::atomic::AtomicU64;
+    /// use ring_core::mem::RawMem;
+    /// use ring_core::signal::NoSignal;
+    /// use ring_core::vmbus::{initialize_ring, Blocking, IncomingRing, OutgoingRing, RingLayout};
+    /// use ring_core::vmbus::OutgoingPacket;
+    ///
+    /// let layout = RingLayout::new(4096, 8192)?;
+    /// // One ring each way: a writes `a_to_b`, b writes `b_to_a`.
+    /// let words: Vec<AtomicU64> = (0..2 * layout.total_size() / 8).map(|_| AtomicU64::new(0)).collect();
+    /// let (a_to_b, b_to_a) = words.split_at(layout.total_size() / 8);
+    /// let (a_to_b, b_to_a) = (RawMem::from_atomics(a_to_b), RawMem::from_atomics(b_to_a));
+    /// initialize_ring(&a_to_b, layout)?;
+    /// initialize_ring(&b_to_a, layout)?;
+    /// let (a_in, a_out) = (IncomingRing::new(b_to_a, layout)?, OutgoingRing::new(a_to_b, layout)?);
+    /// let (b_in, b_out) = (IncomingRing::new(a_to_b, layout)?, OutgoingRing::new(b_to_a, layout)?);
+    /// let mut a = Blocking::new(a_in, a_out, NoSignal);
+    /// let mut b = Blocking::new(b_in, b_out, NoSignal);
+    ///
+    /// a.send(&OutgoingPacket::in_band(1, &[b"ping"]))?;
+    /// let mut buf = [0u8; 64];
+    /// let (info, len) = b.recv(&mut buf)?;
+    /// assert_eq!((info.transaction_id, &buf[..4], len), (1, &b"ping"[..], 8));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn new(incoming: IncomingRing<M>, outgoing: OutgoingRing<M>, signal: S) -> Self {
         Blocking {
             rings: Rings { incoming, outgoing },
@@ -174,6 +202,30 @@ impl<M: SharedMem, S: Signal> Blocking<M, S> {
     /// # Errors
     ///
     /// As [`recv`](Self::recv).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use core::sync::atomic::AtomicU64;
+    /// # use ring_core::mem::RawMem;
+    /// # use ring_core::signal::NoSignal;
+    /// # use ring_core::vmbus::{initialize_ring, Blocking, IncomingRing, OutgoingRing, RingLayout};
+    /// # let layout = RingLayout::new(4096, 8192)?;
+    /// # let words: Vec<AtomicU64> = (0..2 * layout.total_size() / 8).map(|_| AtomicU64::new(0)).collect();
+    /// # let (a_to_b, b_to_a) = words.split_at(layout.total_size() / 8);
+    /// # let (a_to_b, b_to_a) = (RawMem::from_atomics(a_to_b), RawMem::from_atomics(b_to_a));
+    /// # initialize_ring(&a_to_b, layout)?;
+    /// # initialize_ring(&b_to_a, layout)?;
+    /// # let mut a = Blocking::new(IncomingRing::new(b_to_a, layout)?, OutgoingRing::new(a_to_b, layout)?, NoSignal);
+    /// # let mut b = Blocking::new(IncomingRing::new(a_to_b, layout)?, OutgoingRing::new(b_to_a, layout)?, NoSignal);
+    /// use ring_core::vmbus::OutgoingPacket;
+    /// let mut buf = [0u8; 16];
+    /// assert_eq!(b.try_recv(&mut buf)?, None); // armed: wait for a's signal
+    /// a.send(&OutgoingPacket::in_band(2, &[b"now"]))?;
+    /// let (info, _) = b.try_recv(&mut buf)?.ok_or("no packet")?;
+    /// assert_eq!(info.transaction_id, 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn try_recv(
         &mut self,
         buf: &mut [u8],
@@ -221,6 +273,34 @@ impl<M: SharedMem, S: Signal> Blocking<M, S> {
     ///
     /// [`Error::TooLarge`], [`Error::InvalidPacket`], [`Error::Corrupt`],
     /// [`BlockingError::PeerGone`], or the signal's error.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use core::sync::atomic::AtomicU64;
+    /// # use ring_core::mem::RawMem;
+    /// # use ring_core::signal::NoSignal;
+    /// # use ring_core::vmbus::{initialize_ring, Blocking, IncomingRing, OutgoingRing, RingLayout};
+    /// # let layout = RingLayout::new(4096, 8192)?;
+    /// # let words: Vec<AtomicU64> = (0..2 * layout.total_size() / 8).map(|_| AtomicU64::new(0)).collect();
+    /// # let (a_to_b, b_to_a) = words.split_at(layout.total_size() / 8);
+    /// # let (a_to_b, b_to_a) = (RawMem::from_atomics(a_to_b), RawMem::from_atomics(b_to_a));
+    /// # initialize_ring(&a_to_b, layout)?;
+    /// # initialize_ring(&b_to_a, layout)?;
+    /// # let mut a = Blocking::new(IncomingRing::new(b_to_a, layout)?, OutgoingRing::new(a_to_b, layout)?, NoSignal);
+    /// # let mut b = Blocking::new(IncomingRing::new(a_to_b, layout)?, OutgoingRing::new(b_to_a, layout)?, NoSignal);
+    /// use ring_core::vmbus::{BlockingError, Error, OutgoingPacket};
+    /// let request = [7u8; 100];
+    /// a.send(&OutgoingPacket::in_band(1, &[&request]))?;
+    /// let mut buf = [0u8; 128];
+    /// let (info, len) = b.recv(&mut buf)?;
+    /// assert_eq!((info.transaction_id, len), (1, 104)); // padded to 8
+    /// // Larger than the 8 KiB ring: an error at once, not a wait for ever.
+    /// let big = [0u8; 9000];
+    /// let err = a.send(&OutgoingPacket::in_band(2, &[&big])).unwrap_err();
+    /// assert!(matches!(err, BlockingError::Ring(Error::TooLarge { .. })));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn send(&mut self, packet: &OutgoingPacket<'_>) -> Result<(), BlockingError<S::Error>> {
         self.waiter
             .block(
@@ -255,6 +335,32 @@ impl<M: SharedMem, S: Signal> Blocking<M, S> {
     ///
     /// [`Error::Corrupt`], [`BlockingError::PeerGone`], or the signal's
     /// error.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use core::sync::atomic::AtomicU64;
+    /// # use ring_core::mem::RawMem;
+    /// # use ring_core::signal::NoSignal;
+    /// # use ring_core::vmbus::{initialize_ring, Blocking, IncomingRing, OutgoingRing, RingLayout};
+    /// # let layout = RingLayout::new(4096, 8192)?;
+    /// # let words: Vec<AtomicU64> = (0..2 * layout.total_size() / 8).map(|_| AtomicU64::new(0)).collect();
+    /// # let (a_to_b, b_to_a) = words.split_at(layout.total_size() / 8);
+    /// # let (a_to_b, b_to_a) = (RawMem::from_atomics(a_to_b), RawMem::from_atomics(b_to_a));
+    /// # initialize_ring(&a_to_b, layout)?;
+    /// # initialize_ring(&b_to_a, layout)?;
+    /// # let mut a = Blocking::new(IncomingRing::new(b_to_a, layout)?, OutgoingRing::new(a_to_b, layout)?, NoSignal);
+    /// # let mut b = Blocking::new(IncomingRing::new(a_to_b, layout)?, OutgoingRing::new(b_to_a, layout)?, NoSignal);
+    /// use ring_core::vmbus::{OutgoingPacket, PacketType};
+    /// a.send(&OutgoingPacket::in_band(5, &[b"status?"]).with_completion_requested())?;
+    /// // Look at the packet where it lies; it is committed after `f` returns.
+    /// let (id, wants_reply) = b.recv_with(|p| (p.transaction_id(), p.completion_requested()))?;
+    /// assert_eq!((id, wants_reply), (5, true));
+    /// b.send(&OutgoingPacket::completion(id, &[b"ok"]))?;
+    /// let kind = a.recv_with(|p| p.packet_type())?;
+    /// assert_eq!(kind, PacketType::Completion);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn recv_with<R>(
         &mut self,
         f: impl FnOnce(&IncomingPacket<'_, M>) -> R,
@@ -288,6 +394,32 @@ impl<M: SharedMem, S: Signal> Blocking<M, S> {
     ///
     /// [`Error::Corrupt`], [`BlockingError::PeerGone`], or the signal's
     /// error.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use core::sync::atomic::AtomicU64;
+    /// # use ring_core::mem::RawMem;
+    /// # use ring_core::signal::NoSignal;
+    /// # use ring_core::vmbus::{initialize_ring, Blocking, IncomingRing, OutgoingRing, RingLayout};
+    /// # let layout = RingLayout::new(4096, 8192)?;
+    /// # let words: Vec<AtomicU64> = (0..2 * layout.total_size() / 8).map(|_| AtomicU64::new(0)).collect();
+    /// # let (a_to_b, b_to_a) = words.split_at(layout.total_size() / 8);
+    /// # let (a_to_b, b_to_a) = (RawMem::from_atomics(a_to_b), RawMem::from_atomics(b_to_a));
+    /// # initialize_ring(&a_to_b, layout)?;
+    /// # initialize_ring(&b_to_a, layout)?;
+    /// # let mut a = Blocking::new(IncomingRing::new(b_to_a, layout)?, OutgoingRing::new(a_to_b, layout)?, NoSignal);
+    /// # let mut b = Blocking::new(IncomingRing::new(a_to_b, layout)?, OutgoingRing::new(b_to_a, layout)?, NoSignal);
+    /// use ring_core::vmbus::OutgoingPacket;
+    /// for id in 0..5 {
+    ///     a.send(&OutgoingPacket::in_band(id, &[b"x"]))?;
+    /// }
+    /// let mut ids = Vec::new();
+    /// assert_eq!(b.drain_with(3, |p| ids.push(p.transaction_id()))?, 3); // at most 3
+    /// assert_eq!(b.drain_with(16, |p| ids.push(p.transaction_id()))?, 2);
+    /// assert_eq!(ids, [0, 1, 2, 3, 4]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn drain_with(
         &mut self,
         max: usize,
@@ -332,6 +464,33 @@ impl<M: SharedMem, S: Signal> Blocking<M, S> {
     /// [`Error::OutOfRange`] if `buf` is smaller than the payload (the
     /// packet is left unread); [`Error::Corrupt`];
     /// [`BlockingError::PeerGone`]; the signal's error.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use core::sync::atomic::AtomicU64;
+    /// # use ring_core::mem::RawMem;
+    /// # use ring_core::signal::NoSignal;
+    /// # use ring_core::vmbus::{initialize_ring, Blocking, IncomingRing, OutgoingRing, RingLayout};
+    /// # let layout = RingLayout::new(4096, 8192)?;
+    /// # let words: Vec<AtomicU64> = (0..2 * layout.total_size() / 8).map(|_| AtomicU64::new(0)).collect();
+    /// # let (a_to_b, b_to_a) = words.split_at(layout.total_size() / 8);
+    /// # let (a_to_b, b_to_a) = (RawMem::from_atomics(a_to_b), RawMem::from_atomics(b_to_a));
+    /// # initialize_ring(&a_to_b, layout)?;
+    /// # initialize_ring(&b_to_a, layout)?;
+    /// # let mut a = Blocking::new(IncomingRing::new(b_to_a, layout)?, OutgoingRing::new(a_to_b, layout)?, NoSignal);
+    /// # let mut b = Blocking::new(IncomingRing::new(a_to_b, layout)?, OutgoingRing::new(b_to_a, layout)?, NoSignal);
+    /// use ring_core::vmbus::{BlockingError, Error, OutgoingPacket, PacketType};
+    /// a.send(&OutgoingPacket::completion(3, &[b"done"]))?;
+    /// let mut small = [0u8; 4];
+    /// // The payload is padded to 8: too big for 4 bytes, and left unread.
+    /// let err = b.recv(&mut small).unwrap_err();
+    /// assert!(matches!(err, BlockingError::Ring(Error::OutOfRange { needed: 8, .. })));
+    /// let mut buf = [0u8; 8];
+    /// let (info, len) = b.recv(&mut buf)?;
+    /// assert_eq!((info.packet_type, len, &buf[..4]), (PacketType::Completion, 8, &b"done"[..]));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn recv(
         &mut self,
         buf: &mut [u8],
@@ -445,6 +604,33 @@ pub struct BlockingPipe<M, S> {
 
 impl<M: SharedMem, S: Signal> BlockingPipe<M, S> {
     /// Wraps the two halves of a pipe and the channel's event.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use core::sync::atomic::AtomicU64;
+    /// use ring_core::mem::RawMem;
+    /// use ring_core::signal::NoSignal;
+    /// use ring_core::vmbus::pipe::{PipeReader, PipeWriter};
+    /// use ring_core::vmbus::{initialize_ring, BlockingPipe, IncomingRing, OutgoingRing, RingLayout};
+    ///
+    /// let layout = RingLayout::new(4096, 16384)?;
+    /// let words: Vec<AtomicU64> = (0..2 * layout.total_size() / 8).map(|_| AtomicU64::new(0)).collect();
+    /// let (a_to_b, b_to_a) = words.split_at(layout.total_size() / 8);
+    /// let (a_to_b, b_to_a) = (RawMem::from_atomics(a_to_b), RawMem::from_atomics(b_to_a));
+    /// initialize_ring(&a_to_b, layout)?;
+    /// initialize_ring(&b_to_a, layout)?;
+    /// let reader = |m| IncomingRing::new(m, layout).map(PipeReader::new);
+    /// let writer = |m| OutgoingRing::new(m, layout).map(PipeWriter::new);
+    /// let mut a = BlockingPipe::new(reader(b_to_a)?, writer(a_to_b)?, NoSignal);
+    /// let mut b = BlockingPipe::new(reader(a_to_b)?, writer(b_to_a)?, NoSignal);
+    ///
+    /// a.write_all(b"over the pipe")?;
+    /// let mut buf = [0u8; 32];
+    /// let n = b.read(&mut buf)?;
+    /// assert_eq!(&buf[..n], b"over the pipe");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn new(reader: PipeReader<M>, writer: PipeWriter<M>, signal: S) -> Self {
         BlockingPipe {
             ends: Ends {
@@ -534,6 +720,31 @@ impl<M: SharedMem, S: Signal> BlockingPipe<M, S> {
     ///
     /// [`Error::Corrupt`]; [`BlockingError::PeerGone`] once the peer is
     /// gone and the ring drained.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use core::sync::atomic::AtomicU64;
+    /// # use ring_core::mem::RawMem;
+    /// # use ring_core::signal::NoSignal;
+    /// # use ring_core::vmbus::pipe::{PipeReader, PipeWriter};
+    /// # use ring_core::vmbus::{initialize_ring, BlockingPipe, IncomingRing, OutgoingRing, RingLayout};
+    /// # let layout = RingLayout::new(4096, 16384)?;
+    /// # let words: Vec<AtomicU64> = (0..2 * layout.total_size() / 8).map(|_| AtomicU64::new(0)).collect();
+    /// # let (a_to_b, b_to_a) = words.split_at(layout.total_size() / 8);
+    /// # let (a_to_b, b_to_a) = (RawMem::from_atomics(a_to_b), RawMem::from_atomics(b_to_a));
+    /// # initialize_ring(&a_to_b, layout)?;
+    /// # initialize_ring(&b_to_a, layout)?;
+    /// # let reader = |m| IncomingRing::new(m, layout).map(PipeReader::new);
+    /// # let writer = |m| OutgoingRing::new(m, layout).map(PipeWriter::new);
+    /// # let mut a = BlockingPipe::new(reader(b_to_a)?, writer(a_to_b)?, NoSignal);
+    /// # let mut b = BlockingPipe::new(reader(a_to_b)?, writer(b_to_a)?, NoSignal);
+    /// let mut buf = [0u8; 8];
+    /// assert_eq!(b.try_read(&mut buf)?, None); // armed: wait for a's signal
+    /// assert_eq!(a.try_write(b"hi")?, Some(2));
+    /// assert_eq!(b.try_read(&mut buf)?, Some(2));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn try_read(&mut self, buf: &mut [u8]) -> Attempt<usize, Error, S::Error> {
         self.ends.read_with(&self.waiter, |r| r.read_bytes(buf))
     }
@@ -655,6 +866,34 @@ impl<M: SharedMem, S: Signal> BlockingPipe<M, S> {
     ///
     /// [`Error::Corrupt`], [`BlockingError::PeerGone`], or the signal's
     /// error.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use core::sync::atomic::AtomicU64;
+    /// # use ring_core::mem::RawMem;
+    /// # use ring_core::signal::NoSignal;
+    /// # use ring_core::vmbus::pipe::{PipeReader, PipeWriter};
+    /// # use ring_core::vmbus::{initialize_ring, BlockingPipe, IncomingRing, OutgoingRing, RingLayout};
+    /// # let layout = RingLayout::new(4096, 16384)?;
+    /// # let words: Vec<AtomicU64> = (0..2 * layout.total_size() / 8).map(|_| AtomicU64::new(0)).collect();
+    /// # let (a_to_b, b_to_a) = words.split_at(layout.total_size() / 8);
+    /// # let (a_to_b, b_to_a) = (RawMem::from_atomics(a_to_b), RawMem::from_atomics(b_to_a));
+    /// # initialize_ring(&a_to_b, layout)?;
+    /// # initialize_ring(&b_to_a, layout)?;
+    /// # let reader = |m| IncomingRing::new(m, layout).map(PipeReader::new);
+    /// # let writer = |m| OutgoingRing::new(m, layout).map(PipeWriter::new);
+    /// # let mut a = BlockingPipe::new(reader(b_to_a)?, writer(a_to_b)?, NoSignal);
+    /// # let mut b = BlockingPipe::new(reader(a_to_b)?, writer(b_to_a)?, NoSignal);
+    /// a.write_all(b"abc")?;
+    /// a.write_all(b"def")?;
+    /// a.close()?;
+    /// let mut buf = [0u8; 16];
+    /// assert_eq!(b.read(&mut buf)?, 6); // across packets
+    /// assert_eq!(&buf[..6], b"abcdef");
+    /// assert_eq!(b.read(&mut buf)?, 0); // end of stream
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn read(&mut self, buf: &mut [u8]) -> Result<usize, BlockingError<S::Error>> {
         if buf.is_empty() {
             return Ok(0);
@@ -672,6 +911,32 @@ impl<M: SharedMem, S: Signal> BlockingPipe<M, S> {
     ///
     /// [`Error::Closed`], [`Error::Corrupt`], [`BlockingError::PeerGone`],
     /// or the signal's error.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use core::sync::atomic::AtomicU64;
+    /// # use ring_core::mem::RawMem;
+    /// # use ring_core::signal::NoSignal;
+    /// # use ring_core::vmbus::pipe::{PipeReader, PipeWriter};
+    /// # use ring_core::vmbus::{initialize_ring, BlockingPipe, IncomingRing, OutgoingRing, RingLayout};
+    /// # let layout = RingLayout::new(4096, 16384)?;
+    /// # let words: Vec<AtomicU64> = (0..2 * layout.total_size() / 8).map(|_| AtomicU64::new(0)).collect();
+    /// # let (a_to_b, b_to_a) = words.split_at(layout.total_size() / 8);
+    /// # let (a_to_b, b_to_a) = (RawMem::from_atomics(a_to_b), RawMem::from_atomics(b_to_a));
+    /// # initialize_ring(&a_to_b, layout)?;
+    /// # initialize_ring(&b_to_a, layout)?;
+    /// # let reader = |m| IncomingRing::new(m, layout).map(PipeReader::new);
+    /// # let writer = |m| OutgoingRing::new(m, layout).map(PipeWriter::new);
+    /// # let mut a = BlockingPipe::new(reader(b_to_a)?, writer(a_to_b)?, NoSignal);
+    /// # let mut b = BlockingPipe::new(reader(a_to_b)?, writer(b_to_a)?, NoSignal);
+    /// // The 16 KiB ring takes only part of 20 000 bytes at once.
+    /// let n = a.write(&[1u8; 20_000])?;
+    /// assert!(n > 0 && n < 20_000);
+    /// let mut buf = vec![0u8; 20_000];
+    /// assert_eq!(b.read(&mut buf)?, n);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn write(&mut self, buf: &[u8]) -> Result<usize, BlockingError<S::Error>> {
         if buf.is_empty() {
             return Ok(0);
@@ -698,6 +963,37 @@ impl<M: SharedMem, S: Signal> BlockingPipe<M, S> {
     /// # Errors
     ///
     /// As [`write`](Self::write).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use core::sync::atomic::AtomicU64;
+    /// # use ring_core::mem::RawMem;
+    /// # use ring_core::signal::NoSignal;
+    /// # use ring_core::vmbus::pipe::{PipeReader, PipeWriter};
+    /// # use ring_core::vmbus::{initialize_ring, BlockingPipe, IncomingRing, OutgoingRing, RingLayout};
+    /// # let layout = RingLayout::new(4096, 16384)?;
+    /// # let words: Vec<AtomicU64> = (0..2 * layout.total_size() / 8).map(|_| AtomicU64::new(0)).collect();
+    /// # let (a_to_b, b_to_a) = words.split_at(layout.total_size() / 8);
+    /// # let (a_to_b, b_to_a) = (RawMem::from_atomics(a_to_b), RawMem::from_atomics(b_to_a));
+    /// # initialize_ring(&a_to_b, layout)?;
+    /// # initialize_ring(&b_to_a, layout)?;
+    /// # let reader = |m| IncomingRing::new(m, layout).map(PipeReader::new);
+    /// # let writer = |m| OutgoingRing::new(m, layout).map(PipeWriter::new);
+    /// # let mut a = BlockingPipe::new(reader(b_to_a)?, writer(a_to_b)?, NoSignal);
+    /// # let mut b = BlockingPipe::new(reader(a_to_b)?, writer(b_to_a)?, NoSignal);
+    /// use ring_core::loan::SpanWriter;
+    /// let n = a.write_with(64, |mem, spans| {
+    ///     let mut w = SpanWriter::new(mem, spans);
+    ///     let header = w.write_at(0, b"len=").and_then(|()| w.write_at(4, b"0042"));
+    ///     header.map_or(0, |()| w.len())
+    /// })?;
+    /// assert_eq!(n, 8); // one packet of the 8 bytes written
+    /// let mut buf = [0u8; 64];
+    /// let got = b.read(&mut buf)?;
+    /// assert_eq!(&buf[..got], b"len=0042");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn write_with(
         &mut self,
         want: usize,
@@ -735,6 +1031,38 @@ impl<M: SharedMem, S: Signal> BlockingPipe<M, S> {
     /// # Errors
     ///
     /// As [`read`](Self::read).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use core::sync::atomic::AtomicU64;
+    /// # use ring_core::mem::RawMem;
+    /// # use ring_core::signal::NoSignal;
+    /// # use ring_core::vmbus::pipe::{PipeReader, PipeWriter};
+    /// # use ring_core::vmbus::{initialize_ring, BlockingPipe, IncomingRing, OutgoingRing, RingLayout};
+    /// # let layout = RingLayout::new(4096, 16384)?;
+    /// # let words: Vec<AtomicU64> = (0..2 * layout.total_size() / 8).map(|_| AtomicU64::new(0)).collect();
+    /// # let (a_to_b, b_to_a) = words.split_at(layout.total_size() / 8);
+    /// # let (a_to_b, b_to_a) = (RawMem::from_atomics(a_to_b), RawMem::from_atomics(b_to_a));
+    /// # initialize_ring(&a_to_b, layout)?;
+    /// # initialize_ring(&b_to_a, layout)?;
+    /// # let reader = |m| IncomingRing::new(m, layout).map(PipeReader::new);
+    /// # let writer = |m| OutgoingRing::new(m, layout).map(PipeWriter::new);
+    /// # let mut a = BlockingPipe::new(reader(b_to_a)?, writer(a_to_b)?, NoSignal);
+    /// # let mut b = BlockingPipe::new(reader(a_to_b)?, writer(b_to_a)?, NoSignal);
+    /// use ring_core::loan::{Drained, SpanReader};
+    /// a.write_all(b"header:body")?;
+    /// let mut head = [0u8; 7];
+    /// // Take the header in place; the body stays for the next read.
+    /// let took = b.read_with(64, |mem, spans| {
+    ///     SpanReader::new(mem, spans).read_at(0, &mut head).map_or(0, |()| 7)
+    /// })?;
+    /// assert_eq!((took, &head), (Drained::Took(7), b"header:"));
+    /// let mut body = [0u8; 8];
+    /// let n = b.read(&mut body)?;
+    /// assert_eq!(&body[..n], b"body");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn read_with(
         &mut self,
         max: usize,
@@ -770,6 +1098,34 @@ impl<M: SharedMem, S: Signal> BlockingPipe<M, S> {
     /// # Errors
     ///
     /// As [`try_send_msg`](Self::try_send_msg).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use core::sync::atomic::AtomicU64;
+    /// # use ring_core::mem::RawMem;
+    /// # use ring_core::signal::NoSignal;
+    /// # use ring_core::vmbus::pipe::{PipeReader, PipeWriter};
+    /// # use ring_core::vmbus::{initialize_ring, BlockingPipe, IncomingRing, OutgoingRing, RingLayout};
+    /// # let layout = RingLayout::new(4096, 16384)?;
+    /// # let words: Vec<AtomicU64> = (0..2 * layout.total_size() / 8).map(|_| AtomicU64::new(0)).collect();
+    /// # let (a_to_b, b_to_a) = words.split_at(layout.total_size() / 8);
+    /// # let (a_to_b, b_to_a) = (RawMem::from_atomics(a_to_b), RawMem::from_atomics(b_to_a));
+    /// # initialize_ring(&a_to_b, layout)?;
+    /// # initialize_ring(&b_to_a, layout)?;
+    /// # let reader = |m| IncomingRing::new(m, layout).map(PipeReader::new);
+    /// # let writer = |m| OutgoingRing::new(m, layout).map(PipeWriter::new);
+    /// # let mut a = BlockingPipe::new(reader(b_to_a)?, writer(a_to_b)?, NoSignal);
+    /// # let mut b = BlockingPipe::new(reader(a_to_b)?, writer(b_to_a)?, NoSignal);
+    /// a.send_msg(b"first")?;
+    /// a.send_msg(b"second")?;
+    /// let mut buf = [0u8; 64];
+    /// let n = b.recv_msg(&mut buf)?; // one message per call, never merged
+    /// assert_eq!(&buf[..n], b"first");
+    /// let n = b.recv_msg(&mut buf)?;
+    /// assert_eq!(&buf[..n], b"second");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn send_msg(&mut self, msg: &[u8]) -> Result<(), BlockingError<S::Error>> {
         let want = SMALLEST_PACKET + msg.len();
         self.waiter
@@ -793,6 +1149,36 @@ impl<M: SharedMem, S: Signal> BlockingPipe<M, S> {
     /// # Errors
     ///
     /// As [`try_recv_msg`](Self::try_recv_msg).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use core::sync::atomic::AtomicU64;
+    /// # use ring_core::mem::RawMem;
+    /// # use ring_core::signal::NoSignal;
+    /// # use ring_core::vmbus::pipe::{PipeReader, PipeWriter};
+    /// # use ring_core::vmbus::{initialize_ring, BlockingPipe, IncomingRing, OutgoingRing, RingLayout};
+    /// # let layout = RingLayout::new(4096, 16384)?;
+    /// # let words: Vec<AtomicU64> = (0..2 * layout.total_size() / 8).map(|_| AtomicU64::new(0)).collect();
+    /// # let (a_to_b, b_to_a) = words.split_at(layout.total_size() / 8);
+    /// # let (a_to_b, b_to_a) = (RawMem::from_atomics(a_to_b), RawMem::from_atomics(b_to_a));
+    /// # initialize_ring(&a_to_b, layout)?;
+    /// # initialize_ring(&b_to_a, layout)?;
+    /// # let reader = |m| IncomingRing::new(m, layout).map(PipeReader::new);
+    /// # let writer = |m| OutgoingRing::new(m, layout).map(PipeWriter::new);
+    /// # let mut a = BlockingPipe::new(reader(b_to_a)?, writer(a_to_b)?, NoSignal);
+    /// # let mut b = BlockingPipe::new(reader(a_to_b)?, writer(b_to_a)?, NoSignal);
+    /// use ring_core::vmbus::{BlockingError, Error};
+    /// a.send_msg(b"a message")?;
+    /// let mut small = [0u8; 4];
+    /// // Too small for the whole message: an error, and nothing consumed.
+    /// let err = b.recv_msg(&mut small).unwrap_err();
+    /// assert!(matches!(err, BlockingError::Ring(Error::OutOfRange { needed: 9, .. })));
+    /// let mut buf = [0u8; 16];
+    /// let n = b.recv_msg(&mut buf)?;
+    /// assert_eq!(&buf[..n], b"a message");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn recv_msg(&mut self, buf: &mut [u8]) -> Result<usize, BlockingError<S::Error>> {
         self.waiter.block(
             &mut self.ends,
@@ -807,6 +1193,36 @@ impl<M: SharedMem, S: Signal> BlockingPipe<M, S> {
     ///
     /// [`Error::Corrupt`], [`BlockingError::PeerGone`], or the signal's
     /// error.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use core::sync::atomic::AtomicU64;
+    /// # use ring_core::mem::RawMem;
+    /// # use ring_core::signal::NoSignal;
+    /// # use ring_core::vmbus::pipe::{PipeReader, PipeWriter};
+    /// # use ring_core::vmbus::{initialize_ring, BlockingPipe, IncomingRing, OutgoingRing, RingLayout};
+    /// # let layout = RingLayout::new(4096, 16384)?;
+    /// # let words: Vec<AtomicU64> = (0..2 * layout.total_size() / 8).map(|_| AtomicU64::new(0)).collect();
+    /// # let (a_to_b, b_to_a) = words.split_at(layout.total_size() / 8);
+    /// # let (a_to_b, b_to_a) = (RawMem::from_atomics(a_to_b), RawMem::from_atomics(b_to_a));
+    /// # initialize_ring(&a_to_b, layout)?;
+    /// # initialize_ring(&b_to_a, layout)?;
+    /// # let reader = |m| IncomingRing::new(m, layout).map(PipeReader::new);
+    /// # let writer = |m| OutgoingRing::new(m, layout).map(PipeWriter::new);
+    /// # let mut a = BlockingPipe::new(reader(b_to_a)?, writer(a_to_b)?, NoSignal);
+    /// # let mut b = BlockingPipe::new(reader(a_to_b)?, writer(b_to_a)?, NoSignal);
+    /// use ring_core::vmbus::{BlockingError, Error};
+    /// a.write_all(b"request")?;
+    /// a.close()?; // a's direction only
+    /// let mut buf = [0u8; 16];
+    /// assert_eq!(b.read(&mut buf)?, 7);
+    /// assert_eq!(b.read(&mut buf)?, 0); // end of a's stream
+    /// b.write_all(b"reply")?; // b's direction still flows
+    /// assert_eq!(a.read(&mut buf)?, 5);
+    /// assert!(matches!(a.write(b"more"), Err(BlockingError::Ring(Error::Closed))));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn close(&mut self) -> Result<(), BlockingError<S::Error>> {
         self.waiter.block(
             &mut self.ends,

@@ -89,6 +89,27 @@ impl<M: SharedMem> IncomingRing<M> {
     ///
     /// [`SetupError::MemoryTooSmall`], or [`SetupError::BadIndex`] for a
     /// misaligned or out-of-range index.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use core::sync::atomic::AtomicU64;
+    /// # use ring_core::mem::RawMem;
+    /// use ring_core::mem::SharedMem;
+    /// use ring_core::vmbus::{initialize_ring, Error, IncomingRing, RingLayout};
+    ///
+    /// let layout = RingLayout::new(4096, 4096)?;
+    /// # let words: Vec<AtomicU64> = (0..layout.total_size() / 8).map(|_| AtomicU64::new(0)).collect();
+    /// # let mem = RawMem::from_atomics(&words);
+    /// initialize_ring(&mem, layout)?;
+    /// let mut rx = IncomingRing::new(mem, layout)?;
+    /// assert_eq!(rx.available()?, 0);
+    /// assert!(matches!(rx.read_packet(), Err(Error::Empty)));
+    /// // A write index the peer left misaligned is refused at attach.
+    /// mem.store_u32(0, 3)?;
+    /// assert!(IncomingRing::new(mem, layout).is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn new(mem: M, layout: RingLayout) -> Result<Self, Error> {
         check_memory(&mem, layout)?;
         let size = layout.data_size();
@@ -247,6 +268,35 @@ impl<M: SharedMem> IncomingRing<M> {
     ///   *published* read index shows the ring empty, so a reader that
     ///   sleeps on uncommitted reads is never woken;
     /// - [`Error::Corrupt`] when a check fails (poisons the ring).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use core::sync::atomic::AtomicU64;
+    /// # use ring_core::mem::RawMem;
+    /// use ring_core::vmbus::{Error, IncomingRing, OutgoingPacket, OutgoingRing, PacketType};
+    /// # use ring_core::vmbus::{initialize_ring, RingLayout};
+    /// # let layout = RingLayout::new(4096, 8192)?;
+    /// # let words: Vec<AtomicU64> = (0..layout.total_size() / 8).map(|_| AtomicU64::new(0)).collect();
+    /// # let mem = RawMem::from_atomics(&words);
+    /// # initialize_ring(&mem, layout)?;
+    /// # let mut tx = OutgoingRing::new(mem, layout)?;
+    /// let mut rx = IncomingRing::new(mem, layout)?;
+    /// let request = OutgoingPacket::in_band(41, &[b"request"]).with_completion_requested();
+    /// let _ = tx.send(&request)?;
+    ///
+    /// let packet = rx.read_packet()?;
+    /// assert_eq!(packet.packet_type(), PacketType::InBand);
+    /// assert_eq!(packet.transaction_id(), 41);
+    /// assert!(packet.completion_requested());
+    /// let mut body = [0u8; 7];
+    /// packet.read_payload(0, &mut body)?;
+    /// assert_eq!(&body, b"request");
+    /// // No more: the mask is clear again and the ring re-checked.
+    /// assert_eq!(rx.read_packet().unwrap_err(), Error::Empty);
+    /// let _ = rx.commit()?; // now the writer may reuse the space
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn read_packet(&mut self) -> Result<IncomingPacket<'_, M>, Error> {
         self.usable()?;
         if self.readable() == 0 {
@@ -407,6 +457,35 @@ impl<M: SharedMem> IncomingRing<M> {
     ///
     /// [`Error::Corrupt`] if the write index is invalid (poisons; the read
     /// index is published all the same).
+    ///
+    /// # Examples
+    ///
+    /// A writer that ran out of space waits for our commit:
+    ///
+    /// ```
+    /// # use core::sync::atomic::AtomicU64;
+    /// # use ring_core::mem::RawMem;
+    /// use ring_core::vmbus::{IncomingRing, OutgoingPacket, OutgoingRing};
+    /// # use ring_core::vmbus::{initialize_ring, RingLayout};
+    /// # let layout = RingLayout::new(4096, 4096)?;
+    /// # let words: Vec<AtomicU64> = (0..layout.total_size() / 8).map(|_| AtomicU64::new(0)).collect();
+    /// # let mem = RawMem::from_atomics(&words);
+    /// # initialize_ring(&mem, layout)?;
+    /// # let mut tx = OutgoingRing::new(mem, layout)?;
+    /// # let mut rx = IncomingRing::new(mem, layout)?;
+    /// let block = [0u8; 1000]; // 1 KiB of ring with descriptor and trailer
+    /// for _ in 0..3 {
+    ///     let _ = tx.send(&OutgoingPacket::in_band(0, &[&block]))?;
+    /// }
+    /// // A fourth does not fit: the writer asks for a signal once it does.
+    /// assert!(tx.write(&OutgoingPacket::in_band(3, &[&block])).is_err());
+    ///
+    /// let _ = rx.read_packet()?;
+    /// let freed = rx.commit()?;
+    /// assert_eq!(freed.ring_bytes, 1024);
+    /// assert!(freed.notify); // signal the writer: its packet fits now
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn commit(&mut self) -> Result<Commit, Error> {
         self.usable()?;
         if self.next == self.committed {

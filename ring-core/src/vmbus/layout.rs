@@ -300,6 +300,23 @@ impl RingLayout {
     /// [`SetupError::BadDataOffset`] unless `data_offset` is a non-zero
     /// multiple of 4096; [`SetupError::BadDataSize`] unless `data_size` is a
     /// non-zero multiple of 4096 that fits in `u32`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ring_core::vmbus::{RingLayout, SetupError};
+    ///
+    /// let layout = RingLayout::new(4096, 16384)?;
+    /// assert_eq!(layout.data_size(), 16384);
+    /// assert_eq!(layout.total_size(), 4096 + 16384); // control page, then data
+    /// // The data area comes in whole 4 KiB pages, after the control page.
+    /// assert_eq!(
+    ///     RingLayout::new(4096, 1000),
+    ///     Err(SetupError::BadDataSize { data_size: 1000 })
+    /// );
+    /// assert!(matches!(RingLayout::new(0, 4096), Err(SetupError::BadDataOffset { .. })));
+    /// # Ok::<(), SetupError>(())
+    /// ```
     pub const fn new(data_offset: usize, data_size: usize) -> Result<Self, SetupError> {
         if data_offset == 0 || !data_offset.is_multiple_of(CONTROL_PAGE_SIZE) {
             return Err(SetupError::BadDataOffset { data_offset });
@@ -322,6 +339,19 @@ impl RingLayout {
     /// # Errors
     ///
     /// As [`new`](Self::new), with `data_size = total − data_offset`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ring_core::vmbus::{RingLayout, SetupError};
+    ///
+    /// // One ring in a 64 KiB mapping.
+    /// let layout = RingLayout::for_total(4096, 65536)?;
+    /// assert_eq!(layout.data_size(), 65536 - 4096);
+    /// // A mapping of just the control page leaves no data area.
+    /// assert!(RingLayout::for_total(4096, 4096).is_err());
+    /// # Ok::<(), SetupError>(())
+    /// ```
     pub const fn for_total(data_offset: usize, total: usize) -> Result<Self, SetupError> {
         match total.checked_sub(data_offset) {
             Some(data_size) => Self::new(data_offset, data_size),

@@ -319,6 +319,28 @@ impl core::error::Error for SetupError {}
 
 impl Error {
     /// Retry, closed, corrupt, usage or set-up (see [`ErrorClass`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use core::sync::atomic::AtomicU64;
+    /// # use ring_core::mem::RawMem;
+    /// use ring_core::error::ErrorClass;
+    /// use ring_core::vmbus::{self, IncomingRing, OutgoingPacket, OutgoingRing, RingLayout};
+    /// let layout = RingLayout::new(4096, 4096)?;
+    /// # let words: Vec<AtomicU64> = (0..layout.total_size() / 8).map(|_| AtomicU64::new(0)).collect();
+    /// # let mem = RawMem::from_atomics(&words);
+    /// vmbus::initialize_ring(&mem, layout)?;
+    /// let mut tx = OutgoingRing::new(mem, layout)?;
+    /// let mut rx = IncomingRing::new(mem, layout)?;
+    /// // Empty: wait for the writer's signal, then read again.
+    /// assert_eq!(rx.read_packet().unwrap_err().class(), ErrorClass::Retry);
+    /// // More than the 4 KiB ring can ever hold: retrying will not help.
+    /// let big = [0u8; 5000];
+    /// let err = tx.send(&OutgoingPacket::in_band(1, &[&big])).unwrap_err();
+    /// assert_eq!(err.class(), ErrorClass::Usage);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn class(&self) -> ErrorClass {
         match self {
             Error::Empty | Error::Full { .. } => ErrorClass::Retry,
@@ -359,6 +381,27 @@ pub struct Commit {
 /// # Errors
 ///
 /// [`SetupError::MemoryTooSmall`] if the memory cannot hold the layout.
+///
+/// # Examples
+///
+/// ```
+/// use core::sync::atomic::AtomicU64;
+/// use ring_core::mem::RawMem;
+/// use ring_core::vmbus::{self, Error, RingLayout, SetupError};
+///
+/// let layout = RingLayout::new(4096, 8192)?;
+/// // Memory full of leftovers: initializing clears the control page.
+/// let words: Vec<AtomicU64> = (0..layout.total_size() / 8).map(|_| AtomicU64::new(!0)).collect();
+/// let mem = RawMem::from_atomics(&words);
+/// vmbus::initialize_ring(&mem, layout)?;
+/// let header = vmbus::inspect(&mem)?;
+/// assert_eq!((header.write_index.get(), header.read_index.get()), (0, 0));
+/// // Memory smaller than the layout is refused.
+/// let short = RawMem::from_atomics(&words[..512]);
+/// let err = vmbus::initialize_ring(&short, layout).unwrap_err();
+/// assert!(matches!(err, Error::Setup(SetupError::MemoryTooSmall { .. })));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn initialize_ring<M: SharedMem + ?Sized>(mem: &M, layout: RingLayout) -> Result<(), Error> {
     check_memory(mem, layout)?;
     mem.fill(0, layout::CONTROL_PAGE_SIZE, 0)?;

@@ -54,6 +54,25 @@ impl<M: SharedMem> OutgoingRing<M> {
     ///
     /// [`SetupError::MemoryTooSmall`] if `mem` cannot hold the layout;
     /// [`SetupError::BadIndex`] if an index is misaligned or out of range.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use core::sync::atomic::AtomicU64;
+    /// # use ring_core::mem::RawMem;
+    /// use ring_core::vmbus::{self, FeatureBits, OutgoingRing, RingLayout};
+    ///
+    /// let layout = RingLayout::new(4096, 8192)?;
+    /// # let words: Vec<AtomicU64> = (0..layout.total_size() / 8).map(|_| AtomicU64::new(0)).collect();
+    /// # let mem = RawMem::from_atomics(&words);
+    /// vmbus::initialize_ring(&mem, layout)?; // a fresh ring we own
+    /// let mut tx = OutgoingRing::new(mem, layout)?;
+    /// assert_eq!(tx.available()?, 8192 - 8); // 8 bytes always stay unused
+    /// // The writer tells the reader it uses `pending_send_size`.
+    /// let features = FeatureBits::from_bits_truncate(vmbus::inspect(&mem)?.feature_bits.get());
+    /// assert!(features.contains(FeatureBits::PENDING_SEND_SIZE));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn new(mem: M, layout: RingLayout) -> Result<Self, Error> {
         check_memory(&mem, layout)?;
         let size = layout.data_size();
@@ -238,6 +257,34 @@ impl<M: SharedMem> OutgoingRing<M> {
     ///   yet) and the ring re-checked, so after committing the batch the
     ///   caller may wait for the reader's signal;
     /// - [`Error::Corrupt`] if the reader's index is invalid (poisons).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use core::sync::atomic::AtomicU64;
+    /// # use ring_core::mem::RawMem;
+    /// # use ring_core::vmbus::{initialize_ring, RingLayout};
+    /// # let layout = RingLayout::new(4096, 4096)?;
+    /// # let words: Vec<AtomicU64> = (0..layout.total_size() / 8).map(|_| AtomicU64::new(0)).collect();
+    /// # let mem = RawMem::from_atomics(&words);
+    /// # initialize_ring(&mem, layout)?;
+    /// use ring_core::vmbus::{Error, IncomingRing, OutgoingPacket, OutgoingRing};
+    /// let mut tx = OutgoingRing::new(mem, layout)?;
+    /// let mut rx = IncomingRing::new(mem, layout)?;
+    /// let block = [7u8; 1000]; // with descriptor and trailer: 1024 bytes of ring
+    /// for id in 0..3 {
+    ///     tx.write(&OutgoingPacket::in_band(id, &[&block]))?;
+    /// }
+    /// assert_eq!(tx.uncommitted(), 3 * 1024);
+    /// // A fourth does not fit in the 4 KiB ring, which keeps 8 bytes free.
+    /// let full = tx.write(&OutgoingPacket::in_band(3, &[&block])).unwrap_err();
+    /// assert_eq!(full, Error::Full { needed: 1024, available: 1016 });
+    /// // The reader sees nothing before the commit.
+    /// assert!(matches!(rx.read_packet(), Err(Error::Empty)));
+    /// let _ = tx.commit()?;
+    /// assert_eq!(rx.read_packet()?.transaction_id(), 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn write(&mut self, packet: &OutgoingPacket<'_>) -> Result<(), Error> {
         self.usable()?;
         let (header_len, len) = packet.lengths()?;
@@ -419,6 +466,29 @@ impl<M: SharedMem> OutgoingRing<M> {
     ///
     /// [`Error::Corrupt`] if the reader's index is invalid (poisons; the
     /// batch is published all the same).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use core::sync::atomic::AtomicU64;
+    /// # use ring_core::mem::RawMem;
+    /// # use ring_core::vmbus::{initialize_ring, RingLayout};
+    /// # let layout = RingLayout::new(4096, 4096)?;
+    /// # let words: Vec<AtomicU64> = (0..layout.total_size() / 8).map(|_| AtomicU64::new(0)).collect();
+    /// # let mem = RawMem::from_atomics(&words);
+    /// # initialize_ring(&mem, layout)?;
+    /// use ring_core::vmbus::{OutgoingPacket, OutgoingRing};
+    /// let mut tx = OutgoingRing::new(mem, layout)?;
+    /// tx.write(&OutgoingPacket::in_band(1, &[b"one"]))?;
+    /// tx.write(&OutgoingPacket::in_band(2, &[b"two"]))?;
+    /// let first = tx.commit()?; // one index store for both
+    /// assert_eq!(first.ring_bytes, 2 * 32); // 16 + 8 (padded) + 8 (trailer) each
+    /// assert!(first.notify); // the ring went from empty to non-empty
+    /// tx.write(&OutgoingPacket::in_band(3, &[b"three"]))?;
+    /// let second = tx.commit()?;
+    /// assert!(!second.notify); // the reader has not drained the first batch
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn commit(&mut self) -> Result<Commit, Error> {
         self.usable()?;
         if self.next == self.committed {
@@ -461,6 +531,30 @@ impl<M: SharedMem> OutgoingRing<M> {
     /// # Errors
     ///
     /// As [`write`](Self::write) and [`commit`](Self::commit).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use core::sync::atomic::AtomicU64;
+    /// # use ring_core::mem::RawMem;
+    /// # use ring_core::vmbus::{initialize_ring, RingLayout};
+    /// # let layout = RingLayout::new(4096, 4096)?;
+    /// # let words: Vec<AtomicU64> = (0..layout.total_size() / 8).map(|_| AtomicU64::new(0)).collect();
+    /// # let mem = RawMem::from_atomics(&words);
+    /// # initialize_ring(&mem, layout)?;
+    /// use ring_core::vmbus::{IncomingRing, OutgoingPacket, OutgoingRing, PacketType};
+    /// let mut tx = OutgoingRing::new(mem, layout)?;
+    /// let mut rx = IncomingRing::new(mem, layout)?;
+    /// // The payload is gathered from its pieces, back to back.
+    /// let sent = tx.send(&OutgoingPacket::completion(9, &[b"st", b"atus"]))?;
+    /// assert!(sent.notify); // signal the reader
+    /// let packet = rx.read_packet()?;
+    /// assert_eq!(packet.packet_type(), PacketType::Completion);
+    /// let mut status = [0u8; 6];
+    /// packet.read_payload(0, &mut status)?;
+    /// assert_eq!((packet.transaction_id(), &status), (9, b"status"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn send(&mut self, packet: &OutgoingPacket<'_>) -> Result<Commit, Error> {
         self.write(packet)?;
         self.commit()

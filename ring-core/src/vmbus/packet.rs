@@ -70,6 +70,21 @@ pub struct OutgoingPacket<'a> {
 
 impl<'a> OutgoingPacket<'a> {
     /// An in-band packet.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ring_core::vmbus::{OutgoingPacket, PacketType};
+    ///
+    /// // A header and a body, sent as one payload without copying them together.
+    /// let header = 4u32.to_le_bytes();
+    /// let pieces: [&[u8]; 2] = [&header, b"body"];
+    /// let packet = OutgoingPacket::in_band(7, &pieces);
+    /// assert_eq!(packet.packet_type(), PacketType::InBand);
+    /// assert_eq!(packet.payload_len(), 8);
+    /// assert_eq!(packet.wire_len()?, 16 + 8); // descriptor, then the padded payload
+    /// # Ok::<(), ring_core::vmbus::Error>(())
+    /// ```
     pub const fn in_band(transaction_id: u64, payload: &'a [&'a [u8]]) -> Self {
         OutgoingPacket {
             kind: OutgoingKind::InBand,
@@ -80,6 +95,21 @@ impl<'a> OutgoingPacket<'a> {
     }
 
     /// A completion echoing `transaction_id`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ring_core::vmbus::{OutgoingPacket, PacketType};
+    ///
+    /// // The answer to request 41, with a status word.
+    /// let status = 0u32.to_le_bytes();
+    /// let pieces = [&status[..]];
+    /// let reply = OutgoingPacket::completion(41, &pieces);
+    /// assert_eq!(reply.packet_type(), PacketType::Completion);
+    /// assert_eq!(reply.transaction_id, 41);
+    /// assert_eq!(reply.wire_len()?, 16 + 8); // 4 payload bytes padded to 8
+    /// # Ok::<(), ring_core::vmbus::Error>(())
+    /// ```
     pub const fn completion(transaction_id: u64, payload: &'a [&'a [u8]]) -> Self {
         OutgoingPacket {
             kind: OutgoingKind::Completion,
@@ -346,6 +376,30 @@ impl<'a, M: SharedMem + ?Sized> IncomingPacket<'a, M> {
     /// # Errors
     ///
     /// [`Error::OutOfRange`] past the padded payload.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use core::sync::atomic::AtomicU64;
+    /// # use ring_core::mem::RawMem;
+    /// # use ring_core::vmbus::{initialize_ring, RingLayout};
+    /// use ring_core::vmbus::{Error, IncomingRing, OutgoingPacket, OutgoingRing};
+    /// # let layout = RingLayout::new(4096, 4096)?;
+    /// # let words: Vec<AtomicU64> = (0..layout.total_size() / 8).map(|_| AtomicU64::new(0)).collect();
+    /// # let mem = RawMem::from_atomics(&words);
+    /// # initialize_ring(&mem, layout)?;
+    /// # let mut tx = OutgoingRing::new(mem, layout)?;
+    /// # let mut rx = IncomingRing::new(mem, layout)?;
+    /// let _ = tx.send(&OutgoingPacket::in_band(1, &[b"hello"]))?;
+    /// let packet = rx.read_packet()?;
+    /// let mut tail = [0u8; 3];
+    /// packet.read_payload(2, &mut tail)?;
+    /// assert_eq!(&tail, b"llo");
+    /// // The ring pads payloads to 8 bytes (zeros); past that is out of range.
+    /// assert_eq!(packet.payload_len(), 8);
+    /// assert!(matches!(packet.read_payload(6, &mut tail), Err(Error::OutOfRange { .. })));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn read_payload(&self, offset: usize, buf: &mut [u8]) -> Result<(), Error> {
         let at = u32::try_from(offset)
             .ok()

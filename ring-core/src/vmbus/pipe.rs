@@ -116,6 +116,27 @@ pub struct PipeWriter<M> {
 impl<M: SharedMem> PipeWriter<M> {
     /// A pipe writing into `ring`, with [`DEFAULT_CHUNK`] bytes per
     /// byte-mode packet (less if the ring is small).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use core::sync::atomic::AtomicU64;
+    /// # use ring_core::mem::RawMem;
+    /// use ring_core::vmbus::pipe::{PipeReader, PipeWriter, DEFAULT_CHUNK};
+    /// use ring_core::vmbus::{initialize_ring, IncomingRing, OutgoingRing, RingLayout};
+    /// let layout = RingLayout::new(4096, 16384)?;
+    /// # let words: Vec<AtomicU64> = (0..layout.total_size() / 8).map(|_| AtomicU64::new(0)).collect();
+    /// # let mem = RawMem::from_atomics(&words);
+    /// initialize_ring(&mem, layout)?;
+    /// let mut writer = PipeWriter::new(OutgoingRing::new(mem, layout)?);
+    /// assert_eq!(writer.chunk(), DEFAULT_CHUNK); // a packet takes 4 KiB of ring
+    /// // 10 000 bytes go out as three packets, under one commit.
+    /// assert_eq!(writer.write_bytes(&[1u8; 10_000])?.len, 10_000);
+    /// let mut reader = PipeReader::new(IncomingRing::new(mem, layout)?);
+    /// let mut buf = vec![0u8; 10_000];
+    /// assert_eq!(reader.read_bytes(&mut buf)?.len, 10_000);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn new(ring: OutgoingRing<M>) -> Self {
         let mut w = PipeWriter { ring, chunk: 0 };
         w.set_chunk(DEFAULT_CHUNK);
@@ -163,6 +184,33 @@ impl<M: SharedMem> PipeWriter<M> {
     ///
     /// [`Error::TooLarge`] above 16 KiB or the ring's limit; [`Error::Full`]
     /// (armed) if it does not fit now; [`Error::Corrupt`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use core::sync::atomic::AtomicU64;
+    /// # use ring_core::mem::RawMem;
+    /// # use ring_core::vmbus::{initialize_ring, IncomingRing, OutgoingRing, RingLayout};
+    /// # use ring_core::vmbus::pipe::{PipeReader, PipeWriter};
+    /// # let layout = RingLayout::new(4096, 16384)?;
+    /// # let words: Vec<AtomicU64> = (0..layout.total_size() / 8).map(|_| AtomicU64::new(0)).collect();
+    /// # let mem = RawMem::from_atomics(&words);
+    /// # initialize_ring(&mem, layout)?;
+    /// # let mut writer = PipeWriter::new(OutgoingRing::new(mem, layout)?);
+    /// # let mut reader = PipeReader::new(IncomingRing::new(mem, layout)?);
+    /// use ring_core::vmbus::Error;
+    /// let _ = writer.write_message(b"first")?;
+    /// let _ = writer.write_message(b"second")?;
+    /// let mut buf = [0u8; 64];
+    /// let got = reader.read_message(&mut buf)?; // one message, never merged
+    /// assert_eq!(&buf[..got.len], b"first");
+    /// let mut small = [0u8; 3];
+    /// let err = reader.read_message(&mut small).unwrap_err();
+    /// assert!(matches!(err, Error::OutOfRange { needed: 6, .. })); // still there
+    /// let got = reader.read_message(&mut buf)?;
+    /// assert_eq!(&buf[..got.len], b"second");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn write_message(&mut self, message: &[u8]) -> Result<Transfer, Error> {
         if message.len() > MAX_PIPE_PAYLOAD {
             return Err(Error::TooLarge {
@@ -184,6 +232,30 @@ impl<M: SharedMem> PipeWriter<M> {
     /// # Errors
     ///
     /// [`Error::Full`] (armed) if not even one byte fits; [`Error::Corrupt`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use core::sync::atomic::AtomicU64;
+    /// # use ring_core::mem::RawMem;
+    /// # use ring_core::vmbus::{initialize_ring, IncomingRing, OutgoingRing, RingLayout};
+    /// # use ring_core::vmbus::pipe::{PipeReader, PipeWriter};
+    /// # let layout = RingLayout::new(4096, 4096)?;
+    /// # let words: Vec<AtomicU64> = (0..layout.total_size() / 8).map(|_| AtomicU64::new(0)).collect();
+    /// # let mem = RawMem::from_atomics(&words);
+    /// # initialize_ring(&mem, layout)?;
+    /// # let mut writer = PipeWriter::new(OutgoingRing::new(mem, layout)?);
+    /// # let mut reader = PipeReader::new(IncomingRing::new(mem, layout)?);
+    /// use ring_core::vmbus::Error;
+    /// // A 4 KiB ring: only part of 10 000 bytes fits now.
+    /// let sent = writer.write_bytes(&[1u8; 10_000])?;
+    /// assert!(sent.len > 0 && sent.len < 10_000);
+    /// assert!(matches!(writer.write_bytes(b"more"), Err(Error::Full { .. })));
+    /// let mut buf = vec![0u8; 10_000];
+    /// assert_eq!(reader.read_bytes(&mut buf)?.len, sent.len);
+    /// let _ = writer.write_bytes(b"more")?; // room again
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn write_bytes(&mut self, buf: &[u8]) -> Result<Transfer, Error> {
         let mut done = 0;
         for piece in buf.chunks(self.chunk) {
@@ -236,6 +308,31 @@ impl<M: SharedMem> PipeWriter<M> {
     ///
     /// [`Error::Full`] (armed; `fill` not called) if not even a short
     /// packet fits; [`Error::Corrupt`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use core::sync::atomic::AtomicU64;
+    /// # use ring_core::mem::RawMem;
+    /// # use ring_core::vmbus::{initialize_ring, IncomingRing, OutgoingRing, RingLayout};
+    /// # use ring_core::vmbus::pipe::{PipeReader, PipeWriter};
+    /// # let layout = RingLayout::new(4096, 16384)?;
+    /// # let words: Vec<AtomicU64> = (0..layout.total_size() / 8).map(|_| AtomicU64::new(0)).collect();
+    /// # let mem = RawMem::from_atomics(&words);
+    /// # initialize_ring(&mem, layout)?;
+    /// # let mut writer = PipeWriter::new(OutgoingRing::new(mem, layout)?);
+    /// # let mut reader = PipeReader::new(IncomingRing::new(mem, layout)?);
+    /// use ring_core::loan::SpanWriter;
+    /// let sent = writer.write_with(64, |mem, spans| {
+    ///     let mut w = SpanWriter::new(mem, spans);
+    ///     w.write_at(0, b"in place").map_or(0, |()| w.len())
+    /// })?;
+    /// assert_eq!(sent.len, 8); // one packet, cut to what was written
+    /// let mut buf = [0u8; 64];
+    /// let got = reader.read_bytes(&mut buf)?;
+    /// assert_eq!(&buf[..got.len], b"in place");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn write_with(
         &mut self,
         max: usize,
@@ -266,6 +363,28 @@ impl<M: SharedMem> PipeWriter<M> {
     /// # Errors
     ///
     /// [`Error::Full`] (armed); [`Error::Corrupt`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use core::sync::atomic::AtomicU64;
+    /// # use ring_core::mem::RawMem;
+    /// # use ring_core::vmbus::{initialize_ring, IncomingRing, OutgoingRing, RingLayout};
+    /// # use ring_core::vmbus::pipe::{PipeReader, PipeWriter};
+    /// # let layout = RingLayout::new(4096, 16384)?;
+    /// # let words: Vec<AtomicU64> = (0..layout.total_size() / 8).map(|_| AtomicU64::new(0)).collect();
+    /// # let mem = RawMem::from_atomics(&words);
+    /// # initialize_ring(&mem, layout)?;
+    /// # let mut writer = PipeWriter::new(OutgoingRing::new(mem, layout)?);
+    /// # let mut reader = PipeReader::new(IncomingRing::new(mem, layout)?);
+    /// let _ = writer.write_bytes(b"bye")?;
+    /// let _ = writer.write_eof()?;
+    /// let mut buf = [0u8; 8];
+    /// assert_eq!(reader.read_bytes(&mut buf)?.len, 3);
+    /// assert_eq!(reader.read_bytes(&mut buf)?.len, 0); // end of stream
+    /// assert!(reader.is_eof());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn write_eof(&mut self) -> Result<Transfer, Error> {
         self.write_data(&[])?;
         let c = self.ring.commit()?;
@@ -296,6 +415,26 @@ enum Step {
 
 impl<M: SharedMem> PipeReader<M> {
     /// A pipe reading from `ring`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use core::sync::atomic::AtomicU64;
+    /// # use ring_core::mem::RawMem;
+    /// use ring_core::vmbus::pipe::{PipeReader, PipeWriter};
+    /// use ring_core::vmbus::{initialize_ring, Error, IncomingRing, OutgoingRing, RingLayout};
+    /// let layout = RingLayout::new(4096, 16384)?;
+    /// # let words: Vec<AtomicU64> = (0..layout.total_size() / 8).map(|_| AtomicU64::new(0)).collect();
+    /// # let mem = RawMem::from_atomics(&words);
+    /// initialize_ring(&mem, layout)?;
+    /// let mut reader = PipeReader::new(IncomingRing::new(mem, layout)?);
+    /// let mut buf = [0u8; 16];
+    /// assert_eq!(reader.read_bytes(&mut buf), Err(Error::Empty)); // armed
+    /// let mut writer = PipeWriter::new(OutgoingRing::new(mem, layout)?);
+    /// let _ = writer.write_bytes(b"data")?;
+    /// assert_eq!(reader.read_bytes(&mut buf)?.len, 4);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn new(ring: IncomingRing<M>) -> Self {
         PipeReader {
             ring,
@@ -386,6 +525,29 @@ impl<M: SharedMem> PipeReader<M> {
     ///
     /// [`Error::Empty`] (wake-up armed) when no data is there;
     /// [`Error::Corrupt`] for a malformed pipe packet (poisons).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use core::sync::atomic::AtomicU64;
+    /// # use ring_core::mem::RawMem;
+    /// # use ring_core::vmbus::{initialize_ring, IncomingRing, OutgoingRing, RingLayout};
+    /// # use ring_core::vmbus::pipe::{PipeReader, PipeWriter};
+    /// # let layout = RingLayout::new(4096, 16384)?;
+    /// # let words: Vec<AtomicU64> = (0..layout.total_size() / 8).map(|_| AtomicU64::new(0)).collect();
+    /// # let mem = RawMem::from_atomics(&words);
+    /// # initialize_ring(&mem, layout)?;
+    /// # let mut writer = PipeWriter::new(OutgoingRing::new(mem, layout)?);
+    /// # let mut reader = PipeReader::new(IncomingRing::new(mem, layout)?);
+    /// let _ = writer.write_bytes(b"abc")?;
+    /// let _ = writer.write_bytes(b"def")?; // a second packet
+    /// let mut buf = [0u8; 4];
+    /// assert_eq!(reader.read_bytes(&mut buf)?.len, 4); // across both packets
+    /// assert_eq!(&buf, b"abcd");
+    /// assert_eq!(reader.read_bytes(&mut buf)?.len, 2); // the rest of the second
+    /// assert_eq!(&buf[..2], b"ef");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn read_bytes(&mut self, buf: &mut [u8]) -> Result<Transfer, Error> {
         if buf.is_empty() || self.eof {
             return Ok(Transfer::default());
@@ -445,6 +607,35 @@ impl<M: SharedMem> PipeReader<M> {
     ///
     /// [`Error::Empty`] (wake-up armed; `drain` not called) when no data is
     /// there; [`Error::Corrupt`] for a malformed pipe packet (poisons).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use core::sync::atomic::AtomicU64;
+    /// # use ring_core::mem::RawMem;
+    /// # use ring_core::vmbus::{initialize_ring, IncomingRing, OutgoingRing, RingLayout};
+    /// # use ring_core::vmbus::pipe::{PipeReader, PipeWriter};
+    /// # let layout = RingLayout::new(4096, 16384)?;
+    /// # let words: Vec<AtomicU64> = (0..layout.total_size() / 8).map(|_| AtomicU64::new(0)).collect();
+    /// # let mem = RawMem::from_atomics(&words);
+    /// # initialize_ring(&mem, layout)?;
+    /// # let mut writer = PipeWriter::new(OutgoingRing::new(mem, layout)?);
+    /// # let mut reader = PipeReader::new(IncomingRing::new(mem, layout)?);
+    /// use ring_core::loan::SpanReader;
+    /// let _ = writer.write_bytes(b"abc")?;
+    /// let _ = writer.write_bytes(b"def")?;
+    /// let mut got = [0u8; 6];
+    /// let took = reader.read_with(64, |mem, spans| {
+    ///     // Both packets' data, as spans in stream order.
+    ///     SpanReader::new(mem, spans).read_at(0, &mut got).map_or(0, |()| 6)
+    /// })?;
+    /// assert_eq!((took.map(|t| t.len), &got), (Some(6), b"abcdef"));
+    /// let _ = writer.write_eof()?;
+    /// assert_eq!(reader.read_with(64, |_, _| 0)?.map(|t| t.len), Some(0));
+    /// assert!(reader.is_eof());
+    /// assert_eq!(reader.read_with(64, |_, _| 0)?, None); // and from now on
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn read_with(
         &mut self,
         max: usize,
@@ -533,6 +724,29 @@ impl<M: SharedMem> PipeReader<M> {
     ///
     /// [`Error::OutOfRange`] if `buf` is too small (nothing is consumed);
     /// [`Error::Empty`] (armed); [`Error::Corrupt`] (poisons).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use core::sync::atomic::AtomicU64;
+    /// # use ring_core::mem::RawMem;
+    /// # use ring_core::vmbus::{initialize_ring, IncomingRing, OutgoingRing, RingLayout};
+    /// # use ring_core::vmbus::pipe::{PipeReader, PipeWriter};
+    /// # let layout = RingLayout::new(4096, 16384)?;
+    /// # let words: Vec<AtomicU64> = (0..layout.total_size() / 8).map(|_| AtomicU64::new(0)).collect();
+    /// # let mem = RawMem::from_atomics(&words);
+    /// # initialize_ring(&mem, layout)?;
+    /// # let mut writer = PipeWriter::new(OutgoingRing::new(mem, layout)?);
+    /// # let mut reader = PipeReader::new(IncomingRing::new(mem, layout)?);
+    /// use ring_core::vmbus::Error;
+    /// let _ = writer.write_message(b"")?; // an empty message is still one
+    /// let _ = writer.write_message(b"x")?;
+    /// let mut buf = [0u8; 8];
+    /// assert_eq!(reader.read_message(&mut buf)?.len, 0);
+    /// assert_eq!(reader.read_message(&mut buf)?.len, 1);
+    /// assert_eq!(reader.read_message(&mut buf), Err(Error::Empty));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn read_message(&mut self, buf: &mut [u8]) -> Result<Transfer, Error> {
         self.consumed = 0;
         let (step, _) = match self.take(buf, true) {
