@@ -226,8 +226,13 @@ impl<M: SharedMem> OutgoingRing<M> {
         if self.free() <= total {
             // The reader computes free space from the published write
             // index, which does not count our uncommitted batch: ask for
-            // that much more.
-            let want = total.saturating_add(distance(self.committed, self.next, self.size));
+            // that much more. A batch that fills the ring would ask for
+            // more than a drained ring frees (the reader signals only when
+            // free space passes the request, at most `size`), so ask for
+            // a drained ring at most: the caller may then commit the batch
+            // and wait, and the reader's last commit wakes it.
+            let batch = distance(self.committed, self.next, self.size);
+            let want = total.saturating_add(batch).min(self.size - 1);
             self.mem.store_u32(PENDING_SEND_SIZE, want)?;
             self.pending_armed = true;
             self.mem.fence();
@@ -254,8 +259,8 @@ impl<M: SharedMem> OutgoingRing<M> {
     /// - [`Error::InvalidPacket`] for malformed GPA ranges;
     /// - [`Error::Full`] if it does not fit now. `pending_send_size` is then
     ///   armed (counting the uncommitted batch, which the reader cannot see
-    ///   yet) and the ring re-checked, so after committing the batch the
-    ///   caller may wait for the reader's signal;
+    ///   yet, and at most a drained ring) and the ring re-checked, so after
+    ///   committing the batch the caller may wait for the reader's signal;
     /// - [`Error::Corrupt`] if the reader's index is invalid (poisons).
     ///
     /// # Examples

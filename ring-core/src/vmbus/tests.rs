@@ -437,6 +437,38 @@ fn pending_send_size_counts_the_uncommitted_batch() {
     assert!(tx.wait_for_space(16 + 1104).unwrap());
 }
 
+/// A batch that fills the ring, then a packet that does not fit: the
+/// request is capped at a drained ring, so the writer that commits the
+/// batch and waits (as `write` allows) is woken by the reader's last
+/// commit instead of never.
+#[test]
+fn a_batch_that_fills_the_ring_still_gets_its_wake_up() {
+    let l = layout(4096);
+    let w = words(l);
+    let mem = RawMem::from_atomics(&w);
+    let (mut tx, mut rx) = pair(mem, l, 0);
+    for i in 0..3 {
+        tx.write(&OutgoingPacket::in_band(i, &[&[0; 1000]]))
+            .unwrap();
+    }
+    assert!(matches!(
+        tx.write(&OutgoingPacket::in_band(3, &[&[0; 1000]])),
+        Err(Error::Full { needed: 1024, .. })
+    ));
+    // 1024 + the 3072-byte batch would be 4096, more than ever frees.
+    assert_eq!(mem.load_u32(PENDING_SEND_SIZE).unwrap(), 4095);
+    assert!(tx.commit().unwrap().notify);
+    let mut notified = 0;
+    for _ in 0..3 {
+        let _ = rx.read_packet().unwrap();
+        notified += usize::from(rx.commit().unwrap().notify);
+    }
+    assert_eq!(notified, 1, "the draining commit signals the writer once");
+    tx.write(&OutgoingPacket::in_band(3, &[&[0; 1000]]))
+        .unwrap();
+    assert_eq!(mem.load_u32(PENDING_SEND_SIZE).unwrap(), 0);
+}
+
 #[test]
 fn wait_for_space_arms_and_rechecks() {
     let l = layout(4096);
