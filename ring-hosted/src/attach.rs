@@ -92,6 +92,33 @@ unsafe fn take_fd(n: i32, what: &str) -> Result<OwnedFd, Error> {
 /// truncated pages raises `SIGBUS`). For [`MemSource::Fd`], the fd is
 /// taken over: nothing else in the process may own it, and it must not be
 /// passed here or to [`open_signal`] again.
+///
+/// # Examples
+///
+/// A plain file by path (mapped though it carries no seals), and a memfd by
+/// an fd number the process was given:
+///
+/// ```
+/// use ring_hosted::attach::{self, MemSource};
+/// use ring_hosted::memfd::MemFd;
+/// use std::os::fd::{AsFd, IntoRawFd};
+///
+/// let path = std::env::temp_dir().join(format!("ring-doc-attach-{}", std::process::id()));
+/// std::fs::write(&path, vec![0u8; 65536])?;
+/// // SAFETY: this example made the file and nothing truncates it while the
+/// // mapping lives.
+/// let by_path = unsafe { attach::open_memory(&MemSource::Path(path.clone())) }?;
+/// assert_eq!((by_path.len(), by_path.is_sealed()), (65536, false));
+///
+/// let memfd = MemFd::create("doc-attach-fd", 8192)?;
+/// let n = memfd.as_fd().try_clone_to_owned()?.into_raw_fd();
+/// // SAFETY: fd `n` was given up just above and is passed here once.
+/// let by_fd = unsafe { attach::open_memory(&MemSource::Fd(n)) }?;
+/// assert_eq!((by_fd.len(), by_fd.is_sealed()), (8192, true));
+/// # drop(by_path);
+/// # std::fs::remove_file(&path)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub unsafe fn open_memory(source: &MemSource) -> Result<Arc<MemFd>, Error> {
     let mem = match source {
         // SAFETY: our caller promised that nobody shrinks the file.
@@ -126,6 +153,36 @@ pub unsafe fn open_memory(source: &MemSource) -> Result<Arc<MemFd>, Error> {
 /// For [`Wakeup::Fds`], the fds are taken over: nothing else in the
 /// process may own them, and they must not be passed here or to
 /// [`open_memory`] again.
+///
+/// # Examples
+///
+/// Eventfds passed down by number, as a foreign peer's launcher would pass
+/// them, and a pipe refused in their place:
+///
+/// ```
+/// use ring_core::signal::Signal;
+/// use ring_hosted::attach::{self, Wakeup};
+/// use ring_hosted::{eventfd::EventFd, Error};
+/// use std::os::fd::{AsFd, IntoRawFd, OwnedFd};
+/// use std::time::Duration;
+///
+/// let (notify, wait) = (EventFd::new()?, EventFd::new()?);
+/// let peer_wakes = EventFd::from_fd(notify.as_fd().try_clone_to_owned()?)?;
+/// let peer_kicks = EventFd::from_fd(wait.as_fd().try_clone_to_owned()?)?;
+/// let (notify, wait) = (OwnedFd::from(notify).into_raw_fd(), OwnedFd::from(wait).into_raw_fd());
+/// // SAFETY: both fd numbers were given up just above and are passed once.
+/// let signal = unsafe { attach::open_signal(Wakeup::Fds { notify, wait }) }?;
+/// peer_kicks.kick()?;
+/// signal.wait_timeout(Some(Duration::from_secs(10)))?;
+/// signal.notify()?;
+/// assert_eq!(peer_wakes.take()?, 1);
+///
+/// let pipe = OwnedFd::from(std::io::pipe()?.0).into_raw_fd();
+/// // SAFETY: as above.
+/// let refused = unsafe { attach::open_signal(Wakeup::Fds { notify: pipe, wait: pipe }) };
+/// assert!(matches!(refused, Err(Error::Attach(why)) if why.contains("--notify-fd")));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub unsafe fn open_signal(wakeup: Wakeup) -> Result<EventSignal, Error> {
     match wakeup {
         Wakeup::Poll => poll_signal(),
@@ -158,6 +215,20 @@ pub unsafe fn open_signal(wakeup: Wakeup) -> Result<EventSignal, Error> {
 /// # Errors
 ///
 /// [`Error::Os`] if eventfds cannot be made.
+///
+/// # Examples
+///
+/// ```
+/// use ring_hosted::attach::{self, POLL_INTERVAL};
+/// use std::time::Duration;
+///
+/// let signal = attach::poll_signal()?;
+/// assert_eq!(signal.liveness(), Some(POLL_INTERVAL));
+/// // Nobody kicks: the wait returns after the interval to look at the ring.
+/// signal.wait_timeout(Some(Duration::from_secs(10)))?;
+/// assert_eq!(signal.wake_counts().lapses, 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn poll_signal() -> Result<EventSignal, Error> {
     EventSignal::polling(POLL_INTERVAL)
 }
@@ -255,6 +326,36 @@ fn place_rings(
 ///
 /// [`Error::Attach`] naming the offset or size at fault, [`Error::Vchan`]
 /// if the control page refuses (server not live, bad orders).
+///
+/// # Examples
+///
+/// Both ends attached to one memfd in the flat layout (in real use the other
+/// end is the foreign program), and a layout refused with its reason:
+///
+/// ```
+/// use ring_core::vchan::{FlatLayout, Orders, Role};
+/// use ring_hosted::attach::{self, VchanLayout};
+/// use ring_hosted::{eventfd, memfd::MemFd, Error};
+/// use std::sync::Arc;
+/// use std::time::Duration;
+///
+/// let orders = Orders::for_sizes(4096, 4096)?;
+/// let mem = Arc::new(MemFd::create("doc-attach-vchan", FlatLayout::new(orders).size)?);
+/// let at = |role, orders| VchanLayout { role, ctrl: 0, left: None, right: None, orders };
+/// let (server_signal, client_signal) = eventfd::pair()?;
+/// let mut server = attach::vchan(mem.clone(), at(Role::Server, Some(orders)), server_signal)?;
+/// let mut client = attach::vchan(mem.clone(), at(Role::Client, None), client_signal)?;
+/// server.signal_mut().set_timeout(Some(Duration::from_secs(10)));
+/// client.write_all(b"attached")?;
+/// let mut got = [0u8; 8];
+/// server.recv_packet(&mut got)?;
+/// assert_eq!(&got, b"attached");
+///
+/// let skewed = VchanLayout { ctrl: 4, ..at(Role::Client, None) };
+/// let refused = attach::vchan(mem, skewed, eventfd::pair()?.0);
+/// assert!(matches!(refused, Err(Error::Attach(why)) if why.contains("multiple of 8")));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn vchan(
     mem: Arc<MemFd>,
     layout: VchanLayout,
@@ -358,6 +459,26 @@ fn grant_refs(layout: &VchanLayout, orders: Orders) -> Vec<u32> {
 /// # Errors
 ///
 /// [`Error::Attach`] if there is no such process.
+///
+/// # Examples
+///
+/// A child process stands in for the peer; its exit ends our wait:
+///
+/// ```
+/// use ring_hosted::{attach, eventfd, eventfd::WaitError};
+/// use std::time::Duration;
+///
+/// let (mut signal, _peer) = eventfd::pair()?;
+/// let mut child = std::process::Command::new("sleep").arg("30").spawn()?;
+/// attach::watch_peer(&mut signal, child.id())?;
+/// assert!(!signal.peer_gone());
+/// child.kill()?;
+/// child.wait()?;
+/// let waited = signal.wait_timeout(Some(Duration::from_secs(10)));
+/// assert!(matches!(waited, Err(WaitError::PeerGone)));
+/// assert!(attach::watch_peer(&mut signal, 0).is_err()); // not a process id
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn watch_peer(signal: &mut EventSignal, pid: u32) -> Result<(), Error> {
     let raw = i32::try_from(pid)
         .ok()
@@ -409,6 +530,34 @@ fn vmbus_ring(mem: &Arc<MemFd>, name: &str, r: VmbusRing) -> Result<(RingMem, Ri
 /// [`Error::Attach`] for rings out of range, misaligned, overlapping or of
 /// a size VMBus cannot have; [`Error::Vmbus`] for rings whose indices are
 /// invalid.
+///
+/// # Examples
+///
+/// A [`VmbusPipe`] server plays the foreign peer that initialised the two
+/// rings; we join as its client, writing the first ring and reading the
+/// second:
+///
+/// ```
+/// use ring_hosted::attach::{self, VmbusRing};
+/// use ring_hosted::vmbus::{ChannelLayout, VmbusPipe};
+/// use ring_hosted::{eventfd, memfd::MemFd};
+/// use std::sync::Arc;
+/// use std::time::Duration;
+///
+/// let layout = ChannelLayout::new(4096, 4096)?; // a page of data each way
+/// let mem = Arc::new(MemFd::create("doc-attach-vmbus", layout.total_size())?);
+/// let (peer_signal, our_signal) = eventfd::pair()?;
+/// let mut peer = VmbusPipe::serve(mem.clone(), layout, peer_signal)?;
+///
+/// let ring = |offset| VmbusRing { offset, size: 8192, data_offset: 4096 };
+/// let mut ours = attach::vmbus(mem, ring(0), ring(8192), our_signal)?;
+/// peer.signal_mut().set_timeout(Some(Duration::from_secs(10)));
+/// ours.write_all(b"over vmbus")?;
+/// let mut buf = [0u8; 32];
+/// let n = peer.read(&mut buf)?;
+/// assert_eq!(&buf[..n], b"over vmbus");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn vmbus(
     mem: Arc<MemFd>,
     tx: VmbusRing,
@@ -425,6 +574,34 @@ pub fn vmbus(
 /// # Errors
 ///
 /// As [`vmbus`].
+///
+/// # Examples
+///
+/// Two raw ends over rings initialised in place; bytes travel in whole
+/// 8-byte units:
+///
+/// ```
+/// use ring_core::vmbus::{self, RingLayout};
+/// use ring_hosted::attach::{self, VmbusRing};
+/// use ring_hosted::stream::PollStream;
+/// use ring_hosted::{eventfd, memfd::MemFd, window::Window};
+/// use std::sync::Arc;
+///
+/// let mem = Arc::new(MemFd::create("doc-attach-raw", 4 * 4096)?);
+/// for base in [0, 8192] {
+///     let ring = Window::new(mem.clone(), base, 8192).ok_or("window")?;
+///     vmbus::initialize_ring(&ring, RingLayout::for_total(4096, 8192)?)?;
+/// }
+/// let ring = |offset| VmbusRing { offset, size: 8192, data_offset: 4096 };
+/// let (a_signal, b_signal) = eventfd::pair()?;
+/// let mut a = attach::vmbus_raw(mem.clone(), ring(0), ring(8192), a_signal)?;
+/// let mut b = attach::vmbus_raw(mem, ring(8192), ring(0), b_signal)?;
+/// assert_eq!(a.try_write(b"8 bytes!")?, Some(8));
+/// let mut buf = [0u8; 16];
+/// assert_eq!(b.try_read(&mut buf)?, Some(8));
+/// assert_eq!(&buf[..8], b"8 bytes!");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn vmbus_raw(
     mem: Arc<MemFd>,
     tx: VmbusRing,

@@ -220,6 +220,30 @@ impl MappedRegion {
     ///
     /// [`DevError::Io`] if the kernel refuses the mapping,
     /// [`DevError::Invalid`] for a zero length.
+    ///
+    /// # Examples
+    ///
+    /// Any file can stand in for a device file; what is stored through the
+    /// mapping is in the file:
+    ///
+    /// ```
+    /// use ring_core::mem::SharedMem;
+    /// use ring_hosted::devmem::MappedRegion;
+    /// use std::os::unix::fs::FileExt;
+    ///
+    /// let path = std::env::temp_dir().join(format!("ring-doc-map-{}", std::process::id()));
+    /// let file = std::fs::OpenOptions::new().read(true).write(true).create(true).open(&path)?;
+    /// file.set_len(2 * 4096)?;
+    /// let region = MappedRegion::map(&file, &path, 4096, 4096)?; // the second page
+    /// region.store_u32(8, 0xabcd)?;
+    /// let mut word = [0u8; 4];
+    /// file.read_exact_at(&mut word, 4096 + 8)?;
+    /// assert_eq!(u32::from_ne_bytes(word), 0xabcd);
+    /// assert!(MappedRegion::map(&file, &path, 0, 0).is_err()); // nothing to map
+    /// # drop(region);
+    /// # std::fs::remove_file(&path)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn map(file: &File, path: &Path, offset: u64, len: usize) -> Result<Self, DevError> {
         if len == 0 {
             return Err(DevError::invalid(path, "cannot map zero bytes"));
@@ -243,6 +267,26 @@ impl MappedRegion {
     /// # Errors
     ///
     /// [`MemError`] if the window falls outside this one or is misaligned.
+    ///
+    /// # Examples
+    ///
+    /// The two halves of one mapping as two regions, as the UIO code splits a
+    /// channel's map into its rings:
+    ///
+    /// ```
+    /// use ring_core::mem::{MemError, SharedMem};
+    /// use ring_hosted::devmem::MappedRegion;
+    ///
+    /// let file = tempfile::tempfile()?;
+    /// file.set_len(8192)?;
+    /// let whole = MappedRegion::map(&file, std::path::Path::new("(temp file)"), 0, 8192)?;
+    /// let (low, high) = (whole.sub(0, 4096)?, whole.sub(4096, 4096)?);
+    /// high.store_u32(0, 5)?;
+    /// assert_eq!(whole.load_u32(4096)?, 5);
+    /// assert!(low.load_u32(4096).is_err()); // past the window
+    /// assert!(matches!(whole.sub(4, 8), Err(MemError::Misaligned { offset: 4 })));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn sub(&self, offset: usize, len: usize) -> Result<Self, MemError> {
         let end = offset.checked_add(len).filter(|&e| e <= self.len);
         if end.is_none() {

@@ -40,6 +40,22 @@ impl EventFd {
     /// # Errors
     ///
     /// [`Error::Os`] if the kernel refuses.
+    ///
+    /// # Examples
+    ///
+    /// Kicks add up in the counter until somebody takes it; taking never
+    /// blocks:
+    ///
+    /// ```
+    /// use ring_hosted::eventfd::EventFd;
+    ///
+    /// let efd = EventFd::new()?;
+    /// efd.kick()?;
+    /// efd.kick()?;
+    /// assert_eq!(efd.take()?, 2);
+    /// assert_eq!(efd.take()?, 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn new() -> Result<Self, Error> {
         let fd = rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
             .map_err(Error::os("eventfd"))?;
@@ -53,6 +69,27 @@ impl EventFd {
     /// # Errors
     ///
     /// [`Error::BadFd`] with [`FdProblem::NotEventfd`] for any other fd.
+    ///
+    /// # Examples
+    ///
+    /// An eventfd comes back whole; a pipe is named for what it is:
+    ///
+    /// ```
+    /// use ring_hosted::eventfd::EventFd;
+    /// use ring_hosted::{Error, FdProblem};
+    /// use std::os::fd::OwnedFd;
+    ///
+    /// let back = EventFd::from_fd(OwnedFd::from(EventFd::new()?))?;
+    /// back.kick()?;
+    /// assert_eq!(back.take()?, 1);
+    ///
+    /// let (reader, _writer) = std::io::pipe()?;
+    /// match EventFd::from_fd(OwnedFd::from(reader)) {
+    ///     Err(Error::BadFd(FdProblem::NotEventfd { found })) => assert!(found.starts_with("pipe:")),
+    ///     other => panic!("a pipe passed for an eventfd: {other:?}"),
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn from_fd(fd: OwnedFd) -> Result<Self, Error> {
         let link = format!("/proc/self/fd/{}", fd.as_raw_fd());
         let found = std::fs::read_link(&link)
@@ -287,6 +324,29 @@ fn default_liveness() -> Option<Duration> {
 
 impl EventSignal {
     /// A signal that writes `kick` to wake the peer and waits on `wake`.
+    ///
+    /// # Examples
+    ///
+    /// Wiring two signals by hand, one eventfd per direction (what
+    /// [`pair`] does, and what the rendezvous does across processes): each
+    /// side kicks the eventfd the other waits on.
+    ///
+    /// ```
+    /// use ring_core::signal::Signal;
+    /// use ring_hosted::eventfd::{EventFd, EventSignal};
+    /// use std::os::fd::{AsFd, OwnedFd};
+    /// use std::time::Duration;
+    ///
+    /// let (to_b, to_a) = (EventFd::new()?, EventFd::new()?);
+    /// let dup = |e: &EventFd| -> std::io::Result<OwnedFd> { e.as_fd().try_clone_to_owned() };
+    /// let a = EventSignal::new(EventFd::from_fd(dup(&to_b)?)?, EventFd::from_fd(dup(&to_a)?)?);
+    /// let b = EventSignal::new(to_a, to_b);
+    ///
+    /// a.notify()?;
+    /// b.wait_timeout(Some(Duration::from_secs(10)))?;
+    /// assert_eq!((a.kicks(), b.wakeups()), (1, 1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn new(kick: EventFd, wake: EventFd) -> Self {
         EventSignal {
             kick,
@@ -310,6 +370,22 @@ impl EventSignal {
     /// # Errors
     ///
     /// [`Error::Os`] if eventfds cannot be made.
+    ///
+    /// # Examples
+    ///
+    /// With nobody to kick it, a wait comes back after `interval` for the
+    /// caller to look at the ring again:
+    ///
+    /// ```
+    /// use ring_hosted::eventfd::EventSignal;
+    /// use std::time::Duration;
+    ///
+    /// let signal = EventSignal::polling(Duration::from_millis(5))?;
+    /// assert_eq!(signal.spin(), Duration::ZERO);
+    /// signal.wait_timeout(Some(Duration::from_secs(10)))?;
+    /// assert_eq!(signal.wake_counts().lapses, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn polling(interval: Duration) -> Result<Self, Error> {
         let mut s = EventSignal::new(EventFd::new()?, EventFd::new()?);
         s.liveness = Some(interval.max(Duration::from_micros(1)));
@@ -321,6 +397,28 @@ impl EventSignal {
     /// carries the peer's [`Notice`]s, and its end of file (the peer's
     /// process exited or closed it) fails waits with
     /// [`WaitError::PeerGone`].
+    ///
+    /// # Examples
+    ///
+    /// The peer's end of the socket closing (as the kernel closes it when
+    /// the peer's process dies) ends a wait at once:
+    ///
+    /// ```
+    /// use ring_hosted::eventfd::{self, WaitError};
+    /// use std::os::unix::net::UnixStream;
+    /// use std::time::Duration;
+    ///
+    /// let (_theirs, ours) = eventfd::pair()?;
+    /// let (sock, peer_sock) = UnixStream::pair()?;
+    /// let ours = ours.with_hangup(sock.into());
+    /// assert!(ours.carries_notices() && !ours.peer_gone());
+    ///
+    /// drop(peer_sock);
+    /// let waited = ours.wait_timeout(Some(Duration::from_secs(10)));
+    /// assert!(matches!(waited, Err(WaitError::PeerGone)));
+    /// assert!(ours.peer_gone());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn with_hangup(mut self, fd: OwnedFd) -> Self {
         self.set_hangup(fd);
         self
@@ -349,6 +447,21 @@ impl EventSignal {
     /// Sets how long a blocking call spins (re-checking the ring without
     /// arming) before it sleeps, at most [`MAX_SPIN`]. Zero disables
     /// spinning. A spin ends early when the peer hangs up.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ring_hosted::eventfd::{self, DEFAULT_SPIN, MAX_SPIN};
+    /// use std::time::Duration;
+    ///
+    /// let (mut signal, _peer) = eventfd::pair()?;
+    /// assert_eq!(signal.spin(), DEFAULT_SPIN);
+    /// signal.set_spin(Duration::ZERO); // a saturated machine: sleep at once
+    /// assert_eq!(signal.spin(), Duration::ZERO);
+    /// signal.set_spin(Duration::from_secs(60)); // capped
+    /// assert_eq!(signal.spin(), MAX_SPIN);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn set_spin(&mut self, spin: Duration) {
         self.spin = spin.min(MAX_SPIN);
     }
@@ -359,6 +472,26 @@ impl EventSignal {
     }
 
     /// Sets the idle timeout (see the type's docs); `None`: none.
+    ///
+    /// # Examples
+    ///
+    /// A peer that stays silent for the timeout fails the wait (here
+    /// [`Signal::wait`], the wait ring-core's blocking layer calls):
+    ///
+    /// ```
+    /// use ring_core::signal::Signal;
+    /// use ring_hosted::eventfd::{self, WaitError};
+    /// use std::time::{Duration, Instant};
+    ///
+    /// let (mut signal, _silent_peer) = eventfd::pair()?;
+    /// signal.set_timeout(Some(Duration::from_millis(20)));
+    /// assert_eq!(signal.timeout(), Some(Duration::from_millis(20)));
+    /// let start = Instant::now();
+    /// assert!(matches!(signal.wait(), Err(WaitError::TimedOut)));
+    /// assert!(start.elapsed() >= Duration::from_millis(20));
+    /// assert_eq!(signal.wake_counts().timeouts, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn set_timeout(&mut self, timeout: Option<Duration>) {
         self.timeout = timeout;
     }
@@ -371,6 +504,26 @@ impl EventSignal {
     /// Sets the liveness re-check (`None`: off, so a wait ends only on a
     /// kick, the hang-up fd, the extra fd or the timeout, and a lost
     /// wake-up blocks until the timeout).
+    ///
+    /// # Examples
+    ///
+    /// With a short re-check a silent wait comes back with nothing to
+    /// report (a lapse); with none, only the timeout ends it:
+    ///
+    /// ```
+    /// use ring_hosted::eventfd::{self, WaitError};
+    /// use std::time::Duration;
+    ///
+    /// let (mut signal, _silent_peer) = eventfd::pair()?;
+    /// signal.set_liveness(Some(Duration::from_millis(5)));
+    /// signal.wait_timeout(Some(Duration::from_secs(10)))?;
+    /// assert_eq!(signal.wake_counts().lapses, 1);
+    ///
+    /// signal.set_liveness(None);
+    /// let waited = signal.wait_timeout(Some(Duration::from_millis(20)));
+    /// assert!(matches!(waited, Err(WaitError::TimedOut)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn set_liveness(&mut self, every: Option<Duration>) {
         self.liveness = every;
     }
@@ -744,6 +897,23 @@ impl AsFd for EventSignal {
 /// # Errors
 ///
 /// [`Error::Os`] if eventfds cannot be made.
+///
+/// # Examples
+///
+/// ```
+/// use ring_core::signal::Signal;
+/// use ring_hosted::eventfd::{self, WaitError};
+/// use std::time::Duration;
+///
+/// let (a, b) = eventfd::pair()?;
+/// a.notify()?;
+/// b.wait_timeout(Some(Duration::from_secs(10)))?;
+/// assert_eq!(b.wakeups(), 1);
+/// // The kick was taken: the next wait has nothing to find.
+/// let again = b.wait_timeout(Some(Duration::from_millis(10)));
+/// assert!(matches!(again, Err(WaitError::TimedOut)));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn pair() -> Result<(EventSignal, EventSignal), Error> {
     let (a, b) = (EventFd::new()?, EventFd::new()?);
     let a2 = EventFd {

@@ -141,6 +141,28 @@ fn ring(
 /// # Errors
 ///
 /// Only if `page` is shorter than the header.
+///
+/// # Examples
+///
+/// The header of a live pair, copied out of its memory: the six bytes the
+/// client wrote wait in the left ring.
+///
+/// ```
+/// use ring_core::mem::SharedMem;
+/// use ring_hosted::inspect::{decode_vchan, HEADER_LEN};
+/// use ring_hosted::stream;
+///
+/// let (server, mut client) = stream::pair(1024, 2048)?;
+/// client.write_all(b"unread")?;
+/// let mut header = [0u8; HEADER_LEN];
+/// server.memory().read(0, &mut header)?;
+/// let state = decode_vchan(&header)?;
+/// assert_eq!((state.left.used, state.left.size), (6, Some(1024)));
+/// assert_eq!(state.right.size, Some(2048));
+/// assert_eq!(state.orders_problem, None);
+/// assert!(decode_vchan(&header[..10]).is_err()); // too short for a header
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn decode_vchan(page: &[u8]) -> Result<VchanState, String> {
     if page.len() < HEADER_LEN {
         return Err(format!(
@@ -214,6 +236,26 @@ pub fn decode_vchan(page: &[u8]) -> Result<VchanState, String> {
 /// # Errors
 ///
 /// The open or read error; `UnexpectedEof` for a shorter file.
+///
+/// # Examples
+///
+/// Inspecting a memfd from outside, through `/proc`, as `ring inspect` does:
+///
+/// ```
+/// use ring_hosted::inspect::{decode_vchan, read_header};
+/// use ring_hosted::stream;
+/// use std::os::fd::{AsFd, AsRawFd};
+/// use std::path::PathBuf;
+///
+/// let (server, mut client) = stream::pair(4096, 4096)?;
+/// client.write_all(b"seen from outside")?;
+/// let fd = server.memory().as_fd().as_raw_fd();
+/// let path = PathBuf::from(format!("/proc/self/fd/{fd}"));
+/// let state = decode_vchan(&read_header(&path)?)?;
+/// assert_eq!(state.left.used, 17);
+/// assert_eq!(state.right.used, 0);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn read_header(path: &Path) -> io::Result<[u8; HEADER_LEN]> {
     let file = std::fs::File::open(path)?;
     let mut b = [0u8; HEADER_LEN];
@@ -448,6 +490,35 @@ fn vmbus_ring(
 /// # Errors
 ///
 /// If a header is too short.
+///
+/// # Examples
+///
+/// A VMBus channel between two ends in one process, decoded from the file
+/// while a packet waits in the ring to the server:
+///
+/// ```
+/// use ring_hosted::inspect::{decode_vmbus, read_at, VMBUS_HEADER_LEN};
+/// use ring_hosted::vmbus::{ChannelLayout, VmbusPipe};
+/// use ring_hosted::{eventfd, memfd::MemFd};
+/// use std::os::fd::{AsFd, AsRawFd};
+/// use std::sync::Arc;
+///
+/// let layout = ChannelLayout::new(4096, 4096)?;
+/// let mem = Arc::new(MemFd::create("doc-inspect-vmbus", layout.total_size())?);
+/// let (server_signal, client_signal) = eventfd::pair()?;
+/// let _server = VmbusPipe::serve(mem.clone(), layout, server_signal)?;
+/// let mut client = VmbusPipe::connect(mem.clone(), layout, client_signal)?;
+/// client.write_all(b"queued")?;
+///
+/// let path = std::path::PathBuf::from(format!("/proc/self/fd/{}", mem.as_fd().as_raw_fd()));
+/// let to_server: [u8; VMBUS_HEADER_LEN] = read_at(&path, 0)?;
+/// let to_client: [u8; VMBUS_HEADER_LEN] = read_at(&path, layout.to_client_offset() as u64)?;
+/// let state = decode_vmbus(&to_server, 4096, &to_client, 4096)?;
+/// // One packet: its header, the six bytes, padding to 8, a trailer.
+/// assert!(state.to_server.used.is_some_and(|n| n > 6 && n % 8 == 0));
+/// assert_eq!(state.to_client.used, Some(0));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn decode_vmbus(
     to_server: &[u8],
     to_server_size: u32,
@@ -500,6 +571,20 @@ pub fn decode_vmbus(
 /// # Errors
 ///
 /// The open or read error; `UnexpectedEof` for a shorter file.
+///
+/// # Examples
+///
+/// ```
+/// use ring_hosted::inspect::read_at;
+///
+/// let path = std::env::temp_dir().join(format!("ring-doc-read-at-{}", std::process::id()));
+/// std::fs::write(&path, [&[0u8; 4096][..], b"MARK"].concat())?;
+/// let got: [u8; 4] = read_at(&path, 4096)?;
+/// assert_eq!(&got, b"MARK");
+/// assert!(read_at::<8>(&path, 4096).is_err()); // runs past the end
+/// # std::fs::remove_file(&path)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn read_at<const N: usize>(path: &Path, offset: u64) -> io::Result<[u8; N]> {
     let file = std::fs::File::open(path)?;
     let mut b = [0u8; N];

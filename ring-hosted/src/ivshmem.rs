@@ -95,6 +95,26 @@ impl IvshmemServer {
     /// [`Error::Os`] if the socket cannot be bound or the memfd created;
     /// [`Error::BadFd`] for a zero size; a vector count of 0 or above
     /// [`MAX_VECTORS`] is refused as `InvalidInput`.
+    ///
+    /// # Examples
+    ///
+    /// Runs without QEMU: the memory is ready as soon as the socket is bound,
+    /// sized up to the next power of two.
+    ///
+    /// ```
+    /// use ring_hosted::ivshmem::IvshmemServer;
+    ///
+    /// let dir = std::env::temp_dir().join(format!("ring-doc-ivshmem-{}", std::process::id()));
+    /// std::fs::create_dir_all(&dir)?;
+    /// let server = IvshmemServer::bind(&dir.join("ivs.sock"), 5000, 1)?;
+    /// assert_eq!(server.memory().len(), 8192);
+    /// assert!(server.memory().is_sealed());
+    /// assert_eq!(server.vectors(), 1);
+    /// assert!(IvshmemServer::bind(&dir.join("other.sock"), 4096, 0).is_err()); // no vectors
+    /// # drop(server);
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn bind(path: &Path, size: usize, vectors: u16) -> Result<Self, Error> {
         if vectors == 0 || vectors > MAX_VECTORS {
             return Err(Error::Os {
@@ -152,6 +172,28 @@ impl IvshmemServer {
     ///
     /// [`Error::TimedOut`]; [`Error::Os`] if a send fails (that QEMU is
     /// dropped); ids are refused once 65535 guests have come.
+    ///
+    /// # Examples
+    ///
+    /// With no QEMU started, the timeout is reported; a QEMU (here a plain
+    /// socket standing in for one) gets peer id 1:
+    ///
+    /// ```
+    /// use ring_hosted::{ivshmem::IvshmemServer, Error};
+    /// use std::os::unix::net::UnixStream;
+    /// use std::time::Duration;
+    ///
+    /// let dir = std::env::temp_dir().join(format!("ring-doc-ivs-accept-{}", std::process::id()));
+    /// std::fs::create_dir_all(&dir)?;
+    /// let mut server = IvshmemServer::bind(&dir.join("ivs.sock"), 1 << 20, 1)?;
+    /// let nobody = server.accept(Some(Duration::from_millis(50)));
+    /// assert!(matches!(nobody, Err(Error::TimedOut)));
+    /// let _qemu = UnixStream::connect(server.path())?;
+    /// assert_eq!(server.accept(Some(Duration::from_secs(10)))?, 1);
+    /// # drop(server);
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn accept(&mut self, timeout: Option<Duration>) -> Result<u16, Error> {
         let deadline = timeout.map(|t| Instant::now() + t);
         self.listener
@@ -249,6 +291,31 @@ impl IvshmemServer {
     ///
     /// [`Error::Os`] for an unknown guest or vector, or if an fd cannot be
     /// duplicated.
+    ///
+    /// # Examples
+    ///
+    /// The signal to guest 1 on vector 0; its QEMU (a plain socket here) going
+    /// away ends our wait:
+    ///
+    /// ```
+    /// use ring_hosted::{eventfd::WaitError, ivshmem::IvshmemServer};
+    /// use std::os::unix::net::UnixStream;
+    /// use std::time::Duration;
+    ///
+    /// let dir = std::env::temp_dir().join(format!("ring-doc-ivs-signal-{}", std::process::id()));
+    /// std::fs::create_dir_all(&dir)?;
+    /// let mut server = IvshmemServer::bind(&dir.join("ivs.sock"), 1 << 20, 1)?;
+    /// let qemu = UnixStream::connect(server.path())?;
+    /// let guest = server.accept(Some(Duration::from_secs(10)))?;
+    /// let signal = server.signal(guest, 0)?;
+    /// assert!(server.signal(guest, 1).is_err()); // only one vector served
+    /// drop(qemu);
+    /// let waited = signal.wait_timeout(Some(Duration::from_secs(10)));
+    /// assert!(matches!(waited, Err(WaitError::PeerGone)));
+    /// # drop(server);
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn signal(&self, id: u16, vector: u16) -> Result<EventSignal, Error> {
         let unknown = || Error::Os {
             op: "ivshmem signal",

@@ -165,6 +165,28 @@ impl MemFd {
     ///
     /// [`Error::Os`] if the kernel refuses (no memfd support, out of memory),
     /// [`Error::BadFd`] for a size of zero.
+    ///
+    /// # Examples
+    ///
+    /// The memory has exactly the size asked for, starts zeroed, and no fd
+    /// to it can change that size any more:
+    ///
+    /// ```
+    /// use ring_core::mem::SharedMem;
+    /// use ring_hosted::memfd::MemFd;
+    /// use std::os::fd::AsFd;
+    ///
+    /// let mem = MemFd::create("doc-create", 3 * 4096)?;
+    /// assert_eq!(mem.len(), 3 * 4096);
+    /// assert_eq!(mem.load_u32(8192)?, 0);
+    /// assert!(mem.is_sealed());
+    ///
+    /// // Another handle on the same file: growing or shrinking it fails.
+    /// let file = std::fs::File::from(mem.as_fd().try_clone_to_owned()?);
+    /// assert!(file.set_len(4096).is_err());
+    /// assert!(MemFd::create("doc-empty", 0).is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn create(name: &str, size: usize) -> Result<Self, Error> {
         if size == 0 {
             return Err(Error::BadFd(FdProblem::BadSize { size: 0 }));
@@ -184,6 +206,31 @@ impl MemFd {
     /// # Errors
     ///
     /// [`Error::BadFd`] naming the first check that failed.
+    ///
+    /// # Examples
+    ///
+    /// A second mapping of a memfd, as a peer that received its fd would
+    /// make it; both see the same bytes. A file that is too small is
+    /// refused with the reason:
+    ///
+    /// ```
+    /// use ring_core::mem::SharedMem;
+    /// use ring_hosted::memfd::{FdProblem, MemFd};
+    /// use ring_hosted::Error;
+    /// use std::os::fd::AsFd;
+    ///
+    /// let ours = MemFd::create("doc-from-fd", 8192)?;
+    /// let theirs = MemFd::from_fd(ours.as_fd().try_clone_to_owned()?, 8192)?;
+    /// ours.store_u32(4096, 0xfeed)?;
+    /// assert_eq!(theirs.load_u32(4096)?, 0xfeed);
+    ///
+    /// let too_small = MemFd::from_fd(ours.as_fd().try_clone_to_owned()?, 16384);
+    /// assert!(matches!(
+    ///     too_small,
+    ///     Err(Error::BadFd(FdProblem::TooSmall { size: 8192, needed: 16384 }))
+    /// ));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn from_fd(fd: OwnedFd, min_size: usize) -> Result<Self, Error> {
         let size = Self::check_fd(fd.as_fd(), min_size, true)?;
         Self::map(fd, size, true)
@@ -195,6 +242,25 @@ impl MemFd {
     /// # Errors
     ///
     /// [`Error::Os`] if the file cannot be opened, else as `from_fd`.
+    ///
+    /// # Examples
+    ///
+    /// Attaching by the `/proc` path of an fd (our own here; a peer's is
+    /// `/proc/PID/fd/N`):
+    ///
+    /// ```
+    /// use ring_core::mem::SharedMem;
+    /// use ring_hosted::memfd::MemFd;
+    /// use std::os::fd::{AsFd, AsRawFd};
+    ///
+    /// let ours = MemFd::create("doc-open-path", 4096)?;
+    /// ours.store_u8(100, 42)?;
+    /// let path = format!("/proc/self/fd/{}", ours.as_fd().as_raw_fd());
+    /// let theirs = MemFd::open_path(std::path::Path::new(&path), 4096)?;
+    /// assert_eq!(theirs.load_u8(100)?, 42);
+    /// assert!(theirs.is_sealed());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn open_path(path: &Path, min_size: usize) -> Result<Self, Error> {
         let fd = Self::open_rw(path)?;
         Self::from_fd(fd, min_size)
@@ -214,6 +280,29 @@ impl MemFd {
     /// made from it) is alive: access to truncated pages raises `SIGBUS`,
     /// which kills the process. Only use this with files whose writers you
     /// trust not to truncate them.
+    ///
+    /// # Examples
+    ///
+    /// A plain file (as `shm_open` or a C peer would make it) has no
+    /// seals: [`open_path`](Self::open_path) refuses it, this accepts it.
+    ///
+    /// ```
+    /// use ring_core::mem::SharedMem;
+    /// use ring_hosted::memfd::MemFd;
+    ///
+    /// let path = std::env::temp_dir().join(format!("ring-doc-shm-{}", std::process::id()));
+    /// std::fs::write(&path, [0u8; 8192])?;
+    /// assert!(MemFd::open_path(&path, 8192).is_err());
+    /// // SAFETY: this example made the file and nothing truncates it while
+    /// // the mapping lives.
+    /// let mem = unsafe { MemFd::open_path_unsealed(&path, 8192) }?;
+    /// mem.store_u32(0, 7)?;
+    /// assert!(!mem.is_sealed());
+    /// assert_eq!(std::fs::read(&path)?[0], 7);
+    /// # drop(mem);
+    /// # std::fs::remove_file(&path)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub unsafe fn open_path_unsealed(path: &Path, min_size: usize) -> Result<Self, Error> {
         let fd = Self::open_rw(path)?;
         let size = Self::check_fd(fd.as_fd(), min_size, false)?;
@@ -235,6 +324,28 @@ impl MemFd {
     ///
     /// As [`open_path_unsealed`](Self::open_path_unsealed): nobody may
     /// shrink the file while the mapping lives.
+    ///
+    /// # Examples
+    ///
+    /// An fd to an unsealed file (a plain temporary file here; a memfd made
+    /// without `F_SEAL_*`, as many C programs make them, is the same case):
+    ///
+    /// ```
+    /// use ring_hosted::memfd::MemFd;
+    /// use std::os::fd::OwnedFd;
+    ///
+    /// let path = std::env::temp_dir().join(format!("ring-doc-unsealed-{}", std::process::id()));
+    /// std::fs::write(&path, [0u8; 4096])?;
+    /// let fd = OwnedFd::from(std::fs::OpenOptions::new().read(true).write(true).open(&path)?);
+    /// assert!(MemFd::from_fd(fd.try_clone()?, 4096).is_err());
+    /// // SAFETY: this example made the file and nothing truncates it while
+    /// // the mapping lives.
+    /// let mem = unsafe { MemFd::from_fd_unsealed(fd, 4096) }?;
+    /// assert_eq!(mem.len(), 4096);
+    /// # drop(mem);
+    /// # std::fs::remove_file(&path)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub unsafe fn from_fd_unsealed(fd: OwnedFd, min_size: usize) -> Result<Self, Error> {
         let size = Self::check_fd(fd.as_fd(), min_size, false)?;
         let sealed = rustix::fs::fcntl_get_seals(&fd)

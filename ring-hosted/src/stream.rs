@@ -278,6 +278,33 @@ pub(crate) fn woken(w: Option<Woken>) -> Woken {
 /// armed when they return `Ok(None)`, so an outside poll loop can wait with
 /// [`PollStream::wait_event`]. One thread at a time: the type is `Send`,
 /// not shared.
+///
+/// # Examples
+///
+/// An echo on another thread, through `std::io`. Every blocking call has a
+/// timeout, so a lost peer fails the call instead of hanging it:
+///
+/// ```
+/// use ring_hosted::stream;
+/// use std::io::{Read, Write};
+/// use std::time::Duration;
+///
+/// let (mut server, mut client) = stream::pair(1024, 1024)?;
+/// client.signal_mut().set_timeout(Some(Duration::from_secs(10)));
+/// server.signal_mut().set_timeout(Some(Duration::from_secs(10)));
+/// let echo = std::thread::spawn(move || -> Result<(), ring_hosted::Error> {
+///     let mut buf = [0u8; 64];
+///     let n = client.read(&mut buf)?;
+///     client.write_all(&buf[..n].to_ascii_uppercase())?;
+///     client.close()
+/// });
+/// server.write_all(b"hello")?;
+/// let mut reply = Vec::new();
+/// server.read_to_end(&mut reply)?;
+/// assert_eq!(reply, b"HELLO");
+/// echo.join().expect("the echo thread panicked")?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct VchanStream<M: SharedMem = Arc<MemFd>> {
     inner: Blocking<M, EventSignal>,
@@ -287,6 +314,33 @@ pub struct VchanStream<M: SharedMem = Arc<MemFd>> {
 
 impl<M: SharedMem> VchanStream<M> {
     /// Wraps a connected endpoint and its signal.
+    ///
+    /// # Examples
+    ///
+    /// What [`pair`] does, step by step: a memfd in vchan's flat layout, the
+    /// server's and the client's endpoint over it, and two connected signals:
+    ///
+    /// ```
+    /// use ring_core::vchan::{self, FlatLayout, Orders, ServerOptions};
+    /// use ring_hosted::{eventfd, memfd::MemFd, stream::VchanStream};
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    ///
+    /// let orders = Orders::for_sizes(4096, 4096)?;
+    /// let mem = Arc::new(MemFd::create("doc-vchan", FlatLayout::new(orders).size)?);
+    /// let server_end = vchan::serve_flat(mem.clone(), orders, ServerOptions::default())?;
+    /// let client_end = vchan::connect_flat(mem)?;
+    /// let (server_signal, client_signal) = eventfd::pair()?;
+    /// let mut server = VchanStream::new(server_end, server_signal);
+    /// let mut client = VchanStream::new(client_end, client_signal);
+    ///
+    /// server.signal_mut().set_timeout(Some(Duration::from_secs(10)));
+    /// client.send_packet(b"ping")?;
+    /// let mut got = [0u8; 4];
+    /// server.recv_packet(&mut got)?;
+    /// assert_eq!(&got, b"ping");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn new(ep: Endpoint<M>, signal: EventSignal) -> Self {
         VchanStream {
             inner: Blocking::new(ep, signal),
@@ -316,6 +370,22 @@ impl<M: SharedMem> VchanStream<M> {
     }
 
     /// The signal inside, to change its spin or timeout.
+    ///
+    /// # Examples
+    ///
+    /// A read from a silent peer gives up after the signal's timeout:
+    ///
+    /// ```
+    /// use ring_hosted::{stream, Error};
+    /// use std::time::Duration;
+    ///
+    /// let (mut server, _silent_client) = stream::pair(1024, 1024)?;
+    /// server.signal_mut().set_timeout(Some(Duration::from_millis(20)));
+    /// let mut buf = [0u8; 8];
+    /// assert!(matches!(server.read(&mut buf), Err(Error::TimedOut)));
+    /// assert_eq!(server.signal().wake_counts().timeouts, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn signal_mut(&mut self) -> &mut EventSignal {
         self.inner.signal_mut()
     }
@@ -333,6 +403,20 @@ impl<M: SharedMem> VchanStream<M> {
     ///
     /// [`Error::PeerGone`] once the peer is gone and the ring drained;
     /// [`Error::Vchan`] if the peer broke the protocol.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ring_hosted::stream;
+    ///
+    /// let (mut server, mut client) = stream::pair(1024, 1024)?;
+    /// let mut buf = [0u8; 8];
+    /// assert_eq!(server.try_read(&mut buf)?, None); // nothing yet
+    /// client.write_all(b"hi")?;
+    /// assert_eq!(server.try_read(&mut buf)?, Some(2));
+    /// assert_eq!(&buf[..2], b"hi");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn try_read(&mut self, buf: &mut [u8]) -> Result<Option<usize>, Error> {
         Ok(self.inner.try_read(buf)?)
     }
@@ -343,6 +427,22 @@ impl<M: SharedMem> VchanStream<M> {
     /// # Errors
     ///
     /// [`Error::Closed`] if the peer closed, [`Error::PeerGone`] if it died.
+    ///
+    /// # Examples
+    ///
+    /// A 1 KiB ring takes 1 KiB, then nothing until the peer reads:
+    ///
+    /// ```
+    /// use ring_hosted::stream;
+    ///
+    /// let (mut server, mut client) = stream::pair(1024, 1024)?;
+    /// assert_eq!(client.try_write(&[1u8; 1500])?, Some(1024));
+    /// assert_eq!(client.try_write(b"x")?, None); // full
+    /// let mut buf = [0u8; 100];
+    /// assert_eq!(server.try_read(&mut buf)?, Some(100));
+    /// assert_eq!(client.try_write(&[2u8; 500])?, Some(100));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn try_write(&mut self, buf: &[u8]) -> Result<Option<usize>, Error> {
         Ok(self.inner.try_write(buf)?)
     }
@@ -366,6 +466,31 @@ impl<M: SharedMem> VchanStream<M> {
     /// # Errors
     ///
     /// As [`PollStream::try_fill_from`].
+    ///
+    /// # Examples
+    ///
+    /// The bytes go from a pipe into the ring with one `readv(2)`, without a
+    /// buffer in between:
+    ///
+    /// ```
+    /// use ring_hosted::stream::{self, FdMove};
+    /// use std::io::Write;
+    /// use std::os::fd::AsFd;
+    /// use std::time::Duration;
+    ///
+    /// let (mut server, mut client) = stream::pair(1024, 1024)?;
+    /// let (input, mut feed) = std::io::pipe()?;
+    /// feed.write_all(b"from a pipe")?;
+    /// drop(feed);
+    /// assert_eq!(client.try_fill_from(input.as_fd())?, FdMove::Moved(11));
+    /// assert_eq!(client.try_fill_from(input.as_fd())?, FdMove::End); // the pipe's end
+    ///
+    /// server.signal_mut().set_timeout(Some(Duration::from_secs(10)));
+    /// let mut got = [0u8; 11];
+    /// server.recv_packet(&mut got)?;
+    /// assert_eq!(&got, b"from a pipe");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn try_fill_from(&mut self, fd: BorrowedFd<'_>) -> Result<FdMove, Error>
     where
         M: FdIo,
@@ -383,6 +508,28 @@ impl<M: SharedMem> VchanStream<M> {
     /// # Errors
     ///
     /// As [`PollStream::try_drain_to`].
+    ///
+    /// # Examples
+    ///
+    /// The ring's unread bytes go straight to a pipe with one `writev(2)`:
+    ///
+    /// ```
+    /// use ring_hosted::fdio::Output;
+    /// use ring_hosted::stream::{self, FdMove};
+    /// use std::io::Read;
+    /// use std::os::fd::AsFd;
+    ///
+    /// let (mut server, mut client) = stream::pair(1024, 1024)?;
+    /// let (mut out, sink) = std::io::pipe()?;
+    /// client.write_all(b"to a pipe")?;
+    /// assert_eq!(server.try_drain_to(sink.as_fd(), Output::File)?, FdMove::Moved(9));
+    /// assert_eq!(server.try_drain_to(sink.as_fd(), Output::File)?, FdMove::RingBlocked);
+    /// drop(sink);
+    /// let mut got = Vec::new();
+    /// out.read_to_end(&mut got)?;
+    /// assert_eq!(got, b"to a pipe");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn try_drain_to(&mut self, fd: BorrowedFd<'_>, to: Output) -> Result<FdMove, Error>
     where
         M: FdIo,
@@ -400,6 +547,23 @@ impl<M: SharedMem> VchanStream<M> {
     ///
     /// [`Error::PeerGone`] if the peer died (after the bytes it left in the
     /// ring were read); [`Error::TimedOut`]; [`Error::Vchan`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ring_hosted::stream;
+    /// use std::time::Duration;
+    ///
+    /// let (mut server, mut client) = stream::pair(1024, 1024)?;
+    /// server.signal_mut().set_timeout(Some(Duration::from_secs(10)));
+    /// client.write_all(b"abc")?;
+    /// let mut buf = [0u8; 16];
+    /// let n = server.read(&mut buf)?;
+    /// assert_eq!(&buf[..n], b"abc");
+    /// client.close()?;
+    /// assert_eq!(server.read(&mut buf)?, 0); // a clean end of stream
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn read(&mut self, buf: &mut [u8]) -> Result<usize, Error> {
         Ok(self.inner.read(buf)?)
     }
@@ -410,6 +574,22 @@ impl<M: SharedMem> VchanStream<M> {
     ///
     /// [`Error::Closed`] if the peer closed; [`Error::PeerGone`];
     /// [`Error::TimedOut`].
+    ///
+    /// # Examples
+    ///
+    /// A write takes what fits and says how much; [`write_all`](Self::write_all)
+    /// loops until everything is in:
+    ///
+    /// ```
+    /// use ring_hosted::stream;
+    /// use std::time::Duration;
+    ///
+    /// let (_server, mut client) = stream::pair(1024, 1024)?;
+    /// client.signal_mut().set_timeout(Some(Duration::from_secs(10)));
+    /// let n = client.write(&[7u8; 3000])?;
+    /// assert_eq!(n, 1024); // the whole ring, and no more
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn write(&mut self, buf: &[u8]) -> Result<usize, Error> {
         Ok(self.inner.write(buf)?)
     }
@@ -442,6 +622,23 @@ impl<M: SharedMem> VchanStream<M> {
     ///
     /// [`Error::Vchan`] with `TooLarge` if it can never fit; [`Error::Closed`];
     /// [`Error::PeerGone`].
+    ///
+    /// # Examples
+    ///
+    /// A packet larger than the ring can never be sent, and nothing of it is:
+    ///
+    /// ```
+    /// use ring_core::vchan;
+    /// use ring_hosted::{stream, Error};
+    ///
+    /// let (mut server, mut client) = stream::pair(1024, 1024)?;
+    /// client.send_packet(&[1u8; 1000])?;
+    /// let too_big = client.send_packet(&[2u8; 2000]);
+    /// assert!(matches!(too_big, Err(Error::Vchan(vchan::Error::TooLarge { len: 2000, .. }))));
+    /// let mut buf = [0u8; 2000];
+    /// assert_eq!(server.try_read(&mut buf)?, Some(1000));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn send_packet(&mut self, buf: &[u8]) -> Result<(), Error> {
         Ok(self.inner.send(buf)?)
     }
@@ -453,6 +650,27 @@ impl<M: SharedMem> VchanStream<M> {
     /// [`Error::Closed`] if the stream ended with fewer bytes left;
     /// [`Error::PeerGone`]; [`Error::Vchan`] with `TooLarge` if `buf`
     /// exceeds the ring.
+    ///
+    /// # Examples
+    ///
+    /// Exact sizes out of a byte stream, however the writer cut it:
+    ///
+    /// ```
+    /// use ring_hosted::{stream, Error};
+    /// use std::time::Duration;
+    ///
+    /// let (mut server, mut client) = stream::pair(1024, 1024)?;
+    /// server.signal_mut().set_timeout(Some(Duration::from_secs(10)));
+    /// client.write_all(b"headbody!")?;
+    /// let (mut head, mut body) = ([0u8; 4], [0u8; 4]);
+    /// server.recv_packet(&mut head)?;
+    /// server.recv_packet(&mut body)?;
+    /// assert_eq!((&head, &body), (b"head", b"body"));
+    /// client.close()?;
+    /// // One byte left, four asked for: the stream ended short.
+    /// assert!(matches!(server.recv_packet(&mut head), Err(Error::Closed)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn recv_packet(&mut self, buf: &mut [u8]) -> Result<(), Error> {
         Ok(self.inner.recv(buf)?)
     }
@@ -470,6 +688,29 @@ impl<M: SharedMem> VchanStream<M> {
     ///
     /// [`Error::Vchan`] with `TooLarge` above [`max_msg`](Self::max_msg);
     /// else as [`send_packet`](Self::send_packet).
+    ///
+    /// # Examples
+    ///
+    /// Messages keep their boundaries, the empty one included:
+    ///
+    /// ```
+    /// use ring_hosted::stream::{self, MSG_HEADER};
+    /// use std::time::Duration;
+    ///
+    /// let (mut server, mut client) = stream::pair(1024, 1024)?;
+    /// server.signal_mut().set_timeout(Some(Duration::from_secs(10)));
+    /// assert_eq!(client.max_msg(), 1024 - MSG_HEADER);
+    /// for msg in [&b"one"[..], b"", b"three"] {
+    ///     client.send_msg(msg)?;
+    /// }
+    /// let mut buf = [0u8; 64];
+    /// let n = server.recv_msg(&mut buf)?;
+    /// assert_eq!(&buf[..n], b"one");
+    /// assert_eq!(server.recv_msg(&mut buf)?, 0);
+    /// let n = server.recv_msg(&mut buf)?;
+    /// assert_eq!(&buf[..n], b"three");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn send_msg(&mut self, msg: &[u8]) -> Result<(), Error> {
         let len = u32::try_from(msg.len()).unwrap_or(u32::MAX);
         let mut scratch = std::mem::take(&mut self.scratch);
@@ -489,6 +730,25 @@ impl<M: SharedMem> VchanStream<M> {
     /// (or a too-small `buf`); the stream is then out of step, and this and
     /// every later message call return [`Error::Vchan`]. Else as
     /// [`recv_packet`](Self::recv_packet).
+    ///
+    /// # Examples
+    ///
+    /// A buffer too small for the message is an error that sticks: the message
+    /// stream cannot find its next boundary.
+    ///
+    /// ```
+    /// use ring_hosted::{stream, Error};
+    /// use std::time::Duration;
+    ///
+    /// let (mut server, mut client) = stream::pair(1024, 1024)?;
+    /// server.signal_mut().set_timeout(Some(Duration::from_secs(10)));
+    /// client.send_msg(b"a longer message")?;
+    /// client.send_msg(b"next")?;
+    /// let mut small = [0u8; 4];
+    /// assert!(matches!(server.recv_msg(&mut small), Err(Error::Vchan(_))));
+    /// assert!(server.recv_msg(&mut [0u8; 64]).is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn recv_msg(&mut self, buf: &mut [u8]) -> Result<usize, Error> {
         let capacity = self.inner.endpoint().read_capacity() - MSG_HEADER;
         if self.msg_broken {
@@ -520,6 +780,38 @@ impl<M: SharedMem> VchanStream<M> {
     /// # Errors
     ///
     /// [`Error::Os`] if the socket write fails.
+    ///
+    /// # Examples
+    ///
+    /// With a socket between the two ends (the rendezvous gives one; here a
+    /// socket pair stands in), the reader gets end of stream while the other
+    /// direction flows on. Without one, there is nothing to send:
+    ///
+    /// ```
+    /// use ring_hosted::stream;
+    /// use std::io::Read;
+    /// use std::os::unix::net::UnixStream;
+    /// use std::time::Duration;
+    ///
+    /// let (mut server, mut client) = stream::pair(1024, 1024)?;
+    /// assert!(!client.shutdown_write()?); // no socket to the peer yet
+    /// let (a, b) = UnixStream::pair()?;
+    /// server.signal_mut().set_hangup(a.into());
+    /// client.signal_mut().set_hangup(b.into());
+    /// server.signal_mut().set_timeout(Some(Duration::from_secs(10)));
+    /// client.signal_mut().set_timeout(Some(Duration::from_secs(10)));
+    ///
+    /// client.write_all(b"request")?;
+    /// assert!(client.shutdown_write()?);
+    /// let mut got = Vec::new();
+    /// server.read_to_end(&mut got)?;
+    /// assert_eq!(got, b"request");
+    /// server.write_all(b"reply")?;
+    /// let mut reply = [0u8; 5];
+    /// client.recv_packet(&mut reply)?;
+    /// assert_eq!(&reply, b"reply");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn shutdown_write(&mut self) -> Result<bool, Error> {
         if !self.signal().carries_notices() {
             return Ok(false);
@@ -535,6 +827,22 @@ impl<M: SharedMem> VchanStream<M> {
     ///
     /// [`Error::Closed`] if it closed with bytes of ours unread;
     /// [`Error::PeerGone`]; [`Error::TimedOut`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ring_hosted::{stream, Error};
+    /// use std::time::Duration;
+    ///
+    /// let (mut server, mut client) = stream::pair(1024, 1024)?;
+    /// client.signal_mut().set_timeout(Some(Duration::from_millis(20)));
+    /// client.write_all(b"hello")?;
+    /// assert!(matches!(client.wait_delivered(), Err(Error::TimedOut))); // unread
+    /// let mut buf = [0u8; 5];
+    /// server.recv_packet(&mut buf)?;
+    /// client.wait_delivered()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn wait_delivered(&mut self) -> Result<(), Error> {
         Ok(self.inner.wait_delivered()?)
     }
@@ -545,6 +853,28 @@ impl<M: SharedMem> VchanStream<M> {
     /// # Errors
     ///
     /// [`Error::Os`] if the final kick fails.
+    ///
+    /// # Examples
+    ///
+    /// The peer still reads what we left, then end of stream, and can write no
+    /// more:
+    ///
+    /// ```
+    /// use ring_hosted::{stream, Error};
+    /// use std::io::Read;
+    /// use std::time::Duration;
+    ///
+    /// let (mut server, mut client) = stream::pair(1024, 1024)?;
+    /// server.signal_mut().set_timeout(Some(Duration::from_secs(10)));
+    /// client.write_all(b"last words")?;
+    /// client.close()?;
+    /// client.close()?; // again: nothing happens
+    /// let mut got = Vec::new();
+    /// server.read_to_end(&mut got)?;
+    /// assert_eq!(got, b"last words");
+    /// assert!(matches!(server.write(b"too late"), Err(Error::Closed)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn close(&mut self) -> Result<(), Error> {
         match self.inner.close() {
             Err(ring_core::signal::BlockingError::Ring(vchan::Error::Closed)) => Ok(()),
@@ -577,6 +907,28 @@ impl<M: SharedMem> VchanStream<M> {
 /// # Errors
 ///
 /// [`Error::Vchan`] for sizes vchan cannot make; [`Error::Os`].
+///
+/// # Examples
+///
+/// The rings are as large as asked (sizes round up to a power of two from
+/// 1 KiB to 1 MiB):
+///
+/// ```
+/// use ring_hosted::stream;
+/// use std::io::Read;
+/// use std::time::Duration;
+///
+/// let (mut server, mut client) = stream::pair(4096, 8192)?;
+/// assert_eq!(client.endpoint().write_capacity(), 4096); // left: client to server
+/// assert_eq!(client.endpoint().read_capacity(), 8192); // right: server to client
+/// server.signal_mut().set_timeout(Some(Duration::from_secs(10)));
+/// client.write_all(b"over the ring")?;
+/// client.close()?;
+/// let mut got = Vec::new();
+/// server.read_to_end(&mut got)?;
+/// assert_eq!(got, b"over the ring");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn pair(left: usize, right: usize) -> Result<(VchanStream, VchanStream), Error> {
     let orders = vchan::Orders::for_sizes(left, right).map_err(|e| Error::Vchan(e.into()))?;
     let mem = Arc::new(MemFd::create(

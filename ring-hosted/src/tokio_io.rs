@@ -36,9 +36,66 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// A vchan stream for tokio.
+///
+/// # Examples
+///
+/// Both ends of an in-process pair under one current-thread runtime, every
+/// wait under a deadline:
+///
+/// ```
+/// use ring_hosted::{stream, tokio_io::AsyncVchan};
+/// use std::time::Duration;
+/// use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// use tokio::time::timeout;
+///
+/// let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+/// runtime.block_on(async {
+///     let (server, client) = stream::pair(1024, 1024)?;
+///     let (mut server, mut client) = (AsyncVchan::new(server)?, AsyncVchan::new(client)?);
+///     client.write_all(b"both ends async").await?;
+///     let mut got = [0u8; 15];
+///     timeout(Duration::from_secs(10), server.read_exact(&mut got)).await??;
+///     assert_eq!(&got, b"both ends async");
+///     Ok::<(), Box<dyn std::error::Error>>(())
+/// })?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub type AsyncVchan = AsyncStream<VchanStream>;
 
 /// A VMBus pipe for tokio.
+///
+/// # Examples
+///
+/// A VMBus pipe's `shutdown` ends our direction only: the server reads to
+/// the end, and its reply still comes back.
+///
+/// ```
+/// use ring_hosted::vmbus::{ChannelLayout, VmbusPipe};
+/// use ring_hosted::{eventfd, memfd::MemFd, tokio_io::AsyncVmbus};
+/// use std::{sync::Arc, time::Duration};
+/// use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// use tokio::time::timeout;
+///
+/// let layout = ChannelLayout::new(4096, 4096)?;
+/// let mem = Arc::new(MemFd::create("doc-async-vmbus", layout.total_size())?);
+/// let (server_signal, client_signal) = eventfd::pair()?;
+/// let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+/// runtime.block_on(async {
+///     let mut server = AsyncVmbus::new(VmbusPipe::serve(mem.clone(), layout, server_signal)?)?;
+///     let mut client = AsyncVmbus::new(VmbusPipe::connect(mem, layout, client_signal)?)?;
+///     client.write_all(b"request").await?;
+///     client.shutdown().await?;
+///     let mut got = Vec::new();
+///     timeout(Duration::from_secs(10), server.read_to_end(&mut got)).await??;
+///     assert_eq!(got, b"request");
+///     server.write_all(b"reply").await?;
+///     let mut reply = [0u8; 5];
+///     timeout(Duration::from_secs(10), client.read_exact(&mut reply)).await??;
+///     assert_eq!(&reply, b"reply");
+///     Ok::<(), Box<dyn std::error::Error>>(())
+/// })?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub type AsyncVmbus = AsyncStream<VmbusPipe>;
 
 /// What a stream needs to run under tokio: the poll-loop calls, and a
@@ -109,6 +166,36 @@ impl<S: AsyncRing> AsyncStream<S> {
     ///
     /// [`Error::Os`] if an fd cannot be duplicated or registered (e.g.
     /// outside a runtime).
+    ///
+    /// # Examples
+    ///
+    /// An async writer against a blocking reader on a thread: 3000 bytes
+    /// through a 1 KiB ring, so the writer has to wait for the reader on the
+    /// way.
+    ///
+    /// ```
+    /// use ring_hosted::{stream, tokio_io::AsyncStream};
+    /// use std::io::Read;
+    /// use std::time::Duration;
+    /// use tokio::io::AsyncWriteExt;
+    ///
+    /// let (mut server, client) = stream::pair(1024, 1024)?;
+    /// server.signal_mut().set_timeout(Some(Duration::from_secs(10)));
+    /// let reader = std::thread::spawn(move || -> std::io::Result<Vec<u8>> {
+    ///     let mut got = vec![0u8; 3000];
+    ///     server.read_exact(&mut got)?;
+    ///     Ok(got)
+    /// });
+    /// let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    /// runtime.block_on(async {
+    ///     let mut client = AsyncStream::new(client)?; // inside the runtime
+    ///     let write = client.write_all(&[5u8; 3000]);
+    ///     tokio::time::timeout(Duration::from_secs(10), write).await??;
+    ///     Ok::<(), Box<dyn std::error::Error>>(())
+    /// })?;
+    /// assert_eq!(reader.join().expect("the reader panicked")?, vec![5u8; 3000]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn new(stream: S) -> Result<Self, Error> {
         let wake = register(stream.signal().wake_fd(), "register eventfd with tokio")?;
         let hangup = match stream.signal().hangup_fd() {
@@ -133,6 +220,39 @@ impl<S: AsyncRing> AsyncStream<S> {
     }
 
     /// Splits into a read half and a write half, for two tasks.
+    ///
+    /// # Examples
+    ///
+    /// A writer task and a reader task on the two halves of one stream, against
+    /// an echo: with 1 KiB rings both halves wait on the one eventfd, in turn.
+    ///
+    /// ```
+    /// use ring_hosted::{stream, tokio_io::AsyncVchan};
+    /// use std::time::Duration;
+    /// use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    ///
+    /// let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    /// runtime.block_on(async {
+    ///     let (server, client) = stream::pair(1024, 1024)?;
+    ///     let mut echo = AsyncVchan::new(server)?;
+    ///     let (mut rd, mut wr) = AsyncVchan::new(client)?.into_split();
+    ///     let echoer = tokio::spawn(async move {
+    ///         let mut buf = [0u8; 500];
+    ///         for _ in 0..8 {
+    ///             echo.read_exact(&mut buf).await?;
+    ///             echo.write_all(&buf).await?;
+    ///         }
+    ///         Ok::<_, std::io::Error>(echo)
+    ///     });
+    ///     let writer = tokio::spawn(async move { wr.write_all(&[9u8; 4000]).await.map(|()| wr) });
+    ///     let mut back = vec![0u8; 4000];
+    ///     tokio::time::timeout(Duration::from_secs(10), rd.read_exact(&mut back)).await??;
+    ///     assert_eq!(back, vec![9u8; 4000]);
+    ///     let (_wr, _echo) = (writer.await??, echoer.await??);
+    ///     Ok::<(), Box<dyn std::error::Error>>(())
+    /// })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn into_split(self) -> (ReadHalf<S>, WriteHalf<S>) {
         let shared = Arc::new(Mutex::new(Shared {
             ring: self,

@@ -130,6 +130,24 @@ fn read_number(path: &Path) -> Result<u64, DevError> {
 ///
 /// [`DevError::Io`] naming the file that could not be read,
 /// [`DevError::Parse`] naming the file that held garbage.
+///
+/// # Examples
+///
+/// Needs a machine with a UIO device (here `uio0`); without one the error
+/// names the sysfs file that is missing:
+///
+/// ```no_run
+/// use ring_hosted::uio::{self, Roots};
+///
+/// match uio::read_info(&Roots::default(), "uio0") {
+///     Ok(info) => {
+///         for map in &info.maps {
+///             println!("{} map{} {:?}: {} bytes", info.node, map.index, map.name, map.size);
+///         }
+///     }
+///     Err(e) => eprintln!("no uio0 here: {e}"),
+/// }
+/// ```
 pub fn read_info(roots: &Roots, node: &str) -> Result<UioInfo, DevError> {
     let sysfs = roots.sysfs.join("class/uio").join(node);
     let driver = read_trimmed(&sysfs.join("name"))?;
@@ -168,6 +186,31 @@ pub fn read_info(roots: &Roots, node: &str) -> Result<UioInfo, DevError> {
 /// # Errors
 ///
 /// [`DevError::NotFound`] if none does; I/O errors naming the directory.
+///
+/// # Examples
+///
+/// Against a small fake sysfs tree in a temporary directory, so it runs
+/// anywhere (on a real machine, pass `Roots::default()`):
+///
+/// ```
+/// use ring_hosted::uio::{self, Roots};
+/// use std::fs;
+///
+/// let dir = std::env::temp_dir().join(format!("ring-doc-uio-{}", std::process::id()));
+/// let roots = Roots { sysfs: dir.join("sys"), dev: dir.join("dev") };
+/// let uio3 = roots.sysfs.join("class/uio/uio3");
+/// fs::create_dir_all(uio3.join("maps/map0"))?;
+/// fs::write(uio3.join("name"), "uio_hv_generic\n")?;
+/// for (file, value) in [("name", "txrx_rings"), ("addr", "0x0"), ("size", "0x4000")] {
+///     fs::write(uio3.join("maps/map0").join(file), value)?;
+/// }
+/// let info = uio::find_by_name(&roots, uio::HV_GENERIC_DRIVER)?;
+/// assert_eq!(info.node, "uio3");
+/// assert_eq!(info.map_named(uio::TXRX_RINGS).map(|m| m.size), Some(0x4000));
+/// assert!(uio::find_by_name(&roots, "no_such_driver").is_err());
+/// # fs::remove_dir_all(&dir)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn find_by_name(roots: &Roots, driver_name: &str) -> Result<UioInfo, DevError> {
     let class = roots.sysfs.join("class/uio");
     let mut nodes: Vec<String> = fs::read_dir(&class)
@@ -197,6 +240,23 @@ pub fn find_by_name(roots: &Roots, driver_name: &str) -> Result<UioInfo, DevErro
 ///
 /// [`DevError::NotFound`] if the device has no `uio/uioN` child (not bound
 /// to uio_hv_generic); I/O errors naming the path.
+///
+/// # Examples
+///
+/// Needs a Hyper-V guest whose device with this instance GUID is bound to
+/// uio_hv_generic; a device bound to another driver is `NotFound`:
+///
+/// ```no_run
+/// use ring_hosted::devmem::DevError;
+/// use ring_hosted::uio::{self, Roots};
+///
+/// let instance = "ed963694-e847-4b2a-85af-bc9cfc11d6f3"; // this device's GUID
+/// match uio::find_by_vmbus_instance(&Roots::default(), instance) {
+///     Ok(info) => println!("{instance} is /dev/{}", info.node),
+///     Err(DevError::NotFound { .. }) => eprintln!("{instance} is not bound to uio_hv_generic"),
+///     Err(e) => eprintln!("cannot look: {e}"),
+/// }
+/// ```
 pub fn find_by_vmbus_instance(roots: &Roots, instance: &str) -> Result<UioInfo, DevError> {
     let dir = roots
         .sysfs
@@ -230,6 +290,21 @@ fn write_sysfs(path: &Path, value: &str) -> Result<(), DevError> {
 ///
 /// I/O errors naming `new_id` (typically: the module is not loaded, or we
 /// are not root).
+///
+/// # Examples
+///
+/// Needs root on a Hyper-V guest with the uio_hv_generic module loaded:
+///
+/// ```no_run
+/// use ring_hosted::uio::{self, Roots};
+///
+/// // The class GUID of the devices uio_hv_generic should take: network
+/// // devices, the class hv_netvsc serves.
+/// let class = "f8615163-df3e-46c5-913f-f2d2f965ed0e";
+/// if let Err(e) = uio::bind_vmbus_class(&Roots::default(), class) {
+///     eprintln!("cannot bind the class (not root, or the module is not loaded?): {e}");
+/// }
+/// ```
 pub fn bind_vmbus_class(roots: &Roots, class_guid: &str) -> Result<(), DevError> {
     let new_id = roots
         .sysfs
@@ -245,6 +320,20 @@ pub fn bind_vmbus_class(roots: &Roots, class_guid: &str) -> Result<(), DevError>
 /// # Errors
 ///
 /// I/O errors naming the `unbind` or `bind` file that refused.
+///
+/// # Examples
+///
+/// Needs root on a Hyper-V guest; here the device moves from `hv_netvsc`:
+///
+/// ```no_run
+/// use ring_hosted::uio::{self, Roots};
+///
+/// let instance = "ed963694-e847-4b2a-85af-bc9cfc11d6f3"; // this device's GUID
+/// match uio::rebind_vmbus_instance(&Roots::default(), instance, "hv_netvsc") {
+///     Ok(()) => println!("{instance} now belongs to {}", uio::HV_GENERIC_DRIVER),
+///     Err(e) => eprintln!("rebinding failed: {e}"),
+/// }
+/// ```
 pub fn rebind_vmbus_instance(roots: &Roots, instance: &str, from: &str) -> Result<(), DevError> {
     let drivers = roots.sysfs.join("bus/vmbus/drivers");
     write_sysfs(&drivers.join(from).join("unbind"), instance)?;
@@ -334,6 +423,28 @@ impl UioDevice {
     /// # Errors
     ///
     /// I/O errors naming the device node.
+    ///
+    /// # Examples
+    ///
+    /// Needs read-write access to a real `/dev/uioN`:
+    ///
+    /// ```no_run
+    /// use ring_hosted::devmem::DevError;
+    /// use ring_hosted::uio::{self, Roots, UioDevice};
+    ///
+    /// let roots = Roots::default();
+    /// let info = uio::read_info(&roots, "uio0")?;
+    /// let device = match UioDevice::open(&roots, info) {
+    ///     Ok(device) => device,
+    ///     Err(e @ DevError::Io { .. }) => {
+    ///         eprintln!("cannot open the device node (permissions?): {e}");
+    ///         return Ok(());
+    ///     }
+    ///     Err(e) => return Err(e),
+    /// };
+    /// println!("{} has {} maps", device.info().node, device.info().maps.len());
+    /// # Ok::<(), DevError>(())
+    /// ```
     pub fn open(roots: &Roots, info: UioInfo) -> Result<Self, DevError> {
         let path = roots.dev.join(&info.node);
         let file = OpenOptions::new()
@@ -451,6 +562,30 @@ impl UioDevice {
     /// # Errors
     ///
     /// As [`UioDevice::vmbus_rings`] and [`vmbus_channel`].
+    ///
+    /// # Examples
+    ///
+    /// Needs a Hyper-V guest with a device bound to uio_hv_generic. One packet
+    /// to the host and one back, each wait bounded by the interrupt's timeout:
+    ///
+    /// ```no_run
+    /// use ring_core::vmbus::OutgoingPacket;
+    /// use ring_hosted::devmem::DevError;
+    /// use ring_hosted::uio::{self, Roots, UioDevice};
+    /// use std::time::Duration;
+    ///
+    /// let roots = Roots::default();
+    /// let info = uio::find_by_name(&roots, uio::HV_GENERIC_DRIVER)?;
+    /// let mut channel = UioDevice::open(&roots, info)?.open_vmbus_channel()?;
+    /// channel.signal_mut().set_timeout(Some(Duration::from_secs(10)));
+    /// channel.send(&OutgoingPacket::in_band(1, &[&b"hello, host"[..]]))?;
+    /// let mut buf = [0u8; 4096];
+    /// match channel.recv(&mut buf) {
+    ///     Ok((packet, n)) => println!("{:?}: {n} bytes", packet.packet_type),
+    ///     Err(e) => eprintln!("no answer: {}", DevError::from(e)),
+    /// }
+    /// # Ok::<(), DevError>(())
+    /// ```
     pub fn open_vmbus_channel(self) -> Result<UioChannel, DevError> {
         let rings = self.vmbus_rings()?;
         vmbus_channel(rings, self.irq)
@@ -488,6 +623,20 @@ impl VmbusRings {
 ///
 /// I/O errors naming the ring file; [`DevError::Invalid`] for a size that
 /// cannot hold two rings.
+///
+/// # Examples
+///
+/// Needs a Hyper-V guest where the device has opened sub-channel 14:
+///
+/// ```no_run
+/// use ring_hosted::uio::{self, Roots};
+///
+/// let instance = "ed963694-e847-4b2a-85af-bc9cfc11d6f3"; // this device's GUID
+/// match uio::subchannel_rings(&Roots::default(), instance, 14) {
+///     Ok(rings) => println!("sub-channel rings of {} bytes each", rings.layout.tx.size),
+///     Err(e) => eprintln!("no sub-channel 14: {e}"),
+/// }
+/// ```
 pub fn subchannel_rings(roots: &Roots, instance: &str, relid: u32) -> Result<VmbusRings, DevError> {
     let path = roots
         .sysfs
@@ -517,6 +666,22 @@ pub fn subchannel_rings(roots: &Roots, instance: &str, relid: u32) -> Result<Vmb
 /// # Errors
 ///
 /// I/O errors naming the file; [`DevError::Invalid`] for an empty BAR.
+///
+/// # Examples
+///
+/// Needs a PCI device at this address and access to its sysfs resource
+/// files (normally root):
+///
+/// ```no_run
+/// use ring_core::mem::SharedMem;
+/// use ring_hosted::uio;
+/// use std::path::Path;
+///
+/// match uio::map_pci_resource(Path::new("/sys/bus/pci/devices/0000:00:04.0"), 2) {
+///     Ok(bar) => println!("BAR2: {} bytes", bar.size()),
+///     Err(e) => eprintln!("cannot map BAR2: {e}"),
+/// }
+/// ```
 pub fn map_pci_resource(device: &Path, index: u8) -> Result<MappedRegion, DevError> {
     let path = device.join(format!("resource{index}"));
     let file = OpenOptions::new()
@@ -550,6 +715,32 @@ impl IvshmemResources {
     ///
     /// As [`map_pci_resource`]; [`DevError::Invalid`] if BAR0 is too small
     /// for the doorbell.
+    ///
+    /// # Examples
+    ///
+    /// Needs a QEMU guest with an ivshmem device (here at `0000:00:04.0`) and
+    /// access to its resource files. With no interrupts, the ring's signal
+    /// polls:
+    ///
+    /// ```no_run
+    /// use ring_core::mem::SharedMem;
+    /// use ring_hosted::devmem::DevError;
+    /// use ring_hosted::uio::IvshmemResources;
+    /// use std::path::Path;
+    /// use std::time::Duration;
+    ///
+    /// let device = Path::new("/sys/bus/pci/devices/0000:00:04.0");
+    /// let ivshmem = match IvshmemResources::open(device) {
+    ///     Ok(ivshmem) => ivshmem,
+    ///     Err(e) => {
+    ///         eprintln!("no ivshmem device at {}: {e}", device.display());
+    ///         return Ok(());
+    ///     }
+    /// };
+    /// println!("peer {} with {} bytes shared", ivshmem.position()?, ivshmem.memory().size());
+    /// let _to_host = ivshmem.polled(0, 0, Duration::from_micros(200));
+    /// # Ok::<(), DevError>(())
+    /// ```
     pub fn open(device: &Path) -> Result<Self, DevError> {
         let regs = map_pci_resource(device, 0)?;
         if regs.size() < 16 {
@@ -637,6 +828,33 @@ const PCI_COMMAND_INTX_DISABLE: u16 = 1 << 10;
 
 impl UioIrq {
     /// Wraps an interrupt fd; `path` names it in errors.
+    ///
+    /// # Examples
+    ///
+    /// A socket stands in for the interrupt side of `/dev/uioN`: what the
+    /// "kernel" writes is an interrupt count, what it reads back is the
+    /// irqcontrol value.
+    ///
+    /// ```
+    /// use ring_core::signal::Signal;
+    /// use ring_hosted::{devmem::DevError, uio::UioIrq};
+    /// use std::io::{Read, Write};
+    /// use std::os::unix::net::UnixStream;
+    /// use std::time::Duration;
+    ///
+    /// let (ours, mut kernel) = UnixStream::pair()?;
+    /// kernel.set_read_timeout(Some(Duration::from_secs(10)))?;
+    /// let mut irq = UioIrq::new(ours.into(), "/dev/uio0 (a socket here)".into());
+    /// irq.set_timeout(Some(Duration::from_millis(20)));
+    /// assert!(matches!(irq.wait(), Err(DevError::TimedOut { .. })));
+    ///
+    /// kernel.write_all(&1u32.to_ne_bytes())?; // one interrupt
+    /// irq.wait()?; // takes the count, then unmasks by writing 1
+    /// let mut control = [0u8; 4];
+    /// kernel.read_exact(&mut control)?;
+    /// assert_eq!(i32::from_ne_bytes(control), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn new(fd: OwnedFd, path: PathBuf) -> Self {
         UioIrq {
             fd,

@@ -32,6 +32,30 @@ impl<M: SharedMem> Window<M> {
     /// The window `[base, base + len)` of `mem`, or `None` if that range
     /// does not lie inside `mem` or `base` is not 8-aligned (the words
     /// inside must stay as aligned as in the memory).
+    ///
+    /// # Examples
+    ///
+    /// Two rings' worth of memory in one memfd, each window starting at its own
+    /// 0; a window that would stick out of the memory, or start off the 8-byte
+    /// grid, is refused:
+    ///
+    /// ```
+    /// use ring_core::mem::SharedMem;
+    /// use ring_hosted::memfd::MemFd;
+    /// use ring_hosted::window::Window;
+    /// use std::sync::Arc;
+    ///
+    /// let mem = Arc::new(MemFd::create("doc-window", 16384)?);
+    /// let first = Window::new(mem.clone(), 0, 8192).ok_or("first window")?;
+    /// let second = Window::new(mem.clone(), 8192, 8192).ok_or("second window")?;
+    /// second.store_u32(0, 9)?;
+    /// assert_eq!(mem.load_u32(8192)?, 9);
+    /// assert_eq!(first.load_u32(0)?, 0);
+    /// assert_eq!(second.size(), 8192);
+    /// assert!(Window::new(mem.clone(), 12288, 8192).is_none()); // past the end
+    /// assert!(Window::new(mem, 4, 64).is_none()); // misaligned
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn new(mem: M, base: usize, len: usize) -> Option<Self> {
         let end = base.checked_add(len)?;
         if end > mem.size() || !base.is_multiple_of(8) {

@@ -57,6 +57,22 @@ impl fmt::Display for Finding {
 /// # Errors
 ///
 /// The open or read error, or `InvalidInput` for another kind of file.
+///
+/// # Examples
+///
+/// ```
+/// use ring_hosted::inspect::validate::read_image;
+/// use std::io::ErrorKind;
+///
+/// let path = std::env::temp_dir().join(format!("ring-doc-image-{}", std::process::id()));
+/// std::fs::write(&path, [1u8; 8192])?;
+/// assert_eq!(read_image(&path)?, vec![1u8; 8192]);
+/// // A directory (like a FIFO or a device) is no ring image.
+/// let dir = read_image(&std::env::temp_dir());
+/// assert!(matches!(dir, Err(e) if e.kind() == ErrorKind::InvalidInput));
+/// # std::fs::remove_file(&path)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn read_image(path: &Path) -> io::Result<Vec<u8>> {
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -101,6 +117,30 @@ fn libc_flags() -> i32 {
 /// reader enforces: orders, live bytes, notify bits, indices within their
 /// rings, and grant refs that name pages of this file other than the
 /// control page, each once.
+///
+/// # Examples
+///
+/// A healthy pair's image passes; a producer index more than a ring ahead
+/// of its consumer is reported at its offset:
+///
+/// ```
+/// use ring_core::vchan::layout::LEFT_PROD;
+/// use ring_hosted::inspect::{decode_vchan, validate};
+/// use ring_hosted::stream;
+/// use std::os::fd::{AsFd, AsRawFd};
+///
+/// let (server, mut client) = stream::pair(4096, 4096)?;
+/// client.write_all(b"fine")?;
+/// let path = format!("/proc/self/fd/{}", server.memory().as_fd().as_raw_fd());
+/// let mut image = validate::read_image(std::path::Path::new(&path))?;
+/// let findings = validate::vchan(&image, &decode_vchan(&image)?);
+/// assert!(findings.is_empty(), "{findings:?}");
+///
+/// image[LEFT_PROD..LEFT_PROD + 4].copy_from_slice(&5000u32.to_le_bytes());
+/// let findings = validate::vchan(&image, &decode_vchan(&image)?);
+/// assert!(findings.iter().any(|f| f.offset == LEFT_PROD as u64), "{findings:?}");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn vchan(image: &[u8], state: &VchanState) -> Vec<Finding> {
     use ring_core::vchan::layout::{
         CLI_LIVE, CLI_NOTIFY, LEFT_ORDER, LEFT_PROD, RIGHT_PROD, SRV_LIVE, SRV_NOTIFY,
@@ -202,6 +242,37 @@ pub fn vchan(image: &[u8], state: &VchanState) -> Vec<Finding> {
 /// valid, and every packet between the read and write index must pass the
 /// reader's validation; the first bad packet of each ring is reported
 /// with its offset in the file.
+///
+/// # Examples
+///
+/// A channel with a packet in flight passes; a write index off the 8-byte
+/// grid does not:
+///
+/// ```
+/// use ring_core::vmbus::layout::WRITE_INDEX;
+/// use ring_hosted::inspect::{decode_vmbus, validate, VMBUS_HEADER_LEN as H};
+/// use ring_hosted::vmbus::{ChannelLayout, VmbusPipe};
+/// use ring_hosted::{eventfd, memfd::MemFd};
+/// use std::os::fd::{AsFd, AsRawFd};
+/// use std::sync::Arc;
+///
+/// let layout = ChannelLayout::new(4096, 4096)?;
+/// let mem = Arc::new(MemFd::create("doc-validate-vmbus", layout.total_size())?);
+/// let (server_signal, client_signal) = eventfd::pair()?;
+/// let _server = VmbusPipe::serve(mem.clone(), layout, server_signal)?;
+/// VmbusPipe::connect(mem.clone(), layout, client_signal)?.write_all(b"in flight")?;
+/// let path = format!("/proc/self/fd/{}", mem.as_fd().as_raw_fd());
+/// let mut image = validate::read_image(std::path::Path::new(&path))?;
+/// let second = layout.to_client_offset();
+/// let check = |image: &[u8]| -> Result<Vec<validate::Finding>, String> {
+///     let state = decode_vmbus(&image[..H], 4096, &image[second..second + H], 4096)?;
+///     Ok(validate::vmbus(image, 4096, 4096, &state))
+/// };
+/// assert!(check(&image)?.is_empty());
+/// image[WRITE_INDEX..WRITE_INDEX + 4].copy_from_slice(&3u32.to_le_bytes());
+/// assert!(!check(&image)?.is_empty());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn vmbus(image: &[u8], first: u32, second: u32, state: &VmbusState) -> Vec<Finding> {
     let page = vmbus::layout::DEFAULT_DATA_OFFSET as u64;
     let mut found = Vec::new();

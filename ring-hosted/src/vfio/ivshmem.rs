@@ -49,6 +49,39 @@ impl Ivshmem {
     /// [`DevError::Invalid`] naming the device if it is not an ivshmem or
     /// its BAR2 cannot be mapped (a ring needs atomics on real memory);
     /// I/O errors from VFIO.
+    ///
+    /// # Examples
+    ///
+    /// Needs a QEMU guest with an `ivshmem-doorbell` device at `0000:00:04.0`
+    /// bound to vfio-pci (group 12 here, in no-IOMMU mode), and a host vchan
+    /// server in its memory (as `ring ivshmem` makes). The guest joins as the
+    /// client and rings peer 0, the host:
+    ///
+    /// ```no_run
+    /// use ring_core::vchan;
+    /// use ring_hosted::devmem::{DevError, Kernel};
+    /// use ring_hosted::vfio::{self, ivshmem::Ivshmem, IommuMode};
+    /// use std::{path::Path, sync::Arc, time::Duration};
+    ///
+    /// let (_container, _group, device) = vfio::open_device(
+    ///     Path::new("/dev/vfio"), 12, "0000:00:04.0", IommuMode::NoIommu, Arc::new(Kernel),
+    /// )?;
+    /// let ivshmem = match Ivshmem::open(device) {
+    ///     Ok(ivshmem) => ivshmem,
+    ///     Err(e @ DevError::Invalid { .. }) => {
+    ///         eprintln!("not an ivshmem this can use: {e}");
+    ///         return Ok(());
+    ///     }
+    ///     Err(e) => return Err(e),
+    /// };
+    /// ivshmem.device().enable_bus_master()?;
+    /// let mut signal = ivshmem.signals(0, 1)?.remove(0);
+    /// signal.event_mut().set_timeout(Some(Duration::from_secs(10)));
+    /// let client = vchan::connect_flat(ivshmem.memory().clone())?;
+    /// let mut ring = vchan::Blocking::new(client, signal);
+    /// ring.write_all(b"hello from the guest")?;
+    /// # Ok::<(), DevError>(())
+    /// ```
     pub fn open(device: Device) -> Result<Self, DevError> {
         let mut ids = [0u8; 4];
         device.config_read(0, &mut ids)?;

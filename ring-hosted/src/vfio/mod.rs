@@ -372,6 +372,23 @@ impl Container {
     /// # Errors
     ///
     /// As [`Container::open_with`].
+    ///
+    /// # Examples
+    ///
+    /// Needs VFIO (`/dev/vfio/vfio`, from the vfio module) and permission to
+    /// open it:
+    ///
+    /// ```no_run
+    /// use ring_hosted::vfio::{Container, IommuMode};
+    ///
+    /// match Container::open() {
+    ///     Ok(container) => {
+    ///         let type1v2 = container.supports(IommuMode::Type1v2).unwrap_or(false);
+    ///         println!("VFIO is here; type-1 v2 IOMMU {}", if type1v2 { "yes" } else { "no" });
+    ///     }
+    ///     Err(e) => eprintln!("no VFIO: {e}"),
+    /// }
+    /// ```
     pub fn open() -> Result<Self, DevError> {
         Self::open_with(Path::new("/dev/vfio/vfio"), Arc::new(Kernel))
     }
@@ -383,6 +400,29 @@ impl Container {
     ///
     /// I/O errors naming the path; [`DevError::Invalid`] for an API version
     /// other than [`VFIO_API_VERSION`].
+    ///
+    /// # Examples
+    ///
+    /// With the `fakes` feature, a recorded kernel (`replay`) can answer in place
+    /// of a real one: here it accepts the first open, and reports an API version
+    /// we do not speak to the second.
+    ///
+    /// ```
+    /// # #[cfg(feature = "fakes")] {
+    /// use ring_hosted::replay::{Replay, Reply, Step};
+    /// use ring_hosted::vfio::{Container, VFIO_GET_API_VERSION};
+    /// use std::sync::Arc;
+    ///
+    /// let version = |v| Step { request: VFIO_GET_API_VERSION, reply: Reply::Value(v) };
+    /// let replay = Arc::new(Replay::new([version(0), version(1)]));
+    /// let stand_in = tempfile::NamedTempFile::new()?; // for /dev/vfio/vfio
+    /// let _container = Container::open_with(stand_in.path(), replay.clone())?;
+    /// let refused = Container::open_with(stand_in.path(), replay.clone());
+    /// assert!(refused.is_err_and(|e| e.to_string().contains("API version 1")));
+    /// assert_eq!(replay.remaining(), 0);
+    /// # }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn open_with(path: &Path, sys: Arc<dyn Sys>) -> Result<Self, DevError> {
         let h = Handle::open(path, sys)?;
         let version = h.ioctl_value("get API version", VFIO_GET_API_VERSION, 0)?;
@@ -447,6 +487,24 @@ impl Group {
     ///
     /// I/O errors naming the path; [`DevError::Invalid`] if the group is not
     /// viable (some device in it is not bound to vfio-pci).
+    ///
+    /// # Examples
+    ///
+    /// Needs IOMMU group 12 under `/dev/vfio` with every device in it bound to
+    /// vfio-pci; a group that is not viable says so:
+    ///
+    /// ```no_run
+    /// use ring_hosted::devmem::{DevError, Kernel};
+    /// use ring_hosted::vfio::{group_path, Group, IommuMode};
+    /// use std::{path::Path, sync::Arc};
+    ///
+    /// let path = group_path(Path::new("/dev/vfio"), 12, IommuMode::Type1v2);
+    /// match Group::open_with(&path, Arc::new(Kernel)) {
+    ///     Ok(_group) => println!("{} is ready", path.display()),
+    ///     Err(e @ DevError::Invalid { .. }) => eprintln!("{e}"), // not viable
+    ///     Err(e) => eprintln!("cannot open {}: {e}", path.display()),
+    /// }
+    /// ```
     pub fn open_with(path: &Path, sys: Arc<dyn Sys>) -> Result<Self, DevError> {
         let h = Handle::open(path, sys)?;
         let mut status = GroupStatus {
@@ -509,6 +567,30 @@ impl Group {
 /// # Errors
 ///
 /// The first step that failed, naming its path.
+///
+/// # Examples
+///
+/// Needs the PCI device `0000:00:04.0` bound to vfio-pci in IOMMU group 12,
+/// and access to `/dev/vfio`:
+///
+/// ```no_run
+/// use ring_hosted::devmem::{DevError, Kernel};
+/// use ring_hosted::vfio::{self, IommuMode};
+/// use std::{path::Path, sync::Arc};
+///
+/// let dev_vfio = Path::new("/dev/vfio");
+/// let opened = vfio::open_device(dev_vfio, 12, "0000:00:04.0", IommuMode::Type1v2, Arc::new(Kernel));
+/// let (_container, _group, device) = match opened {
+///     Ok(parts) => parts,
+///     Err(e) => {
+///         eprintln!("VFIO set-up failed: {e}");
+///         return Ok(());
+///     }
+/// };
+/// let info = device.info()?;
+/// println!("{} regions, {} interrupt indices", info.num_regions, info.num_irqs);
+/// # Ok::<(), DevError>(())
+/// ```
 pub fn open_device(
     dev_vfio: &Path,
     group: u32,
@@ -919,6 +1001,24 @@ impl IrqEvent {
     /// # Errors
     ///
     /// I/O errors from `eventfd`.
+    ///
+    /// # Examples
+    ///
+    /// Before a device is routed to it, the eventfd only times out; a count
+    /// written to it (the device's interrupt, or `notify`) ends one wait:
+    ///
+    /// ```
+    /// use ring_core::signal::Signal;
+    /// use ring_hosted::{devmem::DevError, vfio::IrqEvent};
+    /// use std::time::Duration;
+    ///
+    /// let mut event = IrqEvent::new("msix0".into())?;
+    /// event.set_timeout(Some(Duration::from_millis(20)));
+    /// assert!(matches!(event.wait(), Err(DevError::TimedOut { .. })));
+    /// event.notify()?;
+    /// event.wait()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn new(path: PathBuf) -> Result<Self, DevError> {
         let fd = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC)
             .map_err(|e| DevError::io("eventfd", &path)(e.into()))?;

@@ -103,6 +103,32 @@ impl EventChannel {
     /// # Errors
     ///
     /// I/O errors naming the device.
+    ///
+    /// # Examples
+    ///
+    /// Against the fake host of the `fakes` feature (on Xen, pass
+    /// `XenDevice::open(EVTCHN_PATH)` instead): domain 0 offers a port to
+    /// domain 7, which binds to it; an event sent one way ends a wait on the
+    /// other.
+    ///
+    /// ```
+    /// # #[cfg(feature = "fakes")] {
+    /// use ring_core::signal::Signal;
+    /// use ring_hosted::devmem::DevError;
+    /// use ring_hosted::xen::{evtchn::EventChannel, fake::FakeXen};
+    /// use std::time::Duration;
+    ///
+    /// let xen = FakeXen::new();
+    /// let server = EventChannel::bind_unbound(xen.evtchn(0), 7)?;
+    /// let mut client = EventChannel::bind_interdomain(xen.evtchn(7), 0, server.port())?;
+    /// client.set_timeout(Some(Duration::from_millis(20)));
+    /// assert!(matches!(client.wait(), Err(DevError::TimedOut { .. })));
+    /// server.send()?;
+    /// client.set_timeout(Some(Duration::from_secs(10)));
+    /// client.wait()?;
+    /// # }
+    /// # Ok::<(), ring_hosted::devmem::DevError>(())
+    /// ```
     pub fn bind_unbound(dev: XenDevice, remote: DomId) -> Result<Self, DevError> {
         let mut arg = BindUnboundPort {
             remote_domain: remote.into(),
@@ -121,6 +147,24 @@ impl EventChannel {
     /// # Errors
     ///
     /// I/O errors naming the device (e.g. the port is not offered to us).
+    ///
+    /// # Examples
+    ///
+    /// Only the domain a port was offered to may bind to it (against the fake
+    /// host of the `fakes` feature):
+    ///
+    /// ```
+    /// # #[cfg(feature = "fakes")] {
+    /// use ring_hosted::xen::{evtchn::EventChannel, fake::FakeXen};
+    ///
+    /// let xen = FakeXen::new();
+    /// let offered = EventChannel::bind_unbound(xen.evtchn(0), 7)?;
+    /// assert!(EventChannel::bind_interdomain(xen.evtchn(8), 0, offered.port()).is_err());
+    /// let ours = EventChannel::bind_interdomain(xen.evtchn(7), 0, offered.port())?;
+    /// assert_ne!(ours.port(), offered.port()); // each end has a local port of its own
+    /// # }
+    /// # Ok::<(), ring_hosted::devmem::DevError>(())
+    /// ```
     pub fn bind_interdomain(
         dev: XenDevice,
         remote: DomId,

@@ -97,6 +97,18 @@ impl FakeXen {
     /// # Panics
     ///
     /// If the memfd cannot be created (a test-environment failure).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ring_hosted::xen::{fake::FakeXen, gntalloc, UnmapNotify};
+    ///
+    /// let xen = FakeXen::new();
+    /// let pages = gntalloc::share(&xen.gntalloc(0), 7, 1, true, UnmapNotify::default())?;
+    /// assert_eq!(pages.refs.len(), 1);
+    /// assert!(xen.log().iter().any(|line| line.contains("alloc 1 page(s) for dom7")));
+    /// # Ok::<(), ring_hosted::devmem::DevError>(())
+    /// ```
     pub fn new() -> Self {
         let fd = rustix::fs::memfd_create("fake-xen-grants", rustix::fs::MemfdFlags::CLOEXEC)
             .expect("memfd_create for the fake Xen memory");

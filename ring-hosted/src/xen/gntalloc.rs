@@ -119,6 +119,31 @@ pub struct SharedPages {
 /// I/O errors naming the device and the step (alloc, mmap, notify);
 /// [`DevError::Invalid`] for a zero count or a notify offset beyond the
 /// pages.
+///
+/// # Examples
+///
+/// Two pages shared by domain 0 with domain 7, against the fake host of the
+/// `fakes` feature (on Xen, pass `XenDevice::open(GNTALLOC_PATH)`): domain 7
+/// maps them by their refs and sees what was written; domain 8 may not map
+/// them.
+///
+/// ```
+/// # #[cfg(feature = "fakes")] {
+/// use ring_core::mem::SharedMem;
+/// use ring_hosted::xen::{fake::FakeXen, gntalloc, gntdev, UnmapNotify};
+///
+/// let xen = FakeXen::new();
+/// let shared = gntalloc::share(&xen.gntalloc(0), 7, 2, true, UnmapNotify::default())?;
+/// assert_eq!(shared.refs.len(), 2);
+/// shared.mem.write(4096, b"page two")?;
+/// let theirs = gntdev::map(&xen.gntdev(7), 0, &shared.refs, UnmapNotify::default())?;
+/// let mut buf = [0u8; 8];
+/// theirs.read(4096, &mut buf)?;
+/// assert_eq!(&buf, b"page two");
+/// assert!(gntdev::map(&xen.gntdev(8), 0, &shared.refs, UnmapNotify::default()).is_err());
+/// # }
+/// # Ok::<(), ring_hosted::devmem::DevError>(())
+/// ```
 pub fn share(
     dev: &XenDevice,
     domid: DomId,

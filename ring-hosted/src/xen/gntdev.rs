@@ -101,6 +101,30 @@ pub const IOCTL_GNTDEV_SET_UNMAP_NOTIFY: IoctlRequest =
 ///
 /// I/O errors naming the device and the step; [`DevError::Invalid`] for no
 /// refs or a notify offset beyond the pages.
+///
+/// # Examples
+///
+/// A mapping with an unmap notification, against the fake host of the
+/// `fakes` feature (on Xen, pass `XenDevice::open(GNTDEV_PATH)`): when
+/// domain 7's process dies, the kernel clears the byte it marked itself
+/// live with, and the granting side sees it.
+///
+/// ```
+/// # #[cfg(feature = "fakes")] {
+/// use ring_core::mem::SharedMem;
+/// use ring_hosted::xen::{fake::FakeXen, gntalloc, gntdev, UnmapNotify};
+///
+/// let xen = FakeXen::new();
+/// let page = gntalloc::share(&xen.gntalloc(0), 7, 1, true, UnmapNotify::default())?;
+/// let on_death = UnmapNotify { clear_byte: Some(100), send_event: None };
+/// let theirs = gntdev::map(&xen.gntdev(7), 0, &page.refs, on_death)?;
+/// theirs.store_u8(100, 1)?;
+/// assert_eq!(page.mem.load_u8(100)?, 1);
+/// xen.kill(7);
+/// assert_eq!(page.mem.load_u8(100)?, 0);
+/// # }
+/// # Ok::<(), ring_hosted::devmem::DevError>(())
+/// ```
 pub fn map(
     dev: &XenDevice,
     domid: DomId,

@@ -88,6 +88,28 @@ impl XenDevice {
     /// # Errors
     ///
     /// I/O errors naming `path` (no Xen, or no permission).
+    ///
+    /// # Examples
+    ///
+    /// Needs a Xen domain with the evtchn driver and permission to open
+    /// `/dev/xen/evtchn`; elsewhere the open fails, naming the path:
+    ///
+    /// ```no_run
+    /// use ring_hosted::devmem::DevError;
+    /// use ring_hosted::xen::evtchn::{EventChannel, EVTCHN_PATH};
+    /// use ring_hosted::xen::XenDevice;
+    ///
+    /// let evtchn = match XenDevice::open(EVTCHN_PATH) {
+    ///     Ok(dev) => dev,
+    ///     Err(e) => {
+    ///         eprintln!("not on Xen: {e}");
+    ///         return Ok(());
+    ///     }
+    /// };
+    /// let port = EventChannel::bind_unbound(evtchn, 0)?;
+    /// println!("port {} offered to dom0", port.port());
+    /// # Ok::<(), DevError>(())
+    /// ```
     pub fn open(path: impl AsRef<Path>) -> Result<Self, DevError> {
         let path = path.as_ref();
         let file = OpenOptions::new()

@@ -94,6 +94,32 @@ fn join(dir: &str, key: &str) -> String {
 ///
 /// [`DevError`]s naming the device or xenstore key that failed; ring
 /// set-up errors for impossible sizes.
+///
+/// # Examples
+///
+/// Needs a Xen domain with gntalloc, evtchn and xenbus, and a client in
+/// domain 7 that connects within a minute (the module example runs the same
+/// calls against the fakes):
+///
+/// ```no_run
+/// use ring_hosted::devmem::DevError;
+/// use ring_hosted::xen::vchan::{self, ServerConfig};
+/// use ring_hosted::xen::{evtchn::EVTCHN_PATH, gntalloc::GNTALLOC_PATH};
+/// use ring_hosted::xen::{xenstore::XenStore, XenDevice};
+/// use std::time::Duration;
+///
+/// let mut store = XenStore::open()?;
+/// let config = ServerConfig { peer: 7, path: "data/vchan/7/1".into(), read_min: 4096, write_min: 4096 };
+/// let (gntalloc, evtchn) = (XenDevice::open(GNTALLOC_PATH)?, XenDevice::open(EVTCHN_PATH)?);
+/// let mut server = vchan::serve(&gntalloc, evtchn, &mut store, &config)?;
+/// server.event_channel_mut().set_timeout(Some(Duration::from_secs(60)));
+/// match server.wait_for_client() {
+///     Ok(()) => server.write_all(b"hello, domain 7")?,
+///     Err(e) => eprintln!("no client came: {e}"),
+/// }
+/// server.close(Some(&mut store))?; // also removes its xenstore directory
+/// # Ok::<(), DevError>(())
+/// ```
 pub fn serve<S: Read + Write>(
     gntalloc: &XenDevice,
     evtchn: XenDevice,
@@ -221,6 +247,35 @@ fn read_key<S: Read + Write>(store: &mut XenStore<S>, key: &str) -> Result<u32, 
 ///
 /// [`DevError`]s naming the key, device or step that failed; ring set-up
 /// errors for a page with bad orders or a server that is not live.
+///
+/// # Examples
+///
+/// Needs a Xen domain with gntdev, evtchn and xenbus, and a server in
+/// domain 0 that has published under the path:
+///
+/// ```no_run
+/// use ring_hosted::devmem::DevError;
+/// use ring_hosted::xen::{evtchn::EVTCHN_PATH, gntdev::GNTDEV_PATH, vchan};
+/// use ring_hosted::xen::{xenstore::XenStore, XenDevice};
+/// use std::time::Duration;
+///
+/// let mut store = XenStore::open()?;
+/// let path = "/local/domain/0/data/vchan/7/1";
+/// let (gntdev, evtchn) = (XenDevice::open(GNTDEV_PATH)?, XenDevice::open(EVTCHN_PATH)?);
+/// let mut client = match vchan::connect(&gntdev, evtchn, &mut store, 0, path) {
+///     Ok(client) => client,
+///     Err(e) => {
+///         eprintln!("no server at {path}: {e}");
+///         return Ok(());
+///     }
+/// };
+/// client.event_channel_mut().set_timeout(Some(Duration::from_secs(10)));
+/// let mut buf = [0u8; 64];
+/// let n = client.read(&mut buf)?;
+/// println!("{}", String::from_utf8_lossy(&buf[..n]));
+/// client.close(None::<&mut XenStore<std::fs::File>>)?; // a client leaves the keys
+/// # Ok::<(), DevError>(())
+/// ```
 pub fn connect<S: Read + Write>(
     gntdev: &XenDevice,
     evtchn: XenDevice,

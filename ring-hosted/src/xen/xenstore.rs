@@ -126,6 +126,26 @@ impl XenStore<std::fs::File> {
     /// # Errors
     ///
     /// I/O errors naming the device.
+    ///
+    /// # Examples
+    ///
+    /// Needs a Xen domain with `/dev/xen/xenbus` (and permission to open it):
+    ///
+    /// ```no_run
+    /// use ring_hosted::devmem::DevError;
+    /// use ring_hosted::xen::xenstore::XenStore;
+    ///
+    /// let mut store = match XenStore::open() {
+    ///     Ok(store) => store,
+    ///     Err(e) => {
+    ///         eprintln!("no xenstore here: {e}");
+    ///         return Ok(());
+    ///     }
+    /// };
+    /// let me = store.own_domid()?;
+    /// println!("domain {me}, home {}", store.domain_path(me)?);
+    /// # Ok::<(), DevError>(())
+    /// ```
     pub fn open() -> Result<Self, DevError> {
         let path = Path::new(XENBUS_PATH);
         let file = std::fs::OpenOptions::new()
@@ -155,6 +175,25 @@ fn strings(payload: &[u8]) -> Vec<String> {
 
 impl<S: Read + Write> XenStore<S> {
     /// A client over `stream` (the xenbus device, or a fake's socket).
+    ///
+    /// # Examples
+    ///
+    /// Over a connection to the fake xenstored of the `fakes` feature, as seen
+    /// from domain 3 (relative paths resolve under its home):
+    ///
+    /// ```
+    /// # #[cfg(feature = "fakes")] {
+    /// use ring_hosted::xen::{fake::FakeXenstore, xenstore::XenStore};
+    ///
+    /// let xenstored = FakeXenstore::start(3);
+    /// let mut store = XenStore::new(xenstored.connect());
+    /// store.write(0, "data/greeting", "hello")?;
+    /// assert_eq!(store.read(0, "/local/domain/3/data/greeting")?.as_deref(), Some("hello"));
+    /// assert_eq!(store.read(0, "data/missing")?, None);
+    /// assert_eq!(store.own_domid()?, 3);
+    /// # }
+    /// # Ok::<(), ring_hosted::devmem::DevError>(())
+    /// ```
     pub fn new(stream: S) -> Self {
         XenStore {
             stream,
