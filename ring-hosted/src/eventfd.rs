@@ -289,7 +289,9 @@ struct HangupState {
 ///
 /// The timeout is an *idle* timeout: a wait fails with
 /// [`WaitError::TimedOut`] once the peer has not been heard from (no kick,
-/// no hang-up) for that long across consecutive waits.
+/// no hang-up) for that long across consecutive waits. Once a wait has
+/// failed so, the count starts again: a caller that chooses to wait on
+/// gets a whole timeout more.
 #[derive(Debug)]
 pub struct EventSignal {
     kick: EventFd,
@@ -739,6 +741,11 @@ impl EventSignal {
             let now = Instant::now();
             if end.is_some_and(|e| now >= e) {
                 self.count(|c| c.timeouts += 1);
+                if idle_end.is_some_and(|e| now >= e) {
+                    // Reported: a caller that waits again gets a whole
+                    // timeout more, not an instant failure.
+                    self.heard();
+                }
                 return Err(WaitError::TimedOut);
             }
             if lapse.is_some_and(|l| now >= l) {
@@ -961,6 +968,23 @@ mod tests {
             b.wait_timeout(Some(Duration::from_millis(20))),
             Err(WaitError::TimedOut)
         ));
+    }
+
+    #[test]
+    fn a_wait_after_an_idle_timeout_gets_a_whole_timeout_again() {
+        let (_a, mut b) = pair().unwrap();
+        b.set_spin(Duration::ZERO);
+        b.set_timeout(Some(Duration::from_millis(50)));
+        for _ in 0..2 {
+            let start = Instant::now();
+            assert!(matches!(b.wait(), Err(WaitError::TimedOut)));
+            assert!(
+                start.elapsed() >= Duration::from_millis(50),
+                "failed after {:?}",
+                start.elapsed()
+            );
+        }
+        assert_eq!(b.wake_counts().timeouts, 2);
     }
 
     #[test]
