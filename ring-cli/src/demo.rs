@@ -229,10 +229,10 @@ impl Link for VchanStream {
     }
     // vchan packets: exactly 64 bytes, all or nothing.
     fn ping_send(&mut self, ping: &[u8; 64]) -> Result<(), Error> {
-        self.send_packet(ping)
+        self.send(ping)
     }
     fn ping_recv(&mut self, ping: &mut [u8; 64]) -> Result<(), Error> {
-        self.recv_packet(ping)
+        self.recv(ping)
     }
 }
 

@@ -273,7 +273,7 @@ pub(crate) fn woken(w: Option<Woken>) -> Woken {
 /// [`vchan::Blocking`] on an [`EventSignal`].
 ///
 /// Blocking calls ([`read`](Self::read), [`write`](Self::write),
-/// [`send_packet`](Self::send_packet), ...) spin, then sleep on the
+/// [`send`](Self::send), ...) spin, then sleep on the
 /// eventfd; the `try_` calls never block and leave the wake-up request
 /// armed when they return `Ok(None)`, so an outside poll loop can wait with
 /// [`PollStream::wait_event`]. One thread at a time: the type is `Send`,
@@ -335,9 +335,9 @@ impl<M: SharedMem> VchanStream<M> {
     /// let mut client = VchanStream::new(client_end, client_signal);
     ///
     /// server.signal_mut().set_timeout(Some(Duration::from_secs(10)));
-    /// client.send_packet(b"ping")?;
+    /// client.send(b"ping")?;
     /// let mut got = [0u8; 4];
-    /// server.recv_packet(&mut got)?;
+    /// server.recv(&mut got)?;
     /// assert_eq!(&got, b"ping");
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
@@ -487,7 +487,7 @@ impl<M: SharedMem> VchanStream<M> {
     ///
     /// server.signal_mut().set_timeout(Some(Duration::from_secs(10)));
     /// let mut got = [0u8; 11];
-    /// server.recv_packet(&mut got)?;
+    /// server.recv(&mut got)?;
     /// assert_eq!(&got, b"from a pipe");
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
@@ -632,15 +632,25 @@ impl<M: SharedMem> VchanStream<M> {
     /// use ring_hosted::{stream, Error};
     ///
     /// let (mut server, mut client) = stream::pair(1024, 1024)?;
-    /// client.send_packet(&[1u8; 1000])?;
-    /// let too_big = client.send_packet(&[2u8; 2000]);
+    /// client.send(&[1u8; 1000])?;
+    /// let too_big = client.send(&[2u8; 2000]);
     /// assert!(matches!(too_big, Err(Error::Vchan(vchan::Error::TooLarge { len: 2000, .. }))));
     /// let mut buf = [0u8; 2000];
     /// assert_eq!(server.try_read(&mut buf)?, Some(1000));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn send_packet(&mut self, buf: &[u8]) -> Result<(), Error> {
+    pub fn send(&mut self, buf: &[u8]) -> Result<(), Error> {
         Ok(self.inner.send(buf)?)
+    }
+
+    /// The old name of [`send`](Self::send).
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Self::send).
+    #[deprecated(since = "0.1.0", note = "renamed `send`, as in ring-core and libxenvchan")]
+    pub fn send_packet(&mut self, buf: &[u8]) -> Result<(), Error> {
+        self.send(buf)
     }
 
     /// Receives exactly `buf.len()` bytes, blocking until all are there.
@@ -663,16 +673,26 @@ impl<M: SharedMem> VchanStream<M> {
     /// server.signal_mut().set_timeout(Some(Duration::from_secs(10)));
     /// client.write_all(b"headbody!")?;
     /// let (mut head, mut body) = ([0u8; 4], [0u8; 4]);
-    /// server.recv_packet(&mut head)?;
-    /// server.recv_packet(&mut body)?;
+    /// server.recv(&mut head)?;
+    /// server.recv(&mut body)?;
     /// assert_eq!((&head, &body), (b"head", b"body"));
     /// client.close()?;
     /// // One byte left, four asked for: the stream ended short.
-    /// assert!(matches!(server.recv_packet(&mut head), Err(Error::Closed)));
+    /// assert!(matches!(server.recv(&mut head), Err(Error::Closed)));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn recv_packet(&mut self, buf: &mut [u8]) -> Result<(), Error> {
+    pub fn recv(&mut self, buf: &mut [u8]) -> Result<(), Error> {
         Ok(self.inner.recv(buf)?)
+    }
+
+    /// The old name of [`recv`](Self::recv).
+    ///
+    /// # Errors
+    ///
+    /// As [`recv`](Self::recv).
+    #[deprecated(since = "0.1.0", note = "renamed `recv`, as in ring-core and libxenvchan")]
+    pub fn recv_packet(&mut self, buf: &mut [u8]) -> Result<(), Error> {
+        self.recv(buf)
     }
 
     /// Largest message [`send_msg`](Self::send_msg) accepts: the ring we
@@ -687,7 +707,7 @@ impl<M: SharedMem> VchanStream<M> {
     /// # Errors
     ///
     /// [`Error::Vchan`] with `TooLarge` above [`max_msg`](Self::max_msg);
-    /// else as [`send_packet`](Self::send_packet).
+    /// else as [`send`](Self::send).
     ///
     /// # Examples
     ///
@@ -717,7 +737,7 @@ impl<M: SharedMem> VchanStream<M> {
         scratch.clear();
         scratch.extend_from_slice(&len.to_le_bytes());
         scratch.extend_from_slice(msg);
-        let r = self.send_packet(&scratch);
+        let r = self.send(&scratch);
         self.scratch = scratch;
         r
     }
@@ -729,7 +749,7 @@ impl<M: SharedMem> VchanStream<M> {
     /// A length prefix larger than `buf` or the ring is the peer's error
     /// (or a too-small `buf`); the stream is then out of step, and this and
     /// every later message call return [`Error::Vchan`]. Else as
-    /// [`recv_packet`](Self::recv_packet).
+    /// [`recv`](Self::recv).
     ///
     /// # Examples
     ///
@@ -757,7 +777,7 @@ impl<M: SharedMem> VchanStream<M> {
             })));
         }
         let mut head = [0u8; MSG_HEADER];
-        self.recv_packet(&mut head)?;
+        self.recv(&mut head)?;
         let len = u32::from_le_bytes(head) as usize;
         let Some(dst) = buf.get_mut(..len).filter(|_| len <= capacity) else {
             self.msg_broken = true;
@@ -766,7 +786,7 @@ impl<M: SharedMem> VchanStream<M> {
                 capacity: capacity.min(buf.len()),
             }));
         };
-        self.recv_packet(dst)?;
+        self.recv(dst)?;
         Ok(len)
     }
 
@@ -808,7 +828,7 @@ impl<M: SharedMem> VchanStream<M> {
     /// assert_eq!(got, b"request");
     /// server.write_all(b"reply")?;
     /// let mut reply = [0u8; 5];
-    /// client.recv_packet(&mut reply)?;
+    /// client.recv(&mut reply)?;
     /// assert_eq!(&reply, b"reply");
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
@@ -839,7 +859,7 @@ impl<M: SharedMem> VchanStream<M> {
     /// client.write_all(b"hello")?;
     /// assert!(matches!(client.wait_delivered(), Err(Error::TimedOut))); // unread
     /// let mut buf = [0u8; 5];
-    /// server.recv_packet(&mut buf)?;
+    /// server.recv(&mut buf)?;
     /// client.wait_delivered()?;
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
@@ -901,8 +921,10 @@ impl<M: SharedMem> VchanStream<M> {
 
 /// A connected server/client pair in this process over a fresh memfd and
 /// eventfds (no socket, so no hang-up detection): for tests, examples and
-/// in-process benchmarks. `left` and `right` are the minimum ring sizes
-/// (client→server, server→client).
+/// in-process benchmarks: `(server, client)`. The sizes are minimums, the
+/// server's read ring first as libxenvchan's server takes them (see
+/// docs/naming.md): `read_min` for client→server (vchan's *left* ring),
+/// `write_min` for server→client (*right*), as `ring_std::vchan::pair`.
 ///
 /// # Errors
 ///
@@ -919,8 +941,8 @@ impl<M: SharedMem> VchanStream<M> {
 /// use std::time::Duration;
 ///
 /// let (mut server, mut client) = stream::pair(4096, 8192)?;
-/// assert_eq!(client.endpoint().write_capacity(), 4096); // left: client to server
-/// assert_eq!(client.endpoint().read_capacity(), 8192); // right: server to client
+/// assert_eq!(client.endpoint().write_capacity(), 4096); // read_min: client to server
+/// assert_eq!(client.endpoint().read_capacity(), 8192); // write_min: server to client
 /// server.signal_mut().set_timeout(Some(Duration::from_secs(10)));
 /// client.write_all(b"over the ring")?;
 /// client.close()?;
@@ -929,8 +951,8 @@ impl<M: SharedMem> VchanStream<M> {
 /// assert_eq!(got, b"over the ring");
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-pub fn pair(left: usize, right: usize) -> Result<(VchanStream, VchanStream), Error> {
-    let orders = vchan::Orders::for_sizes(left, right).map_err(|e| Error::Vchan(e.into()))?;
+pub fn pair(read_min: usize, write_min: usize) -> Result<(VchanStream, VchanStream), Error> {
+    let orders = vchan::Orders::for_sizes(read_min, write_min).map_err(|e| Error::Vchan(e.into()))?;
     let mem = Arc::new(MemFd::create(
         "ring-pair",
         vchan::FlatLayout::new(orders).size,

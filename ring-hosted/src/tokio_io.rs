@@ -164,8 +164,13 @@ impl<S: AsyncRing> AsyncStream<S> {
     ///
     /// # Errors
     ///
-    /// [`Error::Os`] if an fd cannot be duplicated or registered (e.g.
-    /// outside a runtime).
+    /// [`Error::Os`] if an fd cannot be duplicated or registered, or if
+    /// this is not called from within a tokio runtime.
+    ///
+    /// # Panics
+    ///
+    /// Inside a runtime built without I/O (`enable_io`), as tokio's own
+    /// `AsyncFd` does.
     ///
     /// # Examples
     ///
@@ -197,6 +202,13 @@ impl<S: AsyncRing> AsyncStream<S> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn new(stream: S) -> Result<Self, Error> {
+        // tokio's AsyncFd panics outside a runtime: say so as an error.
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::Os {
+                op: "register with tokio",
+                source: std::io::Error::other("not called from within a tokio runtime"),
+            });
+        }
         let wake = register(stream.signal().wake_fd(), "register eventfd with tokio")?;
         let hangup = match stream.signal().hangup_fd() {
             Some(fd) => Some(register(fd, "register hang-up fd with tokio")?),

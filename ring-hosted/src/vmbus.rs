@@ -204,6 +204,11 @@ impl VmbusPipe {
         &mut self.inner
     }
 
+    /// The event channel (its counters, its fds).
+    pub fn signal(&self) -> &EventSignal {
+        self.inner.signal()
+    }
+
     /// The signal inside, to change its spin or timeout.
     pub fn signal_mut(&mut self) -> &mut EventSignal {
         self.inner.signal_mut()

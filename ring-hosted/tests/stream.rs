@@ -114,7 +114,7 @@ fn clean_close_delivers_the_rest_then_end_of_stream() {
     assert_eq!(server.read(&mut buf).unwrap(), 0);
     assert!(matches!(server.write(b"late"), Err(Error::Closed)));
     assert!(matches!(
-        server.recv_packet(&mut buf[..1]),
+        server.recv(&mut buf[..1]),
         Err(Error::Closed)
     ));
 }
@@ -154,15 +154,15 @@ fn spinning_round_trips_still_work() {
     let t = thread::spawn(move || {
         let mut b = [0u8; 64];
         for _ in 0..2000 {
-            client.recv_packet(&mut b).unwrap();
-            client.send_packet(&b).unwrap();
+            client.recv(&mut b).unwrap();
+            client.send(&b).unwrap();
         }
     });
     let mut b = [0u8; 64];
     for i in 0..2000u32 {
         b[..4].copy_from_slice(&i.to_le_bytes());
-        server.send_packet(&b).unwrap();
-        server.recv_packet(&mut b).unwrap();
+        server.send(&b).unwrap();
+        server.recv(&mut b).unwrap();
         assert_eq!(u32::from_le_bytes(b[..4].try_into().unwrap()), i);
     }
     t.join().unwrap();

@@ -202,3 +202,14 @@ async fn read_until_error<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> (Vec<u8
         }
     }
 }
+
+#[test]
+fn wrapping_outside_a_runtime_is_an_error_not_a_panic() {
+    let (_server, client) = stream::pair(1024, 1024).unwrap();
+    match AsyncVchan::new(client) {
+        Err(ring_hosted::Error::Os { source, .. }) => {
+            assert!(source.to_string().contains("tokio runtime"), "{source}");
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+}

@@ -639,7 +639,7 @@ fn guest_interrupts_wake_the_bare_metal_guest() {
     let mut header = [0u8; 16];
     header[..8].copy_from_slice(HEADER_MAGIC);
     header[8..].copy_from_slice(&(len as u64).to_le_bytes());
-    s.send_packet(&header).expect("header");
+    s.send(&header).expect("header");
     let mut back = vec![0u8; 16 << 10];
     for chunk in data.chunks(16 << 10) {
         s.write_all(chunk).expect("stream to the guest");
@@ -656,7 +656,7 @@ fn guest_interrupts_wake_the_bare_metal_guest() {
         }
     }
     let mut trailer = [0u8; 16];
-    s.recv_packet(&mut trailer).expect("trailer");
+    s.recv(&mut trailer).expect("trailer");
     assert_eq!(
         u64::from_le_bytes(trailer[..8].try_into().unwrap()),
         len as u64

@@ -156,14 +156,14 @@ impl Who {
             (Group::Rtt, Who::Ice) => {
                 "iceoryx2 pub/sub ping-pong (`[u8]` slices, busy `receive()`)"
             }
-            (Group::Rtt, Who::Vchan(_)) => "vchan packets (`send_packet`/`recv_packet`)",
+            (Group::Rtt, Who::Vchan(_)) => "vchan packets (`send`/`recv`)",
             (Group::Rtt, Who::Vmbus(_)) => "VMBus pipe messages (`send_msg`/`recv_msg`)",
             (Group::Copy, Who::Ice) => {
                 "iceoryx2 (`loan_slice_uninit` + `write_from_slice`; subscriber copies out)"
             }
             (_, Who::Vchan(Api::Stream)) => "vchan stream (`write_all` / `read` into a buffer)",
             (_, Who::Vchan(Api::Packet)) => {
-                "vchan packets (`send_packet` / `recv_packet` into a buffer)"
+                "vchan packets (`send` / `recv` into a buffer)"
             }
             (_, Who::Vmbus(Api::Stream)) => "VMBus pipe (`write_all` / `read` into a buffer)",
             (_, Who::Vmbus(Api::Packet)) => {

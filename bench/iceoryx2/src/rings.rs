@@ -37,7 +37,7 @@ pub const STAGE: usize = 256;
 pub enum Api {
     /// The byte stream: `write_all` / `read`.
     Stream,
-    /// Whole packets or messages: vchan `send_packet`/`recv_packet`, VMBus
+    /// Whole packets or messages: vchan `send`/`recv`, VMBus
     /// `send_msg`/`recv_msg`.
     Packet,
     /// In place, one attempt at a time: `try_write_with`/`try_read_with`
@@ -101,10 +101,10 @@ pub trait Link {
 impl Link for VchanStream {
     type Mem = Arc<ring_hosted::memfd::MemFd>;
     fn send_whole(&mut self, b: &[u8]) -> Result<(), String> {
-        self.send_packet(b).map_err(os("send_packet"))
+        self.send(b).map_err(os("send"))
     }
     fn recv_whole(&mut self, b: &mut [u8]) -> Result<(), String> {
-        self.recv_packet(b).map_err(os("recv_packet"))
+        self.recv(b).map_err(os("recv"))
     }
     fn write_all(&mut self, b: &[u8]) -> Result<(), String> {
         VchanStream::write_all(self, b).map_err(os("write_all"))
