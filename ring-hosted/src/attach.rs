@@ -18,6 +18,7 @@ use crate::window::Window;
 use crate::Error;
 use ring_core::vchan::{self, FlatLayout, Orders, Placement, RingPlace, Role};
 use ring_core::vmbus::RingLayout;
+use std::ops::Range;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -51,8 +52,28 @@ pub enum Wakeup {
     Poll,
 }
 
-fn bad(reason: impl Into<String>) -> Error {
-    Error::Attach(reason.into())
+mod problem;
+
+pub use problem::{AttachProblem, FdNumberProblem};
+
+fn bad(problem: AttachProblem) -> Error {
+    Error::Attach(problem)
+}
+
+fn fd_number(option: &'static str, fd: i32, problem: FdNumberProblem) -> Error {
+    bad(AttachProblem::FdNumber {
+        option,
+        fd,
+        problem,
+    })
+}
+
+fn signal_problem(option: &'static str, fd: i32, e: Error) -> Error {
+    bad(AttachProblem::Signal {
+        option,
+        fd,
+        source: Box::new(e),
+    })
 }
 
 /// Takes ownership of inherited fd `n`, after checking that it is open.
@@ -60,17 +81,15 @@ fn bad(reason: impl Into<String>) -> Error {
 /// # Safety
 ///
 /// Nothing else in the process may own fd `n` (or take it again).
-unsafe fn take_fd(n: i32, what: &str) -> Result<OwnedFd, Error> {
+unsafe fn take_fd(n: i32, what: &'static str) -> Result<OwnedFd, Error> {
     if n < 0 {
-        return Err(bad(format!("{what}: fd {n} is negative")));
+        return Err(fd_number(what, n, FdNumberProblem::Negative));
     }
     if n <= 2 {
-        return Err(bad(format!(
-            "{what}: fd {n} is stdin, stdout or stderr, which the pipe uses"
-        )));
+        return Err(fd_number(what, n, FdNumberProblem::Standard));
     }
     if std::fs::symlink_metadata(format!("/proc/self/fd/{n}")).is_err() {
-        return Err(bad(format!("{what}: fd {n} is not open")));
+        return Err(fd_number(what, n, FdNumberProblem::NotOpen));
     }
     // SAFETY: fd `n` is open (checked above via /proc) and above the
     // standard streams; our caller promised that nothing else owns it.
@@ -128,9 +147,7 @@ pub unsafe fn open_memory(source: &MemSource) -> Result<Arc<MemFd>, Error> {
             let fd = unsafe { take_fd(*n, "--fd") }?;
             let flags = rustix::fs::fcntl_getfl(&fd).map_err(Error::os("fcntl(F_GETFL)"))?;
             if flags & rustix::fs::OFlags::RWMODE != rustix::fs::OFlags::RDWR {
-                return Err(bad(format!(
-                    "--fd: fd {n} is not open read-write (a ring needs both)"
-                )));
+                return Err(fd_number("--fd", *n, FdNumberProblem::NotReadWrite));
             }
             // SAFETY: our caller promised that nobody shrinks the file.
             unsafe { MemFd::from_fd_unsealed(fd, 1) }?
@@ -200,9 +217,9 @@ pub unsafe fn open_signal(wakeup: Wakeup) -> Result<EventSignal, Error> {
                 unsafe { take_fd(wait, "--wait-fd") }?
             };
             let kick =
-                EventFd::from_fd(kick_fd).map_err(|e| bad(format!("--notify-fd {notify}: {e}")))?;
+                EventFd::from_fd(kick_fd).map_err(|e| signal_problem("--notify-fd", notify, e))?;
             let wake =
-                EventFd::from_fd(wake_fd).map_err(|e| bad(format!("--wait-fd {wait}: {e}")))?;
+                EventFd::from_fd(wake_fd).map_err(|e| signal_problem("--wait-fd", wait, e))?;
             Ok(EventSignal::new(kick, wake))
         }
     }
@@ -261,23 +278,27 @@ fn place_rings(
 ) -> Result<(RingPlace<Win>, RingPlace<Win>), Error> {
     let flat = FlatLayout::new(orders);
     let whole =
-        Window::new(mem.clone(), 0, mem.len()).ok_or_else(|| bad("memory cannot be windowed"))?;
-    let mut spans = vec![(
-        "control page".to_string(),
-        layout.ctrl,
-        layout.ctrl + vchan::layout::PAGE_SIZE,
+        Window::new(mem.clone(), 0, mem.len()).ok_or_else(|| bad(AttachProblem::NoMemory))?;
+    let mut spans: Vec<(&'static str, Range<usize>)> = vec![(
+        "control page",
+        layout.ctrl..layout.ctrl + vchan::layout::PAGE_SIZE,
     )];
-    let mut place = |name: &str, order: u8, given: Option<usize>, flat_at: usize| {
+    let mut place = |option: &'static str,
+                     region: &'static str,
+                     order: u8,
+                     given: Option<usize>,
+                     flat_at: usize| {
         let size = 1usize << order;
         match vchan::layout::placement(order) {
             Placement::InPage { offset } => {
                 let fixed = layout.ctrl + offset;
-                if given.is_some_and(|g| g != fixed) {
-                    return Err(bad(format!(
-                        "--{name}-offset: a {size}-byte ring (order {order}) lives inside \
-                         the control page at byte {fixed}, not {}",
-                        given.unwrap_or(fixed)
-                    )));
+                if let Some(given) = given.filter(|&g| g != fixed) {
+                    return Err(bad(AttachProblem::InPageRing {
+                        option,
+                        order,
+                        fixed,
+                        given,
+                    }));
                 }
                 Ok(RingPlace {
                     mem: ctrl.clone(),
@@ -287,22 +308,32 @@ fn place_rings(
             Placement::External { .. } => {
                 let at = given.unwrap_or(layout.ctrl + flat_at);
                 if !at.is_multiple_of(8) {
-                    return Err(bad(format!("--{name}-offset {at} is not a multiple of 8")));
+                    return Err(bad(AttachProblem::Misaligned {
+                        option,
+                        offset: at,
+                        align: 8,
+                    }));
                 }
                 let end = at.saturating_add(size);
                 if end > mem.len() {
-                    return Err(bad(format!(
-                        "{name} ring ({size} bytes at {at}) ends at {end}, past the \
-                         {}-byte memory",
-                        mem.len()
-                    )));
+                    return Err(bad(AttachProblem::PastEnd {
+                        region,
+                        at: at..end,
+                        memory: mem.len(),
+                    }));
                 }
-                if let Some((other, s, e)) = spans.iter().find(|(_, s, e)| at < *e && *s < end) {
-                    return Err(bad(format!(
-                        "{name} ring ({at}..{end}) overlaps the {other} ({s}..{e})"
-                    )));
+                if let Some((other, span)) = spans
+                    .iter()
+                    .find(|(_, span)| at < span.end && span.start < end)
+                {
+                    return Err(bad(AttachProblem::Overlap {
+                        region,
+                        at: at..end,
+                        other,
+                        other_at: span.clone(),
+                    }));
                 }
-                spans.push((format!("{name} ring"), at, end));
+                spans.push((region, at..end));
                 Ok(RingPlace {
                     mem: whole.clone(),
                     offset: at,
@@ -310,8 +341,20 @@ fn place_rings(
             }
         }
     };
-    let left = place("left", orders.left(), layout.left, flat.left)?;
-    let right = place("right", orders.right(), layout.right, flat.right)?;
+    let left = place(
+        "--left-offset",
+        "left ring",
+        orders.left(),
+        layout.left,
+        flat.left,
+    )?;
+    let right = place(
+        "--right-offset",
+        "right ring",
+        orders.right(),
+        layout.right,
+        flat.right,
+    )?;
     Ok((left, right))
 }
 
@@ -362,38 +405,37 @@ pub fn vchan(
     signal: EventSignal,
 ) -> Result<AttachedVchan, Error> {
     if !layout.ctrl.is_multiple_of(8) {
-        return Err(bad(format!(
-            "--ctrl-offset {} is not a multiple of 8",
-            layout.ctrl
-        )));
+        return Err(bad(AttachProblem::Misaligned {
+            option: "--ctrl-offset",
+            offset: layout.ctrl,
+            align: 8,
+        }));
     }
     let page = vchan::layout::PAGE_SIZE;
     let ctrl = Window::new(mem.clone(), layout.ctrl, page).ok_or_else(|| {
-        bad(format!(
-            "control page ({page} bytes at {}) does not fit in the {}-byte memory",
-            layout.ctrl,
-            mem.len()
-        ))
+        bad(AttachProblem::PastEnd {
+            region: "control page",
+            at: layout.ctrl..layout.ctrl.saturating_add(page),
+            memory: mem.len(),
+        })
     })?;
     let ep = match layout.role {
         Role::Server => {
-            let orders = layout
-                .orders
-                .ok_or_else(|| bad("a vchan server needs ring orders"))?;
+            let orders = layout.orders.ok_or_else(|| bad(AttachProblem::NoOrders))?;
             let (left, right) = place_rings(&mem, &ctrl, &layout, orders)?;
             let grants = grant_refs(&layout, orders);
             vchan::serve(ctrl, left, right, orders, &grants, Default::default())?
         }
         Role::Client => {
             let mut header = [0u8; vchan::layout::GRANTS];
-            ring_core::mem::SharedMem::read(&ctrl, 0, &mut header)
-                .map_err(|e| bad(format!("control page: {e}")))?;
+            ring_core::mem::SharedMem::read(&ctrl, 0, &mut header).map_err(|source| {
+                bad(AttachProblem::ControlPageUnreadable {
+                    ctrl: layout.ctrl,
+                    source,
+                })
+            })?;
             if header.iter().all(|&b| b == 0) {
-                return Err(bad(format!(
-                    "layout: no vchan server at byte {} (its control header is all zeroes); \
-                     check --ctrl-offset, or start the server first",
-                    layout.ctrl
-                )));
+                return Err(bad(AttachProblem::NoServer { ctrl: layout.ctrl }));
             }
             let mut placed = None;
             let result = vchan::connect(ctrl.clone(), |orders, _grants| {
@@ -409,11 +451,11 @@ pub fn vchan(
             match (result, placed) {
                 (_, Some(e)) => return Err(e),
                 (Ok(ep), None) => ep,
-                (Err(e), None) => {
-                    return Err(bad(format!(
-                        "vchan control page at byte {}: {e}",
-                        layout.ctrl
-                    )))
+                (Err(source), None) => {
+                    return Err(bad(AttachProblem::ControlPage {
+                        ctrl: layout.ctrl,
+                        source,
+                    }))
                 }
             }
         }
@@ -483,9 +525,14 @@ pub fn watch_peer(signal: &mut EventSignal, pid: u32) -> Result<(), Error> {
     let raw = i32::try_from(pid)
         .ok()
         .and_then(rustix::process::Pid::from_raw)
-        .ok_or_else(|| bad(format!("--peer-pid {pid} is not a process id")))?;
-    let fd = rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty())
-        .map_err(|e| bad(format!("--peer-pid {pid}: {e}")))?;
+        .ok_or_else(|| bad(AttachProblem::PeerPid { pid, source: None }))?;
+    let fd =
+        rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty()).map_err(|e| {
+            bad(AttachProblem::PeerPid {
+                pid,
+                source: Some(e.into()),
+            })
+        })?;
     signal.set_watch(fd);
     Ok(())
 }
@@ -502,22 +549,31 @@ pub struct VmbusRing {
     pub data_offset: usize,
 }
 
-fn vmbus_ring(mem: &Arc<MemFd>, name: &str, r: VmbusRing) -> Result<(RingMem, RingLayout), Error> {
+fn vmbus_ring(
+    mem: &Arc<MemFd>,
+    (name, option, region): (&'static str, &'static str, &'static str),
+    r: VmbusRing,
+) -> Result<(RingMem, RingLayout), Error> {
     if !r.offset.is_multiple_of(4096) {
-        return Err(bad(format!(
-            "--{name}-offset {} is not a multiple of 4096",
-            r.offset
-        )));
+        return Err(bad(AttachProblem::Misaligned {
+            option,
+            offset: r.offset,
+            align: 4096,
+        }));
     }
-    let layout = RingLayout::for_total(r.data_offset, r.size)
-        .map_err(|e| bad(format!("{name} ring of {} bytes: {e}", r.size)))?;
+    let layout = RingLayout::for_total(r.data_offset, r.size).map_err(|source| {
+        bad(AttachProblem::RingSize {
+            ring: name,
+            size: r.size,
+            source,
+        })
+    })?;
     let window = Window::new(mem.clone(), r.offset, r.size).ok_or_else(|| {
-        bad(format!(
-            "{name} ring ({} bytes at {}) does not fit in the {}-byte memory",
-            r.size,
-            r.offset,
-            mem.len()
-        ))
+        bad(AttachProblem::PastEnd {
+            region,
+            at: r.offset..r.offset.saturating_add(r.size),
+            memory: mem.len(),
+        })
     })?;
     Ok((window, layout))
 }
@@ -620,16 +676,15 @@ fn vmbus_rings(
     tx: VmbusRing,
     rx: VmbusRing,
 ) -> Result<(PlacedRing, PlacedRing), Error> {
-    let t = vmbus_ring(mem, "tx", tx)?;
-    let r = vmbus_ring(mem, "rx", rx)?;
+    let t = vmbus_ring(mem, ("tx", "--tx-offset", "tx ring"), tx)?;
+    let r = vmbus_ring(mem, ("rx", "--rx-offset", "rx ring"), rx)?;
     if tx.offset < rx.offset + rx.size && rx.offset < tx.offset + tx.size {
-        return Err(bad(format!(
-            "tx ring ({}..{}) overlaps rx ring ({}..{})",
-            tx.offset,
-            tx.offset + tx.size,
-            rx.offset,
-            rx.offset + rx.size
-        )));
+        return Err(bad(AttachProblem::Overlap {
+            region: "tx ring",
+            at: tx.offset..tx.offset + tx.size,
+            other: "rx ring",
+            other_at: rx.offset..rx.offset + rx.size,
+        }));
     }
     Ok((t, r))
 }

@@ -74,9 +74,8 @@ pub enum Error {
         /// The path.
         path: std::path::PathBuf,
     },
-    /// A layout or fd given to [`attach`] is unusable (the reason says
-    /// which and why).
-    Attach(String),
+    /// A layout or fd given to [`attach`] is unusable: which, and why.
+    Attach(attach::AttachProblem),
 }
 
 impl Error {
@@ -103,7 +102,7 @@ impl fmt::Display for Error {
             Error::Closed => f.write_str("peer closed the ring"),
             Error::PeerGone => f.write_str("peer died or hung up"),
             Error::TimedOut => f.write_str("timed out waiting for the peer"),
-            Error::Attach(reason) => f.write_str(reason),
+            Error::Attach(problem) => problem.fmt(f),
             Error::InUse { path } => {
                 write!(f, "another ring listen is serving {}", path.display())
             }
@@ -122,6 +121,7 @@ impl std::error::Error for Error {
             Error::Os { source, .. } => Some(source),
             Error::Vchan(e) => Some(e),
             Error::Vmbus(e) => Some(e),
+            Error::Attach(p) => Some(p),
             _ => None,
         }
     }

@@ -648,7 +648,10 @@ impl<M: SharedMem> VchanStream<M> {
     /// # Errors
     ///
     /// As [`send`](Self::send).
-    #[deprecated(since = "0.1.0", note = "renamed `send`, as in ring-core and libxenvchan")]
+    #[deprecated(
+        since = "0.1.0",
+        note = "renamed `send`, as in ring-core and libxenvchan"
+    )]
     pub fn send_packet(&mut self, buf: &[u8]) -> Result<(), Error> {
         self.send(buf)
     }
@@ -690,7 +693,10 @@ impl<M: SharedMem> VchanStream<M> {
     /// # Errors
     ///
     /// As [`recv`](Self::recv).
-    #[deprecated(since = "0.1.0", note = "renamed `recv`, as in ring-core and libxenvchan")]
+    #[deprecated(
+        since = "0.1.0",
+        note = "renamed `recv`, as in ring-core and libxenvchan"
+    )]
     pub fn recv_packet(&mut self, buf: &mut [u8]) -> Result<(), Error> {
         self.recv(buf)
     }
@@ -952,7 +958,8 @@ impl<M: SharedMem> VchanStream<M> {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn pair(read_min: usize, write_min: usize) -> Result<(VchanStream, VchanStream), Error> {
-    let orders = vchan::Orders::for_sizes(read_min, write_min).map_err(|e| Error::Vchan(e.into()))?;
+    let orders =
+        vchan::Orders::for_sizes(read_min, write_min).map_err(|e| Error::Vchan(e.into()))?;
     let mem = Arc::new(MemFd::create(
         "ring-pair",
         vchan::FlatLayout::new(orders).size,

@@ -66,7 +66,10 @@ fn clone_reason(e: &Error) -> Error {
             expected: *expected,
         },
         Error::Handshake(p) => Error::Handshake(p.clone()),
-        other => Error::Attach(other.to_string()),
+        other => Error::Os {
+            op: "refused",
+            source: std::io::Error::other(other.to_string()),
+        },
     }
 }
 

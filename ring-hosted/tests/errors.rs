@@ -76,3 +76,72 @@ fn io_kinds_follow_the_class_in_every_crate() {
         ring_hosted::Error::Closed
     ));
 }
+
+/// A layout that cannot be attached says which option and which numbers,
+/// as data a caller can match, with the cause chained where there is one.
+#[test]
+fn attach_problems_are_data_not_sentences() {
+    use ring_hosted::attach::{self, AttachProblem, VmbusRing};
+    use ring_hosted::memfd::MemFd;
+    use std::sync::Arc;
+
+    let mem = Arc::new(MemFd::create("attach-errors", 64 << 10).unwrap());
+    let ring = |offset, size| VmbusRing {
+        offset,
+        size,
+        data_offset: 4096,
+    };
+    let signal = || attach::poll_signal().unwrap();
+    let overlap = attach::vmbus(
+        mem.clone(),
+        ring(0, 16 << 10),
+        ring(8192, 16 << 10),
+        signal(),
+    );
+    match overlap {
+        Err(ring_hosted::Error::Attach(AttachProblem::Overlap {
+            region: "tx ring",
+            at,
+            other: "rx ring",
+            other_at,
+        })) => assert_eq!((at, other_at), (0..16384, 8192..24576)),
+        other => panic!("expected an overlap, got {other:?}"),
+    }
+    match attach::vmbus(
+        mem.clone(),
+        ring(100, 16 << 10),
+        ring(32768, 16 << 10),
+        signal(),
+    ) {
+        Err(ring_hosted::Error::Attach(AttachProblem::Misaligned {
+            option: "--tx-offset",
+            offset: 100,
+            align: 4096,
+        })) => {}
+        other => panic!("expected a misaligned tx ring, got {other:?}"),
+    }
+    match attach::vmbus(
+        mem.clone(),
+        ring(0, 16 << 10),
+        ring(61440, 16 << 10),
+        signal(),
+    ) {
+        Err(ring_hosted::Error::Attach(AttachProblem::PastEnd {
+            region: "rx ring",
+            memory,
+            ..
+        })) => assert_eq!(memory, 64 << 10),
+        other => panic!("expected an rx ring past the end, got {other:?}"),
+    }
+    let e = attach::vmbus(mem, ring(0, 4096), ring(32768, 16 << 10), signal()).unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            ring_hosted::Error::Attach(AttachProblem::RingSize { ring: "tx", .. })
+        ),
+        "{e:?}"
+    );
+    let cause = e.source().and_then(|p| p.source());
+    assert!(cause.is_some(), "the ring's set-up error is chained: {e:?}");
+    assert_eq!(io::Error::from(e).kind(), io::ErrorKind::InvalidInput);
+}

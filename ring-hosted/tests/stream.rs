@@ -113,10 +113,7 @@ fn clean_close_delivers_the_rest_then_end_of_stream() {
     assert_eq!(server.read(&mut buf).unwrap(), 1000);
     assert_eq!(server.read(&mut buf).unwrap(), 0);
     assert!(matches!(server.write(b"late"), Err(Error::Closed)));
-    assert!(matches!(
-        server.recv(&mut buf[..1]),
-        Err(Error::Closed)
-    ));
+    assert!(matches!(server.recv(&mut buf[..1]), Err(Error::Closed)));
 }
 
 #[test]
