@@ -123,7 +123,10 @@ fn handshake_follows_libxenvchan_order_and_bytes_move() {
     client.recv(&mut back).unwrap();
     assert_eq!(&back, b"and back");
 
-    client.close::<UnixStream>(None).unwrap();
+    // A client given a store leaves the server's directory alone.
+    let mut client_xs = XenStore::new(s.store.connect_as(CLIENT));
+    client.close(Some(&mut client_xs)).unwrap();
+    assert!(s.store.value(&format!("{PATH}/ring-ref")).is_some());
     assert_eq!(server.read(&mut buf).unwrap(), 0);
     server.close(Some(&mut s.server_xs)).unwrap();
     assert_eq!(s.store.value(&format!("{PATH}/ring-ref")), None);

@@ -423,7 +423,8 @@ impl XenVchan {
 
     /// Closes our end and kicks the peer. A server also removes its
     /// xenstore directory (as C servers do since 2022) when given the
-    /// store.
+    /// store; a client never does (the directory is the server's), so the
+    /// store it is given is left alone.
     ///
     /// # Errors
     ///
@@ -433,7 +434,8 @@ impl XenVchan {
         store: Option<&mut XenStore<S>>,
     ) -> Result<(), DevError> {
         self.io.close()?;
-        if let Some(store) = store {
+        let server = self.io.endpoint().role() == ring_core::vchan::Role::Server;
+        if let (true, Some(store)) = (server, store) {
             store.rm(0, &self.path)?;
         }
         Ok(())
