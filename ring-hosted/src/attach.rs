@@ -178,7 +178,7 @@ pub unsafe fn open_memory(source: &MemSource) -> Result<Arc<MemFd>, Error> {
 ///
 /// ```
 /// use ring_core::signal::Signal;
-/// use ring_hosted::attach::{self, Wakeup};
+/// use ring_hosted::attach::{self, AttachProblem, Wakeup};
 /// use ring_hosted::{eventfd::EventFd, Error};
 /// use std::os::fd::{AsFd, IntoRawFd, OwnedFd};
 /// use std::time::Duration;
@@ -197,7 +197,10 @@ pub unsafe fn open_memory(source: &MemSource) -> Result<Arc<MemFd>, Error> {
 /// let pipe = OwnedFd::from(std::io::pipe()?.0).into_raw_fd();
 /// // SAFETY: as above.
 /// let refused = unsafe { attach::open_signal(Wakeup::Fds { notify: pipe, wait: pipe }) };
-/// assert!(matches!(refused, Err(Error::Attach(why)) if why.contains("--notify-fd")));
+/// assert!(matches!(
+///     refused,
+///     Err(Error::Attach(AttachProblem::Signal { option: "--notify-fd", .. }))
+/// ));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub unsafe fn open_signal(wakeup: Wakeup) -> Result<EventSignal, Error> {
@@ -377,7 +380,7 @@ fn place_rings(
 ///
 /// ```
 /// use ring_core::vchan::{FlatLayout, Orders, Role};
-/// use ring_hosted::attach::{self, VchanLayout};
+/// use ring_hosted::attach::{self, AttachProblem, VchanLayout};
 /// use ring_hosted::{eventfd, memfd::MemFd, Error};
 /// use std::sync::Arc;
 /// use std::time::Duration;
@@ -391,12 +394,15 @@ fn place_rings(
 /// server.signal_mut().set_timeout(Some(Duration::from_secs(10)));
 /// client.write_all(b"attached")?;
 /// let mut got = [0u8; 8];
-/// server.recv_packet(&mut got)?;
+/// server.recv(&mut got)?;
 /// assert_eq!(&got, b"attached");
 ///
 /// let skewed = VchanLayout { ctrl: 4, ..at(Role::Client, None) };
 /// let refused = attach::vchan(mem, skewed, eventfd::pair()?.0);
-/// assert!(matches!(refused, Err(Error::Attach(why)) if why.contains("multiple of 8")));
+/// assert!(matches!(
+///     refused,
+///     Err(Error::Attach(AttachProblem::Misaligned { option: "--ctrl-offset", offset: 4, align: 8 }))
+/// ));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn vchan(

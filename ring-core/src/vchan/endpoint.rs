@@ -317,18 +317,20 @@ where
     F: FnOnce(Orders, &dyn Fn(usize) -> Option<u32>) -> Result<(RingPlace<M>, RingPlace<M>), Error>,
 {
     check_ctrl(&ctrl)?;
-    let mut raw = [0u8; GRANTS];
-    ctrl.read(0, &mut raw)?;
-    let header = ControlHeader::read_from_bytes(&raw).map_err(|_| SetupError::BadIndices)?;
-    // The orders are set-up constants: the copy is their one read. The live
-    // bytes and indices are loaded atomically (Acquire), live byte first, so
-    // bytes a server wrote before we connected are visible once its
-    // producer index is.
-    let orders = Orders::from_wire(header.left_order.get(), header.right_order.get())?;
+    // The server's live byte first (Acquire): a server publishes it after
+    // the orders, so a page nobody serves says so (rather than "order 0"),
+    // and the orders read below are the ones the server wrote.
     let srv_live = ctrl.load_u8(SRV_LIVE)?;
     if srv_live != Live::Connected as u8 {
         return Err(SetupError::ServerNotLive { live: srv_live }.into());
     }
+    let mut raw = [0u8; GRANTS];
+    ctrl.read(0, &mut raw)?;
+    let header = ControlHeader::read_from_bytes(&raw).map_err(|_| SetupError::BadIndices)?;
+    // The orders are set-up constants: the copy is their one read. The
+    // indices are loaded atomically (Acquire), so bytes a server wrote
+    // before we connected are visible once its producer index is.
+    let orders = Orders::from_wire(header.left_order.get(), header.right_order.get())?;
     if ctrl.load_u8(CLI_LIVE)? == Live::Connected as u8 {
         return Err(SetupError::ClientAlreadyConnected.into());
     }

@@ -266,7 +266,9 @@ fn run(data_size: usize, start: u32, ops: Vec<Op>) {
                             available
                         })
                     );
-                    m.pending = (p.total() + m.batch_len()) as u32;
+                    // The packet and the batch the reader cannot see yet,
+                    // but never more than a drained ring frees.
+                    m.pending = (p.total() + m.batch_len()).min(m.size - 1) as u32;
                     if m.batch.is_empty() {
                         m.writer_sleeps = Some(p.total());
                     }

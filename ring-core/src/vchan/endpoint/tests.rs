@@ -79,11 +79,18 @@ fn client_connect_marks_itself_live_and_asks_for_writes() {
 fn connect_rejects_bad_pages() {
     let w = words(4096);
     let mem = RawMem::from_atomics(&w);
-    // Nothing set up: orders are 0.
+    // Nothing set up: nobody serves the page, which is what it says.
+    assert!(matches!(
+        connect_flat(mem),
+        Err(Error::Setup(SetupError::ServerNotLive { live: 0 }))
+    ));
+    // A live byte over orders never written: the orders are refused.
+    mem.store_u8(SRV_LIVE, 1).unwrap();
     assert!(matches!(
         connect_flat(mem),
         Err(Error::Setup(SetupError::BadOrder { order: 0 }))
     ));
+    mem.store_u8(SRV_LIVE, 0).unwrap();
     let _server = serve_flat(mem, Orders::new(10, 11).unwrap(), ServerOptions::default()).unwrap();
     mem.store_u8(SRV_LIVE, 0).unwrap();
     assert!(matches!(
