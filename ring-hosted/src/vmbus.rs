@@ -266,17 +266,19 @@ impl VmbusPipe {
         Ok(self.inner.write_all(buf)?)
     }
 
-    /// Sends one message as one packet (at most 16 KiB), blocking.
+    /// Sends one message as one packet (1 byte to 16 KiB), blocking.
     ///
     /// # Errors
     ///
-    /// [`Error::Vmbus`] with `TooLarge`; [`Error::Closed`];
+    /// [`Error::Vmbus`] with `InvalidPacket` for an empty message (size 0
+    /// is end of stream on the wire) or `TooLarge`; [`Error::Closed`];
     /// [`Error::PeerGone`].
     pub fn send_msg(&mut self, msg: &[u8]) -> Result<(), Error> {
         Ok(self.inner.send_msg(msg)?)
     }
 
-    /// Receives one message into `buf`, blocking; returns its length.
+    /// Receives one message into `buf`, blocking; returns its length, 0
+    /// at the peer's end of stream (no message is empty).
     ///
     /// # Errors
     ///

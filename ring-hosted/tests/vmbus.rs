@@ -13,11 +13,16 @@ use std::time::Duration;
 #[test]
 fn messages_keep_boundaries_and_a_small_buffer_consumes_nothing() {
     let (mut server, mut client, _sock) = pair(64 << 10);
-    for n in [0usize, 1, 7, 8, 4000, 16 << 10] {
+    // No message is empty: size 0 on the wire is end of stream.
+    assert!(matches!(
+        client.send_msg(&[]),
+        Err(Error::Vmbus(vmbus::Error::InvalidPacket { .. }))
+    ));
+    for n in [1usize, 7, 8, 4000, 16 << 10] {
         client.send_msg(&vec![n as u8; n]).unwrap();
     }
     let mut buf = vec![0u8; 16 << 10];
-    for n in [0usize, 1, 7, 8] {
+    for n in [1usize, 7, 8] {
         assert_eq!(server.recv_msg(&mut buf).unwrap(), n);
         assert!(buf[..n].iter().all(|&b| b == n as u8));
     }
@@ -32,6 +37,8 @@ fn messages_keep_boundaries_and_a_small_buffer_consumes_nothing() {
         client.send_msg(&vec![0u8; (16 << 10) + 1]),
         Err(Error::Vmbus(vmbus::Error::TooLarge { .. }))
     ));
+    client.close().unwrap();
+    assert_eq!(server.recv_msg(&mut buf).unwrap(), 0, "end of stream");
 }
 
 #[test]

@@ -55,7 +55,7 @@ fn pipe() -> Result<(), Box<dyn std::error::Error>> {
 
 fn requests() -> Result<(), Box<dyn std::error::Error>> {
     const COUNT: u64 = 200_000;
-    let (mut client, mut server) = ring_std::vmbus::channel(64 << 10)?;
+    let (mut client, mut server) = ring_std::vmbus::pair(64 << 10)?;
     let started = Instant::now();
     let host = std::thread::spawn(move || -> Result<(), String> {
         let mut handled = 0u64;

@@ -4,7 +4,7 @@
 //!
 //! ```
 //! use ring_core::vmbus::OutgoingPacket;
-//! let (mut a, mut b) = ring_std::vmbus::channel(16384).unwrap();
+//! let (mut a, mut b) = ring_std::vmbus::pair(16384).unwrap();
 //! a.send(&OutgoingPacket::in_band(1, &[b"ping"])).unwrap();
 //! let mut buf = [0u8; 64];
 //! let (info, len) = b.recv(&mut buf).unwrap();
@@ -119,7 +119,7 @@ pub fn ring_pairs(
 /// ```
 /// use ring_core::vmbus::{OutgoingPacket, PacketType};
 ///
-/// let (mut host, mut guest) = ring_std::vmbus::channel(16384)?;
+/// let (mut host, mut guest) = ring_std::vmbus::pair(16384)?;
 /// host.send(&OutgoingPacket::in_band(1, &[b"status?"]).with_completion_requested())?;
 /// let mut buf = [0u8; 64];
 /// let (request, _) = guest.recv(&mut buf)?;
@@ -130,13 +130,23 @@ pub fn ring_pairs(
 /// assert_eq!((&buf[..2], len), (&b"ok"[..], 8)); // padded to 8
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-pub fn channel(data_size: usize) -> Result<(PairChannel, PairChannel), Error> {
+pub fn pair(data_size: usize) -> Result<(PairChannel, PairChannel), Error> {
     let ((a_in, a_out), (b_in, b_out)) = ring_pairs(data_size)?;
     let (sa, sb) = InProcessSignal::pair();
     Ok((
         Blocking::new(a_in, a_out, sa),
         Blocking::new(b_in, b_out, sb),
     ))
+}
+
+/// The old name of [`pair`].
+///
+/// # Errors
+///
+/// As [`pair`].
+#[deprecated(since = "0.1.0", note = "renamed `pair`, as `ring_std::vchan::pair`")]
+pub fn channel(data_size: usize) -> Result<(PairChannel, PairChannel), Error> {
+    pair(data_size)
 }
 
 /// A VMBus byte pipe as a blocking `std::io` stream. Reads return `Ok(0)`
@@ -307,6 +317,69 @@ where
     pub fn close(&mut self) -> io::Result<()> {
         self.inner.close().map_err(io_error)
     }
+
+    /// Sends one message as one pipe packet (at most
+    /// [`MAX_PIPE_PAYLOAD`](ring_core::vmbus::pipe::MAX_PIPE_PAYLOAD)
+    /// bytes), blocking for room: the peer's
+    /// [`recv_msg`](Self::recv_msg) gets exactly these bytes.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` for an empty message (size 0 is end of stream on
+    /// the wire) or one too large for a packet; `BrokenPipe` after our
+    /// close; as [`Write`](io::Write) otherwise.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (mut a, mut b) = ring_std::vmbus::pipe_pair(16384)?;
+    /// a.send_msg(b"one")?;
+    /// a.send_msg(b"three")?;
+    /// a.close()?;
+    /// let mut buf = [0u8; 64];
+    /// let n = b.recv_msg(&mut buf)?;
+    /// assert_eq!(&buf[..n], b"one");
+    /// let n = b.recv_msg(&mut buf)?;
+    /// assert_eq!(&buf[..n], b"three");
+    /// assert_eq!(b.recv_msg(&mut buf)?, 0); // end of stream
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn send_msg(&mut self, msg: &[u8]) -> io::Result<()> {
+        self.inner.send_msg(msg).map_err(io_error)
+    }
+
+    /// Receives one message into `buf`, blocking; returns its length, 0
+    /// at the peer's end of stream (no message is empty).
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` (nothing consumed) if `buf` is smaller than the
+    /// message; as [`Read`](io::Read) otherwise.
+    pub fn recv_msg(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.recv_msg(buf).map_err(io_error)
+    }
+}
+
+impl PairPipe {
+    /// Makes blocking calls fail with `TimedOut` after `timeout` without an
+    /// event from the peer (`None`: wait for ever), as
+    /// [`PairStream::set_timeout`](crate::vchan::PairStream::set_timeout).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::io::{ErrorKind, Read};
+    /// use std::time::Duration;
+    ///
+    /// let (mut a, _b) = ring_std::vmbus::pipe_pair(16384)?;
+    /// a.set_timeout(Some(Duration::from_millis(20)));
+    /// let err = a.read(&mut [0u8; 8]).unwrap_err();
+    /// assert_eq!(err.kind(), ErrorKind::TimedOut);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn set_timeout(&mut self, timeout: Option<std::time::Duration>) {
+        self.inner.signal_mut().set_timeout(timeout);
+    }
 }
 
 impl<M: SharedMem, S: Signal> io::Read for PipeStream<M, S>
@@ -367,7 +440,7 @@ mod tests {
 
     #[test]
     fn packets_across_threads_both_ways() {
-        let (mut a, mut b) = channel(8192).unwrap();
+        let (mut a, mut b) = pair(8192).unwrap();
         const N: u64 = 5_000;
         let echo = std::thread::spawn(move || {
             let mut buf = vec![0u8; 8192];

@@ -180,10 +180,15 @@ impl<M: SharedMem> PipeWriter<M> {
 
     /// Sends `message` as one packet.
     ///
+    /// A message is never empty: a data packet of size 0 is end of stream
+    /// on the wire (hv_sock's rule, and our [`write_eof`](Self::write_eof)),
+    /// so the reader could not tell the two apart.
+    ///
     /// # Errors
     ///
-    /// [`Error::TooLarge`] above 16 KiB or the ring's limit; [`Error::Full`]
-    /// (armed) if it does not fit now; [`Error::Corrupt`].
+    /// [`Error::InvalidPacket`] for an empty message; [`Error::TooLarge`]
+    /// above 16 KiB or the ring's limit; [`Error::Full`] (armed) if it does
+    /// not fit now; [`Error::Corrupt`].
     ///
     /// # Examples
     ///
@@ -212,6 +217,11 @@ impl<M: SharedMem> PipeWriter<M> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn write_message(&mut self, message: &[u8]) -> Result<Transfer, Error> {
+        if message.is_empty() {
+            return Err(Error::InvalidPacket {
+                what: "an empty message (size 0 is end of stream)",
+            });
+        }
         if message.len() > MAX_PIPE_PAYLOAD {
             return Err(Error::TooLarge {
                 len: message.len(),
@@ -717,8 +727,9 @@ impl<M: SharedMem> PipeReader<M> {
     }
 
     /// Message mode: reads one whole message into `buf`. `len` is its size;
-    /// a size-0 message is returned as such (byte-mode peers use it for end
-    /// of stream).
+    /// `len` 0 is end of stream (a data packet of size 0, which no message
+    /// is), and every read after it is end of stream too, as in
+    /// [`read_bytes`](Self::read_bytes).
     ///
     /// # Errors
     ///
@@ -739,15 +750,21 @@ impl<M: SharedMem> PipeReader<M> {
     /// # let mut writer = PipeWriter::new(OutgoingRing::new(mem, layout)?);
     /// # let mut reader = PipeReader::new(IncomingRing::new(mem, layout)?);
     /// use ring_core::vmbus::Error;
-    /// let _ = writer.write_message(b"")?; // an empty message is still one
     /// let _ = writer.write_message(b"x")?;
     /// let mut buf = [0u8; 8];
-    /// assert_eq!(reader.read_message(&mut buf)?.len, 0);
     /// assert_eq!(reader.read_message(&mut buf)?.len, 1);
     /// assert_eq!(reader.read_message(&mut buf), Err(Error::Empty));
+    /// // No empty messages: size 0 on the wire is end of stream.
+    /// assert!(matches!(writer.write_message(b""), Err(Error::InvalidPacket { .. })));
+    /// let _ = writer.write_eof()?;
+    /// assert_eq!(reader.read_message(&mut buf)?.len, 0);
+    /// assert_eq!(reader.read_message(&mut buf)?.len, 0); // and stays so
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn read_message(&mut self, buf: &mut [u8]) -> Result<Transfer, Error> {
+        if self.eof {
+            return Ok(Transfer::default());
+        }
         self.consumed = 0;
         let (step, _) = match self.take(buf, true) {
             Ok(s) => s,
@@ -757,7 +774,10 @@ impl<M: SharedMem> PipeReader<M> {
             }
         };
         let len = match step {
-            Step::Eof => 0,
+            Step::Eof => {
+                self.eof = true;
+                0
+            }
             Step::Data {
                 copied: Some(n), ..
             } => n,

@@ -897,7 +897,11 @@ fn message_pipe() {
     let mut reader = PipeReader::new(rx);
     let _ = writer.write_message(b"one").unwrap();
     let _ = writer.write_message(&[9; MAX_PIPE_PAYLOAD]).unwrap();
-    let _ = writer.write_message(b"").unwrap();
+    assert!(matches!(
+        writer.write_message(b""),
+        Err(Error::InvalidPacket { .. })
+    ));
+    let _ = writer.write_eof().unwrap();
     assert!(matches!(
         writer.write_message(&[0; MAX_PIPE_PAYLOAD + 1]),
         Err(Error::TooLarge { .. })
@@ -914,8 +918,10 @@ fn message_pipe() {
     assert_eq!(reader.read_message(&mut buf).unwrap().len, 3);
     assert_eq!(&buf[..3], b"one");
     assert_eq!(reader.read_message(&mut buf).unwrap().len, MAX_PIPE_PAYLOAD);
+    // End of stream, for good: no packet is read after it.
     assert_eq!(reader.read_message(&mut buf).unwrap().len, 0);
-    assert_eq!(reader.read_message(&mut buf), Err(Error::Empty));
+    assert!(reader.is_eof());
+    assert_eq!(reader.read_message(&mut buf).unwrap().len, 0);
 }
 
 #[test]
