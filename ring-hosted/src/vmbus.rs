@@ -114,6 +114,33 @@ impl ChannelLayout {
     }
 }
 
+/// The rings we read and write.
+type Rings = (IncomingRing<RingMem>, OutgoingRing<RingMem>);
+
+/// The server's rings over `mem`, both initialised first (before the
+/// client maps them): it reads the client→server ring.
+fn serve_rings(mem: &Arc<MemFd>, layout: ChannelLayout) -> Result<Rings, Error> {
+    let (to_server, to_client) = layout.windows(mem)?;
+    vmbus::initialize_ring(&to_server, layout.to_server)?;
+    vmbus::initialize_ring(&to_client, layout.to_client)?;
+    attach_rings((to_server, layout.to_server), (to_client, layout.to_client))
+}
+
+/// The client's rings over memory the server initialised: it reads the
+/// server→client ring.
+fn connect_rings(mem: &Arc<MemFd>, layout: ChannelLayout) -> Result<Rings, Error> {
+    let (to_server, to_client) = layout.windows(mem)?;
+    attach_rings((to_client, layout.to_client), (to_server, layout.to_server))
+}
+
+/// Rings somebody else placed: `rx` we read, `tx` we write.
+fn attach_rings(rx: (RingMem, RingLayout), tx: (RingMem, RingLayout)) -> Result<Rings, Error> {
+    Ok((
+        IncomingRing::new(rx.0, rx.1)?,
+        OutgoingRing::new(tx.0, tx.1)?,
+    ))
+}
+
 /// One end of a VMBus pipe between two processes: ring-core's
 /// [`BlockingPipe`] on an [`EventSignal`].
 ///
@@ -137,11 +164,7 @@ impl VmbusPipe {
         layout: ChannelLayout,
         signal: EventSignal,
     ) -> Result<Self, Error> {
-        let (to_server, to_client) = layout.windows(&mem)?;
-        vmbus::initialize_ring(&to_server, layout.to_server)?;
-        vmbus::initialize_ring(&to_client, layout.to_client)?;
-        let rx = IncomingRing::new(to_server, layout.to_server)?;
-        let tx = OutgoingRing::new(to_client, layout.to_client)?;
+        let (rx, tx) = serve_rings(&mem, layout)?;
         Ok(Self::from_rings(rx, tx, signal, mem))
     }
 
@@ -156,9 +179,7 @@ impl VmbusPipe {
         layout: ChannelLayout,
         signal: EventSignal,
     ) -> Result<Self, Error> {
-        let (to_server, to_client) = layout.windows(&mem)?;
-        let rx = IncomingRing::new(to_client, layout.to_client)?;
-        let tx = OutgoingRing::new(to_server, layout.to_server)?;
+        let (rx, tx) = connect_rings(&mem, layout)?;
         Ok(Self::from_rings(rx, tx, signal, mem))
     }
 
@@ -175,8 +196,7 @@ impl VmbusPipe {
         tx: (RingMem, RingLayout),
         signal: EventSignal,
     ) -> Result<Self, Error> {
-        let rx = IncomingRing::new(rx.0, rx.1)?;
-        let tx = OutgoingRing::new(tx.0, tx.1)?;
+        let (rx, tx) = attach_rings(rx, tx)?;
         Ok(Self::from_rings(rx, tx, signal, mem))
     }
 
@@ -441,8 +461,7 @@ impl RawVmbus {
         tx: (RingMem, RingLayout),
         signal: EventSignal,
     ) -> Result<Self, Error> {
-        let rx = IncomingRing::new(rx.0, rx.1)?;
-        let tx = OutgoingRing::new(tx.0, tx.1)?;
+        let (rx, tx) = attach_rings(rx, tx)?;
         Ok(RawVmbus {
             inner: vmbus::Blocking::new(rx, tx, signal),
             mem,

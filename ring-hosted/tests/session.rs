@@ -8,7 +8,7 @@ mod common;
 
 use common::TempSock;
 use ring_core::vmbus::{OutgoingPacket, PacketFlags, PacketType, RangeInfo, TransferRange};
-use ring_hosted::session::{self, Listener, Vchan, Vmbus, VmbusPackets};
+use ring_hosted::session::{self, Listener, Protocol, Vchan, Vmbus, VmbusPackets};
 use ring_hosted::vmbus::VmbusChannel;
 use ring_hosted::{Error, HandshakeProblem};
 use std::io::Read;
@@ -40,13 +40,16 @@ fn a_vmbus_listener_and_client_give_pipes() {
     client.join().unwrap();
 }
 
-#[test]
-fn a_client_of_the_other_protocol_is_refused() {
-    let sock = TempSock::new("typed-mismatch");
-    let listener = Listener::<Vchan>::bind(&sock.path).unwrap();
+/// A `C` client of a `L` listener is refused in the handshake, and the
+/// listener keeps waiting: no session of the wrong kind comes out.
+fn refused<L: Protocol, C: Protocol>(tag: &str)
+where
+    C::Stream: Send + 'static,
+{
+    let sock = TempSock::new(tag);
+    let listener = Listener::<L>::bind(&sock.path).unwrap();
     let path = sock.path.clone();
-    let client = std::thread::spawn(move || session::connect::<Vmbus>(&path).map(drop));
-    // The listener refuses the client and keeps waiting: no session comes.
+    let client = std::thread::spawn(move || session::connect::<C>(&path).map(drop));
     assert!(matches!(
         listener.accept_timeout(Duration::from_millis(500)),
         Err(Error::TimedOut)
@@ -58,19 +61,15 @@ fn a_client_of_the_other_protocol_is_refused() {
 }
 
 #[test]
+fn a_client_of_the_other_protocol_is_refused() {
+    refused::<Vchan, Vmbus>("typed-mismatch");
+    refused::<Vmbus, Vchan>("typed-mismatch-back");
+}
+
+#[test]
 fn a_pipe_client_is_refused_by_a_packet_listener() {
-    let sock = TempSock::new("typed-packets-mismatch");
-    let listener = Listener::<VmbusPackets>::bind(&sock.path).unwrap();
-    let path = sock.path.clone();
-    let client = std::thread::spawn(move || session::connect::<Vmbus>(&path).map(drop));
-    assert!(matches!(
-        listener.accept_timeout(Duration::from_millis(500)),
-        Err(Error::TimedOut)
-    ));
-    match client.join().unwrap() {
-        Err(Error::Handshake(HandshakeProblem::Refused { .. })) => {}
-        other => panic!("expected a refusal, got {other:?}"),
-    }
+    refused::<VmbusPackets, Vmbus>("typed-packets-mismatch");
+    refused::<Vmbus, VmbusPackets>("typed-packets-mismatch-back");
 }
 
 /// What the client end of the packet tests does: three packets of three

@@ -81,11 +81,7 @@ impl VmbusChannel {
         layout: ChannelLayout,
         signal: EventSignal,
     ) -> Result<Self, Error> {
-        let (to_server, to_client) = layout.windows(&mem)?;
-        vmbus::initialize_ring(&to_server, layout.to_server)?;
-        vmbus::initialize_ring(&to_client, layout.to_client)?;
-        let rx = IncomingRing::new(to_server, layout.to_server)?;
-        let tx = OutgoingRing::new(to_client, layout.to_client)?;
+        let (rx, tx) = super::serve_rings(&mem, layout)?;
         Ok(Self::from_rings(rx, tx, signal, mem))
     }
 
@@ -100,9 +96,7 @@ impl VmbusChannel {
         layout: ChannelLayout,
         signal: EventSignal,
     ) -> Result<Self, Error> {
-        let (to_server, to_client) = layout.windows(&mem)?;
-        let rx = IncomingRing::new(to_client, layout.to_client)?;
-        let tx = OutgoingRing::new(to_server, layout.to_server)?;
+        let (rx, tx) = super::connect_rings(&mem, layout)?;
         Ok(Self::from_rings(rx, tx, signal, mem))
     }
 
@@ -119,8 +113,7 @@ impl VmbusChannel {
         tx: (RingMem, RingLayout),
         signal: EventSignal,
     ) -> Result<Self, Error> {
-        let rx = IncomingRing::new(rx.0, rx.1)?;
-        let tx = OutgoingRing::new(tx.0, tx.1)?;
+        let (rx, tx) = super::attach_rings(rx, tx)?;
         Ok(Self::from_rings(rx, tx, signal, mem))
     }
 
