@@ -19,9 +19,10 @@
 //! use ring_core::mem::SharedMem;
 //! use ring_hosted::memfd::MemFd;
 //!
-//! let mem = MemFd::create("example", 8192).unwrap();
-//! mem.store_u32(16, 7).unwrap();
-//! assert_eq!(mem.load_u32(16).unwrap(), 7);
+//! let mem = MemFd::create("example", 8192)?;
+//! mem.store_u32(16, 7)?;
+//! assert_eq!(mem.load_u32(16)?, 7);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! assert!(mem.is_sealed());
 //! ```
 

@@ -11,11 +11,12 @@
 //! use ring_hosted::window::Window;
 //! use std::sync::Arc;
 //!
-//! let mem = Arc::new(MemFd::create("two-halves", 8192).unwrap());
-//! let high = Window::new(mem.clone(), 4096, 4096).unwrap();
-//! high.store_u32(0, 5).unwrap();
-//! assert_eq!(mem.load_u32(4096).unwrap(), 5);
+//! let mem = Arc::new(MemFd::create("two-halves", 8192)?);
+//! let high = Window::new(mem.clone(), 4096, 4096).ok_or("the window lies outside")?;
+//! high.store_u32(0, 5)?;
+//! assert_eq!(mem.load_u32(4096)?, 5);
 //! assert!(high.load_u32(4096).is_err()); // past the window's end
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 use ring_core::mem::{MemError, SharedMem};

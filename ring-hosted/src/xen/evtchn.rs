@@ -239,7 +239,8 @@ impl EventChannel {
     }
 
     /// Blocks until an event is pending and returns its port (masked until
-    /// [`unmask`](Self::unmask)).
+    /// [`unmask`](Self::unmask)). There is no deadline here: for a bounded
+    /// wait use [`Signal::wait`] after [`set_timeout`](Self::set_timeout).
     ///
     /// # Errors
     ///

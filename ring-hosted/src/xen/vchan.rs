@@ -203,6 +203,12 @@ pub fn serve<S: Read + Write>(
 /// missed). libxenvchan's client does not wait; callers such as
 /// vchan-socket-proxy and Qubes watch like this themselves.
 ///
+/// The wait has no deadline of its own: it ends when the store's stream
+/// fails. Over a socket to xenstored, a read timeout on the socket
+/// (`UnixStream::set_read_timeout`) bounds it with an I/O error; the
+/// `/dev/xen/xenbus` device has none, so bound the whole client from
+/// outside (a watchdog, `timeout(1)`) if the server may never come.
+///
 /// # Errors
 ///
 /// xenstore errors, e.g. `EACCES` if the keys exist but are not readable
