@@ -22,8 +22,8 @@
 //! let mem = MemFd::create("example", 8192)?;
 //! mem.store_u32(16, 7)?;
 //! assert_eq!(mem.load_u32(16)?, 7);
-//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! assert!(mem.is_sealed());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 // The crate denies unsafe code; this module is one of its few rooms for
