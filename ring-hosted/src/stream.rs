@@ -350,8 +350,8 @@ impl<M: SharedMem> VchanStream<M> {
     }
 
     /// Which end this is.
-    pub fn role(&mut self) -> Role {
-        self.inner.endpoint().role()
+    pub fn role(&self) -> Role {
+        self.inner.role()
     }
 
     /// The endpoint inside (for readiness queries and introspection).
@@ -703,8 +703,8 @@ impl<M: SharedMem> VchanStream<M> {
 
     /// Largest message [`send_msg`](Self::send_msg) accepts: the ring we
     /// write, less the length prefix.
-    pub fn max_msg(&mut self) -> usize {
-        self.inner.endpoint().write_capacity() - MSG_HEADER
+    pub fn max_msg(&self) -> usize {
+        self.inner.write_capacity() - MSG_HEADER
     }
 
     /// Sends one message: a 4-byte little-endian length and the bytes, as

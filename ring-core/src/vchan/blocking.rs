@@ -149,6 +149,21 @@ impl<M: SharedMem, S: Signal> Blocking<M, S> {
         self.side.ep.control()
     }
 
+    /// Which end we are.
+    pub fn role(&self) -> super::Role {
+        self.side.ep.role()
+    }
+
+    /// The capacity of the ring we write, in bytes.
+    pub fn write_capacity(&self) -> usize {
+        self.side.ep.write_capacity()
+    }
+
+    /// The capacity of the ring we read, in bytes.
+    pub fn read_capacity(&self) -> usize {
+        self.side.ep.read_capacity()
+    }
+
     /// The signal inside.
     pub fn signal(&self) -> &S {
         &self.waiter.signal
