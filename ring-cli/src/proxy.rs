@@ -30,7 +30,8 @@ use super::*;
 use ring_hosted::fdio::Output;
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::BorrowedFd;
-use std::os::unix::net::{UnixListener, UnixStream};
+use ring_hosted::unix_socket::{listen_at, Existing};
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -254,7 +255,7 @@ pub(crate) fn ring_connect(
             Box::new(move || accept_one(l.as_fd(), || l.accept().map(|(s, _)| Conn::Tcp(s))))
         }
         Addr::Unix(p) => {
-            let l = UnixListener::bind(p).map_err(|e| format!("listen on {}: {e}", p.display()))?;
+            let l = listen_at(p, Existing::Keep).map_err(|e| format!("listen on {}: {e}", p.display()))?;
             let path = p.clone();
             let _cleanup = Unlink(path);
             Box::new(move || {

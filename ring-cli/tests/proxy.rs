@@ -48,6 +48,9 @@ struct Proxies {
     back: Child,
     front: Child,
     front_path: std::path::PathBuf,
+    /// The front proxy's stderr, kept to read its lines (and shown when a
+    /// test fails).
+    front_err: std::path::PathBuf,
     _dir: TempSock,
 }
 
@@ -56,6 +59,7 @@ fn proxies(proto: &str, extra: &[&str]) -> Proxies {
     let target = dir.path.with_file_name("service");
     let rings = dir.path.with_file_name("rings");
     let front_path = dir.path.with_file_name("front");
+    let front_err = dir.path.with_file_name("front.err");
     service(target.clone());
     let back = ring()
         .args(["proxy", "--proto", proto, "--ring-listen"])
@@ -76,13 +80,16 @@ fn proxies(proto: &str, extra: &[&str]) -> Proxies {
         .args(extra)
         .env("RING_LIVENESS_MS", "0")
         .stdin(Stdio::null())
+        .stderr(std::fs::File::create(&front_err).unwrap())
         .spawn()
         .unwrap();
+    // The path appears only once the proxy accepts on it.
     wait_for_path(&front_path);
     Proxies {
         back,
         front,
         front_path,
+        front_err,
         _dir: dir,
     }
 }
@@ -93,6 +100,10 @@ impl Drop for Proxies {
         for c in [&mut self.front, &mut self.back] {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        if thread::panicking() {
+            let err = std::fs::read_to_string(&self.front_err).unwrap_or_default();
+            eprintln!("front proxy's stderr:\n{err}");
         }
     }
 }
@@ -133,21 +144,9 @@ fn data(seed: u64, n: usize) -> Vec<u8> {
 
 /// One client: sends `out`, half-closes, reads the answer to the end.
 fn client(path: &std::path::Path, out: Vec<u8>, stop_after: Option<usize>) -> Option<Vec<u8>> {
-    // The path appears at bind(), a moment before listen(): a connect in
-    // between is refused. Retry that (only that), within a deadline.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let c = loop {
-        match UnixStream::connect(path) {
-            Ok(c) => break c,
-            Err(e)
-                if e.kind() == std::io::ErrorKind::ConnectionRefused
-                    && std::time::Instant::now() < deadline =>
-            {
-                thread::sleep(Duration::from_millis(5));
-            }
-            Err(e) => panic!("connect to the proxy at {}: {e}", path.display()),
-        }
-    };
+    // The path exists only once the proxy accepts on it: no retry.
+    let c = UnixStream::connect(path)
+        .unwrap_or_else(|e| panic!("connect to the proxy at {}: {e}", path.display()));
     c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     let mut w = c.try_clone().unwrap();
     let cut = stop_after;
@@ -292,14 +291,38 @@ fn a_thousand_and_twenty_four_sessions_in_one_proxy() {
 #[test]
 fn a_session_limit_closes_connections_beyond_it() {
     let p = proxies("vchan", &["--max-sessions", "2"]);
+    // Accepted in order, so the first two hold both sessions when the
+    // third is accepted.
     let a = UnixStream::connect(&p.front_path).unwrap();
     let b = UnixStream::connect(&p.front_path).unwrap();
-    thread::sleep(Duration::from_millis(500));
     let mut c = UnixStream::connect(&p.front_path).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let refusal = "ring: proxy: 2 sessions already; a connection closed";
+    let start = Instant::now();
+    while !std::fs::read_to_string(&p.front_err)
+        .unwrap()
+        .contains(refusal)
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the proxy never said {refusal:?}"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+    // Refused is closed: end of file, at once (a timeout is a failure).
+    c.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
     let mut buf = [0u8; 1];
-    // The third is closed at once: end of file.
-    assert_eq!(c.read(&mut buf).unwrap_or(0), 0);
+    let n = c
+        .read(&mut buf)
+        .expect("the refused connection ends within 1 s");
+    assert_eq!(n, 0, "the refused connection carried data");
+    // The two admitted sessions still work.
+    for mut s in [&a, &b] {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"ok").unwrap();
+        let mut back = [0u8; 2];
+        s.read_exact(&mut back).unwrap();
+        assert_eq!(back, [b'o' ^ 0x5a, b'k' ^ 0x5a]);
+    }
     drop((a, b));
     p.stop();
 }

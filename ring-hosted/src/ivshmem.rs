@@ -127,7 +127,7 @@ impl IvshmemServer {
         }
         let size = size.max(4096).next_power_of_two();
         let mem = Arc::new(MemFd::create("ivshmem", size)?);
-        let listener = UnixListener::bind(path).map_err(|source| Error::Os {
+        let listener = crate::unix_socket::listen_at(path, crate::unix_socket::Existing::Keep).map_err(|source| Error::Os {
             op: "bind ivshmem socket",
             source,
         })?;

@@ -18,6 +18,7 @@ pub mod stream;
 #[cfg(feature = "tokio")]
 pub mod tokio_io;
 pub mod uio;
+pub mod unix_socket;
 pub mod vfio;
 pub mod vmbus;
 pub mod window;

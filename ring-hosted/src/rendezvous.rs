@@ -605,10 +605,11 @@ impl Listener {
                     path: path.to_owned(),
                 });
             }
-            // The lock is ours, so nobody serves this socket any more.
-            std::fs::remove_file(path).map_err(bind_err)?;
         }
-        let inner = UnixListener::bind(path).map_err(bind_err)?;
+        // The lock is ours, so a socket left at the path is served by
+        // nobody: ours replaces it in one step, already accepting.
+        let inner = crate::unix_socket::listen_at(path, crate::unix_socket::Existing::Replace)
+            .map_err(bind_err)?;
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         Ok(Listener {
             inner,
