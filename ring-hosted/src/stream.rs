@@ -308,7 +308,13 @@ pub(crate) fn woken(w: Option<Woken>) -> Woken {
 #[derive(Debug)]
 pub struct VchanStream<M: SharedMem = Arc<MemFd>> {
     inner: Blocking<M, EventSignal>,
+    /// The message stream lost its boundaries: the peer sent a length no
+    /// message of the ring can have.
     msg_broken: bool,
+    /// The length of the next message, when its prefix is read and its
+    /// bytes are not (a buffer too small for it, or a wait that ended):
+    /// the next [`recv_msg`](Self::recv_msg) takes it from here.
+    msg_pending: Option<usize>,
     scratch: Vec<u8>,
 }
 
@@ -345,6 +351,7 @@ impl<M: SharedMem> VchanStream<M> {
         VchanStream {
             inner: Blocking::new(ep, signal),
             msg_broken: false,
+            msg_pending: None,
             scratch: Vec::new(),
         }
     }
@@ -752,18 +759,22 @@ impl<M: SharedMem> VchanStream<M> {
     ///
     /// # Errors
     ///
-    /// A length prefix larger than `buf` or the ring is the peer's error
-    /// (or a too-small `buf`); the stream is then out of step, and this and
-    /// every later message call return [`Error::Vchan`]. Else as
-    /// [`recv`](Self::recv).
+    /// A `buf` shorter than the message is our mistake, not the peer's:
+    /// [`Error::Vchan`] with `TooLarge` (class
+    /// [`Usage`](ring_core::error::ErrorClass::Usage), as the VMBus pipe's
+    /// `OutOfRange`), nothing consumed, and a retry with a larger buffer
+    /// receives the message. A length prefix larger than the ring can ever
+    /// carry is the peer's error: the stream is out of step, and this and
+    /// every later message call return a `Corrupt` [`Error::Vchan`]. Else
+    /// as [`recv`](Self::recv).
     ///
     /// # Examples
     ///
-    /// A buffer too small for the message is an error that sticks: the message
-    /// stream cannot find its next boundary.
+    /// A buffer too small for the message leaves it waiting:
     ///
     /// ```
     /// use ring_hosted::{stream, Error};
+    /// use ring_core::error::ErrorClass;
     /// use std::time::Duration;
     ///
     /// let (mut server, mut client) = stream::pair(1024, 1024)?;
@@ -771,8 +782,13 @@ impl<M: SharedMem> VchanStream<M> {
     /// client.send_msg(b"a longer message")?;
     /// client.send_msg(b"next")?;
     /// let mut small = [0u8; 4];
-    /// assert!(matches!(server.recv_msg(&mut small), Err(Error::Vchan(_))));
-    /// assert!(server.recv_msg(&mut [0u8; 64]).is_err());
+    /// let Err(Error::Vchan(e)) = server.recv_msg(&mut small) else { panic!("fits?") };
+    /// assert_eq!(e.class(), ErrorClass::Usage);
+    /// let mut buf = [0u8; 64];
+    /// let n = server.recv_msg(&mut buf)?;
+    /// assert_eq!(&buf[..n], b"a longer message");
+    /// assert_eq!(server.recv_msg(&mut small)?, 4);
+    /// assert_eq!(&small, b"next");
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn recv_msg(&mut self, buf: &mut [u8]) -> Result<usize, Error> {
@@ -782,17 +798,30 @@ impl<M: SharedMem> VchanStream<M> {
                 what: "message stream out of step after a bad length",
             })));
         }
-        let mut head = [0u8; MSG_HEADER];
-        self.recv(&mut head)?;
-        let len = u32::from_le_bytes(head) as usize;
-        let Some(dst) = buf.get_mut(..len).filter(|_| len <= capacity) else {
-            self.msg_broken = true;
+        let len = match self.msg_pending {
+            Some(len) => len,
+            None => {
+                let mut head = [0u8; MSG_HEADER];
+                self.recv(&mut head)?;
+                let len = u32::from_le_bytes(head) as usize;
+                if len > capacity {
+                    self.msg_broken = true;
+                    return Err(Error::Vchan(vchan::Error::Corrupt(ring_core::Corrupt {
+                        what: "message length larger than the ring",
+                    })));
+                }
+                self.msg_pending = Some(len);
+                len
+            }
+        };
+        let Some(dst) = buf.get_mut(..len) else {
             return Err(Error::Vchan(vchan::Error::TooLarge {
                 len,
-                capacity: capacity.min(buf.len()),
+                capacity: buf.len(),
             }));
         };
         self.recv(dst)?;
+        self.msg_pending = None;
         Ok(len)
     }
 
