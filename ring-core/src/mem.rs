@@ -196,16 +196,28 @@ impl<T: SharedMem + ?Sized> SharedMem for alloc::sync::Arc<T> {
 /// memory: an mmap'd file, a device BAR, a grant mapping, or (safely, via
 /// [`RawMem::from_atomics`]) a slice of atomics owned by this process.
 ///
-/// Bulk copies go through the `bulk` copy below (`copy_nonoverlapping` for
-/// short ones, a vector loop for long ones on x86-64). A hostile peer may write the same
-/// bytes while we copy; the copy then yields some mix of old and new bytes,
-/// which ring code treats as untrusted data to validate after the copy. This
-/// is the accepted practice for shared-memory rings (the kernel and DPDK do
-/// the same); Rust has no stable volatile memcpy to express it more exactly.
+/// How bulk copies touch the memory depends on where it came from:
+///
+/// - Memory shared with another party ([`RawMem::from_raw_parts`]: an
+///   mmap'd file, a device BAR, a grant mapping) is copied by the `bulk`
+///   copy below (`copy_nonoverlapping` for short copies, a vector loop for
+///   long ones on x86-64). A hostile peer may write the same bytes while we
+///   copy; the copy then yields some mix of old and new bytes, which ring
+///   code treats as untrusted data to validate after the copy. This is the
+///   accepted practice for shared-memory rings (the kernel and DPDK do the
+///   same); Rust has no stable atomic memcpy to express it more exactly, so
+///   the constructor is `unsafe` and its caller promises what the memory is.
+/// - Memory this process owns as atomics ([`RawMem::from_atomics`]) is
+///   copied with atomic accesses only (relaxed 8-byte words where aligned,
+///   single bytes at the edges), so two threads of one safe program that
+///   copy into the same bytes at once race only as atomics may: each byte
+///   ends up one writer's or the other's, and nothing is undefined.
 #[derive(Clone, Copy)]
 pub struct RawMem<'a> {
     base: NonNull<u8>,
     size: usize,
+    /// Bulk copies use atomic accesses (memory made of atomics).
+    atomic_copies: bool,
     _memory: PhantomData<&'a [AtomicU8]>,
 }
 
@@ -271,14 +283,17 @@ impl<'a> RawMem<'a> {
         Some(RawMem {
             base,
             size,
+            atomic_copies: false,
             _memory: PhantomData,
         })
     }
 
     /// A view of memory this process owns as atomics (heap pages, statics).
     ///
-    /// Safe because atomics permit shared mutation: the ring code's raw
-    /// copies and atomic accesses are all it will ever do with them.
+    /// Safe because every access to it is atomic, bulk copies included
+    /// (see [`RawMem`]): threads of this process may share and write it at
+    /// will. The price is copies a few times slower than the vector copy
+    /// that memory shared with another party gets.
     ///
     /// # Examples
     ///
@@ -303,6 +318,7 @@ impl<'a> RawMem<'a> {
             // A slice pointer is never null and `AtomicU64` is 8-aligned.
             base: NonNull::from(words).cast(),
             size: core::mem::size_of_val(words),
+            atomic_copies: true,
             _memory: PhantomData,
         }
     }
@@ -383,6 +399,13 @@ impl SharedMem for RawMem<'_> {
 
     fn read(&self, offset: usize, dst: &mut [u8]) -> Result<(), MemError> {
         let src = self.at(offset, dst.len(), 1)?;
+        if self.atomic_copies {
+            // SAFETY: `src..src+len` is in bounds (checked by `at`), lies in
+            // memory made of atomics that lives for `'a`, and is only ever
+            // accessed atomically.
+            unsafe { atomic_copy::read(src, dst) };
+            return Ok(());
+        }
         // SAFETY: `src..src+len` is in bounds of the shared region (checked by
         // `at`) and valid for reads; `dst` is a private buffer that cannot
         // overlap shared memory we hold no references to.
@@ -392,6 +415,11 @@ impl SharedMem for RawMem<'_> {
 
     fn write(&self, offset: usize, src: &[u8]) -> Result<(), MemError> {
         let dst = self.at(offset, src.len(), 1)?;
+        if self.atomic_copies {
+            // SAFETY: as in `read`: in bounds, alive, atomics only.
+            unsafe { atomic_copy::write(src, dst) };
+            return Ok(());
+        }
         // SAFETY: `dst..dst+len` is in bounds of the shared region (checked
         // by `at`) and valid for writes; `src` is a private buffer.
         unsafe { bulk::copy(src.as_ptr(), dst, src.len()) };
@@ -400,9 +428,110 @@ impl SharedMem for RawMem<'_> {
 
     fn fill(&self, offset: usize, len: usize, byte: u8) -> Result<(), MemError> {
         let dst = self.at(offset, len, 1)?;
+        if self.atomic_copies {
+            // SAFETY: as in `read`: in bounds, alive, atomics only.
+            unsafe { atomic_copy::fill(dst, len, byte) };
+            return Ok(());
+        }
         // SAFETY: `dst..dst+len` is in bounds and valid for writes.
         unsafe { core::ptr::write_bytes(dst, byte, len) };
         Ok(())
+    }
+}
+
+/// Bulk copies between a private buffer and memory made of atomics, with
+/// atomic accesses only: relaxed 8-byte words over the 8-aligned middle,
+/// bytes at the edges. Relaxed is enough: ordering against the indices
+/// comes from the acquire/release index accesses and the fences around
+/// the copy, exactly as for the plain copy.
+mod atomic_copy {
+    use core::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
+
+    /// Splits `len` bytes at `at` into a head up to 8-alignment, whole
+    /// words, and a tail.
+    fn split(at: *const u8, len: usize) -> (usize, usize) {
+        let head = at.align_offset(8).min(len);
+        let words = (len - head) / 8;
+        (head, words)
+    }
+
+    /// Copies `dst.len()` bytes from `src` into `dst`.
+    ///
+    /// # Safety
+    ///
+    /// `src..src + dst.len()` must be valid memory made of atomics (only
+    /// ever accessed atomically) for the duration of the call.
+    pub(super) unsafe fn read(src: *const u8, dst: &mut [u8]) {
+        let (head, words) = split(src, dst.len());
+        let mut i = 0;
+        while i < dst.len() {
+            let at = src.wrapping_add(i);
+            if i >= head && i < head + words * 8 {
+                // SAFETY: in bounds and 8-aligned (past `head`), atomics
+                // only, per our contract.
+                let w = unsafe { AtomicU64::from_ptr(at.cast_mut().cast()) }.load(Relaxed);
+                if let Some(d) = dst.get_mut(i..i + 8) {
+                    d.copy_from_slice(&w.to_ne_bytes());
+                }
+                i += 8;
+            } else {
+                // SAFETY: in bounds, atomics only, per our contract.
+                let b = unsafe { AtomicU8::from_ptr(at.cast_mut()) }.load(Relaxed);
+                if let Some(d) = dst.get_mut(i) {
+                    *d = b;
+                }
+                i += 1;
+            }
+        }
+    }
+
+    /// Copies `src` into `src.len()` bytes at `dst`.
+    ///
+    /// # Safety
+    ///
+    /// As for [`read`], for `dst..dst + src.len()`.
+    pub(super) unsafe fn write(src: &[u8], dst: *mut u8) {
+        let (head, words) = split(dst, src.len());
+        let mut i = 0;
+        while i < src.len() {
+            let at = dst.wrapping_add(i);
+            if i >= head && i < head + words * 8 {
+                let mut w = [0u8; 8];
+                if let Some(s) = src.get(i..i + 8) {
+                    w.copy_from_slice(s);
+                }
+                // SAFETY: in bounds and 8-aligned, atomics only.
+                unsafe { AtomicU64::from_ptr(at.cast()) }.store(u64::from_ne_bytes(w), Relaxed);
+                i += 8;
+            } else {
+                // SAFETY: in bounds, atomics only.
+                unsafe { AtomicU8::from_ptr(at) }.store(src.get(i).copied().unwrap_or(0), Relaxed);
+                i += 1;
+            }
+        }
+    }
+
+    /// Sets `len` bytes at `dst` to `byte`.
+    ///
+    /// # Safety
+    ///
+    /// As for [`read`], for `dst..dst + len`.
+    pub(super) unsafe fn fill(dst: *mut u8, len: usize, byte: u8) {
+        let (head, words) = split(dst, len);
+        let word = u64::from_ne_bytes([byte; 8]);
+        let mut i = 0;
+        while i < len {
+            let at = dst.wrapping_add(i);
+            if i >= head && i < head + words * 8 {
+                // SAFETY: in bounds and 8-aligned, atomics only.
+                unsafe { AtomicU64::from_ptr(at.cast()) }.store(word, Relaxed);
+                i += 8;
+            } else {
+                // SAFETY: in bounds, atomics only.
+                unsafe { AtomicU8::from_ptr(at) }.store(byte, Relaxed);
+                i += 1;
+            }
+        }
     }
 }
 
@@ -904,6 +1033,33 @@ mod tests {
         assert!(m.fill(1, 16, 0).is_err());
         assert!(m.fetch_or_u8(15, 1).is_ok());
         assert!(m.fetch_and_u8(16, 1).is_err());
+    }
+
+    /// The atomic copies of memory made of atomics, at every alignment and
+    /// length around a word, against plain slice copies.
+    #[test]
+    fn atomic_copies_are_exact_at_every_alignment() {
+        let w = words(8);
+        let m = RawMem::from_atomics(&w);
+        let src: std::vec::Vec<u8> = (1..=64).collect();
+        for at in 0..17 {
+            for len in 0..=(64 - at).min(33) {
+                m.fill(0, 64, 0xEE).unwrap();
+                m.write(at, &src[..len]).unwrap();
+                let mut all = [0u8; 64];
+                m.read(0, &mut all).unwrap();
+                assert!(all[..at].iter().all(|&b| b == 0xEE), "{at} {len}");
+                assert_eq!(&all[at..at + len], &src[..len], "{at} {len}");
+                assert!(all[at + len..].iter().all(|&b| b == 0xEE), "{at} {len}");
+                let mut part = std::vec![0u8; len];
+                m.read(at, &mut part).unwrap();
+                assert_eq!(&part[..], &src[..len]);
+                m.fill(at, len, 7).unwrap();
+                m.read(0, &mut all).unwrap();
+                assert!(all[at..at + len].iter().all(|&b| b == 7));
+                assert!(all[at + len..].iter().all(|&b| b == 0xEE));
+            }
+        }
     }
 
     #[test]

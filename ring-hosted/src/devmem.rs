@@ -198,6 +198,56 @@ pub struct MappedRegion {
     len: usize,
 }
 
+/// A file of `len` zero bytes that can stand in for a device file: a
+/// memfd sealed against shrinking, so [`MappedRegion::map`] takes it. For
+/// tests and examples that fake a device; it can still grow.
+///
+/// # Errors
+///
+/// The `memfd_create`, `ftruncate` or seal error.
+///
+/// # Examples
+///
+/// ```
+/// use ring_core::mem::SharedMem;
+/// use ring_hosted::devmem::{stand_in_file, MappedRegion};
+///
+/// let file = stand_in_file("doc-device", 8192)?;
+/// let region = MappedRegion::map(&file, std::path::Path::new("(fake device)"), 0, 8192)?;
+/// assert_eq!(region.size(), 8192);
+/// assert!(file.set_len(4096).is_err()); // it cannot shrink
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn stand_in_file(name: &str, len: u64) -> io::Result<File> {
+    use rustix::fs::{MemfdFlags, SealFlags};
+    let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
+    let file = File::from(fd);
+    file.set_len(len)?;
+    rustix::fs::fcntl_add_seals(&file, SealFlags::SHRINK | SealFlags::SEAL)?;
+    Ok(file)
+}
+
+/// Whether `file` keeps its size for as long as it is mapped: a device
+/// file, a file on sysfs, or a memfd sealed against shrinking.
+fn cannot_shrink(file: &File) -> bool {
+    const SYSFS_MAGIC: u64 = 0x6265_6572;
+    let Ok(st) = rustix::fs::fstat(file) else {
+        return false;
+    };
+    let kind = rustix::fs::FileType::from_raw_mode(st.st_mode);
+    if matches!(
+        kind,
+        rustix::fs::FileType::CharacterDevice | rustix::fs::FileType::BlockDevice
+    ) {
+        return true;
+    }
+    if rustix::fs::fstatfs(file).is_ok_and(|fs| fs.f_type as u64 == SYSFS_MAGIC) {
+        return true;
+    }
+    rustix::fs::fcntl_get_seals(file)
+        .is_ok_and(|seals| seals.contains(rustix::fs::SealFlags::SHRINK))
+}
+
 impl fmt::Debug for MappedRegion {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MappedRegion")
@@ -216,35 +266,73 @@ impl MappedRegion {
     /// position (UIO: map N at N × page size; gntalloc/gntdev: the index the
     /// ioctl returned; VFIO: the region offset).
     ///
+    /// Only files that cannot shrink under the mapping are taken: device
+    /// files, sysfs files (PCI `resourceN`) and memfds sealed against
+    /// shrinking. A regular file could be truncated by anyone who can
+    /// write it, and a read of the pages past its new end would raise
+    /// SIGBUS; [`map_any`](Self::map_any) is the `unsafe` door for a caller
+    /// who can promise that does not happen.
+    ///
     /// # Errors
     ///
     /// [`DevError::Io`] if the kernel refuses the mapping,
-    /// [`DevError::Invalid`] for a zero length.
+    /// [`DevError::Invalid`] for a zero length or a file that could shrink.
     ///
     /// # Examples
     ///
-    /// Any file can stand in for a device file; what is stored through the
-    /// mapping is in the file:
+    /// A sealed memfd can stand in for a device file; what is stored through
+    /// the mapping is in the file. A plain file is refused:
     ///
     /// ```
     /// use ring_core::mem::SharedMem;
-    /// use ring_hosted::devmem::MappedRegion;
+    /// use ring_hosted::devmem::{stand_in_file, MappedRegion};
     /// use std::os::unix::fs::FileExt;
     ///
-    /// let path = std::env::temp_dir().join(format!("ring-doc-map-{}", std::process::id()));
-    /// let file = std::fs::OpenOptions::new().read(true).write(true).create(true).open(&path)?;
-    /// file.set_len(2 * 4096)?;
-    /// let region = MappedRegion::map(&file, &path, 4096, 4096)?; // the second page
+    /// let file = stand_in_file("doc-map", 2 * 4096)?; // sealed against shrinking
+    /// let path = std::path::Path::new("(memfd)");
+    /// let region = MappedRegion::map(&file, path, 4096, 4096)?; // the second page
     /// region.store_u32(8, 0xabcd)?;
     /// let mut word = [0u8; 4];
     /// file.read_exact_at(&mut word, 4096 + 8)?;
     /// assert_eq!(u32::from_ne_bytes(word), 0xabcd);
-    /// assert!(MappedRegion::map(&file, &path, 0, 0).is_err()); // nothing to map
-    /// # drop(region);
-    /// # std::fs::remove_file(&path)?;
+    /// assert!(MappedRegion::map(&file, path, 0, 0).is_err()); // nothing to map
+    ///
+    /// let plain = tempfile::tempfile()?;
+    /// plain.set_len(4096)?;
+    /// assert!(MappedRegion::map(&plain, std::path::Path::new("(temp file)"), 0, 4096).is_err());
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn map(file: &File, path: &Path, offset: u64, len: usize) -> Result<Self, DevError> {
+        if !cannot_shrink(file) {
+            return Err(DevError::invalid(
+                path,
+                "not a device, sysfs file or memfd sealed against shrinking: \
+                 a file that can shrink under a mapping is not mapped",
+            ));
+        }
+        // SAFETY: the file cannot shrink (checked above), so the mapping
+        // stays backed for as long as it lives.
+        unsafe { Self::map_any(file, path, offset, len) }
+    }
+
+    /// Maps `len` bytes of any mappable `file`, as [`map`](Self::map) does,
+    /// without asking what kind of file it is.
+    ///
+    /// # Safety
+    ///
+    /// For as long as the region (or any window of it) lives, the file
+    /// must not shrink below `offset + len`: an access to a page past a
+    /// file's end raises SIGBUS.
+    ///
+    /// # Errors
+    ///
+    /// As for [`map`](Self::map).
+    pub unsafe fn map_any(
+        file: &File,
+        path: &Path,
+        offset: u64,
+        len: usize,
+    ) -> Result<Self, DevError> {
         if len == 0 {
             return Err(DevError::invalid(path, "cannot map zero bytes"));
         }
@@ -277,8 +365,7 @@ impl MappedRegion {
     /// use ring_core::mem::{MemError, SharedMem};
     /// use ring_hosted::devmem::MappedRegion;
     ///
-    /// let file = tempfile::tempfile()?;
-    /// file.set_len(8192)?;
+    /// let file = ring_hosted::devmem::stand_in_file("doc-sub", 8192)?;
     /// let whole = MappedRegion::map(&file, std::path::Path::new("(temp file)"), 0, 8192)?;
     /// let (low, high) = (whole.sub(0, 4096)?, whole.sub(4096, 4096)?);
     /// high.store_u32(0, 5)?;
@@ -800,7 +887,7 @@ mod tests {
 
     #[test]
     fn mapped_region_is_shared_memory_over_the_file() {
-        let mut file = tempfile::tempfile().unwrap();
+        let mut file = stand_in_file("map-test", 0).unwrap();
         file.write_all(&[7u8; 8192]).unwrap();
         let path = Path::new("/tmp/fake");
         let map = MappedRegion::map(&file, path, 0, 8192).unwrap();
@@ -822,9 +909,30 @@ mod tests {
 
     #[test]
     fn errors_name_the_path() {
-        let file = tempfile::tempfile().unwrap();
+        let file = stand_in_file("map-test", 4096).unwrap();
         let e = MappedRegion::map(&file, Path::new("/dev/uio9"), 0, 0).unwrap_err();
         assert!(e.to_string().contains("/dev/uio9"), "{e}");
+    }
+
+    /// A file that can shrink is not mapped by the safe door: shrunk under
+    /// the mapping, a read would be SIGBUS.
+    #[test]
+    fn files_that_can_shrink_are_refused() {
+        let plain = tempfile::tempfile().unwrap();
+        plain.set_len(8192).unwrap();
+        let e = MappedRegion::map(&plain, Path::new("/tmp/plain"), 0, 8192).unwrap_err();
+        assert!(e.to_string().contains("can shrink"), "{e}");
+        let unsealed = File::from(memfd());
+        unsealed.set_len(8192).unwrap();
+        assert!(MappedRegion::map(&unsealed, Path::new("(memfd)"), 0, 8192).is_err());
+        let sealed = stand_in_file("map-test", 8192).unwrap();
+        assert!(MappedRegion::map(&sealed, Path::new("(memfd)"), 0, 8192).is_ok());
+        let null = File::options()
+            .read(true)
+            .write(true)
+            .open("/dev/zero")
+            .unwrap();
+        assert!(cannot_shrink(&null), "a character device keeps its size");
     }
 
     fn memfd() -> std::os::fd::OwnedFd {

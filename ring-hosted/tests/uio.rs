@@ -23,6 +23,15 @@ fn write(path: &Path, text: &str) {
 
 /// A fake tree with one uio_hv_generic device whose rings are `ring` bytes
 /// each (as a kernel with a per-class ring size would make them).
+/// A device file at `path` that cannot shrink, as the mapping requires: a
+/// link to a sealed memfd this process keeps open for good.
+fn stand_in(path: &Path, len: u64) {
+    let file = ring_hosted::devmem::stand_in_file("fake-uio", len).unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+    std::os::unix::fs::symlink(format!("/proc/self/fd/{fd}"), path).unwrap();
+    std::mem::forget(file);
+}
+
 fn fake_tree(dir: &Path, ring: usize) -> Roots {
     let roots = Roots {
         sysfs: dir.join("sys"),
@@ -56,8 +65,7 @@ fn fake_tree(dir: &Path, ring: usize) -> Roots {
     fs::create_dir_all(roots.sysfs.join("class/uio/uio1")).unwrap();
     write(&roots.sysfs.join("class/uio/uio1/name"), "other\n");
     fs::create_dir_all(&roots.dev).unwrap();
-    let dev = fs::File::create(roots.dev.join("uio0")).unwrap();
-    dev.set_len((2 * ring + 3 * 4096) as u64).unwrap();
+    stand_in(&roots.dev.join("uio0"), (2 * ring + 3 * 4096) as u64);
     roots
 }
 
@@ -218,10 +226,7 @@ fn subchannel_ring_files_split_in_half() {
         .join(INSTANCE)
         .join("channels/14/ring");
     fs::create_dir_all(ring.parent().unwrap()).unwrap();
-    fs::File::create(&ring)
-        .unwrap()
-        .set_len(8 * page_size() as u64)
-        .unwrap();
+    stand_in(&ring, 8 * page_size() as u64);
     let rings = uio::subchannel_rings(&roots, INSTANCE, 14).unwrap();
     assert_eq!(rings.layout.rx.offset, 4 * page_size());
     assert_eq!(rings.rx.size(), 4 * page_size());

@@ -25,9 +25,7 @@ const fn region_offset(index: u32) -> u64 {
 
 /// A memfd laid out as vfio-pci lays out an ivshmem device fd.
 fn device_file(position: u32) -> File {
-    let fd = rustix::fs::memfd_create("fake-vfio-device", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
-    let f = File::from(fd);
-    f.set_len(region_offset(7) + 256).unwrap();
+    let f = ring_hosted::devmem::stand_in_file("fake-vfio-device", region_offset(7) + 256).unwrap();
     // Config space: vendor 1af4, device 1110.
     f.write_all_at(&[0xf4, 0x1a, 0x10, 0x11], region_offset(7))
         .unwrap();

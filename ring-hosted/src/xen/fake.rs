@@ -110,11 +110,11 @@ impl FakeXen {
     /// # Ok::<(), ring_hosted::devmem::DevError>(())
     /// ```
     pub fn new() -> Self {
-        let fd = rustix::fs::memfd_create("fake-xen-grants", rustix::fs::MemfdFlags::CLOEXEC)
+        let mem = crate::devmem::stand_in_file("fake-xen-grants", 0)
             .expect("memfd_create for the fake Xen memory");
         FakeXen {
             shared: Arc::new(Shared {
-                mem: File::from(fd),
+                mem,
                 world: Mutex::new(World {
                     next_gref: 8,
                     next_port: 5,
