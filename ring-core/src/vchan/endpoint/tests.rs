@@ -5,7 +5,7 @@ extern crate std;
 
 use super::super::layout::*;
 use super::*;
-use crate::mem::RawMem;
+use crate::mem::{MemError, RawMem};
 use core::sync::atomic::AtomicU64;
 use std::vec;
 use std::vec::Vec;
@@ -589,4 +589,94 @@ fn vectored_sends_are_all_or_nothing() {
     let none: [&[u8]; 2] = [b"", b""];
     assert_eq!(client.send_vectored(&none), Ok(Transfer::NOTHING));
     assert_eq!(client.write_vectored(&none), Ok(Transfer::NOTHING));
+}
+
+/// Memory that lets the peer move once, at the moment we set a notify bit
+/// and just before the bit lands: the peer cannot have seen our request,
+/// so it sends no event, and only the re-check after arming can find what
+/// it did.
+#[derive(Clone)]
+struct ArmRace<'a> {
+    mem: RawMem<'a>,
+    peer: std::rc::Rc<Hook<'a>>,
+}
+
+type Hook<'a> = core::cell::RefCell<Option<std::boxed::Box<dyn FnMut() + 'a>>>;
+
+impl SharedMem for ArmRace<'_> {
+    fn size(&self) -> usize {
+        self.mem.size()
+    }
+    fn load_u32(&self, offset: usize) -> Result<u32, MemError> {
+        self.mem.load_u32(offset)
+    }
+    fn store_u32(&self, offset: usize, value: u32) -> Result<(), MemError> {
+        self.mem.store_u32(offset, value)
+    }
+    fn load_u8(&self, offset: usize) -> Result<u8, MemError> {
+        self.mem.load_u8(offset)
+    }
+    fn store_u8(&self, offset: usize, value: u8) -> Result<(), MemError> {
+        self.mem.store_u8(offset, value)
+    }
+    fn fetch_or_u8(&self, offset: usize, bits: u8) -> Result<u8, MemError> {
+        let peer = self.peer.borrow_mut().take();
+        if let Some(mut peer) = peer {
+            peer();
+        }
+        self.mem.fetch_or_u8(offset, bits)
+    }
+    fn fetch_and_u8(&self, offset: usize, bits: u8) -> Result<u8, MemError> {
+        self.mem.fetch_and_u8(offset, bits)
+    }
+    fn read(&self, offset: usize, dst: &mut [u8]) -> Result<(), MemError> {
+        self.mem.read(offset, dst)
+    }
+    fn write(&self, offset: usize, src: &[u8]) -> Result<(), MemError> {
+        self.mem.write(offset, src)
+    }
+}
+
+#[test]
+fn arming_rechecks_what_the_peer_did_as_the_request_landed() {
+    let w = words(4096);
+    let mem = RawMem::from_atomics(&w);
+    let hook: std::rc::Rc<Hook<'_>> = std::rc::Rc::default();
+    let orders = Orders::new(10, 11).unwrap();
+    let mut server = serve_flat(
+        ArmRace {
+            mem,
+            peer: hook.clone(),
+        },
+        orders,
+        ServerOptions::default(),
+    )
+    .unwrap();
+    let client = std::rc::Rc::new(core::cell::RefCell::new(connect_flat(mem).unwrap()));
+
+    // Reading: nothing there, and nothing arrives: armed.
+    assert_eq!(server.arm_readable(1).unwrap(), Readiness::Armed);
+    // The client writes as our request lands: found by the re-check.
+    let peer = client.clone();
+    *hook.borrow_mut() = Some(std::boxed::Box::new(move || {
+        assert_eq!(peer.borrow_mut().write(b"late").unwrap().len, 4);
+    }));
+    assert_eq!(server.arm_readable(4).unwrap(), Readiness::Ready);
+    assert!(hook.borrow().is_none(), "the peer never moved");
+    let mut got = [0u8; 4];
+    assert_eq!(server.read(&mut got).unwrap().len, 4);
+
+    // Writing: fill our ring; nothing is read: armed.
+    let size = server.write_capacity();
+    assert_eq!(server.write(&vec![7u8; size]).unwrap().len, size);
+    assert_eq!(server.arm_writable(1).unwrap(), Readiness::Armed);
+    // The client reads as our request lands: found by the re-check.
+    let peer = client.clone();
+    *hook.borrow_mut() = Some(std::boxed::Box::new(move || {
+        let mut buf = [0u8; 100];
+        assert_eq!(peer.borrow_mut().read(&mut buf).unwrap().len, 100);
+    }));
+    assert_eq!(server.arm_writable(100).unwrap(), Readiness::Ready);
+    assert!(hook.borrow().is_none(), "the peer never moved");
+    assert_eq!(server.write(&[8u8; 100]).unwrap().len, 100);
 }
