@@ -681,6 +681,38 @@ fn reader_rejects_every_listed_violation() {
     }
 }
 
+/// The bound on a peer-written packet length, at the edge: a packet that
+/// ends exactly at the published write index is read; the same bytes
+/// published with a length 8 bytes longer are corruption.
+#[test]
+fn packet_length_is_checked_exactly_at_the_published_end() {
+    let l = layout(4096);
+    let w = words(l);
+    let mem = RawMem::from_atomics(&w);
+    for at in [0u32, 4096 - 8, 2048] {
+        for len8 in [2u16, 3, 64] {
+            let total = len8 as usize * 8 + 8;
+            let (_tx, mut rx) = pair(mem, l, at);
+            inject(&mem, l, at, &packet_image(descriptor(6, 2, len8, 0), total));
+            let p = rx.read_packet().unwrap();
+            assert_eq!(p.transaction_id(), 7);
+            drop(p);
+            let (_tx, mut rx) = pair(mem, l, at);
+            inject(
+                &mem,
+                l,
+                at,
+                &packet_image(descriptor(6, 2, len8 + 1, 0), total),
+            );
+            let e = rx.read_packet().unwrap_err();
+            assert!(
+                corrupt_what(e).contains("longer than the published"),
+                "at {at}, {len8}: {e:?}"
+            );
+        }
+    }
+}
+
 #[test]
 fn reader_rejects_bad_write_indices() {
     let l = layout(4096);
