@@ -307,3 +307,70 @@ fn a_reader_that_stops_early_is_a_loss_on_both_sides() {
     assert_eq!(lo.status.code(), Some(4), "{}", stderr(&lo));
     assert_eq!(stderr(&lo).lines().count(), 1, "{}", stderr(&lo));
 }
+
+/// Waits for `child` to exit, for at most `limit`; kills it and fails the
+/// test past that.
+fn exit_within(child: &mut std::process::Child, limit: std::time::Duration, what: &str) -> i32 {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code().unwrap_or(-1);
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} still running after {limit:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_stopped_peer_is_a_timeout_exit_6_with_one_line() {
+    use std::io::Read;
+    for proto in ["vchan", "vmbus"] {
+        let sock = TempSock::new("timeout");
+        let mut listen = ring()
+            .arg("listen")
+            .arg(&sock.path)
+            .args(["--proto", proto, "--timeout", "1"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_for_path(&sock.path);
+        let mut connect = ring()
+            .arg("connect")
+            .arg(&sock.path)
+            .args(["--proto", proto])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        // The session is up once a byte has crossed it.
+        let mut ci = connect.stdin.take().unwrap();
+        ci.write_all(b"up").unwrap();
+        let mut got = [0u8; 2];
+        listen.stdout.take().unwrap().read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"up");
+        // The peer stops: alive, silent, holding the session.
+        let pid = rustix::process::Pid::from_raw(connect.id() as i32).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+        let _li = listen.stdin.take().unwrap(); // our own input stays open
+        let code = exit_within(&mut listen, std::time::Duration::from_secs(60), "listen");
+        let mut err = String::new();
+        listen
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::CONT);
+        let _ = connect.kill();
+        let _ = connect.wait();
+        assert_eq!(code, 6, "{proto}: {err}");
+        assert_eq!(err.lines().count(), 1, "{proto}: one line: {err}");
+        assert!(err.contains("timed out"), "{proto}: {err}");
+    }
+}
