@@ -6,11 +6,12 @@
 use proptest::prelude::*;
 use ring_core::mem::{RawMem, SharedMem};
 use ring_core::vchan::{self, Endpoint, Error, Orders, ServerOptions};
-use ring_model_tests::proptest_config;
+use ring_model_tests::{proptest_config, Deadline};
 use ring_std::hostile::{HostileMem, Scribble};
 use ring_std::HeapMem;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The result of one call must be one the contract allows, and a
 /// successful transfer never claims more than the buffer.
@@ -114,6 +115,7 @@ proptest! {
         left in 10u8..=13, right in 10u8..=13, as_server in any::<bool>(),
         steps in proptest::collection::vec(step(), 1..80),
     ) {
+        let _deadline = Deadline::new("vchan_hostile::corruption_between_operations", Duration::from_secs(300));
         let Ok(orders) = Orders::new(left, right) else { return Ok(()) };
         let layout = vchan::FlatLayout::new(orders);
         let words: Vec<AtomicU64> = (0..layout.size / 8).map(|_| AtomicU64::new(0)).collect();
@@ -139,6 +141,7 @@ proptest! {
         header in proptest::collection::vec(any::<u8>(), 24),
         steps in proptest::collection::vec(step(), 0..20),
     ) {
+        let _deadline = Deadline::new("vchan_hostile::hostile_page_at_connect", Duration::from_secs(300));
         let words: Vec<AtomicU64> = (0..(64 * 1024 + 4096) / 8).map(|_| AtomicU64::new(0)).collect();
         let mem = RawMem::from_atomics(&words);
         mem.write(0, &header).unwrap();
@@ -173,6 +176,7 @@ proptest! {
         script in proptest::collection::vec(scribble(), 0..40),
         steps in proptest::collection::vec(step(), 1..60),
     ) {
+        let _deadline = Deadline::new("vchan_hostile::corruption_inside_operations", Duration::from_secs(300));
         let Ok(orders) = Orders::new(left, right) else { return Ok(()) };
         let layout = vchan::FlatLayout::new(orders);
         let heap = HeapMem::new(layout.size);
@@ -190,6 +194,10 @@ proptest! {
 /// A peer thread rewrites the header as fast as it can while we stream.
 #[test]
 fn corruption_during_operations() {
+    let _deadline = Deadline::new(
+        "vchan_hostile::corruption_during_operations",
+        Duration::from_secs(300),
+    );
     for (left, right, as_server) in [
         (10, 11, true),
         (12, 13, false),

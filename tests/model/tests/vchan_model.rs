@@ -17,10 +17,11 @@ use ring_core::vchan::layout::{
     CLI_NOTIFY, LEFT_CONS, LEFT_PROD, RIGHT_CONS, RIGHT_PROD, SRV_NOTIFY,
 };
 use ring_core::vchan::{self, Endpoint, Error, NotifyBits, Orders, ServerOptions, Transfer};
-use ring_model_tests::{proptest_config, stream_byte};
+use ring_model_tests::{proptest_config, stream_byte, Deadline};
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::sync::atomic::AtomicU64;
+use std::time::Duration;
 
 #[derive(Clone, Copy, Debug)]
 enum Side {
@@ -585,6 +586,7 @@ proptest! {
         start in prop_oneof![Just(0u32), Just(0xffff_ff00), any::<u32>()],
         ops in proptest::collection::vec(op(), 1..120),
     ) {
+        let _deadline = Deadline::new("vchan_model::endpoints_match_the_model", Duration::from_secs(300));
         run(orders, start, ops)?;
     }
 }
@@ -600,6 +602,7 @@ proptest! {
         chunk in 1usize..9000,
         seed in any::<u64>(),
     ) {
+        let _deadline = Deadline::new("vchan_model::two_threads_stream_checksummed", Duration::from_secs(300));
         let (mut server, mut client) =
             ring_std::vchan::pair_with(orders, ServerOptions { initial_index: start }).unwrap();
         // A lost wake-up must fail the test, not hang it.

@@ -15,6 +15,8 @@ use ring_core::vmbus::{
     initialize_ring, Error, GpaRange, IncomingRing, OutgoingPacket, OutgoingRing, RingLayout,
     TransferRange,
 };
+use ring_model_tests::Deadline;
+use std::time::Duration;
 
 struct Rng(u64);
 
@@ -195,12 +197,17 @@ proptest! {
 
     #[test]
     fn corruption_between_operations(seed in any::<u64>()) {
+        let _deadline = Deadline::new("vmbus_hostile::corruption_between_operations", Duration::from_secs(300));
         attack_between_operations(seed, 400);
     }
 }
 
 #[test]
 fn attacks_reach_every_outcome() {
+    let _deadline = Deadline::new(
+        "vmbus_hostile::attacks_reach_every_outcome",
+        Duration::from_secs(300),
+    );
     let t = attack_between_operations(0x5EED, 20_000);
     assert!(
         t.ok > 1000 && t.empty_or_full > 100 && t.corrupt > 100,
@@ -210,6 +217,10 @@ fn attacks_reach_every_outcome() {
 
 #[test]
 fn corruption_from_a_concurrent_thread() {
+    let _deadline = Deadline::new(
+        "vmbus_hostile::corruption_from_a_concurrent_thread",
+        Duration::from_secs(300),
+    );
     let layout = RingLayout::new(4096, 8192).unwrap();
     let words: Vec<AtomicU64> = (0..layout.total_size() / 8)
         .map(|_| AtomicU64::new(0))
@@ -302,6 +313,7 @@ proptest! {
         control in any::<bool>(),
         steps in scribbles(),
     ) {
+        let _deadline = Deadline::new("vmbus_hostile::reader_survives_a_scripted_peer", Duration::from_secs(300));
         let layout = RingLayout::new(4096, 8192).unwrap();
         let words: Vec<AtomicU64> =
             (0..layout.total_size() / 8).map(|_| AtomicU64::new(0)).collect();
@@ -339,6 +351,7 @@ proptest! {
         start in (0u32..1024).prop_map(|s| s * 8),
         steps in scribbles(),
     ) {
+        let _deadline = Deadline::new("vmbus_hostile::writer_survives_a_scripted_peer", Duration::from_secs(300));
         let layout = RingLayout::new(4096, 8192).unwrap();
         let words: Vec<AtomicU64> =
             (0..layout.total_size() / 8).map(|_| AtomicU64::new(0)).collect();

@@ -10,8 +10,9 @@ use ring_core::loan::{total, Span};
 use ring_core::mem::{RawMem, SharedMem};
 use ring_core::vmbus::pipe::{PipeReader, PipeWriter};
 use ring_core::vmbus::{initialize_ring, Error, IncomingRing, OutgoingRing, RingLayout};
-use ring_model_tests::{proptest_config, stream_byte};
+use ring_model_tests::{proptest_config, stream_byte, Deadline};
 use std::sync::atomic::AtomicU64;
+use std::time::Duration;
 
 /// Smallest packet a pipe writes for `n` ≥ 1 data bytes, trailer included:
 /// descriptor, pipe header, 8 data bytes, trailer.
@@ -230,12 +231,17 @@ proptest! {
         seed in any::<u64>(),
         ops in proptest::collection::vec(op(), 1..60),
     ) {
+        let _deadline = Deadline::new("vmbus_in_place::in_place_and_copying_calls_carry_one_stream", Duration::from_secs(300));
         run(pages * 4096, start, seed, &ops)?;
     }
 }
 
 #[test]
 fn a_reader_taking_one_byte_at_a_time_walks_many_packets() {
+    let _deadline = Deadline::new(
+        "vmbus_in_place::a_reader_taking_one_byte_at_a_time_walks_many_packets",
+        Duration::from_secs(300),
+    );
     let ops: Vec<Op> = std::iter::once(Op::WriteWith(usize::MAX, usize::MAX))
         .chain((0..5000).map(|_| Op::ReadWith(usize::MAX, 1)))
         .collect();
@@ -244,6 +250,10 @@ fn a_reader_taking_one_byte_at_a_time_walks_many_packets() {
 
 #[test]
 fn a_serializer_writes_straight_into_pipe_packets_and_a_parser_reads_them() {
+    let _deadline = Deadline::new(
+        "vmbus_in_place::a_serializer_writes_straight_into_pipe_packets_and_a_parser_reads_them",
+        Duration::from_secs(300),
+    );
     use embedded_io::{Read, Write};
     use ring_core::loan::{SpanReader, SpanWriter};
     let layout = RingLayout::new(4096, 65536).unwrap();

@@ -10,7 +10,9 @@ use ring_core::vmbus::{
     initialize_ring, Commit, Error, GpaRange, IncomingRing, OutgoingPacket, OutgoingRing,
     PacketType, RingLayout, TransferRange,
 };
+use ring_model_tests::Deadline;
 use std::collections::VecDeque;
+use std::time::Duration;
 
 #[derive(Clone, Debug)]
 enum Kind {
@@ -384,6 +386,7 @@ proptest! {
         start in any::<u32>(),
         ops in prop::collection::vec(op(), 1..300),
     ) {
+        let _deadline = Deadline::new("vmbus_model::rings_follow_the_model", Duration::from_secs(300));
         run(data_size, start, ops);
     }
 }
@@ -391,6 +394,7 @@ proptest! {
 /// A long deterministic run that wraps the indices many times.
 #[test]
 fn long_run_wraps() {
+    let _deadline = Deadline::new("vmbus_model::long_run_wraps", Duration::from_secs(300));
     let mut ops = Vec::new();
     for i in 0..3000u64 {
         ops.push(Op::Write(Pkt {
