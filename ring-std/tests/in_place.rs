@@ -9,6 +9,35 @@ use std::time::Duration;
 
 const DEADLINE: Option<Duration> = Some(Duration::from_secs(10));
 
+/// This thread's `/proc/self/task/TID` directory.
+fn this_thread() -> std::path::PathBuf {
+    let link = std::fs::read_link("/proc/thread-self").unwrap();
+    std::path::Path::new("/proc").join(link)
+}
+
+/// Waits (at most 10 s) until `thread` sleeps in a futex wait, as our
+/// in-process signal's waits do: the event to wait for before freeing
+/// room, so that the writer's wait is what the test runs (a fixed sleep
+/// would let a loaded machine free the room first).
+fn wait_until_asleep(thread: &std::path::Path) {
+    #[cfg(target_arch = "x86_64")]
+    const FUTEX: &str = "202";
+    #[cfg(target_arch = "aarch64")]
+    const FUTEX: &str = "98";
+    let start = std::time::Instant::now();
+    loop {
+        let now = std::fs::read_to_string(thread.join("syscall")).unwrap_or_default();
+        if now.split_whitespace().next() == Some(FUTEX) {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "never asleep: {now:?}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 #[test]
 fn vchan_reservation_waits_for_its_room_and_failures_publish_nothing() {
     let (mut a, mut b) = ring_std::vchan::pair(4096, 4096).unwrap();
@@ -28,8 +57,9 @@ fn vchan_reservation_waits_for_its_room_and_failures_publish_nothing() {
     // Fill all but 10 bytes; a 1000-byte reservation must wait for the
     // reader, then get exactly 1000 bytes of room.
     a.write_all(&[7u8; 4086]).unwrap();
+    let writer = this_thread();
     let reader = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(50));
+        wait_until_asleep(&writer);
         let mut sink = vec![0u8; 4086];
         b.read_exact(&mut sink).unwrap();
         assert!(sink.iter().all(|&x| x == 7));
@@ -96,8 +126,9 @@ fn vmbus_reservation_is_one_packet_and_failures_commit_nothing() {
     // waits for the reader and then gets the whole data area at once.
     let filler = vec![3u8; 14_000];
     a.write_all(&filler).unwrap();
+    let writer = this_thread();
     let reader = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(50));
+        wait_until_asleep(&writer);
         let mut sink = vec![0u8; 14_000];
         b.read_exact(&mut sink).unwrap();
         assert!(sink.iter().all(|&x| x == 3));

@@ -118,3 +118,33 @@ pub fn vmbus_pair(
     let client = t.join().unwrap().into_vmbus().unwrap();
     (server, client, sock)
 }
+
+/// Waits until thread `tid` of this process is asleep in `poll`/`ppoll`,
+/// for at most 10 s: what a test waits for before it acts on a blocked
+/// call, so that the call's wait path is what runs (a fixed sleep would
+/// let a loaded machine run the act first and the test pass without it).
+#[allow(dead_code)]
+pub fn wait_until_polling(tid: rustix::thread::Pid) {
+    // The poll family's numbers, from the kernel's syscall tables.
+    #[cfg(target_arch = "x86_64")]
+    const POLL: &[&str] = &["7", "271"];
+    #[cfg(target_arch = "aarch64")]
+    const POLL: &[&str] = &["73"];
+    let path = format!("/proc/self/task/{}/syscall", tid.as_raw_nonzero());
+    let start = std::time::Instant::now();
+    loop {
+        let now = std::fs::read_to_string(&path).unwrap_or_default();
+        if now
+            .split_whitespace()
+            .next()
+            .is_some_and(|nr| POLL.contains(&nr))
+        {
+            return;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "thread {tid:?} never slept in poll (last: {now:?})"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
