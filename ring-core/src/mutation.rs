@@ -20,6 +20,9 @@ pub enum Mutation {
     /// The producer index published before the bytes are copied in (vchan
     /// writes).
     IndexBeforeCopy = 3,
+    /// No re-check of the ring after `arm_readable`/`arm_writable` set
+    /// their request (vchan's in-place, delivery and host-driven waits).
+    NoArmRecheck = 4,
 }
 
 impl Mutation {
@@ -29,6 +32,7 @@ impl Mutation {
             "NoPublishFence" => Some(Mutation::NoPublishFence),
             "NoRecheck" => Some(Mutation::NoRecheck),
             "IndexBeforeCopy" => Some(Mutation::IndexBeforeCopy),
+            "NoArmRecheck" => Some(Mutation::NoArmRecheck),
             _ => None,
         }
     }

@@ -246,6 +246,61 @@ fn a_gathered_write_wakes_a_reader() {
     });
 }
 
+/// An in-place write that waits for room (`write_with`, through
+/// `arm_writable`) is woken by the one read that frees it.
+#[test]
+fn an_in_place_write_is_woken_by_one_read() {
+    model("vchan an_in_place_write_is_woken_by_one_read", || {
+        let (_mem, server, mut client) = setup();
+        assert_eq!(client.write(&[7u8; 1024]).unwrap().len, 1024);
+        let (server_signal, client_signal) = LoomSignal::pair();
+        let writer = thread::spawn(move || {
+            let mut c = Blocking::new(client, client_signal);
+            let n = c
+                .write_with(1, |mem, spans| {
+                    let Some(first) = spans.first() else { return 0 };
+                    mem.write(first.offset, &[9]).unwrap();
+                    1
+                })
+                .unwrap();
+            assert_eq!(n, 1);
+            c
+        });
+        let mut s = Blocking::new(server, server_signal);
+        let mut buf = [0u8; 1024];
+        s.recv(&mut buf).unwrap();
+        s.recv(&mut buf[..1]).unwrap();
+        assert_eq!(buf[0], 9);
+        drop(writer.join().unwrap());
+    });
+}
+
+/// A writer waiting for its bytes to be read (`wait_delivered`) is woken
+/// by the one read that takes them; `try_delivered` then agrees.
+///
+/// (No negative control removes `arm_writable`'s re-check here: the
+/// delivery check reads the peer's index again after arming, so that
+/// mutant cannot lose this wake-up; `write_with` has no such second look.)
+#[test]
+fn a_delivery_wait_is_woken_by_one_read() {
+    model("vchan a_delivery_wait_is_woken_by_one_read", || {
+        let (_mem, server, mut client) = setup();
+        assert_eq!(client.write(&[5, 6]).unwrap().len, 2);
+        let (server_signal, client_signal) = LoomSignal::pair();
+        let writer = thread::spawn(move || {
+            let mut c = Blocking::new(client, client_signal);
+            c.wait_delivered().unwrap();
+            assert!(matches!(c.try_delivered(), Ok(Some(()))));
+            c
+        });
+        let mut s = Blocking::new(server, server_signal);
+        let mut buf = [0u8; 2];
+        s.recv(&mut buf).unwrap();
+        assert_eq!(buf, [5, 6]);
+        drop(writer.join().unwrap());
+    });
+}
+
 // Negative controls: each deliberate bug (ring-core's `mutation` module,
 // compiled in only under loom) must make a model above fail.
 
@@ -270,5 +325,13 @@ fn an_index_published_before_the_copy_is_caught() {
     loom_support::must_fail(
         ring_core::mutation::Mutation::IndexBeforeCopy,
         "packet_publication_is_atomic",
+    );
+}
+
+#[test]
+fn a_missing_recheck_after_arm_writable_is_caught_in_write_with() {
+    loom_support::must_fail(
+        ring_core::mutation::Mutation::NoArmRecheck,
+        "an_in_place_write_is_woken_by_one_read",
     );
 }

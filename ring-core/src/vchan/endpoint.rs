@@ -652,6 +652,9 @@ impl<M: SharedMem> Endpoint<M> {
             return Ok(Readiness::Ready);
         }
         self.arm(NotifyBits::WRITE)?;
+        if mutation::on(Mutation::NoArmRecheck) {
+            return Ok(Readiness::Armed);
+        }
         if self.refresh_rx()? as usize >= want || self.peer_live()? == Live::Closed {
             return Ok(Readiness::Ready);
         }
@@ -667,6 +670,9 @@ impl<M: SharedMem> Endpoint<M> {
             return Ok(Readiness::Ready);
         }
         self.arm(NotifyBits::READ)?;
+        if mutation::on(Mutation::NoArmRecheck) {
+            return Ok(Readiness::Armed);
+        }
         if self.refresh_tx()? as usize >= want || self.peer_live()? == Live::Closed {
             return Ok(Readiness::Ready);
         }

@@ -694,9 +694,7 @@ fn packet_length_is_checked_exactly_at_the_published_end() {
             let total = len8 as usize * 8 + 8;
             let (_tx, mut rx) = pair(mem, l, at);
             inject(&mem, l, at, &packet_image(descriptor(6, 2, len8, 0), total));
-            let p = rx.read_packet().unwrap();
-            assert_eq!(p.transaction_id(), 7);
-            drop(p);
+            assert_eq!(rx.read_packet().unwrap().transaction_id(), 7);
             let (_tx, mut rx) = pair(mem, l, at);
             inject(
                 &mem,
