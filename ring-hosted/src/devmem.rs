@@ -717,6 +717,35 @@ fn read_u32(bytes: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
 }
 
+/// The kernel's name for the device `file` is (`DEVNAME` in sysfs, the
+/// path under `/dev` it is created at: `xen/gntalloc`, `vfio/vfio`,
+/// `vfio/12`), or `None` for a file that is not a character device the
+/// kernel names. How the device shims make sure a file handed to them is
+/// the driver their ioctls are meant for.
+///
+/// # Examples
+///
+/// ```
+/// use ring_hosted::devmem::device_name;
+///
+/// let null = std::fs::File::open("/dev/null")?;
+/// assert_eq!(device_name(&null).as_deref(), Some("null"));
+/// assert_eq!(device_name(&tempfile::tempfile()?), None);
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub fn device_name(file: &File) -> Option<String> {
+    let st = rustix::fs::fstat(file).ok()?;
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::CharacterDevice {
+        return None;
+    }
+    let (major, minor) = (rustix::fs::major(st.st_rdev), rustix::fs::minor(st.st_rdev));
+    let uevent = std::fs::read_to_string(format!("/sys/dev/char/{major}:{minor}/uevent")).ok()?;
+    uevent
+        .lines()
+        .find_map(|l| l.strip_prefix("DEVNAME="))
+        .map(str::to_owned)
+}
+
 /// The seam between the device shims and the kernel: every ioctl, and the
 /// reads and writes on event-channel style fds, go through it.
 ///
@@ -738,18 +767,44 @@ pub trait Sys: Send + Sync {
     /// An `arg` that [`IoctlRequest::check`] refuses is refused here too
     /// (with its error) before anything else happens: [`Kernel`] relies on
     /// that for soundness, and the fakes do it so tests see the same errors.
-    fn ioctl(&self, fd: BorrowedFd<'_>, request: IoctlRequest, arg: &mut [u8]) -> io::Result<i32>;
+    ///
+    /// # Safety
+    ///
+    /// `fd` must be a file of the driver that `request` was declared for
+    /// (or the seam must be one that never reaches the kernel). An ioctl
+    /// number means what its [`IoctlRequest`] says only to the driver that
+    /// owns it; another driver may read or write other memory of ours, or
+    /// return something else, for the same number.
+    unsafe fn ioctl(
+        &self,
+        fd: BorrowedFd<'_>,
+        request: IoctlRequest,
+        arg: &mut [u8],
+    ) -> io::Result<i32>;
 
     /// `ioctl(fd, request, value)` for requests whose argument is an
     /// integer rather than a pointer ([`IoctlRequest::check_value`]).
-    fn ioctl_value(&self, fd: BorrowedFd<'_>, request: IoctlRequest, value: u64)
-        -> io::Result<i32>;
+    ///
+    /// # Safety
+    ///
+    /// As for [`ioctl`](Self::ioctl).
+    unsafe fn ioctl_value(
+        &self,
+        fd: BorrowedFd<'_>,
+        request: IoctlRequest,
+        value: u64,
+    ) -> io::Result<i32>;
 
     /// `ioctl(fd, request, arg)` for a request that returns a new file
     /// descriptor ([`IoctlRequest::check_fd`]), which the caller then owns.
     ///
     /// The default refuses every request (a seam without such requests).
-    fn ioctl_fd(
+    ///
+    /// # Safety
+    ///
+    /// As for [`ioctl`](Self::ioctl): what comes back is owned as a
+    /// descriptor only because the driver that owns the number says so.
+    unsafe fn ioctl_fd(
         &self,
         fd: BorrowedFd<'_>,
         request: IoctlRequest,
@@ -829,12 +884,17 @@ fn os_result(rc: libc::c_int) -> io::Result<i32> {
 }
 
 impl Sys for Kernel {
-    fn ioctl(&self, fd: BorrowedFd<'_>, request: IoctlRequest, arg: &mut [u8]) -> io::Result<i32> {
+    unsafe fn ioctl(
+        &self,
+        fd: BorrowedFd<'_>,
+        request: IoctlRequest,
+        arg: &mut [u8],
+    ) -> io::Result<i32> {
         request.check(arg)?;
         Self::ioctl_checked(fd, request, arg)
     }
 
-    fn ioctl_value(
+    unsafe fn ioctl_value(
         &self,
         fd: BorrowedFd<'_>,
         request: IoctlRequest,
@@ -849,7 +909,7 @@ impl Sys for Kernel {
         os_result(unsafe { libc::ioctl(raw, number as _, value as libc::c_ulong) })
     }
 
-    fn ioctl_fd(
+    unsafe fn ioctl_fd(
         &self,
         fd: BorrowedFd<'_>,
         request: IoctlRequest,
@@ -946,6 +1006,31 @@ mod tests {
         e.to_string()
     }
 
+    // A memfd has no ioctls: the kernel answers ENOTTY to every number and
+    // touches nothing, so these tests may send it any driver's request.
+
+    #[allow(unsafe_code)]
+    fn memfd_ioctl(fd: BorrowedFd<'_>, request: IoctlRequest, arg: &mut [u8]) -> io::Result<i32> {
+        // SAFETY: `fd` is a memfd (see above).
+        unsafe { Kernel.ioctl(fd, request, arg) }
+    }
+
+    #[allow(unsafe_code)]
+    fn memfd_ioctl_value(fd: BorrowedFd<'_>, request: IoctlRequest, value: u64) -> io::Result<i32> {
+        // SAFETY: `fd` is a memfd (see above).
+        unsafe { Kernel.ioctl_value(fd, request, value) }
+    }
+
+    #[allow(unsafe_code)]
+    fn memfd_ioctl_fd(
+        fd: BorrowedFd<'_>,
+        request: IoctlRequest,
+        arg: &mut [u8],
+    ) -> io::Result<OwnedFd> {
+        // SAFETY: `fd` is a memfd (see above).
+        unsafe { Kernel.ioctl_fd(fd, request, arg) }
+    }
+
     /// What a memfd says to an ioctl that did reach the kernel.
     fn reached_the_kernel(r: io::Result<i32>) {
         let e = r.unwrap_err();
@@ -963,7 +1048,11 @@ mod tests {
             argsz: 4096,
             ..DeviceInfo::default()
         };
-        let msg = refused(Kernel.ioctl(fd.as_fd(), VFIO_DEVICE_GET_INFO, info.as_mut_bytes()));
+        let msg = refused(memfd_ioctl(
+            fd.as_fd(),
+            VFIO_DEVICE_GET_INFO,
+            info.as_mut_bytes(),
+        ));
         assert!(
             msg.contains("argsz 4096 exceeds the 20-byte buffer"),
             "{msg}"
@@ -974,16 +1063,24 @@ mod tests {
             count: 2,
             ..IrqSet::default()
         };
-        refused(Kernel.ioctl(fd.as_fd(), VFIO_DEVICE_SET_IRQS, set.as_mut_bytes()));
+        refused(memfd_ioctl(
+            fd.as_fd(),
+            VFIO_DEVICE_SET_IRQS,
+            set.as_mut_bytes(),
+        ));
         // A buffer shorter than the struct the kernel copies whole, even
         // with an argsz that fits it.
         let mut short = [8u8, 0, 0, 0, 0, 0, 0, 0];
-        let msg = refused(Kernel.ioctl(fd.as_fd(), VFIO_DEVICE_GET_INFO, &mut short));
+        let msg = refused(memfd_ioctl(fd.as_fd(), VFIO_DEVICE_GET_INFO, &mut short));
         assert!(msg.contains("needs 20 bytes, the buffer has 8"), "{msg}");
-        refused(Kernel.ioctl(fd.as_fd(), VFIO_DEVICE_GET_INFO, &mut [0u8; 2]));
+        refused(memfd_ioctl(fd.as_fd(), VFIO_DEVICE_GET_INFO, &mut [0u8; 2]));
         // A truthful argsz is let through (and the memfd has no ioctls).
         info.argsz = size_of::<DeviceInfo>() as u32;
-        reached_the_kernel(Kernel.ioctl(fd.as_fd(), VFIO_DEVICE_GET_INFO, info.as_mut_bytes()));
+        reached_the_kernel(memfd_ioctl(
+            fd.as_fd(),
+            VFIO_DEVICE_GET_INFO,
+            info.as_mut_bytes(),
+        ));
     }
 
     #[test]
@@ -995,28 +1092,43 @@ mod tests {
         let fd = memfd();
         // _IOC(_IOC_NONE, 'E', 1, 8), given 4 bytes.
         assert_eq!(IOCTL_EVTCHN_BIND_INTERDOMAIN.encoded_size(), 8);
-        let msg = refused(Kernel.ioctl(fd.as_fd(), IOCTL_EVTCHN_BIND_INTERDOMAIN, &mut [0u8; 4]));
+        let msg = refused(memfd_ioctl(
+            fd.as_fd(),
+            IOCTL_EVTCHN_BIND_INTERDOMAIN,
+            &mut [0u8; 4],
+        ));
         assert!(msg.contains("needs 8 bytes, the buffer has 4"), "{msg}");
-        reached_the_kernel(Kernel.ioctl(fd.as_fd(), IOCTL_EVTCHN_BIND_INTERDOMAIN, &mut [0u8; 8]));
+        reached_the_kernel(memfd_ioctl(
+            fd.as_fd(),
+            IOCTL_EVTCHN_BIND_INTERDOMAIN,
+            &mut [0u8; 8],
+        ));
         // gntalloc writes `count` grant refs from offset 16: three need 28
         // bytes, more than the bare struct's 24.
         let mut alloc = AllocGref {
             count: 3,
             ..AllocGref::default()
         };
-        let msg =
-            refused(Kernel.ioctl(fd.as_fd(), IOCTL_GNTALLOC_ALLOC_GREF, alloc.as_mut_bytes()));
+        let msg = refused(memfd_ioctl(
+            fd.as_fd(),
+            IOCTL_GNTALLOC_ALLOC_GREF,
+            alloc.as_mut_bytes(),
+        ));
         assert!(msg.contains("needs 28 bytes, the buffer has 24"), "{msg}");
         let mut buf = vec![0u8; 28];
         buf[..24].copy_from_slice(alloc.as_bytes());
-        reached_the_kernel(Kernel.ioctl(fd.as_fd(), IOCTL_GNTALLOC_ALLOC_GREF, &mut buf));
+        reached_the_kernel(memfd_ioctl(fd.as_fd(), IOCTL_GNTALLOC_ALLOC_GREF, &mut buf));
         // gntdev reads `count` 8-byte refs from offset 16; a huge count
         // neither overflows nor passes.
         let mut map = MapGrantRef {
             count: u32::MAX,
             ..MapGrantRef::default()
         };
-        refused(Kernel.ioctl(fd.as_fd(), IOCTL_GNTDEV_MAP_GRANT_REF, map.as_mut_bytes()));
+        refused(memfd_ioctl(
+            fd.as_fd(),
+            IOCTL_GNTDEV_MAP_GRANT_REF,
+            map.as_mut_bytes(),
+        ));
     }
 
     #[test]
@@ -1025,35 +1137,29 @@ mod tests {
         let fd = memfd();
         // An integer where the kernel expects a pointer would be a wild
         // write: refused.
-        let e = Kernel
-            .ioctl_value(fd.as_fd(), VFIO_DEVICE_GET_INFO, 0x1000)
-            .unwrap_err();
+        let e = memfd_ioctl_value(fd.as_fd(), VFIO_DEVICE_GET_INFO, 0x1000).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{e}");
-        refused(Kernel.ioctl(fd.as_fd(), VFIO_GET_API_VERSION, &mut [0u8; 8]));
-        reached_the_kernel(Kernel.ioctl_value(fd.as_fd(), VFIO_GET_API_VERSION, 0));
+        refused(memfd_ioctl(fd.as_fd(), VFIO_GET_API_VERSION, &mut [0u8; 8]));
+        reached_the_kernel(memfd_ioctl_value(fd.as_fd(), VFIO_GET_API_VERSION, 0));
         // A descriptor-returning request only through ioctl_fd, and only
         // with its NUL-terminated name.
-        refused(Kernel.ioctl(
+        refused(memfd_ioctl(
             fd.as_fd(),
             VFIO_GROUP_GET_DEVICE_FD,
             &mut b"dev\0".to_owned(),
         ));
-        let e = Kernel
-            .ioctl_fd(fd.as_fd(), VFIO_GROUP_GET_DEVICE_FD, &mut b"dev".to_owned())
+        let e = memfd_ioctl_fd(fd.as_fd(), VFIO_GROUP_GET_DEVICE_FD, &mut b"dev".to_owned())
             .unwrap_err();
         assert!(e.to_string().contains("NUL"), "{e}");
         assert_eq!(e.raw_os_error(), None);
-        let e = Kernel
-            .ioctl_fd(fd.as_fd(), VFIO_DEVICE_GET_INFO, &mut [0u8; 64])
-            .unwrap_err();
+        let e = memfd_ioctl_fd(fd.as_fd(), VFIO_DEVICE_GET_INFO, &mut [0u8; 64]).unwrap_err();
         assert_eq!(e.raw_os_error(), None, "{e}");
-        let e = Kernel
-            .ioctl_fd(
-                fd.as_fd(),
-                VFIO_GROUP_GET_DEVICE_FD,
-                &mut b"dev\0".to_owned(),
-            )
-            .unwrap_err();
+        let e = memfd_ioctl_fd(
+            fd.as_fd(),
+            VFIO_GROUP_GET_DEVICE_FD,
+            &mut b"dev\0".to_owned(),
+        )
+        .unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::ENOTTY), "{e}");
     }
 

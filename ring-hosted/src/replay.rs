@@ -117,14 +117,22 @@ fn answer(request: IoctlRequest, reply: Reply, arg: Option<&mut [u8]>) -> io::Re
     }
 }
 
+// The seam's methods are `unsafe` to call; a replay reaches no kernel and
+// does nothing unsafe itself.
+#[allow(unsafe_code)]
 impl Sys for Replay {
-    fn ioctl(&self, _fd: BorrowedFd<'_>, request: IoctlRequest, arg: &mut [u8]) -> io::Result<i32> {
+    unsafe fn ioctl(
+        &self,
+        _fd: BorrowedFd<'_>,
+        request: IoctlRequest,
+        arg: &mut [u8],
+    ) -> io::Result<i32> {
         request.check(arg)?;
         let reply = self.next(request, arg.to_vec())?;
         answer(request, reply, Some(arg))
     }
 
-    fn ioctl_value(
+    unsafe fn ioctl_value(
         &self,
         _fd: BorrowedFd<'_>,
         request: IoctlRequest,
@@ -135,7 +143,7 @@ impl Sys for Replay {
         answer(request, reply, None)
     }
 
-    fn ioctl_fd(
+    unsafe fn ioctl_fd(
         &self,
         _fd: BorrowedFd<'_>,
         request: IoctlRequest,
@@ -159,6 +167,31 @@ impl Sys for Replay {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An ioctl through the replay, which reaches no kernel: any file will
+    /// do.
+    #[allow(unsafe_code)]
+    fn replayed(
+        replay: &Replay,
+        fd: BorrowedFd<'_>,
+        request: IoctlRequest,
+        arg: &mut [u8],
+    ) -> io::Result<i32> {
+        // SAFETY: a replay never reaches the kernel.
+        unsafe { replay.ioctl(fd, request, arg) }
+    }
+
+    /// As [`replayed`], for a descriptor-returning request.
+    #[allow(unsafe_code)]
+    fn replayed_fd(
+        replay: &Replay,
+        fd: BorrowedFd<'_>,
+        request: IoctlRequest,
+        arg: &mut [u8],
+    ) -> io::Result<OwnedFd> {
+        // SAFETY: a replay never reaches the kernel.
+        unsafe { replay.ioctl_fd(fd, request, arg) }
+    }
     use crate::vfio::{IrqSet, VFIO_DEVICE_SET_IRQS, VFIO_GROUP_GET_DEVICE_FD};
     use crate::xen::evtchn::IOCTL_EVTCHN_NOTIFY;
     use std::os::fd::AsFd;
@@ -187,9 +220,13 @@ mod tests {
             count: 2,
             ..IrqSet::default()
         };
-        let e = replay
-            .ioctl(fd.as_fd(), VFIO_DEVICE_SET_IRQS, header.as_mut_bytes())
-            .unwrap_err();
+        let e = replayed(
+            &replay,
+            fd.as_fd(),
+            VFIO_DEVICE_SET_IRQS,
+            header.as_mut_bytes(),
+        )
+        .unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{e}");
         assert!(e.to_string().contains("argsz 28"), "{e}");
         // Nothing was logged or consumed: the request never got that far.
@@ -197,13 +234,15 @@ mod tests {
         assert_eq!(replay.remaining(), 2);
         // The same request with a truthful argsz goes through.
         header.argsz = size_of::<IrqSet>() as u32;
-        replay
-            .ioctl(fd.as_fd(), VFIO_DEVICE_SET_IRQS, header.as_mut_bytes())
-            .unwrap();
+        replayed(
+            &replay,
+            fd.as_fd(),
+            VFIO_DEVICE_SET_IRQS,
+            header.as_mut_bytes(),
+        )
+        .unwrap();
         // A request encoding a 4-byte argument, given 2 bytes.
-        let e = replay
-            .ioctl(fd.as_fd(), IOCTL_EVTCHN_NOTIFY, &mut [0u8; 2])
-            .unwrap_err();
+        let e = replayed(&replay, fd.as_fd(), IOCTL_EVTCHN_NOTIFY, &mut [0u8; 2]).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{e}");
         assert_eq!(replay.seen().len(), 1);
         assert_eq!(replay.remaining(), 1);
@@ -220,19 +259,19 @@ mod tests {
         }]);
         // Through the plain entry point it is refused, unlogged.
         let mut name = *b"0000:00:04.0\0";
-        assert!(replay
-            .ioctl(fd.as_fd(), VFIO_GROUP_GET_DEVICE_FD, &mut name)
-            .is_err());
+        assert!(replayed(&replay, fd.as_fd(), VFIO_GROUP_GET_DEVICE_FD, &mut name).is_err());
         // A name without its NUL would let the kernel read past the buffer.
         let mut unterminated = *b"0000:00:04.0";
-        let e = replay
-            .ioctl_fd(fd.as_fd(), VFIO_GROUP_GET_DEVICE_FD, &mut unterminated)
-            .unwrap_err();
+        let e = replayed_fd(
+            &replay,
+            fd.as_fd(),
+            VFIO_GROUP_GET_DEVICE_FD,
+            &mut unterminated,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("NUL"), "{e}");
         assert!(replay.seen().is_empty());
-        let got = replay
-            .ioctl_fd(fd.as_fd(), VFIO_GROUP_GET_DEVICE_FD, &mut name)
-            .unwrap();
+        let got = replayed_fd(&replay, fd.as_fd(), VFIO_GROUP_GET_DEVICE_FD, &mut name).unwrap();
         assert_eq!(std::os::fd::AsRawFd::as_raw_fd(&got), raw);
     }
 }

@@ -114,7 +114,10 @@ fn dev_dir(mode: IommuMode) -> tempfile::TempDir {
 
 fn open(replay: &Arc<Replay>, dir: &Path, mode: IommuMode) -> Result<Ivshmem, DevError> {
     let sys: Arc<dyn Sys> = replay.clone();
-    let (_container, _group, device) = open_device(dir, 12, "0000:00:04.0", mode, sys)?;
+    // SAFETY: the replay never reaches the kernel (the files are empty
+    // stand-ins).
+    let (_container, _group, device) =
+        unsafe { open_device_with(dir, 12, "0000:00:04.0", mode, sys) }?;
     Ivshmem::open(device)
 }
 
@@ -303,7 +306,8 @@ fn region_replies_are_checked() {
         step(VFIO_DEVICE_GET_REGION_INFO, region(7, 256, RW)),
     ]));
     let sys: Arc<dyn Sys> = replay.clone();
-    let dev = Device::from_parts(file, "fake".into(), sys);
+    // SAFETY: the replay never reaches the kernel.
+    let dev = unsafe { Device::from_parts(file, "fake".into(), sys) };
     // Asked for region 2, the reply describes region 3.
     assert!(dev.region(2).is_err());
     let mut big = [0u8; 8];
@@ -311,4 +315,20 @@ fn region_replies_are_checked() {
     assert!(e.to_string().contains("beyond"), "{e}");
     // The script is exhausted: further ioctls fail rather than invent replies.
     assert!(dev.info().is_err());
+}
+
+/// The safe openers make VFIO's ioctls only on VFIO's files: another
+/// device, or a plain file, is refused before any ioctl, by the kernel's
+/// name for what was opened.
+#[test]
+fn safe_openers_refuse_files_that_are_not_vfio() {
+    let e = Group::open(std::path::Path::new("/dev/null")).unwrap_err();
+    assert!(e.to_string().contains("is null, not a VFIO group"), "{e}");
+    let plain = tempfile::NamedTempFile::new().unwrap();
+    let e = Group::open(plain.path()).unwrap_err();
+    assert!(e.to_string().contains("not a device"), "{e}");
+    // A directory laid out like /dev/vfio with the wrong files in it.
+    let dir = dev_dir(IommuMode::Type1v2);
+    let e = open_device(dir.path(), 12, "0000:00:04.0", IommuMode::Type1v2).unwrap_err();
+    assert!(e.to_string().contains("not the VFIO container"), "{e}");
 }

@@ -34,7 +34,8 @@ fn step(request: IoctlRequest, reply: Reply) -> Step {
 
 fn device(file: &File, path: &str, sys: &Arc<Replay>) -> XenDevice {
     let sys: Arc<dyn Sys> = sys.clone();
-    XenDevice::from_parts(file.try_clone().unwrap(), path.into(), sys)
+    // SAFETY: the replay never reaches the kernel.
+    unsafe { XenDevice::from_parts(file.try_clone().unwrap(), path.into(), sys) }
 }
 
 #[test]
@@ -272,4 +273,15 @@ fn multi_page_requests_carry_every_ref() {
     assert_eq!(refs, [(4, 10), (4, 11), (4, 12)]);
     let release = UnmapGrantRef::read_from_bytes(&sys.seen()[1].1).unwrap();
     assert_eq!((release.index, release.count), (0, 3));
+}
+
+/// Xen's ioctls go only to Xen's devices: `XenDevice::open` asks the
+/// kernel what the file is and refuses anything else.
+#[test]
+fn only_xen_devices_open_as_xen_devices() {
+    let e = XenDevice::open("/dev/null").unwrap_err();
+    assert!(e.to_string().contains("not a Xen device"), "{e}");
+    let plain = tempfile::NamedTempFile::new().unwrap();
+    let e = XenDevice::open(plain.path()).unwrap_err();
+    assert!(e.to_string().contains("not a Xen device"), "{e}");
 }

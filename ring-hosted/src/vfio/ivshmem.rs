@@ -59,13 +59,12 @@ impl Ivshmem {
     ///
     /// ```no_run
     /// use ring_core::vchan;
-    /// use ring_hosted::devmem::{DevError, Kernel};
+    /// use ring_hosted::devmem::DevError;
     /// use ring_hosted::vfio::{self, ivshmem::Ivshmem, IommuMode};
-    /// use std::{path::Path, sync::Arc, time::Duration};
+    /// use std::{path::Path, time::Duration};
     ///
-    /// let (_container, _group, device) = vfio::open_device(
-    ///     Path::new("/dev/vfio"), 12, "0000:00:04.0", IommuMode::NoIommu, Arc::new(Kernel),
-    /// )?;
+    /// let (_container, _group, device) =
+    ///     vfio::open_device(Path::new("/dev/vfio"), 12, "0000:00:04.0", IommuMode::NoIommu)?;
     /// let ivshmem = match Ivshmem::open(device) {
     ///     Ok(ivshmem) => ivshmem,
     ///     Err(e @ DevError::Invalid { .. }) => {

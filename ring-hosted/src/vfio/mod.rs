@@ -312,13 +312,31 @@ impl std::fmt::Debug for Handle {
     }
 }
 
+/// Every `Handle` holds a file of the VFIO driver (a container, a group,
+/// or a device fd the driver returned) or a seam that never reaches the
+/// kernel: `open`'s contract, the device-name checks of the safe openers,
+/// and `Group::device` keep that, and the ioctl wrappers rely on it.
 impl Handle {
-    fn open(path: &Path, sys: Arc<dyn Sys>) -> Result<Self, DevError> {
+    /// Opens `path`; with `expect`, fails unless the file opened is that
+    /// kind of VFIO device (checked on the file itself, not the path).
+    ///
+    /// # Safety
+    ///
+    /// With `expect` `None`: the file at `path` is the VFIO file the
+    /// requests made on it are for, or `sys` never reaches the kernel.
+    unsafe fn open(
+        path: &Path,
+        sys: Arc<dyn Sys>,
+        expect: Option<Expect>,
+    ) -> Result<Self, DevError> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .open(path)
             .map_err(DevError::io("open", path))?;
+        if let Some(expect) = expect {
+            expect.check(&file, path)?;
+        }
         Ok(Handle {
             file: Arc::new(file),
             path: path.to_path_buf(),
@@ -332,8 +350,9 @@ impl Handle {
         request: IoctlRequest,
         arg: &mut [u8],
     ) -> Result<i32, DevError> {
-        self.sys
-            .ioctl(self.file.as_fd(), request, arg)
+        // SAFETY: the file is the VFIO driver's (the `Handle` invariant),
+        // and every request here is a VFIO one.
+        unsafe { self.sys.ioctl(self.file.as_fd(), request, arg) }
             .map_err(DevError::io(op, &self.path))
     }
 
@@ -343,8 +362,8 @@ impl Handle {
         request: IoctlRequest,
         value: u64,
     ) -> Result<i32, DevError> {
-        self.sys
-            .ioctl_value(self.file.as_fd(), request, value)
+        // SAFETY: as in `ioctl`.
+        unsafe { self.sys.ioctl_value(self.file.as_fd(), request, value) }
             .map_err(DevError::io(op, &self.path))
     }
 
@@ -354,8 +373,8 @@ impl Handle {
         request: IoctlRequest,
         arg: &mut [u8],
     ) -> Result<OwnedFd, DevError> {
-        self.sys
-            .ioctl_fd(self.file.as_fd(), request, arg)
+        // SAFETY: as in `ioctl`.
+        unsafe { self.sys.ioctl_fd(self.file.as_fd(), request, arg) }
             .map_err(DevError::io(op, &self.path))
     }
 }
@@ -367,11 +386,12 @@ pub struct Container {
 }
 
 impl Container {
-    /// Opens `/dev/vfio/vfio` with real system calls.
+    /// Opens `/dev/vfio/vfio` with real system calls, after checking that
+    /// the file there is the VFIO container.
     ///
     /// # Errors
     ///
-    /// As [`Container::open_with`].
+    /// [`DevError::Invalid`] if it is not; else as [`Container::open_with`].
     ///
     /// # Examples
     ///
@@ -390,7 +410,14 @@ impl Container {
     /// }
     /// ```
     pub fn open() -> Result<Self, DevError> {
-        Self::open_with(Path::new("/dev/vfio/vfio"), Arc::new(Kernel))
+        // SAFETY: `open_checked` checks the file is the container.
+        unsafe {
+            Self::open_checked(
+                Path::new("/dev/vfio/vfio"),
+                Arc::new(Kernel),
+                Some(CONTAINER),
+            )
+        }
     }
 
     /// Opens the container at `path` with ioctls through `sys`, and checks
@@ -416,15 +443,36 @@ impl Container {
     /// let version = |v| Step { request: VFIO_GET_API_VERSION, reply: Reply::Value(v) };
     /// let replay = Arc::new(Replay::new([version(0), version(1)]));
     /// let stand_in = tempfile::NamedTempFile::new()?; // for /dev/vfio/vfio
-    /// let _container = Container::open_with(stand_in.path(), replay.clone())?;
-    /// let refused = Container::open_with(stand_in.path(), replay.clone());
+    /// // SAFETY: the replay never reaches the kernel.
+    /// let _container = unsafe { Container::open_with(stand_in.path(), replay.clone()) }?;
+    /// // SAFETY: as above.
+    /// let refused = unsafe { Container::open_with(stand_in.path(), replay.clone()) };
     /// assert!(refused.is_err_and(|e| e.to_string().contains("API version 1")));
     /// assert_eq!(replay.remaining(), 0);
     /// # }
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn open_with(path: &Path, sys: Arc<dyn Sys>) -> Result<Self, DevError> {
-        let h = Handle::open(path, sys)?;
+    ///
+    /// # Safety
+    ///
+    /// The file at `path` must be the VFIO container, or `sys` a seam
+    /// that never reaches the kernel (a recorded replay): VFIO's ioctl
+    /// numbers mean something else, or nothing, to other drivers.
+    pub unsafe fn open_with(path: &Path, sys: Arc<dyn Sys>) -> Result<Self, DevError> {
+        // SAFETY: our caller's contract is `open_checked`'s without a check.
+        unsafe { Self::open_checked(path, sys, None) }
+    }
+
+    /// # Safety
+    ///
+    /// As [`Handle::open`].
+    unsafe fn open_checked(
+        path: &Path,
+        sys: Arc<dyn Sys>,
+        expect: Option<Expect>,
+    ) -> Result<Self, DevError> {
+        // SAFETY: our caller's contract is `Handle::open`'s.
+        let h = unsafe { Handle::open(path, sys, expect) }?;
         let version = h.ioctl_value("get API version", VFIO_GET_API_VERSION, 0)?;
         if version != VFIO_API_VERSION {
             return Err(DevError::invalid(
@@ -481,6 +529,18 @@ pub fn group_path(dev_vfio: &Path, group: u32, mode: IommuMode) -> PathBuf {
 }
 
 impl Group {
+    /// Opens the group at `path` with real system calls, after checking
+    /// that the file there is a VFIO group, and checks that it is viable.
+    ///
+    /// # Errors
+    ///
+    /// [`DevError::Invalid`] if the file is not a VFIO group; else as
+    /// [`Group::open_with`].
+    pub fn open(path: &Path) -> Result<Self, DevError> {
+        // SAFETY: `open_checked` checks the file is a group.
+        unsafe { Self::open_checked(path, Arc::new(Kernel), Some(GROUP)) }
+    }
+
     /// Opens the group at `path` and checks that it is viable.
     ///
     /// # Errors
@@ -494,19 +554,37 @@ impl Group {
     /// vfio-pci; a group that is not viable says so:
     ///
     /// ```no_run
-    /// use ring_hosted::devmem::{DevError, Kernel};
+    /// use ring_hosted::devmem::DevError;
     /// use ring_hosted::vfio::{group_path, Group, IommuMode};
-    /// use std::{path::Path, sync::Arc};
+    /// use std::path::Path;
     ///
     /// let path = group_path(Path::new("/dev/vfio"), 12, IommuMode::Type1v2);
-    /// match Group::open_with(&path, Arc::new(Kernel)) {
+    /// match Group::open(&path) {
     ///     Ok(_group) => println!("{} is ready", path.display()),
     ///     Err(e @ DevError::Invalid { .. }) => eprintln!("{e}"), // not viable
     ///     Err(e) => eprintln!("cannot open {}: {e}", path.display()),
     /// }
     /// ```
-    pub fn open_with(path: &Path, sys: Arc<dyn Sys>) -> Result<Self, DevError> {
-        let h = Handle::open(path, sys)?;
+    ///
+    /// # Safety
+    ///
+    /// The file at `path` must be a VFIO group, or `sys` a seam that never
+    /// reaches the kernel (see [`Container::open_with`]).
+    pub unsafe fn open_with(path: &Path, sys: Arc<dyn Sys>) -> Result<Self, DevError> {
+        // SAFETY: our caller's contract is `open_checked`'s without a check.
+        unsafe { Self::open_checked(path, sys, None) }
+    }
+
+    /// # Safety
+    ///
+    /// As [`Handle::open`].
+    unsafe fn open_checked(
+        path: &Path,
+        sys: Arc<dyn Sys>,
+        expect: Option<Expect>,
+    ) -> Result<Self, DevError> {
+        // SAFETY: our caller's contract is `Handle::open`'s.
+        let h = unsafe { Handle::open(path, sys, expect) }?;
         let mut status = GroupStatus {
             argsz: size_of::<GroupStatus>() as u32,
             flags: 0,
@@ -574,12 +652,12 @@ impl Group {
 /// and access to `/dev/vfio`:
 ///
 /// ```no_run
-/// use ring_hosted::devmem::{DevError, Kernel};
+/// use ring_hosted::devmem::DevError;
 /// use ring_hosted::vfio::{self, IommuMode};
-/// use std::{path::Path, sync::Arc};
+/// use std::path::Path;
 ///
 /// let dev_vfio = Path::new("/dev/vfio");
-/// let opened = vfio::open_device(dev_vfio, 12, "0000:00:04.0", IommuMode::Type1v2, Arc::new(Kernel));
+/// let opened = vfio::open_device(dev_vfio, 12, "0000:00:04.0", IommuMode::Type1v2);
 /// let (_container, _group, device) = match opened {
 ///     Ok(parts) => parts,
 ///     Err(e) => {
@@ -596,14 +674,99 @@ pub fn open_device(
     group: u32,
     device: &str,
     mode: IommuMode,
+) -> Result<(Container, Group, Device), DevError> {
+    // SAFETY: each file is checked to be the VFIO device its path names.
+    unsafe { open_device_checked(dev_vfio, group, device, mode, Arc::new(Kernel), true) }
+}
+
+/// [`open_device`] with ioctls through `sys` (a recorded replay, in
+/// tests), without asking what the files are.
+///
+/// # Errors
+///
+/// As [`open_device`].
+///
+/// # Safety
+///
+/// As [`Container::open_with`], for `DEV_VFIO/vfio` and the group's file.
+pub unsafe fn open_device_with(
+    dev_vfio: &Path,
+    group: u32,
+    device: &str,
+    mode: IommuMode,
     sys: Arc<dyn Sys>,
 ) -> Result<(Container, Group, Device), DevError> {
-    let container = Container::open_with(&dev_vfio.join("vfio"), Arc::clone(&sys))?;
-    let group = Group::open_with(&group_path(dev_vfio, group, mode), sys)?;
+    // SAFETY: our caller's contract, without the checks.
+    unsafe { open_device_checked(dev_vfio, group, device, mode, sys, false) }
+}
+
+/// # Safety
+///
+/// With `check` false, as [`open_device_with`].
+unsafe fn open_device_checked(
+    dev_vfio: &Path,
+    group: u32,
+    device: &str,
+    mode: IommuMode,
+    sys: Arc<dyn Sys>,
+    check: bool,
+) -> Result<(Container, Group, Device), DevError> {
+    let (container_check, group_check) = match check {
+        true => (Some(CONTAINER), Some(GROUP)),
+        false => (None, None),
+    };
+    let container_path = dev_vfio.join("vfio");
+    // SAFETY: checked, or our caller's contract.
+    let container =
+        unsafe { Container::open_checked(&container_path, Arc::clone(&sys), container_check) }?;
+    // SAFETY: as above.
+    let group =
+        unsafe { Group::open_checked(&group_path(dev_vfio, group, mode), sys, group_check) }?;
     group.set_container(&container)?;
     container.set_iommu(mode)?;
     let device = group.device(device)?;
     Ok((container, group, device))
+}
+
+/// The kind of VFIO file a safe opener requires, by the kernel's name for
+/// it: what makes issuing VFIO's ioctls on the file sound.
+#[derive(Clone, Copy)]
+struct Expect {
+    is: fn(&str) -> bool,
+    what: &'static str,
+}
+
+const CONTAINER: Expect = Expect {
+    is: |name| name == "vfio/vfio",
+    what: "the VFIO container",
+};
+
+const GROUP: Expect = Expect {
+    is: is_group_name,
+    what: "a VFIO group",
+};
+
+impl Expect {
+    fn check(self, file: &File, path: &Path) -> Result<(), DevError> {
+        match crate::devmem::device_name(file) {
+            Some(name) if (self.is)(&name) => Ok(()),
+            Some(name) => Err(DevError::invalid(
+                path,
+                format!("is {name}, not {}", self.what),
+            )),
+            None => Err(DevError::invalid(
+                path,
+                format!("not a device, so not {}", self.what),
+            )),
+        }
+    }
+}
+
+/// A group's kernel name: `vfio/N` or `vfio/noiommu-N`.
+fn is_group_name(name: &str) -> bool {
+    name.strip_prefix("vfio/")
+        .map(|n| n.strip_prefix("noiommu-").unwrap_or(n))
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// An open VFIO device.
@@ -616,7 +779,12 @@ pub struct Device {
 impl Device {
     /// A device from an already open fd (tests; or an fd received from a
     /// privileged helper).
-    pub fn from_parts(file: File, path: PathBuf, sys: Arc<dyn Sys>) -> Self {
+    ///
+    /// # Safety
+    ///
+    /// `file` must be a VFIO device fd, or `sys` a seam that never reaches
+    /// the kernel (see [`Container::open_with`]).
+    pub unsafe fn from_parts(file: File, path: PathBuf, sys: Arc<dyn Sys>) -> Self {
         Device {
             h: Handle {
                 file: Arc::new(file),

@@ -5,7 +5,7 @@
 //! ioctl (`NOTIFY`), delivers them as 4-byte port numbers to `read`, and
 //! masks a port when it fires until its number is written back (unmask).
 
-use super::{DomId, XenDevice};
+use super::{DomId, Driver, XenDevice};
 use crate::devmem::{ioc, DevError, IoctlArg, IoctlRequest, IOC_NONE};
 use ring_core::signal::Signal;
 use std::mem::size_of;
@@ -134,6 +134,7 @@ impl EventChannel {
             remote_domain: remote.into(),
         };
         let port = dev.ioctl(
+            Driver::Evtchn,
             "bind unbound port",
             IOCTL_EVTCHN_BIND_UNBOUND_PORT,
             arg.as_mut_bytes(),
@@ -175,6 +176,7 @@ impl EventChannel {
             remote_port,
         };
         let port = dev.ioctl(
+            Driver::Evtchn,
             "bind interdomain",
             IOCTL_EVTCHN_BIND_INTERDOMAIN,
             arg.as_mut_bytes(),
@@ -217,7 +219,12 @@ impl EventChannel {
     pub fn send(&self) -> Result<(), DevError> {
         let mut arg = PortArg { port: self.port };
         self.dev
-            .ioctl("notify", IOCTL_EVTCHN_NOTIFY, arg.as_mut_bytes())
+            .ioctl(
+                Driver::Evtchn,
+                "notify",
+                IOCTL_EVTCHN_NOTIFY,
+                arg.as_mut_bytes(),
+            )
             .map(drop)
     }
 
@@ -301,8 +308,11 @@ impl Drop for EventChannel {
     fn drop(&mut self) {
         let mut arg = PortArg { port: self.port };
         // Nothing useful to do if unbinding fails at drop.
-        let _ = self
-            .dev
-            .ioctl("unbind", IOCTL_EVTCHN_UNBIND, arg.as_mut_bytes());
+        let _ = self.dev.ioctl(
+            Driver::Evtchn,
+            "unbind",
+            IOCTL_EVTCHN_UNBIND,
+            arg.as_mut_bytes(),
+        );
     }
 }

@@ -132,16 +132,15 @@ impl FakeXen {
         lock(&self.shared.log).clone()
     }
 
+    #[allow(unsafe_code)]
     fn device(&self, domid: DomId, path: &str) -> XenDevice {
         let file = self.shared.mem.try_clone().expect("dup of the fake memfd");
-        XenDevice::from_parts(
-            file,
-            PathBuf::from(path),
-            Arc::new(FakeDomain {
-                domid,
-                shared: Arc::clone(&self.shared),
-            }),
-        )
+        let sys = Arc::new(FakeDomain {
+            domid,
+            shared: Arc::clone(&self.shared),
+        });
+        // SAFETY: the fake seam never reaches the kernel.
+        unsafe { XenDevice::from_parts(file, PathBuf::from(path), sys) }
     }
 
     /// `/dev/xen/gntalloc` as domain `domid` sees it.
@@ -229,8 +228,16 @@ impl FakeDomain {
     }
 }
 
+// The seam's methods are `unsafe` to call; the fake reaches no kernel and
+// does nothing unsafe itself.
+#[allow(unsafe_code)]
 impl Sys for FakeDomain {
-    fn ioctl(&self, _fd: BorrowedFd<'_>, request: IoctlRequest, arg: &mut [u8]) -> io::Result<i32> {
+    unsafe fn ioctl(
+        &self,
+        _fd: BorrowedFd<'_>,
+        request: IoctlRequest,
+        arg: &mut [u8],
+    ) -> io::Result<i32> {
         // Refuse what the real seam refuses, before touching the model.
         request.check(arg)?;
         let mut w = lock(&self.shared.world);
@@ -387,7 +394,7 @@ impl Sys for FakeDomain {
         }
     }
 
-    fn ioctl_value(
+    unsafe fn ioctl_value(
         &self,
         _fd: BorrowedFd<'_>,
         request: IoctlRequest,

@@ -8,7 +8,7 @@
 //! libxengnttab does, we release our handle (`DEALLOC_GREF`) right after
 //! mapping: the kernel keeps the grant until the last mapping is gone.
 
-use super::{DomId, UnmapNotify, XenDevice, GRANT_PAGE};
+use super::{DomId, Driver, UnmapNotify, XenDevice, GRANT_PAGE};
 use crate::devmem::{ioc, DevError, IoctlArg, IoctlRequest, MappedRegion, IOC_NONE};
 use std::mem::{offset_of, size_of};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
@@ -164,7 +164,12 @@ pub fn share(
     let refs_at = std::mem::offset_of!(AllocGref, gref_ids);
     let mut buf = vec![0u8; (refs_at + 4 * count).max(size_of::<AllocGref>())];
     buf[..size_of::<AllocGref>()].copy_from_slice(header.as_bytes());
-    dev.ioctl("alloc grant refs", IOCTL_GNTALLOC_ALLOC_GREF, &mut buf)?;
+    dev.ioctl(
+        Driver::Gntalloc,
+        "alloc grant refs",
+        IOCTL_GNTALLOC_ALLOC_GREF,
+        &mut buf,
+    )?;
     let (reply, _) = AllocGref::read_from_prefix(&buf)
         .map_err(|_| DevError::invalid(dev.path(), "short alloc reply"))?;
     let refs: Vec<u32> = buf[refs_at..refs_at + 4 * count]
@@ -179,12 +184,14 @@ pub fn share(
             pad: 0,
         };
         dev.ioctl(
+            Driver::Gntalloc,
             "dealloc grant refs",
             IOCTL_GNTALLOC_DEALLOC_GREF,
             arg.as_mut_bytes(),
         )
     };
     let mem = dev.map_grants(
+        Driver::Gntalloc,
         index,
         count * GRANT_PAGE,
         notify,

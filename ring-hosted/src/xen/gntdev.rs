@@ -8,7 +8,7 @@
 //! (`UNMAP_GRANT_REF`) right after mapping.
 
 use super::gntalloc::UnmapNotifyArg;
-use super::{DomId, UnmapNotify, XenDevice, GRANT_PAGE};
+use super::{DomId, Driver, UnmapNotify, XenDevice, GRANT_PAGE};
 use crate::devmem::{ioc, DevError, IoctlArg, IoctlRequest, MappedRegion, IOC_NONE};
 use std::mem::{offset_of, size_of};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
@@ -153,7 +153,12 @@ pub fn map(
         };
         slot.copy_from_slice(r.as_bytes());
     }
-    dev.ioctl("map grant refs", IOCTL_GNTDEV_MAP_GRANT_REF, &mut buf)?;
+    dev.ioctl(
+        Driver::Gntdev,
+        "map grant refs",
+        IOCTL_GNTDEV_MAP_GRANT_REF,
+        &mut buf,
+    )?;
     let (reply, _) = MapGrantRef::read_from_prefix(&buf)
         .map_err(|_| DevError::invalid(dev.path(), "short map reply"))?;
     let index = reply.index;
@@ -164,11 +169,19 @@ pub fn map(
             pad: 0,
         };
         dev.ioctl(
+            Driver::Gntdev,
             "unmap grant refs",
             IOCTL_GNTDEV_UNMAP_GRANT_REF,
             arg.as_mut_bytes(),
         )
     };
     let len = refs.len() * GRANT_PAGE;
-    dev.map_grants(index, len, notify, IOCTL_GNTDEV_SET_UNMAP_NOTIFY, release)
+    dev.map_grants(
+        Driver::Gntdev,
+        index,
+        len,
+        notify,
+        IOCTL_GNTDEV_SET_UNMAP_NOTIFY,
+        release,
+    )
 }

@@ -72,6 +72,29 @@ pub struct XenDevice {
     file: Arc<File>,
     path: PathBuf,
     sys: Arc<dyn Sys>,
+    /// The kernel's name for the device, when [`XenDevice::open`] checked
+    /// it (`xen/gntalloc`, ...); `None` when [`XenDevice::from_parts`]'s
+    /// caller vouched for the file instead.
+    driver: Option<String>,
+}
+
+/// The Xen drivers whose ioctls we issue, by the kernel's name for their
+/// device: an ioctl is made only on a file of the driver it is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Driver {
+    Gntalloc,
+    Gntdev,
+    Evtchn,
+}
+
+impl Driver {
+    fn device_name(self) -> &'static str {
+        match self {
+            Driver::Gntalloc => "xen/gntalloc",
+            Driver::Gntdev => "xen/gntdev",
+            Driver::Evtchn => "xen/evtchn",
+        }
+    }
 }
 
 impl std::fmt::Debug for XenDevice {
@@ -87,7 +110,10 @@ impl XenDevice {
     ///
     /// # Errors
     ///
-    /// I/O errors naming `path` (no Xen, or no permission).
+    /// I/O errors naming `path` (no Xen, or no permission);
+    /// [`DevError::Invalid`] if the file there is not a Xen device (the
+    /// kernel's name for it is checked: each ioctl is later made only on a
+    /// file of the driver it belongs to).
     ///
     /// # Examples
     ///
@@ -117,16 +143,34 @@ impl XenDevice {
             .write(true)
             .open(path)
             .map_err(DevError::io("open", path))?;
-        Ok(Self::from_parts(file, path.to_path_buf(), Arc::new(Kernel)))
+        let name = crate::devmem::device_name(&file);
+        let Some(name) = name.filter(|n| n.starts_with("xen/")) else {
+            return Err(DevError::invalid(path, "not a Xen device"));
+        };
+        Ok(XenDevice {
+            file: Arc::new(file),
+            path: path.to_path_buf(),
+            sys: Arc::new(Kernel),
+            driver: Some(name),
+        })
     }
 
     /// A device from an already open file and a [`Sys`] (tests pass a
     /// memfd and a fake).
-    pub fn from_parts(file: File, path: PathBuf, sys: Arc<dyn Sys>) -> Self {
+    ///
+    /// # Safety
+    ///
+    /// `file` must be the device of every Xen driver whose requests are
+    /// made on it (gntalloc's by [`gntalloc`], ...), or `sys` a seam that
+    /// never reaches the kernel (a fake or a recorded replay): an ioctl
+    /// number means what we think only to the driver that owns it.
+    #[allow(unsafe_code)]
+    pub unsafe fn from_parts(file: File, path: PathBuf, sys: Arc<dyn Sys>) -> Self {
         XenDevice {
             file: Arc::new(file),
             path,
             sys,
+            driver: None,
         }
     }
 
@@ -150,6 +194,7 @@ impl XenDevice {
     /// releases the handle as well, so nothing leaks.
     pub(crate) fn map_grants(
         &self,
+        driver: Driver,
         index: u64,
         len: usize,
         notify: UnmapNotify,
@@ -157,7 +202,7 @@ impl XenDevice {
         release: impl Fn(&XenDevice) -> Result<i32, DevError>,
     ) -> Result<MappedRegion, DevError> {
         let mapped = MappedRegion::map(self.file(), self.path(), index, len).and_then(|mem| {
-            self.set_unmap_notify(index, len, notify, set_notify)
+            self.set_unmap_notify(driver, index, len, notify, set_notify)
                 .map(|()| mem)
         });
         match mapped {
@@ -177,6 +222,7 @@ impl XenDevice {
     /// neither).
     fn set_unmap_notify(
         &self,
+        driver: Driver,
         index: u64,
         len: usize,
         notify: UnmapNotify,
@@ -197,20 +243,34 @@ impl XenDevice {
             action: notify.action(),
             event_channel_port: notify.send_event.unwrap_or(0),
         };
-        self.ioctl("set unmap notify", set_notify, arg.as_mut_bytes())
+        self.ioctl(driver, "set unmap notify", set_notify, arg.as_mut_bytes())
             .map(drop)
     }
 
-    /// Issues ioctl `request` with `arg`'s bytes, naming `op` in errors.
+    /// Issues ioctl `request`, one of `driver`'s, with `arg`'s bytes,
+    /// naming `op` in errors. Refused without a system call if the device
+    /// is another driver's.
+    #[allow(unsafe_code)]
     pub(crate) fn ioctl(
         &self,
+        driver: Driver,
         op: &'static str,
         request: IoctlRequest,
         arg: &mut [u8],
     ) -> Result<i32, DevError> {
         use std::os::fd::AsFd;
-        self.sys
-            .ioctl(self.file.as_fd(), request, arg)
+        if let Some(name) = self.driver.as_deref() {
+            if name != driver.device_name() {
+                return Err(DevError::invalid(
+                    &self.path,
+                    format!("{op}: the device is {name}, not {}", driver.device_name()),
+                ));
+            }
+        }
+        // SAFETY: the file is `driver`'s device: the kernel said so when
+        // `open` checked it, or `from_parts`'s caller vouched for it (or
+        // for a seam that never reaches the kernel).
+        unsafe { self.sys.ioctl(self.file.as_fd(), request, arg) }
             .map_err(DevError::io(op, &self.path))
     }
 }

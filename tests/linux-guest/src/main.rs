@@ -16,14 +16,13 @@ use ring_core::signal::Signal;
 use ring_core::vchan::{self, Blocking};
 use ring_core::vmbus::pipe::{PipeReader, PipeWriter};
 use ring_core::vmbus::{self, BlockingPipe, IncomingRing, OutgoingRing};
-use ring_hosted::devmem::{DevError, Kernel};
+use ring_hosted::devmem::DevError;
 use ring_hosted::vfio::ivshmem::Ivshmem;
 use ring_hosted::vfio::{open_device, IommuMode};
 use ring_hosted::vmbus::ChannelLayout;
 use ring_model_tests::stream_byte;
 use std::cell::Cell;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How long one wait for an interrupt may take before it counts as lost
@@ -240,14 +239,8 @@ fn run(mode: &str, bytes: u64, seed: u64) -> Result<String, String> {
         std::thread::sleep(Duration::from_millis(10));
     }
     let dev = |e: DevError| e.to_string();
-    let (_container, _group, device) = open_device(
-        Path::new("/dev/vfio"),
-        group,
-        &name,
-        IommuMode::Type1v2,
-        Arc::new(Kernel),
-    )
-    .map_err(dev)?;
+    let (_container, _group, device) =
+        open_device(Path::new("/dev/vfio"), group, &name, IommuMode::Type1v2).map_err(dev)?;
     let ivs = Ivshmem::open(device).map_err(dev)?;
     // Off after binding; without it QEMU drops every MSI-X write.
     let mut command = [0u8; 2];
