@@ -13,6 +13,7 @@ use super::pipe::{pipe_stream, PipeEnd};
 use super::*;
 use ring_hosted::ivshmem::IvshmemServer;
 use ring_hosted::vmbus::ChannelLayout;
+use std::time::Instant;
 
 /// The VMBus channel's layout in the shared memory: the guest→host ring at
 /// offset 0, the host→guest ring after it, each with `ring` data bytes and
@@ -48,10 +49,19 @@ pub(crate) fn serve(
             )
             .map_err(|e| format!("vchan set-up: {e}"))?;
             announce(&server, "vchan", 1usize << orders.left());
-            let signal = guest_signal(&mut server, accept_timeout)?;
+            let deadline = accept_timeout.map(|t| Instant::now() + t);
+            let signal = loop {
+                let (id, signal) = guest_signal(&mut server, deadline)?;
+                if guest_joined(&server, &signal, deadline)? {
+                    break signal;
+                }
+                eprintln!("ring: ivshmem: guest peer {id} left before joining the ring; waiting for the next");
+                server.remove(id);
+            };
+            let refusing = server.refuse_others()?;
             let mut s = ring_hosted::stream::VchanStream::new(ep, signal);
             let r = pipe_stream(&mut s, end);
-            summary(&s);
+            summary(&s, &refusing);
             r
         }
         CliProto::Vmbus => {
@@ -64,7 +74,11 @@ pub(crate) fn serve(
             ring_core::vmbus::initialize_ring(&to_guest, layout.to_client)
                 .map_err(|e| format!("VMBus set-up: {e}"))?;
             announce(&server, "VMBus", layout.to_client.data_size() as usize);
-            let signal = guest_signal(&mut server, accept_timeout)?;
+            // A VMBus ring has no join marker: the guest whose QEMU is
+            // welcomed is the one served.
+            let deadline = accept_timeout.map(|t| Instant::now() + t);
+            let (_, signal) = guest_signal(&mut server, deadline)?;
+            let refusing = server.refuse_others()?;
             let mut s = VmbusPipe::attach(
                 server.memory().clone(),
                 (to_host, layout.to_server),
@@ -72,7 +86,7 @@ pub(crate) fn serve(
                 signal,
             )?;
             let r = pipe_stream(&mut s, end);
-            summary(&s);
+            summary(&s, &refusing);
             r
         }
     }
@@ -88,25 +102,71 @@ fn announce(server: &IvshmemServer, what: &str, ring: usize) {
     );
 }
 
-/// Waits for the guest's QEMU and returns the signal to it (vector 0).
+/// Waits (until `deadline`) for a guest's QEMU and returns its peer id
+/// and the signal to it (vector 0). A client that leaves during the
+/// welcome is dropped by the server, which waits for the next.
 fn guest_signal(
     server: &mut IvshmemServer,
-    accept_timeout: Option<Duration>,
-) -> Result<ring_hosted::eventfd::EventSignal, Failure> {
-    let id = server.accept(accept_timeout)?;
+    deadline: Option<Instant>,
+) -> Result<(u16, ring_hosted::eventfd::EventSignal), Failure> {
+    let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+    let id = server.accept(left)?;
     eprintln!("ring: ivshmem: guest peer {id} connected");
-    Ok(server.signal(id, 0)?)
+    Ok((id, server.signal(id, 0)?))
 }
 
-/// The closing line: bytes each way and what woke us.
-fn summary(s: &impl PollStream) {
+/// Waits (until `deadline`) for the guest to join the vchan (its live
+/// byte leaves "waiting") or its QEMU to go; true if it joined. A guest
+/// whose QEMU leaves before joining was never a peer of the ring.
+fn guest_joined(
+    server: &IvshmemServer,
+    signal: &ring_hosted::eventfd::EventSignal,
+    deadline: Option<Instant>,
+) -> Result<bool, Failure> {
+    use ring_core::mem::SharedMem;
+    use ring_core::vchan::{layout::CLI_LIVE, Live};
+    loop {
+        let live = server
+            .memory()
+            .load_u8(CLI_LIVE)
+            .map_err(|e| format!("vchan set-up: {e}"))?;
+        if live != Live::Waiting as u8 {
+            return Ok(true);
+        }
+        let left = match deadline {
+            Some(d) => match d.checked_duration_since(Instant::now()) {
+                Some(left) if !left.is_zero() => left,
+                _ => {
+                    return Err(Failure {
+                        code: exit::TIMED_OUT,
+                        reason: "no guest joined the ring before the accept timeout".into(),
+                    })
+                }
+            },
+            None => Duration::from_secs(1),
+        };
+        // The guest's doorbell, its QEMU going, or a short look again (a
+        // guest need not ring when it joins).
+        match signal.wait_timeout(Some(left.min(Duration::from_millis(20)))) {
+            Ok(_) => {}
+            Err(ring_hosted::eventfd::WaitError::PeerGone) => return Ok(false),
+            Err(ring_hosted::eventfd::WaitError::TimedOut) => {}
+            Err(e) => return Err(format!("ivshmem: {e}").into()),
+        }
+    }
+}
+
+/// The closing line: bytes each way, what woke us, and how many other
+/// guests were refused.
+fn summary(s: &impl PollStream, refusing: &ring_hosted::ivshmem::Refusing) {
     let w = s.signal().wake_counts();
     eprintln!(
-        "ring: ivshmem: {} bytes in, {} out; woken by {} kicks, {} hang-ups, {} lapses",
+        "ring: ivshmem: {} bytes in, {} out; woken by {} kicks, {} hang-ups, {} lapses; {} other guests refused",
         s.bytes_read(),
         s.bytes_written(),
         w.kicks,
         w.hangups,
-        w.lapses
+        w.lapses,
+        refusing.refused()
     );
 }

@@ -201,7 +201,9 @@ enum Cmd {
     /// client (vchan: flat layout at the start of BAR2; VMBus: the
     /// guest-to-host ring at 0, the host-to-guest ring after it, 4 KiB
     /// control pages) and rings peer 0 on vector 0. Exit codes as listen;
-    /// the guest's QEMU exiting is exit 5.
+    /// the guest's QEMU exiting is exit 5. A client that leaves before its
+    /// guest joins is dropped and the next served; while a guest is
+    /// served, other QEMUs are refused.
     Ivshmem {
         /// Socket path QEMU connects to (-chardev socket,path=…).
         socket: PathBuf,
@@ -211,7 +213,7 @@ enum Cmd {
         /// Size of each ring.
         #[arg(long, default_value = "64K", value_parser = parse_ring_size)]
         ring_size: u64,
-        /// Give up if no QEMU has connected this long after start (seconds).
+        /// Give up if no guest has joined this long after start (seconds).
         #[arg(long, value_parser = parse_secs)]
         accept_timeout: Option<Duration>,
         /// Give up once the guest has been silent this long mid-stream

@@ -169,15 +169,20 @@ impl IvshmemServer {
     /// tells it the memory and every peer's eventfds, tells the guests
     /// already there about it, and returns its peer id.
     ///
+    /// A client that goes away (or whose socket fails) before it has been
+    /// told everything is dropped, and the next one is served within the
+    /// same timeout: no client can end the server by leaving early.
+    ///
     /// # Errors
     ///
-    /// [`Error::TimedOut`]; [`Error::Os`] if a send fails (that QEMU is
-    /// dropped); ids are refused once 65535 guests have come.
+    /// [`Error::TimedOut`]; [`Error::Os`] if the listening socket fails;
+    /// ids are refused once 65535 guests have come.
     ///
     /// # Examples
     ///
-    /// With no QEMU started, the timeout is reported; a QEMU (here a plain
-    /// socket standing in for one) gets peer id 1:
+    /// With no QEMU started, the timeout is reported; a client that leaves
+    /// at once is dropped, and a QEMU (here a plain socket standing in for
+    /// one) gets the next peer id:
     ///
     /// ```
     /// use ring_hosted::{ivshmem::IvshmemServer, Error};
@@ -189,67 +194,101 @@ impl IvshmemServer {
     /// let mut server = IvshmemServer::bind(&dir.join("ivs.sock"), 1 << 20, 1)?;
     /// let nobody = server.accept(Some(Duration::from_millis(50)));
     /// assert!(matches!(nobody, Err(Error::TimedOut)));
+    /// drop(UnixStream::connect(server.path())?); // connects and leaves
     /// let _qemu = UnixStream::connect(server.path())?;
-    /// assert_eq!(server.accept(Some(Duration::from_secs(10)))?, 1);
+    /// let id = server.accept(Some(Duration::from_secs(10)))?;
+    /// assert!(id >= 1);
     /// # drop(server);
     /// # std::fs::remove_dir_all(&dir)?;
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn accept(&mut self, timeout: Option<Duration>) -> Result<u16, Error> {
         let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            let sock = self.next_connection(deadline)?;
+            let id = self.next_id;
+            self.next_id = self.next_id.checked_add(1).ok_or(Error::Os {
+                op: "ivshmem server",
+                source: io::Error::other("no peer ids left"),
+            })?;
+            let peer = Peer {
+                id,
+                vectors: (0..self.vectors)
+                    .map(|_| EventFd::new())
+                    .collect::<Result<_, _>>()?,
+                sock: Some(sock),
+            };
+            // A client that leaves (or breaks) during its welcome is
+            // dropped: the next one is served.
+            if self.welcome(&peer).is_err() {
+                continue;
+            }
+            // The guests already there may ring the newcomer too. One that
+            // has gone is dropped here (its QEMU closed the socket).
+            self.guests.retain(|g| {
+                g.sock.as_ref().is_some_and(|s| {
+                    peer.vectors
+                        .iter()
+                        .all(|v| send_msg(s, i64::from(id), Some(v.as_fd())).is_ok())
+                })
+            });
+            self.guests.push(peer);
+            return Ok(id);
+        }
+    }
+
+    /// The next connection on the listening socket, by `deadline`.
+    fn next_connection(&self, deadline: Option<Instant>) -> Result<UnixStream, Error> {
+        let os = |op| move |source| Error::Os { op, source };
         self.listener
             .set_nonblocking(true)
-            .map_err(|source| Error::Os {
-                op: "ivshmem socket",
-                source,
-            })?;
+            .map_err(os("ivshmem socket"))?;
         let sock = loop {
             match self.listener.accept() {
                 Ok((s, _)) => break s,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if deadline.is_some_and(|d| Instant::now() >= d) {
-                        return Err(Error::TimedOut);
-                    }
+                    let left = match deadline {
+                        Some(d) => match d.checked_duration_since(Instant::now()) {
+                            Some(left) if !left.is_zero() => left,
+                            _ => return Err(Error::TimedOut),
+                        },
+                        None => Duration::from_secs(1),
+                    };
                     let mut fds = [rustix::event::PollFd::new(
                         &self.listener,
                         rustix::event::PollFlags::IN,
                     )];
-                    let ts = rustix::event::Timespec {
-                        tv_sec: 0,
-                        tv_nsec: 100_000_000,
-                    };
+                    let ts = rustix::event::Timespec::try_from(left.min(Duration::from_secs(1)))
+                        .unwrap_or(rustix::event::Timespec {
+                            tv_sec: 1,
+                            tv_nsec: 0,
+                        });
                     let _ = rustix::event::poll(&mut fds, Some(&ts));
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(source) => {
-                    return Err(Error::Os {
-                        op: "accept on the ivshmem socket",
-                        source,
-                    })
+                // Out of descriptors (or a client that reset before we
+                // took it): not the server's end; wait and try again.
+                Err(e) if is_transient_accept_error(&e) => {
+                    std::thread::sleep(Duration::from_millis(50));
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return Err(Error::TimedOut);
+                    }
                 }
+                Err(source) => return Err(os("accept on the ivshmem socket")(source)),
             }
         };
-        sock.set_nonblocking(false).map_err(|source| Error::Os {
-            op: "ivshmem socket",
-            source,
-        })?;
-        let id = self.next_id;
-        self.next_id = self.next_id.checked_add(1).ok_or(Error::Os {
-            op: "ivshmem server",
-            source: io::Error::other("no peer ids left"),
-        })?;
-        let peer = Peer {
-            id,
-            vectors: (0..self.vectors)
-                .map(|_| EventFd::new())
-                .collect::<Result<_, _>>()?,
-            sock: Some(sock),
-        };
+        sock.set_nonblocking(false).map_err(os("ivshmem socket"))?;
+        Ok(sock)
+    }
+
+    /// Tells a new peer its id, the memory and every peer's eventfds (its
+    /// own last), as QEMU expects.
+    fn welcome(&self, peer: &Peer) -> Result<(), Error> {
         let Some(sock) = peer.sock.as_ref() else {
             return Err(Error::PeerGone);
         };
         send_msg(sock, PROTOCOL_VERSION, None)?;
-        send_msg(sock, i64::from(id), None)?;
+        send_msg(sock, i64::from(peer.id), None)?;
         send_msg(sock, -1, Some(self.mem.as_fd()))?;
         for other in std::iter::once(&self.host).chain(&self.guests) {
             for v in &other.vectors {
@@ -257,19 +296,62 @@ impl IvshmemServer {
             }
         }
         for v in &peer.vectors {
-            send_msg(sock, i64::from(id), Some(v.as_fd()))?;
+            send_msg(sock, i64::from(peer.id), Some(v.as_fd()))?;
         }
-        // The guests already there may ring the newcomer too. One that has
-        // gone is dropped here (its QEMU closed the socket).
-        self.guests.retain(|g| {
-            g.sock.as_ref().is_some_and(|s| {
-                peer.vectors
-                    .iter()
-                    .all(|v| send_msg(s, i64::from(id), Some(v.as_fd())).is_ok())
+        Ok(())
+    }
+
+    /// Closes, at once, every connection that arrives until the returned
+    /// guard is dropped (a server that serves one guest refuses the rest:
+    /// their QEMU fails to start rather than waiting for ever), and counts
+    /// them.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Os`] if the listening socket cannot be shared with the
+    /// thread that refuses.
+    pub fn refuse_others(&self) -> Result<Refusing, Error> {
+        let listener = self.listener.try_clone().map_err(|source| Error::Os {
+            op: "ivshmem socket",
+            source,
+        })?;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let refused = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (flag, count) = (Arc::clone(&stop), Arc::clone(&refused));
+        let thread = std::thread::Builder::new()
+            .name("ivshmem-refuse".into())
+            .spawn(move || {
+                use std::sync::atomic::Ordering::Relaxed;
+                let _ = listener.set_nonblocking(true);
+                while !flag.load(Relaxed) {
+                    match listener.accept() {
+                        Ok((s, _)) => {
+                            drop(s);
+                            count.fetch_add(1, Relaxed);
+                        }
+                        Err(_) => {
+                            let mut fds = [rustix::event::PollFd::new(
+                                &listener,
+                                rustix::event::PollFlags::IN,
+                            )];
+                            let ts = rustix::event::Timespec {
+                                tv_sec: 0,
+                                tv_nsec: 100_000_000,
+                            };
+                            let _ = rustix::event::poll(&mut fds, Some(&ts));
+                        }
+                    }
+                }
             })
-        });
-        self.guests.push(peer);
-        Ok(id)
+            .map_err(|source| Error::Os {
+                op: "ivshmem refusing thread",
+                source,
+            })?;
+        Ok(Refusing {
+            stop,
+            refused,
+            thread: Some(thread),
+        })
     }
 
     /// Forgets guest `id` (its QEMU has gone) and tells the others.
@@ -346,6 +428,41 @@ impl IvshmemServer {
         let mut signal = EventSignal::new(kick, wake);
         signal.set_watch(dup(sock.as_fd(), "dup ivshmem socket")?);
         Ok(signal)
+    }
+}
+
+/// Whether an `accept` error is the server's passing trouble (out of
+/// descriptors or memory, or a client that reset before it was taken)
+/// rather than a broken socket.
+fn is_transient_accept_error(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::ECONNABORTED)
+    )
+}
+
+/// Connections being refused by [`IvshmemServer::refuse_others`]; dropping
+/// it stops.
+#[derive(Debug)]
+pub struct Refusing {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    refused: Arc<std::sync::atomic::AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Refusing {
+    /// Connections refused so far.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for Refusing {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
