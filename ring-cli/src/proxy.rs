@@ -31,7 +31,7 @@ use ring_hosted::fdio::Output;
 use ring_hosted::unix_socket::{listen_at, Existing};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::BorrowedFd;
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -187,6 +187,14 @@ impl Sessions {
         Ok(())
     }
 
+    /// Runs `work` as a session, or (no thread to be had) drops it with a
+    /// line: the sessions in flight go on.
+    fn start_or_refuse(&mut self, work: impl FnOnce() -> Outcome + Send + 'static) {
+        if let Err(f) = self.start(work) {
+            eprintln!("ring: proxy: {}; the connection is closed", f.reason);
+        }
+    }
+
     /// Lets every session in flight finish.
     fn drain(self) -> Outcome {
         for t in self.threads {
@@ -230,10 +238,10 @@ pub(crate) fn ring_listen(
             continue;
         }
         let to = to.clone();
-        sessions.start(move || {
+        sessions.start_or_refuse(move || {
             let conn = Conn::connect(&to).map_err(|e| format!("connect to {to:?}: {e}"))?;
             conn.pipe(session, timeout)
-        })?;
+        });
     }
     drop(listener);
     sessions.drain()
@@ -249,29 +257,30 @@ pub(crate) fn ring_connect(
     timeout: Option<Duration>,
 ) -> Outcome {
     let mut sessions = Sessions::new(max)?;
-    let accept: Box<dyn Fn() -> std::io::Result<Option<Conn>>> = match listen {
+    let front = match listen {
         Addr::Tcp(hp) => {
-            let l = TcpListener::bind(hp).map_err(|e| format!("listen on {hp}: {e}"))?;
-            Box::new(move || accept_one(l.as_fd(), || l.accept().map(|(s, _)| Conn::Tcp(s))))
+            Front::Tcp(tcp_listen(hp, max).map_err(|e| format!("listen on {hp}: {e}"))?)
         }
         Addr::Unix(p) => {
             let l = listen_at(p, Existing::Keep)
                 .map_err(|e| format!("listen on {}: {e}", p.display()))?;
-            let path = p.clone();
-            let _cleanup = Unlink(path);
-            Box::new(move || {
-                let _keep = &_cleanup;
-                accept_one(l.as_fd(), || l.accept().map(|(s, _)| Conn::Unix(s)))
-            })
+            Front::Unix {
+                listener: l,
+                _unlink: Unlink(p.clone()),
+            }
         }
     };
+    let mut shortage = Shortage::new();
     while !sessions.stopping() {
-        let conn = match accept() {
-            Ok(Some(c)) => c,
+        let conn = match accept_one(front.fd(), || front.accept()) {
+            Ok(Some(c)) => {
+                shortage.over();
+                c
+            }
             Ok(None) => continue,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
-                eprintln!("ring: proxy: accept: {e}");
+                shortage.refuse_or_pause(&e, front.fd());
                 continue;
             }
         };
@@ -279,14 +288,138 @@ pub(crate) fn ring_connect(
             continue;
         }
         let ring = ring.to_path_buf();
-        sessions.start(move || {
+        sessions.start_or_refuse(move || {
             let session = rendezvous::connect(&ring, proto)?;
             conn.pipe(session, timeout)
-        })?;
+        });
     }
-    drop(accept);
+    drop(front);
     sessions.drain()
 }
+
+/// The socket the front half accepts connections on.
+enum Front {
+    Tcp(TcpListener),
+    /// The path is removed when the front half ends.
+    Unix {
+        listener: UnixListener,
+        _unlink: Unlink,
+    },
+}
+
+impl Front {
+    fn fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Front::Tcp(l) => l.as_fd(),
+            Front::Unix { listener, .. } => listener.as_fd(),
+        }
+    }
+
+    fn accept(&self) -> std::io::Result<Conn> {
+        match self {
+            Front::Tcp(l) => l.accept().map(|(s, _)| Conn::Tcp(s)),
+            Front::Unix { listener, .. } => listener.accept().map(|(s, _)| Conn::Unix(s)),
+        }
+    }
+}
+
+/// A TCP listener on `hp` whose backlog holds a burst of `max` sessions'
+/// connections (the kernel caps it at `net.core.somaxconn`).
+fn tcp_listen(hp: &str, max: usize) -> std::io::Result<TcpListener> {
+    use rustix::net::{AddressFamily, SocketType};
+    use std::net::ToSocketAddrs;
+    let mut last = None;
+    for addr in hp.to_socket_addrs()? {
+        let family = if addr.is_ipv4() {
+            AddressFamily::INET
+        } else {
+            AddressFamily::INET6
+        };
+        let bound = rustix::net::socket_with(
+            family,
+            SocketType::STREAM,
+            rustix::net::SocketFlags::CLOEXEC,
+            None,
+        )
+        .and_then(|fd| {
+            rustix::net::sockopt::set_socket_reuseaddr(&fd, true)?;
+            rustix::net::bind(&fd, &addr)?;
+            rustix::net::listen(&fd, i32::try_from(max.max(128)).unwrap_or(i32::MAX))?;
+            Ok(fd)
+        });
+        match bound {
+            Ok(fd) => return Ok(TcpListener::from(fd)),
+            Err(e) => last = Some(std::io::Error::from(e)),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no address to listen on")))
+}
+
+/// Accepting while out of descriptors: one line per shortage. A spare
+/// descriptor, kept open for the purpose, is given up to accept the
+/// waiting connection and close it at once, so a client over the limit is
+/// refused (end of file) instead of left in the backlog; without a spare
+/// (or on other errors) accepting pauses, each pause longer (up to a
+/// second), instead of spinning. An accept that succeeds ends the
+/// shortage.
+struct Shortage {
+    spare: Option<std::fs::File>,
+    pause: Option<Duration>,
+    refused: u64,
+    logged: bool,
+}
+
+impl Shortage {
+    fn new() -> Self {
+        Shortage {
+            spare: std::fs::File::open("/dev/null").ok(),
+            pause: None,
+            refused: 0,
+            logged: false,
+        }
+    }
+
+    fn refuse_or_pause(&mut self, e: &std::io::Error, listener: BorrowedFd<'_>) {
+        if !self.logged {
+            eprintln!("ring: proxy: accept: {e}; refusing connections until it clears");
+            self.logged = true;
+        }
+        let out_of_fds = matches!(e.raw_os_error(), Some(n) if n == EMFILE || n == ENFILE);
+        if out_of_fds && self.spare.take().is_some() {
+            if let Ok(conn) = rustix::net::accept(listener) {
+                drop(conn);
+                self.refused += 1;
+            }
+            self.spare = std::fs::File::open("/dev/null").ok();
+            if self.spare.is_some() {
+                return;
+            }
+        }
+        let step = self.pause.map_or(Duration::from_millis(10), |p| {
+            (p * 2).min(Duration::from_secs(1))
+        });
+        self.pause = Some(step);
+        std::thread::sleep(step);
+    }
+
+    fn over(&mut self) {
+        if self.logged {
+            eprintln!(
+                "ring: proxy: accepting again ({} connections refused meanwhile)",
+                self.refused
+            );
+        }
+        self.pause = None;
+        self.refused = 0;
+        self.logged = false;
+        if self.spare.is_none() {
+            self.spare = std::fs::File::open("/dev/null").ok();
+        }
+    }
+}
+
+const EMFILE: i32 = rustix::io::Errno::MFILE.raw_os_error();
+const ENFILE: i32 = rustix::io::Errno::NFILE.raw_os_error();
 
 /// Waits up to 100 ms for a connection, then accepts it.
 fn accept_one(

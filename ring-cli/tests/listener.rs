@@ -296,3 +296,46 @@ fn keep_serves_one_session_after_another() {
     server.kill().unwrap();
     server.wait().unwrap();
 }
+
+/// Idle connections cannot starve the listener: with 300 of them open
+/// (far more than the handshakes that run at once), a good client that
+/// says its hello at once is served within a second, and the idle ones
+/// are refused as they are cut off.
+#[test]
+fn a_good_client_behind_300_idle_connections_is_served_at_once() {
+    let sock = TempSock::new("idle");
+    let server = serve_one(&sock.path, Duration::from_secs(5));
+    let idle: Vec<UnixStream> = (0..300)
+        .map(|_| UnixStream::connect(&sock.path).unwrap())
+        .collect();
+    let start = Instant::now();
+    good_client(&sock.path, b"behind the crowd");
+    let served_in = start.elapsed();
+    assert!(
+        served_in < Duration::from_secs(1),
+        "served after {served_in:?}"
+    );
+    drop(idle);
+    let (refused, got) = server.join().unwrap();
+    assert_eq!(got, b"behind the crowd");
+    assert!(
+        refused.len() >= 300 - rendezvous::MAX_HANDSHAKES,
+        "{} refused",
+        refused.len()
+    );
+}
+
+/// A path the listener refuses gets no lock file beside it.
+#[test]
+fn a_refused_path_leaves_no_lock_file() {
+    let sock = TempSock::new("nolock");
+    std::fs::write(&sock.path, b"a file").unwrap();
+    let e = Listener::bind(&sock.path, ServerConfig::new(Proto::Vchan)).unwrap_err();
+    assert!(e.to_string().contains("is not a socket"), "{e}");
+    let mut lock = sock.path.as_os_str().to_owned();
+    lock.push(".lock");
+    assert!(
+        !std::path::Path::new(&lock).exists(),
+        "a lock file was left"
+    );
+}

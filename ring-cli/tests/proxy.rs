@@ -48,20 +48,43 @@ struct Proxies {
     back: Child,
     front: Child,
     front_path: std::path::PathBuf,
-    /// The front proxy's stderr, kept to read its lines (and shown when a
+    /// The proxies' stderr, kept to read their lines (and shown when a
     /// test fails).
     front_err: std::path::PathBuf,
+    back_err: std::path::PathBuf,
+    /// The back proxy's rendezvous socket.
+    rings: std::path::PathBuf,
     _dir: TempSock,
 }
 
 fn proxies(proto: &str, extra: &[&str]) -> Proxies {
+    proxies_with(proto, extra, None)
+}
+
+/// `ring`, with at most `nofile` descriptors if given (soft and hard
+/// limits, as `ulimit -n` sets them).
+fn ring_limited(nofile: Option<u32>) -> std::process::Command {
+    match nofile {
+        None => ring(),
+        Some(n) => {
+            let mut c = std::process::Command::new("sh");
+            c.arg("-c")
+                .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                .arg(env!("CARGO_BIN_EXE_ring"));
+            c
+        }
+    }
+}
+
+fn proxies_with(proto: &str, extra: &[&str], nofile: Option<u32>) -> Proxies {
     let dir = TempSock::new("proxy");
     let target = dir.path.with_file_name("service");
     let rings = dir.path.with_file_name("rings");
     let front_path = dir.path.with_file_name("front");
     let front_err = dir.path.with_file_name("front.err");
+    let back_err = dir.path.with_file_name("back.err");
     service(target.clone());
-    let back = ring()
+    let back = ring_limited(nofile)
         .args(["proxy", "--proto", proto, "--ring-listen"])
         .arg(&rings)
         .arg("--to")
@@ -69,10 +92,11 @@ fn proxies(proto: &str, extra: &[&str]) -> Proxies {
         .args(extra)
         .env("RING_LIVENESS_MS", "0")
         .stdin(Stdio::null())
+        .stderr(std::fs::File::create(&back_err).unwrap())
         .spawn()
         .unwrap();
     wait_for_path(&rings);
-    let front = ring()
+    let front = ring_limited(nofile)
         .args(["proxy", "--proto", proto, "--ring-connect"])
         .arg(&rings)
         .arg("--listen")
@@ -90,6 +114,8 @@ fn proxies(proto: &str, extra: &[&str]) -> Proxies {
         front,
         front_path,
         front_err,
+        back_err,
+        rings,
         _dir: dir,
     }
 }
@@ -102,8 +128,10 @@ impl Drop for Proxies {
             let _ = c.wait();
         }
         if thread::panicking() {
-            let err = std::fs::read_to_string(&self.front_err).unwrap_or_default();
-            eprintln!("front proxy's stderr:\n{err}");
+            for (which, path) in [("front", &self.front_err), ("back", &self.back_err)] {
+                let err = std::fs::read_to_string(path).unwrap_or_default();
+                eprintln!("{which} proxy's stderr:\n{err}");
+            }
         }
     }
 }
@@ -325,4 +353,86 @@ fn a_session_limit_closes_connections_beyond_it() {
     }
     drop((a, b));
     p.stop();
+}
+
+/// One byte through a session and its answer back; false if the proxies
+/// closed the connection instead (or sent nothing within 10 s).
+fn round_trip(c: &mut UnixStream, b: u8) -> bool {
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    if c.write_all(&[b]).is_err() {
+        return false;
+    }
+    let mut got = [0u8; 1];
+    matches!(c.read(&mut got), Ok(1) if got[0] == b ^ 0x5a)
+}
+
+/// Out of descriptors, a server refuses the surplus at once, keeps every
+/// session it holds, and serves again when descriptors free up, with a
+/// bounded number of log lines (no spin). The front half runs out when
+/// sessions hold its descriptors; the back half when idle clients of its
+/// rendezvous socket do (each holds one until its handshake deadline).
+#[test]
+fn running_out_of_descriptors_refuses_the_surplus_and_keeps_the_sessions() {
+    for proto in ["vchan", "vmbus"] {
+        let p = proxies_with(proto, &[], Some(48));
+        let mut held = Vec::new();
+        let mut refused = 0;
+        for i in 0..40u8 {
+            let mut c = UnixStream::connect(&p.front_path).unwrap();
+            if round_trip(&mut c, i) {
+                held.push(c);
+            } else {
+                refused += 1;
+            }
+        }
+        assert!(held.len() >= 2, "{proto}: only {} sessions up", held.len());
+        assert!(refused > 0, "{proto}: 48 descriptors held 40 sessions?");
+        // Idle clients of the back half's socket take the rest of its
+        // descriptors; the ones it cannot take are refused at once.
+        let idle: Vec<UnixStream> = (0..60)
+            .map(|_| {
+                UnixStream::connect(&p.rings)
+                    .unwrap_or_else(|e| panic!("{proto}: the back half is gone: {e}"))
+            })
+            .collect();
+        let start = Instant::now();
+        while !std::fs::read_to_string(&p.back_err)
+            .unwrap()
+            .contains("refusing clients until descriptors free up")
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{proto}: the back half never ran out"
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+        // Every session held still carries bytes, through both halves.
+        for (i, c) in held.iter_mut().enumerate() {
+            assert!(round_trip(c, 100 + i as u8), "{proto}: session {i} lost");
+        }
+        // Descriptors back (sessions closed, idle clients gone): served
+        // again.
+        drop((held, idle));
+        let start = Instant::now();
+        loop {
+            let mut c = UnixStream::connect(&p.front_path).unwrap();
+            if round_trip(&mut c, 7) {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "{proto}: not served again after descriptors freed up"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+        for path in [&p.front_err, &p.back_err] {
+            let err = std::fs::read_to_string(path).unwrap();
+            assert!(
+                err.lines().count() < 200,
+                "{proto}: {} lines:\n{err}",
+                err.lines().count()
+            );
+        }
+        p.stop();
+    }
 }

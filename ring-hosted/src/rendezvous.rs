@@ -508,10 +508,16 @@ impl Session {
     }
 }
 
-/// At most this many handshakes run at once; clients beyond them wait in
-/// the socket's backlog until one finishes (each within its deadline), so
-/// a flood of silent clients delays the others but cannot stop them.
+/// At most this many handshakes run at once. A client that arrives when
+/// all are taken is not kept waiting behind them: the oldest handshake is
+/// cut off (its client refused) to make room, so a flood of silent
+/// clients ends its own oldest members, and a client that says its hello
+/// at once (a good one takes microseconds) is served at once.
 pub const MAX_HANDSHAKES: usize = 64;
+
+/// The longest pause in accepting while the process is out of
+/// descriptors or memory.
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
 /// A server socket that sets up a ring for every client it accepts.
 ///
@@ -543,6 +549,27 @@ pub struct Listener {
     done_rx: std::sync::mpsc::Receiver<Result<Session, Error>>,
     ready: Arc<EventFd>,
     in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    /// The handshakes in flight, oldest first, each with a handle on its
+    /// socket to cut it off when a newer client needs the room.
+    pending: Arc<std::sync::Mutex<std::collections::VecDeque<(u64, UnixStream)>>>,
+    next_id: std::sync::atomic::AtomicU64,
+    /// While the process is out of descriptors (or memory): when to try
+    /// `accept` again, and the pause after that one.
+    backoff: std::sync::Mutex<Option<(Instant, Duration)>>,
+    /// A descriptor kept for the day there are none: given up to accept a
+    /// client over the limit and close it at once (it is refused, not
+    /// left waiting in the backlog), then taken again.
+    spare: std::sync::Mutex<Option<std::fs::File>>,
+}
+
+/// Whether an `accept` error is the server's passing shortage (out of
+/// descriptors, buffers or memory) rather than a broken socket: back off
+/// and serve again when resources return.
+fn is_shortage(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
 }
 
 /// Takes the lock file of `path`, making sure the file we locked is still
@@ -598,16 +625,28 @@ impl Listener {
         let mut lock_path = path.as_os_str().to_owned();
         lock_path.push(".lock");
         let lock_path = PathBuf::from(lock_path);
-        let lock = take_lock(path, &lock_path)?;
-        if std::fs::symlink_metadata(path).is_ok() && !is_socket(path) {
+        let not_a_socket = || std::fs::symlink_metadata(path).is_ok() && !is_socket(path);
+        // Refused before a lock file is made for it.
+        if not_a_socket() {
             return Err(Error::NotASocket {
                 path: path.to_owned(),
             });
         }
+        let lock = take_lock(path, &lock_path)?;
+        // From here a refusal removes the lock file it made (it is ours).
+        let refuse = |e: Error| {
+            let _ = std::fs::remove_file(&lock_path);
+            e
+        };
+        if not_a_socket() {
+            return Err(refuse(Error::NotASocket {
+                path: path.to_owned(),
+            }));
+        }
         // The lock is ours, so a socket left at the path is served by
         // nobody: ours replaces it in one step, already accepting.
         let inner = crate::unix_socket::listen_at(path, crate::unix_socket::Existing::Replace)
-            .map_err(bind_err)?;
+            .map_err(|e| refuse(bind_err(e)))?;
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         Ok(Listener {
             inner,
@@ -619,6 +658,10 @@ impl Listener {
             done_rx,
             ready: Arc::new(EventFd::new()?),
             in_flight: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            pending: Arc::default(),
+            next_id: std::sync::atomic::AtomicU64::new(0),
+            backoff: std::sync::Mutex::new(None),
+            spare: std::sync::Mutex::new(std::fs::File::open("/dev/null").ok()),
         })
     }
 
@@ -682,7 +725,6 @@ impl Listener {
         deadline: Option<Instant>,
         mut refused: impl FnMut(&Error),
     ) -> Result<Session, Error> {
-        use std::sync::atomic::Ordering;
         loop {
             while let Ok(outcome) = self.done_rx.try_recv() {
                 match outcome {
@@ -704,10 +746,23 @@ impl Listener {
                 }
                 None => None,
             };
-            // At the handshake limit, wait for one to finish, not for more
-            // clients.
-            let full = self.in_flight.load(Ordering::Acquire) >= MAX_HANDSHAKES;
-            let listen_for = if full {
+            // Out of descriptors: leave the clients in the backlog until
+            // the pause is over (or a handshake ends and frees some).
+            let paused_until = self.backoff_until();
+            let ts = match paused_until {
+                Some(until) => {
+                    let pause = until.saturating_duration_since(Instant::now());
+                    let pause = ts.map_or(pause, |t| {
+                        pause.min(Duration::new(t.tv_sec as u64, t.tv_nsec as u32))
+                    });
+                    Some(rustix::event::Timespec {
+                        tv_sec: pause.as_secs() as _,
+                        tv_nsec: pause.subsec_nanos() as _,
+                    })
+                }
+                None => ts,
+            };
+            let listen_for = if paused_until.is_some() {
                 rustix::event::PollFlags::empty()
             } else {
                 rustix::event::PollFlags::IN
@@ -729,14 +784,44 @@ impl Listener {
                     source,
                 })?;
             }
+            if finished {
+                // A handshake ended: descriptors may be free again.
+                self.end_backoff();
+            }
             if !incoming {
                 continue;
             }
             let sock = match self.inner.accept() {
-                Ok((sock, _)) => sock,
+                Ok((sock, _)) => {
+                    // The shortage (if any) is over.
+                    *self.backoff.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                    sock
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 // The client gave up between poll and accept.
                 Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
+                Err(source) if is_shortage(&source) => {
+                    // Once per shortage, not once per try.
+                    let first = self
+                        .backoff
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .is_none();
+                    if first {
+                        refused(&Error::Os {
+                            op: "accept (refusing clients until descriptors free up)",
+                            source,
+                        });
+                    }
+                    if !self.refuse_with_spare() {
+                        self.start_backoff();
+                    } else if first {
+                        // Marks the shortage as begun, without a pause.
+                        *self.backoff.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some((Instant::now(), Duration::from_millis(5)));
+                    }
+                    continue;
+                }
                 Err(source) => {
                     return Err(Error::Os {
                         op: "accept",
@@ -744,22 +829,115 @@ impl Listener {
                     })
                 }
             };
-            self.in_flight.fetch_add(1, Ordering::AcqRel);
-            let (tx, ready, in_flight, config) = (
-                self.done_tx.clone(),
-                self.ready.clone(),
-                self.in_flight.clone(),
-                self.config,
-            );
-            std::thread::spawn(move || {
+            if let Err(e) = self.start_handshake(sock) {
+                refused(&e);
+            }
+        }
+    }
+
+    /// Runs the handshake of a new client in a thread of its own, cutting
+    /// off the oldest one first if all [`MAX_HANDSHAKES`] are taken.
+    fn start_handshake(&self, sock: UnixStream) -> Result<(), Error> {
+        use std::sync::atomic::Ordering;
+        let handle = sock.try_clone().map_err(|source| Error::Os {
+            op: "dup a client socket",
+            source,
+        })?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut pending = lock_pending(&self.pending);
+            if pending.len() >= MAX_HANDSHAKES {
+                if let Some((_, oldest)) = pending.pop_front() {
+                    // Its read ends; the handshake fails as the client's.
+                    let _ = oldest.shutdown(std::net::Shutdown::Both);
+                }
+            }
+            pending.push_back((id, handle));
+        }
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let (tx, ready, in_flight, pending, config) = (
+            self.done_tx.clone(),
+            self.ready.clone(),
+            self.in_flight.clone(),
+            self.pending.clone(),
+            self.config,
+        );
+        let spawned = std::thread::Builder::new()
+            .name("ring-handshake".into())
+            .spawn(move || {
                 let outcome = serve_client(sock, &config);
+                lock_pending(&pending).retain(|(i, _)| *i != id);
                 in_flight.fetch_sub(1, Ordering::AcqRel);
                 // The listener may be gone; the session then just drops.
                 let _ = tx.send(outcome);
                 let _ = ready.kick();
             });
+        if let Err(source) = spawned {
+            lock_pending(&self.pending).retain(|(i, _)| *i != id);
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return Err(Error::Os {
+                op: "start a handshake thread",
+                source,
+            });
+        }
+        Ok(())
+    }
+
+    /// Out of descriptors: gives up the spare to accept one waiting client
+    /// and close it, then takes the spare again. False if there was no
+    /// spare to give, or none could be taken back (pause instead).
+    fn refuse_with_spare(&self) -> bool {
+        let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
+        if spare.take().is_none() {
+            *spare = std::fs::File::open("/dev/null").ok();
+            return false;
+        }
+        if let Ok(client) = rustix::net::accept(&self.inner) {
+            drop(client);
+        }
+        *spare = std::fs::File::open("/dev/null").ok();
+        spare.is_some()
+    }
+
+    /// When accepting may resume, if it is paused.
+    fn backoff_until(&self) -> Option<Instant> {
+        let mut b = self.backoff.lock().unwrap_or_else(|p| p.into_inner());
+        match *b {
+            Some((until, _)) if until > Instant::now() => Some(until),
+            Some((_, step)) => {
+                // The pause is over: try again, and pause longer if that
+                // fails too (kept until an accept succeeds).
+                *b = Some((Instant::now(), step));
+                None
+            }
+            None => None,
         }
     }
+
+    /// Pauses accepting, each pause of a shortage twice the last (up to
+    /// [`MAX_ACCEPT_BACKOFF`]).
+    fn start_backoff(&self) {
+        let mut b = self.backoff.lock().unwrap_or_else(|p| p.into_inner());
+        let step = match *b {
+            None => Duration::from_millis(10),
+            Some((_, step)) => (step * 2).min(MAX_ACCEPT_BACKOFF),
+        };
+        *b = Some((Instant::now() + step, step));
+    }
+
+    /// Ends a pause: resources are back (or may be).
+    fn end_backoff(&self) {
+        let mut b = self.backoff.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((until, step)) = *b {
+            if until > Instant::now() {
+                *b = Some((Instant::now(), step));
+            }
+        }
+    }
+}
+
+fn lock_pending<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Whether a handshake failed because of the client (refuse it, serve the
