@@ -33,6 +33,7 @@ pub(crate) fn serve(
     let end = PipeEnd {
         linger: Some(linger),
         timeout,
+        accept: None,
         confirm: false,
     };
     match proto {
