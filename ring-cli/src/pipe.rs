@@ -329,6 +329,46 @@ fn drain_rest(
     }
 }
 
+/// How long we keep reading after clearing our live byte at the end of a
+/// linger: a foreign peer that looked at the byte just before we cleared
+/// it publishes within one write's copy, and its kick (or `--poll`'s next
+/// look) wakes us at once. docs/hosted.md, "How a stream ends", has the
+/// window that remains.
+const CLOSE_GRACE: Duration = Duration::from_millis(10);
+
+/// After our hang-up: copies what the peer publishes to the output until
+/// its stream ends, it is gone, or it has published nothing for
+/// [`CLOSE_GRACE`] (waiting for a full output up to a minute, or `timeout`
+/// if shorter).
+fn last_looks(
+    s: &mut impl PollStream,
+    tally: &mut Tally,
+    ends: &mut Ends<'_>,
+    timeout: Option<Duration>,
+) -> Result<(), Stop> {
+    let now = Instant::now();
+    let grace_end = now + CLOSE_GRACE;
+    let output_end =
+        now + timeout.map_or(Duration::from_secs(60), |t| t.min(Duration::from_secs(60)));
+    loop {
+        match drain(s, ends, tally) {
+            Ok(FdMove::Moved(_)) => {}
+            Ok(FdMove::FdBlocked) if Instant::now() < output_end => poll_output(ends.output),
+            Ok(FdMove::FdBlocked) => return Err(Stop::Ring(Error::TimedOut)),
+            // Closed, or gone: nothing more can come.
+            Ok(FdMove::End) | Err(Stop::Ring(Error::PeerGone)) => return Ok(()),
+            Ok(FdMove::RingBlocked) if Instant::now() >= grace_end => return Ok(()),
+            Ok(FdMove::RingBlocked) => match s.wait_event(None, Some(grace_end)) {
+                // Look again; after the grace, the last look.
+                Ok(_) | Err(Error::TimedOut) => {}
+                Err(Error::PeerGone) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            },
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 fn pipe_loop(
     s: &mut impl PollStream,
     end: PipeEnd,
@@ -467,14 +507,11 @@ fn pipe_loop(
         stop_at("linger");
         // vchan cannot say "no more from me" without ending both ways:
         // clear our live byte (fenced, the peer kicked), so from here on
-        // its writes fail on its side, then look at the ring once more and
-        // hand on what it published before it saw that. Only then judge.
+        // its writes fail on its side, then keep looking at the ring for
+        // the grace and hand on what it published before it saw that.
+        // Only then judge.
         s.try_hang_up()?;
-        match drain_rest(s, tally, ends, end.timeout) {
-            // Quiet, closed, or gone after the linger: what it sent is out.
-            Ok(()) | Err(Stop::Ring(Error::PeerGone)) => {}
-            Err(e) => return Err(e),
-        }
+        last_looks(s, tally, ends, end.timeout)?;
         if !output_closed {
             (ends.output_done)();
         }
