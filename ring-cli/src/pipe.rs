@@ -519,8 +519,12 @@ fn pipe_loop(
     if end.confirm {
         confirm(s, end.timeout, tally)?;
     }
-    s.close()?;
-    Ok(())
+    match s.close() {
+        // It ended its stream, read all of ours and went: nothing is lost,
+        // and nobody is left to hear our end.
+        Err(Error::PeerGone) if tally.peer_ended => Ok(()),
+        r => Ok(r?),
+    }
 }
 
 /// The last step with one of our own peers: say how much we received (all

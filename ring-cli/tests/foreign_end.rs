@@ -19,8 +19,8 @@ use ring_core::vmbus::{
 use ring_hosted::attach::{self, AttachedVchan, MemSource, VchanLayout};
 use ring_hosted::eventfd::{EventFd, EventSignal};
 use ring_hosted::memfd::MemFd;
-use ring_hosted::vmbus::ChannelLayout;
 use ring_hosted::vmbus::RingMem as Window;
+use ring_hosted::vmbus::{ChannelLayout, VmbusPipe};
 use ring_hosted::Error;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -526,6 +526,20 @@ impl VmbusPeer {
     fn kick(&self) {
         self.signal.notify().unwrap();
     }
+
+    /// The test's end as a VMBus pipe (hv_sock framing, no confirmations).
+    fn into_pipe(self) -> VmbusPipe {
+        let (tx, rx) = self.windows();
+        let mut p = VmbusPipe::attach(
+            self.mem.clone(),
+            (tx, self.layout.to_server),
+            (rx, self.layout.to_client),
+            self.signal,
+        )
+        .unwrap();
+        p.signal_mut().set_timeout(Some(LIMIT));
+        p
+    }
 }
 
 /// Our stdin for the VMBus tests: 32 KiB waiting (eight times the ring,
@@ -615,4 +629,36 @@ fn vmbus_raw_framing_refuses_packets_that_are_not_in_band() {
         assert!(e.stderr.contains(name), "{name}: {}", e.stderr);
         assert_eq!(failure_lines(&e.stderr), 1, "{name}: {}", e.stderr);
     }
+}
+
+/// VMBus pipe framing with `--peer-pid`: the peer reads all of ours,
+/// sends its bytes and its end mark, and exits before our stdin ends. Once
+/// stdin ends that is a clean end (exit 0; nobody is left to hear our end
+/// mark, and nothing is lost), not a death.
+#[test]
+fn vmbus_peer_pid_with_a_clean_end_before_our_stdin_ends() {
+    let mut peer_proc = Command::new("sleep").arg("60").spawn().unwrap();
+    let pid = peer_proc.id().to_string();
+    let mut peer = VmbusPeer::new(16 << 10, &["--peer-pid", &pid]);
+    let ours = pattern(7, 3000);
+    let (stdin, mut w) = stdin_pipe(&ours);
+    let mut ring = peer.spawn(stdin);
+    let mut pipe = peer.into_pipe();
+    let mut got = vec![0u8; ours.len()];
+    std::io::Read::read_exact(&mut pipe, &mut got).unwrap();
+    assert!(got == ours, "our stdin arrived changed");
+    let theirs = pattern(8, 700);
+    pipe.write_all(&theirs).unwrap();
+    pipe.close().unwrap();
+    peer_proc.kill().unwrap();
+    peer_proc.wait().unwrap();
+    ring.read_until(theirs.len());
+    assert!(
+        !ring.exits_within(Duration::from_millis(500)),
+        "ring ended before its stdin did"
+    );
+    drop(w);
+    let e = ring.finish(LIMIT);
+    assert_eq!(e.status.code(), Some(0), "{}", e.stderr);
+    assert!(e.stdout == theirs, "the peer's bytes differ");
 }
