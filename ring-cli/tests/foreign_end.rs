@@ -388,6 +388,7 @@ fn an_attach_server_gives_up_on_a_client_that_never_joins() {
     let a = vchan_args("server", &file, &["--accept-timeout", "0.3"]);
     let ring = attach(&a, stdin, None);
     let e = ring.finish(LIMIT);
+    eprintln!("start to exit (--accept-timeout 0.3): {:?}", e.took);
     assert_eq!(e.status.code(), Some(6), "{}", e.stderr);
     assert!(e.took < Duration::from_secs(3), "took {:?}", e.took);
 }
@@ -562,6 +563,7 @@ fn vmbus_corruption_with_a_full_tx_ring_exits_3_at_once() {
     rx.store_u32(0, 4).unwrap();
     peer.kick();
     let e = ring.finish(LIMIT);
+    eprintln!("corruption to exit: {:?}", e.took);
     assert_eq!(e.status.code(), Some(3), "{}", e.stderr);
     assert!(e.took < Duration::from_secs(1), "took {:?}", e.took);
     assert_eq!(failure_lines(&e.stderr), 1, "{}", e.stderr);
@@ -577,6 +579,7 @@ fn vmbus_timeout_with_a_full_tx_ring_exits_6() {
     let ring = peer.spawn(stdin);
     peer.wait_tx_full();
     let e = ring.finish(LIMIT);
+    eprintln!("tx ring full to exit (--timeout 0.5): {:?}", e.took);
     assert_eq!(e.status.code(), Some(6), "{}", e.stderr);
     assert!(e.took < Duration::from_secs(3), "took {:?}", e.took);
     assert_eq!(failure_lines(&e.stderr), 1, "{}", e.stderr);
