@@ -81,6 +81,7 @@ pub(crate) fn attach_cmd(a: AttachArgs) -> Outcome {
     let end = PipeEnd {
         linger: Some(Duration::from_millis(a.linger_ms)),
         timeout: a.timeout,
+        accept: a.accept_timeout,
         confirm: false,
     };
     // The user vouches that the peer does not shrink the memory (see `ring

@@ -34,6 +34,7 @@ pub(crate) fn serve(
     let end = PipeEnd {
         linger: Some(linger),
         timeout,
+        accept: None,
         confirm: false,
     };
     match proto {

@@ -359,9 +359,15 @@ struct AttachArgs {
     #[arg(long, default_value_t = 500)]
     linger_ms: u64,
     /// Give up (exit 6) once the peer has been silent this long with the
-    /// stream unfinished (seconds; counted only once it has connected).
+    /// stream unfinished (seconds; counted only once it has connected):
+    /// waits for ring space, data and our close alike.
     #[arg(long, value_parser = parse_secs)]
     timeout: Option<Duration>,
+    /// Give up (exit 6) if the peer has not connected this long after
+    /// start (seconds; a vchan server waiting for its client; default:
+    /// wait however long it takes).
+    #[arg(long, value_parser = parse_secs)]
+    accept_timeout: Option<Duration>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -49,6 +49,7 @@ fn pipe_session(session: Session, timeout: Option<Duration>) -> Outcome {
     let end = PipeEnd {
         linger: None,
         timeout,
+        accept: None,
         confirm: true,
     };
     match session {
@@ -66,6 +67,9 @@ pub(crate) struct PipeEnd {
     pub(crate) linger: Option<Duration>,
     /// Fail once the peer has been silent this long, mid-stream.
     pub(crate) timeout: Option<Duration>,
+    /// Fail if the peer has not joined this long after the start (a vchan
+    /// server waiting for its client; other streams start joined).
+    pub(crate) accept: Option<Duration>,
     /// Our own peer: exchange [`Notice::Done`] before exiting 0.
     pub(crate) confirm: bool,
 }
@@ -95,6 +99,10 @@ struct Tally {
     stdin: u64,
     stdout: u64,
     stdin_ended: bool,
+    /// The peer's stream ended cleanly (its end mark, or a vchan peer's
+    /// close with its ring drained): its going later is no news, and bytes
+    /// of ours it then cannot take are undelivered (exit 4), not a death.
+    peer_ended: bool,
     input_name: &'static str,
 }
 
@@ -145,16 +153,23 @@ pub(crate) fn pipe_ends(s: &mut impl PollStream, end: PipeEnd, ends: &mut Ends<'
     match pipe_loop(s, end, &mut tally, ends) {
         Ok(()) => Ok(()),
         Err(Stop::Ring(e)) => {
+            let e = match e {
+                Error::PeerGone if tally.peer_ended => Error::Closed,
+                e => e,
+            };
             // Whatever the reason, hand on what the peer left in the ring
             // before saying so (the output stays a prefix of what it sent).
             if !matches!(e, Error::Vchan(_) | Error::Vmbus(_)) {
-                let _ = drain_rest(s, &mut tally, ends);
+                let _ = drain_rest(s, &mut tally, ends, end.timeout);
             }
-            let _ = s.close();
+            // One try, never a wait: a full ring or a stalled peer must not
+            // hold back the line and the exit code (a dropped stream tries
+            // again, as briefly).
+            let _ = s.try_hang_up();
             Err(tally.fail(s, e))
         }
         Err(Stop::Failed(f)) => {
-            let _ = s.close();
+            let _ = s.try_hang_up();
             Err(f)
         }
     }
@@ -214,10 +229,12 @@ fn drain(s: &mut impl PollStream, ends: &Ends<'_>, tally: &mut Tally) -> Result<
     Ok(moved)
 }
 
-/// Whether `fd` is at its end now, without reading it: poll says readable
-/// and no byte is there to read (a pipe or socket whose writer has gone, a
-/// file read to its end).
-fn input_at_end(fd: BorrowedFd<'_>) -> bool {
+/// Whether `fd` is at its end now, asked once the ring can take no more:
+/// poll says readable and a one-byte read finds its end (a pipe or socket
+/// whose writer has gone, a file read to its end, `/dev/null`: any kind of
+/// input, where `FIONREAD` knows only some). A byte found instead is
+/// counted as read; it is undeliverable either way.
+fn input_at_end(fd: BorrowedFd<'_>, tally: &mut Tally) -> bool {
     let mut fds = [rustix::event::PollFd::new(
         &fd,
         rustix::event::PollFlags::IN,
@@ -226,8 +243,54 @@ fn input_at_end(fd: BorrowedFd<'_>) -> bool {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(1))
-        && matches!(rustix::io::ioctl_fionread(fd), Ok(0))
+    if !matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(1)) {
+        return false;
+    }
+    let mut byte = [0u8; 1];
+    match rustix::io::read(fd, &mut byte) {
+        Ok(0) => true,
+        Ok(n) => {
+            tally.stdin += n as u64;
+            false
+        }
+        Err(_) => false,
+    }
+}
+
+/// Waits for the input alone (the peer, gone after ending its stream,
+/// can wake us no more) until `deadline`.
+fn wait_input(fd: BorrowedFd<'_>, deadline: Option<Instant>) -> Result<(), Stop> {
+    let mut fds = [rustix::event::PollFd::new(
+        &fd,
+        rustix::event::PollFlags::IN,
+    )];
+    let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+    let ts = left.map(|t| rustix::event::Timespec {
+        tv_sec: t.as_secs() as i64,
+        tv_nsec: i64::from(t.subsec_nanos()),
+    });
+    match rustix::event::poll(&mut fds, ts.as_ref()) {
+        Ok(0) => Err(Error::TimedOut.into()),
+        Ok(_) | Err(rustix::io::Errno::INTR) => Ok(()),
+        Err(e) => Err(Error::Os {
+            op: "poll input",
+            source: e.into(),
+        }
+        .into()),
+    }
+}
+
+/// A test hook: with `RING_TEST_STOP_AT=point[,point...]` in its
+/// environment the process stops itself (`SIGSTOP`) when it reaches each
+/// `point`, so a test can act at that exact moment and continue it
+/// (`start`: set up, before the copy loop; `linger`: a foreign peer's
+/// linger is over, before our close).
+fn stop_at(point: &str) {
+    let points = std::env::var("RING_TEST_STOP_AT").unwrap_or_default();
+    if points.split(',').any(|p| p == point) {
+        let _ =
+            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::STOP);
+    }
 }
 
 /// Waits up to 50 ms for room in the output.
@@ -243,11 +306,17 @@ fn poll_output(fd: BorrowedFd<'_>) {
     let _ = rustix::event::poll(&mut fds, Some(&ts));
 }
 
-/// After a failure: copies what the peer left in the ring to the output
-/// (waiting up to a minute for a full output), until its stream ends or
-/// nothing more can come.
-fn drain_rest(s: &mut impl PollStream, tally: &mut Tally, ends: &mut Ends<'_>) -> Result<(), Stop> {
-    let deadline = Instant::now() + Duration::from_secs(60);
+/// After a failure, or after our close: copies what the peer left in the
+/// ring to the output (waiting for a full output up to a minute, or
+/// `timeout` if shorter), until its stream ends or nothing more can come.
+fn drain_rest(
+    s: &mut impl PollStream,
+    tally: &mut Tally,
+    ends: &mut Ends<'_>,
+    timeout: Option<Duration>,
+) -> Result<(), Stop> {
+    let limit = timeout.map_or(Duration::from_secs(60), |t| t.min(Duration::from_secs(60)));
+    let deadline = Instant::now() + limit;
     loop {
         match drain(s, ends, tally)? {
             FdMove::Moved(_) => {}
@@ -256,6 +325,46 @@ fn drain_rest(s: &mut impl PollStream, tally: &mut Tally, ends: &mut Ends<'_>) -
             // The peer is alive and its ring empty (it has nothing in
             // flight for us now), or its stream ended.
             FdMove::RingBlocked | FdMove::End => return Ok(()),
+        }
+    }
+}
+
+/// How long we keep reading after clearing our live byte at the end of a
+/// linger: a foreign peer that looked at the byte just before we cleared
+/// it publishes within one write's copy, and its kick (or `--poll`'s next
+/// look) wakes us at once. docs/hosted.md, "How a stream ends", has the
+/// window that remains.
+const CLOSE_GRACE: Duration = Duration::from_millis(10);
+
+/// After our hang-up: copies what the peer publishes to the output until
+/// its stream ends, it is gone, or it has published nothing for
+/// [`CLOSE_GRACE`] (waiting for a full output up to a minute, or `timeout`
+/// if shorter).
+fn last_looks(
+    s: &mut impl PollStream,
+    tally: &mut Tally,
+    ends: &mut Ends<'_>,
+    timeout: Option<Duration>,
+) -> Result<(), Stop> {
+    let now = Instant::now();
+    let grace_end = now + CLOSE_GRACE;
+    let output_end =
+        now + timeout.map_or(Duration::from_secs(60), |t| t.min(Duration::from_secs(60)));
+    loop {
+        match drain(s, ends, tally) {
+            Ok(FdMove::Moved(_)) => {}
+            Ok(FdMove::FdBlocked) if Instant::now() < output_end => poll_output(ends.output),
+            Ok(FdMove::FdBlocked) => return Err(Stop::Ring(Error::TimedOut)),
+            // Closed, or gone: nothing more can come.
+            Ok(FdMove::End) | Err(Stop::Ring(Error::PeerGone)) => return Ok(()),
+            Ok(FdMove::RingBlocked) if Instant::now() >= grace_end => return Ok(()),
+            Ok(FdMove::RingBlocked) => match s.wait_event(None, Some(grace_end)) {
+                // Look again; after the grace, the last look.
+                Ok(_) | Err(Error::TimedOut) => {}
+                Err(Error::PeerGone) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            },
+            Err(e) => return Err(e),
         }
     }
 }
@@ -274,7 +383,14 @@ fn pipe_loop(
     let (mut out_done, mut in_done, mut delivered) = (false, false, false);
     let mut half_close = true;
     let mut output_closed = false;
-    let mut heard = Instant::now();
+    let started = Instant::now();
+    let mut heard = started;
+    // The peer has been seen connected: from then on every wait is
+    // bounded by the timeout, whatever its live byte says later.
+    let mut joined = false;
+    // A foreign peer's linger ran out: we end the stream.
+    let mut lingered = false;
+    stop_at("start");
     loop {
         let mut moved = false;
         // The ring is read only as fast as the output takes it, so a
@@ -284,7 +400,7 @@ fn pipe_loop(
                 FdMove::Moved(_) => moved = true,
                 FdMove::RingBlocked => break,
                 FdMove::FdBlocked => output_full = true,
-                FdMove::End => in_done = true,
+                FdMove::End => (in_done, tally.peer_ended) = (true, true),
             }
         }
         if in_done && !output_closed {
@@ -295,10 +411,13 @@ fn pipe_loop(
         // of a blocking input could block the loop.
         while input_ready && !tally.stdin_ended {
             let got = match s.try_fill_from(ends.input) {
-                // The peer closed after taking everything we wrote, and our
-                // input has in fact ended too (we had not read its end yet):
-                // a clean end, not bytes left undelivered.
-                Err(Error::Closed) if input_at_end(ends.input) => FdMove::End,
+                // The peer closed (or closed and went) after taking
+                // everything we wrote, and our input has in fact ended too
+                // (we had not read its end yet): a clean end, not bytes
+                // left undelivered.
+                Err(Error::Closed | Error::PeerGone) if input_at_end(ends.input, tally) => {
+                    FdMove::End
+                }
                 r => r.map_err(|e| fd_stop(e, ends, tally))?,
             };
             match got {
@@ -320,10 +439,14 @@ fn pipe_loop(
             delivered = s.try_delivered()?.is_some();
         }
         if delivered && !out_done {
-            match s.try_shutdown_write()? {
-                Some(true) => out_done = true,
-                Some(false) => (out_done, half_close) = (true, false),
-                None => {}
+            match s.try_shutdown_write() {
+                Ok(Some(true)) => out_done = true,
+                Ok(Some(false)) => (out_done, half_close) = (true, false),
+                Ok(None) => {}
+                // It took every byte and ended its own stream, then went:
+                // nobody is left to hear our end mark, and nothing is lost.
+                Err(Error::PeerGone) if in_done => out_done = true,
+                Err(e) => return Err(e.into()),
             }
         }
         if in_done && out_done && output_closed {
@@ -333,10 +456,11 @@ fn pipe_loop(
             heard = Instant::now();
             continue;
         }
-        let connected = s.peer_connected();
+        let connected = joined || s.peer_connected();
         if !connected {
             heard = Instant::now();
         }
+        joined = connected;
         // A foreign peer that cannot half-close: our bytes are through and
         // read, and it has been quiet for the linger. Not before it has
         // joined: a server with nothing to send must still wait for its
@@ -346,21 +470,31 @@ fn pipe_loop(
             _ => None,
         };
         if linger_end.is_some_and(|t| Instant::now() >= t) {
+            lingered = true;
             break;
         }
         let idle_end = end.timeout.filter(|_| connected).map(|t| heard + t);
-        let deadline = match (linger_end, idle_end) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let join_end = end.accept.filter(|_| !connected).map(|t| started + t);
+        let deadline = [linger_end, idle_end, join_end].into_iter().flatten().min();
         let want_input = !tally.stdin_ended && !input_ready;
         let want_out = output_full.then_some(ends.output);
         let woken = match s.wait_io(want_input.then_some(ends.input), want_out, deadline) {
             Ok(w) => w,
-            Err(Error::TimedOut) if linger_end.is_some_and(|t| Instant::now() >= t) => break,
-            // It ended its stream cleanly, then left before taking the
-            // rest of ours: a close with our bytes undelivered.
-            Err(Error::PeerGone) if in_done => return Err(Error::Closed.into()),
+            Err(Error::TimedOut) if linger_end.is_some_and(|t| Instant::now() >= t) => {
+                lingered = true;
+                break;
+            }
+            // It ended its stream cleanly, then went, with our input not
+            // yet at its end: whether anything of ours is lost depends on
+            // that input, so wait for it alone (the peer can wake us no
+            // more), bounded by the timeout.
+            Err(Error::PeerGone) if in_done && want_input => {
+                wait_input(ends.input, end.timeout.map(|t| heard + t))?;
+                input_ready = true;
+                continue;
+            }
+            // Gone after its end with bytes of ours unread: undelivered
+            // (pipe_ends says so).
             Err(e) => return Err(e.into()),
         };
         if woken.kicked {
@@ -369,11 +503,28 @@ fn pipe_loop(
         input_ready |= woken.extra;
         output_full &= !woken.writable;
     }
+    if lingered {
+        stop_at("linger");
+        // vchan cannot say "no more from me" without ending both ways:
+        // clear our live byte (fenced, the peer kicked), so from here on
+        // its writes fail on its side, then keep looking at the ring for
+        // the grace and hand on what it published before it saw that.
+        // Only then judge.
+        s.try_hang_up()?;
+        last_looks(s, tally, ends, end.timeout)?;
+        if !output_closed {
+            (ends.output_done)();
+        }
+    }
     if end.confirm {
         confirm(s, end.timeout, tally)?;
     }
-    s.close()?;
-    Ok(())
+    match s.close() {
+        // It ended its stream, read all of ours and went: nothing is lost,
+        // and nobody is left to hear our end.
+        Err(Error::PeerGone) if tally.peer_ended => Ok(()),
+        r => Ok(r?),
+    }
 }
 
 /// The last step with one of our own peers: say how much we received (all

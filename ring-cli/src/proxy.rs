@@ -96,6 +96,7 @@ impl Conn {
         let end = PipeEnd {
             linger: None,
             timeout,
+            accept: None,
             confirm: true,
         };
         let mut done = || self.shutdown_write();

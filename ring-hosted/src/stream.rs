@@ -186,6 +186,18 @@ pub trait PollStream {
     ///
     /// As the protocol's close.
     fn close(&mut self) -> Result<(), Error>;
+
+    /// One non-blocking attempt to tell the peer we are ending, while what
+    /// it already sent can still be read: `Some(())` told (vchan: our live
+    /// byte cleared, fenced and the peer kicked; VMBus pipe: the end mark
+    /// sent; raw VMBus: nothing to tell), `None` no room for the end mark
+    /// (wake-up armed). Never waits, so a close after a failure or a
+    /// timeout stays bounded.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PeerGone`] or a protocol error.
+    fn try_hang_up(&mut self) -> Result<Option<()>, Error>;
 }
 
 /// What one [`PollStream::try_fill_from`] or
@@ -1052,6 +1064,12 @@ impl<M: FdIo> PollStream for VchanStream<M> {
     }
     fn close(&mut self) -> Result<(), Error> {
         VchanStream::close(self)
+    }
+    fn try_hang_up(&mut self) -> Result<Option<()>, Error> {
+        match self.inner.hang_up() {
+            Err(ring_core::signal::BlockingError::Ring(vchan::Error::Closed)) => Ok(Some(())),
+            r => Ok(r.map(Some)?),
+        }
     }
 }
 

@@ -396,6 +396,10 @@ impl PollStream for VmbusPipe {
     fn close(&mut self) -> Result<(), Error> {
         VmbusPipe::close(self)
     }
+
+    fn try_hang_up(&mut self) -> Result<Option<()>, Error> {
+        Ok(self.inner.try_close()?)
+    }
 }
 
 impl Drop for VmbusPipe {
@@ -429,7 +433,10 @@ impl io::Write for VmbusPipe {
 /// payload arrives padded to 8, and what we write goes out in whole 8-byte
 /// units: a last partial unit is held until more bytes come, and sent
 /// padded with zeroes when our stream ends. Raw framing has no end of
-/// stream: it ends by the peer's death or our linger.
+/// stream: it ends by the peer's death or our linger. A packet of any other
+/// type (completion, GPA direct, transfer pages) carries no stream bytes:
+/// it is refused as [`vmbus::Error::Corrupt`], as pipe framing refuses it,
+/// and nothing of it reaches the reader.
 #[derive(Debug)]
 pub struct RawVmbus {
     inner: vmbus::Blocking<RingMem, EventSignal>,
@@ -445,6 +452,8 @@ pub struct RawVmbus {
     staged_at: usize,
     read: u64,
     written: u64,
+    /// A packet of another type than in-band came: refused for good.
+    refused: Option<ring_core::Corrupt>,
 }
 
 impl RawVmbus {
@@ -472,6 +481,7 @@ impl RawVmbus {
             staged_at: 0,
             read: 0,
             written: 0,
+            refused: None,
         })
     }
 
@@ -517,10 +527,23 @@ impl RawVmbus {
         if self.taken < self.pending.len() {
             return Ok(true);
         }
+        if let Some(c) = self.refused {
+            return Err(Error::Vmbus(vmbus::Error::Corrupt(c)));
+        }
         let max = self.inner.incoming().layout().max_packet_len();
         self.pending.resize(max, 0);
         self.taken = 0;
         match self.inner.try_recv(&mut self.pending)? {
+            Some((info, _)) if info.packet_type != vmbus::PacketType::InBand => {
+                // Not stream bytes: a completion, GPA-direct or
+                // transfer-page packet's payload never reaches the output.
+                self.pending.clear();
+                let c = ring_core::Corrupt {
+                    what: not_in_band(info.packet_type),
+                };
+                self.refused = Some(c);
+                Err(Error::Vmbus(vmbus::Error::Corrupt(c)))
+            }
             Some((_, len)) => {
                 self.pending.truncate(len);
                 Ok(true)
@@ -548,6 +571,22 @@ impl RawVmbus {
         self.staged.clear();
         self.staged_at = 0;
         Ok(Some(true))
+    }
+}
+
+/// Why raw framing refuses a packet of type `t` (not in-band).
+fn not_in_band(t: vmbus::PacketType) -> &'static str {
+    match t {
+        vmbus::PacketType::Completion => {
+            "raw framing carries in-band packets only; the peer sent a completion packet (type 0xB)"
+        }
+        vmbus::PacketType::GpaDirect => {
+            "raw framing carries in-band packets only; the peer sent a GPA-direct packet (type 0x9)"
+        }
+        vmbus::PacketType::TransferPages => {
+            "raw framing carries in-band packets only; the peer sent a transfer-page packet (type 0x7)"
+        }
+        vmbus::PacketType::InBand => "in-band packet refused",
     }
 }
 
@@ -705,5 +744,9 @@ impl PollStream for RawVmbus {
     fn close(&mut self) -> Result<(), Error> {
         // Nothing to send: raw framing has no end mark.
         Ok(())
+    }
+
+    fn try_hang_up(&mut self) -> Result<Option<()>, Error> {
+        Ok(Some(()))
     }
 }

@@ -702,6 +702,19 @@ impl<M: SharedMem, S: Signal> Blocking<M, S> {
         )
     }
 
+    /// Clears our live byte and kicks the peer, but goes on reading (see
+    /// [`Endpoint::hang_up`]): the last look at what the peer sent before it
+    /// saw the close.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] after [`close`](Self::close), [`Error::Corrupt`],
+    /// or the signal's error.
+    pub fn hang_up(&mut self) -> Result<(), BlockingError<S::Error>> {
+        let t = self.side.ep.hang_up()?;
+        self.waiter.settle(t.notify, t.len).map(drop)
+    }
+
     /// Closes our end and kicks the peer.
     pub fn close(&mut self) -> Result<(), BlockingError<S::Error>> {
         let t = self.side.ep.close()?;

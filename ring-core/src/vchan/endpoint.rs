@@ -105,6 +105,12 @@ pub struct Endpoint<M> {
     /// between it and `rx.own` are held (read but not given back).
     released: u32,
     closed: bool,
+    /// Our live byte is cleared ([`Endpoint::hang_up`]): writes end, reads
+    /// go on until [`Endpoint::close`].
+    hung_up: bool,
+    /// A server has seen its client: its live byte at 1 or 0, or bytes
+    /// from it. From then on a client live byte of 2 is a protocol error.
+    peer_joined: bool,
     poison: Poison,
 }
 
@@ -462,6 +468,8 @@ impl<M: SharedMem> Endpoint<M> {
             own_notify,
             released: rx_own,
             closed: false,
+            hung_up: false,
+            peer_joined: false,
             poison: Poison::default(),
         })
     }
@@ -508,6 +516,15 @@ impl<M: SharedMem> Endpoint<M> {
         Ok(())
     }
 
+    /// As [`usable`](Self::usable), for a write: none after a hang-up.
+    fn usable_for_write(&self) -> Result<(), Error> {
+        self.usable()?;
+        if self.hung_up {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+
     /// The peer's liveness, read once. An undefined value poisons.
     pub fn peer_live(&mut self) -> Result<Live, Error> {
         self.usable()?;
@@ -516,7 +533,13 @@ impl<M: SharedMem> Endpoint<M> {
             Some(Live::Waiting) if self.role == Role::Client => {
                 Err(self.poison("server live byte holds 2, which only a client may"))
             }
-            Some(live) => Ok(live),
+            Some(Live::Waiting) if self.peer_joined => {
+                Err(self.poison("client live byte went back to 2 after the client joined"))
+            }
+            Some(live) => {
+                self.peer_joined |= live != Live::Waiting;
+                Ok(live)
+            }
             None => Err(self.poison("peer live byte holds an undefined value")),
         }
     }
@@ -536,6 +559,8 @@ impl<M: SharedMem> Endpoint<M> {
             return Err(self.poison("producer index moved backwards or more than a ring ahead"));
         }
         self.rx.peer = prod;
+        // Bytes from the peer: it has joined, whatever its live byte says.
+        self.peer_joined |= moved > 0;
         Ok(prod.wrapping_sub(self.rx.own))
     }
 
@@ -1109,7 +1134,7 @@ impl<M: SharedMem> Endpoint<M> {
         &mut self,
         bufs: &[B],
     ) -> Result<Transfer, Error> {
-        self.usable()?;
+        self.usable_for_write()?;
         let total = total_len(bufs);
         if total == 0 {
             return Ok(Transfer::NOTHING);
@@ -1166,7 +1191,7 @@ impl<M: SharedMem> Endpoint<M> {
         max: usize,
         fill: impl FnOnce(&M, &[Span]) -> usize,
     ) -> Result<Transfer, Error> {
-        self.usable()?;
+        self.usable_for_write()?;
         let want = max.min(self.tx.size as usize);
         if want == 0 {
             return Ok(Transfer::NOTHING);
@@ -1228,7 +1253,7 @@ impl<M: SharedMem> Endpoint<M> {
         &mut self,
         bufs: &[B],
     ) -> Result<Transfer, Error> {
-        self.usable()?;
+        self.usable_for_write()?;
         let total = total_len(bufs);
         fits_ring(total, self.tx.size)?;
         if total == 0 {
@@ -1245,6 +1270,48 @@ impl<M: SharedMem> Endpoint<M> {
             return Ok(false);
         }
         Ok(self.peer_live()? != Live::Closed)
+    }
+
+    /// Clears our live byte, as [`close`](Self::close) does, but goes on
+    /// reading: bytes the peer published before it saw the close can still
+    /// be read, and then end of stream (the peer's live byte) or
+    /// [`Error::WouldBlock`]. Writes fail with [`Error::Closed`]. The peer
+    /// must be kicked (the returned transfer says so). vchan has no
+    /// half-close: this is the last look a reader that ends the stream gets
+    /// at what the peer sent. Later calls do nothing.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use core::sync::atomic::AtomicU64;
+    /// # use ring_core::mem::RawMem;
+    /// # use ring_core::vchan::{self, Orders, ServerOptions};
+    /// # let words: Vec<AtomicU64> = (0..512).map(|_| AtomicU64::new(0)).collect();
+    /// # let mem = RawMem::from_atomics(&words);
+    /// # let mut server = vchan::serve_flat(mem, Orders::new(10, 11)?, ServerOptions::default())?;
+    /// # let mut client = vchan::connect_flat(mem)?;
+    /// use ring_core::vchan::Error;
+    /// let _ = client.write(b"in flight")?;
+    /// assert!(server.hang_up()?.notify);
+    /// assert!(!client.is_open()?); // the client sees the close
+    /// assert_eq!(client.write(b"late"), Err(Error::Closed));
+    /// let mut buf = [0u8; 16];
+    /// assert_eq!(server.read(&mut buf)?.len, 9); // still read
+    /// assert_eq!(server.write(b"x"), Err(Error::Closed));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn hang_up(&mut self) -> Result<Transfer, Error> {
+        self.usable()?;
+        if self.hung_up {
+            return Ok(Transfer::NOTHING);
+        }
+        self.hung_up = true;
+        self.ctrl.store_u8(self.own_live, Live::Closed as u8)?;
+        self.ctrl.fence();
+        Ok(Transfer {
+            len: 0,
+            notify: true,
+        })
     }
 
     /// Closes our end: marks us not live. The peer must be kicked

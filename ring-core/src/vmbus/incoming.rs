@@ -347,7 +347,10 @@ impl<M: SharedMem> IncomingRing<M> {
         let data_offset8 = d.data_offset8.get();
         let length8 = d.length8.get();
         if data_offset8 < 2 || data_offset8 > length8 {
-            return self.corrupt("packet data offset outside 2..=length");
+            return self.corrupt(
+                "packet data offset outside 2..=length (a packet over the 524 280-byte \
+                 descriptor cap has no valid length)",
+            );
         }
         let header_len = u32::from(data_offset8) * 8;
         let len = u32::from(length8) * 8;

@@ -643,6 +643,8 @@ fn reader_rejects_every_listed_violation() {
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (packet_image(descriptor(6, 1, 2, 0), 24), "offset"),
         (packet_image(descriptor(6, 3, 2, 0), 24), "offset"),
+        // A packet over the cap, its length in 8-byte units wrapped to 0.
+        (packet_image(descriptor(6, 2, 0, 0), 24), "524 280-byte"),
         (
             packet_image(descriptor(6, 2, 9, 0), 24),
             "longer than the published",

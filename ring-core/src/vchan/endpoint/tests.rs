@@ -355,6 +355,57 @@ fn undefined_live_values_poison() {
 }
 
 #[test]
+fn a_client_live_byte_back_at_2_after_joining_poisons() {
+    let what = "client live byte went back to 2 after the client joined";
+    // Joined: its live byte seen at 1.
+    let w = words(4096);
+    let (mut server, _client) = pair_at(&w, 10, 11, 0);
+    let mem = *server.control();
+    assert_eq!(server.peer_live(), Ok(Live::Connected));
+    mem.store_u8(CLI_LIVE, 2).unwrap();
+    assert_eq!(
+        server.read(&mut [0; 4]),
+        Err(Error::Corrupt(Corrupt { what }))
+    );
+    // Joined: bytes from it, its live byte never seen at 1.
+    let w = words(4096);
+    let (mut server, mut client) = pair_at(&w, 10, 11, 0);
+    let mem = *server.control();
+    let _ = client.write(b"hi").unwrap();
+    mem.store_u8(CLI_LIVE, 2).unwrap();
+    let mut buf = [0u8; 2];
+    assert_eq!(server.read(&mut buf).unwrap().len, 2);
+    assert_eq!(server.peer_live(), Err(Error::Corrupt(Corrupt { what })));
+    // Not joined yet: 2 is the wait for it, however long.
+    let w = words(4096);
+    let mem = RawMem::from_atomics(&w);
+    let mut server =
+        serve_flat(mem, Orders::new(10, 11).unwrap(), ServerOptions::default()).unwrap();
+    assert_eq!(server.peer_live(), Ok(Live::Waiting));
+    assert_eq!(server.peer_live(), Ok(Live::Waiting));
+}
+
+#[test]
+fn hang_up_clears_our_live_byte_and_reads_on() {
+    let w = words(4096);
+    let (mut server, mut client) = pair_at(&w, 10, 11, 0);
+    let _ = client.write(b"before").unwrap();
+    assert!(server.hang_up().unwrap().notify, "a hang-up always kicks");
+    assert_eq!(server.hang_up(), Ok(Transfer::NOTHING), "once");
+    assert_eq!(header(*server.control()).srv_live, 0);
+    assert_eq!(client.write(b"after"), Err(Error::Closed));
+    assert_eq!(server.write(b"x"), Err(Error::Closed));
+    assert_eq!(server.send(b"x"), Err(Error::Closed));
+    let mut buf = [0u8; 16];
+    assert_eq!(server.read(&mut buf).unwrap().len, 6);
+    assert_eq!(server.read(&mut buf), Err(Error::WouldBlock));
+    let _ = client.close().unwrap();
+    assert_eq!(server.read(&mut buf).unwrap().len, 0, "then its end");
+    let _ = server.close().unwrap();
+    assert_eq!(server.read(&mut buf), Err(Error::Closed));
+}
+
+#[test]
 fn every_external_order_round_trips() {
     for order in 12..=20u8 {
         let layout = FlatLayout::new(Orders::new(order, order).unwrap());
