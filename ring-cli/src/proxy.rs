@@ -28,9 +28,9 @@
 use super::pipe::{pipe_ends, Ends, PipeEnd};
 use super::*;
 use ring_hosted::fdio::Output;
+use ring_hosted::unix_socket::{listen_at, Existing};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::BorrowedFd;
-use ring_hosted::unix_socket::{listen_at, Existing};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -255,7 +255,8 @@ pub(crate) fn ring_connect(
             Box::new(move || accept_one(l.as_fd(), || l.accept().map(|(s, _)| Conn::Tcp(s))))
         }
         Addr::Unix(p) => {
-            let l = listen_at(p, Existing::Keep).map_err(|e| format!("listen on {}: {e}", p.display()))?;
+            let l = listen_at(p, Existing::Keep)
+                .map_err(|e| format!("listen on {}: {e}", p.display()))?;
             let path = p.clone();
             let _cleanup = Unlink(path);
             Box::new(move || {

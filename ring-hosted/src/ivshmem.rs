@@ -127,10 +127,11 @@ impl IvshmemServer {
         }
         let size = size.max(4096).next_power_of_two();
         let mem = Arc::new(MemFd::create("ivshmem", size)?);
-        let listener = crate::unix_socket::listen_at(path, crate::unix_socket::Existing::Keep).map_err(|source| Error::Os {
-            op: "bind ivshmem socket",
-            source,
-        })?;
+        let listener = crate::unix_socket::listen_at(path, crate::unix_socket::Existing::Keep)
+            .map_err(|source| Error::Os {
+                op: "bind ivshmem socket",
+                source,
+            })?;
         let host = Peer {
             id: HOST_ID,
             vectors: (0..vectors)
