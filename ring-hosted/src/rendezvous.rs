@@ -599,12 +599,10 @@ impl Listener {
         lock_path.push(".lock");
         let lock_path = PathBuf::from(lock_path);
         let lock = take_lock(path, &lock_path)?;
-        if std::fs::symlink_metadata(path).is_ok() {
-            if !is_socket(path) {
-                return Err(Error::NotASocket {
-                    path: path.to_owned(),
-                });
-            }
+        if std::fs::symlink_metadata(path).is_ok() && !is_socket(path) {
+            return Err(Error::NotASocket {
+                path: path.to_owned(),
+            });
         }
         // The lock is ours, so a socket left at the path is served by
         // nobody: ours replaces it in one step, already accepting.
