@@ -65,6 +65,7 @@ fn recorded_set_up_on_both_sides_then_bytes_move() {
         step(IOCTL_GNTALLOC_DEALLOC_GREF, Reply::Value(0)),
     ]));
     let store = FakeXenstore::start(0);
+    store.introduce(7);
     let mut server_xs = XenStore::new(store.connect());
     let config = ServerConfig {
         peer: 7,

@@ -13,7 +13,7 @@ use ring_hosted::xen::vchan::{self, ServerConfig, XenVchan};
 use ring_hosted::xen::xenstore::XenStore;
 use std::os::unix::net::UnixStream;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const SERVER: u16 = 0;
 const CLIENT: u16 = 7;
@@ -25,9 +25,12 @@ struct Setup {
     server_xs: XenStore<UnixStream>,
 }
 
+/// A host where the client's domain exists (is introduced) before the
+/// server publishes, as it must on real xenstored.
 fn setup() -> Setup {
     let xen = FakeXen::new();
     let store = xen.xenstore(SERVER);
+    store.introduce(CLIENT);
     let server_xs = XenStore::new(store.connect());
     Setup {
         xen,
@@ -214,10 +217,11 @@ fn a_blocked_reader_wakes_when_the_peer_writes() {
 #[test]
 fn client_errors_name_what_was_missing_or_refused() {
     let mut s = setup();
-    // Nothing published yet.
+    // Nothing published yet: the server's directory does not exist and
+    // its home is unreadable to the client, so xenstored says EACCES.
     let e = connect(&s).unwrap_err();
     assert!(
-        e.to_string().contains("ring-ref") && e.to_string().contains("ENOENT"),
+        e.to_string().contains("ring-ref") && e.to_string().contains("EACCES"),
         "{e}"
     );
     let _server = serve(&mut s, 0, 0);
@@ -244,13 +248,20 @@ fn event_channel_wait_times_out_naming_the_device() {
     assert!(e.to_string().contains("/dev/xen/evtchn"), "{e}");
 }
 
+/// The client starts before the server: until the keys appear, xenstored
+/// refuses them with EACCES (their directory does not exist and the
+/// server's home is not readable to the client), which `wait_published`
+/// must take as "not yet".
 #[test]
-fn a_client_can_wait_for_the_server_to_publish() {
+fn a_client_started_before_the_server_waits_through_eacces() {
     let mut s = setup();
     let mut client_xs = XenStore::new(s.store.connect_as(CLIENT));
+    let e = client_xs.read(0, &format!("{PATH}/ring-ref")).unwrap_err();
+    assert!(e.to_string().contains("EACCES"), "{e}");
     let xen = s.xen.clone();
     let waiter = thread::spawn(move || {
-        vchan::wait_published(&mut client_xs, PATH).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        vchan::wait_published(&mut client_xs, PATH, deadline).unwrap();
         let mut c = vchan::connect(
             &xen.gntdev(CLIENT),
             xen.evtchn(CLIENT),
@@ -265,10 +276,51 @@ fn a_client_can_wait_for_the_server_to_publish() {
     thread::sleep(Duration::from_millis(50));
     assert!(!waiter.is_finished(), "the client waited for the keys");
     let mut server = serve(&mut s, 0, 0);
+    server
+        .event_channel_mut()
+        .set_timeout(Some(Duration::from_secs(20)));
     let mut buf = [0u8; 4];
-    server.recv(&mut buf).unwrap();
+    let got = server.recv(&mut buf);
+    assert!(waiter.is_finished() || got.is_ok(), "{got:?}");
+    got.unwrap();
     assert_eq!(&buf, b"late");
     drop(waiter.join().unwrap());
+}
+
+#[test]
+fn a_wait_for_keys_that_never_come_ends_at_its_deadline() {
+    let s = setup();
+    let mut client_xs = XenStore::new(s.store.connect_as(CLIENT));
+    let started = Instant::now();
+    let deadline = started + Duration::from_millis(100);
+    let e = vchan::wait_published(&mut client_xs, PATH, deadline).unwrap_err();
+    assert!(started.elapsed() >= Duration::from_millis(100));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(e.to_string().contains("ring-ref"), "{e}");
+}
+
+/// A server that publishes before the client's domain exists names a
+/// domain xenstored does not know: the permission is dropped, the keys
+/// stay unreadable to the client, and the wait ends at its deadline with
+/// EACCES (the reason), not in a hang.
+#[test]
+fn keys_published_before_the_client_domain_exists_are_reported_at_the_deadline() {
+    let xen = FakeXen::new();
+    let store = xen.xenstore(SERVER);
+    let mut s = Setup {
+        server_xs: XenStore::new(store.connect()),
+        xen,
+        store,
+    };
+    let _server = serve(&mut s, 0, 0);
+    assert_eq!(s.store.perms(&format!("{PATH}/ring-ref")), ["n0"]);
+    let mut client_xs = XenStore::new(s.store.connect_as(CLIENT));
+    let deadline = Instant::now() + Duration::from_millis(100);
+    let e = vchan::wait_published(&mut client_xs, PATH, deadline).unwrap_err();
+    assert!(
+        e.to_string().contains("ring-ref") && e.to_string().contains("EACCES"),
+        "{e}"
+    );
 }
 
 #[test]

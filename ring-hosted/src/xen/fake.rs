@@ -7,7 +7,13 @@
 //!   the order of a handshake.
 //! - [`FakeXenstore`]: a thread per connection speaking the xenstore wire
 //!   format over a Unix socket pair, with a tree, transactions (a snapshot
-//!   per transaction, committed whole), permissions and watches.
+//!   per transaction, committed whole), permissions and watches. Reads
+//!   answer as C xenstored's do: a node inherits its parent's permissions
+//!   when created (an unprivileged writer becomes its owner), domain 0 is
+//!   privileged, a missing key under a parent the caller may not read is
+//!   `EACCES` rather than `ENOENT`, a permission naming a domain not yet
+//!   introduced is dropped when set, and a watch event reaches only a
+//!   watcher that may read the node.
 //!
 //! The fakes follow the uapi headers' request numbers and struct layouts,
 //! so the code under test builds exactly the bytes it would give the
@@ -473,9 +479,12 @@ struct StoreState {
     txs: HashMap<u32, Tree>,
     next_tx: u32,
     fail_commits: usize,
-    watches: Vec<(String, String, usize)>,
+    /// (path, token, connection, the connection's domain).
+    watches: Vec<(String, String, usize, DomId)>,
     conns: HashMap<usize, UnixStream>,
     next_conn: usize,
+    /// Domains xenstored knows (introduced by the toolstack).
+    introduced: std::collections::BTreeSet<DomId>,
 }
 
 /// A fake xenstored (see the [module docs](self)).
@@ -496,7 +505,8 @@ impl std::fmt::Debug for FakeXenstore {
 
 impl FakeXenstore {
     /// A fake store as seen from domain `domid` (relative paths resolve
-    /// under `/local/domain/<domid>`, whose `domid` key is set).
+    /// under `/local/domain/<domid>`, whose `domid` key is set). Domains 0
+    /// and `domid` are introduced.
     pub fn start(domid: DomId) -> Self {
         Self::with_log(domid, Arc::default())
     }
@@ -508,12 +518,20 @@ impl FakeXenstore {
             state: Arc::default(),
             log,
         };
-        let home = format!("/local/domain/{domid}");
         let mut st = lock(&s.state);
-        set(&mut st.tree, &format!("{home}/domid"), &domid.to_string());
         st.next_tx = 1;
+        introduce(&mut st, 0);
+        introduce(&mut st, domid);
         drop(st);
         s
+    }
+
+    /// Introduces domain `domid`, as the toolstack does when it creates a
+    /// domain: xenstored learns of it and makes its home
+    /// `/local/domain/<domid>` (owned by domain 0, readable by `domid`).
+    /// Permissions naming `domid` count only if set after this.
+    pub fn introduce(&self, domid: DomId) {
+        introduce(&mut lock(&self.state), domid);
     }
 
     /// A new client connection (the other end is served by a thread).
@@ -527,6 +545,7 @@ impl FakeXenstore {
 
     /// A new client connection from domain `domid` (its relative paths
     /// resolve under its own home, and permissions are checked for it).
+    /// Introduces `domid` if it was not.
     ///
     /// # Panics
     ///
@@ -534,10 +553,7 @@ impl FakeXenstore {
     pub fn connect_as(&self, domid: DomId) -> UnixStream {
         let (ours, theirs) = UnixStream::pair().expect("socketpair for the fake xenstore");
         let mut st = lock(&self.state);
-        let key = format!("/local/domain/{domid}/domid");
-        if !st.tree.contains_key(&key) {
-            set(&mut st.tree, &key, &domid.to_string());
-        }
+        introduce(&mut st, domid);
         let id = st.next_conn;
         st.next_conn += 1;
         st.conns.insert(id, theirs.try_clone().expect("dup"));
@@ -552,7 +568,9 @@ impl FakeXenstore {
         lock(&self.state).fail_commits = n;
     }
 
-    /// The permission list of `path` (encoded, e.g. `["n3", "r7"]`).
+    /// The permission list of `path` (encoded, e.g. `["n3", "r7"]`), as
+    /// `GET_PERMS` would answer: without entries that were dropped because
+    /// they named a domain not yet introduced.
     pub fn perms(&self, path: &str) -> Vec<String> {
         lock(&self.state)
             .tree
@@ -612,12 +630,17 @@ impl FakeXenstore {
         st.watches.retain(|w| w.2 != id);
     }
 
+    /// Sends the watch events for a change of `changed`, to watchers that
+    /// may read it (or, once removed, its nearest existing parent), as
+    /// xenstored does.
     fn fire(&self, st: &mut StoreState, changed: &str) {
+        let perms = nearest(&st.tree, changed);
         let hits: Vec<(String, usize)> = st
             .watches
             .iter()
-            .filter(|(p, _, _)| changed == p || changed.starts_with(&format!("{p}/")))
-            .map(|(_, t, c)| (t.clone(), *c))
+            .filter(|(p, _, _, _)| changed == p || changed.starts_with(&format!("{p}/")))
+            .filter(|(_, _, _, dom)| may_read(&perms, *dom))
+            .map(|(_, t, c, _)| (t.clone(), *c))
             .collect();
         for (token, conn) in hits {
             send_event(st, conn, changed, &token);
@@ -659,10 +682,12 @@ impl FakeXenstore {
         match h.ty {
             ty::READ => {
                 let tree = if tx == 0 { &st.tree } else { &st.txs[&tx] };
-                let node = tree.get(&path).ok_or("ENOENT")?;
-                if !may_read(&node.perms, domid) {
+                // A missing node is EACCES if its nearest existing parent
+                // is unreadable (xenstored's errno_from_parents).
+                if !may_read(&nearest(tree, &path), domid) {
                     return Err("EACCES");
                 }
+                let node = tree.get(&path).ok_or("ENOENT")?;
                 Ok(node.value.clone().into_bytes())
             }
             ty::DIRECTORY => {
@@ -689,10 +714,10 @@ impl FakeXenstore {
                     .unwrap_or(&[]);
                 let value = String::from_utf8_lossy(value).into_owned();
                 if tx == 0 {
-                    set(&mut st.tree, &path, &value);
+                    set(&mut st.tree, &path, &value, domid);
                     self.fire(st, &path);
                 } else if let Some(t) = st.txs.get_mut(&tx) {
-                    set(t, &path, &value);
+                    set(t, &path, &value, domid);
                 }
                 Ok(ok())
             }
@@ -728,6 +753,16 @@ impl FakeXenstore {
                 if !valid {
                     return Err("EINVAL");
                 }
+                // Entries after the owner that name a domain xenstored does
+                // not know yet are ignored for good (XS_PERM_IGNORE).
+                let perms: Vec<String> = perms
+                    .into_iter()
+                    .enumerate()
+                    .filter(|(i, p)| {
+                        *i == 0 || p[1..].parse().is_ok_and(|d| st.introduced.contains(&d))
+                    })
+                    .map(|(_, p)| p)
+                    .collect();
                 let tree = if tx == 0 {
                     &mut st.tree
                 } else {
@@ -764,7 +799,7 @@ impl FakeXenstore {
             }
             ty::WATCH => {
                 let token = args.get(1).cloned().unwrap_or_default();
-                st.watches.push((path.clone(), token.clone(), id));
+                st.watches.push((path.clone(), token.clone(), id, domid));
                 // xenstored fires every new watch once.
                 send_event(st, id, &path, &token);
                 Ok(ok())
@@ -781,15 +816,19 @@ impl FakeXenstore {
     }
 }
 
-/// Whether `domid` may read a node with permission list `perms`: the
-/// owner (first entry) always, others per their entry or the default.
+/// Whether `domid` may read a node with permission list `perms`: domain 0
+/// (privileged) and the owner (first entry) always, others per their entry
+/// or the default.
 fn may_read(perms: &[String], domid: DomId) -> bool {
     let parse = |p: &String| {
         let (c, d) = p.split_at(1);
         (c.to_owned(), d.parse::<DomId>().ok())
     };
-    let Some((default, owner)) = perms.first().map(parse) else {
+    if domid == 0 {
         return true;
+    }
+    let Some((default, owner)) = perms.first().map(parse) else {
+        return false;
     };
     if owner == Some(domid) {
         return true;
@@ -819,13 +858,75 @@ fn send_event(st: &mut StoreState, conn: usize, path: &str, token: &str) {
     }
 }
 
-/// Sets `path` to `value`, creating empty parents as xenstored does.
-fn set(tree: &mut Tree, path: &str, value: &str) {
+/// The permissions of `path`, or of its nearest existing parent if it is
+/// missing (the root's are `n0`: only domain 0 may read it).
+fn nearest(tree: &Tree, path: &str) -> Vec<String> {
+    let mut at = path;
+    loop {
+        if let Some(node) = tree.get(at) {
+            return node.perms.clone();
+        }
+        match at.rfind('/') {
+            Some(0) | None => return vec!["n0".to_owned()],
+            Some(i) => at = &at[..i],
+        }
+    }
+}
+
+/// Sets `path` to `value` as domain `writer`, creating missing parents
+/// with empty values as xenstored does: a new node inherits its parent's
+/// permissions, and one created by an unprivileged domain is owned by it.
+fn set(tree: &mut Tree, path: &str, value: &str, writer: DomId) {
     let mut at = 0;
+    let mut ends: Vec<usize> = Vec::new();
     while let Some(i) = path[at + 1..].find('/') {
-        let parent = &path[..at + 1 + i];
-        tree.entry(parent.to_owned()).or_default();
+        ends.push(at + 1 + i);
         at += 1 + i;
     }
-    tree.entry(path.to_owned()).or_default().value = value.to_owned();
+    ends.push(path.len());
+    for end in ends {
+        let node = &path[..end];
+        if !tree.contains_key(node) {
+            let mut perms = nearest(tree, node);
+            if writer != 0 {
+                if let Some(owner) = perms.first_mut() {
+                    *owner = format!("{}{writer}", &owner[..1]);
+                }
+            }
+            tree.insert(
+                node.to_owned(),
+                Node {
+                    value: String::new(),
+                    perms,
+                },
+            );
+        }
+    }
+    if let Some(node) = tree.get_mut(path) {
+        node.value = value.to_owned();
+    }
+}
+
+/// Makes `domid` known, with its home and its `domid` key (owned by
+/// domain 0, readable by `domid`), as the toolstack leaves them.
+fn introduce(st: &mut StoreState, domid: DomId) {
+    if !st.introduced.insert(domid) {
+        return;
+    }
+    let home = format!("/local/domain/{domid}");
+    let mut perms = vec!["n0".to_owned()];
+    if domid != 0 {
+        perms.push(format!("r{domid}"));
+    }
+    set(
+        &mut st.tree,
+        &format!("{home}/domid"),
+        &domid.to_string(),
+        0,
+    );
+    for node in [home.clone(), format!("{home}/domid")] {
+        if let Some(n) = st.tree.get_mut(&node) {
+            n.perms = perms.clone();
+        }
+    }
 }

@@ -26,6 +26,7 @@
 //!
 //! let xen = FakeXen::new(); // a FAKE host: memfd pages, modelled ports
 //! let xenstored = xen.xenstore(0);
+//! xenstored.introduce(7); // the client's domain exists before we publish
 //! let mut server_xs = XenStore::new(xenstored.connect());
 //! let config = ServerConfig { peer: 7, path: "data/vchan/7/1".into(), read_min: 0, write_min: 0 };
 //! let mut server = vchan::serve(&xen.gntalloc(0), xen.evtchn(0), &mut server_xs, &config)?;
@@ -54,7 +55,9 @@ use ring_core::vchan::{
 };
 use std::cell::RefCell;
 use std::io::{Read, Write};
+use std::os::fd::AsFd;
 use std::path::Path;
+use std::time::Instant;
 
 /// The xenstore key holding the control page's grant ref.
 pub const RING_REF: &str = "ring-ref";
@@ -197,35 +200,56 @@ pub fn serve<S: Read + Write>(
     })
 }
 
-/// Blocks until a server has published both keys under `path` (a
-/// xenstore watch on `path`, re-reading the keys after every event; the
-/// watch is set before the first read, so a publish in between is not
-/// missed). libxenvchan's client does not wait; callers such as
+/// Blocks until a server has published both keys under `path`, or until
+/// `deadline` (a xenstore watch on `path`, re-reading the keys after every
+/// event; the watch is set before the first read, so a publish in between
+/// is not missed). libxenvchan's client does not wait; callers such as
 /// vchan-socket-proxy and Qubes watch like this themselves.
 ///
-/// The wait has no deadline of its own: it ends when the store's stream
-/// fails. Over a socket to xenstored, a read timeout on the socket
-/// (`UnixStream::set_read_timeout`) bounds it with an I/O error; the
-/// `/dev/xen/xenbus` device has none, so bound the whole client from
-/// outside (a watchdog, `timeout(1)`) if the server may never come.
+/// A key that is missing is not there yet. So is a key xenstored refuses
+/// with `EACCES`: real xenstored answers `EACCES`, not `ENOENT`, for a
+/// missing key whose nearest existing parent we may not read — the
+/// server's directory before it publishes, as a domU sees it. Both mean
+/// "wait for the next watch event".
 ///
 /// # Errors
 ///
-/// xenstore errors, e.g. `EACCES` if the keys exist but are not readable
-/// by us.
-pub fn wait_published<S: Read + Write>(
+/// At the deadline: the last `EACCES` if xenstored was still refusing
+/// (typically keys published before our domain existed: xenstored ignores
+/// a permission naming a domain not yet introduced, so the server must
+/// publish again), else [`DevError::TimedOut`] naming the missing key.
+/// Other xenstore and I/O errors at once.
+pub fn wait_published<S: Read + Write + AsFd>(
     store: &mut XenStore<S>,
     path: &str,
+    deadline: Instant,
 ) -> Result<(), DevError> {
     const TOKEN: &str = "ring-hosted-vchan-wait";
     store.watch(path, TOKEN)?;
     let result = (|| loop {
-        if store.read(0, &join(path, RING_REF))?.is_some()
-            && store.read(0, &join(path, EVENT_CHANNEL))?.is_some()
-        {
-            return Ok(());
+        let mut missing = None;
+        for key in [RING_REF, EVENT_CHANNEL] {
+            let key = join(path, key);
+            match store.read(0, &key) {
+                Ok(Some(_)) => continue,
+                Ok(None) => {
+                    missing = Some(DevError::TimedOut {
+                        path: Path::new("xenstore:").join(key.trim_start_matches('/')),
+                    })
+                }
+                Err(e) if matches!(&e, DevError::Xenstore { errno, .. } if errno == "EACCES") => {
+                    missing = Some(e)
+                }
+                Err(e) => return Err(e),
+            }
+            break;
         }
-        store.next_watch_event()?;
+        let Some(missing) = missing else {
+            return Ok(());
+        };
+        if store.next_watch_event_until(deadline)?.is_none() {
+            return Err(missing);
+        }
     })();
     let unwatched = store.unwatch(path, TOKEN);
     result.and(unwatched)

@@ -11,7 +11,9 @@
 use crate::devmem::DevError;
 use std::collections::VecDeque;
 use std::io::{Read, Write};
+use std::os::fd::AsFd;
 use std::path::Path;
+use std::time::Instant;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// The device's standard path.
@@ -490,6 +492,31 @@ impl<S: Read + Write> XenStore<S> {
     }
 }
 
+impl<S: Read + Write + AsFd> XenStore<S> {
+    /// The next watch event as (path, token), or `None` once `deadline`
+    /// passes without one (the stream is polled, so the wait ends at the
+    /// deadline even on `/dev/xen/xenbus`, which has no timeout of its own).
+    ///
+    /// # Errors
+    ///
+    /// I/O errors; [`DevError::Invalid`] for a non-event message.
+    pub fn next_watch_event_until(
+        &mut self,
+        deadline: Instant,
+    ) -> Result<Option<(String, String)>, DevError> {
+        if let Some(e) = self.events.pop_front() {
+            return Ok(Some(e));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let readable = crate::devmem::poll_readable(self.stream.as_fd(), Some(left))
+            .map_err(io_err("poll for a watch event"))?;
+        if !readable {
+            return Ok(None);
+        }
+        self.next_watch_event().map(Some)
+    }
+}
+
 fn nul(s: &str) -> Vec<u8> {
     let mut v = Vec::with_capacity(s.len() + 1);
     v.extend_from_slice(s.as_bytes());
@@ -524,13 +551,19 @@ mod tests {
     #[test]
     fn read_write_rm_and_missing_keys() {
         let (mut xs, _fake) = store();
-        assert_eq!(xs.read(0, "/a/b").unwrap(), None);
-        xs.write(0, "/a/b", "42").unwrap();
-        assert_eq!(xs.read(0, "/a/b").unwrap().as_deref(), Some("42"));
-        assert_eq!(xs.directory(0, "/a").unwrap(), vec!["b".to_string()]);
-        xs.rm(0, "/a").unwrap();
-        assert_eq!(xs.read(0, "/a/b").unwrap(), None);
-        xs.rm(0, "/a").unwrap();
+        assert_eq!(xs.read(0, "/local/domain/3/a/b").unwrap(), None);
+        xs.write(0, "/local/domain/3/a/b", "42").unwrap();
+        assert_eq!(
+            xs.read(0, "/local/domain/3/a/b").unwrap().as_deref(),
+            Some("42")
+        );
+        assert_eq!(
+            xs.directory(0, "/local/domain/3/a").unwrap(),
+            vec!["b".to_string()]
+        );
+        xs.rm(0, "/local/domain/3/a").unwrap();
+        assert_eq!(xs.read(0, "/local/domain/3/a/b").unwrap(), None);
+        xs.rm(0, "/local/domain/3/a").unwrap();
         assert_eq!(xs.own_domid().unwrap(), 3);
         assert_eq!(xs.domain_path(3).unwrap(), "/local/domain/3");
     }
@@ -541,28 +574,34 @@ mod tests {
         let mut other = XenStore::new(fake.connect());
         let tx = xs.transaction_start().unwrap();
         assert_ne!(tx, 0);
-        xs.write(tx, "/t/k", "v").unwrap();
-        assert_eq!(other.read(0, "/t/k").unwrap(), None);
+        xs.write(tx, "/local/domain/3/t/k", "v").unwrap();
+        assert_eq!(other.read(0, "/local/domain/3/t/k").unwrap(), None);
         xs.transaction_end(tx, true).unwrap();
-        assert_eq!(other.read(0, "/t/k").unwrap().as_deref(), Some("v"));
+        assert_eq!(
+            other.read(0, "/local/domain/3/t/k").unwrap().as_deref(),
+            Some("v")
+        );
         // Aborted: nothing lands.
         let tx = xs.transaction_start().unwrap();
-        xs.write(tx, "/t/gone", "x").unwrap();
+        xs.write(tx, "/local/domain/3/t/gone", "x").unwrap();
         xs.transaction_end(tx, false).unwrap();
-        assert_eq!(other.read(0, "/t/gone").unwrap(), None);
+        assert_eq!(other.read(0, "/local/domain/3/t/gone").unwrap(), None);
         // The fake refuses the next two commits with EAGAIN.
         fake.fail_commits(2);
         let mut runs = 0;
         xs.transact(5, |xs, tx| {
             runs += 1;
-            xs.write(tx, "/t/retry", &runs.to_string())
+            xs.write(tx, "/local/domain/3/t/retry", &runs.to_string())
         })
         .unwrap();
         assert_eq!(runs, 3);
-        assert_eq!(other.read(0, "/t/retry").unwrap().as_deref(), Some("3"));
+        assert_eq!(
+            other.read(0, "/local/domain/3/t/retry").unwrap().as_deref(),
+            Some("3")
+        );
         fake.fail_commits(9);
         let e = xs
-            .transact(2, |xs, tx| xs.write(tx, "/t/x", "y"))
+            .transact(2, |xs, tx| xs.write(tx, "/local/domain/3/t/x", "y"))
             .unwrap_err();
         assert!(
             matches!(e, DevError::Xenstore { ref errno, .. } if errno == "EAGAIN"),
@@ -573,6 +612,7 @@ mod tests {
     #[test]
     fn permissions_are_encoded_and_enforced_by_the_fake() {
         let (mut xs, fake) = store();
+        fake.introduce(7);
         xs.write(0, "/p", "1").unwrap();
         xs.set_perms(
             0,
@@ -590,6 +630,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(fake.perms("/p"), vec!["n3".to_string(), "r7".to_string()]);
+        // Domain 7 reads it; domain 8, given nothing, is refused.
+        let mut seven = XenStore::new(fake.connect_as(7));
+        assert_eq!(seven.read(0, "/p").unwrap().as_deref(), Some("1"));
+        let e = XenStore::new(fake.connect_as(8)).read(0, "/p").unwrap_err();
+        assert!(e.to_string().contains("EACCES"), "{e}");
         assert!(xs.set_perms(0, "/p", &[]).is_err());
         let e = xs
             .set_perms(
@@ -604,6 +649,71 @@ mod tests {
         assert!(
             e.to_string().contains("/missing") && e.to_string().contains("ENOENT"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn refusals_follow_xenstored_parents_and_domains_not_yet_introduced() {
+        let (mut xs, fake) = store();
+        let mut seven = XenStore::new(fake.connect_as(7));
+        let dir = "/local/domain/3/data/vchan/7/1";
+        // Nothing yet: the nearest existing parent, domain 3's home, is
+        // not readable by domain 7, so the answer is EACCES, not ENOENT.
+        let e = seven.read(0, &format!("{dir}/ring-ref")).unwrap_err();
+        assert!(e.to_string().contains("EACCES"), "{e}");
+        // Domain 3 sees its own missing key as missing.
+        assert_eq!(xs.read(0, &format!("{dir}/ring-ref")).unwrap(), None);
+        // New directories inherit the home's permissions, owned by the
+        // (unprivileged) writer.
+        xs.write(0, &format!("{dir}/ring-ref"), "8").unwrap();
+        assert_eq!(fake.perms(dir), ["n3", "r3"]);
+        // Opened to domain 7, the key reads; its sibling, still missing
+        // under an unreadable directory, is EACCES.
+        let perms = [
+            Perm {
+                access: Access::None,
+                domid: 3,
+            },
+            Perm {
+                access: Access::Read,
+                domid: 7,
+            },
+        ];
+        xs.set_perms(0, &format!("{dir}/ring-ref"), &perms).unwrap();
+        assert_eq!(
+            seven
+                .read(0, &format!("{dir}/ring-ref"))
+                .unwrap()
+                .as_deref(),
+            Some("8")
+        );
+        let e = seven.read(0, &format!("{dir}/event-channel")).unwrap_err();
+        assert!(e.to_string().contains("EACCES"), "{e}");
+        // A permission naming a domain xenstored does not know yet is
+        // dropped, and stays dropped once the domain is introduced.
+        let mut nine_perms = perms;
+        nine_perms[1].domid = 9;
+        xs.write(0, "/local/domain/3/early", "x").unwrap();
+        xs.set_perms(0, "/local/domain/3/early", &nine_perms)
+            .unwrap();
+        assert_eq!(fake.perms("/local/domain/3/early"), ["n3"]);
+        let mut nine = XenStore::new(fake.connect_as(9));
+        let e = nine.read(0, "/local/domain/3/early").unwrap_err();
+        assert!(e.to_string().contains("EACCES"), "{e}");
+        // Domain 0 is privileged: it reads everything.
+        let mut zero = XenStore::new(fake.connect_as(0));
+        assert_eq!(
+            zero.read(0, "/local/domain/3/early").unwrap().as_deref(),
+            Some("x")
+        );
+        // A watch event reaches only a watcher that may read the node.
+        seven.watch(dir, "t").unwrap();
+        assert_eq!(seven.next_watch_event().unwrap(), (dir.into(), "t".into()));
+        xs.write(0, &format!("{dir}/hidden"), "1").unwrap();
+        xs.write(0, &format!("{dir}/ring-ref"), "9").unwrap();
+        assert_eq!(
+            seven.next_watch_event().unwrap(),
+            (format!("{dir}/ring-ref"), "t".into())
         );
     }
 

@@ -1,0 +1,614 @@
+//! The Xen-side program of the `xen_real` tests (ring-cli/tests/xen_real.rs),
+//! run inside dom0 and a domU booted under QEMU: one end of a vchan over
+//! ring-hosted's `xen::vchan` (the real gntalloc, gntdev, evtchn and
+//! xenbus devices), and the driver that pairs ends — ours or the C peer
+//! linked with Debian's libxenvchan (tests/c/xen_real_peer.c) — and
+//! prints one `XENTEST …` line per case on the console.
+//!
+//! A peer speaks the same command line as the C one:
+//!
+//! - `server PEER PATH SIZE MODE [BYTES]`: publish under `PATH` for domain
+//!   `PEER` with `SIZE`-byte rings, print `READY`, wait for the client;
+//! - `client SERVER PATH MODE [BYTES]`: wait for the keys (through
+//!   `EACCES`), print `first-read=…` (what the first read of `ring-ref`
+//!   answered), connect;
+//!
+//! with `MODE` `xfer` (the client sends `BYTES` of seeded pattern 1, the
+//! server checks them and sends `BYTES` of pattern 2 back, the client
+//! checks those; `OK` at the end), `stream` (write until the peer goes)
+//! or `sink` (read; `RECEIVING` after the first MiB, `CLOSED` when the
+//! peer's end is seen). Every wait is bounded by [`WAIT`].
+//!
+//! The driver commands are `pair`, `kill` and `domu` (see [`main`]).
+
+use ring_hosted::devmem::DevError;
+use ring_hosted::xen::evtchn::EVTCHN_PATH;
+use ring_hosted::xen::gntalloc::GNTALLOC_PATH;
+use ring_hosted::xen::gntdev::GNTDEV_PATH;
+use ring_hosted::xen::vchan::{self, ServerConfig, XenVchan, RING_REF};
+use ring_hosted::xen::xenstore::XenStore;
+use ring_hosted::xen::XenDevice;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// How long any one wait (an event, a line from a child, a key) may take.
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Byte `i` of seeded pattern `seed` (the C peer computes the same).
+fn pattern(seed: u64, i: u64) -> u8 {
+    let x = (i ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)).wrapping_mul(0x2545_F491_4F6C_DD1D);
+    (x >> 56) as u8
+}
+
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+/// Sends `bytes` of pattern `seed`.
+fn send(v: &mut XenVchan, seed: u64, bytes: u64) -> Result<(), String> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut at = 0u64;
+    while at < bytes {
+        let n = (bytes - at).min(buf.len() as u64) as usize;
+        for (k, b) in buf[..n].iter_mut().enumerate() {
+            *b = pattern(seed, at + k as u64);
+        }
+        v.write_all(&buf[..n]).map_err(err)?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
+/// Receives and checks `bytes` of pattern `seed`.
+fn recv(v: &mut XenVchan, seed: u64, bytes: u64) -> Result<(), String> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut at = 0u64;
+    while at < bytes {
+        let want = (bytes - at).min(buf.len() as u64) as usize;
+        let n = v.read(&mut buf[..want]).map_err(err)?;
+        if n == 0 {
+            return Err(format!("end of stream after {at} of {bytes} bytes"));
+        }
+        if let Some(k) = (0..n).find(|&k| buf[k] != pattern(seed, at + k as u64)) {
+            return Err(format!("byte {} differs", at + k as u64));
+        }
+        at += n as u64;
+    }
+    Ok(())
+}
+
+/// Reads until the peer's end; `RECEIVING` after the first MiB.
+fn sink(v: &mut XenVchan) -> Result<(), String> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    let mut told = false;
+    loop {
+        match v.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => total += n as u64,
+            Err(e) => return Err(format!("after {total} bytes: {e}")),
+        }
+        if !told && total >= 1 << 20 {
+            say("RECEIVING");
+            told = true;
+        }
+    }
+    say(&format!("CLOSED bytes={total}"));
+    Ok(())
+}
+
+/// Writes until the peer goes (then fails, which is the point).
+fn stream(v: &mut XenVchan) -> Result<(), String> {
+    let mut at = 0u64;
+    loop {
+        send(v, 3, 1 << 20)?;
+        at += 1 << 20;
+        if at > 1 << 40 {
+            return Ok(());
+        }
+    }
+}
+
+fn open(path: &str) -> Result<XenDevice, String> {
+    XenDevice::open(path).map_err(err)
+}
+
+fn run_mode(v: &mut XenVchan, server: bool, mode: &str, bytes: u64) -> Result<(), String> {
+    v.event_channel_mut().set_timeout(Some(WAIT));
+    match (mode, server) {
+        ("xfer", true) => {
+            recv(v, 1, bytes)?;
+            send(v, 2, bytes)?;
+            // The client closes once it has every byte.
+            let mut b = [0u8; 1];
+            match v.read(&mut b).map_err(err)? {
+                0 => Ok(()),
+                _ => Err("bytes after the exchange".into()),
+            }
+        }
+        ("xfer", false) => {
+            send(v, 1, bytes)?;
+            recv(v, 2, bytes)
+        }
+        ("sink", _) => sink(v),
+        ("stream", _) => stream(v),
+        _ => Err(format!("unknown mode {mode}")),
+    }
+}
+
+fn server(peer: u16, path: &str, size: usize, mode: &str, bytes: u64) -> Result<(), String> {
+    let mut store = XenStore::open().map_err(err)?;
+    let config = ServerConfig {
+        peer,
+        path: path.into(),
+        read_min: size,
+        write_min: size,
+    };
+    let mut v = vchan::serve(
+        &open(GNTALLOC_PATH)?,
+        open(EVTCHN_PATH)?,
+        &mut store,
+        &config,
+    )
+    .map_err(err)?;
+    say("READY");
+    v.event_channel_mut().set_timeout(Some(WAIT));
+    v.wait_for_client().map_err(err)?;
+    let r = run_mode(&mut v, true, mode, bytes);
+    let closed = v.close(Some(&mut store)).map_err(err);
+    r.and(closed)
+}
+
+fn client(server: u16, path: &str, mode: &str, bytes: u64) -> Result<(), String> {
+    let mut store = XenStore::open().map_err(err)?;
+    let first = match store.read(0, &format!("{path}/{RING_REF}")) {
+        Ok(Some(_)) => "present".to_owned(),
+        Ok(None) => "ENOENT".to_owned(),
+        Err(DevError::Xenstore { errno, .. }) => errno,
+        Err(e) => return Err(err(e)),
+    };
+    say(&format!("first-read={first}"));
+    vchan::wait_published(&mut store, path, Instant::now() + WAIT).map_err(err)?;
+    let mut v = vchan::connect(
+        &open(GNTDEV_PATH)?,
+        open(EVTCHN_PATH)?,
+        &mut store,
+        server,
+        path,
+    )
+    .map_err(err)?;
+    let r = run_mode(&mut v, false, mode, bytes);
+    let closed = v.close(None::<&mut XenStore<std::fs::File>>).map_err(err);
+    r.and(closed)
+}
+
+/// A child peer: `IMPL` is `rust` (this program) or `c` (the libxenvchan
+/// peer, `/bin/xen-real-peer`).
+fn spawn(imp: &str, args: &[String]) -> Result<(Child, mpsc::Receiver<String>), String> {
+    let program = match imp {
+        "rust" => std::env::current_exe().map_err(err)?,
+        "c" => "/bin/xen-real-peer".into(),
+        other => return Err(format!("unknown peer {other}")),
+    };
+    let mut child = Command::new(program)
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("start {imp} peer: {e}"))?;
+    let out: ChildStdout = child.stdout.take().ok_or("no stdout")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    Ok((child, rx))
+}
+
+/// Waits for a line starting with `prefix` (or `FAIL`, or the end).
+fn expect(rx: &mut mpsc::Receiver<String>, who: &str, prefix: &str) -> Result<String, String> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.starts_with(prefix) => return Ok(line),
+            Ok(line) if line.starts_with("FAIL") => return Err(format!("{who}: {line}")),
+            Ok(_) => {}
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                return Err(format!("{who}: no {prefix} within {WAIT:?}"))
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(format!("{who}: ended without {prefix}"))
+            }
+        }
+    }
+}
+
+/// Waits for `child` to exit, bounded; kills it past the deadline.
+fn reap(child: &mut Child, who: &str) -> Result<(), String> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(s) = child.try_wait().map_err(err)? {
+            return if s.success() {
+                Ok(())
+            } else {
+                Err(format!("{who} exited with {s}"))
+            };
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("{who} still running after {WAIT:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn kill_all(children: &mut [&mut Child]) {
+    for c in children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+/// `pair SRV CLI PEER PATH SIZE BYTES`: a server of impl `SRV` and a
+/// client of impl `CLI` in this domain (the server publishes for domain
+/// `PEER`, ours); returns the seconds the exchange took.
+fn pair(
+    srv: &str,
+    cli: &str,
+    peer: &str,
+    path: &str,
+    size: &str,
+    bytes: &str,
+) -> Result<f64, String> {
+    let sargs: Vec<String> = ["server", peer, path, size, "xfer", bytes]
+        .map(String::from)
+        .into();
+    let (mut s, mut srx) = spawn(srv, &sargs)?;
+    if let Err(e) = expect(&mut srx, "server", "READY") {
+        kill_all(&mut [&mut s]);
+        return Err(e);
+    }
+    let start = Instant::now();
+    let cargs: Vec<String> = ["client", "0", path, "xfer", bytes]
+        .map(String::from)
+        .into();
+    let (mut c, mut crx) = match spawn(cli, &cargs) {
+        Ok(x) => x,
+        Err(e) => {
+            kill_all(&mut [&mut s]);
+            return Err(e);
+        }
+    };
+    let r = expect(&mut crx, "client", "OK")
+        .and_then(|_| expect(&mut srx, "server", "OK"))
+        .and_then(|_| reap(&mut c, "client"))
+        .and_then(|_| reap(&mut s, "server"));
+    if r.is_err() {
+        kill_all(&mut [&mut s, &mut c]);
+    }
+    r.map(|()| start.elapsed().as_secs_f64())
+}
+
+/// `kill SRV CLI VICTIM PATH SIZE`: the victim (`server` or `client`)
+/// streams, the survivor sinks; once the survivor has a MiB the victim is
+/// SIGKILLed. Returns the milliseconds until the survivor saw the end.
+fn kill(srv: &str, cli: &str, victim: &str, path: &str, size: &str) -> Result<f64, String> {
+    let (smode, cmode) = if victim == "server" {
+        ("stream", "sink")
+    } else {
+        ("sink", "stream")
+    };
+    let sargs: Vec<String> = ["server", "0", path, size, smode, "0"]
+        .map(String::from)
+        .into();
+    let (mut s, mut srx) = spawn(srv, &sargs)?;
+    if let Err(e) = expect(&mut srx, "server", "READY") {
+        kill_all(&mut [&mut s]);
+        return Err(e);
+    }
+    let cargs: Vec<String> = ["client", "0", path, cmode, "0"].map(String::from).into();
+    let (mut c, mut crx) = spawn(cli, &cargs)?;
+    let (survivor_rx, survivor_name) = if victim == "server" {
+        (&mut crx, "client")
+    } else {
+        (&mut srx, "server")
+    };
+    let r = (|| {
+        expect(survivor_rx, survivor_name, "RECEIVING")?;
+        let killed = Instant::now();
+        let v = if victim == "server" { &mut s } else { &mut c };
+        v.kill().map_err(err)?;
+        expect(survivor_rx, survivor_name, "CLOSED")?;
+        let ms = killed.elapsed().as_secs_f64() * 1e3;
+        let _ = v.wait();
+        Ok(ms)
+    })();
+    kill_all(&mut [&mut s, &mut c]);
+    r
+}
+
+/// Waits (bounded) until `path` holds a value; returns it.
+fn await_key(store: &mut XenStore<std::fs::File>, path: &str) -> Result<String, String> {
+    let deadline = Instant::now() + WAIT;
+    let dir = path.rsplit_once('/').map_or(path, |(d, _)| d).to_owned();
+    store.watch(&dir, "await").map_err(err)?;
+    let r = loop {
+        match store.read(0, path) {
+            Ok(Some(v)) => break Ok(v),
+            Ok(None) => {}
+            Err(DevError::Xenstore { errno, .. }) if errno == "EACCES" => {}
+            Err(e) => break Err(err(e)),
+        }
+        match store.next_watch_event_until(deadline) {
+            Ok(Some(_)) => {}
+            Ok(None) => break Err(format!("{path} not written within {WAIT:?}")),
+            Err(e) => break Err(err(e)),
+        }
+    };
+    let _ = store.unwatch(&dir, "await");
+    r
+}
+
+/// Runs one child peer to its end: its lines (echoed), and whether it
+/// said `OK`. `on_line` sees each line as it comes.
+fn run_child(
+    imp: &str,
+    args: &[String],
+    mut on_line: impl FnMut(&str),
+) -> Result<Vec<String>, String> {
+    let (mut child, rx) = spawn(imp, args)?;
+    let deadline = Instant::now() + WAIT;
+    let mut lines = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                say(&format!("  {imp} {}: {line}", args[0]));
+                on_line(&line);
+                lines.push(line);
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                kill_all(&mut [&mut child]);
+                return Err(format!("{imp} {} still running after {WAIT:?}", args[0]));
+            }
+        }
+    }
+    reap(&mut child, imp)?;
+    if lines.iter().any(|l| l == "OK") {
+        Ok(lines)
+    } else {
+        Err(format!("{imp} {}: {}", args[0], lines.join("; ")))
+    }
+}
+
+/// `report KEY IMPL ARGS…` (in a domU): runs a peer, writing
+/// `data/KEY-started` (its `first-read=` line) once it is waiting, and
+/// `data/KEY` (`OK …` or `FAIL …`) at its end. A C client first waits
+/// for the keys (libxenvchan's client does not).
+fn report_cmd(key: &str, imp: &str, args: &[String]) -> Result<(), String> {
+    let mut store = XenStore::open().map_err(err)?;
+    if imp == "c" && args.first().map(String::as_str) == Some("client") {
+        let path = args.get(2).ok_or("missing path")?;
+        vchan::wait_published(&mut store, path, Instant::now() + WAIT).map_err(err)?;
+    }
+    let start = Instant::now();
+    let r = run_child(imp, args, |line| {
+        if line.starts_with("first-read=") || line == "READY" {
+            if let Err(e) = store.write(0, &format!("data/{key}-started"), line) {
+                say(&format!("  cannot write data/{key}-started: {e}"));
+            }
+        }
+    });
+    let secs = start.elapsed().as_secs_f64();
+    let value = match &r {
+        Ok(lines) => format!("OK secs={secs:.3} {}", lines.join(" ")),
+        Err(e) => format!("FAIL {e}"),
+    };
+    store
+        .write(0, &format!("data/{key}"), &value)
+        .map_err(err)?;
+    r.map(drop)
+}
+
+/// `remote LABEL DOMID KEY AFTER IMPL ARGS…` (in dom0): with `AFTER` =
+/// `started`, waits for the domU's `data/KEY-started` first; runs our
+/// side's peer; then waits for the domU's `data/KEY` and reports both.
+fn remote_cmd(
+    domid: &str,
+    key: &str,
+    after: &str,
+    imp: &str,
+    args: &[String],
+) -> Result<String, String> {
+    let mut store = XenStore::open().map_err(err)?;
+    let home = format!("/local/domain/{domid}/data");
+    if after == "started" {
+        let v = await_key(&mut store, &format!("{home}/{key}-started"))?;
+        say(&format!("  domU {key} waiting: {v}"));
+    }
+    if imp == "c" && args.first().map(String::as_str) == Some("client") {
+        let path = args.get(2).ok_or("missing path")?;
+        vchan::wait_published(&mut store, path, Instant::now() + WAIT).map_err(err)?;
+    }
+    let start = Instant::now();
+    let ours = run_child(imp, args, |_| {});
+    let secs = start.elapsed().as_secs_f64();
+    let theirs = await_key(&mut store, &format!("{home}/{key}"));
+    let theirs = match theirs {
+        Ok(v) if v.starts_with("OK") => v,
+        Ok(v) => return Err(format!("domU: {v}; ours: {ours:?}")),
+        Err(e) => return Err(format!("domU: {e}; ours: {ours:?}")),
+    };
+    ours?;
+    Ok(format!("secs={secs:.3} domU=[{theirs}]"))
+}
+
+/// `killable KEY IMPL ARGS…` (in a domU): runs a streaming peer until
+/// dom0 writes `data/KEY-kill`, then SIGKILLs it; writes `data/KEY`.
+fn killable_cmd(key: &str, imp: &str, args: &[String]) -> Result<(), String> {
+    let mut store = XenStore::open().map_err(err)?;
+    if imp == "c" && args.first().map(String::as_str) == Some("client") {
+        let path = args.get(2).ok_or("missing path")?;
+        vchan::wait_published(&mut store, path, Instant::now() + WAIT).map_err(err)?;
+    }
+    let (mut child, _rx) = spawn(imp, args)?;
+    let me = store.own_domid().map_err(err)?;
+    let home = store.domain_path(me).map_err(err)?;
+    let r = await_key(&mut store, &format!("{home}/data/{key}-kill")).and_then(|_| {
+        match child.try_wait().map_err(err)? {
+            Some(s) => Err(format!("the peer had already ended: {s}")),
+            None => child.kill().map_err(err),
+        }
+    });
+    kill_all(&mut [&mut child]);
+    let value = match &r {
+        Ok(()) => "OK killed".to_owned(),
+        Err(e) => format!("FAIL {e}"),
+    };
+    store
+        .write(0, &format!("data/{key}"), &value)
+        .map_err(err)?;
+    r
+}
+
+/// `remote-kill LABEL DOMID KEY HOW IMPL ARGS…` (in dom0): our side
+/// (`IMPL ARGS`, a sink) runs against a streaming domU peer; once it has a
+/// MiB, the domU peer is ended — `HOW` = `sigkill` (dom0 writes the domU's
+/// `data/KEY-kill`; its `killable` SIGKILLs the peer) or `destroy`
+/// (`xl destroy DOMID`). Returns the milliseconds until our side saw the
+/// end.
+fn remote_kill_cmd(
+    domid: &str,
+    key: &str,
+    how: &str,
+    imp: &str,
+    args: &[String],
+) -> Result<String, String> {
+    let mut store = XenStore::open().map_err(err)?;
+    if imp == "c" && args.first().map(String::as_str) == Some("client") {
+        let path = args.get(2).ok_or("missing path")?;
+        vchan::wait_published(&mut store, path, Instant::now() + WAIT).map_err(err)?;
+    }
+    let (mut ours, mut rx) = spawn(imp, args)?;
+    let r = (|| {
+        expect(&mut rx, "our side", "RECEIVING")?;
+        let ended = Instant::now();
+        match how {
+            "sigkill" => store
+                .write(0, &format!("/local/domain/{domid}/data/{key}-kill"), "1")
+                .map_err(err)?,
+            "destroy" => {
+                let st = Command::new("/usr/lib/xen-4.17/bin/xl")
+                    .args(["destroy", domid])
+                    .status()
+                    .map_err(|e| format!("xl destroy: {e}"))?;
+                if !st.success() {
+                    return Err(format!("xl destroy {domid}: {st}"));
+                }
+            }
+            other => return Err(format!("unknown way to end the domU peer: {other}")),
+        }
+        let when = ended.elapsed().as_secs_f64() * 1e3;
+        expect(&mut rx, "our side", "CLOSED")?;
+        Ok(format!(
+            "ms={:.1} ({how} issued after {when:.1} ms)",
+            ended.elapsed().as_secs_f64() * 1e3
+        ))
+    })();
+    kill_all(&mut [&mut ours]);
+    r
+}
+
+fn report(label: &str, r: Result<String, String>) {
+    match r {
+        Ok(detail) => say(&format!("XENTEST {label} PASS {detail}")),
+        Err(e) => say(&format!("XENTEST {label} FAIL {e}")),
+    }
+}
+
+fn num<T: std::str::FromStr>(s: Option<&String>, what: &str) -> Result<T, String> {
+    s.ok_or(format!("missing {what}"))?
+        .parse()
+        .map_err(|_| format!("bad {what}"))
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let a = |i: usize| args.get(i).map(String::as_str).unwrap_or("");
+    let r: Result<(), String> = match a(0) {
+        "server" => (|| {
+            server(
+                num(args.get(1), "peer")?,
+                a(2),
+                num(args.get(3), "size")?,
+                a(4),
+                num(args.get(5), "bytes").unwrap_or(0),
+            )
+        })(),
+        "client" => (|| {
+            client(
+                num(args.get(1), "server")?,
+                a(2),
+                a(3),
+                num(args.get(4), "bytes").unwrap_or(0),
+            )
+        })(),
+        // pair LABEL SRV CLI PATH SIZE BYTES
+        "pair" => {
+            let bytes: f64 = a(6).parse().unwrap_or(0.0);
+            report(
+                a(1),
+                pair(a(2), a(3), "0", a(4), a(5), a(6))
+                    .map(|secs| format!("secs={secs:.3} MBps={:.1}", 2.0 * bytes / secs / 1e6)),
+            );
+            Ok(())
+        }
+        // kill LABEL SRV CLI VICTIM PATH SIZE
+        "kill" => {
+            report(
+                a(1),
+                kill(a(2), a(3), a(4), a(5), a(6)).map(|ms| format!("ms={ms:.1}")),
+            );
+            Ok(())
+        }
+        // report KEY IMPL ARGS… (domU side)
+        "report" => report_cmd(a(1), a(2), &args[3..]),
+        // remote LABEL DOMID KEY AFTER IMPL ARGS… (dom0 side)
+        "remote" => {
+            report(a(1), remote_cmd(a(2), a(3), a(4), a(5), &args[6..]));
+            Ok(())
+        }
+        // killable KEY IMPL ARGS… (domU side)
+        "killable" => killable_cmd(a(1), a(2), &args[3..]),
+        // remote-kill LABEL DOMID KEY HOW IMPL ARGS… (dom0 side)
+        "remote-kill" => {
+            report(a(1), remote_kill_cmd(a(2), a(3), a(4), a(5), &args[6..]));
+            Ok(())
+        }
+        other => Err(format!("unknown command {other:?}")),
+    };
+    match r {
+        Ok(()) => {
+            if matches!(a(0), "server" | "client") {
+                say("OK");
+            }
+        }
+        Err(e) => {
+            say(&format!("FAIL {e}"));
+            std::process::exit(1);
+        }
+    }
+}
