@@ -32,11 +32,12 @@ const MAX_SPIN_US: u64 = MAX_SPIN.as_micros() as u64;
 /// through both ways and the peer ended cleanly; 1 set-up or I/O failed;
 /// 2 usage; 3 the peer broke the ring protocol; 4 the peer closed before
 /// taking all our bytes; 5 the peer died or hung up first; 6 timed out;
-/// 7 our stdout closed first.
+/// 7 our stdout closed first; 8 (proxy) stopped with sessions cut.
 const EXIT_CODES: &str = "Exit status of listen, connect and attach: 0 every byte went through \
 both ways and the peer ended cleanly; 1 set-up or I/O failed; 2 usage; 3 the peer broke the \
 ring protocol; 4 the peer closed before taking all our bytes; 5 the peer died or hung up \
-first; 6 timed out; 7 our stdout closed first. See docs/hosted.md.";
+first; 6 timed out; 7 our stdout closed first; 8 (proxy) stopped with sessions cut. See \
+docs/hosted.md.";
 
 /// Shared-memory rings between two processes: memfd + eventfds, wire
 /// compatible with Xen vchan and Hyper-V VMBus.
@@ -162,7 +163,9 @@ enum Cmd {
     /// serves ring sessions and connects each to ADDR; --ring-connect R
     /// --listen ADDR accepts connections at ADDR and opens a session for
     /// each. ADDR is tcp:HOST:PORT or unix:PATH. SIGTERM/SIGINT: stop
-    /// accepting, let sessions finish, exit 0.
+    /// accepting, let sessions finish (up to --drain-timeout), exit 0; a
+    /// second signal, or the drain timeout, cuts the sessions still open:
+    /// exit 8.
     Proxy {
         /// Serve ring sessions on this rendezvous socket.
         #[arg(
@@ -194,6 +197,10 @@ enum Cmd {
         /// mid-stream (seconds).
         #[arg(long, value_parser = parse_secs)]
         timeout: Option<Duration>,
+        /// Once stopped, wait at most this long for sessions to finish
+        /// (seconds); those still open then are cut (exit 8).
+        #[arg(long, value_parser = parse_secs)]
+        drain_timeout: Option<Duration>,
     },
     /// Serve a QEMU guest's ivshmem-doorbell device (this process is the
     /// ivshmem server and peer 0) and pipe stdin/stdout through a ring in
@@ -484,18 +491,21 @@ fn main() -> ExitCode {
             ring_size,
             max_sessions,
             timeout,
+            drain_timeout,
         } => {
-            let max = max_sessions as usize;
+            let limits = proxy::Limits {
+                max: max_sessions as usize,
+                timeout,
+                drain_timeout,
+            };
             match (ring_listen, ring_connect, to, listen) {
                 (Some(r), None, Some(to), None) => ring_bytes(ring_size)
                     .map_err(Failure::from)
                     .and_then(|size| {
                         let config = ServerConfig::new(proto.into()).ring_sizes(size, size);
-                        proxy::ring_listen(&r, &to, config, max, timeout)
+                        proxy::ring_listen(&r, &to, config, limits)
                     }),
-                (None, Some(r), None, Some(l)) => {
-                    proxy::ring_connect(&r, &l, proto.into(), max, timeout)
-                }
+                (None, Some(r), None, Some(l)) => proxy::ring_connect(&r, &l, proto.into(), limits),
                 _ => usage(
                     "give --ring-listen R --to ADDR, or --ring-connect R --listen ADDR".into(),
                 ),
@@ -551,6 +561,9 @@ mod exit {
     pub const TIMED_OUT: u8 = 6;
     /// Our stdout closed before the peer's stream ended.
     pub const STDOUT_CLOSED: u8 = 7;
+    /// `proxy`: stopped with sessions still open, cut by a second signal
+    /// or the drain timeout.
+    pub const CUT: u8 = 8;
 }
 
 /// Why a subcommand failed: its exit code and one line.

@@ -122,28 +122,60 @@ impl Conn {
     }
 }
 
-/// What both halves share: the stop flag, the session count and limit,
-/// the session threads.
+/// What a proxy half may hold and how long it waits.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    /// Most sessions at once.
+    pub max: usize,
+    /// A session's peer may be silent this long mid-stream.
+    pub timeout: Option<Duration>,
+    /// Once stopped, how long sessions may take to finish.
+    pub drain_timeout: Option<Duration>,
+}
+
+/// What both halves share: the stop and cut flags, the session count and
+/// limit, the session threads.
 struct Sessions {
+    /// Set by the first SIGTERM/SIGINT: accept no more.
     stop: Arc<AtomicBool>,
+    /// Set by a second one: cut the sessions still open.
+    cut: Arc<AtomicBool>,
     active: Arc<AtomicUsize>,
     max: usize,
+    drain_timeout: Option<Duration>,
     next_id: AtomicU64,
     threads: Vec<JoinHandle<()>>,
 }
 
 impl Sessions {
-    fn new(max: usize) -> Result<Self, Failure> {
+    fn new(limits: Limits) -> Result<Self, Failure> {
         let stop = Arc::new(AtomicBool::new(false));
-        for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-            signal_hook::flag::register(sig, stop.clone())
-                .map_err(|e| format!("cannot handle signal {sig}: {e}"))?;
-        }
+        let cut = Arc::new(AtomicBool::new(false));
+        // The first signal stops accepting, the next cuts the sessions
+        // (a signal thread, so nothing runs in a signal handler).
+        let mut signals = signal_hook::iterator::Signals::new([
+            signal_hook::consts::SIGTERM,
+            signal_hook::consts::SIGINT,
+        ])
+        .map_err(|e| format!("cannot handle SIGTERM/SIGINT: {e}"))?;
+        let (on_stop, on_cut) = (stop.clone(), cut.clone());
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                for _ in signals.forever() {
+                    if on_stop.swap(true, Ordering::AcqRel) {
+                        on_cut.store(true, Ordering::Release);
+                    }
+                }
+            })
+            .map_err(|e| format!("cannot start the signal thread: {e}"))?;
         raise_fd_limit();
         Ok(Sessions {
             stop,
+            cut,
             active: Arc::new(AtomicUsize::new(0)),
-            max,
+            max: limits.max,
+            drain_timeout: limits.drain_timeout,
             next_id: AtomicU64::new(1),
             threads: Vec::new(),
         })
@@ -196,12 +228,29 @@ impl Sessions {
         }
     }
 
-    /// Lets every session in flight finish.
-    fn drain(self) -> Outcome {
-        for t in self.threads {
-            let _ = t.join();
+    /// Lets every session in flight finish, until a second signal or the
+    /// drain timeout cuts the rest.
+    fn drain(mut self) -> Outcome {
+        let deadline = self.drain_timeout.map(|t| Instant::now() + t);
+        loop {
+            self.threads.retain(|t| !t.is_finished());
+            let open = self.threads.len();
+            if open == 0 {
+                return Ok(());
+            }
+            let why = if self.cut.load(Ordering::Acquire) {
+                "a second signal"
+            } else if deadline.is_some_and(|d| Instant::now() >= d) {
+                "the drain timeout"
+            } else {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            };
+            return Err(Failure {
+                code: exit::CUT,
+                reason: format!("proxy: stopped; {why} cut {open} sessions still open"),
+            });
         }
-        Ok(())
     }
 }
 
@@ -219,14 +268,9 @@ fn raise_fd_limit() {
 }
 
 /// The half that serves ring sessions and connects each to `to`.
-pub(crate) fn ring_listen(
-    ring: &Path,
-    to: &Addr,
-    config: ServerConfig,
-    max: usize,
-    timeout: Option<Duration>,
-) -> Outcome {
-    let mut sessions = Sessions::new(max)?;
+pub(crate) fn ring_listen(ring: &Path, to: &Addr, config: ServerConfig, limits: Limits) -> Outcome {
+    let timeout = limits.timeout;
+    let mut sessions = Sessions::new(limits)?;
     let listener = Listener::bind(ring, config)?;
     while !sessions.stopping() {
         let refused = |e: &Error| eprintln!("ring: proxy: refused a ring client: {e}");
@@ -250,14 +294,9 @@ pub(crate) fn ring_listen(
 
 /// The half that accepts connections at `listen` and opens a ring session
 /// for each at `ring`.
-pub(crate) fn ring_connect(
-    ring: &Path,
-    listen: &Addr,
-    proto: Proto,
-    max: usize,
-    timeout: Option<Duration>,
-) -> Outcome {
-    let mut sessions = Sessions::new(max)?;
+pub(crate) fn ring_connect(ring: &Path, listen: &Addr, proto: Proto, limits: Limits) -> Outcome {
+    let (max, timeout) = (limits.max, limits.timeout);
+    let mut sessions = Sessions::new(limits)?;
     let front = match listen {
         Addr::Tcp(hp) => {
             Front::Tcp(tcp_listen(hp, max).map_err(|e| format!("listen on {hp}: {e}"))?)

@@ -436,3 +436,58 @@ fn running_out_of_descriptors_refuses_the_surplus_and_keeps_the_sessions() {
         p.stop();
     }
 }
+
+/// Sends `sig` to `child` and waits (at most `limit`) for its exit code.
+fn signal_and_wait(
+    child: &mut std::process::Child,
+    sig: rustix::process::Signal,
+    limit: Duration,
+) -> Option<i32> {
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, sig).unwrap();
+    wait_exit(child, limit)
+}
+
+/// Waits (at most `limit`) for `child`'s exit code.
+fn wait_exit(child: &mut std::process::Child, limit: Duration) -> Option<i32> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s.code();
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A stopped proxy drains its sessions; a second signal, or the drain
+/// timeout, cuts the ones still open: exit 8, its socket removed.
+#[test]
+fn a_second_signal_or_the_drain_timeout_cuts_open_sessions() {
+    use rustix::process::Signal;
+    for second_signal in [true, false] {
+        let extra: &[&str] = if second_signal {
+            &[]
+        } else {
+            &["--drain-timeout", "1"]
+        };
+        let mut p = proxies_with("vchan", extra, None);
+        let mut idle = UnixStream::connect(&p.front_path).unwrap();
+        assert!(round_trip(&mut idle, 1), "the session never came up");
+        // The first signal: draining, and the idle session holds it.
+        let code = signal_and_wait(&mut p.front, Signal::TERM, Duration::from_millis(300));
+        assert_eq!(code, None, "exited on the first signal with a session open");
+        assert!(!p.front_path.exists(), "still accepting while draining");
+        let code = if second_signal {
+            signal_and_wait(&mut p.front, Signal::INT, Duration::from_secs(10))
+        } else {
+            wait_exit(&mut p.front, Duration::from_secs(10))
+        };
+        assert_eq!(code, Some(8), "second signal {second_signal}");
+        let err = std::fs::read_to_string(&p.front_err).unwrap();
+        assert!(err.contains("cut 1 sessions still open"), "{err}");
+        drop(idle);
+    }
+}

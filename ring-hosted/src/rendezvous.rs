@@ -792,34 +792,12 @@ impl Listener {
                 continue;
             }
             let sock = match self.inner.accept() {
-                Ok((sock, _)) => {
-                    // The shortage (if any) is over.
-                    *self.backoff.lock().unwrap_or_else(|p| p.into_inner()) = None;
-                    sock
-                }
+                Ok((sock, _)) => sock,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 // The client gave up between poll and accept.
                 Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
                 Err(source) if is_shortage(&source) => {
-                    // Once per shortage, not once per try.
-                    let first = self
-                        .backoff
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .is_none();
-                    if first {
-                        refused(&Error::Os {
-                            op: "accept (refusing clients until descriptors free up)",
-                            source,
-                        });
-                    }
-                    if !self.refuse_with_spare() {
-                        self.start_backoff();
-                    } else if first {
-                        // Marks the shortage as begun, without a pause.
-                        *self.backoff.lock().unwrap_or_else(|p| p.into_inner()) =
-                            Some((Instant::now(), Duration::from_millis(5)));
-                    }
+                    self.on_shortage(source, true, &mut refused);
                     continue;
                 }
                 Err(source) => {
@@ -829,8 +807,15 @@ impl Listener {
                     })
                 }
             };
-            if let Err(e) = self.start_handshake(sock) {
-                refused(&e);
+            match self.start_handshake(sock) {
+                // The shortage (if any) is over.
+                Ok(()) => *self.backoff.lock().unwrap_or_else(|p| p.into_inner()) = None,
+                // Accepted with the last descriptor, none left to run its
+                // handshake: refused (dropped), as the shortage says.
+                Err(Error::Os { source, .. }) if is_shortage(&source) => {
+                    self.on_shortage(source, false, &mut refused);
+                }
+                Err(e) => refused(&e),
             }
         }
     }
@@ -881,6 +866,31 @@ impl Listener {
             });
         }
         Ok(())
+    }
+
+    /// Out of descriptors (or memory): one report per shortage through
+    /// `refused`; with `use_spare`, a client waiting in the backlog is
+    /// refused through the spare descriptor, and accepting pauses when
+    /// that cannot be done.
+    fn on_shortage(&self, source: io::Error, use_spare: bool, refused: &mut impl FnMut(&Error)) {
+        let first = self
+            .backoff
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none();
+        if first {
+            refused(&Error::Os {
+                op: "accept (refusing clients until descriptors free up)",
+                source,
+            });
+        }
+        if use_spare && !self.refuse_with_spare() {
+            self.start_backoff();
+        } else if first {
+            // Marks the shortage as begun, without a pause.
+            *self.backoff.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((Instant::now(), Duration::from_millis(5)));
+        }
     }
 
     /// Out of descriptors: gives up the spare to accept one waiting client
