@@ -509,10 +509,11 @@ impl Session {
 }
 
 /// At most this many handshakes run at once. A client that arrives when
-/// all are taken is not kept waiting behind them: the oldest handshake is
-/// cut off (its client refused) to make room, so a flood of silent
-/// clients ends its own oldest members, and a client that says its hello
-/// at once (a good one takes microseconds) is served at once.
+/// all are taken is not kept waiting behind idle ones: the oldest
+/// handshake whose client has been silent for a while (no hello, nothing
+/// sent) is cut off (that client refused) to make room. A flood of silent
+/// clients ends its own oldest members, a client that says its hello at
+/// once is served at once, and a burst of good clients waits its turn.
 pub const MAX_HANDSHAKES: usize = 64;
 
 /// The longest pause in accepting while the process is out of
@@ -550,8 +551,8 @@ pub struct Listener {
     ready: Arc<EventFd>,
     in_flight: Arc<std::sync::atomic::AtomicUsize>,
     /// The handshakes in flight, oldest first, each with a handle on its
-    /// socket to cut it off when a newer client needs the room.
-    pending: Arc<std::sync::Mutex<std::collections::VecDeque<(u64, UnixStream)>>>,
+    /// socket to cut it off when it idles and a newer client needs room.
+    pending: Arc<std::sync::Mutex<std::collections::VecDeque<Pending>>>,
     next_id: std::sync::atomic::AtomicU64,
     /// While the process is out of descriptors (or memory): when to try
     /// `accept` again, and the pause after that one.
@@ -561,6 +562,22 @@ pub struct Listener {
     /// left waiting in the backlog), then taken again.
     spare: std::sync::Mutex<Option<std::fs::File>>,
 }
+
+/// A handshake in flight, as the listener sees it.
+#[derive(Debug)]
+struct Pending {
+    id: u64,
+    /// A handle on the client's socket: shut down to cut the handshake off.
+    sock: UnixStream,
+    since: Instant,
+    /// The client's whole hello is in: the handshake is not idle.
+    hello: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// How long a client may be silent before its handshake counts as idle
+/// (and may be cut off for a newer client when all are taken). A client
+/// of ours sends its hello the moment it connects.
+const IDLE_AFTER: Duration = Duration::from_millis(100);
 
 /// Whether an `accept` error is the server's passing shortage (out of
 /// descriptors, buffers or memory) rather than a broken socket: back off
@@ -762,7 +779,26 @@ impl Listener {
                 }
                 None => ts,
             };
-            let listen_for = if paused_until.is_some() {
+            // All handshakes taken: cut an idle one off to make room; if
+            // none is idle yet, wait for one to finish or to idle.
+            let full = self.in_flight.load(std::sync::atomic::Ordering::Acquire) >= MAX_HANDSHAKES
+                && !self.cut_idle_handshake();
+            let ts = match (full, ts) {
+                (false, ts) => ts,
+                (true, None) => Some(rustix::event::Timespec {
+                    tv_sec: 0,
+                    tv_nsec: 20_000_000,
+                }),
+                (true, Some(t)) => Some(rustix::event::Timespec {
+                    tv_sec: 0,
+                    tv_nsec: if t.tv_sec > 0 {
+                        20_000_000
+                    } else {
+                        t.tv_nsec.min(20_000_000)
+                    },
+                }),
+            };
+            let listen_for = if paused_until.is_some() || full {
                 rustix::event::PollFlags::empty()
             } else {
                 rustix::event::PollFlags::IN
@@ -820,8 +856,41 @@ impl Listener {
         }
     }
 
-    /// Runs the handshake of a new client in a thread of its own, cutting
-    /// off the oldest one first if all [`MAX_HANDSHAKES`] are taken.
+    /// Cuts off the oldest idle handshake (silent for [`IDLE_AFTER`], its
+    /// hello not in, nothing waiting on its socket); true if there was one.
+    fn cut_idle_handshake(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        let mut pending = lock_pending(&self.pending);
+        let idle = pending.iter().position(|p| {
+            let silent = || {
+                let mut fds = [rustix::event::PollFd::new(
+                    &p.sock,
+                    rustix::event::PollFlags::IN,
+                )];
+                matches!(
+                    rustix::event::poll(
+                        &mut fds,
+                        Some(&rustix::event::Timespec {
+                            tv_sec: 0,
+                            tv_nsec: 0
+                        })
+                    ),
+                    Ok(0)
+                )
+            };
+            !p.hello.load(Ordering::Acquire) && p.since.elapsed() >= IDLE_AFTER && silent()
+        });
+        match idle.and_then(|i| pending.remove(i)) {
+            Some(p) => {
+                // Its read ends; the handshake fails as the client's.
+                let _ = p.sock.shutdown(std::net::Shutdown::Both);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Runs the handshake of a new client in a thread of its own.
     fn start_handshake(&self, sock: UnixStream) -> Result<(), Error> {
         use std::sync::atomic::Ordering;
         let handle = sock.try_clone().map_err(|source| Error::Os {
@@ -829,16 +898,13 @@ impl Listener {
             source,
         })?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        {
-            let mut pending = lock_pending(&self.pending);
-            if pending.len() >= MAX_HANDSHAKES {
-                if let Some((_, oldest)) = pending.pop_front() {
-                    // Its read ends; the handshake fails as the client's.
-                    let _ = oldest.shutdown(std::net::Shutdown::Both);
-                }
-            }
-            pending.push_back((id, handle));
-        }
+        let hello = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        lock_pending(&self.pending).push_back(Pending {
+            id,
+            sock: handle,
+            since: Instant::now(),
+            hello: hello.clone(),
+        });
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         let (tx, ready, in_flight, pending, config) = (
             self.done_tx.clone(),
@@ -850,15 +916,15 @@ impl Listener {
         let spawned = std::thread::Builder::new()
             .name("ring-handshake".into())
             .spawn(move || {
-                let outcome = serve_client(sock, &config);
-                lock_pending(&pending).retain(|(i, _)| *i != id);
+                let outcome = serve_client_noting(sock, &config, &hello);
+                lock_pending(&pending).retain(|p| p.id != id);
                 in_flight.fetch_sub(1, Ordering::AcqRel);
                 // The listener may be gone; the session then just drops.
                 let _ = tx.send(outcome);
                 let _ = ready.kick();
             });
         if let Err(source) = spawned {
-            lock_pending(&self.pending).retain(|(i, _)| *i != id);
+            lock_pending(&self.pending).retain(|p| p.id != id);
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
             return Err(Error::Os {
                 op: "start a handshake thread",
@@ -1039,7 +1105,17 @@ fn refuse(sock: &mut UnixStream, proto: u8, why: Refusal) {
 /// # Errors
 ///
 /// As [`Listener::accept`].
-pub fn serve_client(mut sock: UnixStream, config: &ServerConfig) -> Result<Session, Error> {
+pub fn serve_client(sock: UnixStream, config: &ServerConfig) -> Result<Session, Error> {
+    serve_client_noting(sock, config, &std::sync::atomic::AtomicBool::new(false))
+}
+
+/// [`serve_client`], setting `hello` once the client's whole hello is in
+/// (the listener's sign that a handshake is not an idle one).
+fn serve_client_noting(
+    mut sock: UnixStream,
+    config: &ServerConfig,
+    hello: &std::sync::atomic::AtomicBool,
+) -> Result<Session, Error> {
     let want = config.proto.code();
     let cred = rustix::net::sockopt::socket_peercred(&sock).map_err(Error::os("SO_PEERCRED"))?;
     let uid = cred.uid.as_raw();
@@ -1053,6 +1129,7 @@ pub fn serve_client(mut sock: UnixStream, config: &ServerConfig) -> Result<Sessi
         refuse(&mut sock, want, Refusal::BadHello);
         return Err(short(s, HELLO_LEN, config.handshake_timeout));
     }
+    hello.store(true, std::sync::atomic::Ordering::Release);
     let hello = match Hello::decode(&raw) {
         Ok(h) => h,
         Err(p) => {
