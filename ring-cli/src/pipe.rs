@@ -7,6 +7,7 @@ use super::*;
 use ring_hosted::fdio::Output;
 use ring_hosted::stream::FdMove;
 use std::os::fd::BorrowedFd;
+use std::sync::{Arc, Mutex};
 
 pub(crate) fn listen(
     socket: &Path,
@@ -22,11 +23,20 @@ pub(crate) fn listen(
         config.peer = PeerPolicy::AnyUid;
     }
     let listener = Listener::bind(socket, config)?;
+    let files = Arc::new(Mutex::new(Some((
+        listener.path().to_owned(),
+        listener.lock_path().to_owned(),
+    ))));
+    remove_on_signal(files.clone())?;
     let refused = |e: &Error| eprintln!("ring: refused a client: {e}");
     if !keep {
         let session = listener.accept_with(refused)?;
-        // One peer only: unlink the socket so later clients fail at once.
+        // One peer only: unlink the socket so later clients fail at once
+        // (and from now on a signal has no files of ours to remove).
+        let mut ours = files.lock().unwrap_or_else(|p| p.into_inner());
+        *ours = None;
         drop(listener);
+        drop(ours);
         return pipe_session(session, timeout);
     }
     loop {
@@ -35,6 +45,33 @@ pub(crate) fn listen(
             eprintln!("ring: session ended badly (exit {}): {}", f.code, f.reason);
         }
     }
+}
+
+/// On SIGTERM, SIGINT or SIGHUP: removes the listener's socket and lock
+/// file if they are still ours (`files`; whoever drops the listener sets it
+/// to `None` under the same lock, so another listener's new socket at the
+/// path is never touched), says so in one line, and exits 128 + the
+/// signal's number, as a shell reports a process a signal ended.
+fn remove_on_signal(files: Arc<Mutex<Option<(PathBuf, PathBuf)>>>) -> Result<(), Failure> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .map_err(|e| format!("cannot handle SIGTERM/SIGINT/SIGHUP: {e}"))?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                let ours = files.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some((socket, lock)) = ours.as_ref() {
+                    let _ = std::fs::remove_file(socket);
+                    let _ = std::fs::remove_file(lock);
+                }
+                let name = signal_hook::low_level::signal_name(sig).unwrap_or("a signal");
+                eprintln!("ring: listen: stopped by {name}");
+                std::process::exit(128 + sig);
+            }
+        })
+        .map_err(|e| format!("cannot start the signal thread: {e}"))?;
+    Ok(())
 }
 
 pub(crate) fn connect(socket: &Path, proto: Proto, timeout: Option<Duration>) -> Outcome {

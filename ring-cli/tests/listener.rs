@@ -339,3 +339,60 @@ fn a_refused_path_leaves_no_lock_file() {
         "a lock file was left"
     );
 }
+
+/// A listener stopped by SIGTERM, SIGINT or SIGHUP while it waits removes
+/// its socket and lock file, says so in one line and exits 128 + the
+/// signal; a path it refuses gets no lock file.
+#[test]
+fn a_signalled_listener_leaves_no_socket_or_lock_behind() {
+    use rustix::process::Signal;
+    for (sig, code, keep) in [
+        (Signal::TERM, 143, false),
+        (Signal::INT, 130, true),
+        (Signal::HUP, 129, false),
+    ] {
+        let sock = TempSock::new("signalled");
+        let mut cmd = ring();
+        cmd.arg("listen").arg(&sock.path);
+        if keep {
+            cmd.arg("--keep");
+        }
+        let mut l = cmd
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_for_path(&sock.path);
+        let pid = rustix::process::Pid::from_raw(l.id() as i32).unwrap();
+        rustix::process::kill_process(pid, sig).unwrap();
+        let start = Instant::now();
+        let status = loop {
+            if let Some(s) = l.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{sig:?}: still running"
+            );
+            thread::sleep(Duration::from_millis(10));
+        };
+        let mut err = String::new();
+        l.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        assert_eq!(status.code(), Some(code), "{sig:?}: {err}");
+        assert!(err.contains("stopped by SIG"), "{sig:?}: {err}");
+        assert!(!sock.path.exists(), "{sig:?}: the socket was left");
+        let mut lock = sock.path.as_os_str().to_owned();
+        lock.push(".lock");
+        assert!(
+            !std::path::Path::new(&lock).exists(),
+            "{sig:?}: the lock was left"
+        );
+    }
+    let refused = ring()
+        .args(["listen", "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(!std::path::Path::new("/dev/null.lock").exists());
+}

@@ -687,6 +687,13 @@ impl Listener {
         &self.path
     }
 
+    /// The lock file beside the socket (`PATH.lock`), which dropping the
+    /// listener removes with the socket: what a process that is killed
+    /// before it can drop the listener should remove too.
+    pub fn lock_path(&self) -> &Path {
+        &self.lock_path
+    }
+
     /// The configuration.
     pub fn config(&self) -> &ServerConfig {
         &self.config
