@@ -98,8 +98,7 @@ pub(crate) fn inspect_file(
     data_size: Option<u64>,
     json: bool,
 ) -> Outcome {
-    let image = inspect::validate::read_image(file)
-        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let image = snapshot(file, proto, data_size)?;
     match proto {
         Proto::Vchan => {
             let header = image.get(..inspect::HEADER_LEN).ok_or_else(|| {
@@ -145,5 +144,58 @@ pub(crate) fn inspect_file(
             report(state.to_string(), state.to_json(), json, &findings)
         }
         other => Err(format!("cannot inspect protocol {}", other.name()).into()),
+    }
+}
+
+/// How many reads may find the rings moving before a live ring counts as
+/// too busy to snapshot.
+const SNAPSHOT_TRIES: usize = 50;
+
+/// A copy of `file` taken while no ring index moved: the index words of
+/// the copy are read again right after it, and the copy is kept only if
+/// they are unchanged (the published packets or bytes between them were
+/// then not touched while we copied). A live ring's copy taken while its
+/// peers publish is torn, and validating one would report corruption that
+/// is not there. After [`SNAPSHOT_TRIES`] torn copies: exit 9, "busy".
+fn snapshot(file: &Path, proto: Proto, data_size: Option<u64>) -> Result<Vec<u8>, Failure> {
+    let read = || {
+        inspect::validate::read_image(file)
+            .map_err(|e| Failure::from(format!("cannot read {}: {e}", file.display())))
+    };
+    let mut image = read()?;
+    for _ in 0..SNAPSHOT_TRIES {
+        let again = read()?;
+        if indices(&image, proto, data_size) == indices(&again, proto, data_size) {
+            return Ok(image);
+        }
+        image = again;
+    }
+    Err(Failure {
+        code: exit::BUSY,
+        reason: format!(
+            "{}: busy: the ring indices moved during each of {SNAPSHOT_TRIES} reads, \
+             so no copy of the rings is consistent",
+            file.display()
+        ),
+    })
+}
+
+/// The index words of an image: vchan's four (the first 16 bytes of the
+/// control page); VMBus's write and read index of each ring (the first 8
+/// bytes of each control page: at 0, and after the first ring's data).
+fn indices(image: &[u8], proto: Proto, data_size: Option<u64>) -> Vec<u8> {
+    let at =
+        |offset: usize, len: usize| image.get(offset..).unwrap_or(&[]).iter().take(len).copied();
+    match proto {
+        Proto::Vmbus => {
+            let second = match data_size {
+                Some(d) => usize::try_from(d)
+                    .unwrap_or(usize::MAX)
+                    .saturating_add(4096),
+                None => image.len() / 2,
+            };
+            at(0, 8).chain(at(second, 8)).collect()
+        }
+        _ => at(0, 16).collect(),
     }
 }

@@ -130,7 +130,8 @@ enum Cmd {
     /// Decode the control state of the rings in a shm or memfd-backed file
     /// (e.g. /proc/PID/fd/N): indices, used/free, who owes whom a signal,
     /// and orders, live and notify bytes (vchan) or interrupt masks and
-    /// pending send sizes (vmbus).
+    /// pending send sizes (vmbus). Exit 0 valid, 3 invalid, 1 unreadable,
+    /// 9 busy (live rings that moved during every copy).
     Inspect {
         /// The file holding the ring(s) at offset 0.
         #[arg(required_unless_present = "pid")]
@@ -564,6 +565,8 @@ mod exit {
     /// `proxy`: stopped with sessions still open, cut by a second signal
     /// or the drain timeout.
     pub const CUT: u8 = 8;
+    /// `inspect`: live rings moved during every read; no consistent copy.
+    pub const BUSY: u8 = 9;
 }
 
 /// Why a subcommand failed: its exit code and one line.

@@ -181,3 +181,77 @@ fn flags_of_the_other_protocol_and_absurd_sizes() {
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("is not two VMBus rings"), "{}", text(&o));
 }
+
+/// Snapshots of a busy session's rings, taken while both sides stream,
+/// are never reported as corruption: each is a consistent copy (exit 0)
+/// or, if the rings never held still, "busy" (exit 9).
+#[test]
+fn snapshots_of_busy_sessions_are_never_corrupt() {
+    use common::wait_for_path;
+    use std::io::Write;
+    for proto in ["vmbus", "vchan"] {
+        let sock = TempSock::new("busy");
+        let mut listen = ring()
+            .arg("listen")
+            .arg(&sock.path)
+            .args(["--proto", proto])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for_path(&sock.path);
+        let mut connect = ring()
+            .arg("connect")
+            .arg(&sock.path)
+            .args(["--proto", proto])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let feeders: Vec<_> = [listen.stdin.take().unwrap(), connect.stdin.take().unwrap()]
+            .into_iter()
+            .map(|mut input| {
+                std::thread::spawn(move || {
+                    let chunk = vec![0x5au8; 1 << 16];
+                    while input.write_all(&chunk).is_ok() {}
+                })
+            })
+            .collect();
+        let pid = listen.id().to_string();
+        // The session is up once the listener holds its ring memory.
+        let start = Instant::now();
+        while !std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .flatten()
+            .any(|e| {
+                std::fs::read_link(e.path())
+                    .is_ok_and(|l| l.to_string_lossy().starts_with("/memfd:ring-"))
+            })
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{proto}: no session"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let (mut clean, mut busy) = (0, 0);
+        for _ in 0..200 {
+            let o = inspect(&["--pid", &pid]);
+            match o.status.code() {
+                Some(0) => clean += 1,
+                Some(9) => busy += 1,
+                other => panic!("{proto}: inspect exited {other:?}: {}", text(&o)),
+            }
+        }
+        println!("{proto}: {clean} consistent snapshots, {busy} busy");
+        for c in [&mut listen, &mut connect] {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for f in feeders {
+            f.join().unwrap();
+        }
+    }
+}
