@@ -106,7 +106,9 @@ enum Cmd {
         #[arg(long)]
         any_uid: bool,
         /// Give up (exit 6) once the peer has been silent this long with the
-        /// stream unfinished (seconds; default: wait while it lives).
+        /// stream unfinished, while we wait on it (time waiting on our own
+        /// stdin or stdout does not count; seconds; default: wait while it
+        /// lives).
         #[arg(long, value_parser = parse_secs)]
         timeout: Option<Duration>,
         /// Serve one session after another until stopped (stdin goes to the
@@ -123,7 +125,9 @@ enum Cmd {
         #[arg(long, value_enum, default_value = "vchan")]
         proto: CliProto,
         /// Give up (exit 6) once the peer has been silent this long with the
-        /// stream unfinished (seconds; default: wait while it lives).
+        /// stream unfinished, while we wait on it (time waiting on our own
+        /// stdin or stdout does not count; seconds; default: wait while it
+        /// lives).
         #[arg(long, value_parser = parse_secs)]
         timeout: Option<Duration>,
     },

@@ -510,10 +510,16 @@ fn pipe_loop(
             lingered = true;
             break;
         }
+        let want_input = !tally.stdin_ended && !input_ready;
+        // --timeout is the peer's silence while we wait on it alone: time
+        // spent waiting on our own input (or a slow output) is not the
+        // peer's, and the clock starts again when that wait ends.
+        if want_input || output_full {
+            heard = Instant::now();
+        }
         let idle_end = end.timeout.filter(|_| connected).map(|t| heard + t);
         let join_end = end.accept.filter(|_| !connected).map(|t| started + t);
         let deadline = [linger_end, idle_end, join_end].into_iter().flatten().min();
-        let want_input = !tally.stdin_ended && !input_ready;
         let want_out = output_full.then_some(ends.output);
         let woken = match s.wait_io(want_input.then_some(ends.input), want_out, deadline) {
             Ok(w) => w,

@@ -354,10 +354,11 @@ fn a_stopped_peer_is_a_timeout_exit_6_with_one_line() {
         let mut got = [0u8; 2];
         listen.stdout.take().unwrap().read_exact(&mut got).unwrap();
         assert_eq!(&got, b"up");
-        // The peer stops: alive, silent, holding the session.
+        // The peer stops: alive, silent, holding the session; our input
+        // ends, so from now on we wait on the peer alone.
         let pid = rustix::process::Pid::from_raw(connect.id() as i32).unwrap();
         rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
-        let _li = listen.stdin.take().unwrap(); // our own input stays open
+        drop(listen.stdin.take());
         let code = exit_within(&mut listen, std::time::Duration::from_secs(60), "listen");
         let mut err = String::new();
         listen
@@ -372,5 +373,68 @@ fn a_stopped_peer_is_a_timeout_exit_6_with_one_line() {
         assert_eq!(code, 6, "{proto}: {err}");
         assert_eq!(err.lines().count(), 1, "{proto}: one line: {err}");
         assert!(err.contains("timed out"), "{proto}: {err}");
+    }
+}
+
+/// --timeout counts the peer's silence only while we wait on the peer:
+/// a side whose own input is open and idle does not time out, and when
+/// the side that waits on its peer times out and leaves, the survivor
+/// says the peer closed or went (4 or 5), never that something of ours
+/// failed (1).
+#[test]
+fn a_peer_that_times_out_and_leaves_is_the_peers_end_for_the_survivor() {
+    use std::io::Read;
+    for proto in ["vchan", "vmbus"] {
+        let sock = TempSock::new("gives-up");
+        // Its input ends at once: it waits on its peer alone.
+        let mut listen = ring()
+            .arg("listen")
+            .arg(&sock.path)
+            .args(["--proto", proto, "--timeout", "1"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_for_path(&sock.path);
+        // Its input stays open and idle: waiting on itself, it does not
+        // time out although its peer is silent.
+        let mut connect = ring()
+            .arg("connect")
+            .arg(&sock.path)
+            .args(["--proto", proto, "--timeout", "1"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let code = exit_within(&mut listen, std::time::Duration::from_secs(60), "listen");
+        let mut err = String::new();
+        listen
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        assert_eq!(code, 6, "{proto}: {err}");
+        // The survivor, still waiting on its own input, has not timed out;
+        // its input ends now.
+        assert!(
+            connect.try_wait().unwrap().is_none(),
+            "{proto}: connect gave up"
+        );
+        drop(connect.stdin.take());
+        let code = exit_within(&mut connect, std::time::Duration::from_secs(60), "connect");
+        let mut err = String::new();
+        connect
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        // It closed the ring as it left (4: closed before our stream
+        // ended) or just went (5); what failed was never ours (1).
+        assert!(code == 4 || code == 5, "{proto}: exit {code}: {err}");
+        assert_eq!(err.lines().count(), 1, "{proto}: {err}");
     }
 }

@@ -590,8 +590,8 @@ impl EventSignal {
     ///
     /// # Errors
     ///
-    /// [`Error::Os`] if there is no hang-up fd or the write fails (the peer
-    /// is gone: `EPIPE`).
+    /// [`Error::PeerGone`] if the peer's end of the socket is gone;
+    /// [`Error::Os`] if there is no hang-up fd or the write fails otherwise.
     pub fn send_notice(&self, notice: Notice) -> Result<(), Error> {
         let Some(h) = self.hangup.as_ref().filter(|_| self.notices) else {
             return Err(Error::Os {
@@ -600,8 +600,14 @@ impl EventSignal {
             });
         };
         let bytes = notice.encode();
-        let sent = rustix::net::send(h, &bytes, rustix::net::SendFlags::NOSIGNAL)
-            .map_err(Error::os("send notice"))?;
+        let sent = match rustix::net::send(h, &bytes, rustix::net::SendFlags::NOSIGNAL) {
+            Ok(n) => n,
+            // The peer's end of the socket is gone: so is the peer.
+            Err(rustix::io::Errno::PIPE | rustix::io::Errno::CONNRESET) => {
+                return Err(Error::PeerGone)
+            }
+            Err(e) => return Err(Error::os("send notice")(e)),
+        };
         if sent != bytes.len() {
             return Err(Error::Os {
                 op: "send notice",
