@@ -371,8 +371,9 @@ struct AttachArgs {
     #[arg(long, default_value_t = 500)]
     linger_ms: u64,
     /// Give up (exit 6) once the peer has been silent this long with the
-    /// stream unfinished (seconds; counted only once it has connected):
-    /// waits for ring space, data and our close alike.
+    /// stream unfinished, while we wait on it (seconds; counted only once
+    /// it has connected, and not while we wait on our own stdin or
+    /// stdout): waits for ring space, data and our close alike.
     #[arg(long, value_parser = parse_secs)]
     timeout: Option<Duration>,
     /// Give up (exit 6) if the peer has not connected this long after
