@@ -815,6 +815,177 @@ mod tests {
     use embedded_io::{Read, ReadReady, Write, WriteReady};
     use std::vec::Vec;
 
+    /// A host signal that answers each wait from a script, and counts.
+    /// `Gone` is its "the peer is gone" error; `Broken` any other.
+    #[derive(Default)]
+    struct Script<'a> {
+        waits: core::cell::RefCell<std::collections::VecDeque<Result<(), Fail>>>,
+        /// Called at each wait, before its answer (the peer moving while
+        /// we sleep).
+        during_wait: core::cell::RefCell<Option<std::boxed::Box<dyn FnMut() + 'a>>>,
+        notified: core::cell::Cell<u32>,
+        spins: core::cell::Cell<u32>,
+        closed: core::cell::Cell<Option<u64>>,
+    }
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    enum Fail {
+        Gone,
+        Broken,
+    }
+
+    impl Signal for Script<'_> {
+        type Error = Fail;
+        fn notify(&self) -> Result<(), Fail> {
+            self.notified.set(self.notified.get() + 1);
+            Ok(())
+        }
+        fn wait(&self) -> Result<(), Fail> {
+            if let Some(f) = self.during_wait.borrow_mut().as_mut() {
+                f();
+            }
+            self.waits
+                .borrow_mut()
+                .pop_front()
+                .unwrap_or(Err(Fail::Broken))
+        }
+        fn is_peer_gone(e: &Fail) -> bool {
+            *e == Fail::Gone
+        }
+        fn spin(&self, ready: &mut dyn FnMut() -> bool) -> bool {
+            self.spins.set(self.spins.get() + 1);
+            ready()
+        }
+        fn peer_write_closed(&self) -> Option<u64> {
+            self.closed.get()
+        }
+    }
+
+    /// A signal that overrides nothing it need not.
+    struct Plain;
+
+    impl Signal for Plain {
+        type Error = ();
+        fn notify(&self) -> Result<(), ()> {
+            Ok(())
+        }
+        fn wait(&self) -> Result<(), ()> {
+            Err(())
+        }
+    }
+
+    fn words() -> Vec<AtomicU64> {
+        (0..512).map(|_| AtomicU64::new(0)).collect()
+    }
+
+    fn ends(mem: RawMem<'_>) -> (Endpoint<RawMem<'_>>, Endpoint<RawMem<'_>>) {
+        let orders = Orders::new(10, 11).unwrap();
+        let server = serve_flat(mem, orders, ServerOptions::default()).unwrap();
+        (server, connect_flat(mem).unwrap())
+    }
+
+    /// A wait that reports the peer gone gets one more look at the ring
+    /// (what the peer published before it went is delivered), then
+    /// `PeerGone`; writes after that fail at once; through `&Script` the
+    /// same, every trait method forwarded.
+    #[test]
+    fn a_peer_gone_wait_delivers_the_last_bytes_then_says_so() {
+        for by_ref in [false, true] {
+            let w = words();
+            let mem = RawMem::from_atomics(&w);
+            let (server, client) = ends(mem);
+            let script = Script::default();
+            script.waits.borrow_mut().push_back(Err(Fail::Gone));
+            let client = core::cell::RefCell::new(Some(client));
+            *script.during_wait.borrow_mut() = Some(std::boxed::Box::new(move || {
+                if let Some(mut c) = client.borrow_mut().take() {
+                    // Its last words, then it dies (no close, no kick).
+                    assert_eq!(c.write(b"last").unwrap().len, 4);
+                }
+            }));
+            let mut buf = [0u8; 8];
+            let (read, more, write, spins) = if by_ref {
+                let mut s = Blocking::new(server, &script);
+                let r = s.read(&mut buf);
+                (r, s.read(&mut buf), s.write(b"x"), script.spins.get())
+            } else {
+                let mut s = Blocking::new(server, script);
+                let r = s.read(&mut buf);
+                let (more, write) = (s.read(&mut buf), s.write(b"x"));
+                (r, more, write, s.signal().spins.get())
+            };
+            assert_eq!(read, Ok(4), "by_ref {by_ref}");
+            assert_eq!(&buf[..4], b"last");
+            assert_eq!(more, Err(BlockingError::PeerGone));
+            assert_eq!(write, Err(BlockingError::PeerGone));
+            assert!(spins > 0, "the host's spin was not asked");
+        }
+    }
+
+    /// A wait that fails for another reason is the signal's failure, not
+    /// the peer's death; a signal that does not say what "gone" looks like
+    /// never reports it.
+    #[test]
+    fn other_wait_failures_are_the_signals() {
+        let w = words();
+        let mem = RawMem::from_atomics(&w);
+        let (server, _client) = ends(mem);
+        let script = Script::default();
+        script.waits.borrow_mut().push_back(Err(Fail::Broken));
+        let mut s = Blocking::new(server, &script);
+        assert_eq!(
+            s.read(&mut [0u8; 4]),
+            Err(BlockingError::Signal(Fail::Broken))
+        );
+        let w = words();
+        let mem = RawMem::from_atomics(&w);
+        let (server, _client) = ends(mem);
+        let mut s = Blocking::new(server, Plain);
+        assert_eq!(s.read(&mut [0u8; 4]), Err(BlockingError::Signal(())));
+    }
+
+    /// The peer's declared end (outside the ring) is end of stream only
+    /// when we have read exactly what it says it wrote.
+    #[test]
+    fn a_declared_end_must_match_what_was_read() {
+        for (declared, wrote, want) in [
+            (3, 3, Ok(0)),
+            (4, 3, Err("other than")),
+            (2, 3, Err("other than")),
+        ] {
+            let w = words();
+            let mem = RawMem::from_atomics(&w);
+            let (server, mut client) = ends(mem);
+            assert_eq!(client.write(&[7u8; 8][..wrote]).unwrap().len, wrote);
+            let script = Script::default();
+            script.closed.set(Some(declared));
+            let mut s = Blocking::new(server, &script);
+            let mut buf = [0u8; 8];
+            assert_eq!(s.read(&mut buf), Ok(wrote));
+            match (s.read(&mut buf), want) {
+                (Ok(n), Ok(m)) => assert_eq!(n, m),
+                (Err(BlockingError::Ring(Error::Corrupt(c))), Err(what)) => {
+                    assert!(c.what.contains(what), "{}", c.what)
+                }
+                (got, _) => panic!("declared {declared}, wrote {wrote}: {got:?}"),
+            }
+        }
+    }
+
+    /// How each blocking error reads, and where it came from.
+    #[test]
+    fn blocking_errors_say_what_failed() {
+        use core::error::Error as _;
+        let ring: BlockingError<()> = BlockingError::Ring(Error::Closed);
+        let signal: BlockingError<&str> = BlockingError::Signal("dead fd");
+        let gone: BlockingError<()> = BlockingError::PeerGone;
+        assert_eq!(std::format!("{ring}"), std::format!("{}", Error::Closed));
+        assert_eq!(std::format!("{signal}"), "signal failed: \"dead fd\"");
+        assert_eq!(std::format!("{gone}"), "the peer is gone");
+        assert!(ring.source().is_some());
+        assert!(gone.source().is_none());
+    }
+
     #[test]
     fn embedded_io_over_a_polling_signal() {
         let words: Vec<AtomicU64> = (0..512).map(|_| AtomicU64::new(0)).collect();

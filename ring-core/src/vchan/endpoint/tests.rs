@@ -731,3 +731,100 @@ fn arming_rechecks_what_the_peer_did_as_the_request_landed() {
     assert!(hook.borrow().is_none(), "the peer never moved");
     assert_eq!(server.write(&[8u8; 100]).unwrap().len, 100);
 }
+
+/// The set-up checks at their edges: a layout exactly the memory's size is
+/// taken and one word more is refused, both ends; a control page short of
+/// a page is refused, both ends; an in-page ring away from its place is
+/// refused, both ends; `connect` hands `place` exactly the grant refs the
+/// server wrote, and nothing past them.
+#[test]
+fn set_up_checks_hold_exactly_at_their_edges() {
+    let orders = Orders::new(12, 12).unwrap();
+    let size = FlatLayout::new(orders).size;
+    let w = words(size + 8);
+    let exact = RawMem::from_atomics(&w[..size / 8]);
+    let short = RawMem::from_atomics(&w[..size / 8 - 1]);
+    assert!(matches!(
+        serve_flat(short, orders, ServerOptions::default()),
+        Err(Error::Setup(SetupError::MemoryTooSmall { .. }))
+    ));
+    serve_flat(exact, orders, ServerOptions::default()).unwrap();
+    assert!(matches!(
+        connect_flat(short),
+        Err(Error::Setup(SetupError::MemoryTooSmall { .. }))
+    ));
+    connect_flat(exact).unwrap();
+
+    // A control page one word short, on either side.
+    let w = words(4096 + 2 * 4096);
+    let ctrl = RawMem::from_atomics(&w[..512]);
+    let small = RawMem::from_atomics(&w[..511]);
+    let left = RawMem::from_atomics(&w[512..1024]);
+    let right = RawMem::from_atomics(&w[1024..]);
+    let place = |mem| RingPlace { mem, offset: 0 };
+    assert!(matches!(
+        serve(
+            small,
+            place(left),
+            place(right),
+            orders,
+            &[70, 71],
+            ServerOptions::default()
+        ),
+        Err(Error::Setup(SetupError::MemoryTooSmall { .. }))
+    ));
+    serve(
+        ctrl,
+        place(left),
+        place(right),
+        orders,
+        &[70, 71],
+        ServerOptions::default(),
+    )
+    .unwrap();
+    assert!(matches!(
+        connect(small, |_, _| Ok((place(left), place(right)))),
+        Err(Error::Setup(SetupError::MemoryTooSmall { .. }))
+    ));
+    // The grant refs as written, and none past them.
+    let seen = core::cell::RefCell::new(Vec::new());
+    connect(ctrl, |orders, grant| {
+        for n in 0..orders.grant_count() + 2 {
+            seen.borrow_mut().push(grant(n));
+        }
+        Ok((place(left), place(right)))
+    })
+    .unwrap();
+    assert_eq!(*seen.borrow(), [Some(70), Some(71), None, None]);
+
+    // In-page rings (orders 10 and 11) away from their fixed places.
+    let w = words(4096);
+    let ctrl = RawMem::from_atomics(&w);
+    let in_page = Orders::new(10, 11).unwrap();
+    let at = |offset| RingPlace { mem: ctrl, offset };
+    assert!(matches!(
+        serve(
+            ctrl,
+            at(1024 + 8),
+            at(2048),
+            in_page,
+            &[],
+            ServerOptions::default()
+        ),
+        Err(Error::Setup(SetupError::MisplacedRing { order: 10 }))
+    ));
+    serve(
+        ctrl,
+        at(1024),
+        at(2048),
+        in_page,
+        &[],
+        ServerOptions::default(),
+    )
+    .unwrap();
+    assert!(matches!(
+        connect(ctrl, |_, _| Ok((at(1024), at(2048 + 8)))),
+        Err(Error::Setup(SetupError::MisplacedRing { order: 11 }))
+    ));
+    connect(ctrl, |_, _| Ok((at(1024), at(2048)))).unwrap();
+}
