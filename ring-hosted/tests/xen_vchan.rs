@@ -209,7 +209,16 @@ fn a_blocked_reader_wakes_when_the_peer_writes() {
         client.recv(&mut buf).unwrap();
         buf
     });
-    thread::sleep(Duration::from_millis(50));
+    // Written only once the reader waits on its event channel, so the wake
+    // is what the test runs.
+    let start = Instant::now();
+    while !s.xen.log().iter().any(|l| l.contains("evtchn wait")) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the reader never waited"
+        );
+        thread::sleep(Duration::from_millis(1));
+    }
     server.write_all(b"ping").unwrap();
     assert_eq!(&reader.join().unwrap(), b"ping");
 }

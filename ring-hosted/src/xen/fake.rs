@@ -415,12 +415,19 @@ impl Sys for FakeDomain {
 
     fn read(&self, _fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
         let mut w = lock(&self.shared.world);
+        let mut logged = false;
         loop {
             if let Some(port) = self.pending_port(&mut w, true) {
                 let b = port.to_ne_bytes();
                 let n = buf.len().min(4);
                 buf[..n].copy_from_slice(&b[..n]);
                 return Ok(n);
+            }
+            // As in `poll_readable`: logged under the lock the wait
+            // releases.
+            if !logged {
+                self.log("evtchn wait".into());
+                logged = true;
             }
             w = self.shared.cond.wait(w).unwrap_or_else(|p| p.into_inner());
         }
@@ -442,9 +449,16 @@ impl Sys for FakeDomain {
     fn poll_readable(&self, _fd: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Result<bool> {
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut w = lock(&self.shared.world);
+        let mut logged = false;
         loop {
             if self.pending_port(&mut w, false).is_some() {
                 return Ok(true);
+            }
+            // Logged under the lock the wait releases: an event sent after
+            // a test saw this line wakes the wait, it cannot slip past.
+            if !logged {
+                self.log("evtchn wait".into());
+                logged = true;
             }
             match deadline {
                 None => w = self.shared.cond.wait(w).unwrap_or_else(|p| p.into_inner()),
