@@ -972,6 +972,30 @@ mod tests {
         }
     }
 
+    /// The host's kick and spin are what the blocking layer asks, through
+    /// a reference as through the signal itself; a signal that does not
+    /// spin never reports readiness from a spin.
+    #[test]
+    fn the_hosts_kick_and_spin_are_asked_through_references() {
+        let w = words();
+        let mem = RawMem::from_atomics(&w);
+        let (server, client) = ends(mem);
+        let (to_server, to_client) = (Script::default(), Script::default());
+        let mut server = Blocking::new(server, &to_client);
+        let mut client = Blocking::new(client, &to_server);
+        assert!(!server.spin_ready(true, false), "nothing to read yet");
+        // The server asked for the client's first write at set-up.
+        client.write_all(b"x").unwrap();
+        assert_eq!(to_server.notified.get(), 1);
+        assert!(server.spin_ready(true, false));
+        let w = words();
+        let mem = RawMem::from_atomics(&w);
+        let (server, mut client) = ends(mem);
+        assert_eq!(client.write(b"y").unwrap().len, 1);
+        let mut plain = Blocking::new(server, Plain);
+        assert!(!plain.spin_ready(true, false), "a default signal spins not");
+    }
+
     /// How each blocking error reads, and where it came from.
     #[test]
     fn blocking_errors_say_what_failed() {
