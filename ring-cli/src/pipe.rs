@@ -22,12 +22,16 @@ pub(crate) fn listen(
     if any_uid {
         config.peer = PeerPolicy::AnyUid;
     }
-    let listener = Listener::bind(socket, config)?;
-    let files = Arc::new(Mutex::new(Some((
-        listener.path().to_owned(),
-        listener.lock_path().to_owned(),
-    ))));
+    // Signals are taken before the socket exists: a script that sees the
+    // path may stop us at once, and must find it removed.
+    let files = Arc::new(Mutex::new(None));
     remove_on_signal(files.clone())?;
+    let listener = {
+        let mut ours = files.lock().unwrap_or_else(|p| p.into_inner());
+        let listener = Listener::bind(socket, config)?;
+        *ours = Some((listener.path().to_owned(), listener.lock_path().to_owned()));
+        listener
+    };
     let refused = |e: &Error| eprintln!("ring: refused a client: {e}");
     if !keep {
         let session = listener.accept_with(refused)?;

@@ -4,13 +4,14 @@
 
 mod common;
 
-use common::{ring, wait_for_path, TempSock};
+use common::{exit_within, ring, side, wait_for_path, TempSock};
 use ring_core::vchan::{self, Orders, ServerOptions};
 use ring_hosted::memfd::MemFd;
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd};
 use std::process::{Output, Stdio};
 use std::sync::Arc;
+use std::time::Duration;
 
 fn run(args: &[&str]) -> Output {
     ring().args(args).stdin(Stdio::null()).output().unwrap()
@@ -308,44 +309,21 @@ fn a_reader_that_stops_early_is_a_loss_on_both_sides() {
     assert_eq!(stderr(&lo).lines().count(), 1, "{}", stderr(&lo));
 }
 
-/// Waits for `child` to exit, for at most `limit`; kills it and fails the
-/// test past that.
-fn exit_within(child: &mut std::process::Child, limit: std::time::Duration, what: &str) -> i32 {
-    let start = std::time::Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status.code().unwrap_or(-1);
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what} still running after {limit:?}");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-}
-
 #[test]
 fn a_stopped_peer_is_a_timeout_exit_6_with_one_line() {
     use std::io::Read;
     for proto in ["vchan", "vmbus"] {
         let sock = TempSock::new("timeout");
-        let mut listen = ring()
-            .arg("listen")
-            .arg(&sock.path)
-            .args(["--proto", proto, "--timeout", "1"])
+        let mut listen = side("listen", &sock.path, proto, &["--timeout", "1"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         wait_for_path(&sock.path);
-        let mut connect = ring()
-            .arg("connect")
-            .arg(&sock.path)
-            .args(["--proto", proto])
+        let mut connect = side("connect", &sock.path, proto, &[])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .spawn()
             .unwrap();
         // The session is up once a byte has crossed it.
@@ -359,14 +337,7 @@ fn a_stopped_peer_is_a_timeout_exit_6_with_one_line() {
         let pid = rustix::process::Pid::from_raw(connect.id() as i32).unwrap();
         rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
         drop(listen.stdin.take());
-        let code = exit_within(&mut listen, std::time::Duration::from_secs(60), "listen");
-        let mut err = String::new();
-        listen
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
+        let (code, err) = exit_within(&mut listen, Duration::from_secs(60), "listen");
         let _ = rustix::process::kill_process(pid, rustix::process::Signal::CONT);
         let _ = connect.kill();
         let _ = connect.wait();
@@ -383,39 +354,23 @@ fn a_stopped_peer_is_a_timeout_exit_6_with_one_line() {
 /// failed (1).
 #[test]
 fn a_peer_that_times_out_and_leaves_is_the_peers_end_for_the_survivor() {
-    use std::io::Read;
     for proto in ["vchan", "vmbus"] {
         let sock = TempSock::new("gives-up");
         // Its input ends at once: it waits on its peer alone.
-        let mut listen = ring()
-            .arg("listen")
-            .arg(&sock.path)
-            .args(["--proto", proto, "--timeout", "1"])
+        let mut listen = side("listen", &sock.path, proto, &["--timeout", "1"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         wait_for_path(&sock.path);
         // Its input stays open and idle: waiting on itself, it does not
         // time out although its peer is silent.
-        let mut connect = ring()
-            .arg("connect")
-            .arg(&sock.path)
-            .args(["--proto", proto, "--timeout", "1"])
+        let mut connect = side("connect", &sock.path, proto, &["--timeout", "1"])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let code = exit_within(&mut listen, std::time::Duration::from_secs(60), "listen");
-        let mut err = String::new();
-        listen
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
+        let (code, err) = exit_within(&mut listen, Duration::from_secs(60), "listen");
         assert_eq!(code, 6, "{proto}: {err}");
         // The survivor, still waiting on its own input, has not timed out;
         // its input ends now.
@@ -424,14 +379,7 @@ fn a_peer_that_times_out_and_leaves_is_the_peers_end_for_the_survivor() {
             "{proto}: connect gave up"
         );
         drop(connect.stdin.take());
-        let code = exit_within(&mut connect, std::time::Duration::from_secs(60), "connect");
-        let mut err = String::new();
-        connect
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
+        let (code, err) = exit_within(&mut connect, Duration::from_secs(60), "connect");
         // It closed the ring as it left (4: closed before our stream
         // ended) or just went (5); what failed was never ours (1).
         assert!(code == 4 || code == 5, "{proto}: exit {code}: {err}");

@@ -365,20 +365,8 @@ fn a_signalled_listener_leaves_no_socket_or_lock_behind() {
         wait_for_path(&sock.path);
         let pid = rustix::process::Pid::from_raw(l.id() as i32).unwrap();
         rustix::process::kill_process(pid, sig).unwrap();
-        let start = Instant::now();
-        let status = loop {
-            if let Some(s) = l.try_wait().unwrap() {
-                break s;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "{sig:?}: still running"
-            );
-            thread::sleep(Duration::from_millis(10));
-        };
-        let mut err = String::new();
-        l.stderr.take().unwrap().read_to_string(&mut err).unwrap();
-        assert_eq!(status.code(), Some(code), "{sig:?}: {err}");
+        let (got, err) = common::exit_within(&mut l, Duration::from_secs(10), "listen");
+        assert_eq!(got, code, "{sig:?}: {err}");
         assert!(err.contains("stopped by SIG"), "{sig:?}: {err}");
         assert!(!sock.path.exists(), "{sig:?}: the socket was left");
         let mut lock = sock.path.as_os_str().to_owned();

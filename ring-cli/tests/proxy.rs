@@ -269,6 +269,59 @@ fn thirty_two_connections_through_vmbus_sessions_with_some_killed() {
     many_connections("vmbus");
 }
 
+/// A connection to the front proxy, of either kind.
+trait Client: Read + Write + Send + 'static {
+    fn end_writes(&self);
+    fn read_limit(&self, limit: Duration);
+}
+
+impl Client for UnixStream {
+    fn end_writes(&self) {
+        self.shutdown(std::net::Shutdown::Write).unwrap();
+    }
+    fn read_limit(&self, limit: Duration) {
+        self.set_read_timeout(Some(limit)).unwrap();
+    }
+}
+
+impl Client for std::net::TcpStream {
+    fn end_writes(&self) {
+        self.shutdown(std::net::Shutdown::Write).unwrap();
+    }
+    fn read_limit(&self, limit: Duration) {
+        self.set_read_timeout(Some(limit)).unwrap();
+    }
+}
+
+/// Every connection, in a thread of its own, sends 100 bytes of its own,
+/// half-closes and reads the service's answer to the end: each must be
+/// its bytes xored, whole.
+fn all_answered(conns: Vec<impl Client>) {
+    let handles: Vec<_> = conns
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut c)| {
+            thread::Builder::new()
+                .stack_size(128 << 10)
+                .spawn(move || {
+                    let out = data(i as u64, 100);
+                    c.write_all(&out).unwrap();
+                    c.end_writes();
+                    c.read_limit(Duration::from_secs(60));
+                    let mut got = Vec::new();
+                    c.read_to_end(&mut got)
+                        .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+                    assert_eq!(got.len(), 100, "connection {i}");
+                    assert!(got.iter().zip(&out).all(|(g, o)| *g == o ^ 0x5a));
+                })
+                .unwrap()
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+}
+
 fn raise_fd_limit() {
     let lim = rustix::process::getrlimit(rustix::process::Resource::Nofile);
     rustix::process::setrlimit(
@@ -310,29 +363,7 @@ fn a_burst_of_1024_tcp_connections_is_served_whole() {
         .into_iter()
         .flat_map(|h| h.join().unwrap())
         .collect();
-    let handles: Vec<_> = conns
-        .into_iter()
-        .enumerate()
-        .map(|(i, mut c)| {
-            thread::Builder::new()
-                .stack_size(128 << 10)
-                .spawn(move || {
-                    let out = data(i as u64, 100);
-                    c.write_all(&out).unwrap();
-                    c.shutdown(std::net::Shutdown::Write).unwrap();
-                    c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-                    let mut got = Vec::new();
-                    c.read_to_end(&mut got)
-                        .unwrap_or_else(|e| panic!("connection {i}: {e}"));
-                    assert_eq!(got.len(), 100, "connection {i}");
-                    assert!(got.iter().zip(&out).all(|(g, o)| *g == o ^ 0x5a));
-                })
-                .unwrap()
-        })
-        .collect();
-    for h in handles {
-        h.join().unwrap();
-    }
+    all_answered(conns);
     println!(
         "1024 TCP connections served and answered in {:?}",
         start.elapsed()
@@ -398,28 +429,7 @@ fn a_thousand_and_twenty_four_sessions_in_one_proxy() {
         .count();
     println!("1024 sessions up in {up:?}; front proxy: {fds} fds, {rss}");
     // Active: every connection sends and gets its answer.
-    let handles: Vec<_> = conns
-        .into_iter()
-        .enumerate()
-        .map(|(i, mut c)| {
-            thread::Builder::new()
-                .stack_size(128 << 10)
-                .spawn(move || {
-                    let out = data(i as u64, 100);
-                    c.write_all(&out).unwrap();
-                    c.shutdown(std::net::Shutdown::Write).unwrap();
-                    c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-                    let mut got = Vec::new();
-                    c.read_to_end(&mut got).unwrap();
-                    assert!(got.iter().zip(&out).all(|(g, o)| *g == o ^ 0x5a));
-                    assert_eq!(got.len(), 100, "connection {i}");
-                })
-                .unwrap()
-        })
-        .collect();
-    for h in handles {
-        h.join().unwrap();
-    }
+    all_answered(conns);
     p.stop();
 }
 

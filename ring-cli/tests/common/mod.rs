@@ -76,3 +76,39 @@ impl Lcg {
         self.next() % n
     }
 }
+
+/// `ring CMD SOCKET --proto PROTO EXTRA...` (listen or connect), stderr
+/// piped; the caller sets stdin and stdout.
+pub fn side(cmd: &str, sock: &Path, proto: &str, extra: &[&str]) -> Command {
+    let mut c = ring();
+    c.arg(cmd)
+        .arg(sock)
+        .args(["--proto", proto])
+        .args(extra)
+        .stderr(Stdio::piped());
+    c
+}
+
+/// Waits for `child` to exit, for at most `limit`; returns its exit code
+/// (-1 for a signal) and its stderr (if piped). Kills it and fails the
+/// test past the limit.
+pub fn exit_within(child: &mut Child, limit: Duration, what: &str) -> (i32, String) {
+    use std::io::Read;
+    let start = Instant::now();
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code().unwrap_or(-1);
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        e.read_to_string(&mut err).unwrap();
+    }
+    (code, err)
+}
