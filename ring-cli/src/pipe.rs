@@ -325,7 +325,8 @@ fn wait_input(fd: BorrowedFd<'_>, deadline: Option<Instant>) -> Result<(), Stop>
 /// environment the process stops itself (`SIGSTOP`) when it reaches each
 /// `point`, so a test can act at that exact moment and continue it
 /// (`start`: set up, before the copy loop; `linger`: a foreign peer's
-/// linger is over, before our close).
+/// linger is over, before our close; `grace`: our live byte cleared, the
+/// first look at the ring found nothing, before the wait of the grace).
 fn stop_at(point: &str) {
     let points = std::env::var("RING_TEST_STOP_AT").unwrap_or_default();
     if points.split(',').any(|p| p == point) {
@@ -391,6 +392,8 @@ fn last_looks(
     let grace_end = now + CLOSE_GRACE;
     let output_end =
         now + timeout.map_or(Duration::from_secs(60), |t| t.min(Duration::from_secs(60)));
+    // A look has found the ring empty.
+    let mut looked = false;
     loop {
         match drain(s, ends, tally) {
             Ok(FdMove::Moved(_)) => {}
@@ -399,12 +402,18 @@ fn last_looks(
             // Closed, or gone: nothing more can come.
             Ok(FdMove::End) | Err(Stop::Ring(Error::PeerGone)) => return Ok(()),
             Ok(FdMove::RingBlocked) if Instant::now() >= grace_end => return Ok(()),
-            Ok(FdMove::RingBlocked) => match s.wait_event(None, Some(grace_end)) {
-                // Look again; after the grace, the last look.
-                Ok(_) | Err(Error::TimedOut) => {}
-                Err(Error::PeerGone) => return Ok(()),
-                Err(e) => return Err(e.into()),
-            },
+            Ok(FdMove::RingBlocked) => {
+                if !looked {
+                    stop_at("grace");
+                    looked = true;
+                }
+                match s.wait_event(None, Some(grace_end)) {
+                    // Look again; after the grace, the last look.
+                    Ok(_) | Err(Error::TimedOut) => {}
+                    Err(Error::PeerGone) => return Ok(()),
+                    Err(e) => return Err(e.into()),
+                }
+            }
             Err(e) => return Err(e),
         }
     }

@@ -296,6 +296,44 @@ fn linger_window(attach_role: ring_core::vchan::Role) {
     assert!(matches!(peer.write(b"late"), Err(Error::Closed)));
 }
 
+/// The window after the clear: a peer that looked at our live byte just
+/// before we cleared it publishes after our first look found the ring
+/// empty (`ring` is held right there; the test publishes by hand, without
+/// looking at the live byte, as that peer would). The grace's later look
+/// still hands the bytes on: exit 0 with every byte.
+#[test]
+fn vchan_bytes_published_after_the_clear_arrive_within_the_grace() {
+    use ring_core::vchan::{layout, FlatLayout, Orders, Role};
+    let (_dir, file) = ring_file("grace");
+    let (stdin, w) = stdin_pipe(b"");
+    drop(w);
+    let a = vchan_args("server", &file, &["--linger-ms", "20"]);
+    let mut ring = attach(&a, stdin, Some("start,linger,grace"));
+    ring.wait_stopped();
+    let mut peer = vchan_end(&file, Role::Client);
+    ring.cont();
+    peer.write_all(b"first").unwrap();
+    ring.read_until(5);
+    ring.wait_stopped(); // the linger is over
+    ring.cont();
+    ring.wait_stopped(); // cleared, looked, found nothing
+    let ctrl = peer.endpoint().control().clone();
+    assert_eq!(ctrl.load_u8(layout::SRV_LIVE).unwrap(), 0, "not cleared");
+    // The client writes the left ring: 5 bytes there so far.
+    let left = FlatLayout::new(Orders::for_sizes(64 << 10, 64 << 10).unwrap()).left;
+    let prod = ctrl.load_u32(layout::LEFT_PROD).unwrap();
+    assert_eq!(prod, 5);
+    let mut mem = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+    std::io::Seek::seek(&mut mem, std::io::SeekFrom::Start((left + 5) as u64)).unwrap();
+    mem.write_all(b"late").unwrap();
+    drop(mem);
+    ctrl.store_u32(layout::LEFT_PROD, prod + 4).unwrap();
+    ring.cont();
+    let e = ring.finish(LIMIT);
+    assert_eq!(e.status.code(), Some(0), "{}", e.stderr);
+    assert_eq!(e.stdout, b"firstlate");
+}
+
 #[test]
 fn vchan_linger_window_server_loses_nothing() {
     linger_window(ring_core::vchan::Role::Server);
