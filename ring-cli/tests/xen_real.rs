@@ -432,7 +432,10 @@ $X/xl create /etc/xen/domu.cfg && echo "XENTEST domu-created PASS from=$t0 to=$(
 "#,
         );
         for c in domu_cases() {
-            script.push_str(&format!("/bin/ring-xen-peer {}\n", c.dom0));
+            script.push_str(&format!(
+                "/bin/ring-xen-peer {} || {{ $X/xl list; sed 's/^/DOMU| /' /var/log/xen/guest-domu.log; }}\n",
+                c.dom0
+            ));
         }
         script.push_str(
             r#"$X/xl list
