@@ -190,7 +190,12 @@ fn client(server: u16, path: &str, mode: &str, bytes: u64) -> Result<(), String>
         Err(e) => return Err(err(e)),
     };
     say(&format!("first-read={first}"));
-    vchan::wait_published(&mut store, path, Instant::now() + WAIT).map_err(err)?;
+    // XEN_PEER_WAIT_SECS shortens the wait for a case that expects none.
+    let wait = std::env::var("XEN_PEER_WAIT_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(WAIT, Duration::from_secs);
+    vchan::wait_published(&mut store, path, Instant::now() + wait).map_err(err)?;
     let mut v = vchan::connect(
         &open(GNTDEV_PATH)?,
         open(EVTCHN_PATH)?,
@@ -400,11 +405,12 @@ fn run_child(
             }
         }
     }
-    reap(&mut child, imp)?;
-    if lines.iter().any(|l| l == "OK") {
+    let ended = reap(&mut child, imp);
+    if ended.is_ok() && lines.iter().any(|l| l == "OK") {
         Ok(lines)
     } else {
-        Err(format!("{imp} {}: {}", args[0], lines.join("; ")))
+        let status = ended.err().unwrap_or_default();
+        Err(format!("{imp} {}: {} {status}", args[0], lines.join("; ")))
     }
 }
 
@@ -555,6 +561,21 @@ fn remote_kill_cmd(
     r
 }
 
+/// `refused LABEL DOMID KEY` (in dom0): the domU's `data/KEY` must be a
+/// failure that names `EACCES` (a client whose server published before the
+/// client's domain existed).
+fn refused_cmd(domid: &str, key: &str) -> Result<String, String> {
+    let mut store = XenStore::open().map_err(err)?;
+    let v = await_key(&mut store, &format!("/local/domain/{domid}/data/{key}"))?;
+    if v.starts_with("FAIL") && v.contains("EACCES") {
+        Ok(format!("domU=[{v}]"))
+    } else {
+        Err(format!(
+            "expected a refusal naming EACCES, the domU said: {v}"
+        ))
+    }
+}
+
 /// Prints the case's `XENTEST` line; a failure also ends the program
 /// with status 1 (dom0's script then shows the domU's console).
 fn report(label: &str, r: Result<String, String>) {
@@ -617,6 +638,19 @@ fn main() {
         // remote LABEL DOMID KEY AFTER IMPL ARGS… (dom0 side)
         "remote" => {
             report(a(1), remote_cmd(a(2), a(3), a(4), a(5), &args[6..]));
+            Ok(())
+        }
+        // background IMPL server ARGS…: returns once the server published,
+        // leaving it running.
+        "background" => (|| {
+            let (child, mut rx) = spawn(a(1), &args[2..])?;
+            expect(&mut rx, "server", "READY")?;
+            std::mem::forget(child);
+            Ok(())
+        })(),
+        // refused LABEL DOMID KEY (dom0 side)
+        "refused" => {
+            report(a(1), refused_cmd(a(2), a(3)));
             Ok(())
         }
         // killable KEY IMPL ARGS… (domU side)
