@@ -579,8 +579,11 @@ fn boot() -> &'static Boot {
             .args([
                 "-machine",
                 "q35",
+                // Without AVX: a PVH domU's processes die now and then on
+                // their first AVX instruction (#UD on `vpxor` in glibc's
+                // string functions) under TCG's emulated AMD-V.
                 "-cpu",
-                "max",
+                "max,avx=off,avx2=off",
                 "-smp",
                 "2",
                 "-m",
