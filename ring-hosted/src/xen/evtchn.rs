@@ -5,6 +5,7 @@
 //! ioctl (`NOTIFY`), delivers them as 4-byte port numbers to `read`, and
 //! masks a port when it fires until its number is written back (unmask).
 
+use super::xenstore::XenStore;
 use super::{DomId, Driver, XenDevice};
 use crate::devmem::{ioc, DevError, IoctlArg, IoctlRequest, IOC_NONE};
 use ring_core::signal::Signal;
@@ -94,6 +95,31 @@ pub struct EventChannel {
     dev: XenDevice,
     port: u32,
     timeout: Option<Duration>,
+    domain: Option<DomainWatch>,
+}
+
+/// xenstore's special path whose watch fires whenever a domain is
+/// destroyed.
+pub const RELEASE_DOMAIN: &str = "@releaseDomain";
+
+/// A xenstore connection watching [`RELEASE_DOMAIN`], and the key whose
+/// absence means the peer's domain is gone.
+#[derive(Debug)]
+struct DomainWatch {
+    store: std::sync::Mutex<XenStore<std::fs::File>>,
+    key: String,
+}
+
+impl DomainWatch {
+    /// Whether the peer's home is gone. A key we may not read (an
+    /// unprivileged domain looking at another's home) counts as there.
+    fn gone(&self, store: &mut XenStore<std::fs::File>) -> Result<bool, DevError> {
+        match store.read(0, &self.key) {
+            Ok(v) => Ok(v.is_none()),
+            Err(DevError::Xenstore { errno, .. }) if errno == "EACCES" => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 impl EventChannel {
@@ -191,6 +217,7 @@ impl EventChannel {
             dev,
             port,
             timeout: None,
+            domain: None,
         };
         ch.unmask()?;
         Ok(ch)
@@ -209,6 +236,92 @@ impl EventChannel {
     /// Sets how long [`Signal::wait`] blocks (`None`: for ever).
     pub fn set_timeout(&mut self, timeout: Option<Duration>) {
         self.timeout = timeout;
+    }
+
+    /// Also ends waits when domain `peer` is destroyed, as
+    /// [`DevError::Closed`] (which [`Signal::is_peer_gone`] reports as the
+    /// peer gone): `store`, a connection of its own, watches xenstore's
+    /// [`RELEASE_DOMAIN`] and, on each event, looks for the peer's home.
+    /// A destroyed domain's kernel runs no unmap notification and Xen sends
+    /// no event on the channel, so without this a survivor blocked on the
+    /// ring waits until its timeout. Needs a domain that may read the
+    /// peer's home and receives `@releaseDomain` events (dom0); elsewhere
+    /// the watch never fires and nothing changes. Real devices only: the
+    /// wait polls the event-channel fd directly, beside the store's.
+    ///
+    /// # Errors
+    ///
+    /// xenstore errors; [`DevError::Closed`] if the peer's domain is
+    /// already gone.
+    pub fn watch_domain(
+        &mut self,
+        mut store: XenStore<std::fs::File>,
+        peer: DomId,
+    ) -> Result<(), DevError> {
+        store.watch(RELEASE_DOMAIN, "ring-hosted-peer-domain")?;
+        let watch = DomainWatch {
+            key: format!("/local/domain/{peer}/domid"),
+            store: std::sync::Mutex::new(store),
+        };
+        let mut store = watch.store.lock().unwrap_or_else(|p| p.into_inner());
+        store.take_queued_events();
+        if watch.gone(&mut store)? {
+            return Err(DevError::Closed);
+        }
+        drop(store);
+        self.domain = Some(watch);
+        Ok(())
+    }
+
+    /// The wait of [`Signal::wait`] with a domain watch: polls both fds.
+    /// `Ok(true)`: an event is pending on our port.
+    fn wait_either(&self, watch: &DomainWatch) -> Result<bool, DevError> {
+        use rustix::event::{poll, PollFd, PollFlags, Timespec};
+        let mut store = watch.store.lock().unwrap_or_else(|p| p.into_inner());
+        if store.take_queued_events() > 0 {
+            return if watch.gone(&mut store)? {
+                Err(DevError::Closed)
+            } else {
+                Ok(false)
+            };
+        }
+        let ts = self.timeout.map(|t| Timespec {
+            tv_sec: t.as_secs().try_into().unwrap_or(i64::MAX),
+            tv_nsec: t.subsec_nanos().into(),
+        });
+        let (ours, theirs) = {
+            let evtchn = self.dev.file().as_fd();
+            let xs = store.stream_fd();
+            let mut fds = [
+                PollFd::new(&evtchn, PollFlags::IN),
+                PollFd::new(&xs, PollFlags::IN),
+            ];
+            loop {
+                match poll(&mut fds, ts.as_ref()) {
+                    Ok(_) => break,
+                    Err(rustix::io::Errno::INTR) => continue,
+                    Err(e) => {
+                        return Err(DevError::io("poll", self.dev.path())(std::io::Error::from(
+                            e,
+                        )))
+                    }
+                }
+            }
+            (!fds[0].revents().is_empty(), !fds[1].revents().is_empty())
+        };
+        if !ours && !theirs {
+            return Err(DevError::TimedOut {
+                path: self.dev.path().to_path_buf(),
+            });
+        }
+        if theirs {
+            store.next_watch_event()?;
+            store.take_queued_events();
+            if watch.gone(&mut store)? {
+                return Err(DevError::Closed);
+            }
+        }
+        Ok(ours)
     }
 
     /// Sends an event to the peer.
@@ -273,12 +386,23 @@ impl EventChannel {
 impl Signal for EventChannel {
     type Error = DevError;
 
+    /// End of file on the device, or the peer's domain destroyed (see
+    /// [`EventChannel::watch_domain`]).
+    fn is_peer_gone(error: &DevError) -> bool {
+        matches!(error, DevError::Closed)
+    }
+
     fn notify(&self) -> Result<(), DevError> {
         self.send()
     }
 
     fn wait(&self) -> Result<(), DevError> {
-        if let Some(t) = self.timeout {
+        if let Some(watch) = &self.domain {
+            if !self.wait_either(watch)? {
+                // Only the watch fired: a wake-up with nothing pending.
+                return Ok(());
+            }
+        } else if let Some(t) = self.timeout {
             let ready = self
                 .dev
                 .sys()

@@ -85,6 +85,7 @@ pub struct ServerConfig {
 pub struct XenVchan {
     io: Blocking<MappedRegion, EventChannel>,
     path: String,
+    peer: DomId,
 }
 
 fn join(dir: &str, key: &str) -> String {
@@ -197,6 +198,7 @@ pub fn serve<S: Read + Write>(
     Ok(XenVchan {
         io: Blocking::new(endpoint, ev),
         path: config.path.clone(),
+        peer,
     })
 }
 
@@ -371,6 +373,7 @@ pub fn connect<S: Read + Write>(
     Ok(XenVchan {
         io,
         path: path.to_owned(),
+        peer: server,
     })
 }
 
@@ -383,6 +386,24 @@ impl XenVchan {
     /// Our local event-channel port.
     pub fn port(&self) -> u32 {
         self.io.signal().port()
+    }
+
+    /// The peer's domain.
+    pub fn peer(&self) -> DomId {
+        self.peer
+    }
+
+    /// Ends waits with [`DevError::Closed`] (the peer gone) when the
+    /// peer's domain is destroyed, through `store`, a xenstore connection
+    /// of its own (see [`EventChannel::watch_domain`]: dom0 only in
+    /// effect).
+    ///
+    /// # Errors
+    ///
+    /// xenstore errors; [`DevError::Closed`] if the domain is already gone.
+    pub fn watch_peer_domain(&mut self, store: XenStore<std::fs::File>) -> Result<(), DevError> {
+        let peer = self.peer;
+        self.io.signal_mut().watch_domain(store, peer)
     }
 
     /// The ring endpoint (for `data_ready`, `buffer_space`, ...).

@@ -465,6 +465,14 @@ impl<S: Read + Write> XenStore<S> {
             .ok_or_else(|| proto("empty watch event"))
     }
 
+    /// Drops the watch events queued so far (those that arrived between a
+    /// request and its reply); returns how many there were.
+    pub fn take_queued_events(&mut self) -> usize {
+        let n = self.events.len();
+        self.events.clear();
+        n
+    }
+
     /// The home path of domain `domid` (`/local/domain/<domid>`).
     ///
     /// # Errors
@@ -493,6 +501,13 @@ impl<S: Read + Write> XenStore<S> {
 }
 
 impl<S: Read + Write + AsFd> XenStore<S> {
+    /// The stream's fd (to poll it beside other fds for watch events;
+    /// check [`XenStore::take_queued_events`] first: events that arrived
+    /// during a request are already read off it).
+    pub fn stream_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.stream.as_fd()
+    }
+
     /// The next watch event as (path, token), or `None` once `deadline`
     /// passes without one (the stream is polled, so the wait ends at the
     /// deadline even on `/dev/xen/xenbus`, which has no timeout of its own).

@@ -94,6 +94,11 @@ fn sink(v: &mut XenVchan) -> Result<(), String> {
         match v.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => total += n as u64,
+            // The peer gone without closing (its domain destroyed).
+            Err(DevError::Closed) => {
+                say(&format!("CLOSED bytes={total} peer-gone"));
+                return Ok(());
+            }
             Err(e) => return Err(format!("after {total} bytes: {e}")),
         }
         if !told && total >= 1 << 20 {
@@ -123,6 +128,14 @@ fn open(path: &str) -> Result<XenDevice, String> {
 
 fn run_mode(v: &mut XenVchan, server: bool, mode: &str, bytes: u64) -> Result<(), String> {
     v.event_channel_mut().set_timeout(Some(WAIT));
+    // Where xenstore says so (dom0), a destroyed peer domain ends waits.
+    if v.peer() != 0 {
+        let watch = XenStore::open().and_then(|store| v.watch_peer_domain(store));
+        match watch {
+            Ok(()) => say("WATCHING"),
+            Err(e) => say(&format!("no domain watch: {e}")),
+        }
+    }
     match (mode, server) {
         ("xfer", true) => {
             recv(v, 1, bytes)?;
@@ -162,6 +175,7 @@ fn server(peer: u16, path: &str, size: usize, mode: &str, bytes: u64) -> Result<
     say("READY");
     v.event_channel_mut().set_timeout(Some(WAIT));
     v.wait_for_client().map_err(err)?;
+    say("CONNECTED");
     let r = run_mode(&mut v, true, mode, bytes);
     let closed = v.close(Some(&mut store)).map_err(err);
     r.and(closed)
@@ -176,7 +190,12 @@ fn client(server: u16, path: &str, mode: &str, bytes: u64) -> Result<(), String>
         Err(e) => return Err(err(e)),
     };
     say(&format!("first-read={first}"));
-    vchan::wait_published(&mut store, path, Instant::now() + WAIT).map_err(err)?;
+    // XEN_PEER_WAIT_SECS shortens the wait for a case that expects none.
+    let wait = std::env::var("XEN_PEER_WAIT_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(WAIT, Duration::from_secs);
+    vchan::wait_published(&mut store, path, Instant::now() + wait).map_err(err)?;
     let mut v = vchan::connect(
         &open(GNTDEV_PATH)?,
         open(EVTCHN_PATH)?,
@@ -386,11 +405,12 @@ fn run_child(
             }
         }
     }
-    reap(&mut child, imp)?;
-    if lines.iter().any(|l| l == "OK") {
+    let ended = reap(&mut child, imp);
+    if ended.is_ok() && lines.iter().any(|l| l == "OK") {
         Ok(lines)
     } else {
-        Err(format!("{imp} {}: {}", args[0], lines.join("; ")))
+        let status = ended.err().unwrap_or_default();
+        Err(format!("{imp} {}: {} {status}", args[0], lines.join("; ")))
     }
 }
 
@@ -511,13 +531,22 @@ fn remote_kill_cmd(
                 .write(0, &format!("/local/domain/{domid}/data/{key}-kill"), "1")
                 .map_err(err)?,
             "destroy" => {
-                let st = Command::new("/usr/lib/xen-4.17/bin/xl")
+                // xl runs beside us: the end is seen while it tears down.
+                let mut xl = Command::new("/usr/lib/xen-4.17/bin/xl")
                     .args(["destroy", domid])
-                    .status()
+                    .spawn()
                     .map_err(|e| format!("xl destroy: {e}"))?;
-                if !st.success() {
-                    return Err(format!("xl destroy {domid}: {st}"));
-                }
+                let seen = expect(&mut rx, "our side", "CLOSED");
+                let seen_ms = ended.elapsed().as_secs_f64() * 1e3;
+                reap(&mut xl, "xl destroy")?;
+                let xl_ms = ended.elapsed().as_secs_f64() * 1e3;
+                seen?;
+                // Measured from the domain's end as xl reports it: the
+                // return of `xl destroy` (the end is often seen before).
+                return Ok(format!(
+                    "ms={:.1} (seen {seen_ms:.1} ms after xl destroy started, which took {xl_ms:.1} ms)",
+                    (seen_ms - xl_ms).max(0.0)
+                ));
             }
             other => return Err(format!("unknown way to end the domU peer: {other}")),
         }
@@ -532,10 +561,30 @@ fn remote_kill_cmd(
     r
 }
 
+/// `refused LABEL DOMID KEY` (in dom0): the domU's `data/KEY` must be a
+/// failure that names `EACCES` (a client whose server published before the
+/// client's domain existed).
+fn refused_cmd(domid: &str, key: &str) -> Result<String, String> {
+    let mut store = XenStore::open().map_err(err)?;
+    let v = await_key(&mut store, &format!("/local/domain/{domid}/data/{key}"))?;
+    if v.starts_with("FAIL") && v.contains("EACCES") {
+        Ok(format!("domU=[{v}]"))
+    } else {
+        Err(format!(
+            "expected a refusal naming EACCES, the domU said: {v}"
+        ))
+    }
+}
+
+/// Prints the case's `XENTEST` line; a failure also ends the program
+/// with status 1 (dom0's script then shows the domU's console).
 fn report(label: &str, r: Result<String, String>) {
     match r {
         Ok(detail) => say(&format!("XENTEST {label} PASS {detail}")),
-        Err(e) => say(&format!("XENTEST {label} FAIL {e}")),
+        Err(e) => {
+            say(&format!("XENTEST {label} FAIL {e}"));
+            std::process::exit(1);
+        }
     }
 }
 
@@ -589,6 +638,19 @@ fn main() {
         // remote LABEL DOMID KEY AFTER IMPL ARGS… (dom0 side)
         "remote" => {
             report(a(1), remote_cmd(a(2), a(3), a(4), a(5), &args[6..]));
+            Ok(())
+        }
+        // background IMPL server ARGS…: returns once the server published,
+        // leaving it running.
+        "background" => (|| {
+            let (child, mut rx) = spawn(a(1), &args[2..])?;
+            expect(&mut rx, "server", "READY")?;
+            std::mem::forget(child);
+            Ok(())
+        })(),
+        // refused LABEL DOMID KEY (dom0 side)
+        "refused" => {
+            report(a(1), refused_cmd(a(2), a(3)));
             Ok(())
         }
         // killable KEY IMPL ARGS… (domU side)
