@@ -54,6 +54,7 @@ pub(crate) fn serve(
             let signal = loop {
                 let (id, signal) = guest_signal(&mut server, deadline)?;
                 if guest_joined(&server, &signal, deadline)? {
+                    eprintln!("ring: ivshmem: guest peer {id} joined the ring");
                     break signal;
                 }
                 eprintln!("ring: ivshmem: guest peer {id} left before joining the ring; waiting for the next");

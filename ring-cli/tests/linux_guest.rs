@@ -315,8 +315,8 @@ const LATE_INPUT: Duration = Duration::from_millis(1500);
 /// and extra kernel command-line words (`KEY=VALUE` reach /init's
 /// environment), with `ring ivshmem` on the host fed `stdin`, which starts
 /// to flow [`LATE_INPUT`] after the guest kernel is up (empty: ends at
-/// once). `kill_after`: kill
-/// QEMU this long after the guest kernel is up.
+/// once). `kill_after`: kill QEMU this long after the host says the
+/// guest joined the ring (a vchan guest).
 fn boot(proto: &str, args: &str, extra: &str, stdin: &[u8], kill_after: Option<Duration>) -> Boot {
     boot_with(proto, args, extra, stdin, kill_after, None)
 }
@@ -466,11 +466,30 @@ fn boot_with(
             let _ = tx.send(line);
         }
     });
+    // The host's stderr, line by line as it comes: a kill waits for the
+    // host to say the guest joined the ring.
+    let (err_tx, err_rx) = std::sync::mpsc::channel::<String>();
+    let host_stderr = host.stderr.take().unwrap();
+    let err_reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(host_stderr).lines().map_while(Result::ok) {
+            all.push_str(&line);
+            all.push('\n');
+            let _ = err_tx.send(line);
+        }
+        all
+    });
     let deadline = started + BOOT_LIMIT;
     let mut guest = Vec::new();
     let mut killed = false;
+    let mut joined_at = None;
     let mut up = Some((up_tx, out_up_tx));
     let qemu_status = loop {
+        while let Ok(line) = err_rx.try_recv() {
+            if line.contains("joined the ring") && joined_at.is_none() {
+                joined_at = Some(Instant::now());
+            }
+        }
         while let Ok(line) = rx.try_recv() {
             if let Some(at) = line.find("GUEST ") {
                 guest.push(line[at..].to_string());
@@ -487,9 +506,10 @@ fn boot_with(
                 let _ = tx.send(());
             }
         }
-        if let Some(after) = kill_after {
-            if !killed && guest.iter().any(|l| l.starts_with("GUEST up")) {
-                std::thread::sleep(after);
+        // Killed `after` once the guest joined the ring (with the stream
+        // under way by then), however long its boot took.
+        if let (Some(after), Some(at)) = (kill_after, joined_at) {
+            if !killed && at.elapsed() >= after {
                 let _ = qemu.kill();
                 killed = true;
             }
@@ -524,10 +544,7 @@ fn boot_with(
     );
     let host_status = wait_until(&mut host, Instant::now() + Duration::from_secs(30));
     let host_out = collector.join().unwrap();
-    let mut host_err = String::new();
-    if let Some(mut e) = host.stderr.take() {
-        let _ = e.read_to_string(&mut host_err);
-    }
+    let host_err = err_reader.join().unwrap_or_default();
     Boot {
         qemu: qemu_status,
         guest,

@@ -326,8 +326,10 @@ impl IvshmemServer {
                 while !flag.load(Relaxed) {
                     match listener.accept() {
                         Ok((s, _)) => {
-                            drop(s);
+                            // Counted before it is closed: whoever sees
+                            // the close may ask the count at once.
                             count.fetch_add(1, Relaxed);
+                            drop(s);
                         }
                         Err(_) => {
                             let mut fds = [rustix::event::PollFd::new(
