@@ -783,7 +783,8 @@ impl Device {
     /// # Safety
     ///
     /// `file` must be a VFIO device fd, or `sys` a seam that never reaches
-    /// the kernel (see [`Container::open_with`]).
+    /// the kernel (see [`Container::open_with`]) and `file` one that
+    /// nobody shrinks while a region of it is mapped.
     pub unsafe fn from_parts(file: File, path: PathBuf, sys: Arc<dyn Sys>) -> Self {
         Device {
             h: Handle {
@@ -878,7 +879,12 @@ impl Device {
             })?;
         let path = self.h.path.join(format!("region{}", region.index));
         if region.mappable() {
-            if let Ok(mem) = MappedRegion::map(&self.h.file, &path, region.offset, size) {
+            // SAFETY: the file is a VFIO device fd, whose regions are the
+            // device's own and never shrink (or, with a seam that never
+            // reaches the kernel, a file `Device::from_parts`' caller
+            // promised nobody shrinks): the `Handle` invariant.
+            let mapped = unsafe { MappedRegion::map_any(&self.h.file, &path, region.offset, size) };
+            if let Ok(mem) = mapped {
                 return Ok(Bar::Mapped(mem, path));
             }
         }
