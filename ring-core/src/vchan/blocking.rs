@@ -904,17 +904,22 @@ mod tests {
                 }
             }));
             let mut buf = [0u8; 8];
-            let (read, more, write, spins) = if by_ref {
+            let (read, more, write, spins, gone) = if by_ref {
                 let mut s = Blocking::new(server, &script);
+                assert!(!s.peer_gone());
                 let r = s.read(&mut buf);
-                (r, s.read(&mut buf), s.write(b"x"), script.spins.get())
+                let gone = s.peer_gone();
+                (r, s.read(&mut buf), s.write(b"x"), script.spins.get(), gone)
             } else {
                 let mut s = Blocking::new(server, script);
+                assert!(!s.peer_gone());
                 let r = s.read(&mut buf);
+                let gone = s.peer_gone();
                 let (more, write) = (s.read(&mut buf), s.write(b"x"));
-                (r, more, write, s.signal().spins.get())
+                (r, more, write, s.signal().spins.get(), gone)
             };
             assert_eq!(read, Ok(4), "by_ref {by_ref}");
+            assert!(gone, "peer_gone() after the wait said so");
             assert_eq!(&buf[..4], b"last");
             assert_eq!(more, Err(BlockingError::PeerGone));
             assert_eq!(write, Err(BlockingError::PeerGone));
@@ -988,6 +993,12 @@ mod tests {
         client.write_all(b"x").unwrap();
         assert_eq!(to_server.notified.get(), 1);
         assert!(server.spin_ready(true, false));
+        // A blocking read spins (arming nothing) before it tries, while
+        // the peer lives.
+        let spins = to_client.spins.get();
+        let mut one = [0u8; 1];
+        assert_eq!(server.read(&mut one), Ok(1));
+        assert_eq!(to_client.spins.get(), spins + 1);
         let w = words();
         let mem = RawMem::from_atomics(&w);
         let (server, mut client) = ends(mem);
