@@ -13,24 +13,31 @@
 //! peer that dies without closing is noticed while we wait.
 //!
 //! ```text
-//!   AsyncStream ──into_split()──► ReadHalf  ─┐ one stream behind a mutex;
-//!                                 WriteHalf ─┘ a kick wakes both halves
+//!   AsyncStream ──into_split()──► ReadHalf  (its own registrations)
+//!                                 WriteHalf (its own registrations)
 //! ```
 //!
-//! Both directions share one eventfd, and [`AsyncFd`] keeps only the
-//! latest task's waker, so the halves keep their own wakers beside it:
-//! whichever half sees the kick wakes the other.
+//! Both directions wait on the one eventfd the peer kicks, and tokio
+//! keeps one waker per registration, so each direction registers its own
+//! duplicates of the eventfd and the hang-up fd: a kick is an edge on
+//! both, and a half that stops polling (its future lost a `select!`, its
+//! task went on to other work) can never keep the other's wake-up. How
+//! the two share the files without taking each other's events is told at
+//! `poll_event` in the source; the wake-up counters of the signal
+//! ([`EventSignal::wake_counts`]) count each wake-up by its cause, as the
+//! blocking waits do.
 
 #![allow(unsafe_code)]
 
+use crate::eventfd::EventSignal;
 use crate::stream::{PollStream, VchanStream};
 use crate::vmbus::VmbusPipe;
 use crate::Error;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{ready, Context, Poll, Waker};
+use std::task::{ready, Context, Poll};
 use std::time::Instant;
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -147,20 +154,56 @@ fn register(fd: BorrowedFd<'_>, what: &'static str) -> Result<AsyncFd<OwnedFd>, 
     })
 }
 
+/// One direction's registrations with the runtime's reactor: its own
+/// duplicate of the eventfd the peer kicks and of the hang-up fd.
+///
+/// tokio keeps one waker per registration and direction of readiness, and
+/// both our directions wait for the same thing (the eventfd to become
+/// readable), so two tasks waiting on one registration would keep only the
+/// waker of the one that polled last. Each direction (and so each half of
+/// a split stream) has its own: a kick is an event on both, and each
+/// direction clears only its own readiness (see [`poll_event`]).
+#[derive(Debug)]
+struct Waits {
+    wake: AsyncFd<OwnedFd>,
+    hangup: Option<AsyncFd<OwnedFd>>,
+    /// This direction reads the peer's notices (the reading one).
+    notices: bool,
+}
+
+impl Waits {
+    fn new(signal: &EventSignal, notices: bool) -> Result<Self, Error> {
+        let wake = register(signal.wake_fd(), "register eventfd with tokio")?;
+        let hangup = match signal.hangup_fd() {
+            Some(fd) => Some(register(fd, "register hang-up fd with tokio")?),
+            None => None,
+        };
+        Ok(Waits {
+            wake,
+            hangup,
+            notices,
+        })
+    }
+}
+
 /// A ring stream for tokio: [`AsyncRead`] and [`AsyncWrite`], or two
 /// halves with [`into_split`](Self::into_split).
 ///
-/// Must be created inside a tokio runtime with I/O enabled.
+/// Must be created inside a tokio runtime with I/O enabled. Each direction
+/// registers its own duplicates of the stream's eventfd and hang-up fd
+/// (so a stream holds two or four fds more than the blocking one): a
+/// reader and a writer in different tasks each get every kick.
 #[derive(Debug)]
 pub struct AsyncStream<S> {
     stream: S,
-    wake: AsyncFd<OwnedFd>,
-    hangup: Option<AsyncFd<OwnedFd>>,
+    reading: Waits,
+    writing: Waits,
 }
 
 impl<S: AsyncRing> AsyncStream<S> {
     /// Wraps `stream`, registering (duplicates of) the eventfd it is woken
-    /// by and its hang-up fd, if any, with the runtime's reactor.
+    /// by and its hang-up fd, if any, with the runtime's reactor, once for
+    /// each direction.
     ///
     /// # Errors
     ///
@@ -209,16 +252,18 @@ impl<S: AsyncRing> AsyncStream<S> {
                 source: std::io::Error::other("not called from within a tokio runtime"),
             });
         }
-        let wake = register(stream.signal().wake_fd(), "register eventfd with tokio")?;
-        let hangup = match stream.signal().hangup_fd() {
-            Some(fd) => Some(register(fd, "register hang-up fd with tokio")?),
-            None => None,
-        };
+        let reading = Waits::new(stream.signal(), true)?;
+        let writing = Waits::new(stream.signal(), false)?;
         Ok(AsyncStream {
             stream,
-            wake,
-            hangup,
+            reading,
+            writing,
         })
+    }
+
+    /// The blocking stream inside (its signal's counters, its settings).
+    pub fn get_ref(&self) -> &S {
+        &self.stream
     }
 
     /// The blocking stream inside.
@@ -231,7 +276,10 @@ impl<S: AsyncRing> AsyncStream<S> {
         self.stream
     }
 
-    /// Splits into a read half and a write half, for two tasks.
+    /// Splits into a read half and a write half, for two tasks. Each half
+    /// keeps its own registrations with the reactor, so a half that stops
+    /// polling (its future dropped by a `select!`, its task busy elsewhere)
+    /// never keeps a wake-up from the other.
     ///
     /// # Examples
     ///
@@ -239,7 +287,8 @@ impl<S: AsyncRing> AsyncStream<S> {
     /// an echo: with 1 KiB rings both halves wait on the one eventfd, in turn.
     ///
     /// ```
-    /// use ring_hosted::{stream, tokio_io::AsyncVchan};
+    /// use ring_hosted::stream::{self, PollStream};
+    /// use ring_hosted::tokio_io::AsyncVchan;
     /// use std::time::Duration;
     /// use tokio::io::{AsyncReadExt, AsyncWriteExt};
     ///
@@ -260,70 +309,34 @@ impl<S: AsyncRing> AsyncStream<S> {
     ///     let mut back = vec![0u8; 4000];
     ///     tokio::time::timeout(Duration::from_secs(10), rd.read_exact(&mut back)).await??;
     ///     assert_eq!(back, vec![9u8; 4000]);
-    ///     let (_wr, _echo) = (writer.await??, echoer.await??);
+    ///     let (wr, _echo) = (writer.await??, echoer.await??);
+    ///     let whole = rd.reunite(wr).expect("halves of one stream");
+    ///     assert_eq!(whole.get_ref().bytes_written(), 4000);
     ///     Ok::<(), Box<dyn std::error::Error>>(())
     /// })?;
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn into_split(self) -> (ReadHalf<S>, WriteHalf<S>) {
-        let shared = Arc::new(Mutex::new(Shared {
-            ring: self,
-            wakers: [None, None],
-            holder: None,
-        }));
+        let AsyncStream {
+            stream,
+            reading,
+            writing,
+        } = self;
+        let shared = Arc::new(Mutex::new(stream));
         (
             ReadHalf {
                 shared: shared.clone(),
+                waits: reading,
             },
-            WriteHalf { shared },
+            WriteHalf {
+                shared,
+                waits: writing,
+            },
         )
     }
 
-    /// Waits until the peer kicked us (the eventfd is readable; the event
-    /// is consumed) or hung up; `Ready` means "retry the ring operation".
-    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if let Some(h) = &self.hangup {
-            if let Poll::Ready(guard) = h.poll_read_ready(cx) {
-                let mut guard = guard?;
-                // Reads any notices; marks the peer gone on a hang-up.
-                if self.stream.signal().peer_gone() {
-                    // Let the core's blocking layer learn it too: the next
-                    // attempt delivers what is left, then reports PeerGone.
-                    match self.stream.wait_event(None, Some(Instant::now())) {
-                        Ok(_) | Err(Error::PeerGone) | Err(Error::TimedOut) => {}
-                        Err(e) => return Poll::Ready(Err(e.into())),
-                    }
-                    return Poll::Ready(Ok(()));
-                }
-                guard.clear_ready();
-            }
-        }
-        let mut guard = ready!(self.wake.poll_read_ready(cx))?;
-        let mut counter = [0u8; 8];
-        match rustix::io::read(guard.get_inner().as_fd(), &mut counter) {
-            Ok(_) | Err(rustix::io::Errno::AGAIN) => {
-                // The counter is zero now: the fd stays quiet until the
-                // next kick.
-                guard.clear_ready();
-                Poll::Ready(Ok(()))
-            }
-            Err(rustix::io::Errno::INTR) => Poll::Ready(Ok(())),
-            Err(e) => Poll::Ready(Err(e.into())),
-        }
-    }
-
     fn read_some(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        loop {
-            match self.stream.try_read(buf.initialize_unfilled()) {
-                Ok(Some(n)) => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
-                }
-                Ok(None) => ready!(self.poll_event(cx))?,
-                Err(Error::Closed) => return Poll::Ready(Ok(())),
-                Err(e) => return Poll::Ready(Err(e.into())),
-            }
-        }
+        read_some(&mut self.stream, &self.reading, cx, buf)
     }
 
     fn write_some(
@@ -331,16 +344,94 @@ impl<S: AsyncRing> AsyncStream<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        if bufs.iter().all(|b| b.is_empty()) {
-            return Poll::Ready(Ok(0));
-        }
-        loop {
-            // One publish (and at most one kick) for all of them.
-            match self.stream.try_write_gathered(bufs) {
-                Ok(Some(n)) => return Poll::Ready(Ok(n)),
-                Ok(None) => ready!(self.poll_event(cx))?,
-                Err(e) => return Poll::Ready(Err(e.into())),
+        write_some(&mut self.stream, &self.writing, cx, bufs)
+    }
+}
+
+/// Waits until the peer kicked us (an edge on our registration of the
+/// eventfd) or its hang-up fd has news (a notice, or the peer gone);
+/// `Ready` means "retry the ring operation".
+///
+/// Two rules keep one direction from taking the other's wake-up, as the
+/// two registrations of a stream see the same files: epoll reports an
+/// edge only if the file is still readable when the reactor collects it,
+/// so nothing here consumes what the other direction may still need.
+///
+/// - The eventfd's counter is never taken: every kick is an edge on
+///   every registration (tokio's are edge-triggered), and each direction
+///   clears only its own readiness. A blocking wait after
+///   [`AsyncStream::into_inner`] takes the count.
+/// - Only the reading direction reads notices off the hang-up socket (it
+///   is the one that needs [`Notice::WriteClosed`](crate::eventfd::Notice)).
+///   The writing direction learns only the peer's death, from the socket's
+///   read-closed readiness (`EPOLLRDHUP`), which stays set for every
+///   registration however much of the socket is read.
+fn poll_event<S: AsyncRing>(
+    stream: &mut S,
+    waits: &Waits,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<()>> {
+    if let Some(h) = &waits.hangup {
+        if let Poll::Ready(guard) = h.poll_read_ready(cx) {
+            let mut guard = guard?;
+            stream.signal().note_hangup();
+            // The reading direction reads any notices, and marks the peer
+            // gone on end of file; the writing direction only once the
+            // peer's end is closed.
+            let closed = guard.ready().is_read_closed();
+            if (waits.notices || closed) && stream.signal().peer_gone() {
+                // Let the core's blocking layer learn it too: the next
+                // attempt delivers what is left, then reports PeerGone.
+                match stream.wait_event(None, Some(Instant::now())) {
+                    Ok(_) | Err(Error::PeerGone) | Err(Error::TimedOut) => {}
+                    Err(e) => return Poll::Ready(Err(e.into())),
+                }
+                return Poll::Ready(Ok(()));
             }
+            guard.clear_ready();
+        }
+    }
+    let mut guard = ready!(waits.wake.poll_read_ready(cx))?;
+    stream.signal().note_kick();
+    // Cleared before the retry: a kick from now on is a new edge.
+    guard.clear_ready();
+    Poll::Ready(Ok(()))
+}
+
+fn read_some<S: AsyncRing>(
+    stream: &mut S,
+    waits: &Waits,
+    cx: &mut Context<'_>,
+    buf: &mut ReadBuf<'_>,
+) -> Poll<io::Result<()>> {
+    loop {
+        match stream.try_read(buf.initialize_unfilled()) {
+            Ok(Some(n)) => {
+                buf.advance(n);
+                return Poll::Ready(Ok(()));
+            }
+            Ok(None) => ready!(poll_event(stream, waits, cx))?,
+            Err(Error::Closed) => return Poll::Ready(Ok(())),
+            Err(e) => return Poll::Ready(Err(e.into())),
+        }
+    }
+}
+
+fn write_some<S: AsyncRing>(
+    stream: &mut S,
+    waits: &Waits,
+    cx: &mut Context<'_>,
+    bufs: &[io::IoSlice<'_>],
+) -> Poll<io::Result<usize>> {
+    if bufs.iter().all(|b| b.is_empty()) {
+        return Poll::Ready(Ok(0));
+    }
+    loop {
+        // One publish (and at most one kick) for all of them.
+        match stream.try_write_gathered(bufs) {
+            Ok(Some(n)) => return Poll::Ready(Ok(n)),
+            Ok(None) => ready!(poll_event(stream, waits, cx))?,
+            Err(e) => return Poll::Ready(Err(e.into())),
         }
     }
 }
@@ -388,79 +479,81 @@ impl<S: AsyncRing + Unpin> AsyncWrite for AsyncStream<S> {
     }
 }
 
-/// The stream both halves share, each half's waker, and whose waker the
-/// reactor holds.
-///
-/// The reactor keeps one waker for the eventfd: the last half that found
-/// nothing to do and registered. A half whose registration was replaced
-/// depends on the holder to pass the next event on, so whenever the holder
-/// is polled again (woken by the event, or for any reason) it wakes the
-/// other half, which then polls and registers again if it still waits.
-/// One wake per poll of the holder: no busy loop, no lost event.
-#[derive(Debug)]
-struct Shared<S> {
-    ring: AsyncStream<S>,
-    /// [read half, write half]: each half's task while it waits.
-    wakers: [Option<Waker>; 2],
-    /// The half whose waker the reactor holds.
-    holder: Option<usize>,
-}
-
-const READ: usize = 0;
-const WRITE: usize = 1;
-
-fn lock<S>(shared: &Mutex<Shared<S>>) -> MutexGuard<'_, Shared<S>> {
+fn lock<S>(shared: &Mutex<S>) -> MutexGuard<'_, S> {
     // A panic in another half's poll leaves the ring as consistent as any
     // failed call does: keep going.
     shared.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-impl<S> Shared<S> {
-    /// Wakes the other half of `me`, if it waits.
-    fn wake_other(&mut self, me: usize) {
-        if let Some(w) = self.wakers.get_mut(1 - me).and_then(Option::take) {
-            w.wake();
-        }
-    }
-}
-
-impl<S: AsyncRing> Shared<S> {
-    /// One poll of a half (`me`): `op` on the ring, passing the reactor's
-    /// wake-up on to the other half as described on [`Shared`].
-    fn poll_half<T>(
-        &mut self,
-        me: usize,
-        cx: &mut Context<'_>,
-        op: impl FnOnce(&mut AsyncStream<S>, &mut Context<'_>) -> Poll<io::Result<T>>,
-    ) -> Poll<io::Result<T>> {
-        if self.holder == Some(me) {
-            self.holder = None;
-            self.wake_other(me);
-        }
-        let r = op(&mut self.ring, cx);
-        let pending = r.is_pending();
-        if let Some(slot) = self.wakers.get_mut(me) {
-            *slot = pending.then(|| cx.waker().clone());
-        }
-        if pending {
-            // `op` only waits by registering `cx` with the reactor.
-            self.holder = Some(me);
-        }
-        r
-    }
-}
-
 /// The reading half of a split [`AsyncStream`].
 #[derive(Debug)]
 pub struct ReadHalf<S> {
-    shared: Arc<Mutex<Shared<S>>>,
+    shared: Arc<Mutex<S>>,
+    waits: Waits,
 }
 
-/// The writing half of a split [`AsyncStream`]; shutting it down closes
-/// the stream.
+/// The writing half of a split [`AsyncStream`].
 #[derive(Debug)]
 pub struct WriteHalf<S> {
-    shared: Arc<Mutex<Shared<S>>>,
+    shared: Arc<Mutex<S>>,
+    waits: Waits,
+}
+
+/// [`ReadHalf::reunite`] was given halves of two different streams; both
+/// are handed back.
+pub struct ReuniteError<S>(pub ReadHalf<S>, pub WriteHalf<S>);
+
+impl<S> std::fmt::Debug for ReuniteError<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReuniteError(..)")
+    }
+}
+
+impl<S> std::fmt::Display for ReuniteError<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("tried to reunite halves that are not from the same stream")
+    }
+}
+
+impl<S> std::error::Error for ReuniteError<S> {}
+
+impl<S> ReadHalf<S> {
+    /// Whether `other` is the write half of the same stream.
+    pub fn is_pair_of(&self, other: &WriteHalf<S>) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+
+    /// Puts the stream back together, as tokio's `OwnedReadHalf::reunite`.
+    ///
+    /// # Errors
+    ///
+    /// [`ReuniteError`] (with both halves) if they are not of one stream.
+    // The halves come back by value, as from tokio's own `reunite`.
+    #[allow(clippy::result_large_err)]
+    pub fn reunite(self, other: WriteHalf<S>) -> Result<AsyncStream<S>, ReuniteError<S>> {
+        if !self.is_pair_of(&other) {
+            return Err(ReuniteError(self, other));
+        }
+        let ReadHalf {
+            shared,
+            waits: reading,
+        } = self;
+        let WriteHalf {
+            shared: other_shared,
+            waits: writing,
+        } = other;
+        drop(other_shared);
+        let stream = match Arc::try_unwrap(shared) {
+            Ok(m) => m.into_inner().unwrap_or_else(|e| e.into_inner()),
+            // Only the two halves ever hold it.
+            Err(_) => unreachable!("a third owner of a split stream"),
+        };
+        Ok(AsyncStream {
+            stream,
+            reading,
+            writing,
+        })
+    }
 }
 
 impl<S: AsyncRing + Unpin> AsyncRead for ReadHalf<S> {
@@ -469,7 +562,8 @@ impl<S: AsyncRing + Unpin> AsyncRead for ReadHalf<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        lock(&self.shared).poll_half(READ, cx, |ring, cx| ring.read_some(cx, buf))
+        let this = self.get_mut();
+        read_some(&mut *lock(&this.shared), &this.waits, cx, buf)
     }
 }
 
@@ -479,9 +573,13 @@ impl<S: AsyncRing + Unpin> AsyncWrite for WriteHalf<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        lock(&self.shared).poll_half(WRITE, cx, |ring, cx| {
-            ring.write_some(cx, &[io::IoSlice::new(buf)])
-        })
+        let this = self.get_mut();
+        write_some(
+            &mut *lock(&this.shared),
+            &this.waits,
+            cx,
+            &[io::IoSlice::new(buf)],
+        )
     }
 
     fn poll_write_vectored(
@@ -489,11 +587,12 @@ impl<S: AsyncRing + Unpin> AsyncWrite for WriteHalf<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        lock(&self.shared).poll_half(WRITE, cx, |ring, cx| ring.write_some(cx, bufs))
+        let this = self.get_mut();
+        write_some(&mut *lock(&this.shared), &this.waits, cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        lock(&self.shared).ring.stream.gathers()
+        lock(&self.shared).gathers()
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -501,34 +600,6 @@ impl<S: AsyncRing + Unpin> AsyncWrite for WriteHalf<S> {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(
-            lock(&self.shared)
-                .ring
-                .stream
-                .close()
-                .map_err(io::Error::from),
-        )
-    }
-}
-
-/// A half going away wakes the other: its waker may be the one the
-/// reactor holds, and nobody else would pass the next kick on.
-fn wake_other<S>(shared: &Mutex<Shared<S>>, me: usize) {
-    let mut s = lock(shared);
-    if s.holder == Some(me) {
-        s.holder = None;
-    }
-    s.wake_other(me);
-}
-
-impl<S> Drop for ReadHalf<S> {
-    fn drop(&mut self) {
-        wake_other(&self.shared, READ);
-    }
-}
-
-impl<S> Drop for WriteHalf<S> {
-    fn drop(&mut self) {
-        wake_other(&self.shared, WRITE);
+        Poll::Ready(lock(&self.shared).close().map_err(io::Error::from))
     }
 }

@@ -92,7 +92,7 @@ async fn gathered_async_writes_arrive_in_order() {
 
 /// Every async test below ends within this, or fails: a lost wake-up
 /// must not hang the suite.
-const DEADLINE: std::time::Duration = std::time::Duration::from_secs(20);
+const DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn split_halves_in_two_tasks_both_make_progress() {
@@ -212,4 +212,95 @@ fn wrapping_outside_a_runtime_is_an_error_not_a_panic() {
         }
         other => panic!("expected an error, got {other:?}"),
     }
+}
+
+/// A vchan pair through the real rendezvous (so each side has its hang-up
+/// socket, as between two processes), rings of 1 KiB each way.
+fn vchan_session() -> (
+    ring_hosted::stream::VchanStream,
+    ring_hosted::stream::VchanStream,
+    common::TempSock,
+) {
+    use ring_hosted::rendezvous::ServerConfig;
+    let sock = common::TempSock::new("tokio-vchan");
+    let config = ServerConfig::new(ring_hosted::rendezvous::Proto::Vchan).ring_sizes(1024, 1024);
+    let listener = session::Listener::<session::Vchan>::bind_with(&sock.path, config).unwrap();
+    let path = sock.path.clone();
+    let t = thread::spawn(move || session::connect::<session::Vchan>(&path).unwrap());
+    let ours = listener.accept().unwrap();
+    (ours, t.join().unwrap(), sock)
+}
+
+/// The liveness re-check off and a deadline on every blocking wait: a lost
+/// wake-up hangs (and so fails) instead of being rescued.
+fn strict(signal: &mut ring_hosted::eventfd::EventSignal) {
+    signal.set_liveness(None);
+    signal.set_timeout(Some(DEADLINE));
+}
+
+/// The `select!` of issue 28: the write half waits on a full ring in its
+/// own task; the read half's `read` is polled once (so it registers) and
+/// then loses a `select!`, its task going on to other work with the half
+/// kept. The peer then drains the ring: the writer must be woken.
+async fn writer_woken_after_reader_lost_a_select<S, P>(ours: S, mut theirs: P, ring: usize)
+where
+    S: ring_hosted::tokio_io::AsyncRing + Send + Unpin + 'static,
+    P: std::io::Read + Send + 'static,
+{
+    let total = 4 * ring;
+    let data = pattern(3, total);
+    let expect = data.clone();
+    let (go, start) = std::sync::mpsc::channel::<()>();
+    let peer = thread::spawn(move || {
+        start.recv().unwrap();
+        let mut got = vec![0u8; total];
+        theirs.read_exact(&mut got).unwrap();
+        assert!(got == expect, "the peer got different bytes");
+        theirs
+    });
+    let (mut rd, mut wr) = ring_hosted::tokio_io::AsyncStream::new(ours)
+        .unwrap()
+        .into_split();
+    let writer = tokio::spawn(async move {
+        wr.write_all(&data).await.unwrap();
+        wr
+    });
+    // Let the writer fill the ring and wait (it cannot go on: the peer
+    // reads nothing yet).
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    let mut buf = [0u8; 16];
+    tokio::select! {
+        biased;
+        _ = rd.read(&mut buf) => panic!("nothing was sent to read"),
+        () = std::future::ready(()) => {}
+    }
+    go.send(()).unwrap();
+    // Other work, the read half kept and never polled again.
+    let wr = tokio::time::timeout(DEADLINE, writer)
+        .await
+        .expect("the write half was never woken after the peer drained the ring")
+        .unwrap();
+    let _theirs = peer.join().unwrap();
+    let whole = rd.reunite(wr).expect("the halves of one stream");
+    let counts = whole.get_ref().signal().wake_counts();
+    assert!(
+        counts.kicks >= 1,
+        "the writer was woken by a kick: {counts:?}"
+    );
+    assert_eq!((counts.lapses, counts.timeouts), (0, 0), "{counts:?}");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_read_half_that_lost_a_select_does_not_keep_the_writers_wake_up() {
+    let (mut ours, mut theirs, _sock) = vchan_session();
+    strict(ours.signal_mut());
+    strict(theirs.signal_mut());
+    writer_woken_after_reader_lost_a_select(ours, theirs, 1024).await;
+
+    let (mut ours, mut theirs, _sock) = common::vmbus_pair(4096);
+    strict(ours.signal_mut());
+    strict(theirs.signal_mut());
+    writer_woken_after_reader_lost_a_select(ours, theirs, 4096).await;
 }
