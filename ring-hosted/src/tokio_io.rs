@@ -389,6 +389,11 @@ fn poll_event<S: AsyncRing>(
                 return Poll::Ready(Ok(()));
             }
             guard.clear_ready();
+            if waits.notices {
+                // A notice (the peer's end of stream, say): news the
+                // retry must look at.
+                return Poll::Ready(Ok(()));
+            }
         }
     }
     let mut guard = ready!(waits.wake.poll_read_ready(cx))?;

@@ -94,6 +94,10 @@ async fn gathered_async_writes_arrive_in_order() {
 /// must not hang the suite.
 const DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// What "at once" means for an event the peer sent (the issue asks for
+/// 100 ms; this leaves room for a loaded machine).
+const PROMPT: std::time::Duration = std::time::Duration::from_secs(2);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn split_halves_in_two_tasks_both_make_progress() {
     // A blocking echo peer over 1 KiB rings: the writer task can only go
@@ -303,4 +307,64 @@ async fn a_read_half_that_lost_a_select_does_not_keep_the_writers_wake_up() {
     strict(ours.signal_mut());
     strict(theirs.signal_mut());
     writer_woken_after_reader_lost_a_select(ours, theirs, 4096).await;
+}
+
+/// A blocking peer of our own sends `hello`, waits until it is read, then
+/// half-closes (what `printf hello | ring connect SOCK` does) and stays
+/// open: the async `read_to_end`, waiting by then, must see the end.
+async fn read_to_end_sees_the_half_close<S, P>(ours: S, mut theirs: P, half_close: fn(&mut P))
+where
+    S: ring_hosted::tokio_io::AsyncRing + Send + Unpin + 'static,
+    P: std::io::Write + Send + 'static,
+{
+    let (done, finished) = std::sync::mpsc::channel::<()>();
+    let peer = thread::spawn(move || {
+        theirs.write_all(b"hello").unwrap();
+        half_close(&mut theirs);
+        // Open until the reader is through: only the half-close ends it.
+        let _ = finished.recv();
+        theirs
+    });
+    let mut s = ring_hosted::tokio_io::AsyncStream::new(ours).unwrap();
+    let mut got = Vec::new();
+    let start = std::time::Instant::now();
+    let read = tokio::time::timeout(PROMPT, s.read_to_end(&mut got)).await;
+    let took = start.elapsed();
+    done.send(()).unwrap();
+    let _theirs = peer.join().unwrap();
+    // `timeout` polls the read once more at its deadline, which would
+    // find the end: only a read that ended by itself, before that, counts.
+    assert!(
+        read.is_ok() && took < PROMPT,
+        "the peer's half-close was not seen by a waiting read ({took:?})"
+    );
+    read.unwrap().unwrap();
+    assert_eq!(got, b"hello");
+    let counts = s.get_ref().signal().wake_counts();
+    assert_eq!((counts.lapses, counts.timeouts), (0, 0), "{counts:?}");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_waiting_read_sees_the_peers_half_close() {
+    let (mut ours, mut theirs, _sock) = vchan_session();
+    strict(ours.signal_mut());
+    strict(theirs.signal_mut());
+    read_to_end_sees_the_half_close(ours, theirs, |p| {
+        // As `ring connect`: the end goes out once our bytes are read.
+        p.wait_delivered().unwrap();
+        assert!(
+            p.shutdown_write().unwrap(),
+            "a rendezvous peer can half-close"
+        );
+    })
+    .await;
+
+    let (mut ours, mut theirs, _sock) = common::vmbus_pair(4096);
+    strict(ours.signal_mut());
+    strict(theirs.signal_mut());
+    read_to_end_sees_the_half_close(ours, theirs, |p| {
+        p.wait_delivered().unwrap();
+        p.close().unwrap();
+    })
+    .await;
 }
