@@ -29,7 +29,7 @@
 
 #![allow(unsafe_code)]
 
-use crate::eventfd::EventSignal;
+use crate::eventfd::{EventSignal, Notice};
 use crate::stream::{PollStream, VchanStream};
 use crate::vmbus::VmbusPipe;
 use crate::Error;
@@ -195,9 +195,41 @@ impl Waits {
 /// reader and a writer in different tasks each get every kick.
 #[derive(Debug)]
 pub struct AsyncStream<S> {
-    stream: S,
+    core: Core<S>,
     reading: Waits,
     writing: Waits,
+}
+
+/// The stream and what the adapter remembers about it: both halves of a
+/// split stream share it behind a mutex.
+#[derive(Debug)]
+struct Core<S> {
+    stream: S,
+    /// Our direction has ended (shutdown, or a dropped write half): writes
+    /// fail from here on, as on a socket shut down for writing.
+    write_shut: bool,
+    /// Our [`Notice::Done`] has gone to the peer.
+    done_sent: bool,
+}
+
+impl<S: AsyncRing> Core<S> {
+    /// One non-blocking attempt to end our direction: `Some(())` ended
+    /// (the VMBus end mark sent, the vchan end-of-stream notice sent, or,
+    /// with a vchan peer that cannot hear notices, our live byte cleared),
+    /// `None` no room for the end mark yet (wake-up armed).
+    fn try_shutdown(&mut self) -> Result<Option<()>, Error> {
+        if self.write_shut {
+            return Ok(Some(()));
+        }
+        let ended = match self.stream.try_shutdown_write()? {
+            Some(true) => Some(()),
+            // No half-close with this peer: only the end of both ways.
+            Some(false) => self.stream.try_hang_up()?,
+            None => None,
+        };
+        self.write_shut = ended.is_some();
+        Ok(ended)
+    }
 }
 
 impl<S: AsyncRing> AsyncStream<S> {
@@ -255,7 +287,11 @@ impl<S: AsyncRing> AsyncStream<S> {
         let reading = Waits::new(stream.signal(), true)?;
         let writing = Waits::new(stream.signal(), false)?;
         Ok(AsyncStream {
-            stream,
+            core: Core {
+                stream,
+                write_shut: false,
+                done_sent: false,
+            },
             reading,
             writing,
         })
@@ -263,17 +299,17 @@ impl<S: AsyncRing> AsyncStream<S> {
 
     /// The blocking stream inside (its signal's counters, its settings).
     pub fn get_ref(&self) -> &S {
-        &self.stream
+        &self.core.stream
     }
 
     /// The blocking stream inside.
     pub fn get_mut(&mut self) -> &mut S {
-        &mut self.stream
+        &mut self.core.stream
     }
 
     /// Unwraps the blocking stream.
     pub fn into_inner(self) -> S {
-        self.stream
+        self.core.stream
     }
 
     /// Splits into a read half and a write half, for two tasks. Each half
@@ -318,34 +354,64 @@ impl<S: AsyncRing> AsyncStream<S> {
     /// ```
     pub fn into_split(self) -> (ReadHalf<S>, WriteHalf<S>) {
         let AsyncStream {
-            stream,
+            core,
             reading,
             writing,
         } = self;
-        let shared = Arc::new(Mutex::new(stream));
+        let shared = Arc::new(Mutex::new(core));
         (
             ReadHalf {
                 shared: shared.clone(),
                 waits: reading,
             },
             WriteHalf {
-                shared,
+                closer: HalfClose {
+                    shared,
+                    on_drop: Some(half_close_now::<S>),
+                },
                 waits: writing,
             },
         )
     }
 
-    fn read_some(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        read_some(&mut self.stream, &self.reading, cx, buf)
+    /// Polls for the end of the exchange with one of our own peers (see
+    /// [`confirm`](Self::confirm)).
+    ///
+    /// # Errors
+    ///
+    /// As [`confirm`](Self::confirm).
+    pub fn poll_confirm(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        poll_confirm(&mut self.core, &self.reading, cx)
     }
 
-    fn write_some(
-        &mut self,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        write_some(&mut self.stream, &self.writing, cx, bufs)
+    /// The last step with one of our own peers (a `ring connect` or `ring
+    /// listen`, or another tokio peer doing the same), once both
+    /// directions have ended: tells the peer how many bytes we received
+    /// ([`Notice::Done`]), waits to hear how many it received, and checks
+    /// that it is every byte we wrote. The `ring` command exits 0 only
+    /// after this exchange; a tokio peer that skips it leaves `ring
+    /// connect` reporting the peer gone.
+    ///
+    /// Call it after the read side has reached end of stream and the write
+    /// side is shut down; the notice is sent once, and the wait is
+    /// cancel-safe (call again).
+    ///
+    /// # Errors
+    ///
+    /// `BrokenPipe` if the peer received fewer (or more) bytes than we
+    /// wrote; `ConnectionReset` if it went without saying;
+    /// `Unsupported` if there is no socket to the peer (an in-process pair,
+    /// a foreign peer).
+    pub async fn confirm(&mut self) -> io::Result<()> {
+        std::future::poll_fn(|cx| self.poll_confirm(cx)).await
     }
+}
+
+/// One non-blocking half-close, for a dropped write half.
+fn half_close_now<S: AsyncRing>(core: &mut Core<S>) {
+    // Best effort: a full VMBus ring has no room for the end mark now, and
+    // a drop cannot wait (an awaited `shutdown` can).
+    let _ = core.try_shutdown();
 }
 
 /// Waits until the peer kicked us (an edge on our registration of the
@@ -423,14 +489,21 @@ fn read_some<S: AsyncRing>(
 }
 
 fn write_some<S: AsyncRing>(
-    stream: &mut S,
+    core: &mut Core<S>,
     waits: &Waits,
     cx: &mut Context<'_>,
     bufs: &[io::IoSlice<'_>],
 ) -> Poll<io::Result<usize>> {
+    if core.write_shut {
+        return Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::BrokenPipe,
+            "write after shutdown",
+        )));
+    }
     if bufs.iter().all(|b| b.is_empty()) {
         return Poll::Ready(Ok(0));
     }
+    let stream = &mut core.stream;
     loop {
         // One publish (and at most one kick) for all of them.
         match stream.try_write_gathered(bufs) {
@@ -441,15 +514,72 @@ fn write_some<S: AsyncRing>(
     }
 }
 
+/// Ends our direction without blocking: waits for room for the end mark
+/// on the reactor, as a write waits.
+fn shutdown_some<S: AsyncRing>(
+    core: &mut Core<S>,
+    waits: &Waits,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<()>> {
+    loop {
+        match core.try_shutdown() {
+            Ok(Some(())) => return Poll::Ready(Ok(())),
+            Ok(None) => ready!(poll_event(&mut core.stream, waits, cx))?,
+            Err(e) => return Poll::Ready(Err(e.into())),
+        }
+    }
+}
+
+/// See [`AsyncStream::confirm`].
+fn poll_confirm<S: AsyncRing>(
+    core: &mut Core<S>,
+    waits: &Waits,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<()>> {
+    let signal = core.stream.signal();
+    let Some(h) = waits.hangup.as_ref().filter(|_| signal.carries_notices()) else {
+        return Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "no socket to the peer to confirm over",
+        )));
+    };
+    if !core.done_sent {
+        signal.send_notice(Notice::Done(core.stream.bytes_read()))?;
+        core.done_sent = true;
+    }
+    loop {
+        // Gone is looked at first: the read that finds the peer gone also
+        // takes a Done it sent just before.
+        let gone = signal.peer_gone();
+        if let Some(got) = signal.peer_done() {
+            let wrote = core.stream.bytes_written();
+            if got == wrote {
+                return Poll::Ready(Ok(()));
+            }
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                format!("the peer received {got} bytes, we wrote {wrote}"),
+            )));
+        }
+        if gone {
+            return Poll::Ready(Err(Error::PeerGone.into()));
+        }
+        // Cleared before the next look: a notice from now on is an edge.
+        ready!(h.poll_read_ready(cx))?.clear_ready();
+        signal.note_hangup();
+    }
+}
+
 impl<S: AsyncRing + Unpin> AsyncRead for AsyncStream<S> {
-    /// Reads what the ring holds; end of stream once the peer closed and
-    /// the ring is drained.
+    /// Reads what the ring holds; end of stream once the peer closed (or
+    /// half-closed) and the ring is drained.
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        self.get_mut().read_some(cx, buf)
+        let this = self.get_mut();
+        read_some(&mut this.core.stream, &this.reading, cx, buf)
     }
 }
 
@@ -459,7 +589,8 @@ impl<S: AsyncRing + Unpin> AsyncWrite for AsyncStream<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.get_mut().write_some(cx, &[io::IoSlice::new(buf)])
+        let this = self.get_mut();
+        write_some(&mut this.core, &this.writing, cx, &[io::IoSlice::new(buf)])
     }
 
     fn poll_write_vectored(
@@ -467,11 +598,12 @@ impl<S: AsyncRing + Unpin> AsyncWrite for AsyncStream<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.get_mut().write_some(cx, bufs)
+        let this = self.get_mut();
+        write_some(&mut this.core, &this.writing, cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.stream.gathers()
+        self.core.stream.gathers()
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -479,8 +611,17 @@ impl<S: AsyncRing + Unpin> AsyncWrite for AsyncStream<S> {
         Poll::Ready(Ok(()))
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(self.get_mut().stream.close().map_err(io::Error::from))
+    /// Ends our direction only, as `shutdown(SHUT_WR)` on a socket: the
+    /// peer reads what we wrote, then end of stream, and its direction
+    /// flows on. VMBus: the pipe's end mark, waiting (on the reactor, never
+    /// blocking the thread) for room for it in a full ring. vchan: the
+    /// end-of-stream notice over the rendezvous socket, as `ring connect`
+    /// sends it; a vchan peer with no socket to us (a foreign peer, an
+    /// in-process pair) cannot hear one, and there the only end is our
+    /// live byte, which ends both directions. Writes fail afterwards.
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        shutdown_some(&mut this.core, &this.writing, cx)
     }
 }
 
@@ -493,15 +634,51 @@ fn lock<S>(shared: &Mutex<S>) -> MutexGuard<'_, S> {
 /// The reading half of a split [`AsyncStream`].
 #[derive(Debug)]
 pub struct ReadHalf<S> {
-    shared: Arc<Mutex<S>>,
+    shared: Arc<Mutex<Core<S>>>,
     waits: Waits,
 }
 
-/// The writing half of a split [`AsyncStream`].
+/// The writing half of a split [`AsyncStream`]. Shutting it down ends our
+/// direction only (see [`AsyncStream`]'s `poll_shutdown`); so does dropping
+/// it, as tokio's `OwnedWriteHalf`, with one attempt that cannot wait (a
+/// VMBus end mark that finds the ring full is not sent: await
+/// `shutdown()` to be sure). [`forget`](Self::forget) drops it without.
 #[derive(Debug)]
 pub struct WriteHalf<S> {
-    shared: Arc<Mutex<S>>,
+    closer: HalfClose<S>,
     waits: Waits,
+}
+
+/// The write half's share of the stream, and what its drop does to it.
+struct HalfClose<S> {
+    shared: Arc<Mutex<Core<S>>>,
+    /// The half-close a drop attempts; `None` once forgotten or reunited.
+    on_drop: Option<fn(&mut Core<S>)>,
+}
+
+impl<S> std::fmt::Debug for HalfClose<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HalfClose")
+            .field("on_drop", &self.on_drop.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> Drop for HalfClose<S> {
+    fn drop(&mut self) {
+        if let Some(close) = self.on_drop.take() {
+            close(&mut lock(&self.shared));
+        }
+    }
+}
+
+impl<S> WriteHalf<S> {
+    /// Drops the write half without ending our direction (tokio's
+    /// `OwnedWriteHalf::forget`): the read half reads on, and the stream
+    /// ends when it goes.
+    pub fn forget(mut self) {
+        self.closer.on_drop = None;
+    }
 }
 
 /// [`ReadHalf::reunite`] was given halves of two different streams; both
@@ -525,7 +702,7 @@ impl<S> std::error::Error for ReuniteError<S> {}
 impl<S> ReadHalf<S> {
     /// Whether `other` is the write half of the same stream.
     pub fn is_pair_of(&self, other: &WriteHalf<S>) -> bool {
-        Arc::ptr_eq(&self.shared, &other.shared)
+        Arc::ptr_eq(&self.shared, &other.closer.shared)
     }
 
     /// Puts the stream back together, as tokio's `OwnedReadHalf::reunite`.
@@ -544,17 +721,18 @@ impl<S> ReadHalf<S> {
             waits: reading,
         } = self;
         let WriteHalf {
-            shared: other_shared,
+            mut closer,
             waits: writing,
         } = other;
-        drop(other_shared);
-        let stream = match Arc::try_unwrap(shared) {
+        closer.on_drop = None;
+        drop(closer);
+        let core = match Arc::try_unwrap(shared) {
             Ok(m) => m.into_inner().unwrap_or_else(|e| e.into_inner()),
             // Only the two halves ever hold it.
             Err(_) => unreachable!("a third owner of a split stream"),
         };
         Ok(AsyncStream {
-            stream,
+            core,
             reading,
             writing,
         })
@@ -568,7 +746,7 @@ impl<S: AsyncRing + Unpin> AsyncRead for ReadHalf<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        read_some(&mut *lock(&this.shared), &this.waits, cx, buf)
+        read_some(&mut lock(&this.shared).stream, &this.waits, cx, buf)
     }
 }
 
@@ -580,7 +758,7 @@ impl<S: AsyncRing + Unpin> AsyncWrite for WriteHalf<S> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         write_some(
-            &mut *lock(&this.shared),
+            &mut lock(&this.closer.shared),
             &this.waits,
             cx,
             &[io::IoSlice::new(buf)],
@@ -593,18 +771,20 @@ impl<S: AsyncRing + Unpin> AsyncWrite for WriteHalf<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        write_some(&mut *lock(&this.shared), &this.waits, cx, bufs)
+        write_some(&mut lock(&this.closer.shared), &this.waits, cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        lock(&self.shared).gathers()
+        lock(&self.closer.shared).stream.gathers()
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(lock(&self.shared).close().map_err(io::Error::from))
+    /// Ends our direction only, as [`AsyncStream`]'s.
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        shutdown_some(&mut lock(&this.closer.shared), &this.waits, cx)
     }
 }

@@ -368,3 +368,55 @@ async fn a_waiting_read_sees_the_peers_half_close() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_shutdown_that_waits_on_a_full_ring_does_not_block_the_runtime() {
+    use ring_hosted::stream::PollStream;
+    let (mut ours, mut theirs, _sock) = common::vmbus_pair(4096);
+    strict(ours.signal_mut());
+    strict(theirs.signal_mut());
+    // Fill our ring: the end mark has no room until the peer reads.
+    let mut sent = 0usize;
+    while let Some(n) = ours.try_write(&[7u8; 1024]).unwrap() {
+        sent += n;
+    }
+    assert!(sent > 0);
+    let (go, start) = std::sync::mpsc::channel::<()>();
+    let peer = thread::spawn(move || {
+        start.recv().unwrap();
+        let mut got = Vec::new();
+        theirs.read_to_end(&mut got).unwrap();
+        (got, theirs)
+    });
+    let mut s = AsyncVmbus::new(ours).unwrap();
+    // A ticker on the same (only) thread, counting into a watch channel.
+    let (tick_tx, mut tick_rx) = tokio::sync::watch::channel(0u32);
+    let ticker = tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_millis(10));
+        loop {
+            every.tick().await;
+            tick_tx.send_modify(|n| *n += 1);
+        }
+    });
+    // The shutdown waits; the ticker must go on ticking meanwhile.
+    tokio::time::timeout(DEADLINE, async {
+        tokio::select! {
+            r = s.shutdown() => panic!("a shutdown into a full ring ended: {r:?}"),
+            r = tick_rx.wait_for(|n| *n >= 20) => { r.unwrap(); }
+        }
+    })
+    .await
+    .expect("the runtime's thread was blocked: the ticker stopped");
+    ticker.abort();
+    // Now the peer reads: the shutdown finishes, and the peer sees the end
+    // after every byte.
+    go.send(()).unwrap();
+    tokio::time::timeout(DEADLINE, s.shutdown())
+        .await
+        .expect("the shutdown was not woken when the ring drained")
+        .unwrap();
+    let (got, _theirs) = peer.join().unwrap();
+    assert_eq!(got, vec![7u8; sent]);
+    let err = s.write_all(b"late").await.unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::BrokenPipe, "{err}");
+}
