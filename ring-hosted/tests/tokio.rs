@@ -420,3 +420,81 @@ async fn a_shutdown_that_waits_on_a_full_ring_does_not_block_the_runtime() {
     let err = s.write_all(b"late").await.unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::BrokenPipe, "{err}");
 }
+
+/// The tokio side sends a request and ends its direction (a `shutdown()`,
+/// or dropping the write half); the blocking peer reads to the end, then
+/// answers with 1 MiB and half-closes in turn; the tokio side reads all of
+/// it.
+async fn request_then_half_close<S, P>(ours: S, mut theirs: P, split: bool, end: fn(&mut P))
+where
+    S: ring_hosted::tokio_io::AsyncRing + Send + Unpin + 'static,
+    P: std::io::Read + std::io::Write + Send + 'static,
+{
+    let reply = pattern(5, 1 << 20);
+    let expect = reply.clone();
+    let peer = thread::spawn(move || {
+        let mut got = Vec::new();
+        theirs.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"request", "the request, then the end");
+        theirs.write_all(&reply).unwrap();
+        end(&mut theirs);
+        theirs
+    });
+    let s = ring_hosted::tokio_io::AsyncStream::new(ours).unwrap();
+    let mut got = Vec::new();
+    let read = if split {
+        let (mut rd, mut wr) = s.into_split();
+        wr.write_all(b"request").await.unwrap();
+        drop(wr);
+        tokio::time::timeout(DEADLINE, rd.read_to_end(&mut got)).await
+    } else {
+        let mut s = s;
+        s.write_all(b"request").await.unwrap();
+        s.shutdown().await.unwrap();
+        tokio::time::timeout(DEADLINE, s.read_to_end(&mut got)).await
+    };
+    // The peer fails (and so ends) on its idle timeout if our end never
+    // came.
+    let peer = peer.join();
+    read.expect("the peer's answer never ended").unwrap();
+    assert!(
+        got == expect,
+        "the answer after our half-close was cut or damaged"
+    );
+    drop(peer.expect("the peer did not see our end"));
+}
+
+fn vchan_end(p: &mut ring_hosted::stream::VchanStream) {
+    p.wait_delivered().unwrap();
+    assert!(p.shutdown_write().unwrap());
+}
+
+fn vmbus_end(p: &mut ring_hosted::vmbus::VmbusPipe) {
+    p.close().unwrap();
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn shutdown_ends_our_direction_only() {
+    let (mut ours, mut theirs, _sock) = vchan_session();
+    strict(ours.signal_mut());
+    strict(theirs.signal_mut());
+    request_then_half_close(ours, theirs, false, vchan_end).await;
+
+    let (mut ours, mut theirs, _sock) = common::vmbus_pair(4096);
+    strict(ours.signal_mut());
+    strict(theirs.signal_mut());
+    request_then_half_close(ours, theirs, false, vmbus_end).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn dropping_the_write_half_ends_our_direction_only() {
+    let (mut ours, mut theirs, _sock) = vchan_session();
+    strict(ours.signal_mut());
+    strict(theirs.signal_mut());
+    request_then_half_close(ours, theirs, true, vchan_end).await;
+
+    let (mut ours, mut theirs, _sock) = common::vmbus_pair(4096);
+    strict(ours.signal_mut());
+    strict(theirs.signal_mut());
+    request_then_half_close(ours, theirs, true, vmbus_end).await;
+}
