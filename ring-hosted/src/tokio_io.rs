@@ -407,6 +407,115 @@ impl<S: AsyncRing> AsyncStream<S> {
     }
 }
 
+impl<S: AsyncRing> AsyncStream<S> {
+    /// Reads what the ring holds now, without waiting: `Ok(n)` bytes
+    /// (`Ok(0)`: end of stream), or `WouldBlock` with nothing there yet
+    /// (the wake-up request is armed then, so the next kick ends an
+    /// awaited read at once). As tokio's `UnixStream::try_read`, but on
+    /// `&mut self`: a ring read moves the consumer index.
+    ///
+    /// # Errors
+    ///
+    /// `WouldBlock`; `ConnectionReset` once the peer is gone and the ring
+    /// drained; a protocol error.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ring_hosted::{stream, tokio_io::AsyncVchan};
+    /// use std::io::ErrorKind;
+    ///
+    /// let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    /// runtime.block_on(async {
+    ///     let (server, client) = stream::pair(1024, 1024)?;
+    ///     let (mut server, mut client) = (AsyncVchan::new(server)?, AsyncVchan::new(client)?);
+    ///     let mut buf = [0u8; 16];
+    ///     assert_eq!(server.try_read(&mut buf).unwrap_err().kind(), ErrorKind::WouldBlock);
+    ///     assert_eq!(client.try_write(b"now")?, 3);
+    ///     assert_eq!(server.try_read(&mut buf)?, 3);
+    ///     assert_eq!(&buf[..3], b"now");
+    ///     Ok::<(), Box<dyn std::error::Error>>(())
+    /// })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn try_read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        try_read(&mut self.core, buf)
+    }
+
+    /// Writes what fits in the ring now, without waiting: `Ok(n)` bytes, or
+    /// `WouldBlock` with the ring full (wake-up armed). As tokio's
+    /// `UnixStream::try_write`, on `&mut self`.
+    ///
+    /// # Errors
+    ///
+    /// `WouldBlock`; `BrokenPipe` after our shutdown or the peer's close;
+    /// `ConnectionReset` once the peer is gone.
+    pub fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        try_write(&mut self.core, buf)
+    }
+
+    /// The credentials of the peer's process, as the kernel gave them for
+    /// the rendezvous socket (`SO_PEERCRED`: the uid a server's handshake
+    /// checked). As tokio's `UnixStream::peer_cred`.
+    ///
+    /// # Errors
+    ///
+    /// `Unsupported` with no socket to the peer (an in-process pair, a
+    /// pidfd watch); the `getsockopt` error.
+    pub fn peer_cred(&self) -> io::Result<PeerCred> {
+        peer_cred(self.core.stream.signal())
+    }
+}
+
+/// The credentials of the peer's process (see [`AsyncStream::peer_cred`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerCred {
+    /// Its effective user id.
+    pub uid: u32,
+    /// Its effective group id.
+    pub gid: u32,
+    /// Its process id, when the kernel knows it in our pid namespace.
+    pub pid: Option<i32>,
+}
+
+fn peer_cred(signal: &EventSignal) -> io::Result<PeerCred> {
+    let Some(sock) = signal.hangup_fd().filter(|_| signal.carries_notices()) else {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "no socket to the peer",
+        ));
+    };
+    let cred = rustix::net::sockopt::socket_peercred(sock)?;
+    Ok(PeerCred {
+        uid: cred.uid.as_raw(),
+        gid: cred.gid.as_raw(),
+        pid: Some(cred.pid.as_raw_nonzero().get()).filter(|&p| p > 0),
+    })
+}
+
+fn try_read<S: AsyncRing>(core: &mut Core<S>, buf: &mut [u8]) -> io::Result<usize> {
+    match core.stream.try_read(buf) {
+        Ok(Some(n)) => Ok(n),
+        Ok(None) => Err(io::ErrorKind::WouldBlock.into()),
+        Err(Error::Closed) => Ok(0),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn try_write<S: AsyncRing>(core: &mut Core<S>, buf: &[u8]) -> io::Result<usize> {
+    if core.write_shut {
+        return Err(io::Error::new(
+            io::ErrorKind::BrokenPipe,
+            "write after shutdown",
+        ));
+    }
+    match core.stream.try_write(buf) {
+        Ok(Some(n)) => Ok(n),
+        Ok(None) => Err(io::ErrorKind::WouldBlock.into()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// One non-blocking half-close, for a dropped write half.
 fn half_close_now<S: AsyncRing>(core: &mut Core<S>) {
     // Best effort: a full VMBus ring has no room for the end mark now, and
@@ -736,6 +845,37 @@ impl<S> ReadHalf<S> {
             reading,
             writing,
         })
+    }
+}
+
+impl<S: AsyncRing> ReadHalf<S> {
+    /// As [`AsyncStream::try_read`].
+    ///
+    /// # Errors
+    ///
+    /// As [`AsyncStream::try_read`].
+    pub fn try_read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        try_read(&mut lock(&self.shared), buf)
+    }
+
+    /// As [`AsyncStream::peer_cred`].
+    ///
+    /// # Errors
+    ///
+    /// As [`AsyncStream::peer_cred`].
+    pub fn peer_cred(&self) -> io::Result<PeerCred> {
+        peer_cred(lock(&self.shared).stream.signal())
+    }
+}
+
+impl<S: AsyncRing> WriteHalf<S> {
+    /// As [`AsyncStream::try_write`].
+    ///
+    /// # Errors
+    ///
+    /// As [`AsyncStream::try_write`].
+    pub fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        try_write(&mut lock(&self.closer.shared), buf)
     }
 }
 

@@ -498,3 +498,42 @@ async fn dropping_the_write_half_ends_our_direction_only() {
     strict(theirs.signal_mut());
     request_then_half_close(ours, theirs, true, vmbus_end).await;
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn try_read_try_write_and_peer_cred() {
+    let (ours, theirs, _sock) = vchan_session();
+    let mut a = AsyncVchan::new(ours).unwrap();
+    let mut b = AsyncVchan::new(theirs).unwrap();
+    let me = rustix::process::geteuid().as_raw();
+    let cred = a.peer_cred().unwrap();
+    assert_eq!(cred.uid, me);
+    assert_eq!(cred.pid, Some(std::process::id() as i32));
+    let mut buf = [0u8; 2048];
+    let e = a.try_read(&mut buf).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock);
+    // 1 KiB ring: the rest waits.
+    assert_eq!(b.try_write(&[1u8; 1500]).unwrap(), 1024);
+    let e = b.try_write(b"x").unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock);
+    assert_eq!(a.try_read(&mut buf).unwrap(), 1024);
+    // The armed writer was kicked: an awaited write goes through at once.
+    tokio::time::timeout(DEADLINE, b.write_all(b"more"))
+        .await
+        .unwrap()
+        .unwrap();
+    b.shutdown().await.unwrap();
+    let e = b.try_write(b"late").unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe);
+    let mut rest = Vec::new();
+    tokio::time::timeout(DEADLINE, a.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rest, b"more");
+    assert_eq!(a.try_read(&mut buf).unwrap(), 0, "end of stream");
+
+    let (server, _client) = stream::pair(1024, 1024).unwrap();
+    let s = AsyncVchan::new(server).unwrap();
+    let e = s.peer_cred().unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::Unsupported);
+}
