@@ -1425,6 +1425,17 @@ fn vchan_orders(w: &Welcome) -> Result<Orders, Error> {
     Orders::new(order(w.left_size)?, order(w.right_size)?).map_err(|e| bad(e.to_string()))
 }
 
+/// Whether this process (or the system) is out of fds, found by asking
+/// for one more: the error (`EMFILE`, "too many open files", or
+/// `ENFILE`) if so.
+fn fd_shortage(sock: &UnixStream) -> Option<io::Error> {
+    match rustix::io::fcntl_dupfd_cloexec(sock, 0) {
+        Ok(_probe) => None,
+        Err(e @ (rustix::io::Errno::MFILE | rustix::io::Errno::NFILE)) => Some(e.into()),
+        Err(_) => None,
+    }
+}
+
 fn recv_welcome(
     sock: &mut UnixStream,
     deadline: Instant,
@@ -1455,6 +1466,15 @@ fn recv_welcome(
         }
     }
     if msg.flags.contains(ReturnFlags::CTRUNC) {
+        // Our buffer has room for more fds than a welcome carries, so the
+        // usual cause is ours: the kernel could not give us the fds (no
+        // fd numbers left). Say that, not "truncated".
+        if let Some(source) = fd_shortage(sock) {
+            return Err(Error::Os {
+                op: "receive the session's fds",
+                source,
+            });
+        }
         return Err(hs(HandshakeProblem::FdsTruncated));
     }
     let got = msg.bytes;
