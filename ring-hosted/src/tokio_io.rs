@@ -467,6 +467,88 @@ impl<S: AsyncRing> AsyncStream<S> {
     }
 }
 
+impl AsyncStream<VmbusPipe> {
+    /// Sends one message as one packet (1 byte to 16 KiB), waiting on the
+    /// reactor for room: the async [`VmbusPipe::send_msg`]. Cancel-safe: a
+    /// send dropped before it completes has sent nothing.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` for an empty or too large message; `BrokenPipe` after
+    /// our shutdown; `ConnectionReset` once the peer is gone.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ring_hosted::vmbus::{ChannelLayout, VmbusPipe};
+    /// use ring_hosted::{eventfd, memfd::MemFd, tokio_io::AsyncVmbus};
+    /// use std::{sync::Arc, time::Duration};
+    ///
+    /// let layout = ChannelLayout::new(4096, 4096)?;
+    /// let mem = Arc::new(MemFd::create("doc-async-msg", layout.total_size())?);
+    /// let (server_signal, client_signal) = eventfd::pair()?;
+    /// let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    /// runtime.block_on(async {
+    ///     let mut server = AsyncVmbus::new(VmbusPipe::serve(mem.clone(), layout, server_signal)?)?;
+    ///     let mut client = AsyncVmbus::new(VmbusPipe::connect(mem, layout, client_signal)?)?;
+    ///     client.send_msg(b"one").await?;
+    ///     client.send_msg(b"two").await?;
+    ///     let mut buf = [0u8; 64];
+    ///     let n = tokio::time::timeout(Duration::from_secs(10), server.recv_msg(&mut buf)).await??;
+    ///     assert_eq!(&buf[..n], b"one");
+    ///     let n = server.recv_msg(&mut buf).await?;
+    ///     assert_eq!(&buf[..n], b"two");
+    ///     Ok::<(), Box<dyn std::error::Error>>(())
+    /// })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub async fn send_msg(&mut self, msg: &[u8]) -> io::Result<()> {
+        std::future::poll_fn(|cx| {
+            if self.core.write_shut {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    "write after shutdown",
+                )));
+            }
+            let stream = &mut self.core.stream;
+            loop {
+                match stream.blocking().try_send_msg(msg) {
+                    Ok(Some(())) => return Poll::Ready(Ok(())),
+                    Ok(None) => ready!(poll_event(stream, &self.writing, cx))?,
+                    Err(e) => return Poll::Ready(Err(Error::from(e).into())),
+                }
+            }
+        })
+        .await
+    }
+
+    /// Receives one message into `buf`, waiting on the reactor: its length,
+    /// or 0 at the peer's end of stream (no message is empty). The async
+    /// [`VmbusPipe::recv_msg`]; cancel-safe.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` if `buf` is too small for the message (nothing is
+    /// consumed: retry with a larger one); `ConnectionReset` once the peer
+    /// is gone and the ring drained.
+    pub async fn recv_msg(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        std::future::poll_fn(|cx| {
+            let stream = &mut self.core.stream;
+            loop {
+                match stream.blocking().try_recv_msg(buf) {
+                    Ok(Some(n)) => return Poll::Ready(Ok(n)),
+                    Ok(None) => ready!(poll_event(stream, &self.reading, cx))?,
+                    Err(e) => match Error::from(e) {
+                        Error::Closed => return Poll::Ready(Ok(0)),
+                        e => return Poll::Ready(Err(e.into())),
+                    },
+                }
+            }
+        })
+        .await
+    }
+}
+
 /// The credentials of the peer's process (see [`AsyncStream::peer_cred`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PeerCred {

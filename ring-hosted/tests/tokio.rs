@@ -537,3 +537,47 @@ async fn try_read_try_write_and_peer_cred() {
     let e = s.peer_cred().unwrap_err();
     assert_eq!(e.kind(), std::io::ErrorKind::Unsupported);
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn vmbus_messages_keep_their_boundaries_through_a_full_ring() {
+    let (mut ours, mut theirs, _sock) = common::vmbus_pair(4096);
+    strict(ours.signal_mut());
+    strict(theirs.signal_mut());
+    // 200 messages of 1 to 1000 bytes each way through 4 KiB rings: both
+    // sides wait for room and for messages many times.
+    let msg = |i: usize| pattern(i as u8, 1 + (i * 37) % 1000);
+    let peer = thread::spawn(move || {
+        let mut buf = vec![0u8; 2000];
+        for i in 0..200 {
+            let n = theirs.recv_msg(&mut buf).unwrap();
+            assert_eq!(&buf[..n], &msg(i)[..], "message {i}");
+        }
+        for i in 0..200 {
+            theirs.send_msg(&msg(1000 + i)).unwrap();
+        }
+        theirs.close().unwrap();
+        theirs
+    });
+    let mut s = AsyncVmbus::new(ours).unwrap();
+    tokio::time::timeout(DEADLINE, async {
+        for i in 0..200 {
+            s.send_msg(&msg(i)).await.unwrap();
+        }
+        let mut small = [0u8; 1];
+        let mut buf = vec![0u8; 2000];
+        for i in 0..200 {
+            let want = msg(1000 + i);
+            if want.len() > 1 {
+                // Too small: refused, nothing consumed.
+                let e = s.recv_msg(&mut small).await.unwrap_err();
+                assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{e}");
+            }
+            let n = s.recv_msg(&mut buf).await.unwrap();
+            assert_eq!(&buf[..n], &want[..], "message {i} back");
+        }
+        assert_eq!(s.recv_msg(&mut buf).await.unwrap(), 0, "end of stream");
+    })
+    .await
+    .expect("a message wait was never woken");
+    let _theirs = peer.join().unwrap();
+}
