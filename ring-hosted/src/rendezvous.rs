@@ -1309,21 +1309,44 @@ pub fn connect_with(path: &Path, config: ClientConfig) -> Result<Session, Error>
 ///
 /// As [`connect_with`].
 pub fn client_handshake(mut sock: UnixStream, config: ClientConfig) -> Result<Session, Error> {
-    let sock_err = |source| Error::Os {
-        op: "handshake socket",
-        source,
-    };
     let deadline = Instant::now() + config.handshake_timeout;
     sock.set_read_timeout(Some(config.handshake_timeout))
         .map_err(sock_err)?;
-    let want = config.proto.code();
-    let hello = Hello {
-        version: VERSION,
-        proto: want,
-    };
     // A server that refuses our uid may answer and close before reading
     // the hello, so a failed write is not yet an error: the answer tells.
-    let _ = sock.write_all(&hello.encode());
+    let _ = sock.write_all(&client_hello(config.proto));
+    finish_client_handshake(sock, config, deadline)
+}
+
+fn sock_err(source: io::Error) -> Error {
+    Error::Os {
+        op: "handshake socket",
+        source,
+    }
+}
+
+/// The hello a client of `proto` sends.
+pub(crate) fn client_hello(proto: Proto) -> [u8; HELLO_LEN] {
+    Hello {
+        version: VERSION,
+        proto: proto.code(),
+    }
+    .encode()
+}
+
+/// The client's handshake after its hello: the welcome (by `deadline`)
+/// and the ring it offers. The async connect sends the hello and waits
+/// for the welcome on the runtime, then finishes here without waiting.
+pub(crate) fn finish_client_handshake(
+    mut sock: UnixStream,
+    config: ClientConfig,
+    deadline: Instant,
+) -> Result<Session, Error> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    // A zero read timeout is none at all: keep it at least a moment.
+    sock.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+        .map_err(sock_err)?;
+    let want = config.proto.code();
     let (raw, fds) = recv_welcome(&mut sock, deadline, config.handshake_timeout)?;
     let welcome = Welcome::decode(&raw).map_err(hs)?;
     if welcome.proto != want {

@@ -30,11 +30,14 @@
 #![allow(unsafe_code)]
 
 use crate::eventfd::{EventSignal, Notice};
+use crate::rendezvous::{self, ClientConfig, HandshakeProblem};
+use crate::session::{self, Protocol};
 use crate::stream::{PollStream, VchanStream};
 use crate::vmbus::VmbusPipe;
 use crate::Error;
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{ready, Context, Poll};
@@ -547,6 +550,116 @@ impl AsyncStream<VmbusPipe> {
         })
         .await
     }
+}
+
+/// Connects to the `P` server at `path` on the runtime: the async
+/// [`session::connect`]. The socket's connect, the hello and the wait for
+/// the server's welcome run on the reactor, under the same handshake
+/// deadline as the blocking call; what follows the welcome (checking the
+/// fds it carried, mapping the ring) never waits. Needs a runtime with
+/// I/O and time enabled (`enable_all`).
+///
+/// # Errors
+///
+/// As [`session::connect_with`]: [`Error::Os`] if the socket cannot be
+/// reached, [`Error::NotASocket`], [`Error::Handshake`] for a refusal, a
+/// bad welcome or a server that does not answer in time, [`Error::BadFd`].
+///
+/// # Examples
+///
+/// A tokio client of a blocking server on a thread:
+///
+/// ```
+/// use ring_hosted::session::{Listener, Vchan};
+/// use ring_hosted::tokio_io;
+/// use std::io::Read;
+/// use std::time::Duration;
+/// use tokio::io::AsyncWriteExt;
+///
+/// let dir = std::env::temp_dir().join(format!("ring-async-connect-doc-{}", std::process::id()));
+/// std::fs::create_dir_all(&dir)?;
+/// let path = dir.join("sock");
+/// let listener = Listener::<Vchan>::bind(&path)?;
+/// type Failure = Box<dyn std::error::Error + Send + Sync>;
+/// let server = std::thread::spawn(move || -> Result<Vec<u8>, Failure> {
+///     let mut s = listener.accept_timeout(Duration::from_secs(10))?;
+///     s.signal_mut().set_timeout(Some(Duration::from_secs(10)));
+///     let mut got = Vec::new();
+///     s.read_to_end(&mut got)?;
+///     Ok(got)
+/// });
+/// let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+/// runtime.block_on(async {
+///     let mut client = tokio_io::connect::<Vchan>(&path).await?;
+///     client.write_all(b"async hello").await?;
+///     client.shutdown().await?; // our direction ends; the server sees the end
+///     Ok::<(), Box<dyn std::error::Error>>(())
+/// })?;
+/// assert_eq!(server.join().expect("the server panicked").map_err(|e| e.to_string())?, b"async hello");
+/// # std::fs::remove_dir_all(&dir)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub async fn connect<P>(path: &Path) -> Result<AsyncStream<P::Stream>, Error>
+where
+    P: Protocol,
+    P::Stream: AsyncRing,
+{
+    connect_with::<P>(path, ClientConfig::new(P::PROTO)).await
+}
+
+/// As [`connect`], with explicit settings; their `proto` is set to `P`'s.
+///
+/// # Errors
+///
+/// As [`connect`].
+pub async fn connect_with<P>(
+    path: &Path,
+    mut config: ClientConfig,
+) -> Result<AsyncStream<P::Stream>, Error>
+where
+    P: Protocol,
+    P::Stream: AsyncRing,
+{
+    config.proto = P::PROTO;
+    let deadline = Instant::now() + config.handshake_timeout;
+    let late = || {
+        Error::Handshake(HandshakeProblem::TimedOut {
+            got: 0,
+            want: rendezvous::WELCOME_LEN,
+            after: config.handshake_timeout,
+        })
+    };
+    let os = |op: &'static str| move |source: io::Error| Error::Os { op, source };
+    let connecting = tokio::net::UnixStream::connect(path);
+    let sock = match tokio::time::timeout_at(deadline.into(), connecting).await {
+        Err(_) => return Err(late()),
+        Ok(Err(_)) if path.exists() && !is_socket(path) => {
+            return Err(Error::NotASocket {
+                path: path.to_owned(),
+            })
+        }
+        Ok(r) => r.map_err(os("connect to rendezvous socket"))?,
+    };
+    // As the blocking client: a server that refuses our uid may answer and
+    // close before it reads the hello, so a failed write is not yet an
+    // error (the answer tells). 16 bytes into a new socket's buffer.
+    let _ = sock.try_write(&rendezvous::client_hello(config.proto));
+    match tokio::time::timeout_at(deadline.into(), sock.readable()).await {
+        Err(_) => return Err(late()),
+        Ok(r) => r.map_err(os("handshake socket"))?,
+    }
+    let sock = sock.into_std().map_err(os("handshake socket"))?;
+    sock.set_nonblocking(false)
+        .map_err(os("handshake socket"))?;
+    // The welcome (one message with its fds) is there: this never waits
+    // on the server.
+    let session = rendezvous::finish_client_handshake(sock, config, deadline)?;
+    AsyncStream::new(session::typed::<P>(session)?)
+}
+
+fn is_socket(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::metadata(path).is_ok_and(|m| m.file_type().is_socket())
 }
 
 /// The credentials of the peer's process (see [`AsyncStream::peer_cred`]).

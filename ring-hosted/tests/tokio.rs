@@ -581,3 +581,97 @@ async fn vmbus_messages_keep_their_boundaries_through_a_full_ring() {
     .expect("a message wait was never woken");
     let _theirs = peer.join().unwrap();
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn async_connect_runs_the_handshake_on_the_runtime() {
+    use ring_hosted::rendezvous::ClientConfig;
+    use ring_hosted::tokio_io;
+    // A server that accepts but never answers: the handshake's wait is
+    // on the runtime (a ticker keeps ticking) and ends at its deadline.
+    let sock = common::TempSock::new("tokio-connect-silent");
+    let silent = std::os::unix::net::UnixListener::bind(&sock.path).unwrap();
+    let (tick_tx, mut tick_rx) = tokio::sync::watch::channel(0u32);
+    let ticker = tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_millis(10));
+        loop {
+            every.tick().await;
+            tick_tx.send_modify(|n| *n += 1);
+        }
+    });
+    let mut config = ClientConfig::new(ring_hosted::rendezvous::Proto::Vchan);
+    config.handshake_timeout = std::time::Duration::from_millis(500);
+    let start = std::time::Instant::now();
+    let connecting = tokio_io::connect_with::<session::Vchan>(&sock.path, config);
+    let r = tokio::time::timeout(DEADLINE, connecting)
+        .await
+        .expect("the handshake's deadline did not end it");
+    assert!(
+        matches!(
+            r,
+            Err(ring_hosted::Error::Handshake(
+                ring_hosted::HandshakeProblem::TimedOut { .. }
+            ))
+        ),
+        "{r:?}"
+    );
+    assert!(start.elapsed() >= std::time::Duration::from_millis(500));
+    assert!(
+        *tick_rx.borrow_and_update() >= 10,
+        "the runtime was blocked"
+    );
+    ticker.abort();
+    drop(silent);
+
+    // A real server on a thread, for both protocols.
+    let (ours, theirs, _sock) = {
+        let sock = common::TempSock::new("tokio-connect");
+        let listener = session::Listener::<session::Vchan>::bind(&sock.path).unwrap();
+        let server = thread::spawn(move || listener.accept_timeout(DEADLINE).unwrap());
+        let client = tokio_io::connect::<session::Vchan>(&sock.path)
+            .await
+            .unwrap();
+        let mut server = server.join().unwrap();
+        strict(server.signal_mut());
+        (client, server, sock)
+    };
+    exchange(ours, theirs).await;
+    let (ours, theirs, _sock) = {
+        let sock = common::TempSock::new("tokio-connect-vmbus");
+        let listener = session::Listener::<session::Vmbus>::bind(&sock.path).unwrap();
+        let server = thread::spawn(move || listener.accept_timeout(DEADLINE).unwrap());
+        let client = tokio_io::connect::<session::Vmbus>(&sock.path)
+            .await
+            .unwrap();
+        let mut server = server.join().unwrap();
+        strict(server.signal_mut());
+        (client, server, sock)
+    };
+    exchange(ours, theirs).await;
+
+    // No server at all: the socket's own error.
+    let gone = common::TempSock::new("tokio-connect-none");
+    let r = tokio_io::connect::<session::Vchan>(&gone.path).await;
+    assert!(matches!(r, Err(ring_hosted::Error::Os { .. })), "{r:?}");
+}
+
+/// A request from the async side, its echo back from the blocking side.
+async fn exchange<S, P>(mut ours: ring_hosted::tokio_io::AsyncStream<S>, mut theirs: P)
+where
+    S: ring_hosted::tokio_io::AsyncRing + Send + Unpin + 'static,
+    P: std::io::Read + std::io::Write + Send + 'static,
+{
+    let peer = thread::spawn(move || {
+        let mut buf = [0u8; 4];
+        theirs.read_exact(&mut buf).unwrap();
+        theirs.write_all(&buf).unwrap();
+        theirs
+    });
+    ours.write_all(b"ping").await.unwrap();
+    let mut back = [0u8; 4];
+    tokio::time::timeout(DEADLINE, ours.read_exact(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&back, b"ping");
+    let _theirs = peer.join().unwrap();
+}
