@@ -563,6 +563,20 @@ pub struct Listener {
     spare: std::sync::Mutex<Option<std::fs::File>>,
 }
 
+/// What one [`Listener::accept_step`] found.
+#[cfg(feature = "tokio")]
+pub(crate) enum AcceptStep {
+    /// A client's handshake ended with this session (boxed: it is large,
+    /// and the other answer is the common one).
+    Session(Box<Session>),
+    /// No session yet. `moved`: something happened (step again at once);
+    /// `again`: step again after this long even with no event.
+    Waiting {
+        moved: bool,
+        again: Option<Duration>,
+    },
+}
+
 /// A handshake in flight, as the listener sees it.
 #[derive(Debug)]
 struct Pending {
@@ -750,12 +764,8 @@ impl Listener {
         mut refused: impl FnMut(&Error),
     ) -> Result<Session, Error> {
         loop {
-            while let Ok(outcome) = self.done_rx.try_recv() {
-                match outcome {
-                    Ok(session) => return Ok(session),
-                    Err(e) if is_client_fault(&e) => refused(&e),
-                    Err(e) => return Err(e),
-                }
+            if let Some(session) = self.finished(&mut refused)? {
+                return Ok(session);
             }
             let ts = match deadline {
                 Some(d) => {
@@ -763,104 +773,162 @@ impl Listener {
                     if left.is_zero() {
                         return Err(Error::TimedOut);
                     }
-                    Some(rustix::event::Timespec {
-                        tv_sec: left.as_secs() as _,
-                        tv_nsec: left.subsec_nanos() as _,
-                    })
+                    Some(left)
                 }
                 None => None,
             };
-            // Out of descriptors: leave the clients in the backlog until
-            // the pause is over (or a handshake ends and frees some).
-            let paused_until = self.backoff_until();
-            let ts = match paused_until {
-                Some(until) => {
-                    let pause = until.saturating_duration_since(Instant::now());
-                    let pause = ts.map_or(pause, |t| {
-                        pause.min(Duration::new(t.tv_sec as u64, t.tv_nsec as u32))
-                    });
-                    Some(rustix::event::Timespec {
-                        tv_sec: pause.as_secs() as _,
-                        tv_nsec: pause.subsec_nanos() as _,
-                    })
-                }
-                None => ts,
-            };
-            // All handshakes taken: cut an idle one off to make room; if
-            // none is idle yet, wait for one to finish or to idle.
-            let full = self.in_flight.load(std::sync::atomic::Ordering::Acquire) >= MAX_HANDSHAKES
-                && !self.cut_idle_handshake();
-            let ts = match (full, ts) {
-                (false, ts) => ts,
-                (true, None) => Some(rustix::event::Timespec {
-                    tv_sec: 0,
-                    tv_nsec: 20_000_000,
-                }),
-                (true, Some(t)) => Some(rustix::event::Timespec {
-                    tv_sec: 0,
-                    tv_nsec: if t.tv_sec > 0 {
-                        20_000_000
-                    } else {
-                        t.tv_nsec.min(20_000_000)
-                    },
-                }),
-            };
-            let listen_for = if paused_until.is_some() || full {
-                rustix::event::PollFlags::empty()
-            } else {
-                rustix::event::PollFlags::IN
-            };
-            let mut fds = [
-                rustix::event::PollFd::new(&self.inner, listen_for),
-                rustix::event::PollFd::new(&*self.ready, rustix::event::PollFlags::IN),
-            ];
-            match rustix::event::poll(&mut fds, ts.as_ref()) {
-                Ok(_) | Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return Err(Error::os("poll rendezvous socket")(e)),
-            }
-            let [listener, ready] = &fds;
-            let (incoming, finished) =
-                (!listener.revents().is_empty(), !ready.revents().is_empty());
-            if finished {
-                self.ready.take().map_err(|source| Error::Os {
-                    op: "eventfd",
-                    source,
-                })?;
-            }
-            if finished {
-                // A handshake ended: descriptors may be free again.
-                self.end_backoff();
-            }
-            if !incoming {
-                continue;
-            }
-            let sock = match self.inner.accept() {
-                Ok((sock, _)) => sock,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                // The client gave up between poll and accept.
-                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
-                Err(source) if is_shortage(&source) => {
-                    self.on_shortage(source, true, &mut refused);
-                    continue;
-                }
-                Err(source) => {
-                    return Err(Error::Os {
-                        op: "accept",
-                        source,
-                    })
-                }
-            };
-            match self.start_handshake(sock) {
-                // The shortage (if any) is over.
-                Ok(()) => *self.backoff.lock().unwrap_or_else(|p| p.into_inner()) = None,
-                // Accepted with the last descriptor, none left to run its
-                // handshake: refused (dropped), as the shortage says.
-                Err(Error::Os { source, .. }) if is_shortage(&source) => {
-                    self.on_shortage(source, false, &mut refused);
-                }
-                Err(e) => refused(&e),
+            self.poll_once(ts, &mut refused)?;
+        }
+    }
+
+    /// The outcome of a handshake that has ended, if one has: a session,
+    /// or (a client's fault) reported to `refused` and skipped.
+    fn finished(&self, refused: &mut impl FnMut(&Error)) -> Result<Option<Session>, Error> {
+        while let Ok(outcome) = self.done_rx.try_recv() {
+            match outcome {
+                Ok(session) => return Ok(Some(session)),
+                Err(e) if is_client_fault(&e) => refused(&e),
+                Err(e) => return Err(e),
             }
         }
+        Ok(None)
+    }
+
+    /// One non-blocking step of [`accept`](Self::accept), for a caller
+    /// that waits on its own (the tokio listener): a session if a
+    /// handshake has ended with one, else whether anything moved (a client
+    /// accepted, a handshake ended), and when to step again at the latest
+    /// even with no event (`Some` while out of descriptors or out of
+    /// handshake slots). Wait for [`accept_fds`](Self::accept_fds) only
+    /// after a step that moved nothing.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn accept_step(
+        &self,
+        refused: &mut impl FnMut(&Error),
+    ) -> Result<AcceptStep, Error> {
+        if let Some(session) = self.finished(refused)? {
+            return Ok(AcceptStep::Session(Box::new(session)));
+        }
+        let moved = self.poll_once(Some(Duration::ZERO), refused)?;
+        if let Some(session) = self.finished(refused)? {
+            return Ok(AcceptStep::Session(Box::new(session)));
+        }
+        let paused = self.backoff_until().is_some()
+            || self.in_flight.load(std::sync::atomic::Ordering::Acquire) >= MAX_HANDSHAKES;
+        Ok(AcceptStep::Waiting {
+            moved,
+            again: paused.then_some(Duration::from_millis(20)),
+        })
+    }
+
+    /// The fds whose readiness means [`accept_step`](Self::accept_step)
+    /// has work: the listening socket and the handshakes' "ended" eventfd.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn accept_fds(&self) -> [BorrowedFd<'_>; 2] {
+        [self.inner.as_fd(), self.ready.as_fd()]
+    }
+
+    /// One poll of the listening socket and the handshakes' eventfd, for
+    /// at most `wait` (`None`: until something happens), and what it
+    /// found: a client accepted and its handshake started, or refused.
+    /// Returns whether anything happened.
+    fn poll_once(
+        &self,
+        wait: Option<Duration>,
+        refused: &mut impl FnMut(&Error),
+    ) -> Result<bool, Error> {
+        let ts = wait.map(|left| rustix::event::Timespec {
+            tv_sec: left.as_secs() as _,
+            tv_nsec: left.subsec_nanos() as _,
+        });
+        // Out of descriptors: leave the clients in the backlog until
+        // the pause is over (or a handshake ends and frees some).
+        let paused_until = self.backoff_until();
+        let ts = match paused_until {
+            Some(until) => {
+                let pause = until.saturating_duration_since(Instant::now());
+                let pause = ts.map_or(pause, |t| {
+                    pause.min(Duration::new(t.tv_sec as u64, t.tv_nsec as u32))
+                });
+                Some(rustix::event::Timespec {
+                    tv_sec: pause.as_secs() as _,
+                    tv_nsec: pause.subsec_nanos() as _,
+                })
+            }
+            None => ts,
+        };
+        // All handshakes taken: cut an idle one off to make room; if
+        // none is idle yet, wait for one to finish or to idle.
+        let full = self.in_flight.load(std::sync::atomic::Ordering::Acquire) >= MAX_HANDSHAKES
+            && !self.cut_idle_handshake();
+        let ts = match (full, ts) {
+            (false, ts) => ts,
+            (true, None) => Some(rustix::event::Timespec {
+                tv_sec: 0,
+                tv_nsec: 20_000_000,
+            }),
+            (true, Some(t)) => Some(rustix::event::Timespec {
+                tv_sec: 0,
+                tv_nsec: if t.tv_sec > 0 {
+                    20_000_000
+                } else {
+                    t.tv_nsec.min(20_000_000)
+                },
+            }),
+        };
+        let listen_for = if paused_until.is_some() || full {
+            rustix::event::PollFlags::empty()
+        } else {
+            rustix::event::PollFlags::IN
+        };
+        let mut fds = [
+            rustix::event::PollFd::new(&self.inner, listen_for),
+            rustix::event::PollFd::new(&*self.ready, rustix::event::PollFlags::IN),
+        ];
+        match rustix::event::poll(&mut fds, ts.as_ref()) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(Error::os("poll rendezvous socket")(e)),
+        }
+        let [listener, ready] = &fds;
+        let (incoming, finished) = (!listener.revents().is_empty(), !ready.revents().is_empty());
+        if finished {
+            self.ready.take().map_err(|source| Error::Os {
+                op: "eventfd",
+                source,
+            })?;
+            // A handshake ended: descriptors may be free again.
+            self.end_backoff();
+        }
+        if !incoming {
+            return Ok(finished);
+        }
+        let sock = match self.inner.accept() {
+            Ok((sock, _)) => sock,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(true),
+            // The client gave up between poll and accept.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => return Ok(true),
+            Err(source) if is_shortage(&source) => {
+                self.on_shortage(source, true, refused);
+                return Ok(true);
+            }
+            Err(source) => {
+                return Err(Error::Os {
+                    op: "accept",
+                    source,
+                })
+            }
+        };
+        match self.start_handshake(sock) {
+            // The shortage (if any) is over.
+            Ok(()) => *self.backoff.lock().unwrap_or_else(|p| p.into_inner()) = None,
+            // Accepted with the last descriptor, none left to run its
+            // handshake: refused (dropped), as the shortage says.
+            Err(Error::Os { source, .. }) if is_shortage(&source) => {
+                self.on_shortage(source, false, refused);
+            }
+            Err(e) => refused(&e),
+        }
+        Ok(true)
     }
 
     /// Cuts off the oldest idle handshake (silent for [`IDLE_AFTER`], its

@@ -657,6 +657,160 @@ where
     AsyncStream::new(session::typed::<P>(session)?)
 }
 
+/// A rendezvous listener for tokio: [`accept`](Self::accept) waits for
+/// the next client on the runtime. Everything else is
+/// [`session::Listener`]'s: the same refusals (foreign uids, bad hellos,
+/// idle handshakes cut off for newer clients), the same back-off while
+/// out of descriptors. Each client's handshake runs on a thread of the
+/// listener's, as for the blocking accept, so a slow client holds up
+/// neither the runtime nor the next client.
+///
+/// # Examples
+///
+/// A tokio server and a tokio client, both on one current-thread
+/// runtime: the echo of the crate docs, over the rendezvous.
+///
+/// ```
+/// use ring_hosted::session::Vmbus;
+/// use ring_hosted::tokio_io::{self, AsyncListener};
+/// use std::time::Duration;
+/// use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// use tokio::time::timeout;
+///
+/// let dir = std::env::temp_dir().join(format!("ring-async-listen-doc-{}", std::process::id()));
+/// std::fs::create_dir_all(&dir)?;
+/// let path = dir.join("sock");
+/// let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+/// runtime.block_on(async {
+///     let mut listener = AsyncListener::<Vmbus>::bind(&path)?;
+///     let server = tokio::spawn(async move {
+///         let mut s = listener.accept().await?;
+///         let mut got = Vec::new();
+///         s.read_to_end(&mut got).await?; // to the client's shutdown
+///         got.make_ascii_uppercase();
+///         s.write_all(&got).await?;
+///         s.shutdown().await?;
+///         s.confirm().await?; // both sides received every byte
+///         Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+///     });
+///     let mut c = tokio_io::connect::<Vmbus>(&path).await?;
+///     c.write_all(b"echo me").await?;
+///     c.shutdown().await?;
+///     let mut back = Vec::new();
+///     timeout(Duration::from_secs(10), c.read_to_end(&mut back)).await??;
+///     assert_eq!(back, b"ECHO ME");
+///     timeout(Duration::from_secs(10), c.confirm()).await??;
+///     server.await?.map_err(|e| e.to_string())?;
+///     Ok::<(), Box<dyn std::error::Error>>(())
+/// })?;
+/// # std::fs::remove_dir_all(&dir)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct AsyncListener<P> {
+    inner: session::Listener<P>,
+    /// The listening socket and the handshakes' "ended" eventfd.
+    listening: AsyncFd<OwnedFd>,
+    ended: AsyncFd<OwnedFd>,
+}
+
+impl<P: Protocol> AsyncListener<P>
+where
+    P::Stream: AsyncRing,
+{
+    /// Listens at `path` with the default settings, as
+    /// [`session::Listener::bind`]. Call it inside a tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// As [`session::Listener::bind`]; [`Error::Os`] if the fds cannot be
+    /// registered with the runtime.
+    pub fn bind(path: &Path) -> Result<Self, Error> {
+        Self::from_listener(session::Listener::bind(path)?)
+    }
+
+    /// Serves a listener made with explicit settings
+    /// ([`session::Listener::bind_with`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Os`] if its fds cannot be registered with the runtime (or
+    /// this is not called within one).
+    pub fn from_listener(inner: session::Listener<P>) -> Result<Self, Error> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::Os {
+                op: "register with tokio",
+                source: std::io::Error::other("not called from within a tokio runtime"),
+            });
+        }
+        let [listening, ended] = inner.untyped().accept_fds();
+        let listening = register(listening, "register the rendezvous socket with tokio")?;
+        let ended = register(ended, "register the handshakes' eventfd with tokio")?;
+        Ok(AsyncListener {
+            inner,
+            listening,
+            ended,
+        })
+    }
+
+    /// Waits on the runtime for the next client that completes the
+    /// handshake (clients that fail it are refused and skipped), and
+    /// wraps its stream. Cancel-safe: a session whose handshake ends while
+    /// nobody awaits is kept for the next call. On `&mut self`, unlike
+    /// tokio's `UnixListener::accept`: the listener hands outcomes over a
+    /// channel that one waiter reads, so a task may own and move it.
+    ///
+    /// # Errors
+    ///
+    /// As [`session::Listener::accept`].
+    pub async fn accept(&mut self) -> Result<AsyncStream<P::Stream>, Error> {
+        let session = self.next_session().await?;
+        AsyncStream::new(session::typed::<P>(session)?)
+    }
+
+    async fn next_session(&mut self) -> Result<rendezvous::Session, Error> {
+        loop {
+            // Readiness is cleared before each look, so an event after
+            // the look is a new one; a look that moved something looks
+            // again (the socket may hold more clients than one edge said).
+            // (No borrow of the listener lives across an await: it is Send,
+            // not Sync.)
+            let again = match self.inner.untyped().accept_step(&mut |_| {})? {
+                rendezvous::AcceptStep::Session(s) => return Ok(*s),
+                rendezvous::AcceptStep::Waiting { moved: true, .. } => continue,
+                rendezvous::AcceptStep::Waiting { again, .. } => again,
+            };
+            let pause = async {
+                match again {
+                    Some(d) => tokio::time::sleep(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                r = self.listening.readable() => r.map_err(|source| Error::Os {
+                    op: "poll rendezvous socket",
+                    source,
+                })?.clear_ready(),
+                r = self.ended.readable() => r.map_err(|source| Error::Os {
+                    op: "eventfd",
+                    source,
+                })?.clear_ready(),
+                () = pause => {}
+            }
+        }
+    }
+
+    /// The socket path.
+    pub fn path(&self) -> &Path {
+        self.inner.path()
+    }
+
+    /// The blocking listener inside.
+    pub fn get_ref(&self) -> &session::Listener<P> {
+        &self.inner
+    }
+}
+
 fn is_socket(path: &Path) -> bool {
     use std::os::unix::fs::FileTypeExt;
     std::fs::metadata(path).is_ok_and(|m| m.file_type().is_socket())

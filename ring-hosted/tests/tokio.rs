@@ -675,3 +675,63 @@ where
     assert_eq!(&back, b"ping");
     let _theirs = peer.join().unwrap();
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn async_accept_serves_every_queued_client() {
+    use ring_hosted::tokio_io::AsyncListener;
+    let sock = common::TempSock::new("tokio-accept");
+    let mut listener = AsyncListener::<session::Vchan>::bind(&sock.path).unwrap();
+    // Three clients connect at once, before anybody accepts: one edge on
+    // the socket for three clients in its queue.
+    let clients: Vec<_> = (0..3u8)
+        .map(|i| {
+            let path = sock.path.clone();
+            thread::spawn(move || {
+                let mut c = session::connect::<session::Vchan>(&path).unwrap();
+                strict(c.signal_mut());
+                c.write_all(&[i; 3]).unwrap();
+                c.wait_delivered().unwrap();
+                c
+            })
+        })
+        .collect();
+    let mut seen = Vec::new();
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        let mut s = tokio::time::timeout(DEADLINE, listener.accept())
+            .await
+            .expect("a queued client was never accepted")
+            .unwrap();
+        let mut got = [0u8; 3];
+        tokio::time::timeout(DEADLINE, s.read_exact(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        seen.push(got[0]);
+        streams.push(s);
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, [0, 1, 2]);
+    for c in clients {
+        drop(c.join().unwrap());
+    }
+
+    // VMBus, a client that comes while accept already waits.
+    let sock = common::TempSock::new("tokio-accept-vmbus");
+    let mut listener = AsyncListener::<session::Vmbus>::bind(&sock.path).unwrap();
+    let path = sock.path.clone();
+    let accepting = tokio::spawn(async move { listener.accept().await });
+    tokio::task::yield_now().await;
+    let client = thread::spawn(move || {
+        let mut c = session::connect::<session::Vmbus>(&path).unwrap();
+        strict(c.signal_mut());
+        c
+    });
+    let ours = tokio::time::timeout(DEADLINE, accepting)
+        .await
+        .expect("the waiting accept was never woken")
+        .unwrap()
+        .unwrap();
+    let theirs = client.join().unwrap();
+    exchange(ours, theirs).await;
+}
