@@ -901,8 +901,9 @@ fn poll_event<S: AsyncRing>(
             stream.signal().note_hangup();
             // The reading direction reads any notices, and marks the peer
             // gone on end of file; the writing direction only once the
-            // peer's end is closed.
-            let closed = guard.ready().is_read_closed();
+            // peer's end is closed. A pidfd carries no notices: readable
+            // is gone, for either.
+            let closed = guard.ready().is_read_closed() || !stream.signal().carries_notices();
             if (waits.notices || closed) && stream.signal().peer_gone() {
                 // Let the core's blocking layer learn it too: the next
                 // attempt delivers what is left, then reports PeerGone.

@@ -735,3 +735,57 @@ async fn async_accept_serves_every_queued_client() {
     let theirs = client.join().unwrap();
     exchange(ours, theirs).await;
 }
+
+/// The write half waits on a full ring while the read half idles; the
+/// peer dies (its socket end closes, its ring stays open, no kick): the
+/// write must fail with `ConnectionReset` by itself.
+async fn a_waiting_writer_notices_the_peers_death<S, P>(ours: S, theirs: P, ring: usize, die: fn(P))
+where
+    S: ring_hosted::tokio_io::AsyncRing + Send + Unpin + 'static,
+    P: Send + 'static,
+{
+    let (rd, mut wr) = ring_hosted::tokio_io::AsyncStream::new(ours)
+        .unwrap()
+        .into_split();
+    let (filled_tx, filled) = tokio::sync::oneshot::channel();
+    let writer = tokio::spawn(async move {
+        let data = pattern(4, 4 * ring);
+        // The first write fills the ring; the next waits.
+        let mut at = wr.write(&data).await.unwrap();
+        filled_tx.send(()).unwrap();
+        loop {
+            match wr.write(&data[at..]).await {
+                Ok(n) => at += n,
+                Err(e) => return e,
+            }
+        }
+    });
+    filled.await.unwrap();
+    tokio::task::yield_now().await;
+    die(theirs);
+    let err = tokio::time::timeout(DEADLINE, writer)
+        .await
+        .expect("the waiting write never noticed the peer's death")
+        .unwrap();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+    drop(rd);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_waiting_write_half_notices_the_peers_death() {
+    let (mut ours, theirs, _sock) = vchan_session();
+    strict(ours.signal_mut());
+    a_waiting_writer_notices_the_peers_death(ours, theirs, 1024, |mut p| {
+        p.signal_mut().set_hangup(dummy_fd());
+        std::mem::forget(p);
+    })
+    .await;
+
+    let (mut ours, theirs, _sock) = common::vmbus_pair(4096);
+    strict(ours.signal_mut());
+    a_waiting_writer_notices_the_peers_death(ours, theirs, 4096, |mut p| {
+        p.signal_mut().set_hangup(dummy_fd());
+        std::mem::forget(p);
+    })
+    .await;
+}
