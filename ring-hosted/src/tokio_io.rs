@@ -26,6 +26,68 @@
 //! `poll_event` in the source; the wake-up counters of the signal
 //! ([`EventSignal::wake_counts`]) count each wake-up by its cause, as the
 //! blocking waits do.
+//!
+//! # Ending a stream
+//!
+//! [`shutdown`](tokio::io::AsyncWriteExt::shutdown) ends our direction
+//! only, for both protocols, and never blocks the runtime (a VMBus end
+//! mark waits for room on the reactor); the peer's half-close ends our
+//! reads with `Ok(0)` as soon as it arrives. Between two of our own
+//! processes, [`AsyncStream::confirm`] is the last step, as `ring
+//! connect` and `ring listen` take it: each side says how many bytes it
+//! received.
+//!
+//! # Sessions
+//!
+//! [`connect`] and [`AsyncListener`] set sessions up over the rendezvous
+//! without blocking the runtime. An echo over vchan, server and client
+//! both tokio tasks (the same over VMBus is on [`AsyncListener`]):
+//!
+//! ```
+//! use ring_hosted::session::Vchan;
+//! use ring_hosted::tokio_io::{self, AsyncListener};
+//! use std::time::Duration;
+//! use tokio::io::{AsyncReadExt, AsyncWriteExt};
+//! use tokio::time::timeout;
+//!
+//! let dir = std::env::temp_dir().join(format!("ring-tokio-echo-doc-{}", std::process::id()));
+//! std::fs::create_dir_all(&dir)?;
+//! let path = dir.join("sock");
+//! let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+//! runtime.block_on(async {
+//!     let mut listener = AsyncListener::<Vchan>::bind(&path)?;
+//!     let server = tokio::spawn(async move {
+//!         let mut s = listener.accept().await?;
+//!         let mut buf = [0u8; 256];
+//!         loop {
+//!             let n = s.read(&mut buf).await?;
+//!             if n == 0 {
+//!                 break; // the client's half-close
+//!             }
+//!             s.write_all(&buf[..n]).await?;
+//!         }
+//!         s.shutdown().await?;
+//!         s.confirm().await?;
+//!         Ok::<_, std::io::Error>(())
+//!     });
+//!     let client = tokio_io::connect::<Vchan>(&path).await?;
+//!     let (mut rd, mut wr) = client.into_split();
+//!     let sender = tokio::spawn(async move {
+//!         wr.write_all(&[7u8; 100_000]).await?;
+//!         wr.shutdown().await?;
+//!         Ok::<_, std::io::Error>(wr)
+//!     });
+//!     let mut back = Vec::new();
+//!     timeout(Duration::from_secs(10), rd.read_to_end(&mut back)).await??;
+//!     assert_eq!(back, vec![7u8; 100_000]);
+//!     let mut client = rd.reunite(sender.await??).expect("one stream");
+//!     timeout(Duration::from_secs(10), client.confirm()).await??;
+//!     server.await??;
+//!     Ok::<(), Box<dyn std::error::Error>>(())
+//! })?;
+//! # std::fs::remove_dir_all(&dir)?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 #![allow(unsafe_code)]
 
