@@ -54,6 +54,37 @@ async fn finish(child: Child) -> (Option<i32>, Vec<u8>) {
     }
 }
 
+/// Waits until `path` exists (`ring listen` renames its socket into
+/// place once it listens), on inotify events, under the deadline.
+fn wait_for_socket(path: &std::path::Path) {
+    use rustix::fs::inotify;
+    let fd = inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK).unwrap();
+    let dir = path.parent().unwrap();
+    inotify::add_watch(
+        &fd,
+        dir,
+        inotify::WatchFlags::CREATE | inotify::WatchFlags::MOVED_TO,
+    )
+    .unwrap();
+    let end = Instant::now() + DEADLINE;
+    // Looked at after the watch is set: an earlier rename is seen here.
+    while !path.exists() {
+        let left = end.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "{} never appeared", path.display());
+        let ts = rustix::event::Timespec {
+            tv_sec: left.as_secs() as _,
+            tv_nsec: left.subsec_nanos() as _,
+        };
+        let mut fds = [rustix::event::PollFd::new(
+            &fd,
+            rustix::event::PollFlags::IN,
+        )];
+        let _ = rustix::event::poll(&mut fds, Some(&ts));
+        let mut events = [0u8; 4096];
+        let _ = rustix::io::read(&fd, &mut events);
+    }
+}
+
 /// Our side of one session: reads the peer's stream to its end (which
 /// must come at once after its half-close), answers, shuts our direction
 /// down, and confirms.
@@ -108,7 +139,7 @@ where
         &["listen", "--proto", proto, "--timeout", "20", &path],
         b"hello",
     );
-    common::wait_for_path(&sock.path);
+    wait_for_socket(&sock.path);
     let p = sock.path.clone();
     let stream = tokio::task::spawn_blocking(move || session::connect::<P>(&p))
         .await
