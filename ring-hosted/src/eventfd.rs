@@ -833,6 +833,22 @@ impl EventSignal {
         }
     }
 
+    /// Counts a wake-up by the peer's kick that a wait of somebody else's
+    /// took (the tokio adapters' reactor), so the counters keep showing the
+    /// cause of every wake-up.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn note_kick(&self) {
+        self.heard();
+        self.count(|c| c.kicks += 1);
+    }
+
+    /// As [`note_kick`](Self::note_kick), for a wake-up by the hang-up fd.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn note_hangup(&self) {
+        self.heard();
+        self.count(|c| c.hangups += 1);
+    }
+
     /// The peer was heard from: the idle timeout starts again.
     fn heard(&self) {
         *lock(&self.quiet_since) = None;

@@ -563,6 +563,20 @@ pub struct Listener {
     spare: std::sync::Mutex<Option<std::fs::File>>,
 }
 
+/// What one [`Listener::accept_step`] found.
+#[cfg(feature = "tokio")]
+pub(crate) enum AcceptStep {
+    /// A client's handshake ended with this session (boxed: it is large,
+    /// and the other answer is the common one).
+    Session(Box<Session>),
+    /// No session yet. `moved`: something happened (step again at once);
+    /// `again`: step again after this long even with no event.
+    Waiting {
+        moved: bool,
+        again: Option<Duration>,
+    },
+}
+
 /// A handshake in flight, as the listener sees it.
 #[derive(Debug)]
 struct Pending {
@@ -750,12 +764,8 @@ impl Listener {
         mut refused: impl FnMut(&Error),
     ) -> Result<Session, Error> {
         loop {
-            while let Ok(outcome) = self.done_rx.try_recv() {
-                match outcome {
-                    Ok(session) => return Ok(session),
-                    Err(e) if is_client_fault(&e) => refused(&e),
-                    Err(e) => return Err(e),
-                }
+            if let Some(session) = self.finished(&mut refused)? {
+                return Ok(session);
             }
             let ts = match deadline {
                 Some(d) => {
@@ -763,104 +773,162 @@ impl Listener {
                     if left.is_zero() {
                         return Err(Error::TimedOut);
                     }
-                    Some(rustix::event::Timespec {
-                        tv_sec: left.as_secs() as _,
-                        tv_nsec: left.subsec_nanos() as _,
-                    })
+                    Some(left)
                 }
                 None => None,
             };
-            // Out of descriptors: leave the clients in the backlog until
-            // the pause is over (or a handshake ends and frees some).
-            let paused_until = self.backoff_until();
-            let ts = match paused_until {
-                Some(until) => {
-                    let pause = until.saturating_duration_since(Instant::now());
-                    let pause = ts.map_or(pause, |t| {
-                        pause.min(Duration::new(t.tv_sec as u64, t.tv_nsec as u32))
-                    });
-                    Some(rustix::event::Timespec {
-                        tv_sec: pause.as_secs() as _,
-                        tv_nsec: pause.subsec_nanos() as _,
-                    })
-                }
-                None => ts,
-            };
-            // All handshakes taken: cut an idle one off to make room; if
-            // none is idle yet, wait for one to finish or to idle.
-            let full = self.in_flight.load(std::sync::atomic::Ordering::Acquire) >= MAX_HANDSHAKES
-                && !self.cut_idle_handshake();
-            let ts = match (full, ts) {
-                (false, ts) => ts,
-                (true, None) => Some(rustix::event::Timespec {
-                    tv_sec: 0,
-                    tv_nsec: 20_000_000,
-                }),
-                (true, Some(t)) => Some(rustix::event::Timespec {
-                    tv_sec: 0,
-                    tv_nsec: if t.tv_sec > 0 {
-                        20_000_000
-                    } else {
-                        t.tv_nsec.min(20_000_000)
-                    },
-                }),
-            };
-            let listen_for = if paused_until.is_some() || full {
-                rustix::event::PollFlags::empty()
-            } else {
-                rustix::event::PollFlags::IN
-            };
-            let mut fds = [
-                rustix::event::PollFd::new(&self.inner, listen_for),
-                rustix::event::PollFd::new(&*self.ready, rustix::event::PollFlags::IN),
-            ];
-            match rustix::event::poll(&mut fds, ts.as_ref()) {
-                Ok(_) | Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return Err(Error::os("poll rendezvous socket")(e)),
-            }
-            let [listener, ready] = &fds;
-            let (incoming, finished) =
-                (!listener.revents().is_empty(), !ready.revents().is_empty());
-            if finished {
-                self.ready.take().map_err(|source| Error::Os {
-                    op: "eventfd",
-                    source,
-                })?;
-            }
-            if finished {
-                // A handshake ended: descriptors may be free again.
-                self.end_backoff();
-            }
-            if !incoming {
-                continue;
-            }
-            let sock = match self.inner.accept() {
-                Ok((sock, _)) => sock,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                // The client gave up between poll and accept.
-                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
-                Err(source) if is_shortage(&source) => {
-                    self.on_shortage(source, true, &mut refused);
-                    continue;
-                }
-                Err(source) => {
-                    return Err(Error::Os {
-                        op: "accept",
-                        source,
-                    })
-                }
-            };
-            match self.start_handshake(sock) {
-                // The shortage (if any) is over.
-                Ok(()) => *self.backoff.lock().unwrap_or_else(|p| p.into_inner()) = None,
-                // Accepted with the last descriptor, none left to run its
-                // handshake: refused (dropped), as the shortage says.
-                Err(Error::Os { source, .. }) if is_shortage(&source) => {
-                    self.on_shortage(source, false, &mut refused);
-                }
-                Err(e) => refused(&e),
+            self.poll_once(ts, &mut refused)?;
+        }
+    }
+
+    /// The outcome of a handshake that has ended, if one has: a session,
+    /// or (a client's fault) reported to `refused` and skipped.
+    fn finished(&self, refused: &mut impl FnMut(&Error)) -> Result<Option<Session>, Error> {
+        while let Ok(outcome) = self.done_rx.try_recv() {
+            match outcome {
+                Ok(session) => return Ok(Some(session)),
+                Err(e) if is_client_fault(&e) => refused(&e),
+                Err(e) => return Err(e),
             }
         }
+        Ok(None)
+    }
+
+    /// One non-blocking step of [`accept`](Self::accept), for a caller
+    /// that waits on its own (the tokio listener): a session if a
+    /// handshake has ended with one, else whether anything moved (a client
+    /// accepted, a handshake ended), and when to step again at the latest
+    /// even with no event (`Some` while out of descriptors or out of
+    /// handshake slots). Wait for [`accept_fds`](Self::accept_fds) only
+    /// after a step that moved nothing.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn accept_step(
+        &self,
+        refused: &mut impl FnMut(&Error),
+    ) -> Result<AcceptStep, Error> {
+        if let Some(session) = self.finished(refused)? {
+            return Ok(AcceptStep::Session(Box::new(session)));
+        }
+        let moved = self.poll_once(Some(Duration::ZERO), refused)?;
+        if let Some(session) = self.finished(refused)? {
+            return Ok(AcceptStep::Session(Box::new(session)));
+        }
+        let paused = self.backoff_until().is_some()
+            || self.in_flight.load(std::sync::atomic::Ordering::Acquire) >= MAX_HANDSHAKES;
+        Ok(AcceptStep::Waiting {
+            moved,
+            again: paused.then_some(Duration::from_millis(20)),
+        })
+    }
+
+    /// The fds whose readiness means [`accept_step`](Self::accept_step)
+    /// has work: the listening socket and the handshakes' "ended" eventfd.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn accept_fds(&self) -> [BorrowedFd<'_>; 2] {
+        [self.inner.as_fd(), self.ready.as_fd()]
+    }
+
+    /// One poll of the listening socket and the handshakes' eventfd, for
+    /// at most `wait` (`None`: until something happens), and what it
+    /// found: a client accepted and its handshake started, or refused.
+    /// Returns whether anything happened.
+    fn poll_once(
+        &self,
+        wait: Option<Duration>,
+        refused: &mut impl FnMut(&Error),
+    ) -> Result<bool, Error> {
+        let ts = wait.map(|left| rustix::event::Timespec {
+            tv_sec: left.as_secs() as _,
+            tv_nsec: left.subsec_nanos() as _,
+        });
+        // Out of descriptors: leave the clients in the backlog until
+        // the pause is over (or a handshake ends and frees some).
+        let paused_until = self.backoff_until();
+        let ts = match paused_until {
+            Some(until) => {
+                let pause = until.saturating_duration_since(Instant::now());
+                let pause = ts.map_or(pause, |t| {
+                    pause.min(Duration::new(t.tv_sec as u64, t.tv_nsec as u32))
+                });
+                Some(rustix::event::Timespec {
+                    tv_sec: pause.as_secs() as _,
+                    tv_nsec: pause.subsec_nanos() as _,
+                })
+            }
+            None => ts,
+        };
+        // All handshakes taken: cut an idle one off to make room; if
+        // none is idle yet, wait for one to finish or to idle.
+        let full = self.in_flight.load(std::sync::atomic::Ordering::Acquire) >= MAX_HANDSHAKES
+            && !self.cut_idle_handshake();
+        let ts = match (full, ts) {
+            (false, ts) => ts,
+            (true, None) => Some(rustix::event::Timespec {
+                tv_sec: 0,
+                tv_nsec: 20_000_000,
+            }),
+            (true, Some(t)) => Some(rustix::event::Timespec {
+                tv_sec: 0,
+                tv_nsec: if t.tv_sec > 0 {
+                    20_000_000
+                } else {
+                    t.tv_nsec.min(20_000_000)
+                },
+            }),
+        };
+        let listen_for = if paused_until.is_some() || full {
+            rustix::event::PollFlags::empty()
+        } else {
+            rustix::event::PollFlags::IN
+        };
+        let mut fds = [
+            rustix::event::PollFd::new(&self.inner, listen_for),
+            rustix::event::PollFd::new(&*self.ready, rustix::event::PollFlags::IN),
+        ];
+        match rustix::event::poll(&mut fds, ts.as_ref()) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(Error::os("poll rendezvous socket")(e)),
+        }
+        let [listener, ready] = &fds;
+        let (incoming, finished) = (!listener.revents().is_empty(), !ready.revents().is_empty());
+        if finished {
+            self.ready.take().map_err(|source| Error::Os {
+                op: "eventfd",
+                source,
+            })?;
+            // A handshake ended: descriptors may be free again.
+            self.end_backoff();
+        }
+        if !incoming {
+            return Ok(finished);
+        }
+        let sock = match self.inner.accept() {
+            Ok((sock, _)) => sock,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(true),
+            // The client gave up between poll and accept.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => return Ok(true),
+            Err(source) if is_shortage(&source) => {
+                self.on_shortage(source, true, refused);
+                return Ok(true);
+            }
+            Err(source) => {
+                return Err(Error::Os {
+                    op: "accept",
+                    source,
+                })
+            }
+        };
+        match self.start_handshake(sock) {
+            // The shortage (if any) is over.
+            Ok(()) => *self.backoff.lock().unwrap_or_else(|p| p.into_inner()) = None,
+            // Accepted with the last descriptor, none left to run its
+            // handshake: refused (dropped), as the shortage says.
+            Err(Error::Os { source, .. }) if is_shortage(&source) => {
+                self.on_shortage(source, false, refused);
+            }
+            Err(e) => refused(&e),
+        }
+        Ok(true)
     }
 
     /// Cuts off the oldest idle handshake (silent for [`IDLE_AFTER`], its
@@ -1309,21 +1377,44 @@ pub fn connect_with(path: &Path, config: ClientConfig) -> Result<Session, Error>
 ///
 /// As [`connect_with`].
 pub fn client_handshake(mut sock: UnixStream, config: ClientConfig) -> Result<Session, Error> {
-    let sock_err = |source| Error::Os {
-        op: "handshake socket",
-        source,
-    };
     let deadline = Instant::now() + config.handshake_timeout;
     sock.set_read_timeout(Some(config.handshake_timeout))
         .map_err(sock_err)?;
-    let want = config.proto.code();
-    let hello = Hello {
-        version: VERSION,
-        proto: want,
-    };
     // A server that refuses our uid may answer and close before reading
     // the hello, so a failed write is not yet an error: the answer tells.
-    let _ = sock.write_all(&hello.encode());
+    let _ = sock.write_all(&client_hello(config.proto));
+    finish_client_handshake(sock, config, deadline)
+}
+
+fn sock_err(source: io::Error) -> Error {
+    Error::Os {
+        op: "handshake socket",
+        source,
+    }
+}
+
+/// The hello a client of `proto` sends.
+pub(crate) fn client_hello(proto: Proto) -> [u8; HELLO_LEN] {
+    Hello {
+        version: VERSION,
+        proto: proto.code(),
+    }
+    .encode()
+}
+
+/// The client's handshake after its hello: the welcome (by `deadline`)
+/// and the ring it offers. The async connect sends the hello and waits
+/// for the welcome on the runtime, then finishes here without waiting.
+pub(crate) fn finish_client_handshake(
+    mut sock: UnixStream,
+    config: ClientConfig,
+    deadline: Instant,
+) -> Result<Session, Error> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    // A zero read timeout is none at all: keep it at least a moment.
+    sock.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+        .map_err(sock_err)?;
+    let want = config.proto.code();
     let (raw, fds) = recv_welcome(&mut sock, deadline, config.handshake_timeout)?;
     let welcome = Welcome::decode(&raw).map_err(hs)?;
     if welcome.proto != want {
@@ -1425,6 +1516,17 @@ fn vchan_orders(w: &Welcome) -> Result<Orders, Error> {
     Orders::new(order(w.left_size)?, order(w.right_size)?).map_err(|e| bad(e.to_string()))
 }
 
+/// Whether this process (or the system) is out of fds, found by asking
+/// for one more: the error (`EMFILE`, "too many open files", or
+/// `ENFILE`) if so.
+fn fd_shortage(sock: &UnixStream) -> Option<io::Error> {
+    match rustix::io::fcntl_dupfd_cloexec(sock, 0) {
+        Ok(_probe) => None,
+        Err(e @ (rustix::io::Errno::MFILE | rustix::io::Errno::NFILE)) => Some(e.into()),
+        Err(_) => None,
+    }
+}
+
 fn recv_welcome(
     sock: &mut UnixStream,
     deadline: Instant,
@@ -1455,6 +1557,15 @@ fn recv_welcome(
         }
     }
     if msg.flags.contains(ReturnFlags::CTRUNC) {
+        // Our buffer has room for more fds than a welcome carries, so the
+        // usual cause is ours: the kernel could not give us the fds (no
+        // fd numbers left). Say that, not "truncated".
+        if let Some(source) = fd_shortage(sock) {
+            return Err(Error::Os {
+                op: "receive the session's fds",
+                source,
+            });
+        }
         return Err(hs(HandshakeProblem::FdsTruncated));
     }
     let got = msg.bytes;

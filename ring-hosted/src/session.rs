@@ -126,7 +126,7 @@ impl Protocol for VmbusPackets {
 /// The session as `P`'s stream. The server's configuration fixes the
 /// protocol and the client asks for it in the handshake, so a mismatch
 /// here means a peer that answered for another protocol.
-fn typed<P: Protocol>(session: Session) -> Result<P::Stream, Error> {
+pub(crate) fn typed<P: Protocol>(session: Session) -> Result<P::Stream, Error> {
     let got = session.proto();
     P::stream(session).ok_or(Error::Handshake(HandshakeProblem::Proto {
         got: got.code(),
