@@ -340,6 +340,23 @@ fn domu_cases() -> Vec<Case> {
         ),
         domu: Some(format!("report u5 c server 0 {path} 1048576 xfer {b}")),
     });
+    // A hostile domU client rewrites the control page mid-stream (its
+    // producer index far past the ring): our dom0 server must refuse;
+    // what libxenvchan's server does is recorded.
+    let path = "/local/domain/0/data/vchan/1/10";
+    all.push(Case {
+        dom0: format!(
+            "remote-hostile hostile-domu-client-dom0-rust-server 1 u10 rust server 1 {path} 65536 honest"
+        ),
+        domu: Some(format!("report u10 rust client 0 {path} hostile")),
+    });
+    let path = "/local/domain/0/data/vchan/1/11";
+    all.push(Case {
+        dom0: format!(
+            "remote-hostile hostile-domu-client-dom0-c-server 1 u11 c server 1 {path} 65536 sink"
+        ),
+        domu: Some(format!("report u11 rust client 0 {path} hostile")),
+    });
     // Peer death across domains: a streaming domU peer SIGKILLed, our
     // dom0 side (a sink) must see the end.
     let path = "/local/domain/0/data/vchan/1/6";
@@ -729,6 +746,23 @@ fn millis(label: &str, r: &str) -> f64 {
         .find_map(|w| w.strip_prefix("ms="))
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("{label}: no ms= in {r}"))
+}
+
+#[test]
+fn a_hostile_domu_rewriting_the_control_page_is_refused_within_milliseconds() {
+    let label = "hostile-domu-client-dom0-rust-server";
+    let r = boot().passed(label);
+    let ms = millis(label, r);
+    assert!(ms < 200.0, "{label}: refused after {ms} ms");
+    assert!(r.contains("REFUSED"), "{r}");
+}
+
+/// libxenvchan on the honest side of the same page: what it did is
+/// recorded (docs/devices.md), not judged; the case must have run.
+#[test]
+fn libxenvchan_facing_the_same_hostile_domu_is_recorded() {
+    let r = boot().passed("hostile-domu-client-dom0-c-server");
+    eprintln!("libxenvchan's server facing a rewritten control page: {r}");
 }
 
 #[test]
