@@ -213,6 +213,19 @@ fn libraries(bins: &[&Path], xen_lib: &Path, into: &mut Vec<Entry>) {
     }
 }
 
+/// `libgcc_s.so.1`, which glibc loads at run time for `pthread_cancel`
+/// (xl and vchan-socket-proxy need it) and `ldd` cannot see.
+fn gcc_s() -> PathBuf {
+    Command::new("cc")
+        .arg("-print-file-name=libgcc_s.so.1")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| PathBuf::from(s.trim()))
+        .filter(|p| p.is_absolute())
+        .unwrap_or_else(|| PathBuf::from("/lib/x86_64-linux-gnu/libgcc_s.so.1"))
+}
+
 fn module(kernel: &Path, rel: &str) -> Vec<u8> {
     let dir = std::fs::read_dir(kernel.join("lib/modules"))
         .unwrap()
@@ -357,6 +370,20 @@ fn domu_cases() -> Vec<Case> {
         ),
         domu: Some(format!("report u11 rust client 0 {path} hostile")),
     });
+    // Debian's vchan-socket-proxy, unmodified, in the domU (client mode:
+    // it listens on a socket and joins our dom0 server's vchan for each
+    // connection), 16 MiB each way through the socket.
+    let path = "/local/domain/0/data/vchan/1/12";
+    let big = 16u64 << 20;
+    all.push(Case {
+        dom0: format!(
+            "remote vchan-socket-proxy-domu-dom0-rust-server-1m 1 u12 now rust server 1 {path} 1048576 xfer {big}"
+        ),
+        domu: Some(format!(
+            "/usr/lib/xen-4.17/bin/vchan-socket-proxy -s data/u12-proxy 0 {path} /tmp/u12.sock &\n\
+             /bin/ring-xen-peer report u12 rust sock-client u12-proxy {path} /tmp/u12.sock {big}"
+        )),
+    });
     // Peer death across domains: a streaming domU peer SIGKILLed, our
     // dom0 side (a sink) must see the end.
     let path = "/local/domain/0/data/vchan/1/6";
@@ -419,7 +446,13 @@ fn initramfs() -> &'static Path {
         let domu_script: String = domu_cases()
             .iter()
             .filter_map(|c| c.domu.as_ref())
-            .map(|c| format!("XEN_PEER_WAIT_SECS=$W /bin/ring-xen-peer {c}\nW=60\n"))
+            .map(|c| {
+                if c.starts_with('/') {
+                    format!("{c}\n")
+                } else {
+                    format!("XEN_PEER_WAIT_SECS=$W /bin/ring-xen-peer {c}\nW=60\n")
+                }
+            })
             .collect();
         let mut domu = vec![
             file(
@@ -433,11 +466,32 @@ fn initramfs() -> &'static Path {
             file("bin/busybox", 0o100_755, busybox.clone()),
             file("bin/ring-xen-peer", 0o100_755, read(peer)),
             file("bin/xen-real-peer", 0o100_755, read(c_peer)),
+            file(
+                "usr/lib/xen-4.17/bin/vchan-socket-proxy",
+                0o100_755,
+                read(&tools.join("vchan-socket-proxy")),
+            ),
         ];
         for (name, rel) in MODULES.iter().take(3) {
             domu.push(file(&format!("lib/modules/{name}.ko"), 0o100_644, module(&kernel, rel)));
-        }
-        libraries(&[c_peer], &xen_lib, &mut domu);
+        }        // vchan-socket-proxy opens the privileged command interface
+        // (libxenctrl) even in a domU.
+        domu.push(file(
+            "lib/modules/xen-privcmd.ko",
+            0o100_644,
+            module(&kernel, "xen-privcmd.ko"),
+        ));
+
+        libraries(
+            &[c_peer, &tools.join("vchan-socket-proxy")],
+            &xen_lib,
+            &mut domu,
+        );
+        domu.push(file(
+            "lib/x86_64-linux-gnu/libgcc_s.so.1",
+            0o100_755,
+            read(&gcc_s()),
+        ));
 
         let mut script = String::from(INIT_COMMON);
         script.push_str(
@@ -500,20 +554,10 @@ poweroff -f
         }
         let bins: Vec<&Path> = bins.iter().map(PathBuf::as_path).collect();
         libraries(&bins, &xen_lib, &mut dom0);
-        // glibc loads it at run time for pthread_cancel (xl needs it);
-        // ldd cannot see it.
-        let gcc_s = Command::new("cc")
-            .arg("-print-file-name=libgcc_s.so.1")
-            .output()
-            .ok()
-            .and_then(|o| String::from_utf8(o.stdout).ok())
-            .map(|s| PathBuf::from(s.trim()))
-            .filter(|p| p.is_absolute())
-            .unwrap_or_else(|| PathBuf::from("/lib/x86_64-linux-gnu/libgcc_s.so.1"));
         dom0.push(file(
             "lib/x86_64-linux-gnu/libgcc_s.so.1",
             0o100_755,
-            read(&gcc_s),
+            read(&gcc_s()),
         ));
         for (name, rel) in MODULES {
             dom0.push(file(&format!("lib/modules/{name}.ko"), 0o100_644, module(&kernel, rel)));
@@ -763,6 +807,12 @@ fn a_hostile_domu_rewriting_the_control_page_is_refused_within_milliseconds() {
 fn libxenvchan_facing_the_same_hostile_domu_is_recorded() {
     let r = boot().passed("hostile-domu-client-dom0-c-server");
     eprintln!("libxenvchan's server facing a rewritten control page: {r}");
+}
+
+#[test]
+fn debians_vchan_socket_proxy_in_the_domu_moves_16_mib_each_way_to_our_dom0_server() {
+    let r = boot().passed("vchan-socket-proxy-domu-dom0-rust-server-1m");
+    assert!(r.contains(&format!("RECEIVED {}", 16u64 << 20)), "{r}");
 }
 
 #[test]

@@ -658,6 +658,62 @@ fn remote_hostile_cmd(
 /// How long the honest side has to refuse a rewritten control page.
 const HOSTILE_WAIT: Duration = Duration::from_secs(3);
 
+/// `sock-client STATE VCHAN-PATH SOCKET BYTES`: the client side of `xfer`
+/// through a socket that Debian's vchan-socket-proxy (client mode) serves:
+/// waits for the proxy to write `running` to our `data/STATE` and for the
+/// server's keys at `VCHAN-PATH` (the proxy connects its vchan when the
+/// socket connection comes), then sends `BYTES` of pattern 1, checks
+/// `BYTES` of pattern 2 and closes.
+fn sock_client(state: &str, vchan_path: &str, socket: &str, bytes: u64) -> Result<(), String> {
+    use std::io::Read;
+    let mut store = XenStore::open().map_err(err)?;
+    let me = store.own_domid().map_err(err)?;
+    let home = store.domain_path(me).map_err(err)?;
+    let v = await_key(&mut store, &format!("{home}/data/{state}"))?;
+    say(&format!("proxy state: {v}"));
+    vchan::wait_published(&mut store, vchan_path, Instant::now() + WAIT).map_err(err)?;
+    let mut sock = std::os::unix::net::UnixStream::connect(socket)
+        .map_err(|e| format!("connect {socket}: {e}"))?;
+    sock.set_read_timeout(Some(WAIT)).map_err(err)?;
+    sock.set_write_timeout(Some(WAIT)).map_err(err)?;
+    let mut writer = sock.try_clone().map_err(err)?;
+    let sender = std::thread::spawn(move || -> Result<(), String> {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut at = 0u64;
+        while at < bytes {
+            let n = (bytes - at).min(buf.len() as u64) as usize;
+            for (k, b) in buf[..n].iter_mut().enumerate() {
+                *b = pattern(1, at + k as u64);
+            }
+            writer
+                .write_all(&buf[..n])
+                .map_err(|e| format!("socket write: {e}"))?;
+            at += n as u64;
+        }
+        Ok(())
+    });
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut at = 0u64;
+    while at < bytes {
+        let want = (bytes - at).min(buf.len() as u64) as usize;
+        let n = sock
+            .read(&mut buf[..want])
+            .map_err(|e| format!("socket read after {at}: {e}"))?;
+        if n == 0 {
+            return Err(format!("socket ended after {at} of {bytes} bytes"));
+        }
+        if let Some(k) = (0..n).find(|&k| buf[k] != pattern(2, at + k as u64)) {
+            return Err(format!("byte {} differs", at + k as u64));
+        }
+        at += n as u64;
+    }
+    sender
+        .join()
+        .map_err(|_| "the sender panicked".to_owned())??;
+    say(&format!("RECEIVED {at}"));
+    Ok(())
+}
+
 /// `refused LABEL DOMID KEY` (in dom0): the domU's `data/KEY` must be a
 /// failure that names `EACCES` (a client whose server published before the
 /// client's domain existed).
@@ -745,6 +801,8 @@ fn main() {
             std::mem::forget(child);
             Ok(())
         })(),
+        // sock-client STATE VCHAN-PATH SOCKET BYTES (next to vchan-socket-proxy)
+        "sock-client" => (|| sock_client(a(1), a(2), a(3), num(args.get(4), "bytes")?))(),
         // refused LABEL DOMID KEY (dom0 side)
         "refused" => {
             report(a(1), refused_cmd(a(2), a(3)));
@@ -766,7 +824,7 @@ fn main() {
     };
     match r {
         Ok(()) => {
-            if matches!(a(0), "server" | "client") {
+            if matches!(a(0), "server" | "client" | "sock-client") {
                 say("OK");
             }
         }
