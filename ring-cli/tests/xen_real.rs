@@ -10,7 +10,13 @@
 //! `target/xen/root`), dom0 = the Linux-guest tests' Debian kernel with an
 //! initramfs built here (busybox-static, the Xen drivers, xenstored,
 //! xen-init-dom0, xl, xenconsoled, both peers and every library they load,
-//! and the domU's kernel and initramfs). dom0's `/init` runs every case,
+//! and the domU's kernel and initramfs). The cases: every pairing of ours
+//! and libxenvchan dom0 ↔ dom0 and dom0 ↔ domU in both placements (64 KiB
+//! and 1 MiB rings, one through the 32-bit index wrap), the domU client
+//! started before its server (`EACCES`) and keys published before the
+//! domU existed, SIGKILL of either side and `xl destroy` of the domU, a
+//! hostile domU rewriting the control page, and Debian's
+//! vchan-socket-proxy in the domU. dom0's `/init` runs every case,
 //! one `XENTEST LABEL PASS|FAIL …` line each on the serial console, then
 //! `XENTEST done`. One boot serves every test here (the first test to run
 //! boots it); it is bounded by [`BOOT_LIMIT`], and a boot that cannot
@@ -353,6 +359,18 @@ fn domu_cases() -> Vec<Case> {
         ),
         domu: Some(format!("report u5 c server 0 {path} 1048576 xfer {b}")),
     });
+    // Through the 32-bit index wrap: our dom0 server starts every index
+    // 3 MiB short of it, so 8 MiB each way crosses it in both rings,
+    // against libxenvchan's client in the domU.
+    let path = "/local/domain/0/data/vchan/1/13";
+    let start = u32::MAX - (3 << 20) + 1;
+    all.push(Case {
+        dom0: format!(
+            "XEN_PEER_INITIAL_INDEX={start} /bin/ring-xen-peer remote index-wrap-dom0-rust-server-domu-c-client-64k \
+             1 u13 now rust server 1 {path} 65536 xfer {b}"
+        ),
+        domu: Some(format!("report u13 c client 0 {path} xfer {b}")),
+    });
     // A hostile domU client rewrites the control page mid-stream (its
     // producer index far past the ring): our dom0 server must refuse;
     // what libxenvchan's server does is recorded.
@@ -519,9 +537,14 @@ $X/xl create /etc/xen/domu.cfg && echo "XENTEST domu-created PASS from=$t0 to=$(
 "#,
         );
         for c in domu_cases() {
+            // A case may start with environment words and its own path.
+            let command = if c.dom0.contains("/bin/ring-xen-peer") {
+                c.dom0.clone()
+            } else {
+                format!("/bin/ring-xen-peer {}", c.dom0)
+            };
             script.push_str(&format!(
-                "/bin/ring-xen-peer {} || {{ $X/xl list; sed 's/^/DOMU| /' /var/log/xen/guest-domu.log; }}\n",
-                c.dom0
+                "{command} || {{ $X/xl list; sed 's/^/DOMU| /' /var/log/xen/guest-domu.log; }}\n"
             ));
         }
         script.push_str(
@@ -790,6 +813,11 @@ fn millis(label: &str, r: &str) -> f64 {
         .find_map(|w| w.strip_prefix("ms="))
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("{label}: no ms= in {r}"))
+}
+
+#[test]
+fn an_index_wrap_dom0_server_with_a_libxenvchan_domu_client() {
+    boot().passed("index-wrap-dom0-rust-server-domu-c-client-64k");
 }
 
 #[test]

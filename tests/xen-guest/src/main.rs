@@ -23,6 +23,7 @@
 
 use ring_core::mem::SharedMem;
 use ring_core::vchan::layout::{LEFT_CONS, LEFT_PROD};
+use ring_core::vchan::ServerOptions;
 use ring_hosted::devmem::DevError;
 use ring_hosted::xen::evtchn::EVTCHN_PATH;
 use ring_hosted::xen::gntalloc::GNTALLOC_PATH;
@@ -206,11 +207,20 @@ fn server(peer: u16, path: &str, size: usize, mode: &str, bytes: u64) -> Result<
         read_min: size,
         write_min: size,
     };
-    let mut v = vchan::serve(
+    // XEN_PEER_INITIAL_INDEX starts every index there (near u32::MAX: the
+    // transfer crosses the 32-bit wrap).
+    let options = ServerOptions {
+        initial_index: std::env::var("XEN_PEER_INITIAL_INDEX")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+    };
+    let mut v = vchan::serve_with(
         &open(GNTALLOC_PATH)?,
         open(EVTCHN_PATH)?,
         &mut store,
         &config,
+        options,
     )
     .map_err(err)?;
     say("READY");
