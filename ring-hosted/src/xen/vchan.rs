@@ -130,6 +130,23 @@ pub fn serve<S: Read + Write>(
     store: &mut XenStore<S>,
     config: &ServerConfig,
 ) -> Result<XenVchan, DevError> {
+    serve_with(gntalloc, evtchn, store, config, ServerOptions::default())
+}
+
+/// As [`serve`], laying out the page with `options` (e.g. indices that
+/// start near `u32::MAX`, so a transfer crosses the 32-bit wrap early; any
+/// start is valid vchan, libxenvchan starts at 0).
+///
+/// # Errors
+///
+/// As [`serve`].
+pub fn serve_with<S: Read + Write>(
+    gntalloc: &XenDevice,
+    evtchn: XenDevice,
+    store: &mut XenStore<S>,
+    config: &ServerConfig,
+    options: ServerOptions,
+) -> Result<XenVchan, DevError> {
     let orders = Orders::for_sizes(config.read_min, config.write_min)
         .map_err(|e| DevError::Vchan(e.into()))?;
     let peer = config.peer;
@@ -167,14 +184,7 @@ pub fn serve<S: Read + Write>(
     };
     let left = place(orders.left())?;
     let right = place(orders.right())?;
-    let endpoint = vchan::serve(
-        ctrl.mem.clone(),
-        left,
-        right,
-        orders,
-        &grants,
-        ServerOptions::default(),
-    )?;
+    let endpoint = vchan::serve(ctrl.mem.clone(), left, right, orders, &grants, options)?;
     // Publish only now that the page is complete.
     let own = store.own_domid()?;
     let perms = [

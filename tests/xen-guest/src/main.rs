@@ -21,6 +21,9 @@
 //!
 //! The driver commands are `pair`, `kill` and `domu` (see [`main`]).
 
+use ring_core::mem::SharedMem;
+use ring_core::vchan::layout::{LEFT_CONS, LEFT_PROD};
+use ring_core::vchan::ServerOptions;
 use ring_hosted::devmem::DevError;
 use ring_hosted::xen::evtchn::EVTCHN_PATH;
 use ring_hosted::xen::gntalloc::GNTALLOC_PATH;
@@ -110,6 +113,43 @@ fn sink(v: &mut XenVchan) -> Result<(), String> {
     Ok(())
 }
 
+/// The honest side of a hostile peer: reads until the ring is refused
+/// (`REFUSED …`, a pass) or ends (a failure).
+fn honest(v: &mut XenVchan) -> Result<(), String> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    loop {
+        match v.read(&mut buf) {
+            Ok(0) => return Err(format!("end of stream after {total} bytes, no refusal")),
+            Ok(n) => total += n as u64,
+            Err(e) => {
+                say(&format!("REFUSED after {total} bytes: {e}"));
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// A hostile client: sends 256 KiB, then moves the left ring's producer
+/// index far past the ring (more than any ring holds), kicks, says
+/// `REWRITTEN`, and stays until the server's end (bounded).
+fn hostile(v: &mut XenVchan) -> Result<(), String> {
+    send(v, 1, 256 << 10)?;
+    let ctrl = v.endpoint().control().clone();
+    let cons = ctrl.load_u32(LEFT_CONS).map_err(err)?;
+    ctrl.store_u32(LEFT_PROD, cons.wrapping_add((3 << 20) + 7))
+        .map_err(err)?;
+    v.event_channel_mut().send().map_err(err)?;
+    say("REWRITTEN");
+    let mut buf = [0u8; 4096];
+    loop {
+        match v.read(&mut buf) {
+            Ok(0) | Err(_) => return Ok(()),
+            Ok(_) => {}
+        }
+    }
+}
+
 /// Writes until the peer goes (then fails, which is the point).
 fn stream(v: &mut XenVchan) -> Result<(), String> {
     let mut at = 0u64;
@@ -152,6 +192,8 @@ fn run_mode(v: &mut XenVchan, server: bool, mode: &str, bytes: u64) -> Result<()
             recv(v, 2, bytes)
         }
         ("sink", _) => sink(v),
+        ("honest", _) => honest(v),
+        ("hostile", false) => hostile(v),
         ("stream", _) => stream(v),
         _ => Err(format!("unknown mode {mode}")),
     }
@@ -165,11 +207,20 @@ fn server(peer: u16, path: &str, size: usize, mode: &str, bytes: u64) -> Result<
         read_min: size,
         write_min: size,
     };
-    let mut v = vchan::serve(
+    // XEN_PEER_INITIAL_INDEX starts every index there (near u32::MAX: the
+    // transfer crosses the 32-bit wrap).
+    let options = ServerOptions {
+        initial_index: std::env::var("XEN_PEER_INITIAL_INDEX")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+    };
+    let mut v = vchan::serve_with(
         &open(GNTALLOC_PATH)?,
         open(EVTCHN_PATH)?,
         &mut store,
         &config,
+        options,
     )
     .map_err(err)?;
     say("READY");
@@ -426,10 +477,15 @@ fn report_cmd(key: &str, imp: &str, args: &[String]) -> Result<(), String> {
     }
     let start = Instant::now();
     let r = run_child(imp, args, |line| {
-        if line.starts_with("first-read=") || line == "READY" {
-            if let Err(e) = store.write(0, &format!("data/{key}-started"), line) {
-                say(&format!("  cannot write data/{key}-started: {e}"));
-            }
+        let step = if line.starts_with("first-read=") || line == "READY" {
+            "started"
+        } else if line == "REWRITTEN" {
+            "rewritten"
+        } else {
+            return;
+        };
+        if let Err(e) = store.write(0, &format!("data/{key}-{step}"), line) {
+            say(&format!("  cannot write data/{key}-{step}: {e}"));
         }
     });
     let secs = start.elapsed().as_secs_f64();
@@ -561,6 +617,113 @@ fn remote_kill_cmd(
     r
 }
 
+/// `remote-hostile LABEL DOMID KEY IMPL ARGS…` (in dom0): our side (a
+/// server in mode `honest`, or the C server in `sink`) against a domU
+/// client that rewrites the control page; once the domU says it did
+/// (`data/KEY-rewritten`), our side must refuse within [`HOSTILE_WAIT`].
+/// For the C server, what it did in that time is recorded instead.
+fn remote_hostile_cmd(
+    domid: &str,
+    key: &str,
+    imp: &str,
+    args: &[String],
+) -> Result<String, String> {
+    let mut store = XenStore::open().map_err(err)?;
+    let (mut ours, rx) = spawn(imp, args)?;
+    let r = (|| {
+        let v = await_key(
+            &mut store,
+            &format!("/local/domain/{domid}/data/{key}-rewritten"),
+        )?;
+        let seen = Instant::now();
+        let mut lines = Vec::new();
+        loop {
+            let left = (seen + HOSTILE_WAIT).saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.starts_with("REFUSED") => {
+                    return Ok(format!(
+                        "ms={:.1} {line} (domU: {v})",
+                        seen.elapsed().as_secs_f64() * 1e3
+                    ))
+                }
+                Ok(line) => lines.push(line),
+                Err(_) => break,
+            }
+        }
+        let what = format!(
+            "no refusal within {HOSTILE_WAIT:?}; it said: [{}]; still running: {}",
+            lines.join("; "),
+            ours.try_wait().ok().flatten().is_none()
+        );
+        if imp == "c" {
+            Ok(format!("record: {what}"))
+        } else {
+            Err(what)
+        }
+    })();
+    kill_all(&mut [&mut ours]);
+    r
+}
+
+/// How long the honest side has to refuse a rewritten control page.
+const HOSTILE_WAIT: Duration = Duration::from_secs(3);
+
+/// `sock-client STATE VCHAN-PATH SOCKET BYTES`: the client side of `xfer`
+/// through a socket that Debian's vchan-socket-proxy (client mode) serves:
+/// waits for the proxy to write `running` to our `data/STATE` and for the
+/// server's keys at `VCHAN-PATH` (the proxy connects its vchan when the
+/// socket connection comes), then sends `BYTES` of pattern 1, checks
+/// `BYTES` of pattern 2 and closes.
+fn sock_client(state: &str, vchan_path: &str, socket: &str, bytes: u64) -> Result<(), String> {
+    use std::io::Read;
+    let mut store = XenStore::open().map_err(err)?;
+    let me = store.own_domid().map_err(err)?;
+    let home = store.domain_path(me).map_err(err)?;
+    let v = await_key(&mut store, &format!("{home}/data/{state}"))?;
+    say(&format!("proxy state: {v}"));
+    vchan::wait_published(&mut store, vchan_path, Instant::now() + WAIT).map_err(err)?;
+    let mut sock = std::os::unix::net::UnixStream::connect(socket)
+        .map_err(|e| format!("connect {socket}: {e}"))?;
+    sock.set_read_timeout(Some(WAIT)).map_err(err)?;
+    sock.set_write_timeout(Some(WAIT)).map_err(err)?;
+    let mut writer = sock.try_clone().map_err(err)?;
+    let sender = std::thread::spawn(move || -> Result<(), String> {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut at = 0u64;
+        while at < bytes {
+            let n = (bytes - at).min(buf.len() as u64) as usize;
+            for (k, b) in buf[..n].iter_mut().enumerate() {
+                *b = pattern(1, at + k as u64);
+            }
+            writer
+                .write_all(&buf[..n])
+                .map_err(|e| format!("socket write: {e}"))?;
+            at += n as u64;
+        }
+        Ok(())
+    });
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut at = 0u64;
+    while at < bytes {
+        let want = (bytes - at).min(buf.len() as u64) as usize;
+        let n = sock
+            .read(&mut buf[..want])
+            .map_err(|e| format!("socket read after {at}: {e}"))?;
+        if n == 0 {
+            return Err(format!("socket ended after {at} of {bytes} bytes"));
+        }
+        if let Some(k) = (0..n).find(|&k| buf[k] != pattern(2, at + k as u64)) {
+            return Err(format!("byte {} differs", at + k as u64));
+        }
+        at += n as u64;
+    }
+    sender
+        .join()
+        .map_err(|_| "the sender panicked".to_owned())??;
+    say(&format!("RECEIVED {at}"));
+    Ok(())
+}
+
 /// `refused LABEL DOMID KEY` (in dom0): the domU's `data/KEY` must be a
 /// failure that names `EACCES` (a client whose server published before the
 /// client's domain existed).
@@ -648,9 +811,16 @@ fn main() {
             std::mem::forget(child);
             Ok(())
         })(),
+        // sock-client STATE VCHAN-PATH SOCKET BYTES (next to vchan-socket-proxy)
+        "sock-client" => (|| sock_client(a(1), a(2), a(3), num(args.get(4), "bytes")?))(),
         // refused LABEL DOMID KEY (dom0 side)
         "refused" => {
             report(a(1), refused_cmd(a(2), a(3)));
+            Ok(())
+        }
+        // remote-hostile LABEL DOMID KEY IMPL ARGS… (dom0 side)
+        "remote-hostile" => {
+            report(a(1), remote_hostile_cmd(a(2), a(3), a(4), &args[5..]));
             Ok(())
         }
         // killable KEY IMPL ARGS… (domU side)
@@ -664,7 +834,7 @@ fn main() {
     };
     match r {
         Ok(()) => {
-            if matches!(a(0), "server" | "client") {
+            if matches!(a(0), "server" | "client" | "sock-client") {
                 say("OK");
             }
         }
