@@ -191,25 +191,18 @@ fn snapshots_of_busy_sessions_are_never_corrupt() {
     use std::io::Write;
     for proto in ["vmbus", "vchan"] {
         let sock = TempSock::new("busy");
-        let mut listen = ring()
-            .arg("listen")
-            .arg(&sock.path)
-            .args(["--proto", proto])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        // Both sides stream for as long as the test feeds them.
+        let streaming = |cmd| {
+            common::side(cmd, &sock.path, proto, &[])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        };
+        let mut listen = streaming("listen");
         wait_for_path(&sock.path);
-        let mut connect = ring()
-            .arg("connect")
-            .arg(&sock.path)
-            .args(["--proto", proto])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut connect = streaming("connect");
         let feeders: Vec<_> = [listen.stdin.take().unwrap(), connect.stdin.take().unwrap()]
             .into_iter()
             .map(|mut input| {
