@@ -756,6 +756,10 @@ fn set_up_checks_hold_exactly_at_their_edges() {
     serve_flat(exact, orders, ServerOptions::default()).unwrap();
     assert_eq!(connect_flat(short).unwrap_err(), too_small);
     connect_flat(exact).unwrap();
+    // Memory to spare is fine, both ends.
+    let bigger = RawMem::from_atomics(&w[..size / 8 + 1]);
+    serve_flat(bigger, orders, ServerOptions::default()).unwrap();
+    connect_flat(bigger).unwrap();
 
     // A control page one word short, on either side.
     let w = words(4096 + 2 * 4096);
