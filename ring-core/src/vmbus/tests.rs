@@ -1080,3 +1080,107 @@ fn reserve_then_write() {
         })
     ));
 }
+
+/// Memory that lets the writer publish once, at the moment the reader
+/// clears its interrupt mask and just before the store lands: the writer
+/// saw the ring masked and will not signal, so only the reader's re-check
+/// after unmasking can find the packet.
+#[derive(Clone)]
+struct UnmaskRace<'a> {
+    mem: RawMem<'a>,
+    writer: std::rc::Rc<core::cell::RefCell<Option<std::boxed::Box<dyn FnMut() + 'a>>>>,
+}
+
+impl SharedMem for UnmaskRace<'_> {
+    fn size(&self) -> usize {
+        self.mem.size()
+    }
+    fn load_u32(&self, offset: usize) -> Result<u32, MemError> {
+        self.mem.load_u32(offset)
+    }
+    fn store_u32(&self, offset: usize, value: u32) -> Result<(), MemError> {
+        if offset == INTERRUPT_MASK && value == 0 {
+            let writer = self.writer.borrow_mut().take();
+            if let Some(mut w) = writer {
+                w();
+            }
+        }
+        self.mem.store_u32(offset, value)
+    }
+    fn load_u8(&self, offset: usize) -> Result<u8, MemError> {
+        self.mem.load_u8(offset)
+    }
+    fn store_u8(&self, offset: usize, value: u8) -> Result<(), MemError> {
+        self.mem.store_u8(offset, value)
+    }
+    fn fetch_or_u8(&self, offset: usize, bits: u8) -> Result<u8, MemError> {
+        self.mem.fetch_or_u8(offset, bits)
+    }
+    fn fetch_and_u8(&self, offset: usize, bits: u8) -> Result<u8, MemError> {
+        self.mem.fetch_and_u8(offset, bits)
+    }
+    fn read(&self, offset: usize, dst: &mut [u8]) -> Result<(), MemError> {
+        self.mem.read(offset, dst)
+    }
+    fn write(&self, offset: usize, src: &[u8]) -> Result<(), MemError> {
+        self.mem.write(offset, src)
+    }
+}
+
+#[test]
+fn a_reader_running_dry_finds_what_was_published_as_it_unmasked() {
+    let l = layout(4096);
+    let w = words(l);
+    let mem = RawMem::from_atomics(&w);
+    initialize_ring(&mem, l).unwrap();
+    let writer: std::rc::Rc<core::cell::RefCell<Option<std::boxed::Box<dyn FnMut()>>>> =
+        std::rc::Rc::default();
+    let race = UnmaskRace {
+        mem,
+        writer: writer.clone(),
+    };
+    let mut rx = IncomingRing::new(race, l).unwrap();
+    let tx = std::rc::Rc::new(core::cell::RefCell::new(OutgoingRing::new(mem, l).unwrap()));
+    rx.mask_interrupts().unwrap();
+    let sender = tx.clone();
+    *writer.borrow_mut() = Some(std::boxed::Box::new(move || {
+        let _ = sender
+            .borrow_mut()
+            .send(&OutgoingPacket::in_band(42, &[b"late"]))
+            .unwrap();
+    }));
+    let p = rx
+        .read_packet()
+        .expect("the packet published as we unmasked");
+    assert_eq!(p.transaction_id(), 42);
+    assert!(writer.borrow().is_none(), "the writer never moved");
+}
+
+/// The reader masks the writer's signals only once it has run dry and
+/// found data again (never on a ring it has not drained, and never when
+/// it polls).
+#[test]
+fn the_reader_masks_only_after_running_dry() {
+    let l = layout(4096);
+    let w = words(l);
+    let mem = RawMem::from_atomics(&w);
+    let (mut tx, mut rx) = pair(mem, l, 0);
+    for id in [1, 2] {
+        let _ = tx.send(&OutgoingPacket::in_band(id, &[b"x"])).unwrap();
+    }
+    assert_eq!(rx.read_packet().unwrap().transaction_id(), 1);
+    assert_eq!(mem.load_u32(INTERRUPT_MASK).unwrap(), 0, "not dry yet");
+    assert_eq!(rx.read_packet().unwrap().transaction_id(), 2);
+    assert_eq!(rx.read_packet().unwrap_err(), Error::Empty);
+    assert_eq!(mem.load_u32(INTERRUPT_MASK).unwrap(), 0, "unmasked, dry");
+    let _ = tx.send(&OutgoingPacket::in_band(3, &[b"x"])).unwrap();
+    assert_eq!(rx.read_packet().unwrap().transaction_id(), 3);
+    assert_eq!(mem.load_u32(INTERRUPT_MASK).unwrap(), 1, "draining again");
+    // Polling: the mask is not ours to touch.
+    rx.set_interrupts(false);
+    mem.store_u32(INTERRUPT_MASK, 0).unwrap();
+    assert_eq!(rx.read_packet().unwrap_err(), Error::Empty);
+    let _ = tx.send(&OutgoingPacket::in_band(4, &[b"x"])).unwrap();
+    assert_eq!(rx.read_packet().unwrap().transaction_id(), 4);
+    assert_eq!(mem.load_u32(INTERRUPT_MASK).unwrap(), 0, "polling");
+}
