@@ -1088,8 +1088,11 @@ fn reserve_then_write() {
 #[derive(Clone)]
 struct UnmaskRace<'a> {
     mem: RawMem<'a>,
-    writer: std::rc::Rc<core::cell::RefCell<Option<std::boxed::Box<dyn FnMut() + 'a>>>>,
+    writer: Hook<'a>,
 }
+
+/// What the writer does once, shared between the test and the memory.
+type Hook<'a> = std::rc::Rc<core::cell::RefCell<Option<std::boxed::Box<dyn FnMut() + 'a>>>>;
 
 impl SharedMem for UnmaskRace<'_> {
     fn size(&self) -> usize {
@@ -1133,8 +1136,7 @@ fn a_reader_running_dry_finds_what_was_published_as_it_unmasked() {
     let w = words(l);
     let mem = RawMem::from_atomics(&w);
     initialize_ring(&mem, l).unwrap();
-    let writer: std::rc::Rc<core::cell::RefCell<Option<std::boxed::Box<dyn FnMut()>>>> =
-        std::rc::Rc::default();
+    let writer: Hook<'_> = std::rc::Rc::default();
     let race = UnmaskRace {
         mem,
         writer: writer.clone(),
