@@ -1186,3 +1186,76 @@ fn the_reader_masks_only_after_running_dry() {
     assert_eq!(rx.read_packet().unwrap().transaction_id(), 4);
     assert_eq!(mem.load_u32(INTERRUPT_MASK).unwrap(), 0, "polling");
 }
+
+/// The reader's signal decisions at their edges: a commit notifies only
+/// when the free space goes from at most the writer's pending size to
+/// more than it (equal is not enough); `writer_needs_signal` says what the
+/// page alone says (pending, the feature, and more free than pending).
+#[test]
+fn signal_decisions_hold_at_their_edges() {
+    let l = layout(4096);
+    let w = words(l);
+    let mem = RawMem::from_atomics(&w);
+    // 64 packets of 32 bytes: 2048 used, 2048 free; each read frees 32.
+    let filled = || {
+        let (mut tx, rx) = pair(mem, l, 0);
+        for id in 0..64 {
+            let _ = tx.send(&OutgoingPacket::in_band(id, &[&[0u8; 8]])).unwrap();
+        }
+        assert_eq!(mem.load_u32(WRITE_INDEX).unwrap(), 2048);
+        mem.store_u32(FEATURE_BITS, 1).unwrap();
+        rx
+    };
+    // (pending, notify on the first commit: free 2048 -> 2080)
+    for (pending, notify) in [(2047, false), (2048, true), (2079, true), (2080, false)] {
+        let mut rx = filled();
+        mem.store_u32(PENDING_SEND_SIZE, pending).unwrap();
+        assert_eq!(
+            rx.writer_needs_signal().unwrap(),
+            pending < 2048,
+            "pending {pending}"
+        );
+        let _ = rx.read_packet().unwrap();
+        let c = rx.commit().unwrap();
+        assert_eq!(c.ring_bytes, 32);
+        assert_eq!(c.notify, notify, "pending {pending}");
+        assert_eq!(
+            rx.writer_needs_signal().unwrap(),
+            pending < 2080,
+            "pending {pending}"
+        );
+    }
+    // Without the feature, or with nothing pending: never.
+    let mut rx = filled();
+    mem.store_u32(PENDING_SEND_SIZE, 2048).unwrap();
+    mem.store_u32(FEATURE_BITS, 0).unwrap();
+    let _ = rx.read_packet().unwrap();
+    assert!(!rx.commit().unwrap().notify);
+    assert!(!rx.writer_needs_signal().unwrap(), "no feature");
+    mem.store_u32(FEATURE_BITS, 1).unwrap();
+    mem.store_u32(PENDING_SEND_SIZE, 0).unwrap();
+    assert!(!rx.writer_needs_signal().unwrap(), "nothing pending");
+}
+
+/// Transfer-page ranges against the header that holds them, at the edge:
+/// two 8-byte ranges fill a 40-byte header exactly; three run past it.
+#[test]
+fn transfer_page_ranges_are_bounded_by_their_header_exactly() {
+    let l = layout(4096);
+    let w = words(l);
+    let mem = RawMem::from_atomics(&w);
+    for (count, fits) in [(2u32, true), (3, false)] {
+        let mut v = descriptor(7, 5, 5, 0);
+        v.extend_from_slice(&[0, 0, 0, 0]);
+        v.extend_from_slice(&count.to_le_bytes());
+        let (_tx, mut rx) = pair(mem, l, 0);
+        inject(&mem, l, 0, &packet_image(v, 48));
+        match rx.read_packet() {
+            Ok(p) => assert!(fits, "{count} ranges read: {p:?}"),
+            Err(e) => {
+                assert!(!fits, "{count} ranges refused: {e:?}");
+                assert!(corrupt_what(e).contains("transfer page ranges"), "{e:?}");
+            }
+        }
+    }
+}
