@@ -1216,7 +1216,9 @@ fn signal_decisions_hold_at_their_edges() {
             "pending {pending}"
         );
         let _ = rx.read_packet().unwrap();
+        assert_eq!(rx.uncommitted(), 32);
         let c = rx.commit().unwrap();
+        assert_eq!(rx.uncommitted(), 0);
         assert_eq!(c.ring_bytes, 32);
         assert_eq!(c.notify, notify, "pending {pending}");
         assert_eq!(
