@@ -879,10 +879,10 @@ impl Device {
             })?;
         let path = self.h.path.join(format!("region{}", region.index));
         if region.mappable() {
-            // SAFETY: the file is a VFIO device fd, whose regions are the
-            // device's own and never shrink (or, with a seam that never
-            // reaches the kernel, a file `Device::from_parts`' caller
-            // promised nobody shrinks): the `Handle` invariant.
+            // The file is a VFIO device fd, whose regions are the device's
+            // own (or a fake's file its `Device::from_parts` caller vouched
+            // for): the `Handle` invariant.
+            // SAFETY: so the mapped region never shrinks under us.
             let mapped = unsafe { MappedRegion::map_any(&self.h.file, &path, region.offset, size) };
             if let Ok(mem) = mapped {
                 return Ok(Bar::Mapped(mem, path));
