@@ -28,6 +28,8 @@ pub mod mutation;
 #[cfg(not(loom))]
 #[allow(dead_code)]
 mod mutation;
+#[cfg(test)]
+mod race;
 pub mod signal;
 pub mod vchan;
 pub mod vmbus;

@@ -6,6 +6,7 @@ use super::layout::*;
 use super::pipe::{PipeReader, PipeWriter, MAX_PIPE_PAYLOAD};
 use super::*;
 use crate::mem::{MemError, RawMem};
+use crate::race::{At, Peer, Race};
 use core::cell::Cell;
 use core::sync::atomic::AtomicU64;
 use std::vec;
@@ -1081,65 +1082,21 @@ fn reserve_then_write() {
     ));
 }
 
-/// Memory that lets the writer publish once, at the moment the reader
-/// clears its interrupt mask and just before the store lands: the writer
-/// saw the ring masked and will not signal, so only the reader's re-check
-/// after unmasking can find the packet.
-#[derive(Clone)]
-struct UnmaskRace<'a> {
-    mem: RawMem<'a>,
-    writer: Hook<'a>,
-}
-
-/// What the writer does once, shared between the test and the memory.
-type Hook<'a> = std::rc::Rc<core::cell::RefCell<Option<std::boxed::Box<dyn FnMut() + 'a>>>>;
-
-impl SharedMem for UnmaskRace<'_> {
-    fn size(&self) -> usize {
-        self.mem.size()
-    }
-    fn load_u32(&self, offset: usize) -> Result<u32, MemError> {
-        self.mem.load_u32(offset)
-    }
-    fn store_u32(&self, offset: usize, value: u32) -> Result<(), MemError> {
-        if offset == INTERRUPT_MASK && value == 0 {
-            let writer = self.writer.borrow_mut().take();
-            if let Some(mut w) = writer {
-                w();
-            }
-        }
-        self.mem.store_u32(offset, value)
-    }
-    fn load_u8(&self, offset: usize) -> Result<u8, MemError> {
-        self.mem.load_u8(offset)
-    }
-    fn store_u8(&self, offset: usize, value: u8) -> Result<(), MemError> {
-        self.mem.store_u8(offset, value)
-    }
-    fn fetch_or_u8(&self, offset: usize, bits: u8) -> Result<u8, MemError> {
-        self.mem.fetch_or_u8(offset, bits)
-    }
-    fn fetch_and_u8(&self, offset: usize, bits: u8) -> Result<u8, MemError> {
-        self.mem.fetch_and_u8(offset, bits)
-    }
-    fn read(&self, offset: usize, dst: &mut [u8]) -> Result<(), MemError> {
-        self.mem.read(offset, dst)
-    }
-    fn write(&self, offset: usize, src: &[u8]) -> Result<(), MemError> {
-        self.mem.write(offset, src)
-    }
-}
-
 #[test]
 fn a_reader_running_dry_finds_what_was_published_as_it_unmasked() {
     let l = layout(4096);
     let w = words(l);
     let mem = RawMem::from_atomics(&w);
     initialize_ring(&mem, l).unwrap();
-    let writer: Hook<'_> = std::rc::Rc::default();
-    let race = UnmaskRace {
+    // The writer publishes at the instant the reader clears its mask.
+    let writer: Peer<'_> = std::rc::Rc::default();
+    let race = Race {
         mem,
-        writer: writer.clone(),
+        at: At::Store {
+            offset: INTERRUPT_MASK,
+            value: 0,
+        },
+        peer: writer.clone(),
     };
     let mut rx = IncomingRing::new(race, l).unwrap();
     let tx = std::rc::Rc::new(core::cell::RefCell::new(OutgoingRing::new(mem, l).unwrap()));

@@ -5,7 +5,8 @@ extern crate std;
 
 use super::super::layout::*;
 use super::*;
-use crate::mem::{MemError, RawMem};
+use crate::mem::RawMem;
+use crate::race::{At, Peer, Race};
 use core::sync::atomic::AtomicU64;
 use std::vec;
 use std::vec::Vec;
@@ -642,61 +643,16 @@ fn vectored_sends_are_all_or_nothing() {
     assert_eq!(client.write_vectored(&none), Ok(Transfer::NOTHING));
 }
 
-/// Memory that lets the peer move once, at the moment we set a notify bit
-/// and just before the bit lands: the peer cannot have seen our request,
-/// so it sends no event, and only the re-check after arming can find what
-/// it did.
-#[derive(Clone)]
-struct ArmRace<'a> {
-    mem: RawMem<'a>,
-    peer: std::rc::Rc<Hook<'a>>,
-}
-
-type Hook<'a> = core::cell::RefCell<Option<std::boxed::Box<dyn FnMut() + 'a>>>;
-
-impl SharedMem for ArmRace<'_> {
-    fn size(&self) -> usize {
-        self.mem.size()
-    }
-    fn load_u32(&self, offset: usize) -> Result<u32, MemError> {
-        self.mem.load_u32(offset)
-    }
-    fn store_u32(&self, offset: usize, value: u32) -> Result<(), MemError> {
-        self.mem.store_u32(offset, value)
-    }
-    fn load_u8(&self, offset: usize) -> Result<u8, MemError> {
-        self.mem.load_u8(offset)
-    }
-    fn store_u8(&self, offset: usize, value: u8) -> Result<(), MemError> {
-        self.mem.store_u8(offset, value)
-    }
-    fn fetch_or_u8(&self, offset: usize, bits: u8) -> Result<u8, MemError> {
-        let peer = self.peer.borrow_mut().take();
-        if let Some(mut peer) = peer {
-            peer();
-        }
-        self.mem.fetch_or_u8(offset, bits)
-    }
-    fn fetch_and_u8(&self, offset: usize, bits: u8) -> Result<u8, MemError> {
-        self.mem.fetch_and_u8(offset, bits)
-    }
-    fn read(&self, offset: usize, dst: &mut [u8]) -> Result<(), MemError> {
-        self.mem.read(offset, dst)
-    }
-    fn write(&self, offset: usize, src: &[u8]) -> Result<(), MemError> {
-        self.mem.write(offset, src)
-    }
-}
-
 #[test]
 fn arming_rechecks_what_the_peer_did_as_the_request_landed() {
     let w = words(4096);
     let mem = RawMem::from_atomics(&w);
-    let hook: std::rc::Rc<Hook<'_>> = std::rc::Rc::default();
+    let hook: Peer<'_> = std::rc::Rc::default();
     let orders = Orders::new(10, 11).unwrap();
     let mut server = serve_flat(
-        ArmRace {
+        Race {
             mem,
+            at: At::FetchOr,
             peer: hook.clone(),
         },
         orders,
