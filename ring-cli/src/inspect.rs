@@ -151,24 +151,31 @@ pub(crate) fn inspect_file(
 /// too busy to snapshot.
 const SNAPSHOT_TRIES: usize = 50;
 
-/// A copy of `file` taken while no ring index moved: the index words of
-/// the copy are read again right after it, and the copy is kept only if
-/// they are unchanged (the published packets or bytes between them were
-/// then not touched while we copied). A live ring's copy taken while its
-/// peers publish is torn, and validating one would report corruption that
-/// is not there. After [`SNAPSHOT_TRIES`] torn copies: exit 9, "busy".
+/// A copy of `file` taken while no ring index moved: the index words are
+/// read again right after the copy (they alone, not the whole image), and
+/// the copy is kept only if they are unchanged (the published packets or
+/// bytes between them were then not touched while we copied). A live
+/// ring's copy taken while its peers publish is torn, and validating one
+/// would report corruption that is not there. After [`SNAPSHOT_TRIES`]
+/// torn copies: exit 9, "busy".
 fn snapshot(file: &Path, proto: Proto, data_size: Option<u64>) -> Result<Vec<u8>, Failure> {
-    let read = || {
-        inspect::validate::read_image(file)
-            .map_err(|e| Failure::from(format!("cannot read {}: {e}", file.display())))
-    };
-    let mut image = read()?;
+    let cannot = |e: std::io::Error| Failure::from(format!("cannot read {}: {e}", file.display()));
     for _ in 0..SNAPSHOT_TRIES {
-        let again = read()?;
-        if indices(&image, proto, data_size) == indices(&again, proto, data_size) {
+        let image = inspect::validate::read_image(file).map_err(cannot)?;
+        let mut held = true;
+        for (at, len) in index_words(image.len(), proto, data_size) {
+            let mut now = vec![0u8; len];
+            std::os::unix::fs::FileExt::read_exact_at(
+                &std::fs::File::open(file).map_err(cannot)?,
+                &mut now,
+                at as u64,
+            )
+            .map_err(cannot)?;
+            held &= image.get(at..at + len) == Some(&now[..]);
+        }
+        if held {
             return Ok(image);
         }
-        image = again;
     }
     Err(Failure {
         code: exit::BUSY,
@@ -180,22 +187,25 @@ fn snapshot(file: &Path, proto: Proto, data_size: Option<u64>) -> Result<Vec<u8>
     })
 }
 
-/// The index words of an image: vchan's four (the first 16 bytes of the
-/// control page); VMBus's write and read index of each ring (the first 8
-/// bytes of each control page: at 0, and after the first ring's data).
-fn indices(image: &[u8], proto: Proto, data_size: Option<u64>) -> Vec<u8> {
-    let at =
-        |offset: usize, len: usize| image.get(offset..).unwrap_or(&[]).iter().take(len).copied();
-    match proto {
+/// Where an image's index words are, as (offset, length): vchan's four
+/// (the first 16 bytes of the control page); VMBus's write and read index
+/// of each ring (the first 8 bytes of each control page: at 0, and after
+/// the first ring's data). Only those that lie within the image.
+fn index_words(len: usize, proto: Proto, data_size: Option<u64>) -> Vec<(usize, usize)> {
+    let words = match proto {
         Proto::Vmbus => {
             let second = match data_size {
                 Some(d) => usize::try_from(d)
                     .unwrap_or(usize::MAX)
                     .saturating_add(4096),
-                None => image.len() / 2,
+                None => len / 2,
             };
-            at(0, 8).chain(at(second, 8)).collect()
+            vec![(0, 8), (second, 8)]
         }
-        _ => at(0, 16).collect(),
-    }
+        _ => vec![(0, 16)],
+    };
+    words
+        .into_iter()
+        .filter(|&(at, n)| at.checked_add(n).is_some_and(|end| end <= len))
+        .collect()
 }
