@@ -447,12 +447,32 @@ impl SharedMem for RawMem<'_> {
 mod atomic_copy {
     use core::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
 
-    /// Splits `len` bytes at `at` into a head up to 8-alignment, whole
-    /// words, and a tail.
-    fn split(at: *const u8, len: usize) -> (usize, usize) {
+    /// The byte offsets `0..len` from `at` in three runs: bytes up to
+    /// 8-alignment, whole aligned words, bytes after them.
+    fn runs(at: *const u8, len: usize) -> [core::ops::Range<usize>; 3] {
         let head = at.align_offset(8).min(len);
-        let words = (len - head) / 8;
-        (head, words)
+        let tail = head + (len - head) / 8 * 8;
+        [0..head, head..tail, tail..len]
+    }
+
+    /// The atomic byte at `p`.
+    ///
+    /// # Safety
+    ///
+    /// `p` is valid memory made of atomics for the returned lifetime.
+    unsafe fn byte<'a>(p: *mut u8) -> &'a AtomicU8 {
+        // SAFETY: our caller's contract.
+        unsafe { AtomicU8::from_ptr(p) }
+    }
+
+    /// The atomic word at `p`.
+    ///
+    /// # Safety
+    ///
+    /// As [`byte`], and `p` is 8-aligned.
+    unsafe fn word<'a>(p: *mut u8) -> &'a AtomicU64 {
+        // SAFETY: our caller's contract.
+        unsafe { AtomicU64::from_ptr(p.cast()) }
     }
 
     /// Copies `dst.len()` bytes from `src` into `dst`.
@@ -462,25 +482,21 @@ mod atomic_copy {
     /// `src..src + dst.len()` must be valid memory made of atomics (only
     /// ever accessed atomically) for the duration of the call.
     pub(super) unsafe fn read(src: *const u8, dst: &mut [u8]) {
-        let (head, words) = split(src, dst.len());
-        let mut i = 0;
-        while i < dst.len() {
-            let at = src.wrapping_add(i);
-            if i >= head && i < head + words * 8 {
-                // SAFETY: in bounds and 8-aligned (past `head`), atomics
-                // only, per our contract.
-                let w = unsafe { AtomicU64::from_ptr(at.cast_mut().cast()) }.load(Relaxed);
-                if let Some(d) = dst.get_mut(i..i + 8) {
-                    d.copy_from_slice(&w.to_ne_bytes());
-                }
-                i += 8;
-            } else {
-                // SAFETY: in bounds, atomics only, per our contract.
-                let b = unsafe { AtomicU8::from_ptr(at.cast_mut()) }.load(Relaxed);
-                if let Some(d) = dst.get_mut(i) {
-                    *d = b;
-                }
-                i += 1;
+        let [head, words, tail] = runs(src, dst.len());
+        let at = |i: usize| src.wrapping_add(i).cast_mut();
+        for i in head.chain(tail) {
+            // SAFETY: in bounds, atomics only, per our contract.
+            let b = unsafe { byte(at(i)) }.load(Relaxed);
+            if let Some(d) = dst.get_mut(i) {
+                *d = b;
+            }
+        }
+        for i in words.step_by(8) {
+            // SAFETY: in bounds and 8-aligned (a whole-word run), atomics
+            // only, per our contract.
+            let w = unsafe { word(at(i)) }.load(Relaxed);
+            if let Some(d) = dst.get_mut(i..i + 8) {
+                d.copy_from_slice(&w.to_ne_bytes());
             }
         }
     }
@@ -491,23 +507,18 @@ mod atomic_copy {
     ///
     /// As for [`read`], for `dst..dst + src.len()`.
     pub(super) unsafe fn write(src: &[u8], dst: *mut u8) {
-        let (head, words) = split(dst, src.len());
-        let mut i = 0;
-        while i < src.len() {
-            let at = dst.wrapping_add(i);
-            if i >= head && i < head + words * 8 {
-                let mut w = [0u8; 8];
-                if let Some(s) = src.get(i..i + 8) {
-                    w.copy_from_slice(s);
-                }
-                // SAFETY: in bounds and 8-aligned, atomics only.
-                unsafe { AtomicU64::from_ptr(at.cast()) }.store(u64::from_ne_bytes(w), Relaxed);
-                i += 8;
-            } else {
-                // SAFETY: in bounds, atomics only.
-                unsafe { AtomicU8::from_ptr(at) }.store(src.get(i).copied().unwrap_or(0), Relaxed);
-                i += 1;
+        let [head, words, tail] = runs(dst, src.len());
+        for i in head.chain(tail) {
+            // SAFETY: in bounds, atomics only.
+            unsafe { byte(dst.wrapping_add(i)) }.store(src.get(i).copied().unwrap_or(0), Relaxed);
+        }
+        for i in words.step_by(8) {
+            let mut w = [0u8; 8];
+            if let Some(s) = src.get(i..i + 8) {
+                w.copy_from_slice(s);
             }
+            // SAFETY: in bounds and 8-aligned, atomics only.
+            unsafe { word(dst.wrapping_add(i)) }.store(u64::from_ne_bytes(w), Relaxed);
         }
     }
 
@@ -516,21 +527,15 @@ mod atomic_copy {
     /// # Safety
     ///
     /// As for [`read`], for `dst..dst + len`.
-    pub(super) unsafe fn fill(dst: *mut u8, len: usize, byte: u8) {
-        let (head, words) = split(dst, len);
-        let word = u64::from_ne_bytes([byte; 8]);
-        let mut i = 0;
-        while i < len {
-            let at = dst.wrapping_add(i);
-            if i >= head && i < head + words * 8 {
-                // SAFETY: in bounds and 8-aligned, atomics only.
-                unsafe { AtomicU64::from_ptr(at.cast()) }.store(word, Relaxed);
-                i += 8;
-            } else {
-                // SAFETY: in bounds, atomics only.
-                unsafe { AtomicU8::from_ptr(at) }.store(byte, Relaxed);
-                i += 1;
-            }
+    pub(super) unsafe fn fill(dst: *mut u8, len: usize, value: u8) {
+        let [head, words, tail] = runs(dst, len);
+        for i in head.chain(tail) {
+            // SAFETY: in bounds, atomics only.
+            unsafe { byte(dst.wrapping_add(i)) }.store(value, Relaxed);
+        }
+        for i in words.step_by(8) {
+            // SAFETY: in bounds and 8-aligned, atomics only.
+            unsafe { word(dst.wrapping_add(i)) }.store(u64::from_ne_bytes([value; 8]), Relaxed);
         }
     }
 }
