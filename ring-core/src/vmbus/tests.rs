@@ -1218,3 +1218,196 @@ fn transfer_page_ranges_are_bounded_by_their_header_exactly() {
         }
     }
 }
+
+/// A poisoned writer stays poisoned: once the reader's index was bad,
+/// every later call fails with that corruption even after the index looks
+/// right again, and `poisoned` names it.
+#[test]
+fn a_poisoned_writer_stays_poisoned() {
+    let l = layout(4096);
+    let w = words(l);
+    let mem = RawMem::from_atomics(&w);
+    let (mut tx, _rx) = pair(mem, l, 0);
+    assert_eq!(tx.poisoned(), None);
+    mem.store_u32(READ_INDEX, 4).unwrap();
+    let what = corrupt_what(tx.available().unwrap_err());
+    assert!(what.contains("misaligned"), "{what}");
+    mem.store_u32(READ_INDEX, 0).unwrap();
+    assert_eq!(tx.poisoned().map(|c| c.what), Some(what));
+    assert_eq!(corrupt_what(tx.available().unwrap_err()), what);
+    assert_eq!(corrupt_what(tx.unread_by_peer().unwrap_err()), what);
+    assert_eq!(corrupt_what(tx.arm_drained().unwrap_err()), what);
+    assert_eq!(
+        corrupt_what(tx.send(&OutgoingPacket::in_band(1, &[])).unwrap_err()),
+        what
+    );
+    assert_eq!(mem.load_u32(WRITE_INDEX).unwrap(), 0, "nothing written");
+}
+
+/// Delivery accounting: `unread_by_peer` counts exactly the committed
+/// bytes the reader has not consumed, and `arm_drained` asks for the
+/// reader's signal (`pending_send_size` = size − 1, the only value a
+/// drained ring exceeds) only while something is unread, withdrawing the
+/// request once all of it is.
+#[test]
+fn delivery_is_counted_exactly_and_armed_only_while_unread() {
+    let l = layout(4096);
+    let w = words(l);
+    let mem = RawMem::from_atomics(&w);
+    let (mut tx, mut rx) = pair(mem, l, 0);
+    mem.store_u32(FEATURE_BITS, 1).unwrap();
+    assert_eq!(tx.unread_by_peer().unwrap(), 0);
+    assert!(tx.arm_drained().unwrap(), "nothing to deliver");
+    assert_eq!(mem.load_u32(PENDING_SEND_SIZE).unwrap(), 0);
+    // 16-byte descriptor + 8 bytes + 8-byte trailer: 32 bytes a packet.
+    for id in [1, 2] {
+        let _ = tx.send(&OutgoingPacket::in_band(id, &[&[0u8; 8]])).unwrap();
+    }
+    assert_eq!(tx.unread_by_peer().unwrap(), 64);
+    assert!(!tx.arm_drained().unwrap());
+    assert_eq!(mem.load_u32(PENDING_SEND_SIZE).unwrap(), 4095);
+    let _ = rx.read_packet().unwrap();
+    assert!(!rx.commit().unwrap().notify, "half read: not yet");
+    assert_eq!(tx.unread_by_peer().unwrap(), 32);
+    assert!(!tx.arm_drained().unwrap());
+    let _ = rx.read_packet().unwrap();
+    assert!(rx.commit().unwrap().notify, "drained: the writer's signal");
+    assert_eq!(tx.unread_by_peer().unwrap(), 0);
+    assert!(tx.arm_drained().unwrap());
+    assert_eq!(mem.load_u32(PENDING_SEND_SIZE).unwrap(), 0, "withdrawn");
+}
+
+/// The reader drains the ring at the instant `arm_drained` stores its
+/// request, so it sends no signal: the re-check after the store must see
+/// the ring drained and say so (and withdraw the request).
+#[test]
+fn arming_for_delivery_rechecks_what_the_reader_did_as_it_landed() {
+    let l = layout(4096);
+    let w = words(l);
+    let mem = RawMem::from_atomics(&w);
+    initialize_ring(&mem, l).unwrap();
+    let reader: Peer<'_> = std::rc::Rc::default();
+    let race = Race {
+        mem,
+        at: At::Store {
+            offset: PENDING_SEND_SIZE,
+            value: 4095,
+        },
+        peer: reader.clone(),
+    };
+    let mut tx = OutgoingRing::new(race, l).unwrap();
+    let mut rx = IncomingRing::new(mem, l).unwrap();
+    let _ = tx.send(&OutgoingPacket::in_band(7, &[b"data"])).unwrap();
+    *reader.borrow_mut() = Some(std::boxed::Box::new(move || {
+        assert_eq!(rx.read_packet().unwrap().transaction_id(), 7);
+        let _ = rx.commit().unwrap();
+    }));
+    assert!(tx.arm_drained().unwrap(), "drained as the request landed");
+    assert!(reader.borrow().is_none(), "the reader never moved");
+    assert_eq!(mem.load_u32(PENDING_SEND_SIZE).unwrap(), 0, "withdrawn");
+}
+
+/// Copies `data` into the spans an in-place call offers, in order; returns
+/// how many bytes it wrote and how many it was offered.
+fn fill_spans(mem: &RawMem<'_>, spans: &[crate::loan::Span], data: &[u8]) -> (usize, usize) {
+    let offered = spans.iter().map(|s| s.len).sum();
+    let mut done = 0;
+    for s in spans {
+        let n = s.len.min(data.len() - done);
+        mem.write(s.offset, &data[done..done + n]).unwrap();
+        done += n;
+    }
+    (done, offered)
+}
+
+/// In place, the byte pipe lays out exactly what `write_bytes` does: the
+/// same packets, byte for byte, at every chunk size, across the wrap (up
+/// to the packets one call may lay out); and a `fill` that stops short
+/// leaves exactly the packets of what it wrote.
+#[test]
+fn in_place_writes_are_the_packets_write_bytes_makes() {
+    let l = layout(8192);
+    let data: Vec<u8> = (0..3000u32).map(|i| (i * 7 + 1) as u8).collect();
+    for chunk in [8, 13, 64, 1000, 8192] {
+        for start in [0u32, 7936] {
+            for (len, cut) in [
+                (1, 1),
+                (7, 7),
+                (8, 8),
+                (100, 100),
+                (3000, 3000),
+                (3000, 1234),
+            ] {
+                let (wa, wb) = (words(l), words(l));
+                let (a, b) = (RawMem::from_atomics(&wa), RawMem::from_atomics(&wb));
+                let (ta, _ra) = pair(a, l, start);
+                let (tb, _rb) = pair(b, l, start);
+                let mut by_copy = PipeWriter::new(ta);
+                let mut in_place = PipeWriter::new(tb);
+                by_copy.set_chunk(chunk);
+                in_place.set_chunk(chunk);
+                // One in-place call lays out at most MAX_SPANS / 2 packets.
+                let n = cut.min(crate::loan::MAX_SPANS / 2 * chunk);
+                let sent = by_copy.write_bytes(&data[..n]).unwrap();
+                let placed = in_place
+                    .write_with(len, |m, spans| fill_spans(m, spans, &data[..cut]).0)
+                    .unwrap();
+                let case = std::format!("chunk {chunk} start {start} len {len} cut {cut}");
+                assert_eq!(
+                    (placed.len, placed.notify),
+                    (sent.len, sent.notify),
+                    "{case}"
+                );
+                let image = |m: &RawMem<'_>| {
+                    let mut v = vec![0u8; l.total_size()];
+                    m.read(0, &mut v).unwrap();
+                    v
+                };
+                assert!(image(&a) == image(&b), "{case}: the rings differ");
+            }
+        }
+    }
+}
+
+/// In place, the pipe offers exactly the room there is: on a ring with
+/// `free` bytes free, one packet of (free − 8 kept free − 32 of
+/// descriptor, pipe header and trailer) rounded down to 8, never more;
+/// and the reader gets exactly what was written.
+#[test]
+fn in_place_writes_offer_exactly_the_room_there_is() {
+    let l = layout(4096);
+    for used in [0usize, 40, 1000, 4000, 4040, 4056] {
+        let w = words(l);
+        let mem = RawMem::from_atomics(&w);
+        let (tx, rx) = pair(mem, l, 0);
+        let mut writer = PipeWriter::new(tx);
+        let mut reader = PipeReader::new(rx);
+        writer.set_chunk(usize::MAX);
+        if used > 0 {
+            // A packet of `used` ring bytes: 32 of overhead + the data.
+            let t = writer.write_bytes(&vec![9u8; used - 32]).unwrap();
+            assert_eq!(t.len, used - 32);
+        }
+        let free = 4096 - used;
+        let expected = (free - 8 - 32) & !7;
+        let data = vec![5u8; 5000];
+        let mut offered = 0;
+        let t = writer.write_with(5000, |m, spans| {
+            let (done, o) = fill_spans(m, spans, &data);
+            offered = o;
+            done
+        });
+        if expected < 8 {
+            assert!(matches!(t, Err(Error::Full { .. })), "used {used}: {t:?}");
+            continue;
+        }
+        assert_eq!(t.unwrap().len, expected, "used {used}");
+        assert_eq!(offered, expected, "used {used}");
+        let mut buf = vec![0u8; 8192];
+        let got = reader.read_bytes(&mut buf).unwrap().len;
+        let before = used.saturating_sub(32);
+        assert_eq!(got, before + expected, "used {used}");
+        assert!(buf[..before].iter().all(|&b| b == 9));
+        assert!(buf[before..got].iter().all(|&b| b == 5));
+    }
+}
