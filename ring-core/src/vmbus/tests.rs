@@ -1411,3 +1411,56 @@ fn in_place_writes_offer_exactly_the_room_there_is() {
         assert!(buf[before..got].iter().all(|&b| b == 5));
     }
 }
+
+/// In place, as in `write`, the reader's index is loaded afresh only when
+/// the cached one shows too little room for what the call could lay out
+/// (its packets' overhead and padding counted, up to the packets one call
+/// may lay out), and then it is.
+#[test]
+fn in_place_writes_load_the_read_index_only_when_the_cache_shows_too_little() {
+    let l = layout(4096);
+    let w = words(l);
+    let mem = RawMem::from_atomics(&w);
+    let (_tx, mut rx) = pair(mem, l, 0);
+    let counting = Counting {
+        inner: mem,
+        index_loads: Cell::new(0),
+    };
+    let mut writer = PipeWriter::new(OutgoingRing::new(&counting, l).unwrap());
+    writer.set_chunk(usize::MAX);
+    let data = vec![1u8; 4096];
+    let fill = |m: &&Counting<'_>, spans: &[crate::loan::Span]| {
+        let mut done = 0;
+        for s in spans {
+            m.write(s.offset, &data[done..done + s.len]).unwrap();
+            done += s.len;
+        }
+        done
+    };
+    // 2 392 bytes of ring used: 1 704 free as cached, 1 696 usable. Forty
+    // 8-byte packets would need 1 920; the 32 one call lays out need
+    // 1 600, which the cache shows.
+    assert_eq!(writer.write_bytes(&data[..2360]).unwrap().len, 2360);
+    writer.set_chunk(8);
+    counting.index_loads.set(0);
+    assert_eq!(writer.write_with(320, fill).unwrap().len, 256);
+    // The commit's load (is the reader still at our old write index?)
+    // is the only one.
+    assert_eq!(counting.index_loads.get(), 1, "the cache showed room");
+    // Used up to 128 usable bytes, then drained by the reader unseen:
+    // 101 bytes need 141 with their padding, more than the cache shows,
+    // so the index is loaded and all 101 are offered.
+    writer.set_chunk(usize::MAX);
+    let used = 2392 + 32 * 40;
+    let pad = 4096 - 136 - used - 32;
+    assert_eq!(writer.write_bytes(&data[..pad]).unwrap().len, pad);
+    while rx.read_packet().is_ok() {}
+    let _ = rx.commit().unwrap();
+    counting.index_loads.set(0);
+    assert_eq!(writer.write_with(101, fill).unwrap().len, 101);
+    assert_eq!(
+        counting.index_loads.get(),
+        2,
+        "the stale cache was refreshed"
+    );
+}
