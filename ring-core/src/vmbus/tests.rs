@@ -1464,3 +1464,27 @@ fn in_place_writes_load_the_read_index_only_when_the_cache_shows_too_little() {
         "the stale cache was refreshed"
     );
 }
+
+/// `reserve` takes a packet of exactly the largest length on a drained
+/// ring, and refuses one 8 bytes longer as too large (never as full).
+#[test]
+fn reserve_takes_exactly_the_largest_packet() {
+    for data in [4096, 8192] {
+        let l = layout(data);
+        let w = words(l);
+        let mem = RawMem::from_atomics(&w);
+        let (mut tx, _rx) = pair(mem, l, 0);
+        let max = tx.max_packet_len();
+        assert_eq!(max, data - 16);
+        tx.reserve(max).unwrap();
+        assert!(tx.wait_for_space(max).unwrap());
+        assert_eq!(
+            tx.reserve(max + 8),
+            Err(Error::TooLarge { len: max + 8, max })
+        );
+        // The largest packet itself: a descriptor and max − 16 bytes.
+        let payload = vec![1u8; max - 16];
+        tx.write(&OutgoingPacket::in_band(1, &[&payload])).unwrap();
+        assert_eq!(tx.uncommitted(), data - 8);
+    }
+}
