@@ -1488,3 +1488,23 @@ fn reserve_takes_exactly_the_largest_packet() {
         assert_eq!(tx.uncommitted(), data - 8);
     }
 }
+
+/// A transfer-page packet's header may be exactly the largest packet
+/// (24 bytes and 65 532 ranges: 524 280), never 8 bytes more.
+#[test]
+fn transfer_page_headers_are_bounded_exactly_by_the_packet_limit() {
+    let zero = super::packet::TransferRange {
+        byte_count: 0,
+        byte_offset: 0,
+    };
+    let ranges = vec![zero; 65533];
+    let header = |n: usize| OutgoingPacket::transfer_pages(1, 0, &ranges[..n], &[]).header_len();
+    assert_eq!(header(65532), Ok(MAX_PACKET_LEN));
+    assert_eq!(
+        header(65533),
+        Err(Error::TooLarge {
+            len: MAX_PACKET_LEN + 8,
+            max: MAX_PACKET_LEN
+        })
+    );
+}
