@@ -41,7 +41,8 @@ first; 6 timed out; 7 our stdout closed first; 8 (proxy) stopped with sessions c
 docs/hosted.md.";
 
 /// Shared-memory rings between two processes: memfd + eventfds, wire
-/// compatible with Xen vchan and Hyper-V VMBus.
+/// compatible with Xen vchan and Hyper-V VMBus; and vchans between Xen
+/// domains (`ring listen --xen`, `ring connect --xen`).
 #[derive(Parser, Debug)]
 #[command(name = "ring", version, propagate_version = true, after_help = EXIT_CODES)]
 struct Cli {
@@ -206,6 +207,20 @@ enum Cmd {
     /// second signal, or the drain timeout, cuts the sessions still open:
     /// exit 8.
     Proxy {
+        /// Carry the sessions over vchans between Xen domains instead:
+        /// with --ring-listen PATH, serve vchans to domain DOMID under the
+        /// xenstore path PATH, a fresh one for every client (the keys exist
+        /// while one waits); with --ring-connect PATH, join the vchans a
+        /// server in domain DOMID publishes there, one new vchan per
+        /// connection. Relative paths as for `ring listen --xen` and `ring
+        /// connect --xen`.
+        #[arg(long, value_name = "DOMID")]
+        xen: Option<u16>,
+        /// --xen: how long a session lingers for a quiet peer once its
+        /// connection's bytes are through and read (milliseconds): vchan
+        /// has no half-close.
+        #[arg(long, requires = "xen", default_value_t = 500)]
+        linger_ms: u64,
         /// Serve ring sessions on this rendezvous socket.
         #[arg(
             long,
@@ -564,6 +579,8 @@ fn main() -> ExitCode {
             Duration::from_millis(linger_ms),
         ),
         Cmd::Proxy {
+            xen,
+            linger_ms,
             ring_listen,
             ring_connect,
             to,
@@ -579,14 +596,26 @@ fn main() -> ExitCode {
                 timeout,
                 drain_timeout,
             };
-            match (ring_listen, ring_connect, to, listen) {
-                (Some(r), None, Some(to), None) => ring_bytes(ring_size)
+            let linger = Duration::from_millis(linger_ms);
+            if xen.is_some() && proto != CliProto::Vchan {
+                usage("--xen speaks vchan only".into());
+            }
+            match (xen, ring_listen, ring_connect, to, listen) {
+                (Some(peer), Some(r), None, Some(to), None) => {
+                    xen::proxy_listen(peer, &r, &to, ring_size, limits, linger)
+                }
+                (Some(server), None, Some(r), None, Some(l)) => {
+                    xen::proxy_connect(server, &r, &l, limits, linger)
+                }
+                (None, Some(r), None, Some(to), None) => ring_bytes(ring_size)
                     .map_err(Failure::from)
                     .and_then(|size| {
                         let config = ServerConfig::new(proto.into()).ring_sizes(size, size);
                         proxy::ring_listen(&r, &to, config, limits)
                     }),
-                (None, Some(r), None, Some(l)) => proxy::ring_connect(&r, &l, proto.into(), limits),
+                (None, None, Some(r), None, Some(l)) => {
+                    proxy::ring_connect(&r, &l, proto.into(), limits)
+                }
                 _ => usage(
                     "give --ring-listen R --to ADDR, or --ring-connect R --listen ADDR".into(),
                 ),

@@ -27,8 +27,10 @@ use ring_hosted::xen::stream::XenStream;
 use ring_hosted::xen::vchan::{self, ServerConfig as XenServerConfig};
 use ring_hosted::xen::xenstore::XenStore;
 use ring_hosted::xen::{DomId, XenDevice};
+use std::sync::{Arc, Mutex};
 
 /// How a Xen pipe ends (`--timeout`, `--accept-timeout`, `--linger-ms`).
+#[derive(Clone, Copy)]
 pub(crate) struct XenEnd {
     pub(crate) timeout: Option<Duration>,
     pub(crate) accept: Option<Duration>,
@@ -82,15 +84,15 @@ fn device(path: &str) -> Result<XenDevice, Failure> {
 /// Watches the peer's domain for its destruction where xenstore lets us
 /// (dom0); elsewhere the watch never fires, and a destroyed peer is seen
 /// only as silence (`--timeout`).
+/// A domain xenstored refuses the watch to goes on without it.
 fn watch_domain(s: &mut XenStream, peer: DomId) -> Result<(), Failure> {
     let store = XenStore::open()?;
     match s.signal_mut().watch_peer_domain(store, peer) {
-        Ok(()) => Ok(()),
         Err(DevError::Closed) => Err(Failure {
             code: exit::PEER_GONE,
             reason: format!("domain {peer} does not exist (or is being destroyed)"),
         }),
-        Err(e) => Err(e.into()),
+        Ok(()) | Err(_) => Ok(()),
     }
 }
 
@@ -149,4 +151,153 @@ pub(crate) fn connect(server: DomId, path: &Path, end: XenEnd) -> Outcome {
     let mut s = client.into_stream();
     watch_domain(&mut s, server)?;
     pipe_stream(&mut s, end.pipe_end())
+}
+
+/// `ring proxy --xen PEER --ring-listen PATH --to ADDR`: serve vchans to
+/// domain `peer` under `path`, one per client, each piped to a connection
+/// of its own to `to`. The keys exist only while a server waits for its
+/// client: once one joins they are removed, its session goes to a thread,
+/// and a fresh vchan (new grants, a new port) is published at once for
+/// the next client.
+pub(crate) fn proxy_listen(
+    peer: DomId,
+    path: &Path,
+    to: &proxy::Addr,
+    ring_size: u64,
+    limits: proxy::Limits,
+    linger: Duration,
+) -> Outcome {
+    let path = xenstore_path(path)?.to_owned();
+    let size = ring_bytes(ring_size)?;
+    let gntalloc = device(GNTALLOC_PATH)?;
+    let mut store = XenStore::open()?;
+    let mut sessions = proxy::Sessions::new(limits)?;
+    let end = XenEnd {
+        timeout: limits.timeout,
+        accept: None,
+        linger,
+    }
+    .pipe_end();
+    let config = XenServerConfig {
+        peer,
+        path: path.clone(),
+        read_min: size,
+        write_min: size,
+    };
+    let served = (|| -> Outcome {
+        while !sessions.stopping() {
+            let server = vchan::serve(&gntalloc, device(EVTCHN_PATH)?, &mut store, &config)?;
+            let mut s = server.into_stream();
+            watch_domain(&mut s, peer)?;
+            // Wait for the client, looking at the stop flag every 100 ms.
+            let joined = loop {
+                if s.peer_connected() {
+                    break true;
+                }
+                if sessions.stopping() {
+                    break false;
+                }
+                match s.wait_event(None, Some(Instant::now() + Duration::from_millis(100))) {
+                    Ok(_) | Err(Error::TimedOut) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            };
+            vchan::remove_published(&mut store, &path)?;
+            if !joined || !sessions.admit("a vchan client") {
+                continue;
+            }
+            let to = to.clone();
+            sessions.start_or_refuse(move || {
+                let conn =
+                    proxy::Conn::connect(&to).map_err(|e| format!("connect to {to:?}: {e}"))?;
+                conn.pipe_xen(&mut s, end)
+            });
+        }
+        Ok(())
+    })();
+    // Gone with us, whatever happened (one try: it may be gone already).
+    let _ = vchan::remove_published(&mut store, &path);
+    served?;
+    sessions.drain()
+}
+
+/// Waits until the server at `path` has published keys other than `last`
+/// (the vchan an earlier session joined), or `deadline`.
+fn wait_fresh(
+    store: &mut XenStore<std::fs::File>,
+    path: &str,
+    last: Option<&(String, String)>,
+    deadline: Instant,
+) -> Result<(String, String), Failure> {
+    const TOKEN: &str = "ring-proxy-fresh";
+    store.watch(path, TOKEN)?;
+    let r = (|| loop {
+        let mut read = |key: &str| match store.read(0, &format!("{path}/{key}")) {
+            Ok(v) => Ok(v),
+            Err(DevError::Xenstore { errno, .. }) if errno == "EACCES" => Ok(None),
+            Err(e) => Err(Failure::from(e)),
+        };
+        let keys = (read(vchan::RING_REF)?, read(vchan::EVENT_CHANNEL)?);
+        if let (Some(r), Some(e)) = keys {
+            let keys = (r, e);
+            if last != Some(&keys) {
+                return Ok(keys);
+            }
+        }
+        if store.next_watch_event_until(deadline)?.is_none() {
+            return Err(Failure {
+                code: exit::TIMED_OUT,
+                reason: format!("no fresh vchan published at {path} within --timeout"),
+            });
+        }
+    })();
+    let _ = store.unwatch(path, TOKEN);
+    r
+}
+
+/// `ring proxy --xen SERVER --ring-connect PATH --listen ADDR`: accept
+/// connections at `listen`, and join a vchan of the server in domain
+/// `server` at `path` for each. One connection joins at a time, and never
+/// a vchan an earlier one joined: each waits for keys other than the last
+/// ones used (as `ring proxy --xen --ring-listen` publishes for every
+/// client).
+pub(crate) fn proxy_connect(
+    server: DomId,
+    path: &Path,
+    listen: &proxy::Addr,
+    limits: proxy::Limits,
+    linger: Duration,
+) -> Outcome {
+    let path = xenstore_path(path)?;
+    let path = if path.starts_with('/') {
+        path.to_owned()
+    } else {
+        format!("/local/domain/{server}/{path}")
+    };
+    let end = XenEnd {
+        timeout: limits.timeout,
+        accept: None,
+        linger,
+    }
+    .pipe_end();
+    let wait = limits
+        .timeout
+        .unwrap_or(Duration::from_secs(100 * 365 * 86_400));
+    let last: Arc<Mutex<Option<(String, String)>>> = Arc::default();
+    proxy::accept_loop(listen, limits, move |conn| {
+        let (path, last) = (path.clone(), last.clone());
+        move || {
+            let mut s = {
+                let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
+                let mut store = XenStore::open()?;
+                let keys = wait_fresh(&mut store, &path, last.as_ref(), Instant::now() + wait)?;
+                let (gntdev, evtchn) = (device(GNTDEV_PATH)?, device(EVTCHN_PATH)?);
+                let client = vchan::connect(&gntdev, evtchn, &mut store, server, &path)?;
+                *last = Some(keys);
+                client.into_stream()
+            };
+            watch_domain(&mut s, server)?;
+            conn.pipe_xen(&mut s, end)
+        }
+    })
 }
