@@ -199,6 +199,11 @@ impl Sessions {
         })
     }
 
+    /// Sessions running now.
+    pub(crate) fn active(&self) -> usize {
+        self.active.load(Ordering::Acquire)
+    }
+
     pub(crate) fn stopping(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
     }

@@ -110,6 +110,9 @@ pub(crate) fn listen(peer: DomId, path: &Path, ring_size: u64, end: XenEnd) -> O
         read_min: size,
         write_min: size,
     };
+    // Signals are taken before the keys exist: a script that sees them may
+    // stop us at once, and must find them removed.
+    remove_on_signal(path)?;
     let server = vchan::serve(&gntalloc, evtchn, &mut store, &config)?;
     let mut s = server.into_stream();
     let r = watch_domain(&mut s, peer).and_then(|()| pipe_stream(&mut s, end.pipe_end()));
@@ -120,6 +123,29 @@ pub(crate) fn listen(peer: DomId, path: &Path, ring_size: u64, end: XenEnd) -> O
         (Err(e), Ok(())) => Err(format!("cannot remove {path} from xenstore: {e}").into()),
         (_, r) => r,
     }
+}
+
+/// On SIGTERM, SIGINT or SIGHUP: removes the server's xenstore path
+/// (through a connection of its own), says so in one line and exits 128 +
+/// the signal's number, as `ring listen` does with its socket.
+fn remove_on_signal(path: &str) -> Result<(), Failure> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut store = XenStore::open()?;
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .map_err(|e| format!("cannot handle SIGTERM/SIGINT/SIGHUP: {e}"))?;
+    let path = path.to_owned();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                let _ = vchan::remove_published(&mut store, &path);
+                let name = signal_hook::low_level::signal_name(sig).unwrap_or("a signal");
+                eprintln!("ring: listen: stopped by {name}");
+                std::process::exit(128 + sig);
+            }
+        })
+        .map_err(|e| format!("cannot start the signal thread: {e}"))?;
+    Ok(())
 }
 
 /// `ring connect --xen SERVER PATH`: wait for the server in domain
@@ -184,9 +210,35 @@ pub(crate) fn proxy_listen(
         read_min: size,
         write_min: size,
     };
+    // Out of grants (gntalloc's limit, 1024 pages by default: two 1 MiB
+    // vchans) or ports while sessions run: say so once, keep the
+    // sessions, and publish again as they end.
+    let mut short: Option<Duration> = None;
     let served = (|| -> Outcome {
         while !sessions.stopping() {
-            let server = vchan::serve(&gntalloc, device(EVTCHN_PATH)?, &mut store, &config)?;
+            let server = match device(EVTCHN_PATH)
+                .and_then(|ev| Ok(vchan::serve(&gntalloc, ev, &mut store, &config)?))
+            {
+                Ok(server) => server,
+                Err(f) if sessions.active() > 0 => {
+                    let pause = short.map_or(Duration::from_millis(10), |p| {
+                        (p * 2).min(Duration::from_secs(1))
+                    });
+                    if short.is_none() {
+                        eprintln!(
+                            "ring: proxy: cannot publish another vchan now ({}); publishing \
+                             again as sessions end ({} running)",
+                            f.reason,
+                            sessions.active()
+                        );
+                    }
+                    short = Some(pause);
+                    std::thread::sleep(pause);
+                    continue;
+                }
+                Err(f) => return Err(f),
+            };
+            short = None;
             let mut s = server.into_stream();
             watch_domain(&mut s, peer)?;
             // Wait for the client, looking at the stop flag every 100 ms.
