@@ -1038,6 +1038,21 @@ other=$(grep -v 'cannot publish another vchan now' /tmp/r9.err)
 "#
             .into(),
         ),
+        // Nobody comes: a client with no server within --timeout, a
+        // server with no client within --accept-timeout: exit 6 and one
+        // line each.
+        (
+            "r6-dom0".into(),
+            r#"t0=$(cut -d' ' -f1 /proc/uptime)
+/bin/ring connect --xen 1 data/vchan/0/99 --timeout 2 < /dev/null > /dev/null 2> /tmp/r6a.err; a=$?
+t1=$(cut -d' ' -f1 /proc/uptime)
+/bin/ring listen --xen 1 data/vchan/1/99 --accept-timeout 2 < /dev/null > /dev/null 2> /tmp/r6b.err; b=$?
+t2=$(cut -d' ' -f1 /proc/uptime)
+echo "connect-exit=$a from=$t0 to=$t1 [$(cat /tmp/r6a.err)] listen-exit=$b to=$t2 [$(cat /tmp/r6b.err)]"
+[ $a = 6 ] && [ $b = 6 ] && [ "$(wc -l < /tmp/r6a.err)" = 1 ] && [ "$(wc -l < /tmp/r6b.err)" = 1 ] && echo OK
+"#
+            .into(),
+        ),
         // A domU `ring connect` SIGKILLed while dom0's `ring listen` still
         // has bytes for it: exit 4 (the peer closed before taking them:
         // its kernel's unmap notification clears its live byte), one line.
@@ -1137,6 +1152,10 @@ fn ring_cases() -> Vec<Case> {
             )),
         },
         Case {
+            dom0: "local ring-without-a-peer-times-out-with-exit-6 sh /cases/r6-dom0.sh".into(),
+            domu: None,
+        },
+        Case {
             dom0: "remote vchan-socket-proxy-domu-ring-proxy-dom0-1m 1 u28 now sh /cases/r9-dom0.sh"
                 .into(),
             domu: Some(
@@ -1224,6 +1243,16 @@ fn ring_proxy_in_dom0_serves_debians_vchan_socket_proxy_4_mib_each_way() {
         "with gntalloc's 1024 grants, a second 1 MiB vchan waits for the first session: {ours}"
     );
     eprintln!("ring proxy --xen behind vchan-socket-proxy: {r}\n  dom0: {ours}");
+}
+
+#[test]
+fn ring_without_a_peer_ends_at_its_timeout_with_exit_6() {
+    let r = boot().passed("ring-without-a-peer-times-out-with-exit-6");
+    assert!(
+        r.contains("connect-exit=6") && r.contains("listen-exit=6"),
+        "{r}"
+    );
+    eprintln!("--timeout / --accept-timeout with no peer: {r}");
 }
 
 #[test]
