@@ -112,13 +112,17 @@ pub(crate) fn listen(peer: DomId, path: &Path, ring_size: u64, end: XenEnd) -> O
     };
     // Signals are taken before the keys exist: a script that sees them may
     // stop us at once, and must find them removed.
-    remove_on_signal(path)?;
+    let ours = Arc::new(Mutex::new(true));
+    remove_on_signal(path, ours.clone())?;
     let server = vchan::serve(&gntalloc, evtchn, &mut store, &config)?;
     let mut s = server.into_stream();
     let r = watch_domain(&mut s, peer).and_then(|()| pipe_stream(&mut s, end.pipe_end()));
     drop(s);
-    // As libxenvchan's server: the keys go with the server. A failure to
-    // remove them is worth a line only when all else went well.
+    // As libxenvchan's server: the keys go with the server (and from now
+    // on a signal leaves the path alone: it may be another server's). A
+    // failure to remove them is worth a line only when all else went well.
+    let mut ours = ours.lock().unwrap_or_else(|p| p.into_inner());
+    *ours = false;
     match (vchan::remove_published(&mut store, path), r) {
         (Err(e), Ok(())) => Err(format!("cannot remove {path} from xenstore: {e}").into()),
         (_, r) => r,
@@ -126,9 +130,10 @@ pub(crate) fn listen(peer: DomId, path: &Path, ring_size: u64, end: XenEnd) -> O
 }
 
 /// On SIGTERM, SIGINT or SIGHUP: removes the server's xenstore path
-/// (through a connection of its own), says so in one line and exits 128 +
-/// the signal's number, as `ring listen` does with its socket.
-fn remove_on_signal(path: &str) -> Result<(), Failure> {
+/// while it is still `ours` (through a connection of its own), says so in
+/// one line and exits 128 + the signal's number, as `ring listen` does
+/// with its socket.
+fn remove_on_signal(path: &str, ours: Arc<Mutex<bool>>) -> Result<(), Failure> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut store = XenStore::open()?;
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
@@ -138,7 +143,10 @@ fn remove_on_signal(path: &str) -> Result<(), Failure> {
         .name("signals".into())
         .spawn(move || {
             if let Some(sig) = signals.forever().next() {
-                let _ = vchan::remove_published(&mut store, &path);
+                let ours = ours.lock().unwrap_or_else(|p| p.into_inner());
+                if *ours {
+                    let _ = vchan::remove_published(&mut store, &path);
+                }
                 let name = signal_hook::low_level::signal_name(sig).unwrap_or("a signal");
                 eprintln!("ring: listen: stopped by {name}");
                 std::process::exit(128 + sig);
