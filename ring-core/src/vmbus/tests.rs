@@ -1508,3 +1508,115 @@ fn transfer_page_headers_are_bounded_exactly_by_the_packet_limit() {
         })
     );
 }
+
+/// The range iterators bound exactly what is left (ranges, page numbers)
+/// at every step; none promises a lower bound (a bad record ends it).
+#[test]
+fn range_iterators_bound_exactly_what_is_left() {
+    let l = layout(8192);
+    let w = words(l);
+    let mem = RawMem::from_atomics(&w);
+    let (mut tx, mut rx) = pair(mem, l, 0);
+    let gpa = [
+        GpaRange {
+            byte_count: 8192,
+            byte_offset: 0,
+            pfns: &[1, 2],
+        },
+        GpaRange {
+            byte_count: 1,
+            byte_offset: 0,
+            pfns: &[3],
+        },
+    ];
+    let _ = tx.send(&OutgoingPacket::gpa_direct(1, &gpa, &[])).unwrap();
+    let transfer = [TransferRange {
+        byte_count: 1,
+        byte_offset: 0,
+    }; 3];
+    let _ = tx
+        .send(&OutgoingPacket::transfer_pages(2, 0, &transfer, &[]))
+        .unwrap();
+    let p = rx.read_packet().unwrap();
+    let mut ranges = p.gpa_ranges();
+    for (left, pfns) in [(2usize, 2usize), (1, 1)] {
+        assert_eq!(ranges.size_hint(), (0, Some(left)));
+        let r = ranges.next().unwrap().unwrap();
+        let mut numbers = r.pfns();
+        for n in (1..=pfns).rev() {
+            assert_eq!(numbers.size_hint(), (0, Some(n)));
+            let _ = numbers.next().unwrap().unwrap();
+        }
+        assert_eq!(numbers.size_hint(), (0, Some(0)));
+        assert!(numbers.next().is_none());
+    }
+    assert_eq!(ranges.size_hint(), (0, Some(0)));
+    drop(p);
+    let p = rx.read_packet().unwrap();
+    let mut ranges = p.transfer_ranges();
+    for left in (1..=3usize).rev() {
+        assert_eq!(ranges.size_hint(), (0, Some(left)));
+        let _ = ranges.next().unwrap().unwrap();
+    }
+    assert_eq!(ranges.size_hint(), (0, Some(0)));
+}
+
+/// Reading a packet in place: `payload_spans` gives the payload bytes as
+/// one span, or two across the wrap, up to exactly the padded payload's
+/// end and not a byte past it; `read_raw` copies the packet from its
+/// descriptor up to exactly its end.
+#[test]
+fn payload_spans_and_raw_reads_end_exactly_at_the_packet() {
+    let l = layout(4096);
+    let payload: Vec<u8> = (1..=40u8).collect();
+    // At 0 the payload is in one piece; at 4096 - 32 it wraps after 16.
+    for (start, pieces) in [(0u32, 1usize), (4096 - 32, 2)] {
+        let w = words(l);
+        let mem = RawMem::from_atomics(&w);
+        let (mut tx, mut rx) = pair(mem, l, start);
+        let _ = tx.send(&OutgoingPacket::in_band(9, &[&payload])).unwrap();
+        let p = rx.read_packet().unwrap();
+        assert_eq!(p.payload_len(), 40);
+        let mut spans = crate::loan::SpanList::new();
+        p.payload_spans(0, 40, &mut spans).unwrap();
+        assert_eq!(spans.len(), pieces, "start {start}");
+        let mut got = Vec::new();
+        for s in &spans {
+            let mut b = vec![0u8; s.len];
+            mem.read(s.offset, &mut b).unwrap();
+            got.extend_from_slice(&b);
+        }
+        assert_eq!(got, payload);
+        let mut spans = crate::loan::SpanList::new();
+        p.payload_spans(39, 1, &mut spans).unwrap();
+        assert_eq!(spans.len(), 1);
+        assert_eq!(data_byte(&mem, l, spans[0].offset - l.data_offset()), 40);
+        for (offset, len) in [(40, 1), (0, 41), (1, 40), (usize::MAX, 2)] {
+            assert!(
+                matches!(
+                    p.payload_spans(offset, len, &mut spans),
+                    Err(Error::OutOfRange { .. })
+                ),
+                "{offset}+{len}"
+            );
+        }
+        p.payload_spans(40, 0, &mut spans).unwrap();
+        assert_eq!(spans.len(), 1, "nothing added for no bytes");
+        // The whole packet: descriptor (16), payload (40), nothing more.
+        let mut raw = [0u8; 56];
+        p.read_raw(0, &mut raw).unwrap();
+        assert_eq!(&raw[16..], &payload[..]);
+        assert_eq!(u16::from_le_bytes([raw[4], raw[5]]) as usize, 56 / 8);
+        let mut last = [0u8; 1];
+        p.read_raw(55, &mut last).unwrap();
+        assert_eq!(last[0], 40);
+        assert!(matches!(
+            p.read_raw(56, &mut last),
+            Err(Error::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            p.read_raw(1, &mut raw),
+            Err(Error::OutOfRange { .. })
+        ));
+    }
+}
