@@ -18,6 +18,9 @@
 //! arming and re-checking, so a caller may sleep on its event source as soon
 //! as it sees that answer.
 
+use crate::mutation::{self, Mutation};
+use core::task::{Context, Poll};
+
 /// An event channel to the peer: kick it, and wait until it kicks us.
 ///
 /// Events carry no meaning and may be spurious or merged: after every
@@ -350,4 +353,92 @@ impl<S: Signal> Waiter<S> {
             self.wait_with(|s| s.wait())?;
         }
     }
+}
+
+/// Rounds of "event, try again" one [`poll_attempt`] makes before it
+/// yields: a peer that kicks without end cannot keep a task (and the
+/// runtime thread under it) in one poll.
+pub const ASYNC_ROUNDS: usize = 32;
+
+/// The async form of the blocking loop, for a host whose waits are
+/// futures (a tokio reactor registration of the eventfd): try, and
+/// whenever the ring answers "not now", poll the event source; return
+/// `Pending` only when the source has registered the task's waker.
+///
+/// `attempt` is one non-blocking ring operation on `state` with this
+/// crate's contract: it answers `None` only after arming its wake-up
+/// request and re-checking the ring. `event` polls the source the peer's
+/// kick makes ready: `Ready(Ok(()))` for an event that came since its last
+/// `Ready` (which it takes: clears the readiness *before* returning, so a
+/// kick during the retry that follows is a new event), or `Pending` with
+/// the waker of `cx` registered so that any later event wakes it.
+///
+/// Together: a kick that lands after the attempt armed is either seen by
+/// the re-check inside the attempt, or is an event the source has not yet
+/// given out, so the next `event` returns it (and we try again) or wakes
+/// the waker it registers. The loom models in `ring-core/tests/loom_async.rs`
+/// check exactly this function against both protocols' attempts.
+///
+/// After [`ASYNC_ROUNDS`] events in one call it wakes its own waker and
+/// returns `Pending`: the task is polled again soon, after others ran.
+///
+/// # Examples
+///
+/// A reader future over a vchan ring that the peer fills after the first
+/// poll, with a hand-made event source (a host registers its eventfd with
+/// its reactor instead):
+///
+/// ```
+/// # use core::sync::atomic::AtomicU64;
+/// # use ring_core::mem::RawMem;
+/// use core::cell::Cell;
+/// use core::task::{Context, Poll, Waker};
+/// use ring_core::signal::{poll_attempt, NoSignal};
+/// use ring_core::vchan::{self, Blocking, Orders, ServerOptions};
+/// # let words: Vec<AtomicU64> = (0..512).map(|_| AtomicU64::new(0)).collect();
+/// # let mem = RawMem::from_atomics(&words);
+/// let server = vchan::serve_flat(mem, Orders::new(10, 11)?, ServerOptions::default())?;
+/// let mut client = Blocking::new(vchan::connect_flat(mem)?, NoSignal);
+/// let mut server = Blocking::new(server, NoSignal);
+/// let kicked = Cell::new(false); // the event source: "the peer kicked"
+/// let mut cx = Context::from_waker(Waker::noop());
+/// let mut buf = [0u8; 8];
+/// let mut poll = |cx: &mut Context<'_>| {
+///     poll_attempt(
+///         cx,
+///         &mut server,
+///         |s| s.try_read(&mut buf),
+///         |_, _| if kicked.replace(false) { Poll::Ready(Ok(())) } else { Poll::Pending },
+///     )
+/// };
+/// assert!(poll(&mut cx).is_pending()); // armed, re-checked, registered
+/// client.write_all(b"hi")?;
+/// kicked.set(true); // the kick the server asked for
+/// assert_eq!(poll(&mut cx), Poll::Ready(Ok(2)));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn poll_attempt<X, T, E>(
+    cx: &mut Context<'_>,
+    state: &mut X,
+    mut attempt: impl FnMut(&mut X) -> Result<Option<T>, E>,
+    mut event: impl FnMut(&mut X, &mut Context<'_>) -> Poll<Result<(), E>>,
+) -> Poll<Result<T, E>> {
+    for _ in 0..ASYNC_ROUNDS {
+        match attempt(state) {
+            Ok(Some(v)) => return Poll::Ready(Ok(v)),
+            Ok(None) => {}
+            Err(e) => return Poll::Ready(Err(e)),
+        }
+        match event(state, cx) {
+            Poll::Ready(Ok(())) => {
+                if mutation::on(Mutation::NoRetryAfterEvent) {
+                    return Poll::Pending;
+                }
+            }
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        }
+    }
+    cx.waker().wake_by_ref();
+    Poll::Pending
 }

@@ -217,6 +217,72 @@ impl<M: SharedMem, S: Signal> Blocking<M, S> {
         self.waiter.settle(true, 0).map(drop)
     }
 
+    /// Asks to be woken when a read would not answer "not now", without
+    /// reading: `Some(())` a [`try_read`](Self::try_read) would return
+    /// bytes, end of stream or an error now (including the peer's death
+    /// or its declared end), `None` nothing yet (the `WRITE` request armed
+    /// and the ring re-checked: the peer's next write kicks us). The
+    /// readiness wait of an async host, for a caller that reads later.
+    ///
+    /// # Errors
+    ///
+    /// The ring's errors ([`Error::Corrupt`] for a peer that broke the
+    /// protocol, [`Error::Held`] with bytes held).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use core::sync::atomic::AtomicU64;
+    /// # use ring_core::mem::RawMem;
+    /// # use ring_core::signal::NoSignal;
+    /// # use ring_core::vchan::{self, Blocking, Orders, ServerOptions};
+    /// # let words: Vec<AtomicU64> = (0..512).map(|_| AtomicU64::new(0)).collect();
+    /// # let mem = RawMem::from_atomics(&words);
+    /// # let server = vchan::serve_flat(mem, Orders::new(10, 11)?, ServerOptions::default())?;
+    /// # let mut client = Blocking::new(vchan::connect_flat(mem)?, NoSignal);
+    /// # let mut server = Blocking::new(server, NoSignal);
+    /// assert_eq!(server.try_readable()?, None); // armed: wait for the kick
+    /// client.write_all(b"ping")?;
+    /// assert_eq!(server.try_readable()?, Some(()));
+    /// assert_eq!(server.bytes_read(), 0); // nothing was read
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn try_readable(&mut self) -> Attempt<(), Error, S::Error> {
+        if self.waiter.peer_gone() {
+            return Ok(Some(()));
+        }
+        // Asked before the ring is looked at, as a read asks it.
+        let declared = self.waiter.signal.peer_write_closed();
+        match self.side.ep.arm_readable(1) {
+            Ok(Readiness::Ready) => Ok(Some(())),
+            Ok(Readiness::Armed) if declared.is_some() => Ok(Some(())),
+            Ok(Readiness::Armed) => Ok(None),
+            // After our close a read answers at once (end of stream).
+            Err(Error::Closed) => Ok(Some(())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Asks to be woken when a write would not answer "not now", without
+    /// writing: `Some(())` a [`try_write`](Self::try_write) would write or
+    /// fail now (room, the peer closed or gone, our own hang-up), `None`
+    /// the ring is full (the `READ` request armed and the ring re-checked).
+    ///
+    /// # Errors
+    ///
+    /// As [`try_readable`](Self::try_readable).
+    pub fn try_writable(&mut self) -> Attempt<(), Error, S::Error> {
+        if self.waiter.peer_gone() || self.side.ep.is_hung_up() {
+            return Ok(Some(()));
+        }
+        match self.side.ep.arm_writable(1) {
+            Ok(Readiness::Ready) => Ok(Some(())),
+            Ok(Readiness::Armed) => Ok(None),
+            Err(Error::Closed) => Ok(Some(())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// One non-blocking stream read: `Some(n)` bytes (`Some(0)`: end of
     /// stream), `None` nothing yet (wake-up armed).
     ///
