@@ -6,6 +6,9 @@
 //! not ordered by the index publication is reported as a race; a lost
 //! wake-up leaves a thread blocked in [`LoomSignal::wait`] for ever, which
 //! loom reports as a deadlock.
+// Each model binary uses part of it (the async models have signals of
+// their own).
+#![allow(dead_code)]
 
 use loom::cell::UnsafeCell;
 use loom::sync::atomic::{fence, AtomicU32, Ordering};
@@ -239,8 +242,8 @@ impl SharedMem for Mem {
 /// One side's pending-event flag.
 #[derive(Default)]
 pub struct Event {
-    pending: Mutex<bool>,
-    ready: Condvar,
+    pub pending: Mutex<bool>,
+    pub ready: Condvar,
 }
 
 /// One side of an event channel over loom's mutex and condvar.
