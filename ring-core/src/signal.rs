@@ -371,7 +371,11 @@ pub const ASYNC_ROUNDS: usize = 32;
 /// kick makes ready: `Ready(Ok(()))` for an event that came since its last
 /// `Ready` (which it takes: clears the readiness *before* returning, so a
 /// kick during the retry that follows is a new event), or `Pending` with
-/// the waker of `cx` registered so that any later event wakes it.
+/// the waker of `cx` registered so that any later event wakes it. Its
+/// last argument says why it is polled: `false` for the look before the
+/// first attempt, which only takes an event already there (the one that
+/// woke the task, so the host can count its cause) and need start
+/// nothing; `true` when a `Pending` puts the task to sleep.
 ///
 /// Together: a kick that lands after the attempt armed is either seen by
 /// the re-check inside the attempt, or is an event the source has not yet
@@ -408,28 +412,34 @@ pub const ASYNC_ROUNDS: usize = 32;
 ///         cx,
 ///         &mut server,
 ///         |s| s.try_read(&mut buf),
-///         |_, _| if kicked.replace(false) { Poll::Ready(Ok(())) } else { Poll::Pending },
+///         |_, _, _| if kicked.replace(false) { Poll::Ready(Ok(())) } else { Poll::Pending },
 ///     )
 /// };
 /// assert!(poll(&mut cx).is_pending()); // armed, re-checked, registered
 /// client.write_all(b"hi")?;
 /// kicked.set(true); // the kick the server asked for
 /// assert_eq!(poll(&mut cx), Poll::Ready(Ok(2)));
+/// assert!(!kicked.get()); // taken
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn poll_attempt<X, T, E>(
     cx: &mut Context<'_>,
     state: &mut X,
     mut attempt: impl FnMut(&mut X) -> Result<Option<T>, E>,
-    mut event: impl FnMut(&mut X, &mut Context<'_>) -> Poll<Result<(), E>>,
+    mut event: impl FnMut(&mut X, &mut Context<'_>, bool) -> Poll<Result<(), E>>,
 ) -> Poll<Result<T, E>> {
+    // An event already there is taken before the attempt, which then
+    // looks at what it announced.
+    if let Poll::Ready(Err(e)) = event(state, cx, false) {
+        return Poll::Ready(Err(e));
+    }
     for _ in 0..ASYNC_ROUNDS {
         match attempt(state) {
             Ok(Some(v)) => return Poll::Ready(Ok(v)),
             Ok(None) => {}
             Err(e) => return Poll::Ready(Err(e)),
         }
-        match event(state, cx) {
+        match event(state, cx, true) {
             Poll::Ready(Ok(())) => {
                 if mutation::on(Mutation::NoRetryAfterEvent) {
                     return Poll::Pending;

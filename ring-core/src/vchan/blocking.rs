@@ -248,14 +248,12 @@ impl<M: SharedMem, S: Signal> Blocking<M, S> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn try_readable(&mut self) -> Attempt<(), Error, S::Error> {
-        if self.waiter.peer_gone() {
-            return Ok(Some(()));
-        }
         // Asked before the ring is looked at, as a read asks it.
         let declared = self.waiter.signal.peer_write_closed();
+        // The ring first: a poisoned endpoint says so, gone peer or not.
         match self.side.ep.arm_readable(1) {
             Ok(Readiness::Ready) => Ok(Some(())),
-            Ok(Readiness::Armed) if declared.is_some() => Ok(Some(())),
+            Ok(Readiness::Armed) if declared.is_some() || self.waiter.peer_gone() => Ok(Some(())),
             Ok(Readiness::Armed) => Ok(None),
             // After our close a read answers at once (end of stream).
             Err(Error::Closed) => Ok(Some(())),
@@ -272,11 +270,12 @@ impl<M: SharedMem, S: Signal> Blocking<M, S> {
     ///
     /// As [`try_readable`](Self::try_readable).
     pub fn try_writable(&mut self) -> Attempt<(), Error, S::Error> {
-        if self.waiter.peer_gone() || self.side.ep.is_hung_up() {
+        if self.side.ep.is_hung_up() {
             return Ok(Some(()));
         }
         match self.side.ep.arm_writable(1) {
             Ok(Readiness::Ready) => Ok(Some(())),
+            Ok(Readiness::Armed) if self.waiter.peer_gone() => Ok(Some(())),
             Ok(Readiness::Armed) => Ok(None),
             Err(Error::Closed) => Ok(Some(())),
             Err(e) => Err(e.into()),

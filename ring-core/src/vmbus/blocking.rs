@@ -751,16 +751,20 @@ impl<M: SharedMem, S: Signal> BlockingPipe<M, S> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn try_readable(&mut self) -> Attempt<(), Error, S::Error> {
-        if self.waiter.peer_gone() || self.ends.reader.is_eof() {
+        if self.ends.reader.is_eof() {
             return Ok(Some(()));
         }
         // Asked before the ring is looked at, as a read asks it.
         let declared = self.waiter.signal.peer_write_closed();
+        // The ring first: a poisoned ring says so, gone peer or not.
         let ring = self.ends.reader.ring();
-        if ring.available()? > 0 || ring.unmask_and_recheck()? || declared.is_some() {
+        if ring.available()? > 0 || ring.unmask_and_recheck()? {
             return Ok(Some(()));
         }
-        Ok(None)
+        match declared.is_some() || self.waiter.peer_gone() {
+            true => Ok(Some(())),
+            false => Ok(None),
+        }
     }
 
     /// Asks to be woken when a write would not answer "not now", without
@@ -774,11 +778,11 @@ impl<M: SharedMem, S: Signal> BlockingPipe<M, S> {
     ///
     /// [`Error::Corrupt`] (the ring is poisoned).
     pub fn try_writable(&mut self) -> Attempt<(), Error, S::Error> {
-        if self.waiter.peer_gone() || self.ends.closed {
+        if self.ends.closed {
             return Ok(Some(()));
         }
         let packet = SMALLEST_PACKET - super::layout::TRAILER_SIZE;
-        match self.ends.writer.ring().wait_for_space(packet)? {
+        match self.ends.writer.ring().wait_for_space(packet)? || self.waiter.peer_gone() {
             true => Ok(Some(())),
             false => Ok(None),
         }
