@@ -452,3 +452,124 @@ pub fn poll_attempt<X, T, E>(
     cx.waker().wake_by_ref();
     Poll::Pending
 }
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+
+    use super::*;
+    use core::cell::Cell;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::{Wake, Waker};
+    use std::vec::Vec;
+
+    /// Counts its wakes.
+    #[derive(Default)]
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// What happened, in order: `A` an attempt, `E(sleep)` an event poll.
+    #[derive(Debug, PartialEq)]
+    enum Step {
+        A,
+        E(bool),
+    }
+
+    /// Runs one `poll_attempt` whose attempts answer from `answers` (then
+    /// "not now") and whose event source has `events` events to give.
+    fn run(
+        answers: &[Result<Option<u8>, u8>],
+        events: usize,
+        fail_event: bool,
+    ) -> (Poll<Result<u8, u8>>, Vec<Step>, usize) {
+        let count = Arc::new(Count::default());
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let steps = core::cell::RefCell::new(Vec::new());
+        let left = Cell::new(events);
+        let mut next = answers.iter();
+        let r = poll_attempt(
+            &mut cx,
+            &mut (),
+            |_| {
+                steps.borrow_mut().push(Step::A);
+                *next.next().unwrap_or(&Ok(None))
+            },
+            |_, _, sleep| {
+                steps.borrow_mut().push(Step::E(sleep));
+                if fail_event {
+                    return Poll::Ready(Err(9));
+                }
+                match left.get() {
+                    0 => Poll::Pending,
+                    n => {
+                        left.set(n - 1);
+                        Poll::Ready(Ok(()))
+                    }
+                }
+            },
+        );
+        (r, steps.into_inner(), count.0.load(Ordering::SeqCst))
+    }
+
+    #[test]
+    fn an_event_already_there_is_taken_before_the_attempt() {
+        let (r, steps, wakes) = run(&[Ok(Some(7))], 1, false);
+        assert_eq!(r, Poll::Ready(Ok(7)));
+        assert_eq!(steps, [Step::E(false), Step::A]);
+        assert_eq!(wakes, 0);
+    }
+
+    #[test]
+    fn not_now_polls_the_source_and_sleeps_only_when_it_is_pending() {
+        let (r, steps, _) = run(&[Ok(None)], 0, false);
+        assert_eq!(r, Poll::Pending);
+        assert_eq!(steps, [Step::E(false), Step::A, Step::E(true)]);
+    }
+
+    #[test]
+    fn a_taken_event_is_always_followed_by_another_attempt() {
+        let (r, steps, _) = run(&[Ok(None), Ok(None), Ok(Some(3))], 3, false);
+        assert_eq!(r, Poll::Ready(Ok(3)));
+        assert_eq!(
+            steps,
+            [
+                Step::E(false),
+                Step::A,
+                Step::E(true),
+                Step::A,
+                Step::E(true),
+                Step::A
+            ]
+        );
+    }
+
+    #[test]
+    fn errors_of_either_end_the_wait() {
+        assert_eq!(run(&[Err(4)], 0, false).0, Poll::Ready(Err(4)));
+        let (r, steps, _) = run(&[Ok(None)], 0, true);
+        assert_eq!(r, Poll::Ready(Err(9)));
+        assert_eq!(steps, [Step::E(false)]);
+    }
+
+    /// A source that never runs dry (a peer kicking without end) cannot
+    /// keep the task in one poll: after `ASYNC_ROUNDS` tries it yields,
+    /// waking itself so it is polled again.
+    #[test]
+    fn endless_events_yield_after_the_round_limit() {
+        let (r, steps, wakes) = run(&[], usize::MAX, false);
+        assert_eq!(r, Poll::Pending);
+        let tries = steps.iter().filter(|s| **s == Step::A).count();
+        assert_eq!(tries, ASYNC_ROUNDS);
+        assert_eq!(wakes, 1);
+    }
+}

@@ -1200,4 +1200,59 @@ mod tests {
             Err(BlockingError::PeerGone)
         ));
     }
+
+    /// The readiness waits arm and answer without moving a byte: a read
+    /// waits for bytes, the peer's declared end, its death or its close;
+    /// a write for room, our hang-up or the peer's death; a poisoned
+    /// endpoint is an error, gone peer or not.
+    #[test]
+    fn readiness_waits_move_nothing_and_answer_every_end() {
+        let w = words();
+        let mem = RawMem::from_atomics(&w);
+        let (server, client) = ends(mem);
+        let mut s = Blocking::new(server, Script::default());
+        let mut c = Blocking::new(client, Plain);
+        assert_eq!(s.try_readable(), Ok(None));
+        assert_eq!(c.try_write(b"ab"), Ok(Some(2)));
+        assert_eq!(s.try_readable(), Ok(Some(())));
+        assert_eq!(s.bytes_read(), 0, "nothing read");
+        let mut buf = [0u8; 4];
+        assert_eq!(s.try_read(&mut buf), Ok(Some(2)));
+        assert_eq!(s.try_readable(), Ok(None));
+        // The peer's declared end makes an empty ring an answer.
+        s.signal().closed.set(Some(2));
+        assert_eq!(s.try_readable(), Ok(Some(())));
+        assert_eq!(s.try_read(&mut buf), Ok(Some(0)));
+        s.signal().closed.set(None);
+
+        // Writing: the client's 1 KiB ring full, then room again.
+        assert_eq!(c.try_writable(), Ok(Some(())));
+        assert_eq!(c.try_write(&[1u8; 1024]), Ok(Some(1024)));
+        assert_eq!(c.try_writable(), Ok(None));
+        assert_eq!(s.try_read(&mut buf[..1]), Ok(Some(1)));
+        assert_eq!(c.try_writable(), Ok(Some(())));
+        assert_eq!(c.try_write(&[1u8; 2]), Ok(Some(1)));
+        assert_eq!(c.try_writable(), Ok(None));
+        let _ = c.endpoint().hang_up().unwrap(); // the peer needs no kick here
+        assert_eq!(c.try_writable(), Ok(Some(())), "a write fails now");
+
+        // The peer's death, as a wait reports it, is an answer for both.
+        s.signal().waits.borrow_mut().push_back(Err(Fail::Gone));
+        assert_eq!(s.wait_with(|sig| sig.wait()), Ok(None));
+        let mut all = [0u8; 1024];
+        assert_eq!(s.try_read(&mut all), Ok(Some(1024)));
+        assert_eq!(s.try_readable(), Ok(Some(())));
+        assert_eq!(s.try_writable(), Ok(Some(())));
+        // A poisoned endpoint: an error first.
+        mem.store_u32(super::super::layout::LEFT_PROD, 0x4000_0000)
+            .unwrap();
+        assert!(matches!(
+            s.try_readable(),
+            Err(BlockingError::Ring(Error::Corrupt(_)))
+        ));
+        assert!(matches!(
+            s.try_writable(),
+            Err(BlockingError::Ring(Error::Corrupt(_)))
+        ));
+    }
 }

@@ -1218,3 +1218,111 @@ fn transfer_page_ranges_are_bounded_by_their_header_exactly() {
         }
     }
 }
+
+/// The pipe's readiness wait (`try_readable`, which reads nothing) finds
+/// a packet the writer published at the instant the wait cleared the
+/// mask: only its re-check can, as the writer saw the mask set and sent
+/// no signal.
+#[test]
+fn a_readiness_wait_finds_what_was_published_as_it_unmasked() {
+    use crate::signal::NoSignal;
+    let l = layout(4096);
+    let (w_in, w_out) = (words(l), words(l));
+    let (mem, out) = (RawMem::from_atomics(&w_in), RawMem::from_atomics(&w_out));
+    initialize_ring(&mem, l).unwrap();
+    initialize_ring(&out, l).unwrap();
+    let writer: Peer<'_> = std::rc::Rc::default();
+    let race = Race {
+        mem,
+        at: At::Store {
+            offset: INTERRUPT_MASK,
+            value: 0,
+        },
+        peer: writer.clone(),
+    };
+    let reader = PipeReader::new(IncomingRing::new(race, l).unwrap());
+    let idle = PipeWriter::new(
+        OutgoingRing::new(
+            Race {
+                mem: out,
+                at: At::FetchOr,
+                peer: std::rc::Rc::default(),
+            },
+            l,
+        )
+        .unwrap(),
+    );
+    let mut pipe = BlockingPipe::new(reader, idle, NoSignal);
+    pipe.reader().ring().mask_interrupts().unwrap();
+    let sender = std::rc::Rc::new(core::cell::RefCell::new(PipeWriter::new(
+        OutgoingRing::new(mem, l).unwrap(),
+    )));
+    let s = sender.clone();
+    *writer.borrow_mut() = Some(std::boxed::Box::new(move || {
+        let t = s.borrow_mut().write_message(b"late").unwrap();
+        assert!(!t.notify, "the writer saw the mask set: no signal");
+    }));
+    assert_eq!(pipe.try_readable(), Ok(Some(())));
+    assert!(writer.borrow().is_none(), "the writer never moved");
+    let mut buf = [0u8; 8];
+    assert_eq!(pipe.try_recv_msg(&mut buf), Ok(Some(4)), "nothing consumed");
+    // Empty again: armed (unmasked), nothing to report.
+    assert_eq!(pipe.try_readable(), Ok(None));
+    assert_eq!(mem.load_u32(INTERRUPT_MASK).unwrap(), 0);
+}
+
+/// `try_writable` arms `pending_send_size` on a full ring and answers
+/// once a packet of one byte fits; after our end of stream it answers at
+/// once (a write fails); a corrupt read index is an error, not a wait;
+/// `try_readable` says so for a corrupt write index.
+#[test]
+fn readiness_waits_of_the_pipe() {
+    use crate::signal::NoSignal;
+    let l = layout(4096);
+    let (w_ab, w_ba) = (words(l), words(l));
+    let (ab, ba) = (RawMem::from_atomics(&w_ab), RawMem::from_atomics(&w_ba));
+    initialize_ring(&ab, l).unwrap();
+    initialize_ring(&ba, l).unwrap();
+    let end = |rx, tx| {
+        BlockingPipe::new(
+            PipeReader::new(IncomingRing::new(rx, l).unwrap()),
+            PipeWriter::new(OutgoingRing::new(tx, l).unwrap()),
+            NoSignal,
+        )
+    };
+    let (mut a, mut b) = (end(ba, ab), end(ab, ba));
+    assert_eq!(a.try_writable(), Ok(Some(())));
+    let mut sent = 0;
+    while let Some(n) = a.try_write(&[1u8; 700]).unwrap() {
+        sent += n;
+    }
+    assert_eq!(a.try_writable(), Ok(None), "full: armed");
+    assert_ne!(ab.load_u32(PENDING_SEND_SIZE).unwrap(), 0);
+    // One byte read frees less than a packet needs, the rest frees room.
+    let mut buf = vec![0u8; sent];
+    let mut got = 0;
+    while got < sent {
+        got += b.try_read(&mut buf[got..]).unwrap().unwrap();
+    }
+    assert_eq!(a.try_writable(), Ok(Some(())));
+    assert_eq!(a.try_read(&mut buf), Ok(None));
+    assert_eq!(a.try_readable(), Ok(None));
+    assert_eq!(b.try_close(), Ok(Some(())));
+    assert_eq!(b.try_writable(), Ok(Some(())), "closed: a write fails now");
+    assert_eq!(a.try_readable(), Ok(Some(())), "the end of stream");
+    assert_eq!(a.try_read(&mut buf), Ok(Some(0)));
+    assert_eq!(a.try_readable(), Ok(Some(())), "still the end");
+    // Hostile indices: errors, not waits (the writer looks at the read
+    // index again only when its cached room runs out).
+    while a.try_write(&[1u8; 700]).unwrap().is_some() {}
+    ab.store_u32(READ_INDEX, 5).unwrap();
+    assert!(matches!(
+        a.try_writable(),
+        Err(crate::signal::BlockingError::Ring(Error::Corrupt(_)))
+    ));
+    ab.store_u32(WRITE_INDEX, 3).unwrap();
+    assert!(matches!(
+        b.try_readable(),
+        Err(crate::signal::BlockingError::Ring(Error::Corrupt(_)))
+    ));
+}
