@@ -27,6 +27,25 @@
 //! ([`EventSignal::wake_counts`]) count each wake-up by its cause, as the
 //! blocking waits do.
 //!
+//! Every wait here is ring-core's [`poll_attempt`] (the function its loom
+//! models check): take an event already there, try, and on "not now" poll
+//! the registrations again, returning `Pending` only once they hold the
+//! task's waker. A wait also ends, as a blocking one does, after the
+//! signal's [liveness period](crate::eventfd::EventSignal::set_liveness)
+//! (a timerfd on the reactor; decided when the stream is wrapped), so a
+//! foreign vchan peer that clears its live byte without a kick is still
+//! seen.
+//!
+//! [`AsyncStream::readable`] and [`AsyncStream::writable`] wait the same
+//! way without reading or writing: the wake-up request is armed and the
+//! ring re-checked by ring-core's `try_readable`/`try_writable`.
+//!
+//! There is no `AsFd`: no one fd stands for the stream's readiness. It
+//! is the ring's state in shared memory; the eventfd is kicked only once
+//! a request is armed (a poll on it alone sleeps through bytes already
+//! there), and in async use its counter is never taken, so once kicked it
+//! stays readable; the peer's end and death come on another fd.
+//!
 //! # Ending a stream
 //!
 //! [`shutdown`](tokio::io::AsyncWriteExt::shutdown) ends our direction
