@@ -83,17 +83,20 @@ impl Signal for Ours {
     }
 }
 
-/// The blocking peer's signal: its kick fires our registration, and it
-/// waits on its own flag.
+/// The blocking peer's signal: its kick fires our registrations (every
+/// registration of the eventfd sees each kick), and it waits on its own
+/// flag.
 struct Theirs {
     own: Arc<Event>,
-    ours: Arc<Registration>,
+    ours: Vec<Arc<Registration>>,
 }
 
 impl Signal for Theirs {
     type Error = ();
     fn notify(&self) -> Result<(), ()> {
-        self.ours.fire();
+        for reg in &self.ours {
+            reg.fire();
+        }
         Ok(())
     }
     fn wait(&self) -> Result<(), ()> {
@@ -120,7 +123,7 @@ fn signals() -> (Ours, Theirs, Arc<Registration>) {
         },
         Theirs {
             own: event,
-            ours: reg.clone(),
+            ours: vec![reg.clone()],
         },
         reg,
     )
@@ -259,6 +262,80 @@ fn vchan_readable_is_woken_by_one_write() {
     });
 }
 
+/// A stream split into a read half and a write half, each in a task of
+/// its own (here: a loom thread each), the endpoint shared behind a lock
+/// as ring-hosted's halves share it. The read half waits for the peer's
+/// byte while the write half waits for room in the full ring; the peer
+/// writes its byte, then reads. Each half has its own registration, so
+/// each keeps its own waker. With one registration for both
+/// (`SharedRegistration`: one waker slot, which the half polled last
+/// holds) a half's wake-up is lost, as it was before issue 28's fix.
+#[test]
+fn split_halves_are_each_woken() {
+    // Three threads: two preemptions keep the run to seconds.
+    loom_support::model_bounded("async split_halves_are_each_woken", 2, || {
+        let (server, mut client) = vchan_setup();
+        // The client's ring (the one it writes) is full.
+        assert_eq!(client.write(&[7u8; 1024]).unwrap().len, 1024);
+        let event = Arc::new(Event::default());
+        let reading = Arc::new(Registration::default());
+        let writing = if loom_support::model_mutation("SharedRegistration") {
+            reading.clone()
+        } else {
+            Arc::new(Registration::default())
+        };
+        let theirs = Theirs {
+            own: event.clone(),
+            ours: if Arc::ptr_eq(&reading, &writing) {
+                vec![reading.clone()]
+            } else {
+                vec![reading.clone(), writing.clone()]
+            },
+        };
+        let peer = thread::spawn(move || {
+            let mut s = vchan::Blocking::new(server, theirs);
+            s.write_all(&[1]).unwrap();
+            let mut buf = [0u8; 1024];
+            s.recv(&mut buf).unwrap();
+            s.recv(&mut buf[..1]).unwrap();
+            assert_eq!(buf[0], 9);
+            s
+        });
+        let ours = Arc::new(Mutex::new(vchan::Blocking::new(
+            client,
+            Ours { peer: event },
+        )));
+        let shared = ours.clone();
+        let writer = thread::spawn(move || {
+            let n = block_on(poll_fn(|cx| {
+                let mut c = shared.lock().unwrap();
+                poll_attempt(
+                    cx,
+                    &mut *c,
+                    |c| c.try_write(&[9]),
+                    |_, cx, _| writing.poll_event(cx).map(Ok),
+                )
+            }))
+            .unwrap();
+            assert_eq!(n, 1);
+        });
+        let mut buf = [0u8; 1];
+        let n = block_on(poll_fn(|cx| {
+            let mut c = ours.lock().unwrap();
+            poll_attempt(
+                cx,
+                &mut *c,
+                |c| c.try_read(&mut buf),
+                |_, cx, _| reading.poll_event(cx).map(Ok),
+            )
+        }))
+        .unwrap();
+        assert_eq!((n, buf[0]), (1, 1));
+        writer.join().unwrap();
+        drop(peer.join().unwrap());
+    });
+}
+
 const CONTROL: usize = 4096;
 const DATA: usize = 4096;
 
@@ -388,4 +465,9 @@ fn a_vmbus_readable_that_sleeps_after_taking_an_event_is_caught() {
         ring_core::mutation::Mutation::NoRetryAfterEvent,
         "vmbus_readable_is_woken_by_one_message",
     );
+}
+
+#[test]
+fn halves_sharing_one_registration_are_caught() {
+    loom_support::must_fail_named("SharedRegistration", "split_halves_are_each_woken");
 }
