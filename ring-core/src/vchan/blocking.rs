@@ -1225,6 +1225,10 @@ mod tests {
         assert_eq!(s.try_read(&mut buf), Ok(Some(0)));
         s.signal().closed.set(None);
 
+        // The server's 2 KiB ring full: armed, until the end below.
+        assert_eq!(s.try_write(&[2u8; 2048]), Ok(Some(2048)));
+        assert_eq!(s.try_writable(), Ok(None));
+
         // Writing: the client's 1 KiB ring full, then room again.
         assert_eq!(c.try_writable(), Ok(Some(())));
         assert_eq!(c.try_write(&[1u8; 1024]), Ok(Some(1024)));
@@ -1236,7 +1240,8 @@ mod tests {
         let _ = c.endpoint().hang_up().unwrap(); // the peer needs no kick here
         assert_eq!(c.try_writable(), Ok(Some(())), "a write fails now");
 
-        // The peer's death, as a wait reports it, is an answer for both.
+        // The peer's death, as a wait reports it, is an answer for both
+        // (our own ring is full: only the death answers).
         s.signal().waits.borrow_mut().push_back(Err(Fail::Gone));
         assert_eq!(s.wait_with(|sig| sig.wait()), Ok(None));
         let mut all = [0u8; 1024];
@@ -1254,5 +1259,18 @@ mod tests {
             s.try_writable(),
             Err(BlockingError::Ring(Error::Corrupt(_)))
         ));
+
+        // A peer that dies with its live byte still set (no close): only
+        // the wait that reports it gone answers a full ring's writer.
+        let w = words();
+        let mem = RawMem::from_atomics(&w);
+        let (server, _client) = ends(mem);
+        let mut s = Blocking::new(server, Script::default());
+        assert_eq!(s.try_write(&[2u8; 2048]), Ok(Some(2048)));
+        assert_eq!(s.try_writable(), Ok(None));
+        s.signal().waits.borrow_mut().push_back(Err(Fail::Gone));
+        assert_eq!(s.wait_with(|sig| sig.wait()), Ok(None));
+        assert_eq!(s.try_writable(), Ok(Some(())));
+        assert_eq!(s.try_readable(), Ok(Some(())));
     }
 }

@@ -1326,3 +1326,71 @@ fn readiness_waits_of_the_pipe() {
         Err(crate::signal::BlockingError::Ring(Error::Corrupt(_)))
     ));
 }
+
+/// The pipe's readiness at its edges: a packet already there answers
+/// without unmasking (the writer need not signal a reader that has data);
+/// the peer's declared end, or its death, alone makes an empty ring an
+/// answer; a writability wait answers exactly when a one-byte packet
+/// fits (40 bytes free for packets: free space 48), not 8 bytes sooner.
+#[test]
+fn pipe_readiness_at_its_edges() {
+    use crate::signal::Signal;
+    /// A signal that can declare the peer's end and report it gone.
+    #[derive(Default)]
+    struct Told {
+        closed: Cell<Option<u64>>,
+    }
+    impl Signal for Told {
+        type Error = bool;
+        fn notify(&self) -> Result<(), bool> {
+            Ok(())
+        }
+        fn wait(&self) -> Result<(), bool> {
+            Err(true)
+        }
+        fn is_peer_gone(gone: &bool) -> bool {
+            *gone
+        }
+        fn peer_write_closed(&self) -> Option<u64> {
+            self.closed.get()
+        }
+    }
+    let l = layout(4096);
+    let (w_ab, w_ba) = (words(l), words(l));
+    let (ab, ba) = (RawMem::from_atomics(&w_ab), RawMem::from_atomics(&w_ba));
+    initialize_ring(&ab, l).unwrap();
+    initialize_ring(&ba, l).unwrap();
+    let reader = |m| PipeReader::new(IncomingRing::new(m, l).unwrap());
+    let writer = |m| PipeWriter::new(OutgoingRing::new(m, l).unwrap());
+    let mut a = BlockingPipe::new(reader(ba), writer(ab), Told::default());
+    let mut b = BlockingPipe::new(reader(ab), writer(ba), crate::signal::NoSignal);
+
+    let _ = b.try_send_msg(b"there").unwrap();
+    a.reader().ring().mask_interrupts().unwrap();
+    assert_eq!(a.try_readable(), Ok(Some(())));
+    assert_eq!(ba.load_u32(INTERRUPT_MASK).unwrap(), 1, "left masked");
+    let mut buf = [0u8; 8];
+    assert_eq!(a.try_recv_msg(&mut buf), Ok(Some(5)));
+    assert_eq!(a.try_readable(), Ok(None));
+    a.signal().closed.set(Some(0));
+    assert_eq!(a.try_readable(), Ok(Some(())), "the declared end alone");
+    a.signal().closed.set(None);
+    assert_eq!(a.try_readable(), Ok(None));
+
+    // 4024 bytes: a 4056-byte packet leaves 40 free (32 for packets).
+    let big = vec![0u8; 4024];
+    assert_eq!(a.try_send_msg(&big), Ok(Some(())));
+    assert_eq!(a.try_writable(), Ok(None), "32 bytes: no packet fits");
+    let mut got = vec![0u8; 4096];
+    assert_eq!(b.try_recv_msg(&mut got), Ok(Some(4024)));
+    // 4016 bytes: a 4048-byte packet leaves 48 free (40 for packets).
+    assert_eq!(a.try_send_msg(&big[..4016]), Ok(Some(())));
+    assert_eq!(a.try_writable(), Ok(Some(())), "40 bytes: one byte fits");
+    assert_eq!(a.try_write(&[1u8; 9]), Ok(Some(8)), "one 8-byte slot");
+    assert_eq!(a.try_writable(), Ok(None));
+
+    // The peer's death, as a wait reports it: both answer now.
+    assert_eq!(a.wait_with(|s| s.wait()), Ok(None));
+    assert_eq!(a.try_readable(), Ok(Some(())));
+    assert_eq!(a.try_writable(), Ok(Some(())));
+}
