@@ -389,9 +389,10 @@ impl Waits {
 /// halves with [`into_split`](Self::into_split).
 ///
 /// Must be created inside a tokio runtime with I/O enabled. Each direction
-/// registers its own duplicates of the stream's eventfd and hang-up fd
-/// (so a stream holds two or four fds more than the blocking one): a
-/// reader and a writer in different tasks each get every kick.
+/// registers its own duplicates of the stream's eventfd and hang-up fd,
+/// and its own liveness timer if the signal has a liveness re-check (so a
+/// stream holds two to six fds more than the blocking one): a reader and
+/// a writer in different tasks each get every kick.
 #[derive(Debug)]
 pub struct AsyncStream<S> {
     core: Core<S>,
