@@ -372,10 +372,11 @@ pub const ASYNC_ROUNDS: usize = 32;
 /// `Ready` (which it takes: clears the readiness *before* returning, so a
 /// kick during the retry that follows is a new event), or `Pending` with
 /// the waker of `cx` registered so that any later event wakes it. Its
-/// last argument says why it is polled: `false` for the look before the
-/// first attempt, which only takes an event already there (the one that
-/// woke the task, so the host can count its cause) and need start
-/// nothing; `true` when a `Pending` puts the task to sleep.
+/// last argument says why it is polled: `true` when a `Pending` puts the
+/// task to sleep; `false` for the look before the first attempt, where
+/// the source may take an event already there (so the host can count
+/// the cause of the wake-up) or leave it (a kick left makes the next
+/// wait try once more before it sleeps), and need start nothing.
 ///
 /// Together: a kick that lands after the attempt armed is either seen by
 /// the re-check inside the attempt, or is an event the source has not yet
@@ -428,7 +429,7 @@ pub fn poll_attempt<X, T, E>(
     mut attempt: impl FnMut(&mut X) -> Result<Option<T>, E>,
     mut event: impl FnMut(&mut X, &mut Context<'_>, bool) -> Poll<Result<(), E>>,
 ) -> Poll<Result<T, E>> {
-    // An event already there is taken before the attempt, which then
+    // An event already there may be taken before the attempt, which then
     // looks at what it announced.
     if let Poll::Ready(Err(e)) = event(state, cx, false) {
         return Poll::Ready(Err(e));

@@ -28,9 +28,8 @@
 //! blocking waits do.
 //!
 //! Every wait here is ring-core's [`poll_attempt`] (the function its loom
-//! models check): take an event already there, try, and on "not now" poll
-//! the registrations again, returning `Pending` only once they hold the
-//! task's waker. A wait also ends, as a blocking one does, after the
+//! models check): try, and on "not now" poll the registrations, returning
+//! `Pending` only once they hold the task's waker. A wait also ends, as a blocking one does, after the
 //! signal's [liveness period](crate::eventfd::EventSignal::set_liveness)
 //! (a timerfd on the reactor; decided when the stream is wrapped), so a
 //! foreign vchan peer that clears its live byte without a kick is still
@@ -287,6 +286,10 @@ struct Waits {
     notices: bool,
     /// The liveness re-check's timer, if the signal had one when wrapped.
     lapse: Option<Lapse>,
+    /// The kick the eventfd's readiness stands for is counted already (by
+    /// a look that left it); the wait that takes it does not count it
+    /// again.
+    kick_counted: AtomicBool,
 }
 
 /// The liveness re-check of one direction's waits: a one-shot timerfd on
@@ -381,6 +384,7 @@ impl Waits {
             hangup,
             notices,
             lapse,
+            kick_counted: AtomicBool::new(false),
         })
     }
 }
@@ -1142,7 +1146,10 @@ fn half_close_now<S: AsyncRing>(core: &mut Core<S>) {
 ///   registration however much of the socket is read.
 ///
 /// `sleep`: the caller goes to sleep on `Pending` (the liveness timer is
-/// started then); without it this only takes an event already there.
+/// started then). Without it (the look before the first attempt) only
+/// the peer's notices and an expired liveness timer are taken: the kick
+/// is counted but left, so the next wait tries once more before it
+/// sleeps.
 fn poll_event<S: AsyncRing>(
     stream: &mut S,
     waits: &Waits,
@@ -1175,9 +1182,31 @@ fn poll_event<S: AsyncRing>(
             }
         }
     }
+    // A kick is taken only on the way to sleep. Left for the look before
+    // the first attempt, a kick that came while the task was busy makes
+    // the next full (or empty) ring try again at once instead of sleeping:
+    // with a peer draining as we write, that try usually finds room (a
+    // first version took it there and was several times slower).
+    if !sleep {
+        // Counted now, though: the kick that woke the task shows in the
+        // counters whether or not a wait takes it later.
+        if let Poll::Ready(Ok(_left)) = waits.wake.poll_read_ready(cx) {
+            if !waits.kick_counted.swap(true, Ordering::AcqRel) {
+                stream.signal().note_kick();
+            }
+        }
+        if let (Some(lapse), Some(every)) = (&waits.lapse, stream.signal().liveness()) {
+            ready!(lapse.poll(every, cx, false))?;
+            stream.signal().note_lapse();
+            return Poll::Ready(Ok(()));
+        }
+        return Poll::Pending;
+    }
     if let Poll::Ready(guard) = waits.wake.poll_read_ready(cx) {
         let mut guard = guard?;
-        stream.signal().note_kick();
+        if !waits.kick_counted.swap(false, Ordering::AcqRel) {
+            stream.signal().note_kick();
+        }
         // Cleared before the retry: a kick from now on is a new edge.
         guard.clear_ready();
         return Poll::Ready(Ok(()));
@@ -1186,7 +1215,7 @@ fn poll_event<S: AsyncRing>(
     // vchan peer may clear its live byte without a kick, and only a look
     // at the ring finds that.
     if let (Some(lapse), Some(every)) = (&waits.lapse, stream.signal().liveness()) {
-        ready!(lapse.poll(every, cx, sleep))?;
+        ready!(lapse.poll(every, cx, true))?;
         stream.signal().note_lapse();
         return Poll::Ready(Ok(()));
     }
