@@ -15,7 +15,7 @@ pub enum Mutation {
     /// Dekker pair with the sleeper's arm-then-re-check is broken.
     NoPublishFence = 1,
     /// No re-check of the ring after arming a wake-up request (vchan
-    /// reads and writes).
+    /// reads and writes; VMBus's unmask-and-re-check).
     NoRecheck = 2,
     /// The producer index published before the bytes are copied in (vchan
     /// writes).
@@ -23,6 +23,12 @@ pub enum Mutation {
     /// No re-check of the ring after `arm_readable`/`arm_writable` set
     /// their request (vchan's in-place, delivery and host-driven waits).
     NoArmRecheck = 4,
+    /// An async wait that takes an event from its source and then goes to
+    /// sleep instead of trying the ring again ([`poll_attempt`]): the
+    /// event that would have woken it is gone.
+    ///
+    /// [`poll_attempt`]: crate::signal::poll_attempt
+    NoRetryAfterEvent = 5,
 }
 
 impl Mutation {
@@ -33,6 +39,7 @@ impl Mutation {
             "NoRecheck" => Some(Mutation::NoRecheck),
             "IndexBeforeCopy" => Some(Mutation::IndexBeforeCopy),
             "NoArmRecheck" => Some(Mutation::NoArmRecheck),
+            "NoRetryAfterEvent" => Some(Mutation::NoRetryAfterEvent),
             _ => None,
         }
     }

@@ -18,6 +18,9 @@
 //! arming and re-checking, so a caller may sleep on its event source as soon
 //! as it sees that answer.
 
+use crate::mutation::{self, Mutation};
+use core::task::{Context, Poll};
+
 /// An event channel to the peer: kick it, and wait until it kicks us.
 ///
 /// Events carry no meaning and may be spurious or merged: after every
@@ -349,5 +352,225 @@ impl<S: Signal> Waiter<S> {
             }
             self.wait_with(|s| s.wait())?;
         }
+    }
+}
+
+/// Rounds of "event, try again" one [`poll_attempt`] makes before it
+/// yields: a peer that kicks without end cannot keep a task (and the
+/// runtime thread under it) in one poll.
+pub const ASYNC_ROUNDS: usize = 32;
+
+/// The async form of the blocking loop, for a host whose waits are
+/// futures (a tokio reactor registration of the eventfd): try, and
+/// whenever the ring answers "not now", poll the event source; return
+/// `Pending` only when the source has registered the task's waker.
+///
+/// `attempt` is one non-blocking ring operation on `state` with this
+/// crate's contract: it answers `None` only after arming its wake-up
+/// request and re-checking the ring. `event` polls the source the peer's
+/// kick makes ready: `Ready(Ok(()))` for an event that came since its last
+/// `Ready` (which it takes: clears the readiness *before* returning, so a
+/// kick during the retry that follows is a new event), or `Pending` with
+/// the waker of `cx` registered so that any later event wakes it. Its
+/// last argument says why it is polled: `true` when a `Pending` puts the
+/// task to sleep; `false` for the look before the first attempt, where
+/// the source may take an event already there (so the host can count
+/// the cause of the wake-up) or leave it (a kick left makes the next
+/// wait try once more before it sleeps), and need start nothing.
+///
+/// Together: a kick that lands after the attempt armed is either seen by
+/// the re-check inside the attempt, or is an event the source has not yet
+/// given out, so the next `event` returns it (and we try again) or wakes
+/// the waker it registers. The loom models in `ring-core/tests/loom_async.rs`
+/// check exactly this function against both protocols' attempts.
+///
+/// After [`ASYNC_ROUNDS`] events in one call it wakes its own waker and
+/// returns `Pending`: the task is polled again soon, after others ran.
+///
+/// # Examples
+///
+/// A reader future over a vchan ring that the peer fills after the first
+/// poll, with a hand-made event source (a host registers its eventfd with
+/// its reactor instead):
+///
+/// ```
+/// # use core::sync::atomic::AtomicU64;
+/// # use ring_core::mem::RawMem;
+/// use core::cell::Cell;
+/// use core::task::{Context, Poll, Waker};
+/// use ring_core::signal::{poll_attempt, NoSignal};
+/// use ring_core::vchan::{self, Blocking, Orders, ServerOptions};
+/// # let words: Vec<AtomicU64> = (0..512).map(|_| AtomicU64::new(0)).collect();
+/// # let mem = RawMem::from_atomics(&words);
+/// let server = vchan::serve_flat(mem, Orders::new(10, 11)?, ServerOptions::default())?;
+/// let mut client = Blocking::new(vchan::connect_flat(mem)?, NoSignal);
+/// let mut server = Blocking::new(server, NoSignal);
+/// let kicked = Cell::new(false); // the event source: "the peer kicked"
+/// let mut cx = Context::from_waker(Waker::noop());
+/// let mut buf = [0u8; 8];
+/// let mut poll = |cx: &mut Context<'_>| {
+///     poll_attempt(
+///         cx,
+///         &mut server,
+///         |s| s.try_read(&mut buf),
+///         |_, _, _| if kicked.replace(false) { Poll::Ready(Ok(())) } else { Poll::Pending },
+///     )
+/// };
+/// assert!(poll(&mut cx).is_pending()); // armed, re-checked, registered
+/// client.write_all(b"hi")?;
+/// kicked.set(true); // the kick the server asked for
+/// assert_eq!(poll(&mut cx), Poll::Ready(Ok(2)));
+/// assert!(!kicked.get()); // taken
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn poll_attempt<X, T, E>(
+    cx: &mut Context<'_>,
+    state: &mut X,
+    mut attempt: impl FnMut(&mut X) -> Result<Option<T>, E>,
+    mut event: impl FnMut(&mut X, &mut Context<'_>, bool) -> Poll<Result<(), E>>,
+) -> Poll<Result<T, E>> {
+    // An event already there may be taken before the attempt, which then
+    // looks at what it announced.
+    if let Poll::Ready(Err(e)) = event(state, cx, false) {
+        return Poll::Ready(Err(e));
+    }
+    for _ in 0..ASYNC_ROUNDS {
+        match attempt(state) {
+            Ok(Some(v)) => return Poll::Ready(Ok(v)),
+            Ok(None) => {}
+            Err(e) => return Poll::Ready(Err(e)),
+        }
+        match event(state, cx, true) {
+            Poll::Ready(Ok(())) => {
+                if mutation::on(Mutation::NoRetryAfterEvent) {
+                    return Poll::Pending;
+                }
+            }
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        }
+    }
+    cx.waker().wake_by_ref();
+    Poll::Pending
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+
+    use super::*;
+    use core::cell::Cell;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::{Wake, Waker};
+    use std::vec::Vec;
+
+    /// Counts its wakes.
+    #[derive(Default)]
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// What happened, in order: `A` an attempt, `E(sleep)` an event poll.
+    #[derive(Debug, PartialEq)]
+    enum Step {
+        A,
+        E(bool),
+    }
+
+    /// Runs one `poll_attempt` whose attempts answer from `answers` (then
+    /// "not now") and whose event source has `events` events to give.
+    fn run(
+        answers: &[Result<Option<u8>, u8>],
+        events: usize,
+        fail_event: bool,
+    ) -> (Poll<Result<u8, u8>>, Vec<Step>, usize) {
+        let count = Arc::new(Count::default());
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let steps = core::cell::RefCell::new(Vec::new());
+        let left = Cell::new(events);
+        let mut next = answers.iter();
+        let r = poll_attempt(
+            &mut cx,
+            &mut (),
+            |_| {
+                steps.borrow_mut().push(Step::A);
+                *next.next().unwrap_or(&Ok(None))
+            },
+            |_, _, sleep| {
+                steps.borrow_mut().push(Step::E(sleep));
+                if fail_event {
+                    return Poll::Ready(Err(9));
+                }
+                match left.get() {
+                    0 => Poll::Pending,
+                    n => {
+                        left.set(n - 1);
+                        Poll::Ready(Ok(()))
+                    }
+                }
+            },
+        );
+        (r, steps.into_inner(), count.0.load(Ordering::SeqCst))
+    }
+
+    #[test]
+    fn an_event_already_there_is_taken_before_the_attempt() {
+        let (r, steps, wakes) = run(&[Ok(Some(7))], 1, false);
+        assert_eq!(r, Poll::Ready(Ok(7)));
+        assert_eq!(steps, [Step::E(false), Step::A]);
+        assert_eq!(wakes, 0);
+    }
+
+    #[test]
+    fn not_now_polls_the_source_and_sleeps_only_when_it_is_pending() {
+        let (r, steps, _) = run(&[Ok(None)], 0, false);
+        assert_eq!(r, Poll::Pending);
+        assert_eq!(steps, [Step::E(false), Step::A, Step::E(true)]);
+    }
+
+    #[test]
+    fn a_taken_event_is_always_followed_by_another_attempt() {
+        let (r, steps, _) = run(&[Ok(None), Ok(None), Ok(Some(3))], 3, false);
+        assert_eq!(r, Poll::Ready(Ok(3)));
+        assert_eq!(
+            steps,
+            [
+                Step::E(false),
+                Step::A,
+                Step::E(true),
+                Step::A,
+                Step::E(true),
+                Step::A
+            ]
+        );
+    }
+
+    #[test]
+    fn errors_of_either_end_the_wait() {
+        assert_eq!(run(&[Err(4)], 0, false).0, Poll::Ready(Err(4)));
+        let (r, steps, _) = run(&[Ok(None)], 0, true);
+        assert_eq!(r, Poll::Ready(Err(9)));
+        assert_eq!(steps, [Step::E(false)]);
+    }
+
+    /// A source that never runs dry (a peer kicking without end) cannot
+    /// keep the task in one poll: after `ASYNC_ROUNDS` tries it yields,
+    /// waking itself so it is polled again.
+    #[test]
+    fn endless_events_yield_after_the_round_limit() {
+        let (r, steps, wakes) = run(&[], usize::MAX, false);
+        assert_eq!(r, Poll::Pending);
+        let tries = steps.iter().filter(|s| **s == Step::A).count();
+        assert_eq!(tries, ASYNC_ROUNDS);
+        assert_eq!(wakes, 1);
     }
 }

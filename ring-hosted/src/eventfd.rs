@@ -849,6 +849,13 @@ impl EventSignal {
         self.count(|c| c.hangups += 1);
     }
 
+    /// Counts a wake-up by the liveness re-check of somebody else's wait
+    /// (the tokio adapters' timer).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn note_lapse(&self) {
+        self.count(|c| c.lapses += 1);
+    }
+
     /// The peer was heard from: the idle timeout starts again.
     fn heard(&self) {
         *lock(&self.quiet_since) = None;

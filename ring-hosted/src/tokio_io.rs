@@ -27,6 +27,24 @@
 //! ([`EventSignal::wake_counts`]) count each wake-up by its cause, as the
 //! blocking waits do.
 //!
+//! Every wait here is ring-core's [`poll_attempt`] (the function its loom
+//! models check): try, and on "not now" poll the registrations, returning
+//! `Pending` only once they hold the task's waker. A wait also ends, as a blocking one does, after the
+//! signal's [liveness period](crate::eventfd::EventSignal::set_liveness)
+//! (a timerfd on the reactor; decided when the stream is wrapped), so a
+//! foreign vchan peer that clears its live byte without a kick is still
+//! seen.
+//!
+//! [`AsyncStream::readable`] and [`AsyncStream::writable`] wait the same
+//! way without reading or writing: the wake-up request is armed and the
+//! ring re-checked by ring-core's `try_readable`/`try_writable`.
+//!
+//! There is no `AsFd`: no one fd stands for the stream's readiness. It
+//! is the ring's state in shared memory; the eventfd is kicked only once
+//! a request is armed (a poll on it alone sleeps through bytes already
+//! there), and in async use its counter is never taken, so once kicked it
+//! stays readable; the peer's end and death come on another fd.
+//!
 //! # Ending a stream
 //!
 //! [`shutdown`](tokio::io::AsyncWriteExt::shutdown) ends our direction
@@ -97,13 +115,15 @@ use crate::session::{self, Protocol};
 use crate::stream::{PollStream, VchanStream};
 use crate::vmbus::VmbusPipe;
 use crate::Error;
+use ring_core::signal::poll_attempt;
 use std::io;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{ready, Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -190,6 +210,23 @@ pub trait AsyncRing: PollStream {
     fn gathers(&self) -> bool {
         false
     }
+
+    /// Whether a read would answer now (bytes, end of stream, an error),
+    /// without reading: `Some(())` yes, `None` not yet (wake-up armed, ring
+    /// re-checked). ring-core's `try_readable`.
+    ///
+    /// # Errors
+    ///
+    /// A protocol error (a corrupt ring).
+    fn try_readable(&mut self) -> Result<Option<()>, Error>;
+
+    /// Whether a write would answer now (room, or a failure), without
+    /// writing: `Some(())` yes, `None` the ring is full (wake-up armed).
+    ///
+    /// # Errors
+    ///
+    /// A protocol error (a corrupt ring).
+    fn try_writable(&mut self) -> Result<Option<()>, Error>;
 }
 
 impl AsyncRing for VchanStream {
@@ -199,9 +236,22 @@ impl AsyncRing for VchanStream {
     fn gathers(&self) -> bool {
         true
     }
+    fn try_readable(&mut self) -> Result<Option<()>, Error> {
+        Ok(self.blocking().try_readable()?)
+    }
+    fn try_writable(&mut self) -> Result<Option<()>, Error> {
+        Ok(self.blocking().try_writable()?)
+    }
 }
 
-impl AsyncRing for VmbusPipe {}
+impl AsyncRing for VmbusPipe {
+    fn try_readable(&mut self) -> Result<Option<()>, Error> {
+        Ok(self.blocking().try_readable()?)
+    }
+    fn try_writable(&mut self) -> Result<Option<()>, Error> {
+        Ok(self.blocking().try_writable()?)
+    }
+}
 
 /// Registers a duplicate of `fd` with the runtime's reactor.
 fn register(fd: BorrowedFd<'_>, what: &'static str) -> Result<AsyncFd<OwnedFd>, Error> {
@@ -234,6 +284,88 @@ struct Waits {
     hangup: Option<AsyncFd<OwnedFd>>,
     /// This direction reads the peer's notices (the reading one).
     notices: bool,
+    /// The liveness re-check's timer, if the signal had one when wrapped.
+    lapse: Option<Lapse>,
+    /// The kick the eventfd's readiness stands for is counted already (by
+    /// a look that left it); the wait that takes it does not count it
+    /// again.
+    kick_counted: AtomicBool,
+}
+
+/// The liveness re-check of one direction's waits: a one-shot timerfd on
+/// the reactor (so no time driver is needed), armed when a wait begins
+/// with none running, its expiry a wake-up that only says "look again".
+#[derive(Debug)]
+struct Lapse {
+    timer: AsyncFd<OwnedFd>,
+    armed: AtomicBool,
+}
+
+impl Lapse {
+    fn new() -> Result<Self, Error> {
+        use rustix::time::{timerfd_create, TimerfdClockId, TimerfdFlags};
+        let fd = timerfd_create(
+            TimerfdClockId::Monotonic,
+            TimerfdFlags::NONBLOCK | TimerfdFlags::CLOEXEC,
+        )
+        .map_err(|e| Error::Os {
+            op: "timerfd for the liveness re-check",
+            source: e.into(),
+        })?;
+        Ok(Lapse {
+            timer: register(fd.as_fd(), "register the liveness timer with tokio")?,
+            armed: AtomicBool::new(false),
+        })
+    }
+
+    /// `Ready` once `every` has passed since the timer was armed (by this
+    /// wait, or an earlier one it outlived); arms it if it is not running.
+    ///
+    /// Without `start`, only a timer already running is looked at (no
+    /// system call).
+    fn poll(&self, every: Duration, cx: &mut Context<'_>, start: bool) -> Poll<io::Result<()>> {
+        use rustix::time::{timerfd_settime, Itimerspec, TimerfdTimerFlags, Timespec};
+        if !start && !self.armed.load(Ordering::Acquire) {
+            return Poll::Pending;
+        }
+        if !self.armed.swap(true, Ordering::AcqRel) {
+            let at = Timespec {
+                tv_sec: every.as_secs().try_into().unwrap_or(i64::MAX),
+                // At least 1 ns: an all-zero value disarms a timerfd.
+                tv_nsec: every.subsec_nanos().max(1).into(),
+            };
+            let zero = Timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            let spec = Itimerspec {
+                it_interval: zero,
+                it_value: at,
+            };
+            if let Err(e) = timerfd_settime(self.timer.get_ref(), TimerfdTimerFlags::empty(), &spec)
+            {
+                self.armed.store(false, Ordering::Release);
+                return Poll::Ready(Err(e.into()));
+            }
+        }
+        loop {
+            let mut guard = ready!(self.timer.poll_read_ready(cx))?;
+            // Take the expiry (a one-shot timer: it stays quiet until
+            // armed again), then the readiness.
+            let mut count = [0u8; 8];
+            let taken = rustix::io::read(guard.get_inner(), &mut count);
+            guard.clear_ready();
+            match taken {
+                Ok(_) => break,
+                // A stale edge, the timer still running: poll again, which
+                // registers the waker.
+                Err(rustix::io::Errno::AGAIN) => continue,
+                Err(e) => return Poll::Ready(Err(e.into())),
+            }
+        }
+        self.armed.store(false, Ordering::Release);
+        Poll::Ready(Ok(()))
+    }
 }
 
 impl Waits {
@@ -243,10 +375,16 @@ impl Waits {
             Some(fd) => Some(register(fd, "register hang-up fd with tokio")?),
             None => None,
         };
+        let lapse = match signal.liveness() {
+            Some(_) => Some(Lapse::new()?),
+            None => None,
+        };
         Ok(Waits {
             wake,
             hangup,
             notices,
+            lapse,
+            kick_counted: AtomicBool::new(false),
         })
     }
 }
@@ -255,9 +393,10 @@ impl Waits {
 /// halves with [`into_split`](Self::into_split).
 ///
 /// Must be created inside a tokio runtime with I/O enabled. Each direction
-/// registers its own duplicates of the stream's eventfd and hang-up fd
-/// (so a stream holds two or four fds more than the blocking one): a
-/// reader and a writer in different tasks each get every kick.
+/// registers its own duplicates of the stream's eventfd and hang-up fd,
+/// and its own liveness timer if the signal has a liveness re-check (so a
+/// stream holds two to six fds more than the blocking one): a reader and
+/// a writer in different tasks each get every kick.
 #[derive(Debug)]
 pub struct AsyncStream<S> {
     core: Core<S>,
@@ -507,6 +646,61 @@ impl<S: AsyncRing> AsyncStream<S> {
         try_read(&mut self.core, buf)
     }
 
+    /// Waits until a read would answer without waiting: bytes are there,
+    /// the stream has ended (the peer's close or half-close), or the read
+    /// would fail (the peer gone). Reads nothing: the bytes stay for
+    /// [`try_read`](Self::try_read) or a read. As tokio's
+    /// `UnixStream::readable`, and like it cancel-safe; a spurious answer
+    /// is possible only if somebody else reads in between.
+    ///
+    /// Both protocols arm their wake-up request without consuming (vchan:
+    /// the notify bit; VMBus: the interrupt mask cleared and the write
+    /// index re-read), so this waits on the reactor like a read.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidData` for a ring the peer corrupted (the endpoint is
+    /// poisoned; this does not wait); an error of the reactor.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ring_hosted::{stream, tokio_io::AsyncVchan};
+    /// use std::time::Duration;
+    ///
+    /// let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    /// runtime.block_on(async {
+    ///     let (server, client) = stream::pair(1024, 1024)?;
+    ///     let (mut server, mut client) = (AsyncVchan::new(server)?, AsyncVchan::new(client)?);
+    ///     let waiter = tokio::spawn(async move {
+    ///         server.readable().await?;
+    ///         let mut buf = [0u8; 16];
+    ///         let n = server.try_read(&mut buf)?; // answers now
+    ///         Ok::<_, std::io::Error>(buf[..n].to_vec())
+    ///     });
+    ///     client.try_write(b"ready")?;
+    ///     let got = tokio::time::timeout(Duration::from_secs(10), waiter).await???;
+    ///     assert_eq!(got, b"ready");
+    ///     Ok::<(), Box<dyn std::error::Error>>(())
+    /// })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub async fn readable(&mut self) -> io::Result<()> {
+        std::future::poll_fn(|cx| poll_readable(&mut self.core.stream, &self.reading, cx)).await
+    }
+
+    /// Waits until a write would answer without waiting: room for at
+    /// least one byte (VMBus: a packet with one byte), or a write that
+    /// fails at once (after our shutdown, the peer closed or gone). Writes
+    /// nothing. As tokio's `UnixStream::writable`; cancel-safe.
+    ///
+    /// # Errors
+    ///
+    /// As [`readable`](Self::readable).
+    pub async fn writable(&mut self) -> io::Result<()> {
+        std::future::poll_fn(|cx| poll_writable(&mut self.core, &self.writing, cx)).await
+    }
+
     /// Writes what fits in the ring now, without waiting: `Ok(n)` bytes, or
     /// `WouldBlock` with the ring full (wake-up armed). As tokio's
     /// `UnixStream::try_write`, on `&mut self`.
@@ -568,23 +762,7 @@ impl AsyncStream<VmbusPipe> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub async fn send_msg(&mut self, msg: &[u8]) -> io::Result<()> {
-        std::future::poll_fn(|cx| {
-            if self.core.write_shut {
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::BrokenPipe,
-                    "write after shutdown",
-                )));
-            }
-            let stream = &mut self.core.stream;
-            loop {
-                match stream.blocking().try_send_msg(msg) {
-                    Ok(Some(())) => return Poll::Ready(Ok(())),
-                    Ok(None) => ready!(poll_event(stream, &self.writing, cx))?,
-                    Err(e) => return Poll::Ready(Err(Error::from(e).into())),
-                }
-            }
-        })
-        .await
+        std::future::poll_fn(|cx| poll_send_msg(&mut self.core, &self.writing, cx, msg)).await
     }
 
     /// Receives one message into `buf`, waiting on the reactor: its length,
@@ -597,18 +775,35 @@ impl AsyncStream<VmbusPipe> {
     /// consumed: retry with a larger one); `ConnectionReset` once the peer
     /// is gone and the ring drained.
     pub async fn recv_msg(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        std::future::poll_fn(|cx| poll_recv_msg(&mut self.core.stream, &self.reading, cx, buf))
+            .await
+    }
+}
+
+impl WriteHalf<VmbusPipe> {
+    /// As [`AsyncStream::send_msg`], on the write half: messages go out
+    /// while the read half waits for others in another task.
+    ///
+    /// # Errors
+    ///
+    /// As [`AsyncStream::send_msg`].
+    pub async fn send_msg(&mut self, msg: &[u8]) -> io::Result<()> {
         std::future::poll_fn(|cx| {
-            let stream = &mut self.core.stream;
-            loop {
-                match stream.blocking().try_recv_msg(buf) {
-                    Ok(Some(n)) => return Poll::Ready(Ok(n)),
-                    Ok(None) => ready!(poll_event(stream, &self.reading, cx))?,
-                    Err(e) => match Error::from(e) {
-                        Error::Closed => return Poll::Ready(Ok(0)),
-                        e => return Poll::Ready(Err(e.into())),
-                    },
-                }
-            }
+            poll_send_msg(&mut lock(&self.closer.shared), &self.waits, cx, msg)
+        })
+        .await
+    }
+}
+
+impl ReadHalf<VmbusPipe> {
+    /// As [`AsyncStream::recv_msg`], on the read half.
+    ///
+    /// # Errors
+    ///
+    /// As [`AsyncStream::recv_msg`].
+    pub async fn recv_msg(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        std::future::poll_fn(|cx| {
+            poll_recv_msg(&mut lock(&self.shared).stream, &self.waits, cx, buf)
         })
         .await
     }
@@ -915,10 +1110,7 @@ fn try_read<S: AsyncRing>(core: &mut Core<S>, buf: &mut [u8]) -> io::Result<usiz
 
 fn try_write<S: AsyncRing>(core: &mut Core<S>, buf: &[u8]) -> io::Result<usize> {
     if core.write_shut {
-        return Err(io::Error::new(
-            io::ErrorKind::BrokenPipe,
-            "write after shutdown",
-        ));
+        return Err(write_shut_error());
     }
     match core.stream.try_write(buf) {
         Ok(Some(n)) => Ok(n),
@@ -952,10 +1144,17 @@ fn half_close_now<S: AsyncRing>(core: &mut Core<S>) {
 ///   The writing direction learns only the peer's death, from the socket's
 ///   read-closed readiness (`EPOLLRDHUP`), which stays set for every
 ///   registration however much of the socket is read.
+///
+/// `sleep`: the caller goes to sleep on `Pending` (the liveness timer is
+/// started then). Without it (the look before the first attempt) only
+/// the peer's notices and an expired liveness timer are taken: the kick
+/// is counted but left, so the next wait tries once more before it
+/// sleeps.
 fn poll_event<S: AsyncRing>(
     stream: &mut S,
     waits: &Waits,
     cx: &mut Context<'_>,
+    sleep: bool,
 ) -> Poll<io::Result<()>> {
     if let Some(h) = &waits.hangup {
         if let Poll::Ready(guard) = h.poll_read_ready(cx) {
@@ -983,11 +1182,54 @@ fn poll_event<S: AsyncRing>(
             }
         }
     }
-    let mut guard = ready!(waits.wake.poll_read_ready(cx))?;
-    stream.signal().note_kick();
-    // Cleared before the retry: a kick from now on is a new edge.
-    guard.clear_ready();
-    Poll::Ready(Ok(()))
+    // A kick is taken only on the way to sleep. Left for the look before
+    // the first attempt, a kick that came while the task was busy makes
+    // the next full (or empty) ring try again at once instead of sleeping:
+    // with a peer draining as we write, that try usually finds room (a
+    // first version took it there and was several times slower).
+    if !sleep {
+        // Counted now, though: the kick that woke the task shows in the
+        // counters whether or not a wait takes it later.
+        if let Poll::Ready(Ok(_left)) = waits.wake.poll_read_ready(cx) {
+            if !waits.kick_counted.swap(true, Ordering::AcqRel) {
+                stream.signal().note_kick();
+            }
+        }
+        if let (Some(lapse), Some(every)) = (&waits.lapse, stream.signal().liveness()) {
+            ready!(lapse.poll(every, cx, false))?;
+            stream.signal().note_lapse();
+            return Poll::Ready(Ok(()));
+        }
+        return Poll::Pending;
+    }
+    if let Poll::Ready(guard) = waits.wake.poll_read_ready(cx) {
+        let mut guard = guard?;
+        if !waits.kick_counted.swap(false, Ordering::AcqRel) {
+            stream.signal().note_kick();
+        }
+        // Cleared before the retry: a kick from now on is a new edge.
+        guard.clear_ready();
+        return Poll::Ready(Ok(()));
+    }
+    // The liveness re-check, as the blocking waits have it: a foreign
+    // vchan peer may clear its live byte without a kick, and only a look
+    // at the ring finds that.
+    if let (Some(lapse), Some(every)) = (&waits.lapse, stream.signal().liveness()) {
+        ready!(lapse.poll(every, cx, true))?;
+        stream.signal().note_lapse();
+        return Poll::Ready(Ok(()));
+    }
+    Poll::Pending
+}
+
+/// The ring's answer to a read as the async face gives it: the peer's
+/// close (or our own) is end of stream.
+fn read_attempt<S: AsyncRing>(stream: &mut S, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    match stream.try_read(buf) {
+        Ok(r) => Ok(r),
+        Err(Error::Closed) => Ok(Some(0)),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn read_some<S: AsyncRing>(
@@ -996,17 +1238,18 @@ fn read_some<S: AsyncRing>(
     cx: &mut Context<'_>,
     buf: &mut ReadBuf<'_>,
 ) -> Poll<io::Result<()>> {
-    loop {
-        match stream.try_read(buf.initialize_unfilled()) {
-            Ok(Some(n)) => {
-                buf.advance(n);
-                return Poll::Ready(Ok(()));
-            }
-            Ok(None) => ready!(poll_event(stream, waits, cx))?,
-            Err(Error::Closed) => return Poll::Ready(Ok(())),
-            Err(e) => return Poll::Ready(Err(e.into())),
-        }
-    }
+    let n = ready!(poll_attempt(
+        cx,
+        stream,
+        |s| read_attempt(s, buf.initialize_unfilled()),
+        |s, cx, sleep| poll_event(s, waits, cx, sleep),
+    ))?;
+    buf.advance(n);
+    Poll::Ready(Ok(()))
+}
+
+fn write_shut_error() -> io::Error {
+    io::Error::new(io::ErrorKind::BrokenPipe, "write after shutdown")
 }
 
 fn write_some<S: AsyncRing>(
@@ -1016,23 +1259,18 @@ fn write_some<S: AsyncRing>(
     bufs: &[io::IoSlice<'_>],
 ) -> Poll<io::Result<usize>> {
     if core.write_shut {
-        return Poll::Ready(Err(io::Error::new(
-            io::ErrorKind::BrokenPipe,
-            "write after shutdown",
-        )));
+        return Poll::Ready(Err(write_shut_error()));
     }
     if bufs.iter().all(|b| b.is_empty()) {
         return Poll::Ready(Ok(0));
     }
-    let stream = &mut core.stream;
-    loop {
-        // One publish (and at most one kick) for all of them.
-        match stream.try_write_gathered(bufs) {
-            Ok(Some(n)) => return Poll::Ready(Ok(n)),
-            Ok(None) => ready!(poll_event(stream, waits, cx))?,
-            Err(e) => return Poll::Ready(Err(e.into())),
-        }
-    }
+    // One publish (and at most one kick) for all of them.
+    poll_attempt(
+        cx,
+        &mut core.stream,
+        |s| Ok(s.try_write_gathered(bufs)?),
+        |s, cx, sleep| poll_event(s, waits, cx, sleep),
+    )
 }
 
 /// Ends our direction without blocking: waits for room for the end mark
@@ -1042,13 +1280,82 @@ fn shutdown_some<S: AsyncRing>(
     waits: &Waits,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<()>> {
-    loop {
-        match core.try_shutdown() {
-            Ok(Some(())) => return Poll::Ready(Ok(())),
-            Ok(None) => ready!(poll_event(&mut core.stream, waits, cx))?,
-            Err(e) => return Poll::Ready(Err(e.into())),
-        }
+    poll_attempt(
+        cx,
+        core,
+        |c| Ok(c.try_shutdown()?),
+        |c, cx, sleep| poll_event(&mut c.stream, waits, cx, sleep),
+    )
+}
+
+/// Waits until a read would answer: [`AsyncStream::readable`].
+fn poll_readable<S: AsyncRing>(
+    stream: &mut S,
+    waits: &Waits,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<()>> {
+    poll_attempt(
+        cx,
+        stream,
+        |s| Ok(s.try_readable()?),
+        |s, cx, sleep| poll_event(s, waits, cx, sleep),
+    )
+}
+
+/// Waits until a write would answer: [`AsyncStream::writable`].
+fn poll_writable<S: AsyncRing>(
+    core: &mut Core<S>,
+    waits: &Waits,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<()>> {
+    if core.write_shut {
+        // A write fails at once.
+        return Poll::Ready(Ok(()));
     }
+    poll_attempt(
+        cx,
+        &mut core.stream,
+        |s| Ok(s.try_writable()?),
+        |s, cx, sleep| poll_event(s, waits, cx, sleep),
+    )
+}
+
+/// One message out, waiting on the reactor for room: the async
+/// [`VmbusPipe::send_msg`].
+fn poll_send_msg(
+    core: &mut Core<VmbusPipe>,
+    waits: &Waits,
+    cx: &mut Context<'_>,
+    msg: &[u8],
+) -> Poll<io::Result<()>> {
+    if core.write_shut {
+        return Poll::Ready(Err(write_shut_error()));
+    }
+    poll_attempt(
+        cx,
+        &mut core.stream,
+        |s| Ok(s.blocking().try_send_msg(msg).map_err(Error::from)?),
+        |s, cx, sleep| poll_event(s, waits, cx, sleep),
+    )
+}
+
+/// One message in: the async [`VmbusPipe::recv_msg`]; 0 at end of stream.
+fn poll_recv_msg(
+    stream: &mut VmbusPipe,
+    waits: &Waits,
+    cx: &mut Context<'_>,
+    buf: &mut [u8],
+) -> Poll<io::Result<usize>> {
+    poll_attempt(
+        cx,
+        stream,
+        |s| match s.blocking().try_recv_msg(buf).map_err(Error::from) {
+            Ok(r) => Ok(r),
+            Err(Error::Closed) => Ok(Some(0)),
+            Err(e) => Err(e.into()),
+        },
+        |s, cx, sleep| poll_event(s, waits, cx, sleep),
+    )
 }
 
 /// See [`AsyncStream::confirm`].
@@ -1270,6 +1577,16 @@ impl<S: AsyncRing> ReadHalf<S> {
         try_read(&mut lock(&self.shared), buf)
     }
 
+    /// As [`AsyncStream::readable`], with the read half's own registration.
+    ///
+    /// # Errors
+    ///
+    /// As [`AsyncStream::readable`].
+    pub async fn readable(&mut self) -> io::Result<()> {
+        std::future::poll_fn(|cx| poll_readable(&mut lock(&self.shared).stream, &self.waits, cx))
+            .await
+    }
+
     /// As [`AsyncStream::peer_cred`].
     ///
     /// # Errors
@@ -1288,6 +1605,17 @@ impl<S: AsyncRing> WriteHalf<S> {
     /// As [`AsyncStream::try_write`].
     pub fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
         try_write(&mut lock(&self.closer.shared), buf)
+    }
+
+    /// As [`AsyncStream::writable`], with the write half's own
+    /// registration.
+    ///
+    /// # Errors
+    ///
+    /// As [`AsyncStream::readable`].
+    pub async fn writable(&mut self) -> io::Result<()> {
+        std::future::poll_fn(|cx| poll_writable(&mut lock(&self.closer.shared), &self.waits, cx))
+            .await
     }
 }
 

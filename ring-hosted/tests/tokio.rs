@@ -789,3 +789,290 @@ async fn a_waiting_write_half_notices_the_peers_death() {
     })
     .await;
 }
+
+/// Runs `f` in a task of its own; the receiver hears when its first poll
+/// has returned `Pending` (it has armed and registered: it is waiting).
+fn spawn_waiting<F>(
+    f: F,
+) -> (
+    tokio::task::JoinHandle<F::Output>,
+    tokio::sync::oneshot::Receiver<()>,
+)
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
+        let mut f = std::pin::pin!(f);
+        let mut tx = Some(tx);
+        std::future::poll_fn(|cx| {
+            let r = f.as_mut().poll(cx);
+            if r.is_pending() {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(());
+                }
+            }
+            r
+        })
+        .await
+    });
+    (task, rx)
+}
+
+/// Waits (under the deadline) until the task of [`spawn_waiting`] waits.
+async fn until_waiting(rx: tokio::sync::oneshot::Receiver<()>, what: &str) {
+    tokio::time::timeout(DEADLINE, rx)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: never polled"))
+        .unwrap_or_else(|_| panic!("{what}: finished without waiting"));
+}
+
+/// What the peer of [`readiness_waits`] is told to do next.
+enum Step {
+    Write,
+    Drain(usize),
+}
+
+/// `readable()` and `writable()` on the two halves, each waiting on the
+/// reactor while the peer has not yet acted: the read half's wait ends
+/// with the peer's write and consumes nothing; the write half's, on a
+/// full ring, ends when the peer drains it.
+async fn readiness_waits<S, P>(ours: S, mut theirs: P)
+where
+    S: ring_hosted::tokio_io::AsyncRing + Send + Unpin + 'static,
+    P: std::io::Read + std::io::Write + Send + 'static,
+{
+    let (go, steps) = std::sync::mpsc::channel::<Step>();
+    let peer = thread::spawn(move || {
+        for step in steps {
+            match step {
+                Step::Write => theirs.write_all(b"ping").unwrap(),
+                Step::Drain(n) => {
+                    let mut got = vec![0u8; n];
+                    theirs.read_exact(&mut got).unwrap();
+                    assert!(got.iter().all(|&b| b == 7), "the peer got other bytes");
+                }
+            }
+        }
+        theirs
+    });
+    let (mut rd, mut wr) = ring_hosted::tokio_io::AsyncStream::new(ours)
+        .unwrap()
+        .into_split();
+    let (reading, waits) = spawn_waiting(async move {
+        rd.readable().await.unwrap();
+        rd
+    });
+    until_waiting(waits, "readable() with nothing to read").await;
+    go.send(Step::Write).unwrap();
+    let mut rd = tokio::time::timeout(DEADLINE, reading)
+        .await
+        .expect("readable() was never woken by the peer's write")
+        .unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(
+        rd.try_read(&mut buf).unwrap(),
+        4,
+        "readable() consumed bytes"
+    );
+    assert_eq!(&buf[..4], b"ping");
+
+    let mut filled = 0;
+    loop {
+        match wr.try_write(&[7u8; 512]) {
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let (writing, waits) = spawn_waiting(async move {
+        wr.writable().await.unwrap();
+        wr
+    });
+    until_waiting(waits, "writable() on a full ring").await;
+    go.send(Step::Drain(filled)).unwrap();
+    let mut wr = tokio::time::timeout(DEADLINE, writing)
+        .await
+        .expect("writable() was never woken by the peer's read")
+        .unwrap();
+    assert_eq!(wr.try_write(&[7u8]).unwrap(), 1, "writable() but no room");
+    go.send(Step::Drain(1)).unwrap();
+    drop(go);
+    let _theirs = peer.join().unwrap();
+    let whole = rd.reunite(wr).expect("the halves of one stream");
+    let counts = whole.get_ref().signal().wake_counts();
+    assert!(counts.kicks >= 2, "both waits ended by kicks: {counts:?}");
+    assert_eq!((counts.lapses, counts.timeouts), (0, 0), "{counts:?}");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn readable_and_writable_wait_on_the_reactor() {
+    let (mut ours, mut theirs, _sock) = vchan_session();
+    strict(ours.signal_mut());
+    strict(theirs.signal_mut());
+    readiness_waits(ours, theirs).await;
+
+    let (mut ours, mut theirs, _sock) = common::vmbus_pair(4096);
+    strict(ours.signal_mut());
+    strict(theirs.signal_mut());
+    readiness_waits(ours, theirs).await;
+}
+
+/// A readiness wait already pending when the peer corrupts the ring and
+/// kicks: it ends with `InvalidData`, and so does every wait after.
+///
+/// `whole`: the corruption poisons the whole endpoint (vchan: one control
+/// page), so `writable()` fails too; a VMBus ring we write stays usable.
+///
+/// `corrupt` hands the peer back: it stays open (a close would write its
+/// own index over the corruption) until the end.
+async fn corrupt_while_waiting<S, P>(ours: S, whole: bool, corrupt: impl FnOnce() -> P)
+where
+    S: ring_hosted::tokio_io::AsyncRing + Send + Unpin + 'static,
+{
+    let mut s = ring_hosted::tokio_io::AsyncStream::new(ours).unwrap();
+    let (waiting, waits) = spawn_waiting(async move {
+        let r = s.readable().await;
+        (s, r)
+    });
+    until_waiting(waits, "readable() with nothing to read").await;
+    let theirs = corrupt();
+    let (mut s, r) = tokio::time::timeout(DEADLINE, waiting)
+        .await
+        .expect("a wait on a corrupt ring hung")
+        .unwrap();
+    let e = r.unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
+    let e = tokio::time::timeout(DEADLINE, s.readable())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
+    let w = tokio::time::timeout(DEADLINE, s.writable()).await.unwrap();
+    match (whole, w) {
+        (true, Err(e)) => assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}"),
+        (false, Ok(())) => {}
+        (_, w) => panic!("writable() after the corruption: {w:?}"),
+    }
+    let mut buf = [0u8; 8];
+    let e = s.read(&mut buf).await.unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
+    drop(theirs);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_readiness_wait_on_a_corrupt_ring_is_an_error_not_a_hang() {
+    use ring_core::mem::SharedMem;
+    // vchan: the producer index of the ring we read jumps more than a
+    // ring ahead.
+    let (mut ours, mut theirs, _sock) = vchan_session();
+    strict(ours.signal_mut());
+    strict(theirs.signal_mut());
+    let control = ours.memory().clone();
+    corrupt_while_waiting(ours, true, move || {
+        let at = ring_core::vchan::layout::LEFT_PROD;
+        let prod = control.load_u32(at).unwrap();
+        control.store_u32(at, prod.wrapping_add(5000)).unwrap();
+        theirs.kick().unwrap();
+        theirs
+    })
+    .await;
+
+    // VMBus: the write index of the ring we read, misaligned.
+    let (mut ours, mut theirs, _sock) = common::vmbus_pair(4096);
+    strict(ours.signal_mut());
+    strict(theirs.signal_mut());
+    let rx = ours.blocking().reader().ring().memory().clone();
+    corrupt_while_waiting(ours, false, move || {
+        rx.store_u32(ring_core::vmbus::layout::WRITE_INDEX, 3)
+            .unwrap();
+        theirs.kick().unwrap();
+        theirs
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vmbus_messages_on_split_halves_in_two_tasks() {
+    let (mut ours, mut theirs, _sock) = common::vmbus_pair(4096);
+    strict(ours.signal_mut());
+    strict(theirs.signal_mut());
+    // An echo over 4 KiB rings: the sender half waits for the peer, the
+    // peer for the receiver half, which waits for the echo.
+    let msg = |i: usize| pattern(i as u8, 1 + (i * 37) % 1000);
+    let peer = thread::spawn(move || {
+        let mut buf = vec![0u8; 2000];
+        for _ in 0..300 {
+            let n = theirs.recv_msg(&mut buf).unwrap();
+            theirs.send_msg(&buf[..n]).unwrap();
+        }
+        theirs
+    });
+    let (mut rd, mut wr) = AsyncVmbus::new(ours).unwrap().into_split();
+    let sender = tokio::spawn(async move {
+        for i in 0..300 {
+            wr.send_msg(&msg(i)).await.unwrap();
+        }
+        wr
+    });
+    let receiver = tokio::spawn(async move {
+        let mut buf = vec![0u8; 2000];
+        for i in 0..300 {
+            let n = rd.recv_msg(&mut buf).await.unwrap();
+            assert_eq!(&buf[..n], &msg(i)[..], "message {i} back");
+        }
+        rd
+    });
+    let rd = tokio::time::timeout(DEADLINE, receiver)
+        .await
+        .expect("the read half's recv_msg was never woken")
+        .unwrap();
+    let wr = tokio::time::timeout(DEADLINE, sender)
+        .await
+        .expect("the write half's send_msg was never woken")
+        .unwrap();
+    let _theirs = peer.join().unwrap();
+    let whole = rd.reunite(wr).expect("the halves of one stream");
+    let counts = whole.get_ref().signal().wake_counts();
+    assert_eq!((counts.lapses, counts.timeouts), (0, 0), "{counts:?}");
+}
+
+/// A vchan peer with no socket to us (a foreign one: here an in-process
+/// pair) clears its live byte and does not kick. Without the liveness
+/// re-check a waiting read never learns it; with it, the read ends at the
+/// next lapse with end of stream.
+#[tokio::test(flavor = "current_thread")]
+async fn a_silent_close_of_a_foreign_peer_is_seen_by_the_liveness_recheck() {
+    use std::time::Duration;
+    for every in [None, Some(Duration::from_millis(20))] {
+        let (mut ours, mut theirs) = stream::pair(1024, 1024).unwrap();
+        ours.signal_mut().set_liveness(every);
+        let mut s = AsyncVchan::new(ours).unwrap();
+        let mut buf = [0u8; 8];
+        let (reading, waits) = spawn_waiting(async move {
+            let r = s.read(&mut buf).await;
+            (s, r)
+        });
+        until_waiting(waits, "a read with nothing to read").await;
+        // The close without the kick that should follow it.
+        let _ = theirs.blocking().endpoint().hang_up().unwrap();
+        match every {
+            None => {
+                let r = tokio::time::timeout(Duration::from_millis(300), reading).await;
+                assert!(r.is_err(), "the close was seen with no re-check: {r:?}");
+            }
+            Some(_) => {
+                let (s, r) = tokio::time::timeout(DEADLINE, reading)
+                    .await
+                    .expect("the liveness re-check never looked at the ring")
+                    .unwrap();
+                assert_eq!(r.unwrap(), 0, "end of stream");
+                let counts = s.get_ref().signal().wake_counts();
+                assert!(counts.lapses >= 1, "{counts:?}");
+                assert_eq!(counts.kicks, 0, "nobody kicked: {counts:?}");
+            }
+        }
+        drop(theirs);
+    }
+}

@@ -217,6 +217,71 @@ impl<M: SharedMem, S: Signal> Blocking<M, S> {
         self.waiter.settle(true, 0).map(drop)
     }
 
+    /// Asks to be woken when a read would not answer "not now", without
+    /// reading: `Some(())` a [`try_read`](Self::try_read) would return
+    /// bytes, end of stream or an error now (including the peer's death
+    /// or its declared end), `None` nothing yet (the `WRITE` request armed
+    /// and the ring re-checked: the peer's next write kicks us). The
+    /// readiness wait of an async host, for a caller that reads later.
+    ///
+    /// # Errors
+    ///
+    /// The ring's errors ([`Error::Corrupt`] for a peer that broke the
+    /// protocol, [`Error::Held`] with bytes held).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use core::sync::atomic::AtomicU64;
+    /// # use ring_core::mem::RawMem;
+    /// # use ring_core::signal::NoSignal;
+    /// # use ring_core::vchan::{self, Blocking, Orders, ServerOptions};
+    /// # let words: Vec<AtomicU64> = (0..512).map(|_| AtomicU64::new(0)).collect();
+    /// # let mem = RawMem::from_atomics(&words);
+    /// # let server = vchan::serve_flat(mem, Orders::new(10, 11)?, ServerOptions::default())?;
+    /// # let mut client = Blocking::new(vchan::connect_flat(mem)?, NoSignal);
+    /// # let mut server = Blocking::new(server, NoSignal);
+    /// assert_eq!(server.try_readable()?, None); // armed: wait for the kick
+    /// client.write_all(b"ping")?;
+    /// assert_eq!(server.try_readable()?, Some(()));
+    /// assert_eq!(server.bytes_read(), 0); // nothing was read
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn try_readable(&mut self) -> Attempt<(), Error, S::Error> {
+        // Asked before the ring is looked at, as a read asks it.
+        let declared = self.waiter.signal.peer_write_closed();
+        // The ring first: a poisoned endpoint says so, gone peer or not.
+        match self.side.ep.arm_readable(1) {
+            Ok(Readiness::Ready) => Ok(Some(())),
+            Ok(Readiness::Armed) if declared.is_some() || self.waiter.peer_gone() => Ok(Some(())),
+            Ok(Readiness::Armed) => Ok(None),
+            // After our close a read answers at once (end of stream).
+            Err(Error::Closed) => Ok(Some(())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Asks to be woken when a write would not answer "not now", without
+    /// writing: `Some(())` a [`try_write`](Self::try_write) would write or
+    /// fail now (room, the peer closed or gone, our own hang-up), `None`
+    /// the ring is full (the `READ` request armed and the ring re-checked).
+    ///
+    /// # Errors
+    ///
+    /// As [`try_readable`](Self::try_readable).
+    pub fn try_writable(&mut self) -> Attempt<(), Error, S::Error> {
+        if self.side.ep.is_hung_up() {
+            return Ok(Some(()));
+        }
+        match self.side.ep.arm_writable(1) {
+            Ok(Readiness::Ready) => Ok(Some(())),
+            Ok(Readiness::Armed) if self.waiter.peer_gone() => Ok(Some(())),
+            Ok(Readiness::Armed) => Ok(None),
+            Err(Error::Closed) => Ok(Some(())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// One non-blocking stream read: `Some(n)` bytes (`Some(0)`: end of
     /// stream), `None` nothing yet (wake-up armed).
     ///
@@ -1134,5 +1199,78 @@ mod tests {
             server.read(&mut buf),
             Err(BlockingError::PeerGone)
         ));
+    }
+
+    /// The readiness waits arm and answer without moving a byte: a read
+    /// waits for bytes, the peer's declared end, its death or its close;
+    /// a write for room, our hang-up or the peer's death; a poisoned
+    /// endpoint is an error, gone peer or not.
+    #[test]
+    fn readiness_waits_move_nothing_and_answer_every_end() {
+        let w = words();
+        let mem = RawMem::from_atomics(&w);
+        let (server, client) = ends(mem);
+        let mut s = Blocking::new(server, Script::default());
+        let mut c = Blocking::new(client, Plain);
+        assert_eq!(s.try_readable(), Ok(None));
+        assert_eq!(c.try_write(b"ab"), Ok(Some(2)));
+        assert_eq!(s.try_readable(), Ok(Some(())));
+        assert_eq!(s.bytes_read(), 0, "nothing read");
+        let mut buf = [0u8; 4];
+        assert_eq!(s.try_read(&mut buf), Ok(Some(2)));
+        assert_eq!(s.try_readable(), Ok(None));
+        // The peer's declared end makes an empty ring an answer.
+        s.signal().closed.set(Some(2));
+        assert_eq!(s.try_readable(), Ok(Some(())));
+        assert_eq!(s.try_read(&mut buf), Ok(Some(0)));
+        s.signal().closed.set(None);
+
+        // The server's 2 KiB ring full: armed, until the end below.
+        assert_eq!(s.try_write(&[2u8; 2048]), Ok(Some(2048)));
+        assert_eq!(s.try_writable(), Ok(None));
+
+        // Writing: the client's 1 KiB ring full, then room again.
+        assert_eq!(c.try_writable(), Ok(Some(())));
+        assert_eq!(c.try_write(&[1u8; 1024]), Ok(Some(1024)));
+        assert_eq!(c.try_writable(), Ok(None));
+        assert_eq!(s.try_read(&mut buf[..1]), Ok(Some(1)));
+        assert_eq!(c.try_writable(), Ok(Some(())));
+        assert_eq!(c.try_write(&[1u8; 2]), Ok(Some(1)));
+        assert_eq!(c.try_writable(), Ok(None));
+        let _ = c.endpoint().hang_up().unwrap(); // the peer needs no kick here
+        assert_eq!(c.try_writable(), Ok(Some(())), "a write fails now");
+
+        // The peer's death, as a wait reports it, is an answer for both
+        // (our own ring is full: only the death answers).
+        s.signal().waits.borrow_mut().push_back(Err(Fail::Gone));
+        assert_eq!(s.wait_with(|sig| sig.wait()), Ok(None));
+        let mut all = [0u8; 1024];
+        assert_eq!(s.try_read(&mut all), Ok(Some(1024)));
+        assert_eq!(s.try_readable(), Ok(Some(())));
+        assert_eq!(s.try_writable(), Ok(Some(())));
+        // A poisoned endpoint: an error first.
+        mem.store_u32(super::super::layout::LEFT_PROD, 0x4000_0000)
+            .unwrap();
+        assert!(matches!(
+            s.try_readable(),
+            Err(BlockingError::Ring(Error::Corrupt(_)))
+        ));
+        assert!(matches!(
+            s.try_writable(),
+            Err(BlockingError::Ring(Error::Corrupt(_)))
+        ));
+
+        // A peer that dies with its live byte still set (no close): only
+        // the wait that reports it gone answers a full ring's writer.
+        let w = words();
+        let mem = RawMem::from_atomics(&w);
+        let (server, _client) = ends(mem);
+        let mut s = Blocking::new(server, Script::default());
+        assert_eq!(s.try_write(&[2u8; 2048]), Ok(Some(2048)));
+        assert_eq!(s.try_writable(), Ok(None));
+        s.signal().waits.borrow_mut().push_back(Err(Fail::Gone));
+        assert_eq!(s.wait_with(|sig| sig.wait()), Ok(None));
+        assert_eq!(s.try_writable(), Ok(Some(())));
+        assert_eq!(s.try_readable(), Ok(Some(())));
     }
 }

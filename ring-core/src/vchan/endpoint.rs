@@ -1272,6 +1272,12 @@ impl<M: SharedMem> Endpoint<M> {
         Ok(self.peer_live()? != Live::Closed)
     }
 
+    /// Whether we have hung up ([`hang_up`](Self::hang_up)): writes fail
+    /// with [`Error::Closed`], reads go on.
+    pub fn is_hung_up(&self) -> bool {
+        self.hung_up || self.closed
+    }
+
     /// Clears our live byte, as [`close`](Self::close) does, but goes on
     /// reading: bytes the peer published before it saw the close can still
     /// be read, and then end of stream (the peer's live byte) or

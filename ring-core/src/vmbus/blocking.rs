@@ -713,6 +713,81 @@ impl<M: SharedMem, S: Signal> BlockingPipe<M, S> {
         self.waiter.settle(true, 0).map(drop)
     }
 
+    /// Asks to be woken when a read would not answer "not now", without
+    /// reading anything: `Some(())` a [`try_read`](Self::try_read) (or a
+    /// message receive) would return data, end of stream or an error now,
+    /// `None` the ring is empty (the interrupt mask cleared, fenced, and
+    /// the write index re-read: the writer's next publish signals us). The
+    /// readiness wait of an async host; nothing is consumed, and a
+    /// corrupt write index is an error, not a wait.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Corrupt`] (the ring is poisoned).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use core::sync::atomic::AtomicU64;
+    /// # use ring_core::mem::RawMem;
+    /// # use ring_core::signal::NoSignal;
+    /// # use ring_core::vmbus::pipe::{PipeReader, PipeWriter};
+    /// # use ring_core::vmbus::{initialize_ring, BlockingPipe, IncomingRing, OutgoingRing, RingLayout};
+    /// # let layout = RingLayout::new(4096, 16384)?;
+    /// # let words: Vec<AtomicU64> = (0..2 * layout.total_size() / 8).map(|_| AtomicU64::new(0)).collect();
+    /// # let (a_to_b, b_to_a) = words.split_at(layout.total_size() / 8);
+    /// # let (a_to_b, b_to_a) = (RawMem::from_atomics(a_to_b), RawMem::from_atomics(b_to_a));
+    /// # initialize_ring(&a_to_b, layout)?;
+    /// # initialize_ring(&b_to_a, layout)?;
+    /// # let reader = |m| IncomingRing::new(m, layout).map(PipeReader::new);
+    /// # let writer = |m| OutgoingRing::new(m, layout).map(PipeWriter::new);
+    /// # let mut a = BlockingPipe::new(reader(b_to_a)?, writer(a_to_b)?, NoSignal);
+    /// # let mut b = BlockingPipe::new(reader(a_to_b)?, writer(b_to_a)?, NoSignal);
+    /// assert_eq!(b.try_readable()?, None); // unmasked: a's next packet signals b
+    /// a.send_msg(b"hello")?;
+    /// assert_eq!(b.try_readable()?, Some(()));
+    /// let mut buf = [0u8; 8];
+    /// assert_eq!(b.try_recv_msg(&mut buf)?, Some(5)); // still there to read
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn try_readable(&mut self) -> Attempt<(), Error, S::Error> {
+        if self.ends.reader.is_eof() {
+            return Ok(Some(()));
+        }
+        // Asked before the ring is looked at, as a read asks it.
+        let declared = self.waiter.signal.peer_write_closed();
+        // The ring first: a poisoned ring says so, gone peer or not.
+        let ring = self.ends.reader.ring();
+        if ring.available()? > 0 || ring.unmask_and_recheck()? {
+            return Ok(Some(()));
+        }
+        match declared.is_some() || self.waiter.peer_gone() {
+            true => Ok(Some(())),
+            false => Ok(None),
+        }
+    }
+
+    /// Asks to be woken when a write would not answer "not now", without
+    /// writing: `Some(())` there is room for a packet with at least one
+    /// byte (or a write would fail at once: our end of stream sent, the
+    /// peer gone), `None` the ring is full (`pending_send_size` armed and
+    /// the read index re-read: the reader's commit that frees the room
+    /// signals us).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Corrupt`] (the ring is poisoned).
+    pub fn try_writable(&mut self) -> Attempt<(), Error, S::Error> {
+        if self.ends.closed {
+            return Ok(Some(()));
+        }
+        let packet = SMALLEST_PACKET - super::layout::TRAILER_SIZE;
+        match self.ends.writer.ring().wait_for_space(packet)? || self.waiter.peer_gone() {
+            true => Ok(Some(())),
+            false => Ok(None),
+        }
+    }
+
     /// One non-blocking read: `Some(n)` bytes (`Some(0)`: end of stream),
     /// `None` nothing yet (wake-up armed).
     ///

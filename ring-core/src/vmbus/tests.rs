@@ -1620,3 +1620,179 @@ fn payload_spans_and_raw_reads_end_exactly_at_the_packet() {
         ));
     }
 }
+
+/// The pipe's readiness wait (`try_readable`, which reads nothing) finds
+/// a packet the writer published at the instant the wait cleared the
+/// mask: only its re-check can, as the writer saw the mask set and sent
+/// no signal.
+#[test]
+fn a_readiness_wait_finds_what_was_published_as_it_unmasked() {
+    use crate::signal::NoSignal;
+    let l = layout(4096);
+    let (w_in, w_out) = (words(l), words(l));
+    let (mem, out) = (RawMem::from_atomics(&w_in), RawMem::from_atomics(&w_out));
+    initialize_ring(&mem, l).unwrap();
+    initialize_ring(&out, l).unwrap();
+    let writer: Peer<'_> = std::rc::Rc::default();
+    let race = Race {
+        mem,
+        at: At::Store {
+            offset: INTERRUPT_MASK,
+            value: 0,
+        },
+        peer: writer.clone(),
+    };
+    let reader = PipeReader::new(IncomingRing::new(race, l).unwrap());
+    let idle = PipeWriter::new(
+        OutgoingRing::new(
+            Race {
+                mem: out,
+                at: At::FetchOr,
+                peer: std::rc::Rc::default(),
+            },
+            l,
+        )
+        .unwrap(),
+    );
+    let mut pipe = BlockingPipe::new(reader, idle, NoSignal);
+    pipe.reader().ring().mask_interrupts().unwrap();
+    let sender = std::rc::Rc::new(core::cell::RefCell::new(PipeWriter::new(
+        OutgoingRing::new(mem, l).unwrap(),
+    )));
+    let s = sender.clone();
+    *writer.borrow_mut() = Some(std::boxed::Box::new(move || {
+        let t = s.borrow_mut().write_message(b"late").unwrap();
+        assert!(!t.notify, "the writer saw the mask set: no signal");
+    }));
+    assert_eq!(pipe.try_readable(), Ok(Some(())));
+    assert!(writer.borrow().is_none(), "the writer never moved");
+    let mut buf = [0u8; 8];
+    assert_eq!(pipe.try_recv_msg(&mut buf), Ok(Some(4)), "nothing consumed");
+    // Empty again: armed (unmasked), nothing to report.
+    assert_eq!(pipe.try_readable(), Ok(None));
+    assert_eq!(mem.load_u32(INTERRUPT_MASK).unwrap(), 0);
+}
+
+/// `try_writable` arms `pending_send_size` on a full ring and answers
+/// once a packet of one byte fits; after our end of stream it answers at
+/// once (a write fails); a corrupt read index is an error, not a wait;
+/// `try_readable` says so for a corrupt write index.
+#[test]
+fn readiness_waits_of_the_pipe() {
+    use crate::signal::NoSignal;
+    let l = layout(4096);
+    let (w_ab, w_ba) = (words(l), words(l));
+    let (ab, ba) = (RawMem::from_atomics(&w_ab), RawMem::from_atomics(&w_ba));
+    initialize_ring(&ab, l).unwrap();
+    initialize_ring(&ba, l).unwrap();
+    let end = |rx, tx| {
+        BlockingPipe::new(
+            PipeReader::new(IncomingRing::new(rx, l).unwrap()),
+            PipeWriter::new(OutgoingRing::new(tx, l).unwrap()),
+            NoSignal,
+        )
+    };
+    let (mut a, mut b) = (end(ba, ab), end(ab, ba));
+    assert_eq!(a.try_writable(), Ok(Some(())));
+    let mut sent = 0;
+    while let Some(n) = a.try_write(&[1u8; 700]).unwrap() {
+        sent += n;
+    }
+    assert_eq!(a.try_writable(), Ok(None), "full: armed");
+    assert_ne!(ab.load_u32(PENDING_SEND_SIZE).unwrap(), 0);
+    // One byte read frees less than a packet needs, the rest frees room.
+    let mut buf = vec![0u8; sent];
+    let mut got = 0;
+    while got < sent {
+        got += b.try_read(&mut buf[got..]).unwrap().unwrap();
+    }
+    assert_eq!(a.try_writable(), Ok(Some(())));
+    assert_eq!(a.try_read(&mut buf), Ok(None));
+    assert_eq!(a.try_readable(), Ok(None));
+    assert_eq!(b.try_close(), Ok(Some(())));
+    assert_eq!(b.try_writable(), Ok(Some(())), "closed: a write fails now");
+    assert_eq!(a.try_readable(), Ok(Some(())), "the end of stream");
+    assert_eq!(a.try_read(&mut buf), Ok(Some(0)));
+    assert_eq!(a.try_readable(), Ok(Some(())), "still the end");
+    // Hostile indices: errors, not waits (the writer looks at the read
+    // index again only when its cached room runs out).
+    while a.try_write(&[1u8; 700]).unwrap().is_some() {}
+    ab.store_u32(READ_INDEX, 5).unwrap();
+    assert!(matches!(
+        a.try_writable(),
+        Err(crate::signal::BlockingError::Ring(Error::Corrupt(_)))
+    ));
+    ab.store_u32(WRITE_INDEX, 3).unwrap();
+    assert!(matches!(
+        b.try_readable(),
+        Err(crate::signal::BlockingError::Ring(Error::Corrupt(_)))
+    ));
+}
+
+/// The pipe's readiness at its edges: a packet already there answers
+/// without unmasking (the writer need not signal a reader that has data);
+/// the peer's declared end, or its death, alone makes an empty ring an
+/// answer; a writability wait answers exactly when a one-byte packet
+/// fits (40 bytes free for packets: free space 48), not 8 bytes sooner.
+#[test]
+fn pipe_readiness_at_its_edges() {
+    use crate::signal::Signal;
+    /// A signal that can declare the peer's end and report it gone.
+    #[derive(Default)]
+    struct Told {
+        closed: Cell<Option<u64>>,
+    }
+    impl Signal for Told {
+        type Error = bool;
+        fn notify(&self) -> Result<(), bool> {
+            Ok(())
+        }
+        fn wait(&self) -> Result<(), bool> {
+            Err(true)
+        }
+        fn is_peer_gone(gone: &bool) -> bool {
+            *gone
+        }
+        fn peer_write_closed(&self) -> Option<u64> {
+            self.closed.get()
+        }
+    }
+    let l = layout(4096);
+    let (w_ab, w_ba) = (words(l), words(l));
+    let (ab, ba) = (RawMem::from_atomics(&w_ab), RawMem::from_atomics(&w_ba));
+    initialize_ring(&ab, l).unwrap();
+    initialize_ring(&ba, l).unwrap();
+    let reader = |m| PipeReader::new(IncomingRing::new(m, l).unwrap());
+    let writer = |m| PipeWriter::new(OutgoingRing::new(m, l).unwrap());
+    let mut a = BlockingPipe::new(reader(ba), writer(ab), Told::default());
+    let mut b = BlockingPipe::new(reader(ab), writer(ba), crate::signal::NoSignal);
+
+    let _ = b.try_send_msg(b"there").unwrap();
+    a.reader().ring().mask_interrupts().unwrap();
+    assert_eq!(a.try_readable(), Ok(Some(())));
+    assert_eq!(ba.load_u32(INTERRUPT_MASK).unwrap(), 1, "left masked");
+    let mut buf = [0u8; 8];
+    assert_eq!(a.try_recv_msg(&mut buf), Ok(Some(5)));
+    assert_eq!(a.try_readable(), Ok(None));
+    a.signal().closed.set(Some(0));
+    assert_eq!(a.try_readable(), Ok(Some(())), "the declared end alone");
+    a.signal().closed.set(None);
+    assert_eq!(a.try_readable(), Ok(None));
+
+    // 4024 bytes: a 4056-byte packet leaves 40 free (32 for packets).
+    let big = vec![0u8; 4024];
+    assert_eq!(a.try_send_msg(&big), Ok(Some(())));
+    assert_eq!(a.try_writable(), Ok(None), "32 bytes: no packet fits");
+    let mut got = vec![0u8; 4096];
+    assert_eq!(b.try_recv_msg(&mut got), Ok(Some(4024)));
+    // 4016 bytes: a 4048-byte packet leaves 48 free (40 for packets).
+    assert_eq!(a.try_send_msg(&big[..4016]), Ok(Some(())));
+    assert_eq!(a.try_writable(), Ok(Some(())), "40 bytes: one byte fits");
+    assert_eq!(a.try_write(&[1u8; 9]), Ok(Some(8)), "one 8-byte slot");
+    assert_eq!(a.try_writable(), Ok(None));
+
+    // The peer's death, as a wait reports it: both answer now.
+    assert_eq!(a.wait_with(|s| s.wait()), Ok(None));
+    assert_eq!(a.try_readable(), Ok(Some(())));
+    assert_eq!(a.try_writable(), Ok(Some(())));
+}

@@ -6,6 +6,9 @@
 //! not ordered by the index publication is reported as a race; a lost
 //! wake-up leaves a thread blocked in [`LoomSignal::wait`] for ever, which
 //! loom reports as a deadlock.
+// Each model binary uses part of it (the async models have signals of
+// their own).
+#![allow(dead_code)]
 
 use loom::cell::UnsafeCell;
 use loom::sync::atomic::{fence, AtomicU32, Ordering};
@@ -239,8 +242,8 @@ impl SharedMem for Mem {
 /// One side's pending-event flag.
 #[derive(Default)]
 pub struct Event {
-    pending: Mutex<bool>,
-    ready: Condvar,
+    pub pending: Mutex<bool>,
+    pub ready: Condvar,
 }
 
 /// One side of an event channel over loom's mutex and condvar.
@@ -283,17 +286,27 @@ impl Signal for LoomSignal {
 /// Runs `f` under loom and prints how many interleavings it explored.
 /// The preemption bound is 4 unless `LOOM_MAX_PREEMPTIONS` says otherwise.
 pub fn model(name: &str, f: impl Fn() + Sync + Send + 'static) {
+    model_bounded(name, 4, f);
+}
+
+/// As [`model`], with `bound` preemptions unless `LOOM_MAX_PREEMPTIONS`
+/// says otherwise (models of three threads run with fewer).
+pub fn model_bounded(name: &str, bound: usize, f: impl Fn() + Sync + Send + 'static) {
     if let Ok(m) = std::env::var(MUTATION_VAR) {
-        let m = ring_core::mutation::Mutation::from_name(&m)
-            .unwrap_or_else(|| panic!("{MUTATION_VAR}={m}: no such mutation"));
-        ring_core::mutation::apply(Some(m));
+        match ring_core::mutation::Mutation::from_name(&m) {
+            Some(m) => ring_core::mutation::apply(Some(m)),
+            // A bug of the host a model stands for, which that model
+            // applies itself (see `model_mutation`).
+            None if MODEL_MUTATIONS.contains(&m.as_str()) => {}
+            None => panic!("{MUTATION_VAR}={m}: no such mutation"),
+        }
     }
     use std::sync::atomic::{AtomicU64, Ordering};
     let runs = std::sync::Arc::new(AtomicU64::new(0));
     let counter = runs.clone();
     let mut builder = loom::model::Builder::new();
     if std::env::var_os("LOOM_MAX_PREEMPTIONS").is_none() {
-        builder.preemption_bound = Some(4);
+        builder.preemption_bound = Some(bound);
     }
     builder.max_branches = 100_000;
     builder.check(move || {
@@ -310,17 +323,36 @@ pub fn model(name: &str, f: impl Fn() + Sync + Send + 'static) {
 /// bug applied (a `ring_core::mutation::Mutation` name).
 pub const MUTATION_VAR: &str = "RING_LOOM_MUTATION";
 
+/// Deliberate bugs of a host rather than of ring-core, which the models
+/// that stand for that host apply themselves.
+pub const MODEL_MUTATIONS: &[&str] = &["SharedRegistration"];
+
+/// Whether the model mutation `name` (one of [`MODEL_MUTATIONS`]) is on.
+pub fn model_mutation(name: &str) -> bool {
+    std::env::var(MUTATION_VAR).is_ok_and(|m| m == name)
+}
+
+/// As [`must_fail`], for a bug of [`MODEL_MUTATIONS`].
+pub fn must_fail_named(name: &str, test: &str) {
+    assert!(MODEL_MUTATIONS.contains(&name), "{name}: no such mutation");
+    run_failing(name, test);
+}
+
 /// A negative control: runs the model test `test` of this binary in a
 /// child process with the deliberate bug `m` applied, and requires it to
 /// fail (loom reports a lost wake-up as a deadlock, a torn copy as a data
 /// race; either may abort the child). A child keeps each failing model's
 /// unwinding, and loom's state after it, away from the other tests.
 pub fn must_fail(m: ring_core::mutation::Mutation, test: &str) {
+    run_failing(&format!("{m:?}"), test);
+}
+
+fn run_failing(m: &str, test: &str) {
     use std::process::{Command, Stdio};
     use std::time::{Duration, Instant};
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([test, "--exact", "--nocapture", "--test-threads=1"])
-        .env(MUTATION_VAR, format!("{m:?}"))
+        .env(MUTATION_VAR, m)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -332,7 +364,7 @@ pub fn must_fail(m: ring_core::mutation::Mutation, test: &str) {
         }
         if Instant::now() > deadline {
             let _ = child.kill();
-            panic!("{test} with {m:?}: still running after 600 s");
+            panic!("{test} with {m}: still running after 600 s");
         }
         std::thread::sleep(Duration::from_millis(20));
     };
@@ -344,11 +376,11 @@ pub fn must_fail(m: ring_core::mutation::Mutation, test: &str) {
     );
     assert!(
         text.contains("running 1 test"),
-        "{test} with {m:?}: the child did not run the model:\n{text}"
+        "{test} with {m}: the child did not run the model:\n{text}"
     );
     assert!(
         !status.success(),
-        "{test} passed with {m:?} applied: the model no longer catches that bug"
+        "{test} passed with {m} applied: the model no longer catches that bug"
     );
     // The panic's message is the line after "panicked at <location>:".
     let mut lines = text.lines();
@@ -357,5 +389,5 @@ pub fn must_fail(m: ring_core::mutation::Mutation, test: &str) {
         .find(|l| l.contains("panicked at"))
         .and_then(|_| lines.next())
         .unwrap_or("(no panic message)");
-    println!("negative control {m:?} on {test}: caught ({status}): {why}");
+    println!("negative control {m} on {test}: caught ({status}): {why}");
 }
