@@ -1551,7 +1551,6 @@ fn range_iterators_bound_exactly_what_is_left() {
         assert!(numbers.next().is_none());
     }
     assert_eq!(ranges.size_hint(), (0, Some(0)));
-    drop(p);
     let p = rx.read_packet().unwrap();
     let mut ranges = p.transfer_ranges();
     for left in (1..=3usize).rev() {
