@@ -158,6 +158,21 @@ fn drain(rx: &mpsc::Receiver<String>, deadline: Instant) -> Vec<String> {
     out
 }
 
+/// Lets a tests/c/xfer.c client start once the proxy has connected to the
+/// application socket (the client says JOINED when its vchan is up): the
+/// proxy selects on its vchan only from then on.
+fn go(client: &mut Kid, rx: &mpsc::Receiver<String>, deadline: Instant) {
+    loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(l) if l == "JOINED" => break,
+            Ok(_) => {}
+            Err(e) => panic!("the C client never joined: {e}"),
+        }
+    }
+    let stdin = client.0.stdin.as_mut().expect("piped stdin");
+    stdin.write_all(b"go\n").expect("tell the C client to go");
+}
+
 /// Byte `i` of pattern `seed`, as tests/c/xfer.c computes it.
 fn pattern(seed: u64, i: u64) -> u8 {
     let x = (i ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)).wrapping_mul(0x2545_F491_4F6C_DD1D);
@@ -356,12 +371,14 @@ fn debians_vchan_socket_proxy_moves_16_mib_each_way_on_our_library_without_xen()
             "/local/domain/0/data/vchan/0/7",
             &BYTES.to_string(),
         ])
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .expect("start the C client"));
     let rx = lines(&mut client.0);
     let deadline = Instant::now() + WAIT;
     let sock = accept_by(listener, deadline);
+    go(&mut client, &rx, deadline);
     sock.set_read_timeout(Some(WAIT)).unwrap();
     sock.set_write_timeout(Some(WAIT)).unwrap();
     let mut writer = sock.try_clone().unwrap();
@@ -411,18 +428,20 @@ fn a_corrupt_page_ends_debians_vchan_socket_proxy_on_our_library_within_a_second
     let mut proxy = proxy_server(&dir, "data/vchan/0/8", &app);
     let mut client = Kid(on_ours(&program("xfer"), &dir)
         .args(["hostile", "0", "/local/domain/0/data/vchan/0/8"])
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .expect("start the hostile client"));
+    let rx = lines(&mut client.0);
     let deadline = Instant::now() + WAIT;
     let sock = accept_by(listener, deadline);
+    go(&mut client, &rx, deadline);
     // Drain what the proxy relays, in the background.
     let mut reader = sock.try_clone().unwrap();
     std::thread::spawn(move || {
         let mut buf = [0u8; 4096];
         while matches!(reader.read(&mut buf), Ok(n) if n > 0) {}
     });
-    let rx = lines(&mut client.0);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {

@@ -11,7 +11,12 @@
  *
  * client_init is retried for up to ten seconds, once per wake-up of a
  * pipe nobody writes (a bounded wait, as a caller would watch xenstore).
- * Exit status 0 only on success. */
+ * Once connected it prints JOINED and waits for a line on stdin before
+ * the first byte: vchan-socket-proxy's server mode waits for its client
+ * with libxenvchan_wait, which takes the client's first events, and only
+ * then selects on the fd, so bytes written in between would wait for an
+ * event nobody sends (with Xen's library as with ours). Exit status 0
+ * only on success. */
 #include <errno.h>
 #include <libxenvchan.h>
 #include <poll.h>
@@ -45,6 +50,7 @@ static int xfer(struct libxenvchan *c, unsigned long bytes)
     static unsigned char buf[65536];
     unsigned long sent = 0, got = 0;
     int fd = libxenvchan_fd_for_select(c);
+    int full = libxenvchan_buffer_space(c); /* nothing written yet */
     c->blocking = 0;
     while (got < bytes || sent < bytes) {
         while (sent < bytes) {
@@ -95,6 +101,19 @@ static int xfer(struct libxenvchan *c, unsigned long bytes)
             return 1;
         }
     }
+    /* Stay until the server has taken every byte from the ring: a proxy
+     * that sees us close drops what it has not read. */
+    while (libxenvchan_buffer_space(c) < full && libxenvchan_is_open(c)) {
+        fd_set rfds;
+        FD_ZERO(&rfds);
+        FD_SET(fd, &rfds);
+        struct timeval tv = {30, 0};
+        if (select(fd + 1, &rfds, NULL, NULL, &tv) <= 0) {
+            fprintf(stderr, "FAIL the server left bytes unread for 30 s\n");
+            return 1;
+        }
+        libxenvchan_wait(c);
+    }
     printf("OK %lu\n", got);
     return 0;
 }
@@ -138,6 +157,13 @@ int main(int argc, char **argv)
     }
     alarm(120);
     struct libxenvchan *c = join(atoi(argv[2]), argv[3]);
+    char go[16];
+    printf("JOINED\n");
+    fflush(stdout);
+    if (!fgets(go, sizeof go, stdin)) {
+        fprintf(stderr, "FAIL no go line on stdin\n");
+        return 1;
+    }
     int r = strcmp(argv[1], "hostile") == 0 ? hostile(c)
                                              : xfer(c, strtoul(argc > 4 ? argv[4] : "0", NULL, 0));
     libxenvchan_close(c);
