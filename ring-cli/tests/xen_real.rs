@@ -516,6 +516,12 @@ fn proxy_bytes() -> u64 {
         << 20
 }
 
+/// What more than the default [`proxy_bytes`] adds to [`BOOT_LIMIT`]:
+/// 30 s a MiB (three cases, at the rate seen under load).
+fn proxy_allowance() -> Duration {
+    Duration::from_secs(30 * ((proxy_bytes() >> 20).saturating_sub(2)))
+}
+
 /// The bound on one proxy-to-proxy case, each side, in seconds.
 const PROXY_SECS: u64 = 400;
 
@@ -845,7 +851,8 @@ fn boot() -> &'static Boot {
             }
         });
         let mut lines = Vec::new();
-        let deadline = start + BOOT_LIMIT;
+        let limit = BOOT_LIMIT + proxy_allowance();
+        let deadline = start + limit;
         let ended = loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
@@ -859,7 +866,7 @@ fn boot() -> &'static Boot {
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    break format!("passed its limit of {BOOT_LIMIT:?}")
+                    break format!("passed its limit of {limit:?}")
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     let status = qemu.wait().map(|s| s.to_string()).unwrap_or_default();
