@@ -506,8 +506,8 @@ fn xenvchan_dom0_cases() -> Vec<Case> {
 /// Bytes each way through two vchan-socket-proxies: 2 MiB, or
 /// `XEN_PROXY_MIB` MiB. The proxy as a vchan server always asks for 1 KiB
 /// and 2 KiB rings, so every 2 KiB costs a round trip of events between
-/// the domains; under TCG on a loaded machine that ran at about 0.12 MB/s,
-/// so 16 MiB each way (`XEN_PROXY_MIB=16`) is a run of its own.
+/// the domains; under TCG on a loaded machine 16 MiB each way ran at about
+/// 54 kB/s (five minutes a case), so `XEN_PROXY_MIB=16` is a run of its own.
 fn proxy_bytes() -> u64 {
     std::env::var("XEN_PROXY_MIB")
         .ok()
