@@ -20,7 +20,7 @@
 //! assert_eq!(Pattern::new(7).first_mismatch(&a), None);
 //! ```
 
-use ring_hosted::stream::PollStream;
+use ring_hosted::stream::{PollStream, StreamSignal};
 use ring_hosted::Error;
 
 /// Step between the pattern's consecutive words before mixing (odd, so
@@ -233,8 +233,8 @@ pub struct DuplexResult {
 ///
 /// [`Error::Closed`] if the peer closes or dies first (also for a clean
 /// end of stream before `recv` bytes), and any stream error.
-pub fn duplex(
-    stream: &mut impl PollStream,
+pub fn duplex<S: StreamSignal>(
+    stream: &mut impl PollStream<S>,
     seed: u64,
     send: u64,
     recv: u64,

@@ -39,10 +39,10 @@ pub(crate) fn demo(
     );
     for r in &rows {
         println!(
-            "{:<8} {:>14} {:>13.2} {:>10} {:>10} {:>10.3}  {}",
+            "{:<8} {:>14} {:>13} {:>10} {:>10} {:>10.3}  {}",
             r.proto,
             r.bytes,
-            r.gbps,
+            fmt_rate(r.gbps),
             fmt_dur(r.p50),
             fmt_dur(r.p99),
             r.kicks_per_mib,
@@ -54,6 +54,17 @@ pub(crate) fn demo(
     } else {
         Err(Failure::from("checksum mismatch: see the table"))
     }
+}
+
+/// A rate in GB/s with three significant digits (at least two decimals),
+/// so a slow run on a loaded machine shows 0.00412, not 0.00.
+fn fmt_rate(gbps: f64) -> String {
+    let decimals = if gbps > 0.0 && gbps < 1.0 {
+        (2.0 - gbps.log10().floor()).min(9.0) as usize
+    } else {
+        2
+    };
+    format!("{gbps:.decimals$}")
 }
 
 fn fmt_dur(d: Duration) -> String {
@@ -130,10 +141,7 @@ fn demo_one(
         .args(["--bytes", &bytes.to_string()])
         .args(["--rounds", &rounds.to_string()])
         .args(["--spin-us", &spin_us.to_string()])
-        .env(
-            ring_hosted::parent::PARENT_ENV,
-            ring_hosted::parent::own_pid(),
-        )
+        .env(ring_cli::parent::PARENT_ENV, ring_cli::parent::own_pid())
         .stdin(Stdio::null())
         .spawn()
         .map_err(|e| format!("cannot start the peer process: {e}"))?;
@@ -385,7 +393,7 @@ pub(crate) fn peer(
     spin: Duration,
     ring_size: u64,
 ) -> Outcome {
-    ring_hosted::parent::die_with_parent()?;
+    ring_cli::parent::die_with_parent().map_err(|e| e.to_string())?;
     let session = if listen {
         let mut config =
             ServerConfig::new(proto).ring_sizes(ring_bytes(ring_size)?, ring_bytes(ring_size)?);
@@ -441,5 +449,18 @@ fn peer_run<L: Link>(s: &mut L, mode: PeerMode, bytes: u64, rounds: u32, seed: u
             }
             s.close().map_err(e)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fmt_rate;
+
+    #[test]
+    fn rates_keep_three_significant_digits() {
+        assert_eq!(fmt_rate(2.4149), "2.41");
+        assert_eq!(fmt_rate(0.5), "0.500");
+        assert_eq!(fmt_rate(0.004123), "0.00412");
+        assert_eq!(fmt_rate(0.0), "0.00");
     }
 }

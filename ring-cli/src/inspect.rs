@@ -1,8 +1,11 @@
 //! `ring inspect`: decode and validate the control state of rings in a
 //! file or in a process's memfds, never blocking and never mapping them.
 
+mod report;
+
 use super::*;
 use ring_hosted::inspect;
+use serde_json::Value;
 
 /// Inspects the ring memfds of process `pid`: the fds whose link names a
 /// memfd this crate made (`/memfd:ring-vchan`, `/memfd:ring-vmbus`). What
@@ -55,34 +58,29 @@ pub(crate) fn inspect_pid(pid: u32, json: bool) -> Outcome {
     }
 }
 
-fn show(text: String, json: String, as_json: bool) {
-    if as_json {
-        println!("{json}");
-    } else {
-        print!("{text}");
-    }
-}
-
 /// Prints what validation found (in the table, or as a `findings` array
 /// in the JSON object) and turns any finding into exit 3.
 fn report(
-    text: String,
-    json: String,
+    mut text: String,
+    mut json: Value,
     as_json: bool,
     findings: &[inspect::validate::Finding],
 ) -> Outcome {
-    let json = match json.strip_suffix('}') {
-        Some(head) => {
-            let list: Vec<String> = findings.iter().map(|f| f.to_json()).collect();
-            format!("{head},\"findings\":[{}]}}", list.join(","))
+    if as_json {
+        let list = findings
+            .iter()
+            .map(|f| serde_json::json!({ "offset": f.offset, "what": f.what }))
+            .collect();
+        if let Some(object) = json.as_object_mut() {
+            object.insert("findings".into(), list);
         }
-        None => json,
-    };
-    let mut text = text;
-    for f in findings {
-        text.push_str(&format!("INVALID {f}\n"));
+        println!("{json}");
+    } else {
+        for f in findings {
+            text.push_str(&format!("INVALID {f}\n"));
+        }
+        print!("{text}");
     }
-    show(text, json, as_json);
     match findings.first() {
         None => Ok(()),
         Some(first) => Err(Failure {
@@ -108,9 +106,10 @@ pub(crate) fn inspect_file(
                     image.len()
                 )
             })?;
-            let state = inspect::decode_vchan(header)?;
+            let state = inspect::decode_vchan(header).map_err(|e| e.to_string())?;
             let findings = inspect::validate::vchan(&image, &state);
-            report(state.to_string(), state.to_json(), json, &findings)
+            let (text, object) = (report::vchan_text(&state), report::vchan_json(&state));
+            report(text, object, json, &findings)
         }
         Proto::Vmbus => {
             const PAGE: u64 = 4096;
@@ -139,9 +138,11 @@ pub(crate) fn inspect_file(
             };
             let a = header(0)?;
             let b = header(page + first as usize)?;
-            let state = inspect::decode_vmbus(a, first as u32, b, second as u32)?;
+            let state = inspect::decode_vmbus(a, first as u32, b, second as u32)
+                .map_err(|e| e.to_string())?;
             let findings = inspect::validate::vmbus(&image, first as u32, second as u32, &state);
-            report(state.to_string(), state.to_json(), json, &findings)
+            let (text, object) = (report::vmbus_text(&state), report::vmbus_json(&state));
+            report(text, object, json, &findings)
         }
         other => Err(format!("cannot inspect protocol {}", other.name()).into()),
     }

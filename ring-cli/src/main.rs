@@ -9,6 +9,7 @@ mod inspect;
 mod ivshmem;
 mod pipe;
 mod proxy;
+mod xen;
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use ring_cli::check::{duplex, Checksum, Pattern};
@@ -40,7 +41,8 @@ first; 6 timed out; 7 our stdout closed first; 8 (proxy) stopped with sessions c
 docs/hosted.md.";
 
 /// Shared-memory rings between two processes: memfd + eventfds, wire
-/// compatible with Xen vchan and Hyper-V VMBus.
+/// compatible with Xen vchan and Hyper-V VMBus; and vchans between Xen
+/// domains (`ring listen --xen`, `ring connect --xen`).
 #[derive(Parser, Debug)]
 #[command(name = "ring", version, propagate_version = true, after_help = EXIT_CODES)]
 struct Cli {
@@ -92,10 +94,20 @@ enum Cmd {
         proto: Vec<CliProto>,
     },
     /// Serve one peer on a Unix socket and pipe stdin/stdout through the
-    /// ring, both directions (like socat).
+    /// ring, both directions (like socat). With --xen DOMID, serve a vchan
+    /// to Xen domain DOMID instead, published under the xenstore path.
     Listen {
-        /// Socket path to bind.
+        /// Socket path to bind (with --xen: the xenstore path to publish
+        /// under; relative paths are under our domain's home, by
+        /// convention data/vchan/DOMID/PORT).
         socket: PathBuf,
+        /// Serve a vchan to this Xen domain (grant pages, an event channel,
+        /// xenstore keys as libxenvchan's server writes them) instead of a
+        /// Unix-socket rendezvous. The peer (ours or libxenvchan's) has no
+        /// half-close: see --linger-ms.
+        #[arg(long, value_name = "DOMID",
+              conflicts_with_all = ["any_uid", "keep"])]
+        xen: Option<u16>,
         /// Ring protocol.
         #[arg(long, value_enum, default_value = "vchan")]
         proto: CliProto,
@@ -115,21 +127,44 @@ enum Cmd {
         /// first; a failed session is reported and the next is served).
         #[arg(long)]
         keep: bool,
+        /// --xen: give up (exit 6) if no client has connected this long
+        /// after we published (seconds; default: wait however long it
+        /// takes).
+        #[arg(long, requires = "xen", value_parser = parse_secs)]
+        accept_timeout: Option<Duration>,
+        /// --xen: vchan cannot say "no more from me" without closing both
+        /// ways: once stdin has ended and the peer has read all of it, keep
+        /// copying the peer's bytes until it closes or has been quiet this
+        /// long, then close (milliseconds).
+        #[arg(long, requires = "xen", default_value_t = 500)]
+        linger_ms: u64,
     },
     /// Connect to a `ring listen` socket and pipe stdin/stdout through the
-    /// ring, both directions.
+    /// ring, both directions. With --xen DOMID, connect to the vchan a
+    /// server in Xen domain DOMID published under the xenstore path
+    /// (`ring listen --xen`, libxenvchan, vchan-socket-proxy).
     Connect {
-        /// Socket path to connect to.
+        /// Socket path to connect to (with --xen: the xenstore path the
+        /// server publishes under; relative paths are under the server's
+        /// home, /local/domain/DOMID/).
         socket: PathBuf,
+        /// Connect to a vchan served by this Xen domain instead of a Unix
+        /// socket, waiting for its keys to appear.
+        #[arg(long, value_name = "DOMID")]
+        xen: Option<u16>,
         /// Ring protocol.
         #[arg(long, value_enum, default_value = "vchan")]
         proto: CliProto,
         /// Give up (exit 6) once the peer has been silent this long with the
         /// stream unfinished, while we wait on it (time waiting on our own
         /// stdin or stdout does not count; seconds; default: wait while it
-        /// lives).
+        /// lives). With --xen it also bounds the wait for the server to
+        /// publish.
         #[arg(long, value_parser = parse_secs)]
         timeout: Option<Duration>,
+        /// --xen: as `ring listen --linger-ms` (milliseconds).
+        #[arg(long, requires = "xen", default_value_t = 500)]
+        linger_ms: u64,
     },
     /// Decode the control state of the rings in a shm or memfd-backed file
     /// (e.g. /proc/PID/fd/N): indices, used/free, who owes whom a signal,
@@ -172,6 +207,20 @@ enum Cmd {
     /// second signal, or the drain timeout, cuts the sessions still open:
     /// exit 8.
     Proxy {
+        /// Carry the sessions over vchans between Xen domains instead:
+        /// with --ring-listen PATH, serve vchans to domain DOMID under the
+        /// xenstore path PATH, a fresh one for every client (the keys exist
+        /// while one waits); with --ring-connect PATH, join the vchans a
+        /// server in domain DOMID publishes there, one new vchan per
+        /// connection. Relative paths as for `ring listen --xen` and `ring
+        /// connect --xen`.
+        #[arg(long, value_name = "DOMID")]
+        xen: Option<u16>,
+        /// --xen: how long a session lingers for a quiet peer once its
+        /// connection's bytes are through and read (milliseconds): vchan
+        /// has no half-close.
+        #[arg(long, requires = "xen", default_value_t = 500)]
+        linger_ms: u64,
         /// Serve ring sessions on this rendezvous socket.
         #[arg(
             long,
@@ -447,16 +496,57 @@ fn main() -> ExitCode {
         } => demo::demo(bytes, rounds, ring_size, spin_us, &proto),
         Cmd::Listen {
             socket,
+            xen: Some(peer),
+            proto,
+            ring_size,
+            timeout,
+            accept_timeout,
+            linger_ms,
+            ..
+        } => {
+            if proto != CliProto::Vchan {
+                usage("--xen speaks vchan only".into());
+            }
+            let end = xen::XenEnd {
+                timeout,
+                accept: accept_timeout,
+                linger: Duration::from_millis(linger_ms),
+            };
+            xen::listen(peer, &socket, ring_size, end)
+        }
+        Cmd::Listen {
+            socket,
+            xen: None,
             proto,
             ring_size,
             any_uid,
             timeout,
             keep,
+            ..
         } => pipe::listen(&socket, proto.into(), ring_size, any_uid, timeout, keep),
         Cmd::Connect {
             socket,
+            xen: Some(server),
             proto,
             timeout,
+            linger_ms,
+        } => {
+            if proto != CliProto::Vchan {
+                usage("--xen speaks vchan only".into());
+            }
+            let end = xen::XenEnd {
+                timeout,
+                accept: None,
+                linger: Duration::from_millis(linger_ms),
+            };
+            xen::connect(server, &socket, end)
+        }
+        Cmd::Connect {
+            socket,
+            xen: None,
+            proto,
+            timeout,
+            ..
         } => pipe::connect(&socket, proto.into(), timeout),
         Cmd::Inspect {
             file,
@@ -489,6 +579,8 @@ fn main() -> ExitCode {
             Duration::from_millis(linger_ms),
         ),
         Cmd::Proxy {
+            xen,
+            linger_ms,
             ring_listen,
             ring_connect,
             to,
@@ -504,14 +596,26 @@ fn main() -> ExitCode {
                 timeout,
                 drain_timeout,
             };
-            match (ring_listen, ring_connect, to, listen) {
-                (Some(r), None, Some(to), None) => ring_bytes(ring_size)
+            let linger = Duration::from_millis(linger_ms);
+            if xen.is_some() && proto != CliProto::Vchan {
+                usage("--xen speaks vchan only".into());
+            }
+            match (xen, ring_listen, ring_connect, to, listen) {
+                (Some(peer), Some(r), None, Some(to), None) => {
+                    xen::proxy_listen(peer, &r, &to, ring_size, limits, linger)
+                }
+                (Some(server), None, Some(r), None, Some(l)) => {
+                    xen::proxy_connect(server, &r, &l, limits, linger)
+                }
+                (None, Some(r), None, Some(to), None) => ring_bytes(ring_size)
                     .map_err(Failure::from)
                     .and_then(|size| {
                         let config = ServerConfig::new(proto.into()).ring_sizes(size, size);
                         proxy::ring_listen(&r, &to, config, limits)
                     }),
-                (None, Some(r), None, Some(l)) => proxy::ring_connect(&r, &l, proto.into(), limits),
+                (None, None, Some(r), None, Some(l)) => {
+                    proxy::ring_connect(&r, &l, proto.into(), limits)
+                }
                 _ => usage(
                     "give --ring-listen R --to ADDR, or --ring-connect R --listen ADDR".into(),
                 ),

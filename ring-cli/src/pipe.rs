@@ -5,7 +5,7 @@
 
 use super::*;
 use ring_hosted::fdio::Output;
-use ring_hosted::stream::FdMove;
+use ring_hosted::stream::{FdMove, StreamSignal};
 use std::os::fd::BorrowedFd;
 use std::sync::{Arc, Mutex};
 
@@ -148,7 +148,7 @@ struct Tally {
 }
 
 impl Tally {
-    fn fail(&self, s: &impl PollStream, e: Error) -> Failure {
+    fn fail<S: StreamSignal>(&self, s: &impl PollStream<S>, e: Error) -> Failure {
         let mut f = Failure::from(e);
         f.reason = format!(
             "{}: {} bytes read from {}{}, {} written into the ring; {} bytes received",
@@ -170,7 +170,7 @@ impl Tally {
 /// Copies stdin into the ring and the ring to stdout, both directions at
 /// once, and ends as docs/hosted.md's stream-end table says: exit 0 only
 /// when both directions ended cleanly and the peer took every byte.
-pub(crate) fn pipe_stream(s: &mut impl PollStream, end: PipeEnd) -> Outcome {
+pub(crate) fn pipe_stream<S: StreamSignal>(s: &mut impl PollStream<S>, end: PipeEnd) -> Outcome {
     let stdin = std::io::stdin();
     let stdout = std::io::stdout();
     let mut nothing = || {};
@@ -186,7 +186,11 @@ pub(crate) fn pipe_stream(s: &mut impl PollStream, end: PipeEnd) -> Outcome {
 }
 
 /// As [`pipe_stream`], between the ring and any [`Ends`].
-pub(crate) fn pipe_ends(s: &mut impl PollStream, end: PipeEnd, ends: &mut Ends<'_>) -> Outcome {
+pub(crate) fn pipe_ends<S: StreamSignal>(
+    s: &mut impl PollStream<S>,
+    end: PipeEnd,
+    ends: &mut Ends<'_>,
+) -> Outcome {
     let mut tally = Tally {
         input_name: ends.input_name,
         ..Tally::default()
@@ -260,7 +264,11 @@ fn fd_stop(e: Error, ends: &Ends<'_>, tally: &Tally) -> Stop {
 }
 
 /// One move from the ring to the output.
-fn drain(s: &mut impl PollStream, ends: &Ends<'_>, tally: &mut Tally) -> Result<FdMove, Stop> {
+fn drain<S: StreamSignal>(
+    s: &mut impl PollStream<S>,
+    ends: &Ends<'_>,
+    tally: &mut Tally,
+) -> Result<FdMove, Stop> {
     let moved = s
         .try_drain_to(ends.output, ends.output_kind)
         .map_err(|e| fd_stop(e, ends, tally))?;
@@ -351,8 +359,8 @@ fn poll_output(fd: BorrowedFd<'_>) {
 /// After a failure, or after our close: copies what the peer left in the
 /// ring to the output (waiting for a full output up to a minute, or
 /// `timeout` if shorter), until its stream ends or nothing more can come.
-fn drain_rest(
-    s: &mut impl PollStream,
+fn drain_rest<S: StreamSignal>(
+    s: &mut impl PollStream<S>,
     tally: &mut Tally,
     ends: &mut Ends<'_>,
     timeout: Option<Duration>,
@@ -382,8 +390,8 @@ const CLOSE_GRACE: Duration = Duration::from_millis(10);
 /// its stream ends, it is gone, or it has published nothing for
 /// [`CLOSE_GRACE`] (waiting for a full output up to a minute, or `timeout`
 /// if shorter).
-fn last_looks(
-    s: &mut impl PollStream,
+fn last_looks<S: StreamSignal>(
+    s: &mut impl PollStream<S>,
     tally: &mut Tally,
     ends: &mut Ends<'_>,
     timeout: Option<Duration>,
@@ -419,8 +427,8 @@ fn last_looks(
     }
 }
 
-fn pipe_loop(
-    s: &mut impl PollStream,
+fn pipe_loop<S: StreamSignal>(
+    s: &mut impl PollStream<S>,
     end: PipeEnd,
     tally: &mut Tally,
     ends: &mut Ends<'_>,
@@ -585,7 +593,11 @@ fn pipe_loop(
 
 /// The last step with one of our own peers: say how much we received (all
 /// of it is on our stdout by now), hear how much it received, and compare.
-fn confirm(s: &mut impl PollStream, timeout: Option<Duration>, tally: &Tally) -> Result<(), Stop> {
+fn confirm<S: StreamSignal>(
+    s: &mut impl PollStream<S>,
+    timeout: Option<Duration>,
+    tally: &Tally,
+) -> Result<(), Stop> {
     s.signal().send_notice(Notice::Done(s.bytes_read()))?;
     let mut heard = Instant::now();
     loop {

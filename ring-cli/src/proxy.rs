@@ -28,7 +28,9 @@
 use super::pipe::{pipe_ends, Ends, PipeEnd};
 use super::*;
 use ring_hosted::fdio::Output;
+use ring_hosted::stream::StreamSignal;
 use ring_hosted::unix_socket::{listen_at, Existing};
+use ring_hosted::xen::stream::XenStream;
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::BorrowedFd;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -64,13 +66,13 @@ pub(crate) fn parse_addr(s: &str) -> Result<Addr, String> {
 }
 
 /// One side of a connection.
-enum Conn {
+pub(crate) enum Conn {
     Tcp(TcpStream),
     Unix(UnixStream),
 }
 
 impl Conn {
-    fn connect(addr: &Addr) -> std::io::Result<Conn> {
+    pub(crate) fn connect(addr: &Addr) -> std::io::Result<Conn> {
         Ok(match addr {
             Addr::Tcp(hp) => Conn::Tcp(TcpStream::connect(hp)?),
             Addr::Unix(p) => Conn::Unix(UnixStream::connect(p)?),
@@ -99,6 +101,24 @@ impl Conn {
             accept: None,
             confirm: true,
         };
+        let r = match session {
+            Session::Vchan(mut s) => self.pipe_through(&mut s, end),
+            Session::Vmbus(mut s) => self.pipe_through(&mut s, end),
+            other => Err(format!("no pipe for protocol {}", other.proto().name()).into()),
+        };
+        self.finish();
+        r
+    }
+
+    /// Pipes this connection through a Xen vchan (a foreign peer: `end`
+    /// lingers), both ways.
+    pub(crate) fn pipe_xen(&self, s: &mut XenStream, end: PipeEnd) -> Outcome {
+        let r = self.pipe_through(s, end);
+        self.finish();
+        r
+    }
+
+    fn pipe_through<S: StreamSignal>(&self, s: &mut impl PollStream<S>, end: PipeEnd) -> Outcome {
         let mut done = || self.shutdown_write();
         let mut ends = Ends {
             input: self.fd(),
@@ -108,17 +128,15 @@ impl Conn {
             output_name: "the connection",
             output_done: &mut done,
         };
-        let r = match session {
-            Session::Vchan(mut s) => pipe_ends(&mut s, end, &mut ends),
-            Session::Vmbus(mut s) => pipe_ends(&mut s, end, &mut ends),
-            other => Err(format!("no pipe for protocol {}", other.proto().name()).into()),
-        };
-        // Either way the connection is finished with.
+        pipe_ends(s, end, &mut ends)
+    }
+
+    /// Either way the connection is finished with.
+    fn finish(&self) {
         let _ = match self {
             Conn::Tcp(s) => s.shutdown(std::net::Shutdown::Both),
             Conn::Unix(s) => s.shutdown(std::net::Shutdown::Both),
         };
-        r
     }
 }
 
@@ -135,7 +153,7 @@ pub(crate) struct Limits {
 
 /// What both halves share: the stop and cut flags, the session count and
 /// limit, the session threads.
-struct Sessions {
+pub(crate) struct Sessions {
     /// Set by the first SIGTERM/SIGINT: accept no more.
     stop: Arc<AtomicBool>,
     /// Set by a second one: cut the sessions still open.
@@ -148,7 +166,7 @@ struct Sessions {
 }
 
 impl Sessions {
-    fn new(limits: Limits) -> Result<Self, Failure> {
+    pub(crate) fn new(limits: Limits) -> Result<Self, Failure> {
         let stop = Arc::new(AtomicBool::new(false));
         let cut = Arc::new(AtomicBool::new(false));
         // The first signal stops accepting, the next cuts the sessions
@@ -181,12 +199,17 @@ impl Sessions {
         })
     }
 
-    fn stopping(&self) -> bool {
+    /// Sessions running now.
+    pub(crate) fn active(&self) -> usize {
+        self.active.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn stopping(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
     }
 
     /// Whether one more session may start; says why not.
-    fn admit(&self, what: &str) -> bool {
+    pub(crate) fn admit(&self, what: &str) -> bool {
         if self.active.load(Ordering::Acquire) >= self.max {
             eprintln!("ring: proxy: {} sessions already; {what} closed", self.max);
             return false;
@@ -222,7 +245,7 @@ impl Sessions {
 
     /// Runs `work` as a session, or (no thread to be had) drops it with a
     /// line: the sessions in flight go on.
-    fn start_or_refuse(&mut self, work: impl FnOnce() -> Outcome + Send + 'static) {
+    pub(crate) fn start_or_refuse(&mut self, work: impl FnOnce() -> Outcome + Send + 'static) {
         if let Err(f) = self.start(work) {
             eprintln!("ring: proxy: {}; the connection is closed", f.reason);
         }
@@ -230,7 +253,7 @@ impl Sessions {
 
     /// Lets every session in flight finish, until a second signal or the
     /// drain timeout cuts the rest.
-    fn drain(mut self) -> Outcome {
+    pub(crate) fn drain(mut self) -> Outcome {
         let deadline = self.drain_timeout.map(|t| Instant::now() + t);
         loop {
             self.threads.retain(|t| !t.is_finished());
@@ -295,7 +318,28 @@ pub(crate) fn ring_listen(ring: &Path, to: &Addr, config: ServerConfig, limits: 
 /// The half that accepts connections at `listen` and opens a ring session
 /// for each at `ring`.
 pub(crate) fn ring_connect(ring: &Path, listen: &Addr, proto: Proto, limits: Limits) -> Outcome {
-    let (max, timeout) = (limits.max, limits.timeout);
+    let timeout = limits.timeout;
+    let ring = ring.to_path_buf();
+    accept_loop(listen, limits, move |conn| {
+        let ring = ring.clone();
+        move || {
+            let session = rendezvous::connect(&ring, proto)?;
+            conn.pipe(session, timeout)
+        }
+    })
+}
+
+/// Accepts connections at `listen` until stopped and runs `session(conn)`
+/// for each in a thread of its own, within `limits`.
+pub(crate) fn accept_loop<W>(
+    listen: &Addr,
+    limits: Limits,
+    mut session: impl FnMut(Conn) -> W,
+) -> Outcome
+where
+    W: FnOnce() -> Outcome + Send + 'static,
+{
+    let max = limits.max;
     let mut sessions = Sessions::new(limits)?;
     let front = match listen {
         Addr::Tcp(hp) => {
@@ -327,11 +371,7 @@ pub(crate) fn ring_connect(ring: &Path, listen: &Addr, proto: Proto, limits: Lim
         if !sessions.admit("a connection") {
             continue;
         }
-        let ring = ring.to_path_buf();
-        sessions.start_or_refuse(move || {
-            let session = rendezvous::connect(&ring, proto)?;
-            conn.pipe(session, timeout)
-        });
+        sessions.start_or_refuse(session(conn));
     }
     drop(front);
     sessions.drain()

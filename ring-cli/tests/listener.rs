@@ -299,8 +299,10 @@ fn keep_serves_one_session_after_another() {
 
 /// Idle connections cannot starve the listener: with 300 of them open
 /// (far more than the handshakes that run at once), a good client that
-/// says its hello at once is served within a second, and the idle ones
-/// are refused as they are cut off.
+/// says its hello at once is served well before the 5 s handshake
+/// deadline it would otherwise wait out behind them (about 0.1 s on a
+/// quiet machine; the 3 s bound holds at load 17 on two cores), and the
+/// idle ones are refused as they are cut off.
 #[test]
 fn a_good_client_behind_300_idle_connections_is_served_at_once() {
     let sock = TempSock::new("idle");
@@ -312,7 +314,7 @@ fn a_good_client_behind_300_idle_connections_is_served_at_once() {
     good_client(&sock.path, b"behind the crowd");
     let served_in = start.elapsed();
     assert!(
-        served_in < Duration::from_secs(1),
+        served_in < Duration::from_secs(3),
         "served after {served_in:?}"
     );
     drop(idle);

@@ -36,8 +36,9 @@ use std::process::{Command, Stdio};
 use std::sync::{mpsc, OnceLock};
 use std::time::{Duration, Instant};
 
-/// The longest the one boot may take, from QEMU's start to `XENTEST done`.
-const BOOT_LIMIT: Duration = Duration::from_secs(420);
+/// The longest the one boot may take, from QEMU's start to `XENTEST done`:
+/// about 2.5 minutes on a quiet two-core machine, near 5 at load 28.
+const BOOT_LIMIT: Duration = Duration::from_secs(480);
 
 /// Bytes each way in a transfer case.
 const BYTES: u64 = 8 << 20;
@@ -424,6 +425,9 @@ fn domu_cases() -> Vec<Case> {
         ),
         domu: Some(format!("killable u7 rust server 0 {path} 65536 stream")),
     });
+    // The `ring` command across domains (see `ring_cases`), its pair that
+    // waits through the destroy below armed last.
+    all.extend(ring_cases());
     // The whole domU destroyed mid-stream (last: the domain goes).
     let path = "/local/domain/0/data/vchan/1/8";
     all.push(Case {
@@ -432,6 +436,7 @@ fn domu_cases() -> Vec<Case> {
         ),
         domu: Some(format!("report u8 rust client 0 {path} stream")),
     });
+    all.push(ring_destroy_check());
     all
 }
 
@@ -493,11 +498,11 @@ fn xenvchan_dom0_cases() -> Vec<Case> {
     let p = "/local/domain/0/data/vchan/0";
     vec![
         Case {
-            dom0: format!("script-run xenvchan-script-ours ours {OUR_LIB} {p}/40 {p}/41"),
+            dom0: format!("script-run xenvchan-script-ours ours {OUR_LIB} {p}/50 {p}/51"),
             domu: None,
         },
         Case {
-            dom0: format!("script-run xenvchan-script-xen xen - {p}/42 {p}/43"),
+            dom0: format!("script-run xenvchan-script-xen xen - {p}/52 {p}/53"),
             domu: None,
         },
     ]
@@ -535,9 +540,9 @@ fn xenvchan_domu_cases() -> Vec<Case> {
     let lib = |which: &str| if which == "ours" { OUR_LIB } else { "-" };
     let mut all = Vec::new();
     for (n, srv, cli) in [
-        (20, "ours", "xen"),
-        (21, "xen", "ours"),
-        (22, "ours", "ours"),
+        (40, "ours", "xen"),
+        (41, "xen", "ours"),
+        (42, "ours", "ours"),
     ] {
         let path = format!("/local/domain/0/data/vchan/1/{n}");
         let env = match cli {
@@ -558,7 +563,7 @@ fn xenvchan_domu_cases() -> Vec<Case> {
             )),
         });
     }
-    for (n, which) in [(23, "ours"), (24, "xen")] {
+    for (n, which) in [(43, "ours"), (44, "xen")] {
         let path = format!("/local/domain/0/data/vchan/1/{n}");
         all.push(Case {
             dom0: format!(
@@ -644,6 +649,7 @@ fn initramfs() -> &'static Path {
             module(&kernel, "xen-privcmd.ko"),
         ));
 
+        domu.extend(ring_files());
         libraries(
             &[c_peer, &tools.join("vchan-socket-proxy")],
             &xen_lib,
@@ -710,6 +716,7 @@ poweroff -f
             file("domu/initrd", 0o100_644, domu_cpio),
         ];
         dom0.extend(xenvchan_files(true));
+        dom0.extend(ring_files());
         let mut bins = vec![c_peer.clone()];
         for tool in ["xenstored", "xen-init-dom0", "xl", "xenconsoled", "vchan-socket-proxy"] {
             let path = tools.join(tool);
@@ -910,7 +917,7 @@ fn dom0_to_dom0_every_pairing_and_ring_size_checksummed_both_ways() {
 }
 
 #[test]
-fn sigkill_of_either_side_is_seen_by_the_survivor_within_200_ms() {
+fn sigkill_of_either_side_is_seen_by_the_survivor_promptly() {
     let boot = boot();
     for (srv, cli, victim) in [
         ("rust", "c", "client"),
@@ -926,14 +933,14 @@ fn sigkill_of_either_side_is_seen_by_the_survivor_within_200_ms() {
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("{label}: no ms= in {r}"));
         assert!(
-            ms < 200.0,
+            ms < PROMPTLY_MS,
             "{label}: the survivor saw the death after {ms} ms"
         );
     }
 }
 
 #[test]
-fn sigkill_of_a_domu_peer_is_seen_in_dom0_within_200_ms() {
+fn sigkill_of_a_domu_peer_is_seen_in_dom0_promptly() {
     let boot = boot();
     for label in [
         "sigkill-domu-c-client-dom0-rust-server",
@@ -941,17 +948,26 @@ fn sigkill_of_a_domu_peer_is_seen_in_dom0_within_200_ms() {
     ] {
         let r = boot.passed(label);
         let ms = millis(label, r);
-        assert!(ms < 200.0, "{label}: dom0 saw the death after {ms} ms");
+        assert!(
+            ms < PROMPTLY_MS,
+            "{label}: dom0 saw the death after {ms} ms"
+        );
     }
 }
 
 #[test]
-fn a_domu_destroyed_mid_stream_is_seen_in_dom0_within_200_ms() {
+fn a_domu_destroyed_mid_stream_is_seen_in_dom0_promptly() {
     let label = "destroy-domu-rust-client-dom0-rust-server";
     let r = boot().passed(label);
     let ms = millis(label, r);
-    assert!(ms < 200.0, "{label}: dom0 saw the end after {ms} ms");
+    assert!(ms < PROMPTLY_MS, "{label}: dom0 saw the end after {ms} ms");
 }
+
+/// How soon a death, a destroyed domain or a hostile page must be seen:
+/// a few to a few hundred milliseconds under TCG (docs/devices.md has the
+/// figures), 0.6 s seen at load 15; a bound that holds on a loaded
+/// two-core machine and still fails a wait that only a timeout ends.
+const PROMPTLY_MS: f64 = 2000.0;
 
 /// The `ms=` figure of a result.
 fn millis(label: &str, r: &str) -> f64 {
@@ -971,7 +987,7 @@ fn a_hostile_domu_rewriting_the_control_page_is_refused_within_milliseconds() {
     let label = "hostile-domu-client-dom0-rust-server";
     let r = boot().passed(label);
     let ms = millis(label, r);
-    assert!(ms < 200.0, "{label}: refused after {ms} ms");
+    assert!(ms < PROMPTLY_MS, "{label}: refused after {ms} ms");
     assert!(r.contains("REFUSED"), "{r}");
 }
 
@@ -1108,4 +1124,402 @@ fn scripted_calls_give_the_same_results_on_our_library_and_xens() {
             "ours on a corrupt page: {o:?}"
         );
     }
+}
+
+// The `ring` command across domains: `ring listen --xen` and `ring
+// connect --xen` (a static build of ours in both images) against each
+// other in both placements, against libxenvchan's peer and against
+// Debian's vchan-socket-proxy; a SIGKILLed domU `ring` and a destroyed
+// domU seen by a dom0 `ring` with the documented exit code and one line.
+// Each side is a case script (`/cases/*.sh`, run by `ring-xen-peer`'s
+// `report`/`remote` as a peer of kind `sh`) that prints `OK` last.
+
+/// Bytes each way in a `ring` transfer case.
+const RING_BYTES: u64 = 4 << 20;
+
+/// Bytes each way through Debian's vchan-socket-proxy and `ring listen`
+/// (the proxy's own case with our library moves 16 MiB).
+const RING_PROXY_BYTES: u64 = 8 << 20;
+
+/// The `ring` command, built static once for both domains' images.
+fn ring_static() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let target = workspace().join("target/guest");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        run(
+            Command::new(cargo)
+                .args([
+                    "build",
+                    "--release",
+                    "--quiet",
+                    "-p",
+                    "ring-cli",
+                    "--bin",
+                    "ring",
+                    "--target",
+                    "x86_64-unknown-linux-gnu",
+                    "--target-dir",
+                ])
+                .arg(&target)
+                .env(
+                    "RUSTFLAGS",
+                    "-C target-feature=+crt-static -C strip=symbols",
+                )
+                .current_dir(workspace()),
+            "building a static ring",
+        );
+        target.join("x86_64-unknown-linux-gnu/release/ring")
+    })
+}
+
+/// A transfer through `ring`: stdin `SEED-out` pattern, stdout checked
+/// against `SEED-in`, exit status 0 required; prints the seconds `ring`
+/// ran and its stderr, then `OK`.
+fn ring_xfer_script(
+    name: &str,
+    ring_args: &str,
+    send_seed: u64,
+    recv_seed: u64,
+    bytes: u64,
+) -> String {
+    format!(
+        r#"P=/bin/ring-xen-peer
+$P gen {send_seed} {bytes} > /tmp/{name}.in || exit 1
+t0=$(cut -d' ' -f1 /proc/uptime)
+/bin/ring {ring_args} < /tmp/{name}.in > /tmp/{name}.out 2> /tmp/{name}.err
+rc=$?
+t1=$(cut -d' ' -f1 /proc/uptime)
+echo "ring-exit=$rc ring-from=$t0 ring-to=$t1 stderr=[$(cat /tmp/{name}.err)]"
+ok=no
+[ $rc = 0 ] && [ ! -s /tmp/{name}.err ] && $P check {recv_seed} {bytes} < /tmp/{name}.out && ok=yes
+rm -f /tmp/{name}.in /tmp/{name}.out /tmp/{name}.err
+[ $ok = yes ] && echo OK
+"#
+    )
+}
+
+/// The case scripts, by name under `/cases`.
+fn ring_scripts() -> Vec<(String, String)> {
+    let b = RING_BYTES;
+    let big = RING_PROXY_BYTES;
+    let t = "--timeout 60";
+    vec![
+        // dom0 serves, the domU connects (1 MiB rings).
+        (
+            "r1-dom0".into(),
+            ring_xfer_script(
+                "r1",
+                &format!("listen --xen 1 data/vchan/1/21 --ring-size 1M --accept-timeout 60 {t}"),
+                2,
+                1,
+                b,
+            ),
+        ),
+        (
+            "r1-domu".into(),
+            ring_xfer_script("r1", &format!("connect --xen 0 data/vchan/1/21 {t}"), 1, 2, b),
+        ),
+        // The domU serves, dom0 connects (64 KiB rings).
+        (
+            "r2-domu".into(),
+            ring_xfer_script(
+                "r2",
+                &format!("listen --xen 0 data/vchan/0/22 --ring-size 64K --accept-timeout 60 {t}"),
+                2,
+                1,
+                b,
+            ),
+        ),
+        (
+            "r2-dom0".into(),
+            ring_xfer_script("r2", &format!("connect --xen 1 data/vchan/0/22 {t}"), 1, 2, b),
+        ),
+        // Against libxenvchan's peer in the domU: its client, its server.
+        (
+            "r3-dom0".into(),
+            ring_xfer_script(
+                "r3",
+                &format!("listen --xen 1 data/vchan/1/23 --ring-size 1M --accept-timeout 60 {t}"),
+                2,
+                1,
+                b,
+            ),
+        ),
+        (
+            "r4-dom0".into(),
+            ring_xfer_script("r4", &format!("connect --xen 1 data/vchan/0/24 {t}"), 1, 2, b),
+        ),
+        // Against Debian's vchan-socket-proxy (client mode) in the domU.
+        (
+            "r5-dom0".into(),
+            ring_xfer_script(
+                "r5",
+                &format!("listen --xen 1 data/vchan/1/25 --ring-size 1M --accept-timeout 60 {t}"),
+                2,
+                1,
+                big,
+            ),
+        ),
+        // `ring proxy --xen` in dom0 serving Debian's vchan-socket-proxy
+        // (client mode) in the domU, our service behind it; the proxy is
+        // stopped with SIGTERM once the service is through and must exit
+        // 0. With 1 MiB rings its next vchan (2 x 513 grants) passes
+        // gntalloc's limit of 1024 while the session runs: the one line
+        // that says so is the only one allowed.
+        (
+            "r9-dom0".into(),
+            r#"mkfifo /tmp/r9.ready
+/bin/ring-xen-peer sock-serve /tmp/r9.sock 4194304 > /tmp/r9.ready 2> /tmp/r9.serve &
+spid=$!
+line=$(timeout 30 head -n 1 /tmp/r9.ready)
+[ "$line" = LISTENING ] || { echo "no service: [$line]"; exit 1; }
+timeout -s KILL 120 /bin/ring proxy --xen 1 --ring-listen data/vchan/1/28 --to unix:/tmp/r9.sock --ring-size 1M --timeout 60 2> /tmp/r9.err &
+ppid=$!
+wait $spid; src=$?
+kill -TERM $ppid; wait $ppid; prc=$?
+echo "service-exit=$src service=[$(cat /tmp/r9.serve)] proxy-exit=$prc stderr=[$(cat /tmp/r9.err)]"
+other=$(grep -v 'cannot publish another vchan now' /tmp/r9.err)
+[ $src = 0 ] && [ $prc = 0 ] && [ -z "$other" ] && echo OK
+"#
+            .into(),
+        ),
+        // Nobody comes: a client with no server within --timeout, a
+        // server with no client within --accept-timeout: exit 6 and one
+        // line each.
+        (
+            "r6-dom0".into(),
+            r#"t0=$(cut -d' ' -f1 /proc/uptime)
+/bin/ring connect --xen 1 data/vchan/0/99 --timeout 2 < /dev/null > /dev/null 2> /tmp/r6a.err; a=$?
+t1=$(cut -d' ' -f1 /proc/uptime)
+/bin/ring listen --xen 1 data/vchan/1/99 --accept-timeout 2 < /dev/null > /dev/null 2> /tmp/r6b.err; b=$?
+t2=$(cut -d' ' -f1 /proc/uptime)
+echo "connect-exit=$a from=$t0 to=$t1 [$(cat /tmp/r6a.err)] listen-exit=$b to=$t2 [$(cat /tmp/r6b.err)]"
+[ $a = 6 ] && [ $b = 6 ] && [ "$(wc -l < /tmp/r6a.err)" = 1 ] && [ "$(wc -l < /tmp/r6b.err)" = 1 ] && echo OK
+"#
+            .into(),
+        ),
+        // A domU `ring connect` SIGKILLed while dom0's `ring listen` still
+        // has bytes for it: exit 4 (the peer closed before taking them:
+        // its kernel's unmap notification clears its live byte), one line.
+        (
+            "r7-domu".into(),
+            "exec /bin/ring connect --xen 0 data/vchan/1/26 --timeout 60 < /dev/zero > /dev/null\n"
+                .into(),
+        ),
+        (
+            "r7-dom0".into(),
+            r#"{ /bin/ring listen --xen 1 data/vchan/1/26 --accept-timeout 60 --timeout 60 < /dev/zero 2> /tmp/r7.err; echo $? > /tmp/r7.rc; } | /bin/ring-xen-peer drain-say 1048576
+rc=$(cat /tmp/r7.rc)
+lines=$(wc -l < /tmp/r7.err)
+if [ "$rc" = 4 ] && [ "$lines" = 1 ]; then echo "CLOSED ring-exit=$rc at=$(cut -d' ' -f1 /proc/uptime) stderr=[$(cat /tmp/r7.err)]"; else echo "FAIL ring-exit=$rc lines=$lines stderr=[$(cat /tmp/r7.err)]"; fi
+"#
+            .into(),
+        ),
+        // A quiet pair (1 MiB from the domU, then nothing either way: each
+        // stdin a fifo we hold open for writing and never write) armed
+        // before the domU is destroyed: dom0's `ring listen` must end with
+        // exit 5 (the domain's end, seen through @releaseDomain), one
+        // line. Its exit status comes back through a fifo.
+        (
+            "r8-domu".into(),
+            r#"mkfifo /tmp/r8.hold
+{ head -c 1048576 /dev/zero; cat <> /tmp/r8.hold; } | /bin/ring connect --xen 0 data/vchan/1/27 > /dev/null 2> /tmp/r8.err &
+echo OK
+"#
+            .into(),
+        ),
+        (
+            "r8-dom0-start".into(),
+            r#"mkfifo /tmp/r8.hold /tmp/r8.say /tmp/r8.rc
+( { /bin/ring listen --xen 1 data/vchan/1/27 --accept-timeout 60 <> /tmp/r8.hold 2> /tmp/r8.err; echo "$? $(cut -d' ' -f1 /proc/uptime)" > /tmp/r8.rc; } | /bin/ring-xen-peer drain-say 1048576 > /tmp/r8.say ) > /dev/null 2>&1 &
+line=$(timeout 60 head -n 1 /tmp/r8.say)
+[ "$line" = RECEIVING ] && echo "streaming" && echo OK
+"#
+            .into(),
+        ),
+        (
+            "r8-dom0-check".into(),
+            r#"r=$(timeout 30 cat /tmp/r8.rc)
+now=$(cut -d' ' -f1 /proc/uptime)
+set -- $r
+lines=$(wc -l < /tmp/r8.err)
+echo "ring-exit=$1 ring-exited-at=$2 checked-at=$now lines=$lines stderr=[$(cat /tmp/r8.err)]"
+[ "$1" = 5 ] && [ "$lines" = 1 ] && echo OK
+"#
+            .into(),
+        ),
+    ]
+}
+
+/// `bin/ring` and `/cases/*.sh`, for both images.
+fn ring_files() -> Vec<Entry> {
+    let mut files = vec![file("bin/ring", 0o100_755, read(ring_static()))];
+    for (name, body) in ring_scripts() {
+        files.push(file(
+            &format!("cases/{name}.sh"),
+            0o100_755,
+            body.into_bytes(),
+        ));
+    }
+    files
+}
+
+/// The `ring` cases with a domU side, in the order both domains run them.
+fn ring_cases() -> Vec<Case> {
+    let b = RING_BYTES;
+    let big = RING_PROXY_BYTES;
+    let sh = |label: &str, key: &str, name: &str| Case {
+        dom0: format!("remote {label} 1 {key} now sh /cases/{name}-dom0.sh"),
+        domu: Some(format!("report {key} sh /cases/{name}-domu.sh")),
+    };
+    let path = "/local/domain/0/data/vchan/1/25";
+    vec![
+        sh("ring-listen-dom0-ring-connect-domu-1m", "u21", "r1"),
+        sh("ring-listen-domu-ring-connect-dom0-64k", "u22", "r2"),
+        Case {
+            dom0: "remote ring-listen-dom0-c-client-domu-1m 1 u23 now sh /cases/r3-dom0.sh".into(),
+            domu: Some(format!(
+                "report u23 c client 0 /local/domain/0/data/vchan/1/23 xfer {b}"
+            )),
+        },
+        Case {
+            dom0: "remote ring-connect-dom0-c-server-domu-1m 1 u24 now sh /cases/r4-dom0.sh".into(),
+            domu: Some(format!(
+                "report u24 c server 0 /local/domain/1/data/vchan/0/24 1048576 xfer {b}"
+            )),
+        },
+        Case {
+            dom0: "remote vchan-socket-proxy-domu-ring-listen-dom0-1m 1 u25 now sh /cases/r5-dom0.sh"
+                .into(),
+            domu: Some(format!(
+                "/usr/lib/xen-4.17/bin/vchan-socket-proxy -s data/u25-proxy 0 {path} /tmp/u25.sock &\n\
+                 /bin/ring-xen-peer report u25 rust sock-client u25-proxy {path} /tmp/u25.sock {big}"
+            )),
+        },
+        Case {
+            dom0: "local ring-without-a-peer-times-out-with-exit-6 sh /cases/r6-dom0.sh".into(),
+            domu: None,
+        },
+        Case {
+            dom0: "remote vchan-socket-proxy-domu-ring-proxy-dom0-1m 1 u28 now sh /cases/r9-dom0.sh"
+                .into(),
+            domu: Some(
+                "/usr/lib/xen-4.17/bin/vchan-socket-proxy -s data/u28-proxy 0 \
+                 /local/domain/0/data/vchan/1/28 /tmp/u28.sock &\n\
+                 /bin/ring-xen-peer report u28 rust sock-client u28-proxy \
+                 /local/domain/0/data/vchan/1/28 /tmp/u28.sock 4194304"
+                    .into(),
+            ),
+        },
+        Case {
+            dom0: "remote-kill sigkill-domu-ring-connect-dom0-ring-listen 1 u26 sigkill sh /cases/r7-dom0.sh"
+                .into(),
+            domu: Some("killable u26 sh /cases/r7-domu.sh".into()),
+        },
+        Case {
+            dom0: "remote ring-pair-armed-before-the-destroy 1 u27 now sh /cases/r8-dom0-start.sh"
+                .into(),
+            domu: Some("report u27 sh /cases/r8-domu.sh".into()),
+        },
+    ]
+}
+
+/// After the domU is destroyed: the armed pair's dom0 side must have ended.
+fn ring_destroy_check() -> Case {
+    Case {
+        dom0: "local ring-listen-sees-its-domu-destroyed sh /cases/r8-dom0-check.sh".into(),
+        domu: None,
+    }
+}
+
+/// A `ring` transfer case's result: both sides passed; for the record,
+/// how long our side's case took (pattern, the wait for the peer, the
+/// transfer, the 500 ms linger, the check: no throughput figure).
+fn ring_xfer_passed(label: &str, bytes: u64) {
+    let r = boot().passed(label);
+    let secs = r
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("secs="))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(f64::NAN);
+    eprintln!(
+        "{label}: {r}\n  {} MiB each way; our side's case took {secs:.3} s",
+        bytes >> 20
+    );
+}
+
+#[test]
+fn ring_listen_and_connect_across_domains_both_placements_checksummed_both_ways() {
+    ring_xfer_passed("ring-listen-dom0-ring-connect-domu-1m", RING_BYTES);
+    ring_xfer_passed("ring-listen-domu-ring-connect-dom0-64k", RING_BYTES);
+}
+
+#[test]
+fn ring_against_libxenvchan_in_the_domu_as_client_and_as_server() {
+    ring_xfer_passed("ring-listen-dom0-c-client-domu-1m", RING_BYTES);
+    ring_xfer_passed("ring-connect-dom0-c-server-domu-1m", RING_BYTES);
+}
+
+#[test]
+fn debians_vchan_socket_proxy_in_the_domu_moves_8_mib_each_way_to_ring_listen() {
+    ring_xfer_passed(
+        "vchan-socket-proxy-domu-ring-listen-dom0-1m",
+        RING_PROXY_BYTES,
+    );
+    let r = boot().passed("vchan-socket-proxy-domu-ring-listen-dom0-1m");
+    assert!(r.contains(&format!("RECEIVED {RING_PROXY_BYTES}")), "{r}");
+}
+
+#[test]
+fn ring_proxy_in_dom0_serves_debians_vchan_socket_proxy_4_mib_each_way() {
+    // The case passes only with the service's and the proxy's exit 0 and
+    // no line on the proxy's stderr but the shortage's (its script); the
+    // domU's client checked every byte through vchan-socket-proxy.
+    let boot = boot();
+    let r = boot.passed("vchan-socket-proxy-domu-ring-proxy-dom0-1m");
+    assert!(r.contains(&format!("RECEIVED {}", 4u64 << 20)), "{r}");
+    let ours = boot
+        .lines
+        .iter()
+        .find(|l| l.contains("sh /cases/r9-dom0.sh: service-exit="))
+        .map_or("", String::as_str);
+    assert!(ours.contains(&format!("SERVED {}", 4u64 << 20)), "{ours}");
+    assert!(
+        ours.contains("cannot publish another vchan now") && ours.contains("No space left"),
+        "with gntalloc's 1024 grants, a second 1 MiB vchan waits for the first session: {ours}"
+    );
+    eprintln!("ring proxy --xen behind vchan-socket-proxy: {r}\n  dom0: {ours}");
+}
+
+#[test]
+fn ring_without_a_peer_ends_at_its_timeout_with_exit_6() {
+    let r = boot().passed("ring-without-a-peer-times-out-with-exit-6");
+    assert!(
+        r.contains("connect-exit=6") && r.contains("listen-exit=6"),
+        "{r}"
+    );
+    eprintln!("--timeout / --accept-timeout with no peer: {r}");
+}
+
+#[test]
+fn a_sigkilled_domu_ring_ends_dom0_ring_with_exit_4_and_one_line() {
+    // The case script says CLOSED only for exit 4 with one line on
+    // stderr (anything else is its FAIL): a pass is that.
+    let r = boot().passed("sigkill-domu-ring-connect-dom0-ring-listen");
+    let ms: f64 = r
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("ms="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::MAX);
+    eprintln!("SIGKILL to dom0 ring's exit: {ms:.1} ms ({r})");
+    assert!(ms < 5000.0, "dom0's ring took {ms} ms to end: {r}");
+}
+
+#[test]
+fn a_destroyed_domu_ends_dom0_ring_with_exit_5_and_one_line() {
+    boot().passed("ring-pair-armed-before-the-destroy");
+    let r = boot().passed("ring-listen-sees-its-domu-destroyed");
+    assert!(r.contains("ring-exit=5"), "{r}");
+    eprintln!("dom0 ring after the domU's destroy: {r}");
 }

@@ -449,6 +449,31 @@ impl SharedMem for MappedRegion {
     }
 }
 
+// Grant mappings (a Xen vchan's pages) move bytes to and from fds in
+// place, as a memfd does: `ring listen --xen` pipes through them.
+impl crate::fdio::FdIo for MappedRegion {
+    fn read_from_fd(
+        &self,
+        fd: BorrowedFd<'_>,
+        spans: &[ring_core::loan::Span],
+    ) -> io::Result<usize> {
+        // SAFETY: the window of `self.len` bytes at `as_ptr()` lies inside
+        // the live mapping `self.map` holds (checked in `map`/`sub`), and
+        // this crate forms no reference into it.
+        unsafe { crate::memfd::read_spans(self.as_ptr(), self.len, fd, spans) }
+    }
+
+    fn write_to_fd(
+        &self,
+        fd: BorrowedFd<'_>,
+        spans: &[ring_core::loan::Span],
+        to: crate::fdio::Output,
+    ) -> io::Result<usize> {
+        // SAFETY: as in `read_from_fd`.
+        unsafe { crate::memfd::write_spans(self.as_ptr(), self.len, fd, spans, to) }
+    }
+}
+
 /// How an ioctl's argument is laid out, as far as the kernel's reads and
 /// writes of our memory go: what [`IoctlRequest::check`] holds a buffer to
 /// before any call reaches the kernel.
@@ -834,6 +859,14 @@ pub trait Sys: Send + Sync {
     /// returns whether it is.
     fn poll_readable(&self, fd: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Result<bool> {
         poll_readable(fd, timeout)
+    }
+
+    /// The descriptor a `poll(2)` of several fds watches for `fd`'s
+    /// readiness: `fd` itself for the kernel. A fake, whose device file is
+    /// a stand-in that always polls readable, gives one it makes readable
+    /// exactly when a read of `fd` would not block.
+    fn poll_fd<'a>(&'a self, fd: BorrowedFd<'a>) -> BorrowedFd<'a> {
+        fd
     }
 }
 

@@ -313,7 +313,7 @@ pub struct EventSignal {
 /// The liveness re-check a new [`EventSignal`] gets: [`LIVENESS_POLL`],
 /// or the `RING_LIVENESS_MS` environment variable (`0`: off), which lets
 /// tests of whole processes make a lost wake-up hang, and so fail.
-fn default_liveness() -> Option<Duration> {
+pub(crate) fn default_liveness() -> Option<Duration> {
     match std::env::var("RING_LIVENESS_MS")
         .ok()
         .and_then(|v| v.parse::<u64>().ok())

@@ -1,5 +1,6 @@
-//! Decoding the control state of a vchan page or a VMBus channel, for
-//! `ring inspect`.
+//! Decoding the control state of a vchan page or a VMBus channel: the
+//! facts behind `ring inspect`, as typed values (the command lays them out
+//! as a table or JSON).
 //!
 //! Works on a copy of the page's first bytes (read with `pread`, never
 //! mapped), so inspecting a live ring cannot disturb it or fault on it.
@@ -28,8 +29,8 @@ use ring_core::vchan::layout::{
     CLI_LIVE, CLI_NOTIFY, LEFT_CONS, LEFT_ORDER, LEFT_PROD, RIGHT_CONS, RIGHT_ORDER, RIGHT_PROD,
     SRV_LIVE, SRV_NOTIFY,
 };
-use ring_core::vchan::{Live, NotifyBits, Orders};
-use std::fmt::{self, Write as _};
+use ring_core::vchan::{NotifyBits, Orders, SetupError};
+use std::fmt;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -61,7 +62,8 @@ pub struct RingState {
 }
 
 impl RingState {
-    fn consistent(&self) -> bool {
+    /// Whether the size is known and the ring holds no more than it.
+    pub fn consistent(&self) -> bool {
         self.size.is_some_and(|s| self.used <= s)
     }
 }
@@ -75,9 +77,120 @@ pub struct Owed {
     pub from: &'static str,
     /// Who is waiting.
     pub to: &'static str,
-    /// Why, in words.
-    pub why: String,
+    /// Why: what the waiter asked for and what the ring holds.
+    pub why: Why,
 }
+
+/// Why a signal is owed: a waiter's request, and the ring that already
+/// meets it. Its `Display` says it in one sentence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Why {
+    /// vchan: `waiter` asked to be woken for data, and `ring` holds
+    /// `bytes`.
+    Data {
+        /// Who asked.
+        waiter: &'static str,
+        /// The ring ("left" or "right").
+        ring: &'static str,
+        /// Bytes it holds.
+        bytes: u32,
+    },
+    /// vchan: `waiter` asked to be woken for space, and `ring` has `free`
+    /// bytes free.
+    Space {
+        /// Who asked.
+        waiter: &'static str,
+        /// The ring ("left" or "right").
+        ring: &'static str,
+        /// Bytes free.
+        free: u32,
+    },
+    /// VMBus: `reader` has not masked its interrupts and `ring` holds
+    /// `bytes` it has not read.
+    Unread {
+        /// The ring's reader.
+        reader: &'static str,
+        /// The ring ("to-server" or "to-client").
+        ring: &'static str,
+        /// Unread bytes.
+        bytes: u32,
+    },
+    /// VMBus: `writer` waits (`pending_send_size`) for `wanted` free bytes
+    /// and `ring` has more than that, `free`.
+    Pending {
+        /// The ring's writer.
+        writer: &'static str,
+        /// The free space it asked for.
+        wanted: u32,
+        /// The ring ("to-server" or "to-client").
+        ring: &'static str,
+        /// Bytes free.
+        free: u32,
+    },
+}
+
+impl fmt::Display for Why {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Why::Data {
+                waiter,
+                ring,
+                bytes,
+            } => {
+                write!(
+                    f,
+                    "{waiter} waits for data and the {ring} ring holds {bytes} bytes"
+                )
+            }
+            Why::Space { waiter, ring, free } => {
+                write!(
+                    f,
+                    "{waiter} waits for space and the {ring} ring has {free} bytes free"
+                )
+            }
+            Why::Unread {
+                reader,
+                ring,
+                bytes,
+            } => write!(
+                f,
+                "{reader} has {bytes} unread bytes in the {ring} ring and is not masked"
+            ),
+            Why::Pending {
+                writer,
+                wanted,
+                ring,
+                free,
+            } => write!(
+                f,
+                "{writer} waits for {wanted} free bytes in the {ring} ring, which has {free}"
+            ),
+        }
+    }
+}
+
+/// A header too short to decode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TooShort {
+    /// Which header ("vchan control header", "VMBus control header").
+    pub what: &'static str,
+    /// Bytes given.
+    pub len: usize,
+    /// Bytes it needs.
+    pub need: usize,
+}
+
+impl fmt::Display for TooShort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} bytes is too short for a {} ({} bytes)",
+            self.len, self.what, self.need
+        )
+    }
+}
+
+impl std::error::Error for TooShort {}
 
 /// The decoded control state of a vchan page.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -95,7 +208,7 @@ pub struct VchanState {
     /// Requests aimed at the server (set by the client).
     pub srv_notify: u8,
     /// Why the order pair is invalid, if it is.
-    pub orders_problem: Option<String>,
+    pub orders_problem: Option<SetupError>,
     /// Signals owed.
     pub owed: Vec<Owed>,
 }
@@ -163,12 +276,13 @@ fn ring(
 /// assert!(decode_vchan(&header[..10]).is_err()); // too short for a header
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-pub fn decode_vchan(page: &[u8]) -> Result<VchanState, String> {
+pub fn decode_vchan(page: &[u8]) -> Result<VchanState, TooShort> {
     if page.len() < HEADER_LEN {
-        return Err(format!(
-            "{} bytes is too short for a vchan control header ({HEADER_LEN})",
-            page.len()
-        ));
+        return Err(TooShort {
+            what: "vchan control header",
+            len: page.len(),
+            need: HEADER_LEN,
+        });
     }
     let byte = |at: usize| page.get(at).copied().unwrap_or(0);
     let left = ring(
@@ -185,9 +299,7 @@ pub fn decode_vchan(page: &[u8]) -> Result<VchanState, String> {
         "client",
         [RIGHT_PROD, RIGHT_CONS, RIGHT_ORDER],
     );
-    let orders_problem = Orders::from_wire(left.order, right.order)
-        .err()
-        .map(|e| e.to_string());
+    let orders_problem = Orders::from_wire(left.order, right.order).err();
     let (cli_notify, srv_notify) = (byte(CLI_NOTIFY), byte(SRV_NOTIFY));
     let mut owed = Vec::new();
     // (request byte, who set it, who must kick)
@@ -200,22 +312,25 @@ pub fn decode_vchan(page: &[u8]) -> Result<VchanState, String> {
             owed.push(Owed {
                 from: kicker,
                 to: waiter,
-                why: format!(
-                    "{waiter} waits for data and the {} ring holds {} bytes",
-                    data_ring.name, data_ring.used
-                ),
+                why: Why::Data {
+                    waiter,
+                    ring: data_ring.name,
+                    bytes: data_ring.used,
+                },
             });
         }
-        if bits.contains(NotifyBits::READ) && space_ring.free.is_some_and(|f| f > 0) {
-            owed.push(Owed {
-                from: kicker,
-                to: waiter,
-                why: format!(
-                    "{waiter} waits for space and the {} ring has {} bytes free",
-                    space_ring.name,
-                    space_ring.free.unwrap_or(0)
-                ),
-            });
+        if let Some(free) = space_ring.free.filter(|&f| f > 0) {
+            if bits.contains(NotifyBits::READ) {
+                owed.push(Owed {
+                    from: kicker,
+                    to: waiter,
+                    why: Why::Space {
+                        waiter,
+                        ring: space_ring.name,
+                        free,
+                    },
+                });
+            }
         }
     }
     Ok(VchanState {
@@ -270,152 +385,6 @@ pub fn read_header(path: &Path) -> io::Result<[u8; HEADER_LEN]> {
         }
     })?;
     Ok(b)
-}
-
-fn live_name(b: u8) -> &'static str {
-    match Live::from_byte(b) {
-        Some(Live::Closed) => "closed",
-        Some(Live::Connected) => "connected",
-        Some(Live::Waiting) => "waiting",
-        None => "INVALID",
-    }
-}
-
-fn bits_name(b: u8) -> String {
-    let mut v = Vec::new();
-    if b & NotifyBits::WRITE.bits() != 0 {
-        v.push("write");
-    }
-    if b & NotifyBits::READ.bits() != 0 {
-        v.push("read");
-    }
-    if b & !NotifyBits::all().bits() != 0 {
-        v.push("UNKNOWN-BITS");
-    }
-    if v.is_empty() {
-        "-".into()
-    } else {
-        v.join("+")
-    }
-}
-
-fn json_str(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-fn opt(v: Option<u32>) -> String {
-    v.map_or_else(|| "null".into(), |v| v.to_string())
-}
-
-impl RingState {
-    fn json(&self) -> String {
-        format!(
-            "{{\"writer\":{},\"reader\":{},\"order\":{},\"size\":{},\"prod\":{},\"cons\":{},\"used\":{},\"free\":{},\"consistent\":{}}}",
-            json_str(self.writer),
-            json_str(self.reader),
-            self.order,
-            opt(self.size),
-            self.prod,
-            self.cons,
-            self.used,
-            opt(self.free),
-            self.consistent()
-        )
-    }
-}
-
-impl VchanState {
-    /// The state as one JSON object.
-    pub fn to_json(&self) -> String {
-        let owed: Vec<String> = self
-            .owed
-            .iter()
-            .map(|o| {
-                format!(
-                    "{{\"from\":{},\"to\":{},\"why\":{}}}",
-                    json_str(o.from),
-                    json_str(o.to),
-                    json_str(&o.why)
-                )
-            })
-            .collect();
-        format!(
-            "{{\"proto\":\"vchan\",\"left\":{},\"right\":{},\"client_live\":{},\"server_live\":{},\"client_notify\":{},\"server_notify\":{},\"orders_problem\":{},\"owed\":[{}]}}",
-            self.left.json(),
-            self.right.json(),
-            json_str(live_name(self.cli_live)),
-            json_str(live_name(self.srv_live)),
-            json_str(&bits_name(self.cli_notify)),
-            json_str(&bits_name(self.srv_notify)),
-            self.orders_problem
-                .as_deref()
-                .map_or_else(|| "null".into(), json_str),
-            owed.join(",")
-        )
-    }
-}
-
-impl fmt::Display for VchanState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "{:<6} {:<16} {:>5} {:>8} {:>10} {:>10} {:>8} {:>8}",
-            "ring", "direction", "order", "size", "prod", "cons", "used", "free"
-        )?;
-        for r in [&self.left, &self.right] {
-            let size = r.size.map_or_else(|| "?".into(), |s| s.to_string());
-            let free = r.free.map_or_else(|| "?".into(), |s| s.to_string());
-            writeln!(
-                f,
-                "{:<6} {:<16} {:>5} {:>8} {:>10} {:>10} {:>8} {:>8}{}",
-                r.name,
-                format!("{}->{}", r.writer, r.reader),
-                r.order,
-                size,
-                r.prod,
-                r.cons,
-                r.used,
-                free,
-                if r.consistent() { "" } else { "  INCONSISTENT" }
-            )?;
-        }
-        writeln!(
-            f,
-            "live: client {} ({}), server {} ({})",
-            live_name(self.cli_live),
-            self.cli_live,
-            live_name(self.srv_live),
-            self.srv_live
-        )?;
-        writeln!(
-            f,
-            "notify: server asks client to kick on {}; client asks server to kick on {}",
-            bits_name(self.cli_notify),
-            bits_name(self.srv_notify)
-        )?;
-        if let Some(p) = &self.orders_problem {
-            writeln!(f, "orders: INVALID ({p})")?;
-        }
-        if self.owed.is_empty() {
-            writeln!(f, "signals owed: none")?;
-        }
-        for o in &self.owed {
-            writeln!(f, "signal owed: {} -> {}: {}", o.from, o.to, o.why)?;
-        }
-        Ok(())
-    }
 }
 
 /// One VMBus ring's control state as found.
@@ -524,11 +493,14 @@ pub fn decode_vmbus(
     to_server_size: u32,
     to_client: &[u8],
     to_client_size: u32,
-) -> Result<VmbusState, String> {
-    if to_server.len() < VMBUS_HEADER_LEN || to_client.len() < VMBUS_HEADER_LEN {
-        return Err(format!(
-            "a VMBus control header needs {VMBUS_HEADER_LEN} bytes"
-        ));
+) -> Result<VmbusState, TooShort> {
+    let len = to_server.len().min(to_client.len());
+    if len < VMBUS_HEADER_LEN {
+        return Err(TooShort {
+            what: "VMBus control header",
+            len,
+            need: VMBUS_HEADER_LEN,
+        });
     }
     let a = vmbus_ring(to_server, "to-server", "client", "server", to_server_size);
     let b = vmbus_ring(to_client, "to-client", "server", "client", to_client_size);
@@ -539,10 +511,11 @@ pub fn decode_vmbus(
                 owed.push(Owed {
                     from: r.writer,
                     to: r.reader,
-                    why: format!(
-                        "{} has {used} unread bytes in the {} ring and is not masked",
-                        r.reader, r.name
-                    ),
+                    why: Why::Unread {
+                        reader: r.reader,
+                        ring: r.name,
+                        bytes: used,
+                    },
                 });
             }
             let free = r.data_size - used;
@@ -551,10 +524,12 @@ pub fn decode_vmbus(
                 owed.push(Owed {
                     from: r.reader,
                     to: r.writer,
-                    why: format!(
-                        "{} waits for {} free bytes in the {} ring, which has {free}",
-                        r.writer, r.pending_send_size, r.name
-                    ),
+                    why: Why::Pending {
+                        writer: r.writer,
+                        wanted: r.pending_send_size,
+                        ring: r.name,
+                        free,
+                    },
                 });
             }
         }
@@ -592,79 +567,6 @@ pub fn read_at<const N: usize>(path: &Path, offset: u64) -> io::Result<[u8; N]> 
     Ok(b)
 }
 
-impl VmbusRingState {
-    fn json(&self) -> String {
-        format!(
-            "{{\"writer\":{},\"reader\":{},\"data_size\":{},\"write_index\":{},\"read_index\":{},\"interrupt_mask\":{},\"pending_send_size\":{},\"feature_bits\":{},\"used\":{}}}",
-            json_str(self.writer),
-            json_str(self.reader),
-            self.data_size,
-            self.write_index,
-            self.read_index,
-            self.interrupt_mask,
-            self.pending_send_size,
-            self.feature_bits,
-            opt(self.used)
-        )
-    }
-}
-
-impl VmbusState {
-    /// The state as one JSON object.
-    pub fn to_json(&self) -> String {
-        let owed: Vec<String> = self
-            .owed
-            .iter()
-            .map(|o| {
-                format!(
-                    "{{\"from\":{},\"to\":{},\"why\":{}}}",
-                    json_str(o.from),
-                    json_str(o.to),
-                    json_str(&o.why)
-                )
-            })
-            .collect();
-        format!(
-            "{{\"proto\":\"vmbus\",\"to_server\":{},\"to_client\":{},\"owed\":[{}]}}",
-            self.to_server.json(),
-            self.to_client.json(),
-            owed.join(",")
-        )
-    }
-}
-
-impl fmt::Display for VmbusState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "{:<10} {:<16} {:>8} {:>8} {:>8} {:>8} {:>5} {:>8} {:>5}",
-            "ring", "direction", "size", "write", "read", "used", "mask", "pending", "feat"
-        )?;
-        for r in [&self.to_server, &self.to_client] {
-            writeln!(
-                f,
-                "{:<10} {:<16} {:>8} {:>8} {:>8} {:>8} {:>5} {:>8} {:>5}",
-                r.name,
-                format!("{}->{}", r.writer, r.reader),
-                r.data_size,
-                r.write_index,
-                r.read_index,
-                r.used.map_or_else(|| "INVALID".into(), |u| u.to_string()),
-                r.interrupt_mask,
-                r.pending_send_size,
-                r.feature_bits
-            )?;
-        }
-        if self.owed.is_empty() {
-            writeln!(f, "signals owed: none")?;
-        }
-        for o in &self.owed {
-            writeln!(f, "signal owed: {} -> {}: {}", o.from, o.to, o.why)?;
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -687,9 +589,7 @@ mod tests {
         assert_eq!(s.right.free, Some(8192));
         assert!(s.owed.is_empty());
         assert!(s.orders_problem.is_none());
-        let text = s.to_string();
-        assert!(text.contains("client waiting (2)"), "{text}");
-        assert!(s.to_json().contains("\"client_live\":\"waiting\""));
+        assert_eq!((s.cli_live, s.srv_live), (2, 1));
     }
 
     #[test]
@@ -704,7 +604,10 @@ mod tests {
             p[23] = 1;
         });
         assert_eq!(s.owed.len(), 1);
-        assert!(s.owed[0].why.contains("right ring holds 5"));
+        assert_eq!(
+            s.owed[0].why.to_string(),
+            "client waits for data and the right ring holds 5 bytes"
+        );
     }
 
     #[test]
@@ -727,14 +630,17 @@ mod tests {
         let s = decode_vmbus(&a, 4096, &b, 4096).unwrap();
         assert!(s.owed.iter().any(|o| o.from == "client"
             && o.to == "server"
-            && o.why.contains("waits for 100 free bytes")));
+            && o.why.to_string().contains("waits for 100 free bytes")));
         // Nonsense indices are reported, not used.
         a[0..4].copy_from_slice(&5u32.to_le_bytes());
         let s = decode_vmbus(&a, 4096, &b, 4096).unwrap();
         assert_eq!(s.to_server.used, None);
-        assert!(s.to_string().contains("INVALID"));
-        assert!(s.to_json().starts_with("{\"proto\":\"vmbus\""));
-        assert!(decode_vmbus(&a[..10], 4096, &b, 4096).is_err());
+        assert_eq!(
+            decode_vmbus(&a[..10], 4096, &b, 4096)
+                .unwrap_err()
+                .to_string(),
+            "10 bytes is too short for a VMBus control header (68 bytes)"
+        );
     }
 
     #[test]
@@ -745,9 +651,16 @@ mod tests {
             p[20] = 9;
         });
         assert_eq!(s.left.size, None);
-        assert!(s.orders_problem.is_some());
-        assert!(s.to_string().contains("INCONSISTENT"));
-        assert!(s.to_string().contains("INVALID"));
-        assert!(decode_vchan(&[0; 10]).is_err());
+        assert_eq!(s.orders_problem, Some(SetupError::BadOrder { order: 30 }));
+        assert!(!s.left.consistent());
+        assert_eq!(s.cli_live, 9);
+        assert_eq!(
+            decode_vchan(&[0; 10]).unwrap_err(),
+            TooShort {
+                what: "vchan control header",
+                len: 10,
+                need: 24
+            }
+        );
     }
 }

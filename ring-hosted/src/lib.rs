@@ -9,7 +9,6 @@ pub mod fdio;
 pub mod inspect;
 pub mod ivshmem;
 pub mod memfd;
-pub mod parent;
 pub mod rendezvous;
 #[cfg(feature = "fakes")]
 pub mod replay;

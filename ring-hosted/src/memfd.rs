@@ -452,38 +452,38 @@ impl MemFd {
     }
 }
 
-impl MemFd {
-    /// The `iovec`s of `spans` over our mapping, each checked to lie
-    /// inside it.
-    fn iovecs(&self, spans: &[Span]) -> io::Result<([libc::iovec; MAX_SPANS], usize)> {
-        let mut iov = [libc::iovec {
-            iov_base: std::ptr::null_mut(),
-            iov_len: 0,
-        }; MAX_SPANS];
-        if spans.len() > MAX_SPANS {
-            return Err(too_many_spans());
-        }
-        for (slot, s) in iov.iter_mut().zip(spans) {
-            match s.offset.checked_add(s.len) {
-                Some(end) if end <= self.len() => {}
-                _ => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidInput,
-                        format!(
-                            "span of {} bytes at {} outside a {}-byte mapping",
-                            s.len,
-                            s.offset,
-                            self.len()
-                        ),
-                    ))
-                }
-            }
-            // In bounds (checked above): the pointer stays in the mapping.
-            slot.iov_base = self._map.as_mut_ptr().wrapping_add(s.offset).cast();
-            slot.iov_len = s.len;
-        }
-        Ok((iov, spans.len()))
+/// The `iovec`s of `spans` over the `size` bytes mapped at `base`, each
+/// checked to lie inside them (pointer arithmetic only: nothing is read).
+fn iovecs(
+    base: *mut u8,
+    size: usize,
+    spans: &[Span],
+) -> io::Result<([libc::iovec; MAX_SPANS], usize)> {
+    let mut iov = [libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    }; MAX_SPANS];
+    if spans.len() > MAX_SPANS {
+        return Err(too_many_spans());
     }
+    for (slot, s) in iov.iter_mut().zip(spans) {
+        match s.offset.checked_add(s.len) {
+            Some(end) if end <= size => {}
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "span of {} bytes at {} outside a {}-byte mapping",
+                        s.len, s.offset, size
+                    ),
+                ))
+            }
+        }
+        // In bounds (checked above): the pointer stays in the mapping.
+        slot.iov_base = base.wrapping_add(s.offset).cast();
+        slot.iov_len = s.len;
+    }
+    Ok((iov, spans.len()))
 }
 
 /// The byte count of a system call's return, or its error.
@@ -491,43 +491,76 @@ fn syscall_len(n: isize) -> io::Result<usize> {
     usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }
 
+/// [`FdIo::read_from_fd`] over the `size` bytes mapped at `base`: one
+/// `readv(2)` from `fd` into `spans` of them.
+///
+/// # Safety
+///
+/// `base..base + size` must be a live shared mapping of ours for the
+/// whole call, accessed only through raw pointers (no Rust reference into
+/// it), as [`MemFd`]'s and `devmem::MappedRegion`'s are.
+pub(crate) unsafe fn read_spans(
+    base: *mut u8,
+    size: usize,
+    fd: BorrowedFd<'_>,
+    spans: &[Span],
+) -> io::Result<usize> {
+    let (iov, count) = iovecs(base, size, spans)?;
+    // The kernel writes those bytes as the peer may at any time: nothing
+    // holds a Rust reference into the mapping, every other access goes
+    // through `RawMem`.
+    // SAFETY: the first `count` iovecs (≤ MAX_SPANS, fits c_int) lie in
+    // the live mapping (checked by `iovecs`; the caller keeps it mapped).
+    let n = unsafe { libc::readv(fd.as_raw_fd(), iov.as_ptr(), count as libc::c_int) };
+    syscall_len(n)
+}
+
+/// [`FdIo::write_to_fd`] over the `size` bytes mapped at `base`.
+///
+/// # Safety
+///
+/// As [`read_spans`].
+pub(crate) unsafe fn write_spans(
+    base: *mut u8,
+    size: usize,
+    fd: BorrowedFd<'_>,
+    spans: &[Span],
+    to: Output,
+) -> io::Result<usize> {
+    let (mut iov, count) = iovecs(base, size, spans)?;
+    let n = match to {
+        // SAFETY: as in `read_spans`; the kernel only reads the bytes.
+        Output::File => unsafe { libc::writev(fd.as_raw_fd(), iov.as_ptr(), count as libc::c_int) },
+        Output::Socket => {
+            // SAFETY: an all-zero msghdr is valid (no name, no control).
+            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+            msg.msg_iov = iov.as_mut_ptr();
+            msg.msg_iovlen = count as _;
+            // SAFETY: `msg` points at `count` iovecs inside the live
+            // mapping (as in `read_spans`), which the kernel only reads;
+            // `msg` and `iov` outlive the call.
+            unsafe {
+                libc::sendmsg(
+                    fd.as_raw_fd(),
+                    &msg,
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            }
+        }
+    };
+    syscall_len(n)
+}
+
 impl FdIo for MemFd {
     fn read_from_fd(&self, fd: BorrowedFd<'_>, spans: &[Span]) -> io::Result<usize> {
-        let (iov, count) = self.iovecs(spans)?;
-        // The kernel writes those bytes as the peer may at any time: nothing
-        // holds a Rust reference into the mapping, every other access goes
-        // through `RawMem`.
-        // SAFETY: the first `count` iovecs (≤ MAX_SPANS, fits c_int) lie in
-        // our live shared mapping (checked by `iovecs`; `self` keeps it).
-        let n = unsafe { libc::readv(fd.as_raw_fd(), iov.as_ptr(), count as libc::c_int) };
-        syscall_len(n)
+        // SAFETY: our mapping of `self.len()` bytes lives as long as `self`,
+        // and this crate forms no reference into it.
+        unsafe { read_spans(self._map.as_mut_ptr(), self.len(), fd, spans) }
     }
 
     fn write_to_fd(&self, fd: BorrowedFd<'_>, spans: &[Span], to: Output) -> io::Result<usize> {
-        let (mut iov, count) = self.iovecs(spans)?;
-        let n = match to {
-            // SAFETY: as in `read_from_fd`; the kernel only reads the bytes.
-            Output::File => unsafe {
-                libc::writev(fd.as_raw_fd(), iov.as_ptr(), count as libc::c_int)
-            },
-            Output::Socket => {
-                // SAFETY: an all-zero msghdr is valid (no name, no control).
-                let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-                msg.msg_iov = iov.as_mut_ptr();
-                msg.msg_iovlen = count as _;
-                // SAFETY: `msg` points at `count` iovecs inside our live
-                // mapping (as in `read_from_fd`), which the kernel only
-                // reads; `msg` and `iov` outlive the call.
-                unsafe {
-                    libc::sendmsg(
-                        fd.as_raw_fd(),
-                        &msg,
-                        libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-                    )
-                }
-            }
-        };
-        syscall_len(n)
+        // SAFETY: as in `read_from_fd`.
+        unsafe { write_spans(self._map.as_mut_ptr(), self.len(), fd, spans, to) }
     }
 }
 

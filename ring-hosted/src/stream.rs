@@ -5,6 +5,15 @@
 //! eventfd signal, the rendezvous socket's half-close and the `std::io`
 //! traits, and writes no wait loop of its own.
 //!
+//! # Other wake-up sources
+//!
+//! What a stream sleeps on is a [`StreamSignal`]: the eventfds of
+//! [`EventSignal`] between two processes of ours, or a Xen event channel
+//! (`xen::stream::XenSignal`, whose `/dev/xen/evtchn` fd polls like an
+//! eventfd). [`VchanStream`] and [`PollStream`] take the signal as a type
+//! parameter that defaults to [`EventSignal`], so one poll loop (ring-cli's
+//! pipe) drives either.
+//!
 //! # Peer death
 //!
 //! A peer that closes cleanly stores 0 to its live byte and kicks us; reads
@@ -29,17 +38,18 @@
 //! default). A peer on another core usually moves within that time, and a
 //! side that has not armed its request costs the peer no kick.
 
-use crate::eventfd::{EventSignal, Notice, Woken};
+use crate::eventfd::{EventSignal, Notice, WaitError, Woken};
 use crate::fdio::{FdIo, Output};
 use crate::memfd::MemFd;
 use crate::Error;
 use ring_core::loan::Drained;
 use ring_core::mem::SharedMem;
+use ring_core::signal::Signal;
 use ring_core::vchan::{self, Blocking, Endpoint, Role};
 use std::io;
 use std::os::fd::BorrowedFd;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 pub use crate::eventfd::LIVENESS_POLL;
 
@@ -47,14 +57,101 @@ pub use crate::eventfd::LIVENESS_POLL;
 /// message.
 pub const MSG_HEADER: usize = 4;
 
-/// The non-blocking face of a ring stream between two processes, which
-/// poll loops (ring-cli's `check::duplex`, `ring listen`) drive
-/// the same way whatever the protocol.
+/// What a [`PollStream`] sleeps on and learns the peer's fate from: a
+/// ring-core [`Signal`] (kick the peer, wait for a kick) that a poll loop
+/// can also wait on beside its own fds, with a deadline.
+///
+/// [`EventSignal`] (eventfds, and the rendezvous socket's hang-up and
+/// notices) is one; a Xen event channel (`xen::stream::XenSignal`, with
+/// the peer domain's destruction as its hang-up) is another. Only a
+/// signal with a socket to one of our own processes carries
+/// [`Notice`]s: half-close and the final count. The rest keep the
+/// defaults, which say there is nobody to tell.
+pub trait StreamSignal: Signal<Error = WaitError> {
+    /// One wait: for a kick, the peer's death, `extra` readable, `output`
+    /// writable, or `deadline`; may return early with nothing set (the
+    /// caller re-checks its ring).
+    ///
+    /// # Errors
+    ///
+    /// [`WaitError::PeerGone`] once the peer is known gone (a pending kick
+    /// is reported first), [`WaitError::TimedOut`] at `deadline` or after
+    /// the idle timeout, or an OS error.
+    fn wait_io(
+        &self,
+        extra: Option<BorrowedFd<'_>>,
+        output: Option<BorrowedFd<'_>>,
+        deadline: Option<Instant>,
+    ) -> Result<Woken, WaitError>;
+
+    /// The idle timeout of blocking calls (`None`: none).
+    fn timeout(&self) -> Option<Duration>;
+
+    /// Whether the peer is known to be gone (one look, no wait).
+    fn peer_gone(&self) -> bool;
+
+    /// Whether [`send_notice`](Self::send_notice) can reach the peer (a
+    /// socket to one of our own processes).
+    fn carries_notices(&self) -> bool {
+        false
+    }
+
+    /// Sends `notice` to the peer.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Os`] (`Unsupported`) when there is nobody to tell (the
+    /// default); [`Error::PeerGone`] if the peer's end is gone.
+    fn send_notice(&self, notice: Notice) -> Result<(), Error> {
+        let _ = notice;
+        Err(Error::Os {
+            op: "send notice",
+            source: io::Error::new(io::ErrorKind::Unsupported, "no socket to the peer"),
+        })
+    }
+
+    /// What the peer said with [`Notice::Done`], if it did (never, by
+    /// default).
+    fn peer_done(&self) -> Option<u64> {
+        None
+    }
+}
+
+impl StreamSignal for EventSignal {
+    fn wait_io(
+        &self,
+        extra: Option<BorrowedFd<'_>>,
+        output: Option<BorrowedFd<'_>>,
+        deadline: Option<Instant>,
+    ) -> Result<Woken, WaitError> {
+        EventSignal::wait_io(self, extra, output, deadline)
+    }
+    fn timeout(&self) -> Option<Duration> {
+        EventSignal::timeout(self)
+    }
+    fn peer_gone(&self) -> bool {
+        EventSignal::peer_gone(self)
+    }
+    fn carries_notices(&self) -> bool {
+        EventSignal::carries_notices(self)
+    }
+    fn send_notice(&self, notice: Notice) -> Result<(), Error> {
+        EventSignal::send_notice(self, notice)
+    }
+    fn peer_done(&self) -> Option<u64> {
+        EventSignal::peer_done(self)
+    }
+}
+
+/// The non-blocking face of a ring stream, which poll loops (ring-cli's
+/// `check::duplex`, `ring listen`) drive the same way whatever the
+/// protocol and whatever wakes it: `S` is its [`StreamSignal`], eventfds
+/// between two processes by default.
 ///
 /// Every method is a thin door to ring-core's blocking layer
 /// ([`vchan::Blocking`], [`ring_core::vmbus::BlockingPipe`]): the arming,
 /// re-checking and kicking happen there, where loom checks them.
-pub trait PollStream {
+pub trait PollStream<S: StreamSignal = EventSignal> {
     /// Reads what is there: `Some(n)` bytes (`n == 0`: clean end of
     /// stream), `None` nothing yet (wake-up armed).
     ///
@@ -165,7 +262,7 @@ pub trait PollStream {
     }
 
     /// The event channel (counters, notices).
-    fn signal(&self) -> &EventSignal;
+    fn signal(&self) -> &S;
 
     /// Whether the peer has joined (a vchan server's client may not have
     /// yet); idle timeouts and lingers count only from then.
@@ -318,8 +415,8 @@ pub(crate) fn woken(w: Option<Woken>) -> Woken {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug)]
-pub struct VchanStream<M: SharedMem = Arc<MemFd>> {
-    inner: Blocking<M, EventSignal>,
+pub struct VchanStream<M: SharedMem = Arc<MemFd>, S: StreamSignal = EventSignal> {
+    inner: Blocking<M, S>,
     /// The message stream lost its boundaries: the peer sent a length no
     /// message of the ring can have.
     msg_broken: bool,
@@ -330,7 +427,7 @@ pub struct VchanStream<M: SharedMem = Arc<MemFd>> {
     scratch: Vec<u8>,
 }
 
-impl<M: SharedMem> VchanStream<M> {
+impl<M: SharedMem, S: StreamSignal> VchanStream<M, S> {
     /// Wraps a connected endpoint and its signal.
     ///
     /// # Examples
@@ -359,7 +456,7 @@ impl<M: SharedMem> VchanStream<M> {
     /// assert_eq!(&got, b"ping");
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn new(ep: Endpoint<M>, signal: EventSignal) -> Self {
+    pub fn new(ep: Endpoint<M>, signal: S) -> Self {
         VchanStream {
             inner: Blocking::new(ep, signal),
             msg_broken: false,
@@ -379,12 +476,12 @@ impl<M: SharedMem> VchanStream<M> {
     }
 
     /// ring-core's blocking wrapper inside.
-    pub fn blocking(&mut self) -> &mut Blocking<M, EventSignal> {
+    pub fn blocking(&mut self) -> &mut Blocking<M, S> {
         &mut self.inner
     }
 
     /// The signal inside (counters, spin and timeout settings).
-    pub fn signal(&self) -> &EventSignal {
+    pub fn signal(&self) -> &S {
         self.inner.signal()
     }
 
@@ -405,7 +502,7 @@ impl<M: SharedMem> VchanStream<M> {
     /// assert_eq!(server.signal().wake_counts().timeouts, 1);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn signal_mut(&mut self) -> &mut EventSignal {
+    pub fn signal_mut(&mut self) -> &mut S {
         self.inner.signal_mut()
     }
 
@@ -1014,7 +1111,7 @@ pub fn pair(read_min: usize, write_min: usize) -> Result<(VchanStream, VchanStre
     ))
 }
 
-impl<M: FdIo> PollStream for VchanStream<M> {
+impl<M: FdIo, S: StreamSignal> PollStream<S> for VchanStream<M, S> {
     fn try_read(&mut self, buf: &mut [u8]) -> Result<Option<usize>, Error> {
         VchanStream::try_read(self, buf)
     }
@@ -1050,7 +1147,7 @@ impl<M: FdIo> PollStream for VchanStream<M> {
             .wait_with(|s| s.wait_io(extra, output, deadline))?;
         Ok(woken(w))
     }
-    fn signal(&self) -> &EventSignal {
+    fn signal(&self) -> &S {
         VchanStream::signal(self)
     }
     fn peer_connected(&mut self) -> bool {
@@ -1073,20 +1170,20 @@ impl<M: FdIo> PollStream for VchanStream<M> {
     }
 }
 
-impl<M: SharedMem> Drop for VchanStream<M> {
+impl<M: SharedMem, S: StreamSignal> Drop for VchanStream<M, S> {
     fn drop(&mut self) {
         // Best effort: a peer blocked on us must learn that we are gone.
         let _ = self.close();
     }
 }
 
-impl<M: SharedMem> io::Read for VchanStream<M> {
+impl<M: SharedMem, S: StreamSignal> io::Read for VchanStream<M, S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         VchanStream::read(self, buf).map_err(io::Error::from)
     }
 }
 
-impl<M: SharedMem> io::Write for VchanStream<M> {
+impl<M: SharedMem, S: StreamSignal> io::Write for VchanStream<M, S> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         VchanStream::write(self, buf).map_err(io::Error::from)
     }

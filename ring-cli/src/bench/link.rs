@@ -84,10 +84,7 @@ impl ProcessLink {
         let listener = UnixListener::bind(&path).map_err(|e| e.to_string())?;
         let child = Command::new(program)
             .args(args)
-            .env(
-                ring_hosted::parent::PARENT_ENV,
-                ring_hosted::parent::own_pid(),
-            )
+            .env(crate::parent::PARENT_ENV, crate::parent::own_pid())
             .arg(&path)
             .spawn()
             .map_err(|e| format!("starting the peer process: {e}"))?;

@@ -409,7 +409,7 @@ pub fn groups(sel: Selection) -> Vec<Group<'static>> {
 /// If the harness cannot start.
 pub fn run(args: BenchArgs) -> Result<(), String> {
     if let Some(socket) = &args.bench_peer {
-        ring_hosted::parent::die_with_parent().map_err(|e| e.to_string())?;
+        crate::parent::die_with_parent().map_err(|e| e.to_string())?;
         return super::link::peer_main(socket);
     }
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;

@@ -1218,3 +1218,405 @@ fn transfer_page_ranges_are_bounded_by_their_header_exactly() {
         }
     }
 }
+
+/// A poisoned writer stays poisoned: once the reader's index was bad,
+/// every later call fails with that corruption even after the index looks
+/// right again, and `poisoned` names it.
+#[test]
+fn a_poisoned_writer_stays_poisoned() {
+    let l = layout(4096);
+    let w = words(l);
+    let mem = RawMem::from_atomics(&w);
+    let (mut tx, _rx) = pair(mem, l, 0);
+    assert_eq!(tx.poisoned(), None);
+    mem.store_u32(READ_INDEX, 4).unwrap();
+    let what = corrupt_what(tx.available().unwrap_err());
+    assert!(what.contains("misaligned"), "{what}");
+    mem.store_u32(READ_INDEX, 0).unwrap();
+    assert_eq!(tx.poisoned().map(|c| c.what), Some(what));
+    assert_eq!(corrupt_what(tx.available().unwrap_err()), what);
+    assert_eq!(corrupt_what(tx.unread_by_peer().unwrap_err()), what);
+    assert_eq!(corrupt_what(tx.arm_drained().unwrap_err()), what);
+    assert_eq!(
+        corrupt_what(tx.send(&OutgoingPacket::in_band(1, &[])).unwrap_err()),
+        what
+    );
+    assert_eq!(mem.load_u32(WRITE_INDEX).unwrap(), 0, "nothing written");
+}
+
+/// Delivery accounting: `unread_by_peer` counts exactly the committed
+/// bytes the reader has not consumed, and `arm_drained` asks for the
+/// reader's signal (`pending_send_size` = size − 1, the only value a
+/// drained ring exceeds) only while something is unread, withdrawing the
+/// request once all of it is.
+#[test]
+fn delivery_is_counted_exactly_and_armed_only_while_unread() {
+    let l = layout(4096);
+    let w = words(l);
+    let mem = RawMem::from_atomics(&w);
+    let (mut tx, mut rx) = pair(mem, l, 0);
+    mem.store_u32(FEATURE_BITS, 1).unwrap();
+    assert_eq!(tx.unread_by_peer().unwrap(), 0);
+    assert!(tx.arm_drained().unwrap(), "nothing to deliver");
+    assert_eq!(mem.load_u32(PENDING_SEND_SIZE).unwrap(), 0);
+    // 16-byte descriptor + 8 bytes + 8-byte trailer: 32 bytes a packet.
+    for id in [1, 2] {
+        let _ = tx.send(&OutgoingPacket::in_band(id, &[&[0u8; 8]])).unwrap();
+    }
+    assert_eq!(tx.unread_by_peer().unwrap(), 64);
+    assert!(!tx.arm_drained().unwrap());
+    assert_eq!(mem.load_u32(PENDING_SEND_SIZE).unwrap(), 4095);
+    let _ = rx.read_packet().unwrap();
+    assert!(!rx.commit().unwrap().notify, "half read: not yet");
+    assert_eq!(tx.unread_by_peer().unwrap(), 32);
+    assert!(!tx.arm_drained().unwrap());
+    let _ = rx.read_packet().unwrap();
+    assert!(rx.commit().unwrap().notify, "drained: the writer's signal");
+    assert_eq!(tx.unread_by_peer().unwrap(), 0);
+    assert!(tx.arm_drained().unwrap());
+    assert_eq!(mem.load_u32(PENDING_SEND_SIZE).unwrap(), 0, "withdrawn");
+}
+
+/// The reader drains the ring at the instant `arm_drained` stores its
+/// request, so it sends no signal: the re-check after the store must see
+/// the ring drained and say so (and withdraw the request).
+#[test]
+fn arming_for_delivery_rechecks_what_the_reader_did_as_it_landed() {
+    let l = layout(4096);
+    let w = words(l);
+    let mem = RawMem::from_atomics(&w);
+    initialize_ring(&mem, l).unwrap();
+    let reader: Peer<'_> = std::rc::Rc::default();
+    let race = Race {
+        mem,
+        at: At::Store {
+            offset: PENDING_SEND_SIZE,
+            value: 4095,
+        },
+        peer: reader.clone(),
+    };
+    let mut tx = OutgoingRing::new(race, l).unwrap();
+    let mut rx = IncomingRing::new(mem, l).unwrap();
+    let _ = tx.send(&OutgoingPacket::in_band(7, &[b"data"])).unwrap();
+    *reader.borrow_mut() = Some(std::boxed::Box::new(move || {
+        assert_eq!(rx.read_packet().unwrap().transaction_id(), 7);
+        let _ = rx.commit().unwrap();
+    }));
+    assert!(tx.arm_drained().unwrap(), "drained as the request landed");
+    assert!(reader.borrow().is_none(), "the reader never moved");
+    assert_eq!(mem.load_u32(PENDING_SEND_SIZE).unwrap(), 0, "withdrawn");
+}
+
+/// Copies `data` into the spans an in-place call offers, in order; returns
+/// how many bytes it wrote and how many it was offered.
+fn fill_spans(mem: &RawMem<'_>, spans: &[crate::loan::Span], data: &[u8]) -> (usize, usize) {
+    let offered = spans.iter().map(|s| s.len).sum();
+    let mut done = 0;
+    for s in spans {
+        let n = s.len.min(data.len() - done);
+        mem.write(s.offset, &data[done..done + n]).unwrap();
+        done += n;
+    }
+    (done, offered)
+}
+
+/// In place, the byte pipe lays out exactly what `write_bytes` does: the
+/// same packets, byte for byte, at every chunk size, across the wrap (up
+/// to the packets one call may lay out); and a `fill` that stops short
+/// leaves exactly the packets of what it wrote.
+#[test]
+fn in_place_writes_are_the_packets_write_bytes_makes() {
+    let l = layout(8192);
+    let data: Vec<u8> = (0..3000u32).map(|i| (i * 7 + 1) as u8).collect();
+    for chunk in [8, 13, 64, 1000, 8192] {
+        for start in [0u32, 7936] {
+            for (len, cut) in [
+                (1, 1),
+                (7, 7),
+                (8, 8),
+                (100, 100),
+                (3000, 3000),
+                (3000, 1234),
+            ] {
+                let (wa, wb) = (words(l), words(l));
+                let (a, b) = (RawMem::from_atomics(&wa), RawMem::from_atomics(&wb));
+                let (ta, _ra) = pair(a, l, start);
+                let (tb, _rb) = pair(b, l, start);
+                let mut by_copy = PipeWriter::new(ta);
+                let mut in_place = PipeWriter::new(tb);
+                by_copy.set_chunk(chunk);
+                in_place.set_chunk(chunk);
+                // One in-place call lays out at most MAX_SPANS / 2 packets.
+                let n = cut.min(crate::loan::MAX_SPANS / 2 * chunk);
+                let sent = by_copy.write_bytes(&data[..n]).unwrap();
+                let placed = in_place
+                    .write_with(len, |m, spans| fill_spans(m, spans, &data[..cut]).0)
+                    .unwrap();
+                let case = std::format!("chunk {chunk} start {start} len {len} cut {cut}");
+                assert_eq!(
+                    (placed.len, placed.notify),
+                    (sent.len, sent.notify),
+                    "{case}"
+                );
+                let image = |m: &RawMem<'_>| {
+                    let mut v = vec![0u8; l.total_size()];
+                    m.read(0, &mut v).unwrap();
+                    v
+                };
+                assert!(image(&a) == image(&b), "{case}: the rings differ");
+            }
+        }
+    }
+}
+
+/// In place, the pipe offers exactly the room there is: on a ring with
+/// `free` bytes free, one packet of (free − 8 kept free − 32 of
+/// descriptor, pipe header and trailer) rounded down to 8, never more;
+/// and the reader gets exactly what was written.
+#[test]
+fn in_place_writes_offer_exactly_the_room_there_is() {
+    let l = layout(4096);
+    for used in [0usize, 40, 1000, 4000, 4040, 4056] {
+        let w = words(l);
+        let mem = RawMem::from_atomics(&w);
+        let (tx, rx) = pair(mem, l, 0);
+        let mut writer = PipeWriter::new(tx);
+        let mut reader = PipeReader::new(rx);
+        writer.set_chunk(usize::MAX);
+        if used > 0 {
+            // A packet of `used` ring bytes: 32 of overhead + the data.
+            let t = writer.write_bytes(&vec![9u8; used - 32]).unwrap();
+            assert_eq!(t.len, used - 32);
+        }
+        let free = 4096 - used;
+        let expected = (free - 8 - 32) & !7;
+        let data = vec![5u8; 5000];
+        let mut offered = 0;
+        let t = writer.write_with(5000, |m, spans| {
+            let (done, o) = fill_spans(m, spans, &data);
+            offered = o;
+            done
+        });
+        if expected < 8 {
+            assert!(matches!(t, Err(Error::Full { .. })), "used {used}: {t:?}");
+            continue;
+        }
+        assert_eq!(t.unwrap().len, expected, "used {used}");
+        assert_eq!(offered, expected, "used {used}");
+        let mut buf = vec![0u8; 8192];
+        let got = reader.read_bytes(&mut buf).unwrap().len;
+        let before = used.saturating_sub(32);
+        assert_eq!(got, before + expected, "used {used}");
+        assert!(buf[..before].iter().all(|&b| b == 9));
+        assert!(buf[before..got].iter().all(|&b| b == 5));
+    }
+}
+
+/// In place, as in `write`, the reader's index is loaded afresh only when
+/// the cached one shows too little room for what the call could lay out
+/// (its packets' overhead and padding counted, up to the packets one call
+/// may lay out), and then it is.
+#[test]
+fn in_place_writes_load_the_read_index_only_when_the_cache_shows_too_little() {
+    let l = layout(4096);
+    let w = words(l);
+    let mem = RawMem::from_atomics(&w);
+    let (_tx, mut rx) = pair(mem, l, 0);
+    let counting = Counting {
+        inner: mem,
+        index_loads: Cell::new(0),
+    };
+    let mut writer = PipeWriter::new(OutgoingRing::new(&counting, l).unwrap());
+    writer.set_chunk(usize::MAX);
+    let data = vec![1u8; 4096];
+    let fill = |m: &&Counting<'_>, spans: &[crate::loan::Span]| {
+        let mut done = 0;
+        for s in spans {
+            m.write(s.offset, &data[done..done + s.len]).unwrap();
+            done += s.len;
+        }
+        done
+    };
+    // 2 488 bytes of ring used: 1 608 free as cached, 1 600 usable. Forty
+    // 8-byte packets would need 1 920; the 32 one call lays out need
+    // exactly the 1 600 the cache shows.
+    assert_eq!(writer.write_bytes(&data[..2456]).unwrap().len, 2456);
+    writer.set_chunk(8);
+    counting.index_loads.set(0);
+    assert_eq!(writer.write_with(320, fill).unwrap().len, 256);
+    // The commit's load (is the reader still at our old write index?)
+    // is the only one.
+    assert_eq!(counting.index_loads.get(), 1, "the cache showed room");
+    // Used up to 128 usable bytes, then drained by the reader unseen:
+    // 101 bytes need 141 with their padding, more than the cache shows,
+    // so the index is loaded and all 101 are offered.
+    writer.set_chunk(usize::MAX);
+    let used = 2488 + 32 * 40;
+    let pad = 4096 - 136 - used - 32;
+    assert_eq!(writer.write_bytes(&data[..pad]).unwrap().len, pad);
+    while rx.read_packet().is_ok() {}
+    let _ = rx.commit().unwrap();
+    counting.index_loads.set(0);
+    assert_eq!(writer.write_with(101, fill).unwrap().len, 101);
+    assert_eq!(
+        counting.index_loads.get(),
+        2,
+        "the stale cache was refreshed"
+    );
+}
+
+/// `reserve` takes a packet of exactly the largest length on a drained
+/// ring, and refuses one 8 bytes longer as too large (never as full).
+#[test]
+fn reserve_takes_exactly_the_largest_packet() {
+    for data in [4096, 8192] {
+        let l = layout(data);
+        let w = words(l);
+        let mem = RawMem::from_atomics(&w);
+        let (mut tx, _rx) = pair(mem, l, 0);
+        let max = tx.max_packet_len();
+        assert_eq!(max, data - 16);
+        tx.reserve(max).unwrap();
+        assert!(tx.wait_for_space(max).unwrap());
+        assert_eq!(
+            tx.reserve(max + 8),
+            Err(Error::TooLarge { len: max + 8, max })
+        );
+        // The largest packet itself: a descriptor and max − 16 bytes.
+        let payload = vec![1u8; max - 16];
+        tx.write(&OutgoingPacket::in_band(1, &[&payload])).unwrap();
+        assert_eq!(tx.uncommitted(), data - 8);
+    }
+}
+
+/// A transfer-page packet's header may be exactly the largest packet
+/// (24 bytes and 65 532 ranges: 524 280), never 8 bytes more.
+#[test]
+fn transfer_page_headers_are_bounded_exactly_by_the_packet_limit() {
+    let zero = super::packet::TransferRange {
+        byte_count: 0,
+        byte_offset: 0,
+    };
+    let ranges = vec![zero; 65533];
+    let header = |n: usize| OutgoingPacket::transfer_pages(1, 0, &ranges[..n], &[]).header_len();
+    assert_eq!(header(65532), Ok(MAX_PACKET_LEN));
+    assert_eq!(
+        header(65533),
+        Err(Error::TooLarge {
+            len: MAX_PACKET_LEN + 8,
+            max: MAX_PACKET_LEN
+        })
+    );
+}
+
+/// The range iterators bound exactly what is left (ranges, page numbers)
+/// at every step; none promises a lower bound (a bad record ends it).
+#[test]
+fn range_iterators_bound_exactly_what_is_left() {
+    let l = layout(8192);
+    let w = words(l);
+    let mem = RawMem::from_atomics(&w);
+    let (mut tx, mut rx) = pair(mem, l, 0);
+    let gpa = [
+        GpaRange {
+            byte_count: 8192,
+            byte_offset: 0,
+            pfns: &[1, 2],
+        },
+        GpaRange {
+            byte_count: 1,
+            byte_offset: 0,
+            pfns: &[3],
+        },
+    ];
+    let _ = tx.send(&OutgoingPacket::gpa_direct(1, &gpa, &[])).unwrap();
+    let transfer = [TransferRange {
+        byte_count: 1,
+        byte_offset: 0,
+    }; 3];
+    let _ = tx
+        .send(&OutgoingPacket::transfer_pages(2, 0, &transfer, &[]))
+        .unwrap();
+    let p = rx.read_packet().unwrap();
+    let mut ranges = p.gpa_ranges();
+    for (left, pfns) in [(2usize, 2usize), (1, 1)] {
+        assert_eq!(ranges.size_hint(), (0, Some(left)));
+        let r = ranges.next().unwrap().unwrap();
+        let mut numbers = r.pfns();
+        for n in (1..=pfns).rev() {
+            assert_eq!(numbers.size_hint(), (0, Some(n)));
+            let _ = numbers.next().unwrap().unwrap();
+        }
+        assert_eq!(numbers.size_hint(), (0, Some(0)));
+        assert!(numbers.next().is_none());
+    }
+    assert_eq!(ranges.size_hint(), (0, Some(0)));
+    drop(p);
+    let p = rx.read_packet().unwrap();
+    let mut ranges = p.transfer_ranges();
+    for left in (1..=3usize).rev() {
+        assert_eq!(ranges.size_hint(), (0, Some(left)));
+        let _ = ranges.next().unwrap().unwrap();
+    }
+    assert_eq!(ranges.size_hint(), (0, Some(0)));
+}
+
+/// Reading a packet in place: `payload_spans` gives the payload bytes as
+/// one span, or two across the wrap, up to exactly the padded payload's
+/// end and not a byte past it; `read_raw` copies the packet from its
+/// descriptor up to exactly its end.
+#[test]
+fn payload_spans_and_raw_reads_end_exactly_at_the_packet() {
+    let l = layout(4096);
+    let payload: Vec<u8> = (1..=40u8).collect();
+    // At 0 the payload is in one piece; at 4096 - 32 it wraps after 16.
+    for (start, pieces) in [(0u32, 1usize), (4096 - 32, 2)] {
+        let w = words(l);
+        let mem = RawMem::from_atomics(&w);
+        let (mut tx, mut rx) = pair(mem, l, start);
+        let _ = tx.send(&OutgoingPacket::in_band(9, &[&payload])).unwrap();
+        let p = rx.read_packet().unwrap();
+        assert_eq!(p.payload_len(), 40);
+        let mut spans = crate::loan::SpanList::new();
+        p.payload_spans(0, 40, &mut spans).unwrap();
+        assert_eq!(spans.len(), pieces, "start {start}");
+        let mut got = Vec::new();
+        for s in &spans {
+            let mut b = vec![0u8; s.len];
+            mem.read(s.offset, &mut b).unwrap();
+            got.extend_from_slice(&b);
+        }
+        assert_eq!(got, payload);
+        let mut spans = crate::loan::SpanList::new();
+        p.payload_spans(39, 1, &mut spans).unwrap();
+        assert_eq!(spans.len(), 1);
+        assert_eq!(data_byte(&mem, l, spans[0].offset - l.data_offset()), 40);
+        for (offset, len) in [(40, 1), (0, 41), (1, 40), (usize::MAX, 2)] {
+            assert!(
+                matches!(
+                    p.payload_spans(offset, len, &mut spans),
+                    Err(Error::OutOfRange { .. })
+                ),
+                "{offset}+{len}"
+            );
+        }
+        p.payload_spans(40, 0, &mut spans).unwrap();
+        assert_eq!(spans.len(), 1, "nothing added for no bytes");
+        // The whole packet: descriptor (16), payload (40), nothing more.
+        let mut raw = [0u8; 56];
+        p.read_raw(0, &mut raw).unwrap();
+        assert_eq!(&raw[16..], &payload[..]);
+        assert_eq!(u16::from_le_bytes([raw[4], raw[5]]) as usize, 56 / 8);
+        let mut last = [0u8; 1];
+        p.read_raw(55, &mut last).unwrap();
+        assert_eq!(last[0], 40);
+        assert!(matches!(
+            p.read_raw(56, &mut last),
+            Err(Error::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            p.read_raw(1, &mut raw),
+            Err(Error::OutOfRange { .. })
+        ));
+    }
+}

@@ -31,17 +31,6 @@ pub struct Finding {
     pub what: String,
 }
 
-impl Finding {
-    /// The finding as a JSON object.
-    pub fn to_json(&self) -> String {
-        format!(
-            "{{\"offset\":{},\"what\":{}}}",
-            self.offset,
-            super::json_str(&self.what)
-        )
-    }
-}
-
 impl fmt::Display for Finding {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "at byte {}: {}", self.offset, self.what)
@@ -250,7 +239,7 @@ pub fn vchan(image: &[u8], state: &VchanState) -> Vec<Finding> {
 ///
 /// ```
 /// use ring_core::vmbus::layout::WRITE_INDEX;
-/// use ring_hosted::inspect::{decode_vmbus, validate, VMBUS_HEADER_LEN as H};
+/// use ring_hosted::inspect::{self, decode_vmbus, validate, VMBUS_HEADER_LEN as H};
 /// use ring_hosted::vmbus::{ChannelLayout, VmbusPipe};
 /// use ring_hosted::{eventfd, memfd::MemFd};
 /// use std::os::fd::{AsFd, AsRawFd};
@@ -264,7 +253,7 @@ pub fn vchan(image: &[u8], state: &VchanState) -> Vec<Finding> {
 /// let path = format!("/proc/self/fd/{}", mem.as_fd().as_raw_fd());
 /// let mut image = validate::read_image(std::path::Path::new(&path))?;
 /// let second = layout.to_client_offset();
-/// let check = |image: &[u8]| -> Result<Vec<validate::Finding>, String> {
+/// let check = |image: &[u8]| -> Result<Vec<validate::Finding>, inspect::TooShort> {
 ///     let state = decode_vmbus(&image[..H], 4096, &image[second..second + H], 4096)?;
 ///     Ok(validate::vmbus(image, 4096, 4096, &state))
 /// };

@@ -10,7 +10,7 @@ use super::{DomId, Driver, XenDevice};
 use crate::devmem::{ioc, DevError, IoctlArg, IoctlRequest, IOC_NONE};
 use ring_core::signal::Signal;
 use std::mem::size_of;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
 use std::time::Duration;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
@@ -105,12 +105,60 @@ pub const RELEASE_DOMAIN: &str = "@releaseDomain";
 /// A xenstore connection watching [`RELEASE_DOMAIN`], and the key whose
 /// absence means the peer's domain is gone.
 #[derive(Debug)]
-struct DomainWatch {
+pub(crate) struct DomainWatch {
     store: std::sync::Mutex<XenStore<std::fs::File>>,
     key: String,
 }
 
 impl DomainWatch {
+    /// Watches [`RELEASE_DOMAIN`] on `store` for domain `peer`'s end.
+    ///
+    /// # Errors
+    ///
+    /// xenstore errors; [`DevError::Closed`] if the domain is already gone.
+    pub(crate) fn new(mut store: XenStore<std::fs::File>, peer: DomId) -> Result<Self, DevError> {
+        store.watch(RELEASE_DOMAIN, "ring-hosted-peer-domain")?;
+        let watch = DomainWatch {
+            key: format!("/local/domain/{peer}/domid"),
+            store: std::sync::Mutex::new(store),
+        };
+        let mut store = watch.store.lock().unwrap_or_else(|p| p.into_inner());
+        store.take_queued_events();
+        if watch.gone(&mut store)? {
+            return Err(DevError::Closed);
+        }
+        drop(store);
+        Ok(watch)
+    }
+
+    /// Runs `f` with the store's fd (to poll it beside others).
+    pub(crate) fn with_fd<T>(&self, f: impl FnOnce(BorrowedFd<'_>) -> T) -> T {
+        let store = self.store.lock().unwrap_or_else(|p| p.into_inner());
+        f(store.stream_fd())
+    }
+
+    /// After poll said the store's fd is readable (`readable`), or to look
+    /// at events already queued: whether the peer's domain is gone. Reads
+    /// at most one message from the fd, so a readable fd never blocks it.
+    ///
+    /// # Errors
+    ///
+    /// xenstore errors.
+    pub(crate) fn check(&self, readable: bool) -> Result<bool, DevError> {
+        let mut store = self.store.lock().unwrap_or_else(|p| p.into_inner());
+        let mut news = store.take_queued_events() > 0;
+        if readable {
+            store.next_watch_event()?;
+            store.take_queued_events();
+            news = true;
+        }
+        if news {
+            self.gone(&mut store)
+        } else {
+            Ok(false)
+        }
+    }
+
     /// Whether the peer's home is gone. A key we may not read (an
     /// unprivileged domain looking at another's home) counts as there.
     fn gone(&self, store: &mut XenStore<std::fs::File>) -> Result<bool, DevError> {
@@ -255,22 +303,22 @@ impl EventChannel {
     /// already gone.
     pub fn watch_domain(
         &mut self,
-        mut store: XenStore<std::fs::File>,
+        store: XenStore<std::fs::File>,
         peer: DomId,
     ) -> Result<(), DevError> {
-        store.watch(RELEASE_DOMAIN, "ring-hosted-peer-domain")?;
-        let watch = DomainWatch {
-            key: format!("/local/domain/{peer}/domid"),
-            store: std::sync::Mutex::new(store),
-        };
-        let mut store = watch.store.lock().unwrap_or_else(|p| p.into_inner());
-        store.take_queued_events();
-        if watch.gone(&mut store)? {
-            return Err(DevError::Closed);
-        }
-        drop(store);
-        self.domain = Some(watch);
+        self.domain = Some(DomainWatch::new(store, peer)?);
         Ok(())
+    }
+
+    /// Hands over the domain watch of [`watch_domain`](Self::watch_domain),
+    /// if any (a signal that polls the channel itself takes it).
+    pub(crate) fn take_domain_watch(&mut self) -> Option<DomainWatch> {
+        self.domain.take()
+    }
+
+    /// The device, for polling its fd.
+    pub(crate) fn device(&self) -> &XenDevice {
+        &self.dev
     }
 
     /// The wait of [`Signal::wait`] with a domain watch: polls both fds.

@@ -34,10 +34,11 @@ use super::gntdev::{
 use super::xenstore::{ty, Header};
 use super::{DomId, XenDevice, GRANT_PAGE, UNMAP_NOTIFY_CLEAR_BYTE, UNMAP_NOTIFY_SEND_EVENT};
 use crate::devmem::{IoctlRequest, Sys};
+use crate::eventfd::EventFd;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -75,6 +76,31 @@ struct World {
     ports: HashMap<u32, Port>,
     /// (domain, file offset, action, port) of registered unmap notifies.
     notifies: Vec<(DomId, u64, u32, u32)>,
+    /// Each device's stand-in for poll(2): readable exactly while a port
+    /// of its domain has an event pending ([`Sys::poll_fd`]).
+    wakers: Vec<(DomId, std::sync::Weak<EventFd>)>,
+}
+
+impl World {
+    /// Makes every poll stand-in of `dom` match its ports: readable while
+    /// one has an event pending, not once none has.
+    fn sync_wakers(&mut self, dom: DomId) {
+        let pending = self.ports.values().any(|p| p.dom == dom && p.pending);
+        self.wakers.retain(|(_, w)| w.strong_count() > 0);
+        for waker in self
+            .wakers
+            .iter()
+            .filter(|(d, _)| *d == dom)
+            .filter_map(|(_, w)| w.upgrade())
+        {
+            // An eventfd of ours: neither call can fail but on a broken fd.
+            let _ = if pending {
+                waker.kick()
+            } else {
+                waker.take().map(drop)
+            };
+        }
+    }
 }
 
 struct Shared {
@@ -141,9 +167,15 @@ impl FakeXen {
     #[allow(unsafe_code)]
     fn device(&self, domid: DomId, path: &str) -> XenDevice {
         let file = self.shared.mem.try_clone().expect("dup of the fake memfd");
+        let waker = Arc::new(EventFd::new().expect("an eventfd for the fake's poll"));
+        let mut w = lock(&self.shared.world);
+        w.wakers.push((domid, Arc::downgrade(&waker)));
+        w.sync_wakers(domid);
+        drop(w);
         let sys = Arc::new(FakeDomain {
             domid,
             shared: Arc::clone(&self.shared),
+            waker,
         });
         // SAFETY: the fake seam never reaches the kernel.
         unsafe { XenDevice::from_parts(file, PathBuf::from(path), sys) }
@@ -204,6 +236,8 @@ fn raise(w: &mut World, port: u32) {
     if let Some(peer) = w.ports.get(&port).and_then(|p| p.peer) {
         if let Some(p) = w.ports.get_mut(&peer) {
             p.pending = true;
+            let dom = p.dom;
+            w.sync_wakers(dom);
         }
     }
 }
@@ -211,6 +245,8 @@ fn raise(w: &mut World, port: u32) {
 struct FakeDomain {
     domid: DomId,
     shared: Arc<Shared>,
+    /// What poll(2) watches in place of the stand-in device file.
+    waker: Arc<EventFd>,
 }
 
 fn einval(what: &str) -> io::Error {
@@ -389,7 +425,9 @@ impl Sys for FakeDomain {
             }
             IOCTL_EVTCHN_UNBIND => {
                 let p = PortArg::read_from_bytes(arg).map_err(|_| einval("size"))?;
-                w.ports.remove(&p.port);
+                if let Some(gone) = w.ports.remove(&p.port) {
+                    w.sync_wakers(gone.dom);
+                }
                 self.log(format!("evtchn unbind port {}", p.port));
                 Ok(0)
             }
@@ -418,6 +456,7 @@ impl Sys for FakeDomain {
         let mut logged = false;
         loop {
             if let Some(port) = self.pending_port(&mut w, true) {
+                w.sync_wakers(self.domid);
                 let b = port.to_ne_bytes();
                 let n = buf.len().min(4);
                 buf[..n].copy_from_slice(&b[..n]);
@@ -444,6 +483,10 @@ impl Sys for FakeDomain {
         drop(w);
         self.log(format!("evtchn unmask port {port}"));
         Ok(4)
+    }
+
+    fn poll_fd<'a>(&'a self, _fd: BorrowedFd<'a>) -> BorrowedFd<'a> {
+        self.waker.as_fd()
     }
 
     fn poll_readable(&self, _fd: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Result<bool> {

@@ -9,7 +9,9 @@
 //!   [`Signal`](ring_core::signal::Signal);
 //! - [`xenstore`]: the xenstore wire protocol over `/dev/xen/xenbus` (or
 //!   any byte stream);
-//! - [`vchan`]: a vchan server and client over the four.
+//! - [`vchan`]: a vchan server and client over the four;
+//! - [`stream`]: a vchan as a pollable stream on the event channel, what
+//!   `ring listen --xen` and `ring connect --xen` pipe through.
 //!
 //! Every ioctl goes through the [`Sys`] seam, and every
 //! device is opened either from its standard path or from a file handed in,
@@ -23,6 +25,7 @@ pub mod evtchn;
 pub mod fake;
 pub mod gntalloc;
 pub mod gntdev;
+pub mod stream;
 pub mod vchan;
 pub mod xenstore;
 

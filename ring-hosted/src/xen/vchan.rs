@@ -387,7 +387,26 @@ pub fn connect<S: Read + Write>(
     })
 }
 
+/// Removes a server's xenstore directory `path` (what
+/// [`XenVchan::close`] does for a server given its store), for a server
+/// that went on as a [`XenStream`](super::stream::XenStream).
+///
+/// # Errors
+///
+/// xenstore errors.
+pub fn remove_published<S: Read + Write>(
+    store: &mut XenStore<S>,
+    path: &str,
+) -> Result<(), DevError> {
+    store.rm(0, path)
+}
+
 impl XenVchan {
+    /// The endpoint and event channel inside.
+    pub(crate) fn into_parts(self) -> (Endpoint<MappedRegion>, EventChannel) {
+        self.io.into_parts()
+    }
+
     /// The xenstore path the server published under.
     pub fn path(&self) -> &str {
         &self.path

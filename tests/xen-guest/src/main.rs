@@ -266,6 +266,8 @@ fn spawn(imp: &str, args: &[String]) -> Result<(Child, mpsc::Receiver<String>), 
     let program = match imp {
         "rust" => std::env::current_exe().map_err(err)?,
         "c" => "/bin/xen-real-peer".into(),
+        // A case script (the `ring` command's cases): its lines, `OK` last.
+        "sh" => "/bin/sh".into(),
         other => return Err(format!("unknown peer {other}")),
     };
     let mut child = Command::new(program)
@@ -950,6 +952,127 @@ fn report(label: &str, r: Result<String, String>) {
     }
 }
 
+/// `gen SEED BYTES`: writes `BYTES` of pattern `SEED` to stdout (what a
+/// `ring` case feeds its stdin with).
+fn gen_cmd(seed: u64, bytes: u64) -> Result<(), String> {
+    let mut out = std::io::stdout().lock();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut at = 0u64;
+    while at < bytes {
+        let n = (bytes - at).min(buf.len() as u64) as usize;
+        for (k, b) in buf[..n].iter_mut().enumerate() {
+            *b = pattern(seed, at + k as u64);
+        }
+        out.write_all(&buf[..n])
+            .map_err(|e| format!("stdout: {e}"))?;
+        at += n as u64;
+    }
+    out.flush().map_err(|e| format!("stdout: {e}"))
+}
+
+/// `check SEED BYTES`: stdin must be exactly `BYTES` of pattern `SEED`.
+fn check_cmd(seed: u64, bytes: u64) -> Result<(), String> {
+    use std::io::Read;
+    let mut input = std::io::stdin().lock();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut at = 0u64;
+    loop {
+        let n = input.read(&mut buf).map_err(|e| format!("stdin: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        if let Some(k) = (0..n).find(|&k| buf[k] != pattern(seed, at + k as u64)) {
+            return Err(format!("byte {} differs", at + k as u64));
+        }
+        at += n as u64;
+    }
+    if at != bytes {
+        return Err(format!("{at} bytes, expected {bytes}"));
+    }
+    say(&format!("checked {at} bytes of pattern {seed}"));
+    Ok(())
+}
+
+/// `drain-say BYTES`: reads stdin to its end, saying `RECEIVING` once
+/// `BYTES` have come (a sign that a stream is flowing).
+fn drain_say_cmd(bytes: u64) -> Result<(), String> {
+    use std::io::Read;
+    let mut input = std::io::stdin().lock();
+    let mut buf = vec![0u8; 64 * 1024];
+    let (mut at, mut said) = (0u64, false);
+    loop {
+        let n = input.read(&mut buf).map_err(|e| format!("stdin: {e}"))?;
+        if n == 0 {
+            return Ok(());
+        }
+        at += n as u64;
+        if !said && at >= bytes {
+            say("RECEIVING");
+            said = true;
+        }
+    }
+}
+
+/// `sock-serve SOCKET BYTES`: the service behind a `ring proxy`: binds a
+/// Unix socket at `SOCKET`, says `LISTENING` on stdout (its only line
+/// there), accepts one connection, checks `BYTES` of pattern 1 from it
+/// while sending `BYTES` of pattern 2, then waits for its end; the result
+/// goes to stderr.
+fn sock_serve_cmd(socket: &str, bytes: u64) -> Result<(), String> {
+    use std::io::Read;
+    let _ = std::fs::remove_file(socket);
+    let listener = std::os::unix::net::UnixListener::bind(socket)
+        .map_err(|e| format!("bind {socket}: {e}"))?;
+    say("LISTENING");
+    use std::os::fd::AsFd;
+    let ready = ring_hosted::devmem::poll_readable(listener.as_fd(), Some(WAIT))
+        .map_err(|e| format!("poll {socket}: {e}"))?;
+    if !ready {
+        return Err(format!("no connection at {socket} within {WAIT:?}"));
+    }
+    let (mut sock, _) = listener.accept().map_err(|e| format!("accept: {e}"))?;
+    sock.set_read_timeout(Some(WAIT)).map_err(err)?;
+    sock.set_write_timeout(Some(WAIT)).map_err(err)?;
+    let mut writer = sock.try_clone().map_err(err)?;
+    let sender = std::thread::spawn(move || -> Result<(), String> {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut at = 0u64;
+        while at < bytes {
+            let n = (bytes - at).min(buf.len() as u64) as usize;
+            for (k, b) in buf[..n].iter_mut().enumerate() {
+                *b = pattern(2, at + k as u64);
+            }
+            writer
+                .write_all(&buf[..n])
+                .map_err(|e| format!("socket write: {e}"))?;
+            at += n as u64;
+        }
+        Ok(())
+    });
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut at = 0u64;
+    loop {
+        let n = sock
+            .read(&mut buf)
+            .map_err(|e| format!("socket read after {at}: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        if let Some(k) = (0..n).find(|&k| buf[k] != pattern(1, at + k as u64)) {
+            return Err(format!("byte {} differs", at + k as u64));
+        }
+        at += n as u64;
+    }
+    sender
+        .join()
+        .map_err(|_| "the sender panicked".to_owned())??;
+    if at != bytes {
+        return Err(format!("{at} bytes before the end, expected {bytes}"));
+    }
+    eprintln!("SERVED {at}");
+    Ok(())
+}
+
 fn num<T: std::str::FromStr>(s: Option<&String>, what: &str) -> Result<T, String> {
     s.ok_or(format!("missing {what}"))?
         .parse()
@@ -1039,6 +1162,19 @@ fn main() {
         // remote-kill LABEL DOMID KEY HOW IMPL ARGS… (dom0 side)
         "remote-kill" => {
             report(a(1), remote_kill_cmd(a(2), a(3), a(4), a(5), &args[6..]));
+            Ok(())
+        }
+        // gen SEED BYTES / check SEED BYTES / drain-say BYTES (around `ring`)
+        "gen" => (|| gen_cmd(num(args.get(1), "seed")?, num(args.get(2), "bytes")?))(),
+        "check" => (|| check_cmd(num(args.get(1), "seed")?, num(args.get(2), "bytes")?))(),
+        "drain-say" => (|| drain_say_cmd(num(args.get(1), "bytes")?))(),
+        // sock-serve SOCKET BYTES (behind a `ring proxy`)
+        "sock-serve" => (|| sock_serve_cmd(a(1), num(args.get(2), "bytes")?))(),
+        // local LABEL IMPL ARGS… (dom0 side, no domU part): runs a peer or
+        // case script and reports it.
+        "local" => {
+            let r = run_child(a(2), &args[3..], |_| {}).map(|lines| lines.join(" "));
+            report(a(1), r);
             Ok(())
         }
         other => Err(format!("unknown command {other:?}")),

@@ -6,7 +6,7 @@
 //! still its parent: a parent that died before the request was made would
 //! otherwise leave it running for ever.
 
-use crate::Error;
+use std::io;
 
 /// The environment variable through which a parent passes its pid to a
 /// child that calls [`die_with_parent`].
@@ -23,11 +23,11 @@ pub fn own_pid() -> String {
 ///
 /// # Errors
 ///
-/// [`Error::Os`] if the kernel refuses the request, or (as `ESRCH`) if the
-/// parent named in [`PARENT_ENV`] is no longer our parent.
-pub fn die_with_parent() -> Result<(), Error> {
+/// The kernel's refusal of the request, or `ESRCH` if the parent named in
+/// [`PARENT_ENV`] is no longer our parent; each says which.
+pub fn die_with_parent() -> io::Result<()> {
     rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
-        .map_err(Error::os("prctl(PR_SET_PDEATHSIG)"))?;
+        .map_err(|e| io::Error::other(format!("prctl(PR_SET_PDEATHSIG): {e}")))?;
     let Some(expected) = std::env::var(PARENT_ENV)
         .ok()
         .and_then(|v| v.parse::<i32>().ok())
@@ -36,14 +36,11 @@ pub fn die_with_parent() -> Result<(), Error> {
     };
     let now = rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get());
     if now != expected {
-        return Err(Error::Os {
-            op: "checking the parent process",
-            source: std::io::Error::from_raw_os_error(libc_esrch()),
-        });
+        let gone = io::Error::from_raw_os_error(rustix::io::Errno::SRCH.raw_os_error());
+        return Err(io::Error::new(
+            gone.kind(),
+            format!("checking the parent process: {gone}"),
+        ));
     }
     Ok(())
-}
-
-fn libc_esrch() -> i32 {
-    rustix::io::Errno::SRCH.raw_os_error()
 }
