@@ -1086,8 +1086,12 @@ fn scripted_calls_give_the_same_results_on_our_library_and_xens() {
     boot.passed("xenvchan-script-ours");
     boot.passed("xenvchan-script-xen");
     let (ours, xen) = (script_results(boot, "ours"), script_results(boot, "xen"));
+    // Each side's calls in order; the two sides' lines interleave as
+    // they ran (their blocking calls overlap), so they are compared
+    // side by side, each in its own order.
     let honest = |r: &[[String; 7]]| -> Vec<[String; 6]> {
-        r.iter()
+        let mut calls: Vec<[String; 6]> = r
+            .iter()
             .filter(|s| s[0].parse::<u32>().is_ok_and(|n| n < 400))
             .map(|s| {
                 [
@@ -1099,7 +1103,9 @@ fn scripted_calls_give_the_same_results_on_our_library_and_xens() {
                     s[5].clone(),
                 ]
             })
-            .collect()
+            .collect();
+        calls.sort_by_key(|c| c[1].clone());
+        calls
     };
     assert!(
         honest(&ours).len() >= 100,
