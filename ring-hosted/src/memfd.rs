@@ -442,6 +442,14 @@ impl MemFd {
     pub fn raw(&self) -> RawMem<'_> {
         self.view
     }
+
+    /// The address of the mapping's first byte, for a caller that must
+    /// hand it to C (the libxenvchan drop-in's public struct points into
+    /// the control page). Valid while `self` lives; access it only with
+    /// atomics or volatile copies, as the peer writes it concurrently.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self._map.as_mut_ptr()
+    }
 }
 
 /// The `iovec`s of `spans` over the `size` bytes mapped at `base`, each

@@ -1191,38 +1191,8 @@ fn serve_client_noting(
     config: &ServerConfig,
     hello: &std::sync::atomic::AtomicBool,
 ) -> Result<Session, Error> {
+    take_hello(&mut sock, config, hello)?;
     let want = config.proto.code();
-    let cred = rustix::net::sockopt::socket_peercred(&sock).map_err(Error::os("SO_PEERCRED"))?;
-    let uid = cred.uid.as_raw();
-    if let Err(expected) = config.peer.check(uid) {
-        refuse(&mut sock, want, Refusal::NotPermitted);
-        return Err(Error::ForeignPeer { uid, expected });
-    }
-    let deadline = Instant::now() + config.handshake_timeout;
-    let mut raw = [0u8; HELLO_LEN];
-    if let Err(s) = read_full(&mut sock, &mut raw, deadline)? {
-        refuse(&mut sock, want, Refusal::BadHello);
-        return Err(short(s, HELLO_LEN, config.handshake_timeout));
-    }
-    hello.store(true, std::sync::atomic::Ordering::Release);
-    let hello = match Hello::decode(&raw) {
-        Ok(h) => h,
-        Err(p) => {
-            refuse(&mut sock, want, Refusal::BadHello);
-            return Err(hs(p));
-        }
-    };
-    if hello.version != VERSION {
-        refuse(&mut sock, want, Refusal::Version);
-        return Err(hs(HandshakeProblem::Version { got: hello.version }));
-    }
-    if hello.proto != want {
-        refuse(&mut sock, want, Refusal::Proto);
-        return Err(hs(HandshakeProblem::Proto {
-            got: hello.proto,
-            want,
-        }));
-    }
     let (to_server, to_client) = (EventFd::new()?, EventFd::new()?);
     let mut signal = EventSignal::new(to_client, to_server);
     signal.set_spin(config.spin);
@@ -1249,6 +1219,101 @@ fn serve_client_noting(
     })?;
     session.signal_mut().set_hangup(sock.into());
     Ok(session)
+}
+
+/// The server's side of a vchan handshake over memory and eventfds the
+/// caller made and laid out beforehand (`mem` holds a server's
+/// [`FlatLayout`] of `orders`; the client waits on `to_client` and kicks
+/// `to_server`): the same checks as [`serve_client`], then the welcome
+/// with those fds. Returns the socket, whose hang-up (readable at end of
+/// file) means the client is gone. The libxenvchan drop-in uses this: its
+/// `server_init` must lay out the page before any client arrives, as on
+/// Xen.
+///
+/// # Errors
+///
+/// As [`Listener::accept`]; [`Error::Vchan`] if `config` does not ask
+/// for vchan.
+pub fn welcome_vchan(
+    mut sock: UnixStream,
+    config: &ServerConfig,
+    mem: &MemFd,
+    orders: Orders,
+    to_server: BorrowedFd<'_>,
+    to_client: BorrowedFd<'_>,
+) -> Result<UnixStream, Error> {
+    if config.proto != Proto::Vchan {
+        return Err(hs(HandshakeProblem::Proto {
+            got: config.proto.code(),
+            want: Proto::Vchan.code(),
+        }));
+    }
+    take_hello(
+        &mut sock,
+        config,
+        &std::sync::atomic::AtomicBool::new(false),
+    )?;
+    let welcome = Welcome {
+        version: VERSION,
+        proto: Proto::Vchan.code(),
+        status: 0,
+        mem_size: mem.len() as u64,
+        left_size: 1u32 << orders.left(),
+        right_size: 1u32 << orders.right(),
+    };
+    send_with_fds(
+        &sock,
+        &welcome.encode(),
+        &[mem.as_fd(), to_server, to_client],
+    )?;
+    sock.set_read_timeout(None).map_err(|source| Error::Os {
+        op: "socket timeout",
+        source,
+    })?;
+    Ok(sock)
+}
+
+/// The hello of a client on `sock`: its uid, version and protocol
+/// checked against `config` (refused with a welcome that says why).
+/// Sets `hello` once the whole hello is in.
+fn take_hello(
+    sock: &mut UnixStream,
+    config: &ServerConfig,
+    hello: &std::sync::atomic::AtomicBool,
+) -> Result<(), Error> {
+    let want = config.proto.code();
+    let cred = rustix::net::sockopt::socket_peercred(&*sock).map_err(Error::os("SO_PEERCRED"))?;
+    let uid = cred.uid.as_raw();
+    if let Err(expected) = config.peer.check(uid) {
+        refuse(sock, want, Refusal::NotPermitted);
+        return Err(Error::ForeignPeer { uid, expected });
+    }
+    let deadline = Instant::now() + config.handshake_timeout;
+    let mut raw = [0u8; HELLO_LEN];
+    if let Err(s) = read_full(sock, &mut raw, deadline)? {
+        refuse(sock, want, Refusal::BadHello);
+        return Err(short(s, HELLO_LEN, config.handshake_timeout));
+    }
+    hello.store(true, std::sync::atomic::Ordering::Release);
+    let hello = match Hello::decode(&raw) {
+        Ok(h) => h,
+        Err(p) => {
+            refuse(sock, want, Refusal::BadHello);
+            return Err(hs(p));
+        }
+    };
+    if hello.version != VERSION {
+        refuse(sock, want, Refusal::Version);
+        return Err(hs(HandshakeProblem::Version { got: hello.version }));
+    }
+    if hello.proto != want {
+        refuse(sock, want, Refusal::Proto);
+        return Err(hs(HandshakeProblem::Proto {
+            got: hello.proto,
+            want,
+        }));
+    }
+    Ok(())
 }
 
 fn setup_vchan(config: &ServerConfig, signal: EventSignal) -> Result<(Session, Welcome), Error> {
@@ -1414,44 +1479,15 @@ pub(crate) fn finish_client_handshake(
     // A zero read timeout is none at all: keep it at least a moment.
     sock.set_read_timeout(Some(left.max(Duration::from_millis(1))))
         .map_err(sock_err)?;
-    let want = config.proto.code();
-    let (raw, fds) = recv_welcome(&mut sock, deadline, config.handshake_timeout)?;
-    let welcome = Welcome::decode(&raw).map_err(hs)?;
-    if welcome.proto != want {
-        return Err(hs(HandshakeProblem::Proto {
-            got: welcome.proto,
-            want,
-        }));
-    }
-    let [mem_fd, to_server, to_client]: [OwnedFd; WELCOME_FDS] = fds
-        .try_into()
-        .map_err(|fds: Vec<OwnedFd>| hs(HandshakeProblem::FdCount { got: fds.len() }))?;
+    let (welcome, [mem_fd, to_server, to_client]) = take_welcome(&mut sock, config, deadline)?;
     let session = match config.proto {
         Proto::Vchan => {
-            let orders = vchan_orders(&welcome)?;
-            let layout = FlatLayout::new(orders);
-            let mem = MemFd::from_fd(mem_fd, layout.size)?;
-            if mem.len() as u64 != welcome.mem_size {
-                return Err(Error::BadFd(crate::FdProblem::SizeMismatch {
-                    size: mem.len() as u64,
-                    announced: welcome.mem_size,
-                }));
-            }
-            let (to_server, to_client) =
-                (EventFd::from_fd(to_server)?, EventFd::from_fd(to_client)?);
-            let ep = vchan::connect_flat(Arc::new(mem))?;
-            if ep.orders() != orders {
-                return Err(hs(HandshakeProblem::BadSizes {
-                    left: welcome.left_size,
-                    right: welcome.right_size,
-                    why: format!(
-                        "the control page says orders {}/{}",
-                        ep.orders().left(),
-                        ep.orders().right()
-                    ),
-                }));
-            }
-            sock.set_read_timeout(None).map_err(sock_err)?;
+            let VchanParts {
+                endpoint: ep,
+                to_server,
+                to_client,
+                socket: sock,
+            } = vchan_parts(sock, &welcome, [mem_fd, to_server, to_client])?;
             let mut signal = EventSignal::new(to_server, to_client).with_hangup(sock.into());
             signal.set_spin(config.spin);
             let stream = VchanStream::new(ep, signal);
@@ -1495,6 +1531,115 @@ pub(crate) fn finish_client_handshake(
         }
     };
     Ok(session)
+}
+
+/// The server's welcome on `sock` (by `deadline`) and its three fds,
+/// checked to be for `config`'s protocol.
+fn take_welcome(
+    sock: &mut UnixStream,
+    config: ClientConfig,
+    deadline: Instant,
+) -> Result<(Welcome, [OwnedFd; WELCOME_FDS]), Error> {
+    let want = config.proto.code();
+    let (raw, fds) = recv_welcome(sock, deadline, config.handshake_timeout)?;
+    let welcome = Welcome::decode(&raw).map_err(hs)?;
+    if welcome.proto != want {
+        return Err(hs(HandshakeProblem::Proto {
+            got: welcome.proto,
+            want,
+        }));
+    }
+    let fds: [OwnedFd; WELCOME_FDS] = fds
+        .try_into()
+        .map_err(|fds: Vec<OwnedFd>| hs(HandshakeProblem::FdCount { got: fds.len() }))?;
+    Ok((welcome, fds))
+}
+
+/// A vchan joined through the rendezvous, in pieces, for a host that
+/// waits on its own terms (the libxenvchan drop-in polls the socket and
+/// the eventfd itself, behind one fd of its own).
+#[derive(Debug)]
+pub struct VchanParts {
+    /// The client's endpoint, already marked live. The server has not
+    /// been kicked yet: kick it once, as libxenvchan's client does.
+    pub endpoint: vchan::Endpoint<Arc<MemFd>>,
+    /// Kicked to wake the server.
+    pub to_server: EventFd,
+    /// Kicked by the server to wake us.
+    pub to_client: EventFd,
+    /// The rendezvous socket, now silent: end of file on it means the
+    /// server is gone.
+    pub socket: UnixStream,
+}
+
+/// The client's vchan from a welcome and its fds: the memory checked
+/// (a sealed memfd of the announced size), the endpoint connected and its
+/// orders checked against the welcome's sizes.
+fn vchan_parts(
+    sock: UnixStream,
+    welcome: &Welcome,
+    [mem_fd, to_server, to_client]: [OwnedFd; WELCOME_FDS],
+) -> Result<VchanParts, Error> {
+    let orders = vchan_orders(welcome)?;
+    let layout = FlatLayout::new(orders);
+    let mem = MemFd::from_fd(mem_fd, layout.size)?;
+    if mem.len() as u64 != welcome.mem_size {
+        return Err(Error::BadFd(crate::FdProblem::SizeMismatch {
+            size: mem.len() as u64,
+            announced: welcome.mem_size,
+        }));
+    }
+    let (to_server, to_client) = (EventFd::from_fd(to_server)?, EventFd::from_fd(to_client)?);
+    let ep = vchan::connect_flat(Arc::new(mem))?;
+    if ep.orders() != orders {
+        return Err(hs(HandshakeProblem::BadSizes {
+            left: welcome.left_size,
+            right: welcome.right_size,
+            why: format!(
+                "the control page says orders {}/{}",
+                ep.orders().left(),
+                ep.orders().right()
+            ),
+        }));
+    }
+    sock.set_read_timeout(None).map_err(sock_err)?;
+    Ok(VchanParts {
+        endpoint: ep,
+        to_server,
+        to_client,
+        socket: sock,
+    })
+}
+
+/// Joins the vchan server listening at `path` and returns the pieces
+/// (see [`VchanParts`]) instead of a stream: the same handshake and checks
+/// as [`connect_with`] for [`Proto::Vchan`], with `config`'s timeout.
+///
+/// # Errors
+///
+/// As [`connect_with`].
+pub fn join_vchan(path: &Path, config: ClientConfig) -> Result<VchanParts, Error> {
+    let config = ClientConfig {
+        proto: Proto::Vchan,
+        ..config
+    };
+    let mut sock = UnixStream::connect(path).map_err(|source| {
+        if path.exists() && !is_socket(path) {
+            return Error::NotASocket {
+                path: path.to_owned(),
+            };
+        }
+        Error::Os {
+            op: "connect to rendezvous socket",
+            source,
+        }
+    })?;
+    let deadline = Instant::now() + config.handshake_timeout;
+    sock.set_read_timeout(Some(config.handshake_timeout))
+        .map_err(sock_err)?;
+    let _ = sock.write_all(&client_hello(config.proto));
+    let (welcome, fds) = take_welcome(&mut sock, config, deadline)?;
+    vchan_parts(sock, &welcome, fds)
 }
 
 /// The orders a welcome announces, validated.

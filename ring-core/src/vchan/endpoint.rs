@@ -499,6 +499,18 @@ impl<M: SharedMem> Endpoint<M> {
         &self.ctrl
     }
 
+    /// Where the ring we read lives: its memory and the offset of its
+    /// first byte there (for a C-ABI shell that must publish the ring's
+    /// address, as libxenvchan's public struct does).
+    pub fn read_ring(&self) -> (&M, usize) {
+        (&self.rx.mem, self.rx.region.base())
+    }
+
+    /// Where the ring we write lives, as [`read_ring`](Self::read_ring).
+    pub fn write_ring(&self) -> (&M, usize) {
+        (&self.tx.mem, self.tx.region.base())
+    }
+
     /// The corruption that poisoned this endpoint, if any.
     pub fn poisoned(&self) -> Option<Corrupt> {
         self.poison.get()

@@ -476,6 +476,14 @@ impl Signal for EventChannel {
     }
 }
 
+impl AsFd for EventChannel {
+    /// The device's fd: readable while an event is pending on one of its
+    /// ports (what libxenvchan's `fd_for_select` hands out).
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.dev.file().as_fd()
+    }
+}
+
 impl Drop for EventChannel {
     fn drop(&mut self) {
         let mut arg = PortArg { port: self.port };

@@ -445,6 +445,13 @@ impl XenVchan {
         self.io.signal_mut()
     }
 
+    /// The blocking endpoint itself, for a host that drives the ring call
+    /// by call (the libxenvchan drop-in maps each C function onto its
+    /// `try_` calls and waits).
+    pub fn blocking_mut(&mut self) -> &mut Blocking<MappedRegion, EventChannel> {
+        &mut self.io
+    }
+
     /// Server: sleeps on the event channel until a client has connected
     /// (or the client byte says closed).
     ///

@@ -441,7 +441,13 @@ fn run_child(
     mut on_line: impl FnMut(&str),
 ) -> Result<Vec<String>, String> {
     let (mut child, rx) = spawn(imp, args)?;
-    let deadline = Instant::now() + WAIT;
+    // XEN_PEER_CHILD_SECS: a longer bound for a slow case (two proxies
+    // over 1 KiB and 2 KiB rings).
+    let wait = std::env::var("XEN_PEER_CHILD_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(WAIT, Duration::from_secs);
+    let deadline = Instant::now() + wait;
     let mut lines = Vec::new();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -454,7 +460,7 @@ fn run_child(
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 kill_all(&mut [&mut child]);
-                return Err(format!("{imp} {} still running after {WAIT:?}", args[0]));
+                return Err(format!("{imp} {} still running after {wait:?}", args[0]));
             }
         }
     }
@@ -726,6 +732,199 @@ fn sock_client(state: &str, vchan_path: &str, socket: &str, bytes: u64) -> Resul
     Ok(())
 }
 
+/// Debian's vchan-socket-proxy, with `LD_LIBRARY_PATH` = `libdir` (our
+/// libxenvchan.so.4.17) unless `libdir` is `-` (the distribution's).
+fn vchan_proxy(libdir: &str, args: &[&str]) -> Result<Child, String> {
+    let mut cmd = Command::new("/usr/lib/xen-4.17/bin/vchan-socket-proxy");
+    if libdir != "-" {
+        cmd.env("LD_LIBRARY_PATH", libdir);
+    }
+    cmd.args(args)
+        .stdout(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("start vchan-socket-proxy: {e}"))
+}
+
+/// Accepts one connection at `listener` within [`WAIT`].
+fn accept_within(
+    listener: std::os::unix::net::UnixListener,
+) -> Result<std::os::unix::net::UnixStream, String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(listener.accept().map(|(s, _)| s));
+    });
+    match rx.recv_timeout(WAIT) {
+        Ok(r) => r.map_err(|e| format!("accept: {e}")),
+        Err(_) => Err(format!("the proxy did not connect within {WAIT:?}")),
+    }
+}
+
+/// `proxy-server LIBDIR PEER PATH SOCKET BYTES`: vchan-socket-proxy (see
+/// [`vchan_proxy`]) as the vchan server for domain `PEER` under `PATH`;
+/// when its client joins it connects to `SOCKET`, where we take `BYTES` of
+/// pattern 1 and send `BYTES` of pattern 2 (the far side of
+/// [`sock_client`]). `OK` once every byte is checked.
+fn proxy_server(
+    libdir: &str,
+    peer: &str,
+    path: &str,
+    socket: &str,
+    bytes: u64,
+) -> Result<(), String> {
+    use std::io::Read;
+    let _ = std::fs::remove_file(socket);
+    let listener = std::os::unix::net::UnixListener::bind(socket).map_err(err)?;
+    let mut proxy = vchan_proxy(libdir, &["-m", "server", peer, path, socket])?;
+    say("READY");
+    let r = (|| {
+        let sock = accept_within(listener)?;
+        sock.set_read_timeout(Some(WAIT)).map_err(err)?;
+        sock.set_write_timeout(Some(WAIT)).map_err(err)?;
+        let mut writer = sock.try_clone().map_err(err)?;
+        let sender = std::thread::spawn(move || -> Result<(), String> {
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut at = 0u64;
+            while at < bytes {
+                let n = (bytes - at).min(buf.len() as u64) as usize;
+                for (k, b) in buf[..n].iter_mut().enumerate() {
+                    *b = pattern(2, at + k as u64);
+                }
+                writer
+                    .write_all(&buf[..n])
+                    .map_err(|e| format!("socket write: {e}"))?;
+                at += n as u64;
+            }
+            Ok(())
+        });
+        let mut reader = sock;
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut at = 0u64;
+        while at < bytes {
+            let n = reader
+                .read(&mut buf)
+                .map_err(|e| format!("socket read after {at}: {e}"))?;
+            if n == 0 {
+                return Err(format!("socket ended after {at} of {bytes} bytes"));
+            }
+            if let Some(k) = (0..n).find(|&k| buf[k] != pattern(1, at + k as u64)) {
+                return Err(format!("byte {} differs", at + k as u64));
+            }
+            at += n as u64;
+        }
+        sender
+            .join()
+            .map_err(|_| "the sender panicked".to_owned())??;
+        say(&format!("RECEIVED {at}"));
+        Ok(())
+    })();
+    kill_all(&mut [&mut proxy]);
+    r
+}
+
+/// `proxy-hostile LABEL DOMID KEY LIBDIR PATH SOCKET` (in dom0):
+/// vchan-socket-proxy (see [`vchan_proxy`]) as the vchan server for a
+/// domU client that rewrites the control page (`hostile`), relaying to a
+/// sink at `SOCKET`. Once the domU says it rewrote the page, the proxy
+/// must end within [`PROXY_END`] on our library (its status is given);
+/// on the distribution's, what it did within [`HOSTILE_WAIT`] is recorded.
+fn proxy_hostile_cmd(
+    domid: &str,
+    key: &str,
+    libdir: &str,
+    path: &str,
+    socket: &str,
+) -> Result<String, String> {
+    use std::io::Read;
+    let mut store = XenStore::open().map_err(err)?;
+    let _ = std::fs::remove_file(socket);
+    let listener = std::os::unix::net::UnixListener::bind(socket).map_err(err)?;
+    let mut proxy = vchan_proxy(libdir, &["-m", "server", domid, path, socket])?;
+    let r = (|| {
+        // The sink: whatever the proxy relays, until it goes.
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            if let Ok((mut s, _)) = listener.accept() {
+                let _ = tx.send(());
+                let mut buf = vec![0u8; 64 * 1024];
+                while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+            }
+        });
+        let v = await_key(
+            &mut store,
+            &format!("/local/domain/{domid}/data/{key}-rewritten"),
+        )?;
+        let seen = Instant::now();
+        let connected = rx.try_recv().is_ok();
+        let limit = if libdir == "-" {
+            HOSTILE_WAIT
+        } else {
+            PROXY_END
+        };
+        loop {
+            if let Some(status) = proxy.try_wait().map_err(err)? {
+                let ms = seen.elapsed().as_secs_f64() * 1e3;
+                return if status.success() {
+                    Err(format!("the proxy ended with {status} after {ms:.1} ms"))
+                } else {
+                    Ok(format!(
+                        "ENDED {status} ms={ms:.1} (relayed: {connected}; domU: {v})"
+                    ))
+                };
+            }
+            if seen.elapsed() >= limit {
+                let what =
+                    format!("STILL-RUNNING after {limit:?} (relayed: {connected}; domU: {v})");
+                return if libdir == "-" {
+                    Ok(format!("record: {what}"))
+                } else {
+                    Err(what)
+                };
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    })();
+    kill_all(&mut [&mut proxy]);
+    r
+}
+
+/// How soon vchan-socket-proxy on our library must end once the page is
+/// corrupt.
+const PROXY_END: Duration = Duration::from_secs(1);
+
+/// `script-run LABEL LIB LIBDIR PATH HOSTILE-PATH` (in dom0): the
+/// scripted call-by-call program (`/bin/xenvchan-script`, compiled against
+/// Xen's libxenvchan.h) on our library (`LIBDIR`) or Xen's (`-`), each
+/// line echoed as `XENVCHAN LIB …`; a pass when it exits 0 (every call
+/// returned what libxenvchan's behaviour says).
+fn script_run(lib: &str, libdir: &str, path: &str, hostile: &str) -> Result<String, String> {
+    let mut cmd = Command::new("/bin/xenvchan-script");
+    if libdir != "-" {
+        cmd.env("LD_LIBRARY_PATH", libdir);
+    }
+    let mut child = cmd
+        .args([lib, "0", path, hostile])
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("start xenvchan-script: {e}"))?;
+    let out: ChildStdout = child.stdout.take().ok_or("no stdout")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + WAIT;
+    let mut steps = 0;
+    while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        steps += usize::from(line.starts_with("STEP "));
+        say(&format!("XENVCHAN {lib} {line}"));
+    }
+    reap(&mut child, "xenvchan-script")?;
+    Ok(format!("steps={steps}"))
+}
+
 /// `refused LABEL DOMID KEY` (in dom0): the domU's `data/KEY` must be a
 /// failure that names `EACCES` (a client whose server published before the
 /// client's domain existed).
@@ -946,6 +1145,18 @@ fn main() {
             report(a(1), remote_hostile_cmd(a(2), a(3), a(4), &args[5..]));
             Ok(())
         }
+        // proxy-server LIBDIR PEER PATH SOCKET BYTES (the vchan server's side)
+        "proxy-server" => (|| proxy_server(a(1), a(2), a(3), a(4), num(args.get(5), "bytes")?))(),
+        // proxy-hostile LABEL DOMID KEY LIBDIR PATH SOCKET (dom0 side)
+        "proxy-hostile" => {
+            report(a(1), proxy_hostile_cmd(a(2), a(3), a(4), a(5), a(6)));
+            Ok(())
+        }
+        // script-run LABEL LIB LIBDIR PATH HOSTILE-PATH (dom0)
+        "script-run" => {
+            report(a(1), script_run(a(2), a(3), a(4), a(5)));
+            Ok(())
+        }
         // killable KEY IMPL ARGS… (domU side)
         "killable" => killable_cmd(a(1), a(2), &args[3..]),
         // remote-kill LABEL DOMID KEY HOW IMPL ARGS… (dom0 side)
@@ -970,7 +1181,7 @@ fn main() {
     };
     match r {
         Ok(()) => {
-            if matches!(a(0), "server" | "client" | "sock-client") {
+            if matches!(a(0), "server" | "client" | "sock-client" | "proxy-server") {
                 say("OK");
             }
         }
