@@ -503,17 +503,12 @@ fn main() -> ExitCode {
             accept_timeout,
             linger_ms,
             ..
-        } => {
-            if proto != CliProto::Vchan {
-                usage("--xen speaks vchan only".into());
-            }
-            let end = xen::XenEnd {
-                timeout,
-                accept: accept_timeout,
-                linger: Duration::from_millis(linger_ms),
-            };
-            xen::listen(peer, &socket, ring_size, end)
-        }
+        } => xen::listen(
+            peer,
+            &socket,
+            ring_size,
+            xen_end(proto, timeout, accept_timeout, linger_ms),
+        ),
         Cmd::Listen {
             socket,
             xen: None,
@@ -530,17 +525,7 @@ fn main() -> ExitCode {
             proto,
             timeout,
             linger_ms,
-        } => {
-            if proto != CliProto::Vchan {
-                usage("--xen speaks vchan only".into());
-            }
-            let end = xen::XenEnd {
-                timeout,
-                accept: None,
-                linger: Duration::from_millis(linger_ms),
-            };
-            xen::connect(server, &socket, end)
-        }
+        } => xen::connect(server, &socket, xen_end(proto, timeout, None, linger_ms)),
         Cmd::Connect {
             socket,
             xen: None,
@@ -650,6 +635,24 @@ fn main() -> ExitCode {
             eprintln!("ring: {}", f.reason);
             ExitCode::from(f.code)
         }
+    }
+}
+
+/// How a `--xen` session ends: its timeouts and linger. `--xen` speaks
+/// vchan only: another protocol is a usage error.
+fn xen_end(
+    proto: CliProto,
+    timeout: Option<Duration>,
+    accept: Option<Duration>,
+    linger_ms: u64,
+) -> xen::XenEnd {
+    if proto != CliProto::Vchan {
+        usage("--xen speaks vchan only".into());
+    }
+    xen::XenEnd {
+        timeout,
+        accept,
+        linger: Duration::from_millis(linger_ms),
     }
 }
 
