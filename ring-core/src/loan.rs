@@ -441,6 +441,44 @@ mod tests {
         assert_eq!(&two, b"ef");
         assert_eq!(r.read_at(10, &mut two), Err(LoanError::Full));
     }
+
+    /// `read_in_place` tells its outcomes apart: nothing asked reads
+    /// nothing; nothing there keeps `drain` for the retry; bytes taken are
+    /// `Took(n)`; nothing consumed without an offer is the end, but an
+    /// offer the closure declined is `Took(0)`; errors pass through.
+    #[test]
+    fn read_in_place_tells_its_outcomes_apart() {
+        let spans = [Span { offset: 8, len: 5 }];
+        type Offer<'f> = &'f mut dyn FnMut(&(), &[Span]) -> usize;
+        let take_all = |_: &(), s: &[Span]| total(s);
+        let run =
+            |max: usize,
+             drain: &mut Option<fn(&(), &[Span]) -> usize>,
+             read: &mut dyn FnMut(Offer<'_>) -> Result<Option<usize>, &'static str>| {
+                read_in_place(max, drain, |offer| read(offer))
+            };
+        let mut slot: Option<fn(&(), &[Span]) -> usize> = Some(take_all);
+        let mut never = |_: Offer<'_>| -> Result<Option<usize>, &'static str> {
+            panic!("a read of 0 bytes reads nothing")
+        };
+        assert_eq!(run(0, &mut slot, &mut never), Ok(Some(Drained::Took(0))));
+        assert!(slot.is_some());
+        let mut empty = |_: Offer<'_>| Ok(None);
+        assert_eq!(run(9, &mut slot, &mut empty), Ok(None));
+        assert!(slot.is_some(), "kept for the retry");
+        let mut offered = |offer: Offer<'_>| Ok(Some(offer(&(), &spans)));
+        assert_eq!(run(9, &mut slot, &mut offered), Ok(Some(Drained::Took(5))));
+        assert!(slot.is_none(), "used once");
+        let mut ended = |_: Offer<'_>| Ok(Some(0));
+        assert_eq!(run(9, &mut slot, &mut ended), Ok(Some(Drained::End)));
+        let mut declined: Option<fn(&(), &[Span]) -> usize> = Some(|_, _| 0);
+        assert_eq!(
+            run(9, &mut declined, &mut offered),
+            Ok(Some(Drained::Took(0)))
+        );
+        let mut failed = |_: Offer<'_>| Err("corrupt");
+        assert_eq!(run(9, &mut slot, &mut failed), Err("corrupt"));
+    }
 }
 
 #[cfg(all(test, feature = "std"))]
