@@ -479,6 +479,35 @@ mod tests {
         let mut failed = |_: Offer<'_>| Err("corrupt");
         assert_eq!(run(9, &mut slot, &mut failed), Err("corrupt"));
     }
+
+    /// An offset exactly at a span's end is the next span's first byte;
+    /// a writer is empty until it writes; refusals say what they are.
+    #[test]
+    fn offsets_at_a_span_boundary_land_in_the_next_span() {
+        let words: std::vec::Vec<AtomicU64> = (0..16).map(|_| AtomicU64::new(0)).collect();
+        let mem = RawMem::from_atomics(&words);
+        let spans = [
+            Span {
+                offset: 120,
+                len: 5,
+            },
+            Span { offset: 0, len: 6 },
+        ];
+        let mut w = SpanWriter::new(&mem, &spans);
+        assert!(w.is_empty());
+        w.write_at(5, b"X").unwrap();
+        assert!(!w.is_empty());
+        assert_eq!((w.len(), w.capacity()), (6, 11));
+        assert_eq!(mem.load_u8(0), Ok(b'X'));
+        assert_eq!(mem.load_u8(125), Ok(0), "nothing past the first span");
+        let mut one = [0u8; 1];
+        SpanReader::new(&mem, &spans).read_at(5, &mut one).unwrap();
+        assert_eq!(one, *b"X");
+        use std::string::ToString;
+        assert_eq!(LoanError::Full.to_string(), "the loaned space is full");
+        let e = LoanError::from(crate::mem::MemError::Misaligned { offset: 3 });
+        assert!(e.to_string().starts_with("loaned space: "), "{e}");
+    }
 }
 
 #[cfg(all(test, feature = "std"))]
