@@ -481,7 +481,8 @@ mod tests {
     }
 
     /// An offset exactly at a span's end is the next span's first byte;
-    /// a writer is empty until it writes; refusals say what they are.
+    /// a writer is empty until it writes, a reader when its spans hold
+    /// nothing; refusals say what they are.
     #[test]
     fn offsets_at_a_span_boundary_land_in_the_next_span() {
         let words: std::vec::Vec<AtomicU64> = (0..16).map(|_| AtomicU64::new(0)).collect();
@@ -501,8 +502,12 @@ mod tests {
         assert_eq!(mem.load_u8(0), Ok(b'X'));
         assert_eq!(mem.load_u8(125), Ok(0), "nothing past the first span");
         let mut one = [0u8; 1];
-        SpanReader::new(&mem, &spans).read_at(5, &mut one).unwrap();
+        let r = SpanReader::new(&mem, &spans);
+        assert!(!r.is_empty());
+        r.read_at(5, &mut one).unwrap();
         assert_eq!(one, *b"X");
+        assert!(SpanReader::new(&mem, &[]).is_empty());
+        assert!(SpanReader::new(&mem, &[Span { offset: 3, len: 0 }]).is_empty());
         use std::string::ToString;
         assert_eq!(LoanError::Full.to_string(), "the loaned space is full");
         let e = LoanError::from(crate::mem::MemError::Misaligned { offset: 3 });
