@@ -29,9 +29,11 @@ fn target_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// The library cargo built.
+/// The library cargo built for this run: `cargo test` leaves it beside
+/// the test binaries (`deps/`); only `cargo build` copies it up a level,
+/// where an older build's copy may linger.
 fn library() -> PathBuf {
-    let lib = target_dir().join("libxenvchan.so");
+    let lib = target_dir().join("deps").join("libxenvchan.so");
     assert!(lib.exists(), "{} was not built", lib.display());
     lib
 }
