@@ -1413,16 +1413,10 @@ pub fn connect(path: &Path, proto: Proto) -> Result<Session, Error> {
     connect_with(path, ClientConfig::new(proto))
 }
 
-/// Connects with explicit settings.
-///
-/// # Errors
-///
-/// [`Error::Os`] if the socket cannot be reached, [`Error::Handshake`] for
-/// a bad or refusing welcome, [`Error::BadFd`] for fds that are not a
-/// sealed memfd of the announced size and two eventfds, [`Error::Vchan`] if
-/// the control page does not hold a live server.
-pub fn connect_with(path: &Path, config: ClientConfig) -> Result<Session, Error> {
-    let sock = UnixStream::connect(path).map_err(|source| {
+/// Connects to the rendezvous socket at `path`; a path that exists but is
+/// not a socket is [`Error::NotASocket`], not a bare `ECONNREFUSED`.
+fn connect_socket(path: &Path) -> Result<UnixStream, Error> {
+    UnixStream::connect(path).map_err(|source| {
         if path.exists() && !is_socket(path) {
             return Error::NotASocket {
                 path: path.to_owned(),
@@ -1432,7 +1426,19 @@ pub fn connect_with(path: &Path, config: ClientConfig) -> Result<Session, Error>
             op: "connect to rendezvous socket",
             source,
         }
-    })?;
+    })
+}
+
+/// Connects with explicit settings.
+///
+/// # Errors
+///
+/// [`Error::Os`] if the socket cannot be reached, [`Error::Handshake`] for
+/// a bad or refusing welcome, [`Error::BadFd`] for fds that are not a
+/// sealed memfd of the announced size and two eventfds, [`Error::Vchan`] if
+/// the control page does not hold a live server.
+pub fn connect_with(path: &Path, config: ClientConfig) -> Result<Session, Error> {
+    let sock = connect_socket(path)?;
     client_handshake(sock, config)
 }
 
@@ -1623,17 +1629,7 @@ pub fn join_vchan(path: &Path, config: ClientConfig) -> Result<VchanParts, Error
         proto: Proto::Vchan,
         ..config
     };
-    let mut sock = UnixStream::connect(path).map_err(|source| {
-        if path.exists() && !is_socket(path) {
-            return Error::NotASocket {
-                path: path.to_owned(),
-            };
-        }
-        Error::Os {
-            op: "connect to rendezvous socket",
-            source,
-        }
-    })?;
+    let mut sock = connect_socket(path)?;
     let deadline = Instant::now() + config.handshake_timeout;
     sock.set_read_timeout(Some(config.handshake_timeout))
         .map_err(sock_err)?;

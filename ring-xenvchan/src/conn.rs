@@ -8,7 +8,7 @@
 use libc::{c_int, EIO, EMSGSIZE, EPIPE, EPROTO};
 use ring_core::mem::SharedMem;
 use ring_core::signal::Signal;
-use ring_core::vchan::{Blocking, BlockingError, Error, Live, Role};
+use ring_core::vchan::{Blocking, BlockingError, Endpoint, Error, Live, Role};
 
 /// A call's outcome: the C return value, or -1 with this `errno`.
 pub(crate) type CResult = Result<c_int, c_int>;
@@ -86,21 +86,23 @@ impl<'a, M: SharedMem, S: Wake> Conn<'a, M, S> {
     /// when you write" request armed (as C does, for a caller about to
     /// sleep on the fd).
     pub(crate) fn data_ready(&mut self) -> CResult {
-        self.io.signal().pump();
-        let ep = self.io.endpoint();
-        ep.arm_readable(usize::MAX)
-            .and_then(|_| ep.data_ready())
-            .map(count)
-            .map_err(|e| ring_errno(&e))
+        self.armed_count(|ep| ep.arm_readable(usize::MAX).and_then(|_| ep.data_ready()))
     }
 
     /// `libxenvchan_buffer_space`: the bytes writable, with the "kick me
     /// when you read" request armed.
     pub(crate) fn buffer_space(&mut self) -> CResult {
+        self.armed_count(|ep| ep.arm_writable(usize::MAX).and_then(|_| ep.buffer_space()))
+    }
+
+    /// A count C asks for, after the events that came are taken in:
+    /// `look` arms the wake-up request and counts.
+    fn armed_count(
+        &mut self,
+        look: impl FnOnce(&mut Endpoint<M>) -> Result<usize, Error>,
+    ) -> CResult {
         self.io.signal().pump();
-        let ep = self.io.endpoint();
-        ep.arm_writable(usize::MAX)
-            .and_then(|_| ep.buffer_space())
+        look(self.io.endpoint())
             .map(count)
             .map_err(|e| ring_errno(&e))
     }
