@@ -394,6 +394,25 @@ fn domu_cases() -> Vec<Case> {
         ),
         domu: Some(format!("report u11 rust client 0 {path} hostile")),
     });
+    // The other rewrites of the same page: the domU's live byte set to 7
+    // (no defined value) must be refused as promptly; both ring orders
+    // changed mid-stream are set-up constants our server keeps to itself,
+    // so the transfer must arrive intact both ways.
+    let path = "/local/domain/0/data/vchan/1/14";
+    all.push(Case {
+        dom0: format!(
+            "remote-hostile hostile-live-byte-domu-client-dom0-rust-server 1 u14 rust server 1 {path} 65536 honest"
+        ),
+        domu: Some(format!("report u14 rust client 0 {path} hostile-live")),
+    });
+    let path = "/local/domain/0/data/vchan/1/15";
+    let changed = RING_BYTES;
+    all.push(Case {
+        dom0: format!(
+            "remote orders-changed-domu-client-dom0-rust-server-64k 1 u15 now rust server 1 {path} 65536 xfer {changed}"
+        ),
+        domu: Some(format!("report u15 rust client 0 {path} orders {changed}")),
+    });
     // Debian's vchan-socket-proxy, unmodified, in the domU (client mode:
     // it listens on a socket and joins our dom0 server's vchan for each
     // connection), 16 MiB each way through the socket.
@@ -991,6 +1010,37 @@ fn a_hostile_domu_rewriting_the_control_page_is_refused_within_milliseconds() {
     assert!(r.contains("REFUSED"), "{r}");
 }
 
+/// The domU's live byte set to 7 mid-stream: our library's server and
+/// `ring listen --xen` (exit 3, one line) refuse within [`PROMPTLY_MS`].
+#[test]
+fn a_domu_live_byte_with_no_meaning_is_refused_within_milliseconds() {
+    for (label, says) in [
+        (
+            "hostile-live-byte-domu-client-dom0-rust-server",
+            "live byte",
+        ),
+        (
+            "hostile-live-byte-domu-client-dom0-ring-listen",
+            "ring-exit=3",
+        ),
+    ] {
+        let r = boot().passed(label);
+        let ms = millis(label, r);
+        assert!(ms < PROMPTLY_MS, "{label}: refused after {ms} ms");
+        assert!(r.contains("REFUSED") && r.contains(says), "{label}: {r}");
+        eprintln!("{label}: {r}");
+    }
+}
+
+/// Both ring orders rewritten mid-stream: the orders are shadows taken at
+/// set-up, so our server goes on and every byte arrives intact both ways.
+#[test]
+fn ring_orders_changed_mid_stream_leave_our_server_on_its_own_and_the_data_intact() {
+    let r = boot().passed("orders-changed-domu-client-dom0-rust-server-64k");
+    assert!(r.contains("REWRITTEN"), "{r}");
+    eprintln!("orders changed mid-stream: {r}");
+}
+
 /// libxenvchan on the honest side of the same page: what it did is
 /// recorded (docs/devices.md), not judged; the case must have run.
 #[test]
@@ -1290,6 +1340,43 @@ other=$(grep -v 'cannot publish another vchan now' /tmp/r9.err)
 "#
             .into(),
         ),
+        // `ring listen --xen` facing a domU client that sets its live byte
+        // to 7 mid-stream: exit 3 and one line (the case's REFUSED line).
+        (
+            "r10-dom0".into(),
+            r#"mkfifo /tmp/r10.hold
+/bin/ring listen --xen 1 data/vchan/1/30 --ring-size 64K --accept-timeout 60 --timeout 60 <> /tmp/r10.hold > /dev/null 2> /tmp/r10.err
+rc=$?
+if [ $rc = 3 ] && [ "$(wc -l < /tmp/r10.err)" = 1 ]; then echo "REFUSED ring-exit=$rc stderr=[$(cat /tmp/r10.err)]"; else echo "FAIL ring-exit=$rc stderr=[$(cat /tmp/r10.err)]"; fi
+"#
+            .into(),
+        ),
+        // Debian's vchan-socket-proxy (client mode) in dom0 against `ring
+        // listen --xen` in the domU; our client checks every byte through
+        // the proxy's socket, then the proxy is stopped.
+        (
+            "r11-domu".into(),
+            ring_xfer_script(
+                "r11",
+                &format!("listen --xen 0 data/vchan/0/29 --ring-size 1M --accept-timeout 60 {t}"),
+                2,
+                1,
+                b,
+            ),
+        ),
+        (
+            "r11-dom0".into(),
+            format!(
+                r#"/usr/lib/xen-4.17/bin/vchan-socket-proxy -s data/u29-proxy 1 /local/domain/1/data/vchan/0/29 /tmp/u29.sock &
+pp=$!
+/bin/ring-xen-peer sock-client u29-proxy /local/domain/1/data/vchan/0/29 /tmp/u29.sock {b} > /tmp/r11.out
+rc=$?
+kill $pp; wait $pp
+echo "client-exit=$rc client=[$(tr '\n' ' ' < /tmp/r11.out)]"
+[ $rc = 0 ] && echo OK
+"#
+            ),
+        ),
         // Nobody comes: a client with no server within --timeout, a
         // server with no client within --accept-timeout: exit 6 and one
         // line each.
@@ -1419,6 +1506,14 @@ fn ring_cases() -> Vec<Case> {
             ),
         },
         Case {
+            dom0: "remote-hostile hostile-live-byte-domu-client-dom0-ring-listen 1 u30 sh /cases/r10-dom0.sh"
+                .into(),
+            domu: Some(
+                "report u30 rust client 0 /local/domain/0/data/vchan/1/30 hostile-live".into(),
+            ),
+        },
+        sh("vchan-socket-proxy-dom0-ring-listen-domu-1m", "u29", "r11"),
+        Case {
             dom0: "remote-kill sigkill-domu-ring-connect-dom0-ring-listen 1 u26 sigkill sh /cases/r7-dom0.sh"
                 .into(),
             domu: Some("killable u26 sh /cases/r7-domu.sh".into()),
@@ -1496,6 +1591,19 @@ fn ring_proxy_in_dom0_serves_debians_vchan_socket_proxy_4_mib_each_way() {
         "with gntalloc's 1024 grants, a second 1 MiB vchan waits for the first session: {ours}"
     );
     eprintln!("ring proxy --xen behind vchan-socket-proxy: {r}\n  dom0: {ours}");
+}
+
+#[test]
+fn debians_vchan_socket_proxy_in_dom0_moves_4_mib_each_way_to_ring_listen_in_the_domu() {
+    let label = "vchan-socket-proxy-dom0-ring-listen-domu-1m";
+    ring_xfer_passed(label, RING_BYTES);
+    // dom0's client checked every byte back through the proxy's socket.
+    let ours = boot()
+        .lines
+        .iter()
+        .find(|l| l.contains("sh /cases/r11-dom0.sh: client-exit="))
+        .map_or("", String::as_str);
+    assert!(ours.contains(&format!("RECEIVED {RING_BYTES}")), "{ours}");
 }
 
 #[test]

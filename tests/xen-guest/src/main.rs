@@ -22,7 +22,7 @@
 //! The driver commands are `pair`, `kill` and `domu` (see [`main`]).
 
 use ring_core::mem::SharedMem;
-use ring_core::vchan::layout::{LEFT_CONS, LEFT_PROD};
+use ring_core::vchan::layout::{CLI_LIVE, LEFT_CONS, LEFT_ORDER, LEFT_PROD};
 use ring_core::vchan::ServerOptions;
 use ring_hosted::devmem::DevError;
 use ring_hosted::xen::evtchn::EVTCHN_PATH;
@@ -57,8 +57,13 @@ fn err(e: impl std::fmt::Display) -> String {
 
 /// Sends `bytes` of pattern `seed`.
 fn send(v: &mut XenVchan, seed: u64, bytes: u64) -> Result<(), String> {
+    send_range(v, seed, 0, bytes)
+}
+
+/// Sends bytes `from..bytes` of pattern `seed`.
+fn send_range(v: &mut XenVchan, seed: u64, from: u64, bytes: u64) -> Result<(), String> {
     let mut buf = vec![0u8; 64 * 1024];
-    let mut at = 0u64;
+    let mut at = from;
     while at < bytes {
         let n = (bytes - at).min(buf.len() as u64) as usize;
         for (k, b) in buf[..n].iter_mut().enumerate() {
@@ -130,15 +135,21 @@ fn honest(v: &mut XenVchan) -> Result<(), String> {
     }
 }
 
-/// A hostile client: sends 256 KiB, then moves the left ring's producer
-/// index far past the ring (more than any ring holds), kicks, says
-/// `REWRITTEN`, and stays until the server's end (bounded).
-fn hostile(v: &mut XenVchan) -> Result<(), String> {
+/// A hostile client: sends 256 KiB, then rewrites the control page —
+/// `hostile`: the left ring's producer index far past the ring (more than
+/// any ring holds); `hostile-live`: its own live byte to 7, a value that
+/// means nothing — kicks, says `REWRITTEN`, and stays until the server's
+/// end (bounded).
+fn hostile(v: &mut XenVchan, mode: &str) -> Result<(), String> {
     send(v, 1, 256 << 10)?;
     let ctrl = v.endpoint().control().clone();
-    let cons = ctrl.load_u32(LEFT_CONS).map_err(err)?;
-    ctrl.store_u32(LEFT_PROD, cons.wrapping_add((3 << 20) + 7))
-        .map_err(err)?;
+    if mode == "hostile-live" {
+        ctrl.store_u8(CLI_LIVE, 7).map_err(err)?;
+    } else {
+        let cons = ctrl.load_u32(LEFT_CONS).map_err(err)?;
+        ctrl.store_u32(LEFT_PROD, cons.wrapping_add((3 << 20) + 7))
+            .map_err(err)?;
+    }
     v.event_channel_mut().send().map_err(err)?;
     say("REWRITTEN");
     let mut buf = [0u8; 4096];
@@ -148,6 +159,27 @@ fn hostile(v: &mut XenVchan) -> Result<(), String> {
             Ok(_) => {}
         }
     }
+}
+
+/// The client side of `xfer` that rewrites both ring orders after its
+/// first 256 KiB (left 20: a 1 MiB ring over the pages mapped; right 10:
+/// the control page's own slot) and kicks: the orders are set-up
+/// constants a server keeps to itself, so every byte must still arrive
+/// intact both ways.
+fn orders_changed(v: &mut XenVchan, bytes: u64) -> Result<(), String> {
+    let first = bytes.min(256 << 10);
+    send_range(v, 1, 0, first)?;
+    let mut orders = [0u8; 4];
+    orders[..2].copy_from_slice(&20u16.to_le_bytes());
+    orders[2..].copy_from_slice(&10u16.to_le_bytes());
+    v.endpoint()
+        .control()
+        .write(LEFT_ORDER, &orders)
+        .map_err(err)?;
+    v.event_channel_mut().send().map_err(err)?;
+    say("REWRITTEN");
+    send_range(v, 1, first, bytes)?;
+    recv(v, 2, bytes)
 }
 
 /// Writes until the peer goes (then fails, which is the point).
@@ -193,7 +225,8 @@ fn run_mode(v: &mut XenVchan, server: bool, mode: &str, bytes: u64) -> Result<()
         }
         ("sink", _) => sink(v),
         ("honest", _) => honest(v),
-        ("hostile", false) => hostile(v),
+        ("hostile" | "hostile-live", false) => hostile(v, mode),
+        ("orders", false) => orders_changed(v, bytes),
         ("stream", _) => stream(v),
         _ => Err(format!("unknown mode {mode}")),
     }
