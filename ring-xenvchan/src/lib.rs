@@ -97,12 +97,13 @@ fn handle<'a>(ctrl: *mut libxenvchan) -> Result<&'a mut Handle, c_int> {
     if !handles().contains(&(ctrl as usize)) {
         return Err(EBADF);
     }
-    // SAFETY: registered addresses come from `Box::into_raw` of a live
-    // `Handle` (whose first field is the public struct, so the addresses
-    // agree) and leave the set before the box is freed; libxenvchan's
-    // contract gives one thread at a time the handle, so no other
-    // reference to it is live during the call.
-    Ok(unsafe { &mut *ctrl.cast::<Handle>() })
+    // Registered addresses come from `Box::into_raw` of a live `Handle`
+    // (whose first field is the public struct, so the addresses agree)
+    // and leave the set before the box is freed; libxenvchan's contract
+    // gives one thread at a time the handle.
+    // SAFETY: registered, so a live `Handle`, and no other reference to it.
+    let handle = unsafe { &mut *ctrl.cast::<Handle>() };
+    Ok(handle)
 }
 
 /// Runs `op` on the connection behind `ctrl` with its `blocking` and
