@@ -761,10 +761,7 @@ impl<M: SharedMem, S: Signal> BlockingPipe<M, S> {
         if ring.available()? > 0 || ring.unmask_and_recheck()? {
             return Ok(Some(()));
         }
-        match declared.is_some() || self.waiter.peer_gone() {
-            true => Ok(Some(())),
-            false => Ok(None),
-        }
+        Ok((declared.is_some() || self.waiter.peer_gone()).then_some(()))
     }
 
     /// Asks to be woken when a write would not answer "not now", without
@@ -782,10 +779,8 @@ impl<M: SharedMem, S: Signal> BlockingPipe<M, S> {
             return Ok(Some(()));
         }
         let packet = SMALLEST_PACKET - super::layout::TRAILER_SIZE;
-        match self.ends.writer.ring().wait_for_space(packet)? || self.waiter.peer_gone() {
-            true => Ok(Some(())),
-            false => Ok(None),
-        }
+        let ready = self.ends.writer.ring().wait_for_space(packet)? || self.waiter.peer_gone();
+        Ok(ready.then_some(()))
     }
 
     /// One non-blocking read: `Some(n)` bytes (`Some(0)`: end of stream),
